@@ -1,0 +1,222 @@
+"""Model bundles in the MONAI bundle layout, loaded safely.
+
+Layout::
+
+    BUNDLE/
+      configs/metadata.json   MONAI metadata + a "binds" section (kind, model config,
+                              modalities, roles, input sizes, classes, operating points,
+                              calibration, training data, intended use) + "weights_sha256"
+      models/model.pt         a plain ``state_dict`` (tensors only)
+      docs/README.md          how it was made (the exact command) and its metrics
+
+Loading checks the weights' SHA-256 against the metadata *before* unpickling, then uses
+``torch.load(weights_only=True)``: a tampered file or a pickle carrying code is refused with
+a clear :class:`~BINDSLib.errors.ModelError` and no code of it ever runs.
+
+Where bundles are found (:func:`find_bundle`): an explicit path; else a name looked up in
+``$BINDS_MODEL_PATH`` (``os.pathsep``-separated folders), the user folder
+``~/.binds/models``, and the shipped ``Resources/Models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ModelError
+from .fsutil import atomic_dir, json_dumps
+
+METADATA = Path("configs") / "metadata.json"
+WEIGHTS = Path("models") / "model.pt"
+INTENDED_USE = "Research use only; not for clinical use."
+
+
+def repo_resources() -> Path:
+    """The ``Resources`` folder beside ``BINDSLib`` (clone, editable install, Slicer install)."""
+    return Path(__file__).resolve().parent.parent / "Resources"
+
+
+def user_model_dir() -> Path:
+    return Path(os.environ.get("BINDS_USER_MODELS", Path.home() / ".binds" / "models"))
+
+
+def search_path() -> list[Path]:
+    env = [Path(p) for p in os.environ.get("BINDS_MODEL_PATH", "").split(os.pathsep) if p]
+    return env + [user_model_dir(), repo_resources() / "Models"]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its folder, metadata and weights (a ``state_dict``)."""
+
+    path: Path
+    metadata: dict
+    state_dict: dict
+
+    @property
+    def binds(self) -> dict:
+        return self.metadata.get("binds", {})
+
+    @property
+    def kind(self) -> str:
+        return self.binds.get("kind", "")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", self.path.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "0"))
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata["weights_sha256"]
+
+    def summary(self) -> dict:
+        """Name, version and hash, as recorded in reports."""
+        return {"name": self.name, "version": self.version, "weights_sha256": self.sha256,
+                "kind": self.kind, "path": str(self.path)}
+
+
+def list_bundles(kind: str | None = None) -> list[Path]:
+    """Bundle folders on the search path (optionally of one ``kind``), first occurrence wins."""
+    found: dict[str, Path] = {}
+    for root in search_path():
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            meta = d / METADATA
+            if d.name in found or not meta.is_file():
+                continue
+            if kind is not None:
+                try:
+                    if json.loads(meta.read_text()).get("binds", {}).get("kind") != kind:
+                        continue
+                except (OSError, json.JSONDecodeError):
+                    continue
+            found[d.name] = d
+    return list(found.values())
+
+
+def find_bundle(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a bundle path or a bundle name on the search path."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    if len(p.parts) == 1:
+        for root in search_path():
+            if (root / p / METADATA).is_file():
+                return root / p
+    names = ", ".join(b.name for b in list_bundles()) or "none"
+    raise ModelError(f"model bundle not found (searched {', '.join(map(str, search_path()))}; "
+                     f"available: {names})", name_or_path)
+
+
+def read_metadata(path: Path) -> dict:
+    path = Path(path)
+    meta_path = path / METADATA
+    if not path.is_dir():
+        raise ModelError("not a model bundle folder", path)
+    if not meta_path.is_file():
+        raise ModelError(f"not a model bundle: {METADATA} is missing", path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"invalid metadata JSON: {e}", meta_path) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("weights_sha256"), str):
+        raise ModelError("metadata has no 'weights_sha256': cannot verify the weights", meta_path)
+    return meta
+
+
+def load_bundle(name_or_path: str | os.PathLike, kind: str | None = None) -> Bundle:
+    """Load and verify a bundle. Raises :class:`ModelError` on any problem."""
+    import pickle
+
+    import torch
+
+    path = find_bundle(name_or_path)
+    meta = read_metadata(path)
+    if kind is not None and meta.get("binds", {}).get("kind") != kind:
+        raise ModelError(f"this is a {meta.get('binds', {}).get('kind')!r} bundle, "
+                         f"a {kind!r} bundle is needed here", path)
+    wpath = path / WEIGHTS
+    if not wpath.is_file():
+        raise ModelError(f"weights file {WEIGHTS} is missing", path)
+    digest = sha256_file(wpath)
+    if digest != meta["weights_sha256"]:
+        raise ModelError(f"weights do not match the SHA-256 in {METADATA} (file changed or "
+                         f"tampered with: {digest[:12]}... vs {meta['weights_sha256'][:12]}...); "
+                         "refusing to load", wpath)
+    try:
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"refusing to load: not a plain weights file ({first})", wpath) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ModelError("weights file does not hold a state_dict", wpath)
+    return Bundle(path, meta, state)
+
+
+def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict, *,
+                name: str, version: str, description: str, task: str,
+                reproduce: str = "", metrics: dict | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a bundle atomically; the metadata records the weights' SHA-256."""
+    import numpy as np
+    import torch
+
+    try:
+        import monai
+
+        monai_version = monai.__version__
+    except ImportError:  # pragma: no cover - monai is a dependency
+        monai_version = "unknown"
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        (tmp / "models").mkdir()
+        (tmp / "configs").mkdir()
+        (tmp / "docs").mkdir()
+        wpath = tmp / WEIGHTS
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, wpath)
+        meta: dict[str, Any] = {
+            "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
+                      "0.8.1/meta_schema_20220324.json",
+            "name": name,
+            "version": version,
+            "changelog": {version: description},
+            "monai_version": monai_version,
+            "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": np.__version__,
+            "required_packages_version": {"binds": __version__},
+            "task": task,
+            "description": description,
+            "authors": "BINDS contributors",
+            "copyright": "Copyright (c) BINDS contributors; Apache-2.0",
+            "intended_use": INTENDED_USE,
+            "weights_sha256": sha256_file(wpath),
+            "binds": binds_metadata,
+        }
+        if metrics:
+            meta["binds"] = {**binds_metadata, "metrics": metrics}
+        (tmp / METADATA).write_text(json_dumps(meta), encoding="utf-8")
+        readme = [f"# {name} {version}", "", description, "", f"Intended use: {INTENDED_USE}", ""]
+        if reproduce:
+            readme += ["## Reproduce", "", "```", reproduce, "```", ""]
+        if metrics:
+            readme += ["## Metrics", "", "```", json_dumps(metrics).strip(), "```", ""]
+        (tmp / "docs" / "README.md").write_text("\n".join(readme), encoding="utf-8")
+    return path

@@ -1,0 +1,89 @@
+"""The ``binds`` command (also ``python -m BINDSLib``).
+
+Each sub-command lives in its own module under :mod:`BINDSLib.commands` exposing
+``register(subparsers)`` (adds its parser, with ``help`` and ``description``, and sets
+``func=run``) and ``run(args) -> int``. Heavy imports happen inside ``run`` so that
+``binds --help`` is instant.
+
+Exit codes: see :mod:`BINDSLib.errors` (0 ok, 2 usage, 3 bad input, 4 model, 5 output,
+6 some batch items failed, 1 internal error, 130 interrupted). On error one line goes to
+stderr; ``--debug`` prints the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
+
+#: Sub-command modules, in the order ``binds --help`` lists them.
+COMMANDS = ("demo", "inspect", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
+            "models")
+
+EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 model bundle problem,
+5 output problem, 6 some items of a batch failed, 130 interrupted.
+Research use only; not for clinical use."""
+
+log = logging.getLogger("binds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="binds",
+        description="BINDS: multimodal two-stage breast cancer diagnosis and longitudinal "
+                    "5-year risk, from mammography, ultrasound and MRI.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"binds {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__package__}.commands.{name}":
+                continue  # command not available in this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except BindsError as e:
+        if args.debug:
+            log.exception("error")
+        print(f"binds {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"binds {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line, plus the traceback with --debug
+        if args.debug:
+            log.exception("internal error")
+        print(f"binds {args.command}: internal error: {type(e).__name__}: {e} "
+              "(re-run with --debug for the traceback and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``binds models``: the model bundles BINDS can find, and where it looks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the model bundles found and the search path",
+                       description="List model bundles on the search path ($BINDS_MODEL_PATH, "
+                                   "~/.binds/models, the shipped Resources/Models) and verify "
+                                   "their weights' SHA-256 with --verify.")
+    p.add_argument("--verify", action="store_true", help="load each bundle and check its hash")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bundle import list_bundles, load_bundle, read_metadata, search_path
+    from ..errors import BindsError
+
+    rows = []
+    for path in list_bundles():
+        try:
+            meta = read_metadata(path)
+            row = {"name": meta.get("name", path.name), "version": meta.get("version"),
+                   "kind": meta.get("binds", {}).get("kind"), "path": str(path),
+                   "weights_sha256": meta["weights_sha256"]}
+            if args.verify:
+                load_bundle(path)
+                row["verified"] = True
+        except BindsError as e:
+            row = {"name": path.name, "path": str(path), "error": str(e)}
+        rows.append(row)
+    if args.json:
+        json.dump({"search_path": [str(p) for p in search_path()], "bundles": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("search path:\n" + "".join(f"  {p}\n" for p in search_path()))
+        for r in rows:
+            status = r.get("error") or ("verified" if r.get("verified") else r["weights_sha256"][:12])
+            sys.stdout.write(f"{r['name']:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} {status}\n")
+    return 1 if any("error" in r for r in rows) and args.verify else 0

@@ -1,0 +1,171 @@
+"""Labelled dataset layouts: BUSI (ultrasound) and mini-MIAS (mammography), plus folders of
+study folders. Each case becomes a labelled :class:`~BINDSLib.study.Study`.
+
+BUSI (``manifest.csv``): one study per image, role ``US``, ``diagnosis`` from ``label``, the
+lesion mask from ``mask`` (empty for normal cases). Pixel spacing is unknown in the release,
+so 1 mm is recorded (``attributes["pixel_spacing_known"] = "0"``). ``dup_group`` and
+``label_conflict`` are kept in ``attributes`` for leakage-free splits.
+
+mini-MIAS (``images.csv`` + ``findings.csv``): one study per image (an MLO view), role
+``MG_<laterality>_MLO``, ``patient_id`` the woman (split by it), ``diagnosis`` the worst
+finding, findings as circles (:class:`~BINDSLib.study.Finding`) and a lesion mask drawn from
+the circles that have coordinates (``None`` when an abnormal image has only spread
+calcifications without coordinates).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from ..study import Diagnosis, Finding, Role, Study
+from .files import read_image_file, read_mask_file
+
+BUSI_COLUMNS = {"case_id", "label", "image", "mask"}
+MIAS_IMAGE_COLUMNS = {"image_id", "patient", "laterality", "view", "label", "image"}
+MIAS_FINDING_COLUMNS = {"image_id", "abnormality", "severity", "center_col", "center_row", "radius"}
+
+
+def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = required - set(reader.fieldnames or ())
+            if missing:
+                raise InputError(f"missing column(s) {sorted(missing)}", path)
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read CSV: {e}", path) from None
+
+
+def _csv_columns(path: Path) -> set[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return set(next(csv.reader(f), []))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
+def detect_layout(path: str | os.PathLike) -> str | None:
+    """``"busi"``, ``"mini-mias"``, ``"study-folders"`` or ``None`` for a folder."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / "manifest.csv").is_file() and BUSI_COLUMNS <= _csv_columns(p / "manifest.csv"):
+        return "busi"
+    if (p / "images.csv").is_file() and (p / "findings.csv").is_file():
+        return "mini-mias"
+    if any((d / "study.json").is_file() for d in sorted(p.iterdir()) if d.is_dir()):
+        return "study-folders"
+    return None
+
+
+def _diagnosis(value: str, path: Path, row: int) -> Diagnosis:
+    try:
+        return Diagnosis(value.strip().lower())
+    except ValueError:
+        raise InputError(f"row {row}: label {value!r} is not normal, benign or malignant", path) from None
+
+
+def iter_busi(root: str | os.PathLike) -> Iterator[Study]:
+    """Studies of a BUSI folder (``manifest.csv``, ``images/``, ``masks/``), in manifest order."""
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    for n, row in enumerate(_read_csv(manifest, BUSI_COLUMNS), start=2):
+        diagnosis = _diagnosis(row["label"], manifest, n)
+        image = read_image_file(root / row["image"], role=Role.parse("US"))
+        mask = None
+        if row.get("mask"):
+            mask = read_mask_file(root / row["mask"], image.shape)
+        elif diagnosis is Diagnosis.NORMAL:
+            mask = np.zeros(image.shape, np.uint8)
+        image.lesion_mask = mask
+        attrs = {k: row[k] for k in ("dup_group", "label_conflict", "lesions") if row.get(k) not in (None, "")}
+        attrs["pixel_spacing_known"] = "0"
+        attrs["dataset"] = "busi"
+        yield Study(study_id=row["case_id"], images=[image], diagnosis=diagnosis,
+                    description="BUSI breast ultrasound", attributes=attrs)
+
+
+def disc_mask(shape_rows_cols: tuple[int, int], findings) -> np.ndarray | None:
+    """A ``(rows, cols)`` uint8 mask of the finding circles; ``None`` if none has coordinates."""
+    rows, cols = shape_rows_cols
+    mask = np.zeros((rows, cols), np.uint8)
+    any_circle = False
+    rr, cc = np.ogrid[:rows, :cols]
+    for f in findings:
+        if f.center_col is None or f.center_row is None or f.radius_px is None:
+            continue
+        any_circle = True
+        mask[(rr - f.center_row) ** 2 + (cc - f.center_col) ** 2 <= f.radius_px ** 2] = 1
+    return mask if any_circle else None
+
+
+def _opt_float(v: str | None) -> float | None:
+    return None if v is None or v.strip() == "" else float(v)
+
+
+def iter_mini_mias(root: str | os.PathLike) -> Iterator[Study]:
+    """Studies of a mini-MIAS folder (``images.csv``, ``findings.csv``, ``images/``)."""
+    root = Path(root)
+    images_csv, findings_csv = root / "images.csv", root / "findings.csv"
+    by_image: dict[str, list[Finding]] = {}
+    for n, row in enumerate(_read_csv(findings_csv, MIAS_FINDING_COLUMNS), start=2):
+        try:
+            f = Finding(abnormality=row["abnormality"], severity=row.get("severity") or None,
+                        center_col=_opt_float(row["center_col"]), center_row=_opt_float(row["center_row"]),
+                        radius_px=_opt_float(row["radius"]))
+        except ValueError as e:
+            raise InputError(f"row {n}: {e}", findings_csv) from None
+        by_image.setdefault(row["image_id"], []).append(f)
+    for n, row in enumerate(_read_csv(images_csv, MIAS_IMAGE_COLUMNS), start=2):
+        diagnosis = _diagnosis(row["label"], images_csv, n)
+        try:
+            role = Role.parse(f"MG_{row['laterality']}_{row['view']}")
+            spacing = _opt_float(row.get("pixel_spacing_mm"))
+        except ValueError as e:
+            raise InputError(f"row {n}: {e}", images_csv) from None
+        findings = tuple(by_image.get(row["image_id"], ()))
+        image = read_image_file(root / row["image"], role=role,
+                                spacing_mm=None if spacing is None else (spacing, spacing),
+                                findings=findings)
+        if diagnosis is Diagnosis.NORMAL:
+            image.lesion_mask = np.zeros(image.shape, np.uint8)
+        else:
+            m = disc_mask(image.shape[1:], findings)
+            image.lesion_mask = None if m is None else m[None]
+        attrs = {"dataset": "mini-mias", "tissue": row.get("tissue", "")}
+        yield Study(study_id=row["image_id"], images=[image], patient_id=row["patient"],
+                    diagnosis=diagnosis, description="mini-MIAS digitised screen-film mammogram",
+                    attributes=attrs)
+
+
+def iter_study_folders(root: str | os.PathLike) -> Iterator[Study]:
+    """Every ``*/study.json`` folder directly under ``root`` (sorted by name)."""
+    from ..studyfolder import read_study_folder
+
+    for d in sorted(Path(root).iterdir()):
+        if d.is_dir() and (d / "study.json").is_file():
+            yield read_study_folder(d)
+
+
+def iter_dataset(root: str | os.PathLike) -> Iterator[Study]:
+    """Labelled studies of a dataset folder, its layout detected automatically."""
+    layout = detect_layout(root)
+    if layout == "busi":
+        return iter_busi(root)
+    if layout == "mini-mias":
+        return iter_mini_mias(root)
+    if layout == "study-folders":
+        return iter_study_folders(root)
+    raise InputError("not a known dataset layout (expected BUSI manifest.csv, mini-MIAS "
+                     "images.csv + findings.csv, or a folder of study folders)", root)
+
+
+def load_dataset(root: str | os.PathLike) -> list[Study]:
+    return list(iter_dataset(root))

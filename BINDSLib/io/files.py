@@ -1,0 +1,164 @@
+"""Plain image files: NRRD / NIfTI / MHA (with geometry) and PNG / JPEG / PGM / BMP / TIFF
+(2D, with the role given by the user or by a role-named file such as ``MG_L_CC.png``).
+
+All go through SimpleITK. Colour images become grayscale (ITU-R BT.601 luma). Every read is
+checked: declared size against a memory limit *before* the pixels are read, and non-finite
+voxels are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..study import Geometry, Image, Role, SourceInfo
+
+#: File endings read through SimpleITK, with geometry.
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+#: 2D picture formats: no geometry beyond an optional pixel spacing.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
+
+#: Largest image (bytes of decoded voxels) BINDS will read; override with BINDS_MAX_IMAGE_BYTES.
+DEFAULT_MAX_IMAGE_BYTES = 4 * 1024**3
+
+
+def max_image_bytes() -> int:
+    v = os.environ.get("BINDS_MAX_IMAGE_BYTES")
+    try:
+        return int(v) if v else DEFAULT_MAX_IMAGE_BYTES
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_BYTES
+
+
+def check_declared_size(n_voxels: int, bytes_per_voxel: int, path) -> None:
+    """Refuse an image whose declared size exceeds the memory limit, before allocating it."""
+    need = int(n_voxels) * int(bytes_per_voxel)
+    limit = max_image_bytes()
+    if n_voxels <= 0:
+        raise InputError("image declares no voxels (a dimension is 0)", path)
+    if need > limit:
+        raise InputError(
+            f"image too large: it declares {need / 1024**3:.1f} GiB of voxels, more than the "
+            f"{limit / 1024**3:.1f} GiB limit (set BINDS_MAX_IMAGE_BYTES to raise it)", path)
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def check_finite(voxels: np.ndarray, path) -> None:
+    if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
+        n = int((~np.isfinite(voxels)).sum())
+        raise InputError(f"image has {n} NaN or infinite voxel(s)", path)
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3 or 4)`` RGB(A) to float32 luma (ITU-R BT.601); alpha is ignored."""
+    rgb = rgb[..., :3].astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def sitk_to_voxels(img, path) -> tuple[np.ndarray, Geometry]:
+    """Voxels ``(depth, rows, cols)`` and geometry of a SimpleITK image, grayscale and finite."""
+    import SimpleITK as sitk
+
+    if img.GetDimension() not in (2, 3):
+        raise InputError(f"{img.GetDimension()}D images are not supported (2D or 3D only)", path)
+    try:
+        geom = Geometry.from_sitk(img)
+    except ValueError as e:
+        raise InputError(f"invalid geometry: {e}", path) from None
+    arr = sitk.GetArrayFromImage(img)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = to_grayscale(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    check_finite(arr, path)
+    return arr, geom
+
+
+def read_image_info(path: Path):
+    """Header only: SimpleITK's ImageFileReader after ReadImageInformation (size checked)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty (0 bytes)", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"not a readable image ({_itk_reason(e)})", path) from None
+    n = int(np.prod(reader.GetSize(), dtype=np.int64))
+    ncomp = reader.GetNumberOfComponents()
+    check_declared_size(n * ncomp, 8, path)  # worst case: decoded to float64
+    return reader
+
+
+def _itk_reason(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "ERROR" in ln or "rror" in ln:
+            return ln[-200:]
+    return (lines[-1] if lines else "unknown error")[-200:]
+
+
+def read_image_file(path: str | os.PathLike, role: Role | None = None,
+                    spacing_mm: tuple[float, float] | None = None, **image_kwargs) -> Image:
+    """Read one plain image file as an :class:`Image`.
+
+    The role comes from ``role`` or, failing that, from a file name that is a role key
+    (``MG_L_CC.png``, ``MR_DCE1.nii.gz``). PNG/JPEG carry no geometry: ``spacing_mm``
+    (column, row) sets it when known, otherwise 1 mm is assumed.
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+        raise InputError(f"unsupported file type {suffix!r} (supported: "
+                         f"{', '.join(VOLUME_SUFFIXES + PICTURE_SUFFIXES)}, or DICOM)", path)
+    if role is None:
+        stem = path.name[: -len(suffix)] if suffix else path.name
+        try:
+            role = Role.parse(stem)
+        except ValueError:
+            raise InputError("the image's role is unknown: give it (e.g. --role US_L or "
+                             "MG_L_CC=file.png) or name the file after its role", path) from None
+    reader = read_image_info(path)
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"cannot decode image ({_itk_reason(e)})", path) from None
+    voxels, geom = sitk_to_voxels(img, path)
+    if suffix in PICTURE_SUFFIXES:
+        sx, sy = spacing_mm if spacing_mm is not None else (1.0, 1.0)
+        geom = Geometry((sx, sy, 1.0))
+        if voxels.shape[0] != 1:
+            raise InputError(f"a picture must be 2D, got {voxels.shape[0]} slices", path)
+    elif spacing_mm is not None:
+        geom = geom.with_spacing((spacing_mm[0], spacing_mm[1], geom.spacing_mm[2]))
+    image_kwargs.setdefault("source", SourceInfo(files=(str(path),)))
+    try:
+        return Image(voxels, geom, role, **image_kwargs)
+    except ValueError as e:
+        raise InputError(str(e), path) from None
+
+
+def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:
+    """A binary mask (any non-zero voxel is lesion) that must match ``shape``."""
+    path = Path(path)
+    reader = read_image_info(path)
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"cannot decode mask ({_itk_reason(e)})", path) from None
+    voxels, _ = sitk_to_voxels(img, path)
+    if voxels.shape != tuple(shape):
+        raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
+    return (voxels > 0).astype(np.uint8)

@@ -1,0 +1,283 @@
+"""The study folder: NRRD images plus ``study.json`` (schema ``binds.study`` version 1).
+
+Layout (documented in docs/STUDY_FOLDER.md)::
+
+    STUDY/
+      study.json
+      images/<label>.nrrd      one per image, voxels + geometry (LPS)
+      masks/<label>.nrrd       optional lesion mask (uint8, same grid as the image)
+
+Writing then reading gives identical voxels and geometry. Folders are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fsutil import atomic_dir, json_dumps
+from .study import (
+    Diagnosis, ExamHistory, Finding, Geometry, Image, Pathology, Role, SourceInfo, Study,
+    parse_date, pseudonym,
+)
+
+SCHEMA = "binds.study"
+SCHEMA_VERSION = 1
+STUDY_JSON = "study.json"
+
+
+def _date_str(d: _dt.date | None) -> str | None:
+    return None if d is None else d.isoformat()
+
+
+def write_nrrd(path: Path, voxels: np.ndarray, geometry: Geometry) -> None:
+    """Write voxels with geometry as a compressed NRRD through SimpleITK."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
+    geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def read_volume(path: Path):
+    """Read an image file through SimpleITK; a clear :class:`InputError` if it cannot."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty (0 bytes)", path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[-1] if first else "")
+        raise InputError(f"cannot read image ({detail.strip()[:200]})", path) from None
+
+
+def study_to_json(study: Study, keep_identifiers: bool = False) -> dict:
+    """The ``study.json`` document for ``study`` (image paths relative to the folder)."""
+    pid = study.patient_id
+    if pid is not None and not keep_identifiers and not pid.startswith("anon-"):
+        pid = pseudonym(pid)
+    images = []
+    for im in study.images:
+        entry = {
+            "label": im.label,
+            "path": f"images/{im.label}.nrrd",
+            "modality": im.modality.value,
+            "role": im.role.key,
+            "role_detail": im.role.to_json(),
+            "laterality": im.role.laterality,
+            "view": im.role.view,
+            "phase": im.role.phase,
+            "shape": list(im.shape),
+            "geometry": im.geometry.to_json(),
+            "acquisition_date": _date_str(im.acquisition_date),
+        }
+        if im.lesion_mask is not None:
+            entry["lesion_mask"] = f"masks/{im.label}.nrrd"
+        if im.findings:
+            entry["findings"] = [f.to_json() for f in im.findings]
+        src = im.source.to_json()
+        if not keep_identifiers:
+            src.pop("files", None)
+        if src:
+            entry["source"] = src
+        images.append(entry)
+    doc = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "study_id": study.study_id,
+        "patient_id": pid,
+        "study_date": _date_str(study.study_date),
+        "synthetic": bool(study.synthetic),
+        "description": study.description,
+        "diagnosis": None if study.diagnosis is None else study.diagnosis.value,
+        "pathology": None if study.pathology is None else study.pathology.to_json(),
+        "attributes": {str(k): str(v) for k, v in study.attributes.items()},
+        "images": images,
+    }
+    return doc
+
+
+def write_study_folder(study: Study, path: str | os.PathLike, overwrite: bool = False,
+                       keep_identifiers: bool = False) -> Path:
+    """Write ``study`` as a study folder at ``path`` (atomically). Returns ``path``."""
+    path = Path(path)
+    doc = study_to_json(study, keep_identifiers=keep_identifiers)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        for im in study.images:
+            write_nrrd(tmp / "images" / f"{im.label}.nrrd", im.voxels, im.geometry)
+            if im.lesion_mask is not None:
+                (tmp / "masks").mkdir(exist_ok=True)
+                write_nrrd(tmp / "masks" / f"{im.label}.nrrd", im.lesion_mask, im.geometry)
+        (tmp / STUDY_JSON).write_text(json_dumps(doc), encoding="utf-8")
+    return path
+
+
+def is_study_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / STUDY_JSON).is_file()
+
+
+def _safe_relpath(root: Path, rel: str, json_path: Path) -> Path:
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise InputError(f"image path {rel!r} must be relative and inside the study folder", json_path)
+    return root / p
+
+
+def read_study_folder(path: str | os.PathLike, load_voxels: bool = True) -> Study:
+    """Read a study folder written by :func:`write_study_folder` (or by hand, see the schema)."""
+    root = Path(path)
+    jpath = root / STUDY_JSON
+    if not jpath.is_file():
+        raise InputError(f"not a study folder (no {STUDY_JSON})", root)
+    try:
+        doc = json.loads(jpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"invalid JSON: {e}", jpath) from None
+    return study_from_json(doc, root, load_voxels=load_voxels, json_path=jpath)
+
+
+def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path | None = None) -> Study:
+    """Build a :class:`Study` from a parsed ``study.json`` document (validating it)."""
+    jpath = json_path or (root / STUDY_JSON)
+    if not isinstance(doc, dict):
+        raise InputError("study.json must hold a JSON object", jpath)
+    if doc.get("schema") != SCHEMA:
+        raise InputError(f"not a BINDS study file (schema is {doc.get('schema')!r}, expected {SCHEMA!r})", jpath)
+    ver = doc.get("schema_version")
+    if not isinstance(ver, int) or ver < 1:
+        raise InputError(f"invalid schema_version {ver!r}", jpath)
+    if ver > SCHEMA_VERSION:
+        raise InputError(f"schema_version {ver} is newer than this BINDS supports ({SCHEMA_VERSION}); "
+                         "upgrade BINDS", jpath)
+    images_doc = doc.get("images")
+    if not isinstance(images_doc, list):
+        raise InputError("'images' must be a list", jpath)
+    try:
+        study = Study(
+            study_id=str(doc.get("study_id") or root.name),
+            patient_id=doc.get("patient_id"),
+            study_date=parse_date(doc.get("study_date")),
+            diagnosis=None if doc.get("diagnosis") is None else Diagnosis(doc["diagnosis"]),
+            pathology=None if doc.get("pathology") is None else Pathology.from_json(doc["pathology"]),
+            synthetic=bool(doc.get("synthetic", False)),
+            description=doc.get("description"),
+            attributes={str(k): str(v) for k, v in (doc.get("attributes") or {}).items()},
+        )
+    except (ValueError, TypeError) as e:
+        raise InputError(f"invalid study fields: {e}", jpath) from None
+    labels = set()
+    for n, entry in enumerate(images_doc):
+        where = f"images[{n}]"
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise InputError(f"{where} must be an object with a 'path'", jpath)
+        try:
+            if "role_detail" in entry:
+                role = Role.from_json(entry["role_detail"])
+            elif "role" in entry:
+                role = Role.parse(entry["role"])
+            else:
+                raise ValueError("needs a 'role' (e.g. MG_L_CC)")
+            if "modality" in entry and entry["modality"] != role.modality.value:
+                raise ValueError(f"modality {entry['modality']!r} contradicts role {role.key}")
+            findings = tuple(Finding.from_json(f) for f in entry.get("findings", []))
+            source = SourceInfo.from_json(entry.get("source", {}))
+            acq = parse_date(entry.get("acquisition_date"))
+        except (ValueError, TypeError, KeyError) as e:
+            raise InputError(f"{where}: {e}", jpath) from None
+        label = entry.get("label") or role.key
+        if label in labels:
+            raise InputError(f"{where}: duplicate image label {label!r}", jpath)
+        labels.add(label)
+        ipath = _safe_relpath(root, str(entry["path"]), jpath)
+        if load_voxels:
+            from .io.files import sitk_to_voxels
+
+            img = read_volume(ipath)
+            voxels, geom = sitk_to_voxels(img, ipath)
+            geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
+            mask = None
+            if entry.get("lesion_mask"):
+                mpath = _safe_relpath(root, str(entry["lesion_mask"]), jpath)
+                mvox, mgeom = sitk_to_voxels(read_volume(mpath), mpath)
+                if mvox.shape != voxels.shape:
+                    raise InputError(f"lesion mask shape {mvox.shape} differs from its image "
+                                     f"{ipath.name} {voxels.shape}", mpath)
+                mask = mvox
+        else:
+            if "geometry" not in entry or "shape" not in entry:
+                raise InputError(f"{where}: needs 'geometry' and 'shape' to be read without voxels", jpath)
+            geom = Geometry.from_json(entry["geometry"])
+            voxels = np.zeros((1, 1, 1), dtype=np.uint8)
+            mask = None
+        if not source.files:
+            source = dataclasses.replace(source, files=(str(ipath),))
+        study.images.append(Image(voxels, geom, role, acquisition_date=acq, source=source,
+                                  lesion_mask=mask, findings=findings, name=label))
+    return study
+
+
+def _reconcile_geometry(file_geom: Geometry, entry: dict, path: Path, shape) -> Geometry:
+    """The file's geometry, checked against (and made bit-exact by) the one in study.json.
+
+    NRRD stores spacing times direction, so spacing comes back with float rounding; the JSON
+    copy restores the exact values. A real disagreement means the file was replaced.
+    """
+    if "shape" in entry and tuple(entry["shape"]) != tuple(shape):
+        raise InputError(f"image shape {tuple(shape)} differs from study.json {tuple(entry['shape'])}", path)
+    if "geometry" not in entry:
+        return file_geom
+    try:
+        recorded = Geometry.from_json(entry["geometry"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"invalid geometry in study.json: {e}", path) from None
+    a = file_geom.ijk_to_lps_matrix()
+    b = recorded.ijk_to_lps_matrix()
+    if not np.allclose(a, b, rtol=1e-6, atol=1e-5):
+        raise InputError("image geometry (spacing/origin/direction) differs from study.json: "
+                         "the file was changed after the study folder was written", path)
+    return recorded
+
+
+def write_history(history: ExamHistory, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A woman's exams as ``path/<date>_<study_id>/`` study folders plus ``history.json``."""
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        entries = []
+        for s in history.exams:
+            name = f"{s.study_date.isoformat()}_{s.study_id}"
+            write_study_folder(s, tmp / name)
+            entries.append({"study_folder": name, "study_date": s.study_date.isoformat()})
+        doc = {
+            "schema": "binds.history", "schema_version": 1, "woman_id": history.woman_id,
+            "cancer_date": _date_str(history.cancer_date),
+            "followup_end": _date_str(history.followup_end), "exams": entries,
+        }
+        (tmp / "history.json").write_text(json_dumps(doc), encoding="utf-8")
+    return path
+
+
+def read_history(path: str | os.PathLike, load_voxels: bool = True) -> ExamHistory:
+    path = Path(path)
+    jpath = path / "history.json"
+    if not jpath.is_file():
+        raise InputError("not an exam-history folder (no history.json)", path)
+    try:
+        doc = json.loads(jpath.read_text(encoding="utf-8"))
+        exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels)
+                 for e in doc["exams"]]
+        return ExamHistory(doc["woman_id"], exams, parse_date(doc.get("cancer_date")),
+                           parse_date(doc.get("followup_end")))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise InputError(f"invalid history file: {e}", jpath) from None

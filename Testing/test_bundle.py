@@ -1,0 +1,77 @@
+"""Model bundles: SHA-256 checked before loading, weights_only refuses code, clear errors."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from BINDSLib.bundle import find_bundle, load_bundle, save_bundle, sha256_file
+from BINDSLib.errors import ModelError
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return save_bundle(tmp_path / "b", {"w": torch.arange(4.0)}, {"kind": "diagnosis", "x": 1},
+                       name="test-bundle", version="1.2", description="test", task="test",
+                       reproduce="binds train cfg.json", metrics={"auc": 0.5})
+
+
+def test_save_and_load(bundle):
+    b = load_bundle(bundle, kind="diagnosis")
+    assert torch.equal(b.state_dict["w"], torch.arange(4.0))
+    assert b.kind == "diagnosis" and b.name == "test-bundle" and b.version == "1.2"
+    assert b.binds["metrics"] == {"auc": 0.5}
+    assert b.sha256 == sha256_file(bundle / "models" / "model.pt")
+    assert "binds train cfg.json" in (bundle / "docs" / "README.md").read_text()
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["intended_use"].startswith("Research use only")
+
+
+def test_wrong_kind(bundle):
+    with pytest.raises(ModelError, match="'risk' bundle is needed"):
+        load_bundle(bundle, kind="risk")
+
+
+def test_tampered_weights_refused(bundle):
+    w = bundle / "models" / "model.pt"
+    torch.save({"w": torch.zeros(4)}, w)
+    with pytest.raises(ModelError, match="do not match the SHA-256"):
+        load_bundle(bundle)
+
+
+def test_pickle_with_code_is_never_executed(bundle, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    w = bundle / "models" / "model.pt"
+    torch.save({"w": Evil()}, w)
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = sha256_file(w)  # even with a matching hash
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="not a plain weights file"):
+        load_bundle(bundle)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / "configs" / "metadata.json").unlink(), "metadata.json is missing"),
+    (lambda b: (b / "configs" / "metadata.json").write_text("{"), "invalid metadata JSON"),
+    (lambda b: (b / "configs" / "metadata.json").write_text("{}"), "no 'weights_sha256'"),
+    (lambda b: (b / "models" / "model.pt").unlink(), "weights file"),
+])
+def test_broken_bundles(bundle, damage, message):
+    damage(bundle)
+    with pytest.raises(ModelError, match=message):
+        load_bundle(bundle)
+
+
+def test_find_by_name_on_search_path(bundle, monkeypatch, tmp_path):
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(bundle.parent))
+    assert find_bundle("b") == bundle
+    with pytest.raises(ModelError, match="not found"):
+        find_bundle("no-such-bundle")

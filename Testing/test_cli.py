@@ -1,0 +1,55 @@
+"""The ``binds`` command: help on every command, exit codes, inspect output."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from BINDSLib.cli import COMMANDS, build_parser, main
+from BINDSLib.study import Geometry, Image, Role, Study
+from BINDSLib.studyfolder import write_study_folder
+
+
+def test_help_for_every_command(capsys):
+    parser = build_parser()
+    names = parser._subparsers._group_actions[0].choices
+    assert "inspect" in names and "phantom" in names
+    for name in names:
+        assert name in COMMANDS
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: binds " + name in capsys.readouterr().out
+
+
+def test_python_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "BINDSLib", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("binds ")
+
+
+def test_inspect_json_on_study_folder(tmp_path, capsys):
+    st = Study("s1", [Image(np.zeros((1, 4, 5), np.float32), Geometry((0.1, 0.1, 1)), Role.parse("MG_R_MLO")),
+                      Image(np.zeros((3, 4, 5), np.float32), Geometry(), Role.parse("MR_DCE2"))],
+               patient_id="PID-42")
+    write_study_folder(st, tmp_path / "s1")
+    assert main(["inspect", str(tmp_path / "s1"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (s,) = doc["studies"]
+    assert "PID-42" not in json.dumps(doc)
+    mg, mr = s["images"]
+    assert (mg["modality"], mg["role"], mg["laterality"], mg["view"]) == ("MG", "MG_R_MLO", "R", "MLO")
+    assert (mr["modality"], mr["phase"], mr["sequence"]) == ("MR", 2, "DCE")
+    assert mg["path"].endswith("MG_R_MLO.nrrd")
+    assert main(["inspect", str(tmp_path / "s1")]) == 0
+    assert "MG_R_MLO" in capsys.readouterr().out
+
+
+def test_exit_codes_and_one_line_errors(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file" in err[0] and "missing" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["inspect"])
+    assert e.value.code == 2

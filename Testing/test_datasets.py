@@ -1,0 +1,87 @@
+"""The ../shared/data layouts (BUSI, mini-MIAS) load as labelled studies (skip when absent)."""
+
+import collections
+import csv
+import shutil
+
+import numpy as np
+import pytest
+
+from BINDSLib.errors import InputError
+from BINDSLib.io.datasets import detect_layout, disc_mask, iter_busi, iter_mini_mias, load_dataset
+from BINDSLib.study import Finding, Modality
+
+
+def test_disc_mask_geometry():
+    m = disc_mask((20, 30), [Finding("CIRC", "B", center_col=10, center_row=5, radius_px=2)])
+    assert m[5, 10] == 1 and m[5, 12] == 1 and m[5, 13] == 0 and m[7, 10] == 1 and m[8, 10] == 0
+    assert m.sum() == 13  # lattice points within radius 2
+    assert disc_mask((5, 5), [Finding("CALC", "M")]) is None
+
+
+def test_busi_layout(shared_data):
+    root = shared_data / "busi"
+    assert detect_layout(root) == "busi"
+    studies = list(iter_busi(root))
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    assert len(studies) == len(rows)
+    counts = collections.Counter(s.diagnosis.value for s in studies)
+    assert counts == collections.Counter(r["label"] for r in rows)
+    for s, r in zip(studies[:60], rows[:60]):
+        (im,) = s.images
+        assert im.modality is Modality.US and s.study_id == r["case_id"]
+        assert im.shape == (1, int(r["height"]), int(r["width"]))
+        assert s.attributes["dup_group"] == r["dup_group"]
+        assert (im.lesion_mask.sum() > 0) == (r["label"] != "normal")
+
+
+def test_mini_mias_layout_and_finding_circles(shared_data):
+    root = shared_data / "mini-mias"
+    assert detect_layout(root) == "mini-mias"
+    studies = {s.study_id: s for s in iter_mini_mias(root)}
+    rows = list(csv.DictReader(open(root / "images.csv")))
+    assert len(studies) == len(rows)
+    findings = list(csv.DictReader(open(root / "findings.csv")))
+    f = next(f for f in findings if f["center_col"] and f["image_id"] in studies)
+    st = studies[f["image_id"]]
+    (im,) = st.images
+    assert im.role.view == "MLO" and im.role.laterality in ("L", "R")
+    assert im.geometry.spacing_mm[:2] == (0.4, 0.4)
+    col, row, rad = float(f["center_col"]), float(f["center_row"]), float(f["radius"])
+    # the mask is the finding circle, centred where findings.csv says (top-left origin)
+    assert im.lesion_mask[0, int(round(row)), int(round(col))] == 1
+    assert im.lesion_mask.sum() >= np.pi * (rad - 1) ** 2
+    normal = next(s for s in studies.values() if s.diagnosis.value == "normal")
+    assert normal.images[0].lesion_mask.sum() == 0
+    assert len({s.patient_id for s in studies.values()}) == len(rows) // 2
+
+
+def test_dataset_errors_name_the_file(tmp_path, shared_data):
+    root = tmp_path / "busi"
+    root.mkdir()
+    (root / "images").mkdir()
+    rows = list(csv.DictReader(open(shared_data / "busi" / "manifest.csv")))[:2]
+    for r in rows:
+        shutil.copy(shared_data / "busi" / r["image"], root / r["image"])
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    with pytest.raises(InputError) as e:  # masks are missing
+        load_dataset(root)
+    assert "masks" in str(e.value) and "file not found" in str(e.value)
+    rows[0]["label"] = "unsure"
+    rows[0]["mask"] = rows[1]["mask"] = ""
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(InputError, match="row 2: label 'unsure'"):
+        load_dataset(root)
+
+
+def test_unknown_layout(tmp_path):
+    assert detect_layout(tmp_path) is None
+    with pytest.raises(InputError, match="not a known dataset layout"):
+        load_dataset(tmp_path)

@@ -1,0 +1,109 @@
+"""Plain image files through SimpleITK: geometry kept, roles required, bad files refused."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BINDSLib.errors import InputError
+from BINDSLib.io.files import read_image_file, to_grayscale
+from BINDSLib.io.loader import load, load_files, parse_role_assignments
+from BINDSLib.study import Geometry, Role
+
+
+def _write(path, arr, spacing=(0.7, 0.8, 2.0), origin=(1.0, 2.0, 3.0)):
+    img = sitk.GetImageFromArray(arr)
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_volume_formats_keep_geometry(tmp_path, suffix):
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    p = _write(tmp_path / f"MR_T2{suffix}", arr)
+    im = read_image_file(p)
+    assert im.role == Role.parse("MR_T2")  # role from the file name
+    np.testing.assert_array_equal(im.voxels, arr)
+    assert np.allclose(im.geometry.spacing_mm, (0.7, 0.8, 2.0))
+    assert np.allclose(im.geometry.origin_mm, (1.0, 2.0, 3.0))
+
+
+def test_png_grayscale_and_rgb(tmp_path):
+    gray = (np.arange(12 * 10) % 256).astype(np.uint8).reshape(12, 10)
+    p = _write(tmp_path / "lesion.png", gray)
+    im = read_image_file(p, role=Role.parse("US_L"), spacing_mm=(0.1, 0.2))
+    assert im.shape == (1, 12, 10) and im.geometry == Geometry((0.1, 0.2, 1.0))
+    np.testing.assert_array_equal(im.voxels[0], gray)
+    rgb = np.zeros((12, 10, 3), np.uint8)
+    rgb[..., 1] = 200
+    img = sitk.GetImageFromArray(rgb, isVector=True)
+    sitk.WriteImage(img, str(tmp_path / "US_R.png"))
+    im = read_image_file(tmp_path / "US_R.png")
+    assert im.role == Role.parse("US_R")
+    assert np.allclose(im.voxels, 0.587 * 200, atol=1e-3)
+    assert np.allclose(to_grayscale(np.array([[255, 255, 255, 0]], np.uint8)), 255, atol=1e-3)
+
+
+def test_png_needs_a_role(tmp_path):
+    p = _write(tmp_path / "scan.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match="role is unknown") as e:
+        read_image_file(p)
+    assert "scan.png" in str(e.value)
+
+
+def test_nan_voxels_refused(tmp_path):
+    arr = np.ones((2, 3, 4), np.float32)
+    arr[1, 1, 1] = np.nan
+    p = _write(tmp_path / "MR_ADC.nrrd", arr)
+    with pytest.raises(InputError, match="1 NaN or infinite voxel"):
+        read_image_file(p)
+
+
+def test_zero_length_and_corrupt_png(tmp_path):
+    (tmp_path / "US.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_image_file(tmp_path / "US.png")
+    good = _write(tmp_path / "US_L.png", np.zeros((64, 64), np.uint8)).read_bytes()
+    (tmp_path / "US_R.png").write_bytes(good[:40])
+    with pytest.raises(InputError) as e:
+        read_image_file(tmp_path / "US_R.png")
+    assert "US_R.png" in str(e.value)
+
+
+def test_huge_declared_size_refused_before_reading(tmp_path, monkeypatch):
+    # A NRRD header that declares 100000^3 voxels with a tiny body: refused from the header.
+    p = tmp_path / "MR_T2.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 100000 100000 100000\n"
+                  b"encoding: raw\nendian: little\n\n" + b"\0" * 16)
+    with pytest.raises(InputError, match="too large"):
+        read_image_file(p)
+    monkeypatch.setenv("BINDS_MAX_IMAGE_BYTES", "100")
+    small = _write(tmp_path / "MR_T1_PRE.nrrd", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputError, match="BINDS_MAX_IMAGE_BYTES"):
+        read_image_file(small)
+
+
+def test_unsupported_suffix(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_image_file(tmp_path / "x.txt", role=Role.parse("US"))
+
+
+def test_load_files_with_roles_and_role_assignments(tmp_path):
+    a = _write(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    b = _write(tmp_path / "b.nrrd", np.zeros((3, 8, 8), np.float32))
+    pairs = parse_role_assignments([f"US_L={a}", f"mr_dce1={b}"])
+    res = load_files(pairs)
+    (st,) = res.studies
+    assert [im.label for im in st.images] == ["US_L", "MR_DCE1"]
+    with pytest.raises(InputError, match="ROLE=FILE"):
+        parse_role_assignments(["US_L"])
+    with pytest.raises(InputError, match="unknown role"):
+        parse_role_assignments([f"XX={a}"])
+
+
+def test_load_missing_path(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load(tmp_path / "nope")

@@ -1,0 +1,133 @@
+"""The study folder: write then read gives identical voxels and geometry; bad files are refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from BINDSLib.errors import InputError, OutputError
+from BINDSLib.study import Finding, Geometry, Image, Pathology, Role, Study
+from BINDSLib.studyfolder import read_study_folder, write_study_folder
+
+
+def make_study() -> Study:
+    rng = np.random.default_rng(0)
+    c, s = np.cos(0.4), np.sin(0.4)
+    mr_geom = Geometry((0.8, 0.9, 2.5), (-100.0, 50.0, 12.5), (1, 0, 0, 0, c, -s, 0, s, c))
+    mg = Image(rng.integers(0, 4096, (1, 30, 20)).astype(np.uint16), Geometry((0.1, 0.1, 1)),
+               Role.parse("MG_L_CC"), findings=(Finding("CIRC", "B", 5, 6, 3),))
+    us = Image(rng.random((1, 16, 24)).astype(np.float32), Geometry((0.2, 0.25, 1)), Role.parse("US_R_10h"),
+               lesion_mask=(rng.random((1, 16, 24)) > 0.7))
+    mr = Image(rng.normal(size=(6, 10, 12)).astype(np.float32), mr_geom,
+               Role(modality="MR", sequence="DCE", phase=2, phase_time_s=180.0))
+    return Study("study-1", [mg, us, mr], patient_id="Jane Doe 123", diagnosis="malignant",
+                 pathology=Pathology(True, "IDC", 2, 80, 40, 1, None, 12), synthetic=True,
+                 attributes={"dup_group": "7"})
+
+
+def test_round_trip_identical_voxels_and_geometry(tmp_path):
+    st = make_study()
+    write_study_folder(st, tmp_path / "s")
+    back = read_study_folder(tmp_path / "s")
+    assert [im.label for im in back.images] == [im.label for im in st.images]
+    for a, b in zip(st.images, back.images):
+        assert b.voxels.dtype == a.voxels.dtype
+        np.testing.assert_array_equal(a.voxels, b.voxels)
+        assert b.geometry == a.geometry
+        assert b.role == a.role
+        if a.lesion_mask is None:
+            assert b.lesion_mask is None
+        else:
+            np.testing.assert_array_equal(a.lesion_mask, b.lesion_mask)
+        assert b.findings == a.findings
+    assert back.pathology == st.pathology and back.diagnosis == st.diagnosis
+    assert back.synthetic and back.attributes == {"dup_group": "7"}
+
+
+def test_identifiers_pseudonymised_unless_asked(tmp_path):
+    write_study_folder(make_study(), tmp_path / "a")
+    text = (tmp_path / "a" / "study.json").read_text()
+    assert "Jane" not in text and '"anon-' in text
+    write_study_folder(make_study(), tmp_path / "b", keep_identifiers=True)
+    assert "Jane Doe 123" in (tmp_path / "b" / "study.json").read_text()
+
+
+def test_write_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        write_study_folder(make_study(), tmp_path / name)
+    for f in sorted((tmp_path / "a").rglob("*")):
+        if f.is_file():
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+
+
+def test_no_overwrite_without_flag_and_no_partial_output(tmp_path, monkeypatch):
+    target = tmp_path / "s"
+    write_study_folder(make_study(), target)
+    with pytest.raises(OutputError, match="--overwrite"):
+        write_study_folder(make_study(), target)
+    write_study_folder(make_study(), target, overwrite=True)
+    # a failure midway leaves neither a partial target nor temporary folders
+    import BINDSLib.studyfolder as sf
+
+    calls = {"n": 0}
+    real = sf.write_nrrd
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sf, "write_nrrd", failing)
+    with pytest.raises(OSError):
+        write_study_folder(make_study(), tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def _doc(tmp_path):
+    write_study_folder(make_study(), tmp_path / "s")
+    return json.loads((tmp_path / "s" / "study.json").read_text())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(schema="other"), "not a BINDS study file"),
+    (lambda d: d.update(schema_version=99), "newer than this BINDS supports"),
+    (lambda d: d.update(images="x"), "'images' must be a list"),
+    (lambda d: d["images"][0].pop("role_detail") and d["images"][0].update(role="MG_Q_CC"), "unknown role"),
+    (lambda d: d["images"][0].update(path="../../etc/passwd"), "inside the study folder"),
+    (lambda d: d["images"][0].update(path="images/missing.nrrd"), "file not found"),
+    (lambda d: d["images"][1].update(label="MG_L_CC"), "duplicate image label"),
+    (lambda d: d["images"][0].update(modality="US"), "contradicts role"),
+    (lambda d: d.update(diagnosis="maybe"), "invalid study fields"),
+])
+def test_bad_study_json_gives_clear_error(tmp_path, mutate, message):
+    doc = _doc(tmp_path)
+    mutate(doc)
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=message) as e:
+        read_study_folder(tmp_path / "s")
+    assert str(tmp_path / "s") in str(e.value)
+
+
+def test_invalid_json_and_missing_folder(tmp_path):
+    with pytest.raises(InputError, match="no study.json"):
+        read_study_folder(tmp_path)
+    (tmp_path / "study.json").write_text("{not json")
+    with pytest.raises(InputError, match="invalid JSON"):
+        read_study_folder(tmp_path)
+
+
+def test_corrupt_image_file_named(tmp_path):
+    write_study_folder(make_study(), tmp_path / "s")
+    (tmp_path / "s" / "images" / "US_R_10h.nrrd").write_bytes(b"NRRD0004\ngarbage")
+    with pytest.raises(InputError, match="US_R_10h.nrrd"):
+        read_study_folder(tmp_path / "s")
+
+
+def test_geometry_mismatch_between_file_and_json_is_refused(tmp_path):
+    doc = _doc(tmp_path)
+    doc["images"][2]["geometry"]["origin_mm"][0] += 5.0
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="differs from study.json"):
+        read_study_folder(tmp_path / "s")
