@@ -1,0 +1,1 @@
+"""What the pipeline writes: Slicer segmentations, saliency volumes, reports, tables, PNGs."""
