@@ -1,0 +1,184 @@
+"""``binds diagnose``: two-stage diagnosis of one study or a batch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "binds-diagnosis-demo"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "diagnose", help="two-stage diagnosis: malignancy, subtype, lesions and saliency",
+        description="Stage 1 triages from ultrasound and/or mammography; when its probability "
+                    "falls in the model's uncertainty band and MRI is present, stage 2 (all "
+                    "modalities) replaces it. STUDY is a study folder, a DICOM folder (each study "
+                    "in it is diagnosed), a folder of study folders, a CSV with a 'path' column, "
+                    "or image files given with --role. One study writes its outputs into --out; "
+                    "several write --out/<study_id>/ each, plus results.csv and failures.csv.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("studies", nargs="*", metavar="STUDY", help="study folder, DICOM folder, CSV or file")
+    p.add_argument("--role", action="append", default=[], metavar="ROLE=FILE",
+                   help="an image file and its role, e.g. US_L=lesion.png (repeatable; one study)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="BUNDLE",
+                   help=f"model bundle folder or name (default {DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--stage", choices=("auto", "1", "2"), default="auto",
+                   help="auto: add MRI only when stage 1 is uncertain; 1: US/MG only; 2: full path")
+    p.add_argument("--lesion-mask", action="append", default=[], metavar="LABEL=FILE",
+                   help="user-edited lesion for an image (its label or role key): a mask image on "
+                        "the image grid or an edited .seg.nrrd (repeatable; one study)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="keep patient IDs in report.json and results.csv (default: pseudonyms)")
+    p.add_argument("--no-summary", action="store_true", help="skip the PNG summary")
+    p.set_defaults(func=run)
+
+
+def progress(done: int, total: int, message: str) -> None:
+    """One machine-readable progress line on stderr (the Slicer module parses it)."""
+    sys.stderr.write(f"PROGRESS {done}/{total} {message}\n")
+    sys.stderr.flush()
+
+
+def collect_sources(args) -> list[tuple[str, object]]:
+    """(kind, value) items to load lazily: ("path", Path) or ("files", [(path, role)])."""
+    import csv
+
+    from ..errors import InputError
+    from ..io.datasets import detect_layout
+    from ..io.loader import parse_role_assignments
+    from ..studyfolder import is_study_folder
+
+    sources: list[tuple[str, object]] = []
+    if args.role:
+        sources.append(("files", parse_role_assignments(args.role)))
+    for s in args.studies:
+        p = Path(s)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            try:
+                with open(p, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
+                raise InputError(f"cannot read CSV: {e}", p) from None
+            if rows and "path" not in rows[0]:
+                raise InputError("a batch CSV needs a 'path' column", p)
+            sources += [("path", (p.parent / r["path"]).resolve()) for r in rows]
+        elif p.is_dir() and not is_study_folder(p) and detect_layout(p) == "study-folders":
+            sources += [("path", d) for d in sorted(p.iterdir()) if is_study_folder(d)]
+        else:
+            sources.append(("path", p))
+    if not sources:
+        raise InputError("give at least one STUDY or --role ROLE=FILE")
+    return sources
+
+
+def load_source(kind: str, value) -> list:
+    from ..io.loader import load, load_files
+
+    res = load_files(value) if kind == "files" else load(value)
+    for sk in res.skipped:
+        log.warning("skipped %s: %s", sk.path, sk.reason)
+    return res.studies
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
+    from ..errors import InputError
+    from ..model.inference import DiagnosisModel
+
+    sources = collect_sources(args)
+    masks: dict[str, str] = {}
+    for item in args.lesion_mask:
+        key, sep, file = item.partition("=")
+        if not sep or not file:
+            raise InputError(f"expected LABEL=FILE, got {item!r} (e.g. US_L=edited.seg.nrrd)")
+        masks[key] = file
+    options = DiagnoseOptions(stage=args.stage, device=resolve_device(args.device),
+                              keep_identifiers=args.keep_identifiers, overwrite=args.overwrite,
+                              summary_png=not args.no_summary)
+    model = DiagnosisModel.from_bundle(args.model, device=options.device)
+    out = Path(args.out)
+    single = len(sources) == 1
+    if single:
+        studies = load_source(*sources[0])
+        single = len(studies) == 1
+    if single:
+        if masks and len(studies) != 1:
+            raise InputError("--lesion-mask needs exactly one study")
+        report = diagnose_study(model, studies[0], out, options, masks)
+        sys.stdout.write(f"{report.study_id}: stage {report.stage}, malignancy probability "
+                         f"{report.malignancy_probability:.3f} -> {report.recommendation}\n"
+                         f"outputs in {out}\n")
+        return 0
+    if masks:
+        raise InputError("--lesion-mask applies to one study, not a batch")
+    return run_batch(model, sources, out, options)
+
+
+def run_batch(model, sources, out: Path, options) -> int:
+    import csv
+
+    from ..diagnose import diagnose_study, is_finished, remove_stale
+    from ..errors import EXIT_PARTIAL, BindsError
+    from ..fsutil import atomic_write_text
+    from ..outputs.report import results_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    done = skipped = 0
+    total = len(sources)
+    for n, (kind, value) in enumerate(sources, start=1):
+        name = str(value) if kind == "path" else "files"
+        try:
+            studies = load_source(kind, value)
+        except BindsError as e:
+            failures.append((name, str(e)))
+            log.error("%s", e)
+            progress(n, total, f"failed {name}")
+            continue
+        for st in studies:
+            target = out / _safe_name(st.study_id)
+            remove_stale(target)
+            if is_finished(target) and not options.overwrite:
+                skipped += 1
+                continue
+            try:
+                diagnose_study(model, st, target, options)
+                done += 1
+            except BindsError as e:
+                failures.append((f"{name} (study {st.study_id})", str(e)))
+                log.error("study %s: %s", st.study_id, e)
+        progress(n, total, name)
+    rows = []
+    for rpath in sorted(out.glob("*/results.csv")):
+        if is_finished(rpath.parent):
+            with open(rpath, newline="", encoding="utf-8") as f:
+                rows += list(csv.DictReader(f))
+    atomic_write_text(out / "results.csv", results_csv(rows))
+    atomic_write_text(out / "failures.csv", _csv_text(["source", "error"], failures))
+    sys.stdout.write(f"{done} diagnosed, {skipped} already done, {len(failures)} failed; results in {out}\n")
+    return EXIT_PARTIAL if failures else 0
+
+
+def _safe_name(study_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study_id).strip("._") or "study"
+
+
+def _csv_text(header: list[str], rows) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()

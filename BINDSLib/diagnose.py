@@ -1,0 +1,239 @@
+"""Two-stage diagnosis of a study and its outputs (what ``binds diagnose`` and Slicer run).
+
+Stage 1 uses ultrasound and/or mammography. When its malignancy probability falls inside the
+bundle's uncertainty band (BINDS: 0.02-0.98) and MRI is present, stage 2 (all modalities)
+replaces it; ``stage=2`` forces the full path (stage 1, then stage 2 whatever the band),
+``stage=1`` never adds MRI. A study with only
+MRI goes straight to stage 2.
+
+Output folder of one study::
+
+    report.json            schema binds.report v1 (deterministic)
+    results.csv            one row
+    timings.json           wall-clock seconds by part (not deterministic, kept apart)
+    summary.png            images with lesion outline and saliency, key numbers
+    <label>.seg.nrrd       per image: segments "lesion" and "salient_region", image grid
+    <label>_saliency.nrrd  per image: continuous saliency in [0, 1], image grid
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import InputError, OutputError
+from .fsutil import atomic_dir, json_dumps
+from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
+from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
+from .study import Modality, Study, pseudonym
+
+log = logging.getLogger(__name__)
+
+STAGE1_MODALITIES = (Modality.US, Modality.MG)
+DEFAULT_BAND = (0.02, 0.98)
+SALIENT_THRESHOLD = 0.5  # saliency (normalised to [0, 1] per image) above which a voxel is "salient"
+
+
+@dataclass
+class DiagnoseOptions:
+    stage: str = "auto"  # "auto", "1" or "2"
+    device: str = "auto"
+    keep_identifiers: bool = False
+    overwrite: bool = False
+    summary_png: bool = True
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; a clear error for a missing GPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available (use --device auto or cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
+    return device
+
+
+def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]) -> dict[str, np.ndarray]:
+    """User lesion masks by image label (or role key) from mask images or edited ``.seg.nrrd``.
+
+    A ``.seg.nrrd`` contributes its segment ``lesion`` (or its only segment); any other image
+    file is a mask whose non-zero voxels are lesion and must be on the image's grid.
+    """
+    from .io.files import read_mask_file
+
+    out: dict[str, np.ndarray] = {}
+    by_key = {im.label: im for im in study.images}
+    by_key.update({im.role.key: im for im in study.images if im.role.key not in by_key})
+    for key, path in assignments.items():
+        im = by_key.get(key)
+        if im is None:
+            raise InputError(f"no image {key!r} in study {study.study_id} for this lesion mask "
+                             f"(images: {', '.join(i.label for i in study.images)})", path)
+        p = Path(path)
+        if p.name.endswith(".seg.nrrd"):
+            segs = read_seg_nrrd(p, im.geometry, im.shape)
+            seg = segs.get("lesion") or (next(iter(segs.values())) if len(segs) == 1 else None)
+            if seg is None:
+                raise InputError(f"no 'lesion' segment (has {', '.join(segs)})", p)
+            out[im.label] = seg.mask
+        else:
+            out[im.label] = read_mask_file(p, im.shape)
+    return out
+
+
+def _stage_modalities(study: Study, stage: int) -> list[Modality]:
+    present = study.modalities()
+    if stage == 1:
+        return [m for m in present if m in STAGE1_MODALITIES]
+    return present
+
+
+def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesion_masks):
+    """Run stage 1 and, when needed, stage 2. Returns (stage results, final prediction)."""
+    present = study.modalities()
+    if not present:
+        raise InputError(f"study {study.study_id} has no images")
+    has_mr = Modality.MR in present
+    has_stage1 = any(m in STAGE1_MODALITIES for m in present)
+    if stage == "1" and not has_stage1:
+        raise InputError(f"--stage 1 needs ultrasound or mammography; study {study.study_id} has "
+                         f"only {', '.join(m.value for m in present)}")
+    stages: list[StageResult] = []
+    preds = []
+    if has_stage1:
+        mods = _stage_modalities(study, 1)
+        pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
+        stages.append(StageResult(1, [m.value for m in mods], float(pred.malignancy_probability),
+                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
+        preds.append(pred)
+    need_stage2 = has_mr and (stage == "2" or not stages or
+                              (stage == "auto" and band[0] < stages[-1].malignancy_probability < band[1]))
+    if need_stage2:
+        mods = _stage_modalities(study, 2)
+        pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
+        stages.append(StageResult(2, [m.value for m in mods], float(pred.malignancy_probability),
+                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
+        preds.append(pred)
+    return stages, preds
+
+
+def recommendation(p: float, threshold: float) -> tuple[str, str]:
+    if p >= threshold:
+        return "biopsy", (f"malignancy probability {p:.3f} >= {threshold:.3f}: biopsy recommended "
+                          "(research use only)")
+    return "follow-up", (f"malignancy probability {p:.3f} < {threshold:.3f}: short-interval imaging "
+                         "follow-up instead of biopsy may be considered (research use only)")
+
+
+def _salient_mask(saliency: np.ndarray) -> np.ndarray:
+    return (saliency >= SALIENT_THRESHOLD).astype(np.uint8)
+
+
+def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: DiagnoseOptions,
+                   lesion_mask_files: Mapping[str, str | os.PathLike] | None = None) -> DiagnosisReport:
+    """Diagnose one study and write its output folder atomically. Returns the report."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not options.overwrite:
+        raise OutputError("output folder exists; use --overwrite to replace it", out_dir)
+    t0 = time.perf_counter()
+    user_masks = load_lesion_masks(study, lesion_mask_files or {})
+    meta = model.bundle.binds
+    band = tuple(meta.get("uncertainty_band", DEFAULT_BAND))
+    threshold = float(meta.get("operating_point", {}).get("threshold", 0.5)
+                      if isinstance(meta.get("operating_point"), dict) else meta.get("operating_point", 0.5))
+    t_read = time.perf_counter() - t0
+    stages, preds = run_stages(model, study, options.stage, band, user_masks)
+    final, pred = stages[-1], preds[-1]
+    rec, rec_detail = recommendation(final.malignancy_probability, threshold)
+    pid = study.patient_id
+    if pid and not options.keep_identifiers and not pid.startswith("anon-"):
+        pid = pseudonym(pid)
+    notes = []
+    if user_masks:
+        notes.append("re-assessed with user-edited lesion masks for: " + ", ".join(sorted(user_masks)))
+    if len(stages) == 2 and stages[0].stage == 1:
+        notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} inside the "
+                     f"uncertainty band {band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it"
+                     if options.stage == "auto" else "stage 2 forced (--stage 2)")
+    t1 = time.perf_counter()
+    with atomic_dir(out_dir, overwrite=options.overwrite) as tmp:
+        images, panels = [], []
+        used = set(final.modalities)
+        for im in study.images:
+            if im.modality.value not in used:
+                continue
+            label = im.label
+            lesion = pred.lesion_masks[label]
+            sal = np.clip(pred.saliency[label].astype(np.float32), 0, 1)
+            prob = pred.lesion_probability[label]
+            seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
+            write_seg_nrrd(tmp / seg_name, {"lesion": lesion, "salient_region": _salient_mask(sal)},
+                           im.geometry, laterality=im.role.laterality)
+            from .studyfolder import write_nrrd
+
+            write_nrrd(tmp / sal_name, sal, im.geometry)
+            voxel_mm3 = float(np.prod(im.geometry.spacing_mm))
+            images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
+                                      "user" if label in user_masks else "predicted",
+                                      float(lesion.sum()) * voxel_mm3,
+                                      float(_salient_mask(sal).sum()) * voxel_mm3, float(prob.max())))
+            sp = im.geometry.spacing_mm
+            panels.append({"label": label, "voxels": im.voxels, "lesion": lesion, "saliency": sal,
+                           "aspect": sp[1] / sp[0]})
+        report = DiagnosisReport(
+            study_id=study.study_id, patient_id=pid,
+            study_date=None if study.study_date is None else study.study_date.isoformat(),
+            synthetic=study.synthetic, stage=final.stage, stages=stages,
+            malignancy_probability=final.malignancy_probability,
+            subtype_probabilities=final.subtype_probabilities, contributions=final.contributions,
+            threshold=threshold, uncertainty_band=band, recommendation=rec,
+            recommendation_detail=rec_detail, user_lesion_masks=sorted(user_masks), images=images,
+            model=model.bundle.summary() | {"path": model.bundle.path.name},
+            inputs=[{"label": im.label, "role": im.role.key, "modality": im.modality.value,
+                     "shape": list(im.shape), "spacing_mm": list(im.geometry.spacing_mm)}
+                    for im in study.images],
+            notes=notes)
+        doc = report.to_json()
+        (tmp / "report.json").write_text(json_dumps(doc), encoding="utf-8")
+        (tmp / "results.csv").write_text(results_csv([report.result_row()]), encoding="utf-8")
+        if options.summary_png:
+            from .outputs.summary import write_summary_png
+
+            lines = [f"stage {report.stage}  malignancy probability {report.malignancy_probability:.3f}"
+                     f"  (threshold {threshold:.3f})  -> {rec}"]
+            if report.subtype:
+                lines.append("subtype: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
+                                                     for k, v in report.subtype_probabilities.items()))
+            if report.contributions:
+                lines.append("contributions: " + ", ".join(f"{k} {v:.2f}" for k, v in report.contributions.items()))
+            lines += notes
+            lines.append(f"model {report.model['name']} {report.model['version']} - research use only")
+            write_summary_png(tmp / "summary.png", panels, lines,
+                              f"BINDS - study {study.study_id}" + (" (SYNTHETIC)" if study.synthetic else ""))
+        timings = {"read_s": t_read, "inference_s": t1 - t0 - t_read, "write_s": time.perf_counter() - t1,
+                   "total_s": time.perf_counter() - t0}
+        for n, p in enumerate(preds):
+            for k, v in getattr(p, "timings", {}).items():
+                timings[f"stage{stages[n].stage}_{k}"] = v
+        (tmp / "timings.json").write_text(json_dumps(timings), encoding="utf-8")
+    return report
+
+
+def is_finished(out_dir: Path) -> bool:
+    return (Path(out_dir) / "report.json").is_file()
+
+
+def remove_stale(out_dir: Path) -> None:
+    """Remove temporary folders a killed run left beside ``out_dir``."""
+    for p in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*.part"):
+        shutil.rmtree(p, ignore_errors=True)

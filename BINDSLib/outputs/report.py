@@ -1,0 +1,123 @@
+"""The diagnosis report (``report.json``, schema ``binds.report`` version 1) and ``results.csv``.
+
+The report is deterministic for a given input and model (same bytes twice on CPU): wall-clock
+timings are written separately to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+
+REPORT_SCHEMA = "binds.report"
+REPORT_SCHEMA_VERSION = 1
+
+RESULT_COLUMNS = (
+    "study_id", "patient_id", "study_date", "stage", "modalities", "malignancy_probability",
+    "stage1_probability", "stage2_probability", "threshold", "recommendation", "subtype",
+    "subtype_probability", "user_lesion_masks", "model", "model_version",
+)
+
+
+@dataclass
+class StageResult:
+    """The outcome of one stage."""
+
+    stage: int
+    modalities: list[str]
+    malignancy_probability: float
+    subtype_probabilities: dict[str, float] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImageOutput:
+    label: str
+    role: str
+    modality: str
+    segmentation: str | None
+    saliency: str | None
+    lesion_source: str  # "predicted" or "user"
+    lesion_volume_mm3: float
+    salient_volume_mm3: float
+    lesion_probability_max: float
+
+
+@dataclass
+class DiagnosisReport:
+    study_id: str
+    patient_id: str | None
+    study_date: str | None
+    synthetic: bool
+    stage: int
+    stages: list[StageResult]
+    malignancy_probability: float
+    subtype_probabilities: dict[str, float]
+    contributions: dict[str, float]
+    threshold: float
+    uncertainty_band: tuple[float, float]
+    recommendation: str
+    recommendation_detail: str
+    user_lesion_masks: list[str]
+    images: list[ImageOutput]
+    model: dict
+    inputs: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def subtype(self) -> str | None:
+        if not self.subtype_probabilities:
+            return None
+        return max(self.subtype_probabilities, key=self.subtype_probabilities.get)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["uncertainty_band"] = list(self.uncertainty_band)
+        d["subtype"] = self.subtype
+        return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION,
+                "intended_use": "Research use only; not for clinical use.", **d}
+
+    def result_row(self) -> dict:
+        by_stage = {s.stage: s.malignancy_probability for s in self.stages}
+        final = self.stages[-1]
+        return {
+            "study_id": self.study_id, "patient_id": self.patient_id or "",
+            "study_date": self.study_date or "", "stage": self.stage,
+            "modalities": "+".join(final.modalities),
+            "malignancy_probability": f"{self.malignancy_probability:.6f}",
+            "stage1_probability": "" if 1 not in by_stage else f"{by_stage[1]:.6f}",
+            "stage2_probability": "" if 2 not in by_stage else f"{by_stage[2]:.6f}",
+            "threshold": f"{self.threshold:.6f}", "recommendation": self.recommendation,
+            "subtype": self.subtype or "",
+            "subtype_probability": "" if not self.subtype else f"{self.subtype_probabilities[self.subtype]:.6f}",
+            "user_lesion_masks": "+".join(self.user_lesion_masks),
+            "model": self.model.get("name", ""), "model_version": self.model.get("version", ""),
+        }
+
+
+def results_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def report_table_rows(report: dict) -> list[tuple[str, str]]:
+    """(quantity, value) rows of a report for a two-column table (Slicer table node, PNG)."""
+    rows = [("Stage", str(report["stage"])),
+            ("Malignancy probability", f"{report['malignancy_probability']:.3f}")]
+    for s in report["stages"]:
+        rows.append((f"Stage {s['stage']} probability ({'+'.join(s['modalities'])})",
+                     f"{s['malignancy_probability']:.3f}"))
+    rows.append(("Threshold (operating point)", f"{report['threshold']:.3f}"))
+    rows.append(("Recommendation", report["recommendation"]))
+    for name, p in report.get("subtype_probabilities", {}).items():
+        rows.append((f"Subtype {name.replace('_', ' ')}", f"{p:.3f}"))
+    for mod, c in report.get("contributions", {}).items():
+        rows.append((f"Contribution {mod}", f"{c:.3f}"))
+    if report.get("user_lesion_masks"):
+        rows.append(("User-edited lesions", ", ".join(report["user_lesion_masks"])))
+    return rows
