@@ -24,18 +24,8 @@ from typing import Mapping, Sequence
 
 from ..errors import InputError
 from ..study import Role, Study
+from .dicom_common import Skipped
 from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, suffix_of
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file or series that was not used, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
 
 
 @dataclass
@@ -85,7 +75,7 @@ def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:
 
     studies, skipped = (dicom.load_dicom_files(files) if files is not None
                         else dicom.load_dicom_folder(where))
-    result = LoadResult(list(studies), [Skipped(str(s.path), s.reason) for s in skipped])
+    result = LoadResult(list(studies), list(skipped))
     if not result.studies:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in result.skipped[:5])
         more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
