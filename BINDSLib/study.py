@@ -395,6 +395,24 @@ class Pathology:
     ki67_percent: float | None = None
     wsi_features: str | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.malignant, bool):
+            raise ValueError(f"pathology 'malignant' must be true or false, not {self.malignant!r}")
+        for name in ("er_percent", "pr_percent", "ki67_percent"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+                raise ValueError(f"pathology {name!r} must be a percentage 0-100, not {v!r}")
+        for name, lo, hi in (("grade", 1, 3), ("her2_score", 0, 3)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+                raise ValueError(f"pathology {name!r} must be an integer {lo}-{hi}, not {v!r}")
+        for name in ("histology", "wsi_features"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"pathology {name!r} must be text, not {v!r}")
+        if self.her2_ish_amplified is not None and not isinstance(self.her2_ish_amplified, bool):
+            raise ValueError("pathology 'her2_ish_amplified' must be true, false or null")
+
     @property
     def her2_positive(self) -> bool | None:
         if self.her2_score is None:

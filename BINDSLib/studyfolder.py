@@ -16,6 +16,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .study import (
 SCHEMA = "binds.study"
 SCHEMA_VERSION = 1
 STUDY_JSON = "study.json"
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _date_str(d: _dt.date | None) -> str | None:
@@ -164,6 +166,8 @@ def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path |
     images_doc = doc.get("images")
     if not isinstance(images_doc, list):
         raise InputError("'images' must be a list", jpath)
+    for key, types in _STUDY_FIELDS.items():
+        _check_type(doc, key, types, "study", jpath)
     try:
         study = Study(
             study_id=str(doc.get("study_id") or root.name),
@@ -179,53 +183,82 @@ def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path |
         raise InputError(f"invalid study fields: {e}", jpath) from None
     labels = set()
     for n, entry in enumerate(images_doc):
-        where = f"images[{n}]"
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise InputError(f"{where} must be an object with a 'path'", jpath)
-        try:
-            if "role_detail" in entry:
-                role = Role.from_json(entry["role_detail"])
-            elif "role" in entry:
-                role = Role.parse(entry["role"])
-            else:
-                raise ValueError("needs a 'role' (e.g. MG_L_CC)")
-            if "modality" in entry and entry["modality"] != role.modality.value:
-                raise ValueError(f"modality {entry['modality']!r} contradicts role {role.key}")
-            findings = tuple(Finding.from_json(f) for f in entry.get("findings", []))
-            source = SourceInfo.from_json(entry.get("source", {}))
-            acq = parse_date(entry.get("acquisition_date"))
-        except (ValueError, TypeError, KeyError) as e:
-            raise InputError(f"{where}: {e}", jpath) from None
-        label = entry.get("label") or role.key
-        if label in labels:
-            raise InputError(f"{where}: duplicate image label {label!r}", jpath)
-        labels.add(label)
-        ipath = _safe_relpath(root, str(entry["path"]), jpath)
-        if load_voxels:
-            from .io.files import sitk_to_voxels
-
-            img = read_volume(ipath)
-            voxels, geom = sitk_to_voxels(img, ipath)
-            geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
-            mask = None
-            if entry.get("lesion_mask"):
-                mpath = _safe_relpath(root, str(entry["lesion_mask"]), jpath)
-                mvox, mgeom = sitk_to_voxels(read_volume(mpath), mpath)
-                if mvox.shape != voxels.shape:
-                    raise InputError(f"lesion mask shape {mvox.shape} differs from its image "
-                                     f"{ipath.name} {voxels.shape}", mpath)
-                mask = mvox
-        else:
-            if "geometry" not in entry or "shape" not in entry:
-                raise InputError(f"{where}: needs 'geometry' and 'shape' to be read without voxels", jpath)
-            geom = Geometry.from_json(entry["geometry"])
-            voxels = np.zeros((1, 1, 1), dtype=np.uint8)
-            mask = None
-        if not source.files:
-            source = dataclasses.replace(source, files=(str(ipath),))
-        study.images.append(Image(voxels, geom, role, acquisition_date=acq, source=source,
-                                  lesion_mask=mask, findings=findings, name=label))
+        image = _image_from_entry(entry, f"images[{n}]", root, jpath, load_voxels)
+        if image.label in labels:
+            raise InputError(f"images[{n}]: duplicate image label {image.label!r}", jpath)
+        labels.add(image.label)
+        study.images.append(image)
     return study
+
+
+_STUDY_FIELDS = {
+    "study_id": (str,), "patient_id": (str,), "study_date": (str,), "synthetic": (bool,),
+    "description": (str,), "diagnosis": (str,), "pathology": (dict,), "attributes": (dict,),
+}
+_IMAGE_FIELDS = {
+    "path": (str,), "label": (str,), "role": (str,), "role_detail": (dict,), "modality": (str,),
+    "findings": (list,), "source": (dict,), "acquisition_date": (str,), "lesion_mask": (str,),
+    "geometry": (dict,), "shape": (list,),
+}
+
+
+def _check_type(d: dict, key: str, types: tuple, where: str, jpath: Path) -> None:
+    """Refuse a field of the wrong JSON type (``None`` is allowed: the field is optional)."""
+    v = d.get(key)
+    if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+        names = " or ".join(t.__name__.replace("dict", "object").replace("list", "array") for t in types)
+        raise InputError(f"{where}: '{key}' must be {names}, not {type(v).__name__}", jpath)
+
+
+def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: bool) -> Image:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise InputError(f"{where} must be an object with a 'path' string", jpath)
+    for key, types in _IMAGE_FIELDS.items():
+        _check_type(entry, key, types, where, jpath)
+    try:
+        if entry.get("role_detail") is not None:
+            role = Role.from_json(entry["role_detail"])
+        elif entry.get("role") is not None:
+            role = Role.parse(entry["role"])
+        else:
+            raise ValueError("needs a 'role' (e.g. MG_L_CC)")
+        if entry.get("modality") is not None and entry["modality"] != role.modality.value:
+            raise ValueError(f"modality {entry['modality']!r} contradicts role {role.key}")
+        findings = tuple(Finding.from_json(f) for f in entry.get("findings") or [])
+        source = SourceInfo.from_json(entry.get("source") or {})
+        acq = parse_date(entry.get("acquisition_date"))
+        geom_doc = None if entry.get("geometry") is None else Geometry.from_json(entry["geometry"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{where}: {e}", jpath) from None
+    label = entry.get("label") or role.key
+    if not _LABEL_RE.match(label):
+        raise InputError(f"{where}: label {label!r} must be a file-name-safe name (letters, digits, . _ -)", jpath)
+    ipath = _safe_relpath(root, entry["path"], jpath)
+    mask = None
+    if load_voxels:
+        from .io.files import sitk_to_voxels
+
+        voxels, geom = sitk_to_voxels(read_volume(ipath), ipath)
+        geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
+        if entry.get("lesion_mask"):
+            mpath = _safe_relpath(root, entry["lesion_mask"], jpath)
+            mvox, _ = sitk_to_voxels(read_volume(mpath), mpath)
+            if mvox.shape != voxels.shape:
+                raise InputError(f"lesion mask shape {mvox.shape} differs from its image "
+                                 f"{ipath.name} {voxels.shape}", mpath)
+            mask = mvox
+    else:
+        if geom_doc is None or entry.get("shape") is None:
+            raise InputError(f"{where}: needs 'geometry' and 'shape' to be read without voxels", jpath)
+        geom = geom_doc
+        voxels = np.zeros((1, 1, 1), dtype=np.uint8)
+    if not source.files:
+        source = dataclasses.replace(source, files=(str(ipath),))
+    try:
+        return Image(voxels, geom, role, acquisition_date=acq, source=source,
+                     lesion_mask=mask, findings=findings, name=label)
+    except ValueError as e:
+        raise InputError(f"{where}: {e}", jpath) from None
 
 
 def _reconcile_geometry(file_geom: Geometry, entry: dict, path: Path, shape) -> Geometry:
