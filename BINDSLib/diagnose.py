@@ -33,6 +33,7 @@ from .fsutil import atomic_dir, json_dumps
 from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
 from .study import Modality, Study, pseudonym
+from .validation import check_study
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     if out_dir.exists() and not options.overwrite:
         raise OutputError("output folder exists; use --overwrite to replace it", out_dir)
     t0 = time.perf_counter()
+    warnings = check_study(study)
     user_masks = load_lesion_masks(study, lesion_mask_files or {})
     meta = model.bundle.binds
     band = tuple(meta.get("uncertainty_band", DEFAULT_BAND))
@@ -158,7 +160,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     pid = study.patient_id
     if pid and not options.keep_identifiers and not pid.startswith("anon-"):
         pid = pseudonym(pid)
-    notes = []
+    notes = list(warnings)
     if user_masks:
         notes.append("re-assessed with user-edited lesion masks for: " + ", ".join(sorted(user_masks)))
     if len(stages) == 2 and stages[0].stage == 1:

@@ -1,0 +1,102 @@
+"""Checks a study must pass before a model sees it.
+
+Errors (:class:`~BINDSLib.errors.InputError`, naming the image's file) for inputs no model
+should be run on; warnings (returned, logged, written into the report) for inputs that are
+usable but suspicious.
+
+========================================  =========================================
+problem                                   outcome
+========================================  =========================================
+mammogram or ultrasound that is 3D        error (tomosynthesis / volumes unsupported)
+MRI that is a single 2D slice             error
+the same MG view twice (e.g. 2x MG_L_CC)  error: keep one
+non-finite voxels                         error (readers refuse them already)
+constant image (no contrast)              error
+the same mammogram under two roles        error: a view is duplicated
+left and right breasts against the same   warning: laterality may be swapped
+  image edge, or one breast's views
+  against different edges
+========================================  =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+
+from .errors import InputError
+from .study import Image, Modality, Study
+
+log = logging.getLogger(__name__)
+
+
+def _where(im: Image) -> str:
+    return im.source.files[0] if im.source.files else f"image {im.label}"
+
+
+def breast_side(voxels2d: np.ndarray) -> str:
+    """Which half of a mammogram (``"left"`` or ``"right"`` of the array) holds more tissue.
+
+    The breast is brighter than the background on a For Presentation image (after MONOCHROME1
+    inversion), and it lies against the chest wall: the image side with more signal.
+    """
+    img = voxels2d.astype(np.float32)
+    lo, hi = np.percentile(img, [1, 99])
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    half = img.shape[1] // 2
+    return "left" if img[:, :half].sum() >= img[:, img.shape[1] - half:].sum() else "right"
+
+
+def check_study(study: Study) -> list[str]:
+    """Raise :class:`InputError` on unusable images; return warnings for suspicious ones."""
+    warnings: list[str] = []
+    for im in study.images:
+        depth = im.shape[0]
+        if im.modality is Modality.MG and depth > 1:
+            raise InputError(f"{im.label} is 3D ({depth} slices): a mammogram must be a 2D image "
+                             "(tomosynthesis is not supported)", _where(im))
+        if im.modality is Modality.MR and depth < 2:
+            raise InputError(f"{im.label} is a single 2D slice: an MRI sequence must be a 3D volume",
+                             _where(im))
+        v = im.voxels
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise InputError(f"{im.label} has NaN or infinite voxels", _where(im))
+        if v.max() == v.min():
+            raise InputError(f"{im.label} is a constant image (every voxel {v.flat[0]!r}): "
+                             "nothing to analyse", _where(im))
+    mg_roles = Counter(im.role.key for im in study.images if im.modality is Modality.MG)
+    dup = sorted(k for k, n in mg_roles.items() if n > 1)
+    if dup:
+        files = [_where(im) for im in study.images if im.role.key in dup]
+        raise InputError(f"study {study.study_id} has the mammography view(s) {', '.join(dup)} more "
+                         f"than once ({', '.join(files)}): keep one image per view")
+    mg = [im for im in study.images if im.modality is Modality.MG]
+    for a_i, a in enumerate(mg):
+        for b in mg[a_i + 1:]:
+            if a.shape == b.shape and np.array_equal(a.voxels, b.voxels):
+                raise InputError(f"the same mammogram appears as {a.label} and {b.label} "
+                                 f"({_where(a)}, {_where(b)}): a view is duplicated", _where(b))
+    warnings += _laterality_warnings(mg)
+    for w in warnings:
+        log.warning("study %s: %s", study.study_id, w)
+    return warnings
+
+
+def _laterality_warnings(mg: list[Image]) -> list[str]:
+    """Convention-free laterality check: a breast's views lie against the same image edge,
+    and the two breasts against opposite edges (whatever the source's display convention)."""
+    sides: dict[str, set[str]] = {}
+    for im in mg:
+        if im.role.laterality in ("L", "R"):
+            sides.setdefault(im.role.laterality, set()).add(breast_side(im.voxels[0]))
+    out = []
+    for lat, s in sorted(sides.items()):
+        if len(s) > 1:
+            out.append(f"the {'left' if lat == 'L' else 'right'} breast's views lie against different "
+                       "image edges: check that no view carries the wrong laterality")
+    if len(sides.get("L", ())) == 1 and sides.get("L") == sides.get("R"):
+        out.append("the left and right breasts lie against the same image edge: the views of the "
+                   "two breasts may be swapped or mislabelled")
+    return out
