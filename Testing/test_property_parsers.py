@@ -124,3 +124,17 @@ def test_dicom_indexer_and_loader_never_crash(tmp_path_factory, files, cut):
         for s in studies:
             for im in s.images:
                 assert np.isfinite(im.voxels).all()
+
+
+def test_damaged_element_value_is_a_skip_not_a_crash(tmp_path, pydicom_test_files):
+    """Found by fuzzing: an unknown VR inside a header raised only when the element was used."""
+    data = bytearray((pydicom_test_files / "MR_small.dcm").read_bytes())
+    ds = pydicom.dcmread(io.BytesIO(bytes(data)), stop_before_pixels=True)
+    # corrupt the VR of PatientID (explicit VR little endian: tag, then 2-byte VR)
+    tag = b"\x10\x00\x20\x00" + ds["PatientID"].VR.encode()
+    at = bytes(data).index(tag)
+    data[at + 4:at + 6] = b"LG"
+    (tmp_path / "x.dcm").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged DICOM header") as e:
+        load_dicom_folder(tmp_path)
+    assert "Traceback" not in str(e.value)

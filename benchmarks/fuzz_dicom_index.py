@@ -49,9 +49,12 @@ def main() -> int:
     args = ap.parse_args()
     import atheris
 
-    with atheris.instrument_imports():
+    import numpy  # noqa: F401  (not instrumented: only BINDSLib and pydicom are)
+
+    with atheris.instrument_imports(include=["BINDSLib", "pydicom"]):
         from BINDSLib.errors import InputError
         from BINDSLib.io.dicom import index_dicom_folder, load_dicom_folder
+    os.environ.setdefault("BINDS_MAX_IMAGE_BYTES", str(256 * 1024**2))
 
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")

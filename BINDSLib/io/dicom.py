@@ -66,7 +66,14 @@ def load_indexed_study(indexed: IndexedStudy) -> tuple[Study | None, list[Skippe
     for modality, reader in _READERS.items():
         series = [s for s in indexed.series if s.modality is modality]
         if series:
-            got, lost = reader(series)
+            try:
+                got, lost = reader(series)
+            except InputError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged file must not stop the others
+                reason = f"damaged DICOM data ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+                log.debug("reader failed", exc_info=True)
+                got, lost = [], [Skipped(str(f.path), reason) for s in series for f in s.files]
             images.extend(got)
             skipped.extend(lost)
     if not images:

@@ -170,7 +170,7 @@ def read_header(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        return _fully_decoded(pydicom.dcmread(str(path), stop_before_pixels=True))
     except InvalidDicomError:
         pass
     except PermissionError:
@@ -178,14 +178,26 @@ def read_header(path: Path):
     except OSError as e:
         return Skipped(str(path), f"cannot read ({e.strerror or e})")
     except Exception as e:  # noqa: BLE001 - damaged headers raise many kinds
-        return Skipped(str(path), f"damaged DICOM header ({type(e).__name__}: {str(e)[:120]})")
+        return Skipped(str(path), f"damaged DICOM header ({type(e).__name__}: {_first_line(e)})")
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
         if "SOPClassUID" in ds and "StudyInstanceUID" in ds:
-            return ds
+            return _fully_decoded(ds)
     except Exception:  # noqa: BLE001 - not DICOM after all
         pass
     return Skipped(str(path), "not DICOM")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else "")[:160]
+
+
+def _fully_decoded(ds):
+    """Convert every element now (pydicom decodes lazily), so that a damaged value (an unknown
+    VR, a bad length) is found here, once, instead of deep inside a later reader."""
+    ds.walk(lambda dataset, elem: None)
+    return ds
 
 
 def series_modality(ds) -> Modality | None:
