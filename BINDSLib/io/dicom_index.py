@@ -197,6 +197,8 @@ def _fully_decoded(ds):
     """Convert every element now (pydicom decodes lazily), so that a damaged value (an unknown
     VR, a bad length) is found here, once, instead of deep inside a later reader."""
     ds.walk(lambda dataset, elem: None)
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.walk(lambda dataset, elem: None)
     return ds
 
 
