@@ -237,3 +237,25 @@ def image_order(im) -> tuple:
     if r.modality is Modality.US:
         return (modality, r.laterality != "R", r.laterality is None, 0, r.clock_position or 0.0)
     return (modality, _MR_ORDER[r.sequence], r.phase or 0, 0, r.b_value or 0.0)
+
+
+def plane_geometry(ds, spacing_x_mm: float, spacing_y_mm: float, first_col: int = 0,
+                   first_row: int = 0):
+    """Geometry of a 2D image: ImagePositionPatient / ImageOrientationPatient when the file has
+    them (BINDS writes them for mammography and ultrasound; some vendors do), else the pixel
+    grid at the origin with identity direction. ``first_col``/``first_row``: the top-left pixel
+    of a crop, whose position is shifted accordingly."""
+    from ..study import Geometry
+
+    ipp = numbers(ds, "ImagePositionPatient", 3)
+    iop = numbers(ds, "ImageOrientationPatient", 6)
+    if ipp is not None and iop is not None:
+        row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
+        normal = np.cross(row_dir, col_dir)
+        if abs(np.linalg.norm(row_dir) - 1) < 1e-3 and abs(np.linalg.norm(col_dir) - 1) < 1e-3 \
+                and abs(np.dot(row_dir, col_dir)) < 1e-3:
+            origin = np.array(ipp) + row_dir * first_col * spacing_x_mm + col_dir * first_row * spacing_y_mm
+            direction = np.stack([row_dir, col_dir, normal], axis=1)
+            return Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(origin), tuple(direction.ravel()))
+    return Geometry((spacing_x_mm, spacing_y_mm, 1.0), (first_col * spacing_x_mm, first_row * spacing_y_mm, 0.0))
+

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..study import MG_VIEWS, Geometry, Image, Modality, Role, SourceInfo
+from ..study import MG_VIEWS, Image, Modality, Role, SourceInfo
 from .dicom_common import (
+    plane_geometry,
     MG_PROCESSING_SOP, DX_PROCESSING_SOP, Skipped, decode, dicom_date, frames_of, modality_lut,
     number, numbers, read_full, text, to_float32,
 )
@@ -206,7 +207,7 @@ def read_mg_image(path: Path, header) -> Image:
                         sop_instance_uids=tuple(u for u in [text(header, "SOPInstanceUID")] if u),
                         manufacturer=text(header, "Manufacturer") or None,
                         description=text(header, "SeriesDescription") or None)
-    return Image(voxels, Geometry((sx, sy, 1.0)), mg_role(header), acquisition_date=acq, source=source)
+    return Image(voxels, plane_geometry(header, sx, sy), mg_role(header), acquisition_date=acq, source=source)
 
 
 def select_presentation(files) -> tuple[list, list[Skipped]]:

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..study import Geometry, Image, Modality, Role, SourceInfo
+from ..study import Image, Modality, Role, SourceInfo
 from .dicom_common import (
+    plane_geometry,
     Skipped, decode, dicom_date, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .dicom_mg import laterality_from_words, words
@@ -135,13 +136,13 @@ def read_us_image(path: Path, header) -> Image:
     if region is not None:
         voxels = voxels[:, region.y0:region.y1 + 1, region.x0:region.x1 + 1]
         sx, sy = region.spacing_x_mm, region.spacing_y_mm
-        origin = (region.x0 * sx, region.y0 * sy, 0.0)
+        geometry = plane_geometry(header, sx, sy, region.x0, region.y0)
         log.info("%s: cropped to the ultrasound region x %d-%d, y %d-%d (%.3f x %.3f mm pixels)",
                  path, region.x0, region.x1, region.y0, region.y1, sx, sy)
     else:
         sp = numbers(ds, "PixelSpacing", 2)
         sx, sy = (sp[1], sp[0]) if sp and min(sp) > 0 else (1.0, 1.0)
-        origin = (0.0, 0.0, 0.0)
+        geometry = plane_geometry(header, sx, sy)
         if not sp:
             log.warning("%s: no ultrasound region in cm and no PixelSpacing; assuming 1 mm pixels", path)
     acq = (dicom_date(text(header, "AcquisitionDate")) or dicom_date(text(header, "ContentDate"))
@@ -154,7 +155,7 @@ def read_us_image(path: Path, header) -> Image:
                         sop_instance_uids=tuple(u for u in [text(header, "SOPInstanceUID")] if u),
                         manufacturer=text(header, "Manufacturer") or None,
                         description=text(header, "SeriesDescription") or None)
-    return Image(voxels, Geometry((sx, sy, 1.0), origin), role, acquisition_date=acq, source=source)
+    return Image(voxels, geometry, role, acquisition_date=acq, source=source)
 
 
 def read_us_series(series_list) -> tuple[list[Image], list[Skipped]]:

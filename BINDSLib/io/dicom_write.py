@@ -203,6 +203,7 @@ class _Writer:
         self.pixels(ds, stored, slope, intercept, rescale_type="US")
         ds.PresentationLUTShape = "IDENTITY"
         _identity_window(ds, float(slope), float(intercept))
+        self.plane(ds, im.geometry)
         return [ds]
 
     def us(self, im: Image, series_number: int) -> list:
@@ -224,7 +225,16 @@ class _Writer:
         if role.frame is not None:
             ds.RepresentativeFrameNumber = role.frame + 1
         ds.SequenceOfUltrasoundRegions = [_us_region(im)]
+        self.plane(ds, im.geometry)
         return [ds]
+
+    def plane(self, ds, g) -> None:
+        """Patient position of a 2D image (not part of the MG/US IODs, but kept so that the
+        geometry reads back exactly; readers without it see the plain pixel grid)."""
+        d = g.direction_matrix
+        ds.FrameOfReferenceUID = self.frame_of_reference_uid
+        ds.ImagePositionPatient = [_ds_number(x) for x in g.origin_mm]
+        ds.ImageOrientationPatient = [_ds_number(x) for x in (*d[:, 0], *d[:, 1])]
 
     def mr(self, im: Image, series_number: int) -> list:
         role = im.role
