@@ -122,7 +122,7 @@ def test_index_records_unreadable_file(tmp_path, pydicom_test_files, monkeypatch
     real = pydicom.dcmread
 
     def dcmread(path, *a, **k):  # running as root, chmod cannot deny reading: simulate it
-        if Path(path).name == "locked":
+        if Path(getattr(path, "name", path)).name == "locked":  # a path or an open file
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, *a, **k)
 

@@ -138,3 +138,25 @@ def test_damaged_element_value_is_a_skip_not_a_crash(tmp_path, pydicom_test_file
     with pytest.raises(InputError, match="damaged DICOM header") as e:
         load_dicom_folder(tmp_path)
     assert "Traceback" not in str(e.value)
+
+
+def test_huge_declared_element_length_is_refused_without_allocating(tmp_path, pydicom_test_files):
+    """Found by fuzzing: a trailing element declaring ~4 GB made GDCM allocate it all."""
+    import resource
+    import subprocess
+    import sys
+
+    data = (pydicom_test_files / "MR_small.dcm").read_bytes()
+    # append a private element (explicit VR little endian, OB) claiming 0xFFFFFFF0 bytes
+    data += b"\x09\x00\x10\x00OB\x00\x00" + (0xFFFFFFF0).to_bytes(4, "little") + b"\0" * 64
+    (tmp_path / "x.dcm").write_bytes(data)
+
+    def limit():  # in the child only: a 4 GB allocation would fail
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, resource.RLIM_INFINITY))
+
+    code = ("import sys; from BINDSLib.io.dicom import load_dicom_folder; from BINDSLib.errors import InputError\n"
+            "try:\n    load_dicom_folder(sys.argv[1])\nexcept InputError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         preexec_fn=limit, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert "declares 4294967280 bytes" in out.stdout

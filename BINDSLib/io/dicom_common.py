@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,15 +145,71 @@ def check_pixel_size(ds, path) -> None:
     check_declared_size(rows * cols * frames_of(ds) * samples, 8, path)
 
 
-def read_full(path: Path):
-    """The whole dataset of ``path`` (with pixels), or :class:`InputError`."""
+class CappedFile:
+    """A binary file whose ``read(n)`` never asks for more than what is left in the file.
+
+    A damaged element length (say 0xFFFFFFF0) would otherwise make Python allocate gigabytes
+    for the read before finding the file is short; with this, pydicom gets a short read and
+    reports the file as damaged.
+    """
+
+    def __init__(self, path):
+        self._f = open(path, "rb")
+        self._size = os.fstat(self._f.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return self._f.read()
+        return self._f.read(max(0, min(n, self._size - self._f.tell())))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def dcmread_safe(path, **kwargs):
+    """``pydicom.dcmread`` through :class:`CappedFile` (the file is closed afterwards)."""
     import pydicom
 
+    with CappedFile(path) as f:
+        ds = pydicom.dcmread(f, **kwargs)
+        ds.filename = str(path)
+        return ds
+
+
+def read_full(path: Path):
+    """The whole dataset of ``path`` (with pixels), or :class:`InputError`.
+
+    An element that declares more bytes than the file holds (a truncated or damaged file) is
+    refused here, before any other reader (SimpleITK/GDCM) tries to allocate for it.
+    """
     try:
-        ds = pydicom.dcmread(str(path), force=True)
+        ds = dcmread_safe(path, force=True)
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise InputError(f"cannot read DICOM file ({type(e).__name__}: {str(e)[:150]})", path) from None
+    short = _short_element(ds)
+    if short is not None:
+        tag, declared, got = short
+        raise InputError(f"truncated or damaged: element {tag} declares {declared} bytes but the file "
+                         f"holds only {got}", path)
     return ds
+
+
+def _short_element(ds):
+    """(tag, declared, available) of the first top-level element read short, else ``None``."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and raw.value is not None \
+                and len(raw.value) < raw.length:
+            return str(tag), raw.length, len(raw.value)
+    return None
 
 
 def decode(ds, path) -> tuple[np.ndarray, str]:

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from ..errors import InputError
 from ..study import MG_VIEWS, Modality, pseudonym
 from .dicom_common import (
-    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dicom_date, number, sop_class_name, text,
+    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dcmread_safe, dicom_date, number, sop_class_name, text,
 )
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,10 @@ def read_header(path: Path):
     Files without the DICOM preamble are tried once more with ``force=True`` and accepted only
     if they then carry a SOP Class UID (old ACR-NEMA-style files written without meta header).
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return _fully_decoded(pydicom.dcmread(str(path), stop_before_pixels=True))
+        return _fully_decoded(dcmread_safe(path, stop_before_pixels=True))
     except InvalidDicomError:
         pass
     except PermissionError:
@@ -180,7 +179,7 @@ def read_header(path: Path):
     except Exception as e:  # noqa: BLE001 - damaged headers raise many kinds
         return Skipped(str(path), f"damaged DICOM header ({type(e).__name__}: {_first_line(e)})")
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        ds = dcmread_safe(path, stop_before_pixels=True, force=True)
         if "SOPClassUID" in ds and "StudyInstanceUID" in ds:
             return _fully_decoded(ds)
     except Exception:  # noqa: BLE001 - not DICOM after all

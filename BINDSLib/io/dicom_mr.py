@@ -330,9 +330,12 @@ def _needs_pydicom(vol: MRVolume) -> bool:
 
 
 def _check_not_truncated(vol: MRVolume) -> None:
-    """Uncompressed files must be long enough for their declared pixels."""
+    """Uncompressed files must be long enough for their declared pixels, and no element may
+    declare more bytes than its file holds (checked by a safe pydicom read before SimpleITK)."""
     from pydicom.pixels.utils import get_expected_length
 
+    for path in dict.fromkeys(s.file.path for s in vol.slices):
+        read_full(path)
     for s in vol.slices:
         hdr = s.file.header
         ts = getattr(hdr, "file_meta", {}).get("TransferSyntaxUID")
