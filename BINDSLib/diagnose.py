@@ -38,7 +38,6 @@ from .validation import check_study
 log = logging.getLogger(__name__)
 
 STAGE1_MODALITIES = (Modality.US, Modality.MG)
-DEFAULT_BAND = (0.02, 0.98)
 SALIENT_THRESHOLD = 0.5  # saliency (normalised to [0, 1] per image) above which a voxel is "salient"
 
 
@@ -149,10 +148,8 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     t0 = time.perf_counter()
     warnings = check_study(study)
     user_masks = load_lesion_masks(study, lesion_mask_files or {})
-    meta = model.bundle.binds
-    band = tuple(meta.get("uncertainty_band", DEFAULT_BAND))
-    threshold = float(meta.get("operating_point", {}).get("threshold", 0.5)
-                      if isinstance(meta.get("operating_point"), dict) else meta.get("operating_point", 0.5))
+    band = tuple(model.uncertainty_band)
+    threshold = float(model.threshold)
     t_read = time.perf_counter() - t0
     stages, preds = run_stages(model, study, options.stage, band, user_masks)
     final, pred = stages[-1], preds[-1]
@@ -200,7 +197,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             subtype_probabilities=final.subtype_probabilities, contributions=final.contributions,
             threshold=threshold, uncertainty_band=band, recommendation=rec,
             recommendation_detail=rec_detail, user_lesion_masks=sorted(user_masks), images=images,
-            model=model.bundle.summary() | {"path": model.bundle.path.name},
+            model={k: v for k, v in model.summary.items() if k != "path"},
             inputs=[{"label": im.label, "role": im.role.key, "modality": im.modality.value,
                      "shape": list(im.shape), "spacing_mm": list(im.geometry.spacing_mm)}
                     for im in study.images],
@@ -225,7 +222,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         timings = {"read_s": t_read, "inference_s": t1 - t0 - t_read, "write_s": time.perf_counter() - t1,
                    "total_s": time.perf_counter() - t0}
         for n, p in enumerate(preds):
-            for k, v in getattr(p, "timings", {}).items():
+            for k, v in p.timings_s.items():
                 timings[f"stage{stages[n].stage}_{k}"] = v
         (tmp / "timings.json").write_text(json_dumps(timings), encoding="utf-8")
     return report

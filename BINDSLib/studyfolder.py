@@ -59,9 +59,9 @@ def read_volume(path: Path):
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[-1] if first else "")
-        raise InputError(f"cannot read image ({detail.strip()[:200]})", path) from None
+        from .io.files import itk_reason
+
+        raise InputError(f"cannot read image ({itk_reason(e)})", path) from None
 
 
 def study_to_json(study: Study, keep_identifiers: bool = False) -> dict:

@@ -95,19 +95,21 @@ def read_image_info(path: Path):
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise InputError(f"not a readable image ({_itk_reason(e)})", path) from None
+        raise InputError(f"not a readable image ({itk_reason(e)})", path) from None
     n = int(np.prod(reader.GetSize(), dtype=np.int64))
     ncomp = reader.GetNumberOfComponents()
     check_declared_size(n * ncomp, 8, path)  # worst case: decoded to float64
     return reader
 
 
-def _itk_reason(e: Exception) -> str:
+def itk_reason(e: Exception) -> str:
+    """The useful line of a SimpleITK exception, in words a user can act on."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if "ERROR" in ln or "rror" in ln:
-            return ln[-200:]
-    return (lines[-1] if lines else "unknown error")[-200:]
+    line = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "unknown error")
+    line = line.split("ERROR:", 1)[-1].strip()
+    if "Unable to determine ImageIO reader" in line:
+        return "unknown or damaged image format"
+    return line[:200]
 
 
 def read_image_file(path: str | os.PathLike, role: Role | None = None,
@@ -134,7 +136,7 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"cannot decode image ({_itk_reason(e)})", path) from None
+        raise InputError(f"cannot decode image ({itk_reason(e)})", path) from None
     voxels, geom = sitk_to_voxels(img, path)
     if suffix in PICTURE_SUFFIXES:
         sx, sy = spacing_mm if spacing_mm is not None else (1.0, 1.0)
@@ -157,7 +159,7 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.n
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"cannot decode mask ({_itk_reason(e)})", path) from None
+        raise InputError(f"cannot decode mask ({itk_reason(e)})", path) from None
     voxels, _ = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)

@@ -1,0 +1,209 @@
+"""``binds diagnose``: stage logic, outputs on each image's own grid, determinism, batches,
+atomic writes and clear errors."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BINDSLib.cli import main
+from BINDSLib.diagnose import run_stages
+from BINDSLib.outputs.segmentation import read_seg_nrrd
+from BINDSLib.study import Geometry, Image, Role, Study
+from BINDSLib.studyfolder import read_study_folder, write_study_folder
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A demo-sized diagnosis bundle with fixed random weights (fast; not a trained model)."""
+    import torch
+
+    from BINDSLib.bundle import save_bundle
+    from BINDSLib.model.config import preset
+    from BINDSLib.model.network import DiagnosisNetwork
+
+    torch.manual_seed(0)
+    cfg = preset("demo")
+    net = DiagnosisNetwork(cfg)
+    path = tmp_path_factory.mktemp("bundle") / "random-demo"
+    save_bundle(path, net.state_dict(), {"kind": "diagnosis", "model_config": cfg.to_json(),
+                                         "operating_point": {"threshold": 0.5}, "uncertainty_band": [0.02, 0.98]},
+                name="random-demo", version="0", description="random weights for tests", task="test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path_factory.mktemp("studies")
+    return write_study_folder(make_study(11, diagnosis="malignant"), root / "case-a")
+
+
+# -- stage logic ------------------------------------------------------------------------------
+
+class FakeModel:
+    """Returns a fixed probability per modality set, records the calls."""
+
+    def __init__(self, p1, p2=0.9):
+        self.p1, self.p2, self.calls = p1, p2, []
+
+    def predict(self, study, lesion_masks=None, modalities=None):
+        self.calls.append(tuple(modalities))
+        p = self.p2 if "MR" in modalities else self.p1
+        return SimpleNamespace(malignancy_probability=p, subtype_probabilities={}, contributions={})
+
+
+def _study(*mods):
+    ims = []
+    if "US" in mods:
+        ims.append(Image(np.random.default_rng(0).random((1, 8, 8)), Geometry(), Role.parse("US_L")))
+    if "MG" in mods:
+        ims.append(Image(np.random.default_rng(1).random((1, 8, 8)), Geometry(), Role.parse("MG_L_CC")))
+    if "MR" in mods:
+        ims.append(Image(np.random.default_rng(2).random((3, 8, 8)), Geometry(), Role.parse("MR_DCE1")))
+    return Study("s", ims)
+
+
+@pytest.mark.parametrize("p1, stage, mods, expect_calls", [
+    (0.5, "auto", ("US", "MG", "MR"), [("MG", "US"), ("MG", "US", "MR")]),  # uncertain: stage 2
+    (0.01, "auto", ("US", "MG", "MR"), [("MG", "US")]),                     # confident benign
+    (0.99, "auto", ("US", "MR"), [("US",)]),                                # confident malignant
+    (0.01, "2", ("US", "MR"), [("US",), ("US", "MR")]),                     # forced full path
+    (0.5, "1", ("US", "MR"), [("US",)]),                                    # never MRI
+    (0.5, "auto", ("US",), [("US",)]),                                      # no MRI to add
+    (0.5, "auto", ("MR",), [("MR",)]),                                      # MRI only: stage 2
+])
+def test_two_stage_logic(p1, stage, mods, expect_calls):
+    model = FakeModel(p1)
+    stages, _ = run_stages(model, _study(*mods), stage, (0.02, 0.98), {})
+    assert model.calls == expect_calls
+    assert stages[-1].stage == (2 if "MR" in expect_calls[-1] else 1)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name != "timings.json"}
+
+
+def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, bundle, study_dir):
+    study = read_study_folder(study_dir)
+    us = next(im for im in study.images if im.modality.value == "US")
+    # a user-edited lesion: a small box away from the true lesion
+    mask = np.zeros(us.shape, np.uint8)
+    mask[0, 20:31, 40:57] = 1
+    img = sitk.GetImageFromArray(mask)
+    us.geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "edited.nrrd"))
+    out = tmp_path / "out"
+    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                 "--lesion-mask", f"{us.label}={tmp_path / 'edited.nrrd'}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["user_lesion_masks"] == [us.label]
+    assert any("user-edited" in n for n in report["notes"])
+    for im in study.images:
+        if not (out / f"{im.label}.seg.nrrd").exists():
+            continue
+        segs = read_seg_nrrd(out / f"{im.label}.seg.nrrd", im.geometry, im.shape)
+        seg_img = sitk.ReadImage(str(out / f"{im.label}.seg.nrrd"))
+        sal_img = sitk.ReadImage(str(out / f"{im.label}_saliency.nrrd"))
+        for written in (seg_img, sal_img):  # same grid as the input image: overlays exactly
+            assert written.GetSize()[::-1][-2:] == im.shape[-2:]
+            assert np.allclose(written.GetOrigin(), im.geometry.origin_mm, atol=1e-6)
+            assert np.allclose(written.GetSpacing()[:2], im.geometry.spacing_mm[:2], atol=1e-9)
+            assert np.allclose(written.GetDirection(), im.geometry.direction, atol=1e-9)
+        if im.label == us.label:
+            np.testing.assert_array_equal(segs["lesion"].mask, mask)  # a one-voxel shift fails
+    assert (out / "summary.png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert rows[0]["user_lesion_masks"] == us.label and rows[0]["model"] == "random-demo"
+
+
+def test_same_input_gives_byte_identical_outputs(tmp_path, bundle, study_dir):
+    for name in ("a", "b"):
+        assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(tmp_path / name),
+                     "--device", "cpu", "--stage", "2"]) == 0
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a == b and len(a) > 10
+
+
+def test_existing_output_needs_overwrite(tmp_path, bundle, study_dir, capsys):
+    out = tmp_path / "o"
+    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--stage", "1"]) == 0
+    before = _files(out)
+    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out)]) == 5
+    assert "--overwrite" in capsys.readouterr().err
+    assert _files(out) == before
+    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_failure_midway_leaves_no_output(tmp_path, bundle, study_dir, monkeypatch):
+    import BINDSLib.diagnose as d
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(d, "write_seg_nrrd", boom)
+    out = tmp_path / "o"
+    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out)]) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, bundle, study_dir, capsys):
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    write_study_folder(read_study_folder(study_dir), root / "a")
+    write_study_folder(make_study(12, diagnosis="benign", modalities=("US",)), root / "b")
+    write_study_folder(make_study(13, modalities=("US",)), root / "c")
+    (root / "c" / "images" / next(p.name for p in (root / "c" / "images").iterdir())).write_bytes(b"broken")
+    out = tmp_path / "out"
+    args = ["diagnose", str(root), "--model", str(bundle), "--out", str(out), "--stage", "1"]
+    assert main(args) == 6
+    err = capsys.readouterr().err
+    assert "PROGRESS 3/3" in err
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2
+    failures = list(csv.DictReader(open(out / "failures.csv")))
+    assert len(failures) == 1 and "c" in failures[0]["source"] and "unknown or damaged image format" in failures[0]["error"]
+    done = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/report.json")}
+    assert len(done) == 2
+    # re-run: finished studies are skipped, not redone
+    assert main(args) == 6
+    assert "2 already done" in capsys.readouterr().out
+    assert {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/report.json")} == done
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("make_bad, code, message", [
+    (lambda d: d / "nope", 3, "no such file"),
+    (lambda d: (d / "x.png").write_bytes(b"") or (d / "x.png"), 3, "role is unknown"),
+    (lambda d: (d / "US_L.png").write_bytes(b"") or (d / "US_L.png"), 3, "file is empty"),
+    (lambda d: _write(d / "notes.txt", "hi"), 3, "unsupported file type"),
+    (lambda d: _write(d / "s" / "study.json", "{").parent, 3, "invalid JSON"),
+    (lambda d: (d / "empty").mkdir() or (d / "empty"), 3, "no DICOM images found"),
+])
+def test_bad_inputs_give_clear_errors(tmp_path, bundle, capsys, make_bad, code, message):
+    bad = make_bad(tmp_path)
+    assert main(["diagnose", str(bad), "--model", str(bundle), "--out", str(tmp_path / "o")]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_bundle_is_a_model_error(tmp_path, study_dir, capsys):
+    assert main(["diagnose", str(study_dir), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 4
+    assert "model bundle not found" in capsys.readouterr().err
