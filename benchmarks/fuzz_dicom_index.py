@@ -83,11 +83,16 @@ def main() -> int:
     argv = [sys.argv[0], str(corpus), f"-runs={args.runs}", f"-artifact_prefix={crash_dir}/",
             "-max_len=262144", "-timeout=20", "-rss_limit_mb=4096"]
     atheris.Setup(argv, one_input)
-    try:
-        atheris.Fuzz()
-    finally:
+
+    def summary() -> None:  # libFuzzer ends the process itself: report at exit
         print(f"fuzz: {stats['runs']} runs from {n_seeds} seed files, {stats['input_errors']} clear "
-              f"InputErrors, {stats['studies']} studies read; crashes saved in {crash_dir}", file=sys.stderr)
+              f"InputErrors, {stats['studies']} studies read; findings saved in {crash_dir}",
+              file=sys.stderr, flush=True)
+
+    import atexit
+
+    atexit.register(summary)
+    atheris.Fuzz()
     return 0
 
 
