@@ -33,3 +33,31 @@ def pydicom_test_files() -> Path:
     import pydicom
 
     return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture(scope="session")
+def diagnosis_bundle(tmp_path_factory):
+    """A demo-sized diagnosis bundle with fixed random weights (fast; not a trained model)."""
+    import torch
+
+    from BINDSLib.bundle import save_bundle
+    from BINDSLib.model.config import preset
+    from BINDSLib.model.network import DiagnosisNetwork
+
+    torch.manual_seed(0)
+    cfg = preset("demo")
+    net = DiagnosisNetwork(cfg)
+    path = tmp_path_factory.mktemp("bundle") / "random-demo"
+    save_bundle(path, net.state_dict(), {"kind": "diagnosis", "model_config": cfg.to_json(),
+                                         "operating_point": {"threshold": 0.5}, "uncertainty_band": [0.02, 0.98]},
+                name="random-demo", version="0", description="random weights for tests", task="test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory):
+    from BINDSLib.studyfolder import write_study_folder
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path_factory.mktemp("studies")
+    return write_study_folder(make_study(11, diagnosis="malignant"), root / "case-a")

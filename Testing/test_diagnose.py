@@ -18,33 +18,6 @@ from BINDSLib.study import Geometry, Image, Role, Study
 from BINDSLib.studyfolder import read_study_folder, write_study_folder
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A demo-sized diagnosis bundle with fixed random weights (fast; not a trained model)."""
-    import torch
-
-    from BINDSLib.bundle import save_bundle
-    from BINDSLib.model.config import preset
-    from BINDSLib.model.network import DiagnosisNetwork
-
-    torch.manual_seed(0)
-    cfg = preset("demo")
-    net = DiagnosisNetwork(cfg)
-    path = tmp_path_factory.mktemp("bundle") / "random-demo"
-    save_bundle(path, net.state_dict(), {"kind": "diagnosis", "model_config": cfg.to_json(),
-                                         "operating_point": {"threshold": 0.5}, "uncertainty_band": [0.02, 0.98]},
-                name="random-demo", version="0", description="random weights for tests", task="test")
-    return path
-
-
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-    from BINDSLib.synthetic import make_study
-
-    root = tmp_path_factory.mktemp("studies")
-    return write_study_folder(make_study(11, diagnosis="malignant"), root / "case-a")
-
-
 # -- stage logic ------------------------------------------------------------------------------
 
 class FakeModel:
@@ -93,7 +66,7 @@ def _files(folder: Path) -> dict[str, str]:
             if p.name != "timings.json"}
 
 
-def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, bundle, study_dir):
+def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, diagnosis_bundle, study_dir):
     study = read_study_folder(study_dir)
     us = next(im for im in study.images if im.modality.value == "US")
     # a user-edited lesion: a small box away from the true lesion
@@ -103,7 +76,7 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, bundle, study_dir
     us.geometry.apply_to_sitk(img)
     sitk.WriteImage(img, str(tmp_path / "edited.nrrd"))
     out = tmp_path / "out"
-    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--device", "cpu",
                  "--lesion-mask", f"{us.label}={tmp_path / 'edited.nrrd'}"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["user_lesion_masks"] == [us.label]
@@ -126,25 +99,25 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, bundle, study_dir
     assert rows[0]["user_lesion_masks"] == us.label and rows[0]["model"] == "random-demo"
 
 
-def test_same_input_gives_byte_identical_outputs(tmp_path, bundle, study_dir):
+def test_same_input_gives_byte_identical_outputs(tmp_path, diagnosis_bundle, study_dir):
     for name in ("a", "b"):
-        assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(tmp_path / name),
+        assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(tmp_path / name),
                      "--device", "cpu", "--stage", "2"]) == 0
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert a == b and len(a) > 10
 
 
-def test_existing_output_needs_overwrite(tmp_path, bundle, study_dir, capsys):
+def test_existing_output_needs_overwrite(tmp_path, diagnosis_bundle, study_dir, capsys):
     out = tmp_path / "o"
-    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--stage", "1"]) == 0
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1"]) == 0
     before = _files(out)
-    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out)]) == 5
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out)]) == 5
     assert "--overwrite" in capsys.readouterr().err
     assert _files(out) == before
-    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--overwrite"]) == 0
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--overwrite"]) == 0
 
 
-def test_failure_midway_leaves_no_output(tmp_path, bundle, study_dir, monkeypatch):
+def test_failure_midway_leaves_no_output(tmp_path, diagnosis_bundle, study_dir, monkeypatch):
     import BINDSLib.diagnose as d
 
     def boom(*a, **k):
@@ -152,11 +125,11 @@ def test_failure_midway_leaves_no_output(tmp_path, bundle, study_dir, monkeypatc
 
     monkeypatch.setattr(d, "write_seg_nrrd", boom)
     out = tmp_path / "o"
-    assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out)]) == 1
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out)]) == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, bundle, study_dir, capsys):
+def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, diagnosis_bundle, study_dir, capsys):
     from BINDSLib.synthetic import make_study
 
     root = tmp_path / "studies"
@@ -166,7 +139,7 @@ def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, bun
     write_study_folder(make_study(13, modalities=("US",)), root / "c")
     (root / "c" / "images" / next(p.name for p in (root / "c" / "images").iterdir())).write_bytes(b"broken")
     out = tmp_path / "out"
-    args = ["diagnose", str(root), "--model", str(bundle), "--out", str(out), "--stage", "1"]
+    args = ["diagnose", str(root), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1"]
     assert main(args) == 6
     err = capsys.readouterr().err
     assert "PROGRESS 3/3" in err
@@ -196,9 +169,9 @@ def _write(path: Path, text: str) -> Path:
     (lambda d: _write(d / "s" / "study.json", "{").parent, 3, "invalid JSON"),
     (lambda d: (d / "empty").mkdir() or (d / "empty"), 3, "no DICOM images found"),
 ])
-def test_bad_inputs_give_clear_errors(tmp_path, bundle, capsys, make_bad, code, message):
+def test_bad_inputs_give_clear_errors(tmp_path, diagnosis_bundle, capsys, make_bad, code, message):
     bad = make_bad(tmp_path)
-    assert main(["diagnose", str(bad), "--model", str(bundle), "--out", str(tmp_path / "o")]) == code
+    assert main(["diagnose", str(bad), "--model", str(diagnosis_bundle), "--out", str(tmp_path / "o")]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()
