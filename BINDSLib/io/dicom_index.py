@@ -169,6 +169,11 @@ def read_header(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
+        if path.stat().st_size == 0:
+            return Skipped(str(path), "empty file (0 bytes)")
+    except OSError as e:
+        return Skipped(str(path), f"cannot read ({e.strerror or e})")
+    try:
         return _fully_decoded(dcmread_safe(path, stop_before_pixels=True))
     except InvalidDicomError:
         pass
