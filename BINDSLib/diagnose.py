@@ -98,8 +98,16 @@ def _stage_modalities(study: Study, stage: int) -> list[Modality]:
     return present
 
 
-def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesion_masks):
-    """Run stage 1 and, when needed, stage 2. Returns (stage results, final prediction)."""
+def _no_progress(done: int, total: int, message: str) -> None:
+    return None
+
+
+def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesion_masks,
+               progress=_no_progress):
+    """Run stage 1 and, when needed, stage 2. Returns (stage results, predictions).
+
+    ``progress(done, total, message)`` is called before each stage (total 4: read, stage 1,
+    stage 2, write)."""
     present = study.modalities()
     if not present:
         raise InputError(f"study {study.study_id} has no images")
@@ -111,6 +119,7 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
     stages: list[StageResult] = []
     preds = []
     if has_stage1:
+        progress(1, 4, "stage 1 (ultrasound / mammography)")
         mods = _stage_modalities(study, 1)
         pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
         stages.append(StageResult(1, [m.value for m in mods], float(pred.malignancy_probability),
@@ -119,6 +128,7 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
     need_stage2 = has_mr and (stage == "2" or not stages or
                               (stage == "auto" and band[0] < stages[-1].malignancy_probability < band[1]))
     if need_stage2:
+        progress(2, 4, "stage 2 (with MRI)")
         mods = _stage_modalities(study, 2)
         pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
         stages.append(StageResult(2, [m.value for m in mods], float(pred.malignancy_probability),
@@ -140,8 +150,11 @@ def _salient_mask(saliency: np.ndarray) -> np.ndarray:
 
 
 def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: DiagnoseOptions,
-                   lesion_mask_files: Mapping[str, str | os.PathLike] | None = None) -> DiagnosisReport:
-    """Diagnose one study and write its output folder atomically. Returns the report."""
+                   lesion_mask_files: Mapping[str, str | os.PathLike] | None = None,
+                   progress=_no_progress) -> DiagnosisReport:
+    """Diagnose one study and write its output folder atomically. Returns the report.
+
+    ``progress(done, total, message)`` reports the steps (read, stage 1, stage 2, write)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not options.overwrite:
         raise OutputError("output folder exists; use --overwrite to replace it", out_dir)
@@ -151,7 +164,8 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     band = tuple(model.uncertainty_band)
     threshold = float(model.threshold)
     t_read = time.perf_counter() - t0
-    stages, preds = run_stages(model, study, options.stage, band, user_masks)
+    stages, preds = run_stages(model, study, options.stage, band, user_masks, progress)
+    progress(3, 4, "writing outputs")
     final, pred = stages[-1], preds[-1]
     rec, rec_detail = recommendation(final.malignancy_probability, threshold)
     pid = study.patient_id
@@ -225,6 +239,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             for k, v in p.timings_s.items():
                 timings[f"stage{stages[n].stage}_{k}"] = v
         (tmp / "timings.json").write_text(json_dumps(timings), encoding="utf-8")
+    progress(4, 4, "done")
     return report
 
 

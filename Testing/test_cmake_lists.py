@@ -500,13 +500,33 @@ def test_binds_folder_holds_only_module_scripts():
     assert strays == [], "put icons, .ui files and other resources in Resources/ at the repository root"
 
 
+#: The scripted modules: Slicer loads each top-level .py file of BINDS/ as a module.
+MODULES = ("BINDS", "BINDSRisk")
+#: The package the modules share (in BINDS/, installed next to the modules).
+SHARED_PACKAGE = "BINDSSlicerLib"
+
+
+def test_top_level_files_of_the_binds_folder_are_the_modules():
+    """Any other top-level .py file would be loaded by Slicer as a (broken) module: shared code
+    belongs in BINDS/BINDSSlicerLib/."""
+    assert sorted(p.stem for p in (REPO / "BINDS").glob("*.py")) == sorted(MODULES)
+    packages = sorted(p.parent.name for p in (REPO / "BINDS").glob("*/__init__.py"))
+    assert packages == [SHARED_PACKAGE]
+    assert not [p for p in (REPO / "BINDS" / SHARED_PACKAGE).rglob("*") if p.is_dir() and not _is_cache(p)], \
+        "keep BINDSSlicerLib flat (its files are listed one by one in BINDS/CMakeLists.txt)"
+
+
 def test_modules_bindslib_and_resources_install_side_by_side(extension: Extension):
     destinations = extension.destinations()
     expected = {
         "BINDS.py": REPO / "BINDS" / "BINDS.py",
+        "BINDSRisk.py": REPO / "BINDS" / "BINDSRisk.py",
+        f"{SHARED_PACKAGE}/__init__.py": REPO / "BINDS" / SHARED_PACKAGE / "__init__.py",
         "BINDSLib/__init__.py": REPO / "BINDSLib" / "__init__.py",
         "Resources/Icons/BINDS.png": REPO / "Resources" / "Icons" / "BINDS.png",
         "Resources/UI/BINDS.ui": REPO / "Resources" / "UI" / "BINDS.ui",
+        "Resources/UI/BINDSRisk.ui": REPO / "Resources" / "UI" / "BINDSRisk.ui",
+        "Resources/Terminology/BINDS.term.json": REPO / "Resources" / "Terminology" / "BINDS.term.json",
     }
     assert {d: destinations[d].source for d in expected if d in destinations} == expected
     subpackages = [p for p in (REPO / "BINDSLib").rglob("__init__.py") if not _is_cache(p)]
@@ -809,34 +829,37 @@ def _base_names(node: ast.ClassDef) -> set[str]:
     return {getattr(base, "id", getattr(base, "attr", "")) for base in node.bases}
 
 
-def test_diagnosis_module_follows_the_scripted_module_template():
-    tree = ast.parse((REPO / "BINDS" / "BINDS.py").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", MODULES)
+def test_modules_follow_the_scripted_module_template(module: str):
+    tree = ast.parse((REPO / "BINDS" / f"{module}.py").read_text(encoding="utf-8"))
     classes = _classes(tree)
-    assert "ScriptedLoadableModule" in _base_names(classes["BINDS"])
-    assert "ScriptedLoadableModuleWidget" in _base_names(classes["BINDSWidget"])
-    assert "ScriptedLoadableModuleLogic" in _base_names(classes["BINDSLogic"])
-    assert "ScriptedLoadableModuleTest" in _base_names(classes["BINDSTest"])
+    assert "ScriptedLoadableModule" in _base_names(classes[module])
+    assert "ScriptedLoadableModuleWidget" in _base_names(classes[f"{module}Widget"])
+    assert "ScriptedLoadableModuleLogic" in _base_names(classes[f"{module}Logic"])
+    assert "ScriptedLoadableModuleTest" in _base_names(classes[f"{module}Test"])
     wrapped = [
         name
         for name, node in classes.items()
         if any(getattr(d, "id", getattr(d, "attr", "")) == "parameterNodeWrapper" for d in node.decorator_list)
     ]
-    assert wrapped == ["BINDSParameterNode"]
+    assert wrapped == [f"{module}ParameterNode"]
 
 
-def test_diagnosis_module_metadata():
-    source = (REPO / "BINDS" / "BINDS.py").read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    init = next(n for n in _classes(tree)["BINDS"].body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    assignments = {
-        ast.unparse(node.targets[0]): node.value for node in ast.walk(init) if isinstance(node, ast.Assign)
-    }
+def _module_assignments(module: str) -> dict:
+    tree = ast.parse((REPO / "BINDS" / f"{module}.py").read_text(encoding="utf-8"))
+    init = next(n for n in _classes(tree)[module].body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    return {ast.unparse(node.targets[0]): node.value for node in ast.walk(init) if isinstance(node, ast.Assign)}
+
+
+@pytest.mark.parametrize("module, title", [("BINDS", "BINDS"), ("BINDSRisk", "BINDS Risk")])
+def test_module_metadata(module: str, title: str):
+    assignments = _module_assignments(module)
     assert ast.literal_eval(assignments["self.parent.categories"]) == ["BINDS"]
     help_text = ast.literal_eval(assignments["self.parent.helpText"].args[0])
     assert "research use" in help_text.lower() and "not for clinical use" in help_text.lower()
     acknowledgement = ast.literal_eval(assignments["self.parent.acknowledgementText"].args[0])
     assert "Nature Biomedical Engineering" in acknowledgement and "2026" in acknowledgement
-    assert ast.literal_eval(assignments["self.parent.title"].args[0]) == "BINDS"
+    assert ast.literal_eval(assignments["self.parent.title"].args[0]) == title
 
 
 def _string_arguments_of(tree: ast.AST, function_name: str) -> list[str]:
@@ -860,8 +883,15 @@ def test_resources_named_by_a_module_exist_and_are_installed(module_file: Path, 
         assert f"Resources/{relative}" in destinations
 
 
-def test_widgets_used_by_the_diagnosis_module_are_in_its_ui_file():
-    tree = ast.parse((REPO / "BINDS" / "BINDS.py").read_text(encoding="utf-8"))
+def _parameter_names(module: str) -> set[str]:
+    tree = ast.parse((REPO / "BINDS" / f"{module}.py").read_text(encoding="utf-8"))
+    node = _classes(tree)[f"{module}ParameterNode"]
+    return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widgets_used_by_a_module_are_in_its_ui_file(module: str):
+    tree = ast.parse((REPO / "BINDS" / f"{module}.py").read_text(encoding="utf-8"))
     used = {
         node.attr
         for node in ast.walk(tree)
@@ -871,22 +901,39 @@ def test_widgets_used_by_the_diagnosis_module_are_in_its_ui_file():
         and isinstance(node.value.value, ast.Name)
         and node.value.value.id == "self"
     }
-    ui = ElementTree.parse(REPO / "Resources" / "UI" / "BINDS.ui").getroot()
+    ui = ElementTree.parse(REPO / "Resources" / "UI" / f"{module}.ui").getroot()
     names = {widget.get("name") for widget in ui.iter("widget")}
     assert ui.find("widget").get("class") == "qMRMLWidget"  # uiWidget.setMRMLScene() needs it
-    assert used <= names
-    label = ui.find(".//widget[@name='statusLabel']/property[@name='text']/string").text
-    assert label == "BINDS diagnosis — coming soon"
+    assert used - names == set()
+    disclaimer = ui.find(".//widget[@name='disclaimerLabel']/property[@name='text']/string").text
+    assert "Research use only; not for clinical use." in disclaimer
+    # widgets bound by connectGui() name a parameter of the module's parameter node
+    bound = {
+        prop.find("string").text
+        for widget in ui.iter("widget")
+        for prop in widget.findall("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    assert bound <= _parameter_names(module)
+
+
+def test_widgets_used_by_shared_qt_code_exist_in_both_ui_files():
+    """BINDSSlicerLib.widgets.RunController drives these widgets of either module."""
+    for module in MODULES:
+        ui = ElementTree.parse(REPO / "Resources" / "UI" / f"{module}.ui").getroot()
+        names = {widget.get("name") for widget in ui.iter("widget")}
+        assert {"progressBar", "statusLabel", "applyButton", "cancelButton", "modelComboBox",
+                "deviceComboBox"} <= names, module
 
 
 def _binds_root_dir_function() -> typing.Callable[[str], str | None]:
-    """bindsRootDir() from BINDS.py, run without Slicer (it uses only os)."""
-    source = (REPO / "BINDS" / "BINDS.py").read_text(encoding="utf-8")
+    """bindsRootDir() from BINDSSlicerLib/paths.py, run without Slicer (it uses only os)."""
+    source = (REPO / "BINDS" / SHARED_PACKAGE / "paths.py").read_text(encoding="utf-8")
     function = next(
         node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "bindsRootDir"
     )
     namespace: dict[str, typing.Any] = {"os": os, "Optional": typing.Optional}
-    exec(compile(ast.Module(body=[function], type_ignores=[]), "BINDS.py", "exec"), namespace)
+    exec(compile(ast.Module(body=[function], type_ignores=[]), "paths.py", "exec"), namespace)
     return namespace["bindsRootDir"]
 
 
@@ -1038,7 +1085,8 @@ def test_cmake_installs_modules_bindslib_and_resources_side_by_side(tmp_path: Pa
     )
     predicted = sorted(evaluate_extension(tree_with_added_files).destinations())
     assert installed == predicted
-    for relative in ("BINDS.py", "BINDSLib/__init__.py", "Resources/UI/BINDS.ui", *FILES_ADDED_LATER):
+    for relative in ("BINDS.py", "BINDSRisk.py", f"{SHARED_PACKAGE}/paths.py", "BINDSLib/__init__.py",
+                     "Resources/UI/BINDS.ui", *FILES_ADDED_LATER):
         assert relative in installed
 
     # The installed copy is a package Python imports (not the repository's editable install).

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if single:
         if masks and len(studies) != 1:
             raise InputError("--lesion-mask needs exactly one study")
-        report = diagnose_study(model, studies[0], out, options, masks)
+        progress(0, 4, f"read study {studies[0].study_id}")
+        report = diagnose_study(model, studies[0], out, options, masks, progress=progress)
         sys.stdout.write(f"{report.study_id}: stage {report.stage}, malignancy probability "
                          f"{report.malignancy_probability:.3f} -> {report.recommendation}\n"
                          f"outputs in {out}\n")

@@ -1,0 +1,157 @@
+"""Python dependencies of BINDS inside Slicer: checked without importing them, installed only
+after the user confirms.
+
+* torch comes from the PyTorch extension (a dependency of BINDS in the extension's
+  ``depends``): ``PyTorchUtils.PyTorchUtilsLogic().installTorch`` picks the build that matches
+  the computer's GPU.
+* the other packages of ``pyproject.toml`` that Slicer does not bundle (monai, pydicom 3,
+  matplotlib) are installed with ``pip_ensure`` (Slicer 5.11+: ``slicer.pydeps``; the same
+  function is looked for in ``slicer.packaging``), else with ``slicer.util.pip_install``.
+
+Nothing is imported or installed when Slicer loads the module (the Extensions Index review
+checks this): :func:`ensureDependencies` runs when the user clicks Apply.
+"""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import re
+
+#: What BINDSLib needs beyond Slicer's own Python (kept in step with pyproject.toml).
+REQUIREMENTS = ("monai>=1.3", "pydicom>=3.0", "matplotlib>=3.7", "SimpleITK>=2.3", "numpy>=1.24")
+TORCH_REQUIREMENT = ">=2.2"
+
+_REQUIREMENT_RE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:(>=|==)\s*([0-9][0-9A-Za-z.\-+]*))?\s*$")
+
+
+def parseRequirement(requirement):
+    """``"monai>=1.3"`` -> ``("monai", ">=", "1.3")`` (only ``>=`` and ``==`` are used here)."""
+    match = _REQUIREMENT_RE.match(requirement)
+    if not match:
+        raise ValueError(f"unsupported requirement {requirement!r}")
+    return match[1], match[2], match[3]
+
+
+def _versionKey(version):
+    try:
+        from packaging.version import Version
+
+        return Version(version)
+    except Exception:  # noqa: BLE001 - packaging missing or a non-PEP 440 version
+        return tuple(int(p) for p in re.findall(r"\d+", version)[:4])
+
+
+def installedVersion(distribution):
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def isSatisfied(requirement, versionOf=installedVersion):
+    name, operator, wanted = parseRequirement(requirement)
+    have = versionOf(name)
+    if have is None:
+        return False
+    if operator is None:
+        return True
+    if operator == "==":
+        return _versionKey(have) == _versionKey(wanted)
+    return _versionKey(have) >= _versionKey(wanted)
+
+
+def missingRequirements(requirements=REQUIREMENTS, versionOf=installedVersion):
+    """The requirements that are not installed, or installed in a too old version."""
+    return [r for r in requirements if not isSatisfied(r, versionOf)]
+
+
+def torchInstalled():
+    return importlib.util.find_spec("torch") is not None
+
+
+def describeMissing(missing, needTorch):
+    lines = []
+    if needTorch:
+        lines.append(f"PyTorch {TORCH_REQUIREMENT} (installed by the PyTorch extension for this computer's GPU or CPU)")
+    lines += missing
+    return ("BINDS needs these Python packages, which are not installed yet:\n\n  "
+            + "\n  ".join(lines)
+            + "\n\nThey are downloaded from the Python Package Index (several hundred MB for PyTorch) "
+              "and installed into Slicer's Python. This may take several minutes, and upgrading a "
+              "package Slicer already uses may require a restart.\n\nInstall them now?")
+
+
+def _pipEnsureFunction():
+    """``pip_ensure`` of this Slicer (5.11+: slicer.pydeps; also looked for in slicer.packaging)."""
+    for moduleName in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            module = importlib.import_module(moduleName)
+        except ImportError:
+            continue
+        function = getattr(module, "pip_ensure", None)
+        if function is not None:
+            return function
+    return None
+
+
+def ensureDependencies(requester="BINDS", confirm=None):
+    """Make sure torch and the :data:`REQUIREMENTS` are importable; ask before installing.
+
+    ``confirm(message) -> bool`` asks the user (default: ``slicer.util.confirmOkCancelDisplay``).
+    Returns True when everything is installed, False when the user declined. Raises
+    RuntimeError when an installation failed.
+    """
+    import slicer
+
+    missing = missingRequirements()
+    needTorch = not torchInstalled()
+    if not missing and not needTorch:
+        return True
+    confirm = confirm or (lambda message: slicer.util.confirmOkCancelDisplay(
+        message, windowTitle=f"{requester}: install Python packages"))
+    if not confirm(describeMissing(missing, needTorch)):
+        return False
+    if needTorch:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError("BINDS needs the PyTorch extension: install it from the Extensions Manager "
+                               "and restart Slicer.") from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            raise RuntimeError("PyTorch could not be installed; use the PyTorch Utils module to install it.")
+    if missing:
+        logging.info("BINDS: installing %s", ", ".join(missing))
+        pipEnsure = _pipEnsureFunction()
+        if pipEnsure is not None:
+            from packaging.requirements import Requirement
+
+            requirements = [Requirement(r) for r in missing]
+            try:
+                pipEnsure(requirements, prompt_install=False, requester=requester)
+            except TypeError:  # an older signature
+                pipEnsure(requirements)
+        else:
+            slicer.util.pip_install(missing)
+        importlib.invalidate_caches()
+        still = missingRequirements()
+        if still:
+            raise RuntimeError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
+    return True
+
+
+def gpuName():
+    """Name of the first CUDA GPU, or None (needs torch; never installs it)."""
+    if not torchInstalled():
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a broken CUDA setup is reported as "no GPU"
+        logging.debug("BINDS: torch.cuda failed", exc_info=True)
+    return None

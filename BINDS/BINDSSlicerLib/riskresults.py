@@ -1,0 +1,240 @@
+"""A ``binds risk`` output folder in the scene: the per-exam table and the trajectory plot.
+
+``report.json`` (schema ``binds.risk_report``, BINDSLib/risk/report.py) holds, per exam in date
+order, the cumulative risks for years 1..5 and per breast, and the thresholds (5-year risk at
+which supplemental MRI is suggested: 1.7%, NCCN 2026). This module adds:
+
+* a table node with one row per exam (date, risks in percent, views, warnings);
+* a plot chart of the 5-year risk against the exam date (decimal year) with the threshold as a
+  dashed red line, and the per-breast risks when present; its data are two numeric table nodes.
+
+Pure MRML: runs headless on slicer-core (Testing/test_scene_risk.py).
+"""
+
+import datetime
+import json
+import os
+
+import slicer
+import vtk
+
+from . import scene as sc
+
+OUTPUT_ATTRIBUTE = "BINDS.RiskOutput"  # "exams", "trajectory", "threshold", "chart", "series"
+REPORT_JSON_ATTRIBUTE = "BINDS.ReportJSON"
+
+RISK_COLOR = (0.12, 0.31, 0.61)
+THRESHOLD_COLOR = (0.8, 0.0, 0.0)
+BREAST_COLORS = {"L": (0.42, 0.66, 0.31), "R": (0.9, 0.57, 0.22)}
+
+
+def readRiskReport(outputFolder):
+    path = os.path.join(outputFolder, "report.json")
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    if report.get("schema") != "binds.risk_report":
+        raise ValueError(f"{path}: not a BINDS risk report (schema {report.get('schema')!r})")
+    return report
+
+
+def decimalYear(isoDate):
+    """``2019-07-02`` -> 2019.5 (the date as a fraction of its year), for the plot's x axis."""
+    date = datetime.date.fromisoformat(isoDate)
+    start = datetime.date(date.year, 1, 1)
+    days = (datetime.date(date.year + 1, 1, 1) - start).days
+    return date.year + (date - start).days / days
+
+
+def _risk(values, year):
+    if values is None:
+        return None
+    value = values.get(str(year))
+    return None if value is None else float(value)
+
+
+def horizonYears(report):
+    return int(report.get("horizon_years") or max(report.get("years") or [5]))
+
+
+def threshold(report):
+    return float(report.get("thresholds", {}).get("supplemental_mri_5y", 0.017))
+
+
+def examRows(report):
+    """Rows (strings) of the per-exam table: date, exam, risks 1..T years (%), per breast at
+    the horizon (%), views, warnings."""
+    years = report.get("years") or list(range(1, horizonYears(report) + 1))
+    horizon = horizonYears(report)
+    rows = []
+    for exam in report.get("exams", []):
+        row = [exam.get("exam_date") or "", exam.get("exam_id", "")]
+        row += [f"{100 * _risk(exam['cumulative_risk'], y):.2f}" for y in years]
+        for side in ("L", "R"):
+            value = _risk((exam.get("breast_risk") or {}).get(side), horizon)
+            row.append("" if value is None else f"{100 * value:.2f}")
+        row.append(" ".join(exam.get("views_present", [])))
+        row.append(" | ".join(exam.get("warnings", [])))
+        rows.append(tuple(row))
+    return rows
+
+
+def examColumns(report):
+    years = report.get("years") or list(range(1, horizonYears(report) + 1))
+    horizon = horizonYears(report)
+    return (["Exam date", "Exam"] + [f"{y}-year risk (%)" for y in years]
+            + [f"Left {horizon}-year (%)", f"Right {horizon}-year (%)", "Views", "Warnings"])
+
+
+def _setNumericColumns(tableNode, columns):
+    """Fill a table node with double columns: ``[(name, values), ...]`` (None -> NaN)."""
+    table = tableNode.GetTable()
+    table.Initialize()
+    for name, values in columns:
+        array = vtk.vtkDoubleArray()
+        array.SetName(name)
+        for value in values:
+            array.InsertNextValue(float("nan") if value is None else float(value))
+        table.AddColumn(array)
+    tableNode.Modified()
+
+
+def _addSeries(scene, chart, table, name, xColumn, yColumn, color, dashed=False, markers=True):
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetXColumnName(xColumn)
+    series.SetYColumnName(yColumn)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash if dashed
+                        else slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle if markers
+                          else slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    series.SetColor(*color)
+    series.SetAttribute(OUTPUT_ATTRIBUTE, "series")
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return series
+
+
+class RiskResults:
+    def __init__(self, report):
+        self.report = report
+        self.examTable = None
+        self.trajectoryTable = None
+        self.thresholdTable = None
+        self.chart = None
+        self.series = {}
+        self.folderItem = 0
+
+    @property
+    def flags(self):
+        return [flag.get("message", "") for flag in self.report.get("flags", [])]
+
+
+def loadRiskResults(scene, outputFolder, name="BINDS risk", parentItem=None):
+    """Load a ``binds risk`` output folder as table and plot nodes under a subject hierarchy
+    folder (under ``parentItem`` when given). Returns the :class:`RiskResults`."""
+    from .results import setTableRows
+
+    report = readRiskReport(outputFolder)
+    exams = report.get("exams", [])
+    if not exams:
+        raise ValueError(f"{outputFolder}: the risk report has no exams")
+    horizon = horizonYears(report)
+    results = RiskResults(report)
+    results.folderItem = sc.createFolder(scene, parentItem, name)
+
+    examTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} exams")
+    setTableRows(examTable, examRows(report), examColumns(report))
+    examTable.SetUseColumnTitleAsColumnHeader(True)
+    examTable.SetAttribute(OUTPUT_ATTRIBUTE, "exams")
+    examTable.SetAttribute(REPORT_JSON_ATTRIBUTE, json.dumps(report, sort_keys=True))
+    examTable.SetLocked(True)
+    results.examTable = examTable
+
+    undated = [e.get("exam_id", "") for e in exams if not e.get("exam_date")]
+    if undated:
+        raise ValueError(f"{outputFolder}: exam(s) without a date cannot be plotted: {', '.join(undated)}")
+    x = [decimalYear(e["exam_date"]) for e in exams]
+    riskColumn = f"{horizon}-year risk (%)"
+    columns = [("Exam date (year)", x), (riskColumn, [100 * _risk(e["cumulative_risk"], horizon) for e in exams])]
+    breastColumns = {}
+    for side, word in (("L", "Left"), ("R", "Right")):
+        values = [_risk((e.get("breast_risk") or {}).get(side), horizon) for e in exams]
+        if any(v is not None for v in values):
+            breastColumns[side] = f"{word} breast {horizon}-year risk (%)"
+            columns.append((breastColumns[side], [None if v is None else 100 * v for v in values]))
+    trajectory = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} trajectory")
+    _setNumericColumns(trajectory, columns)
+    trajectory.SetAttribute(OUTPUT_ATTRIBUTE, "trajectory")
+    results.trajectoryTable = trajectory
+
+    line = 100 * threshold(report)
+    margin = 0.25
+    thresholdTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} threshold line")
+    _setNumericColumns(thresholdTable, [("Exam date (year)", [min(x) - margin, max(x) + margin]),
+                                        ("Threshold (%)", [line, line])])
+    thresholdTable.SetAttribute(OUTPUT_ATTRIBUTE, "threshold")
+    results.thresholdTable = thresholdTable
+
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} trajectory chart")
+    chart.SetTitle(f"{horizon}-year breast cancer risk (research use only)")
+    chart.SetXAxisTitle("Exam date (year)")
+    chart.SetYAxisTitle(f"{horizon}-year cumulative risk (%)")
+    chart.SetLegendVisibility(True)
+    chart.SetYAxisRangeAuto(False)
+    top = max([1.5 * line] + [1.15 * v for v in columns[1][1]])
+    chart.SetYAxisRange(0.0, top)
+    chart.SetAttribute(OUTPUT_ATTRIBUTE, "chart")
+    results.chart = chart
+    results.series["risk"] = _addSeries(scene, chart, trajectory, f"{horizon}-year risk", "Exam date (year)",
+                                        riskColumn, RISK_COLOR)
+    results.series["threshold"] = _addSeries(
+        scene, chart, thresholdTable, f"{line:.1f}% (consider supplemental MRI)", "Exam date (year)",
+        "Threshold (%)", THRESHOLD_COLOR, dashed=True, markers=False)
+    for side, column in breastColumns.items():
+        results.series[side] = _addSeries(scene, chart, trajectory, column.replace(" (%)", ""),
+                                          "Exam date (year)", column, BREAST_COLORS[side], dashed=True)
+
+    for node in (examTable, trajectory, thresholdTable, chart, *results.series.values()):
+        sc.placeUnder(scene, node, results.folderItem)
+    return results
+
+
+def showRiskResults(scene, results):
+    """Layout with a plot and a table view, showing the trajectory chart and the exam table."""
+    sc.setLayout(scene, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+    sc.showPlotChart(scene, results.chart)
+    sc.showTable(scene, results.examTable)
+
+
+def examFoldersFromDicomDatabase(database, patientUID, folder, modality="MG"):
+    """One folder per study of a patient in Slicer's DICOM database, holding (links to) the files
+    of its ``modality`` series; ``binds risk`` reads each folder as one exam.
+
+    Returns the folders in the database's study order. Files are linked when the platform
+    allows it, else copied.
+    """
+    import shutil
+
+    os.makedirs(folder, exist_ok=True)
+    exams = []
+    for n, studyUID in enumerate(database.studiesForPatient(patientUID)):
+        files = []
+        for seriesUID in database.seriesForStudy(studyUID):
+            seriesFiles = list(database.filesForSeries(seriesUID))
+            if not seriesFiles:
+                continue
+            if modality and database.fileValue(seriesFiles[0], "0008,0060").strip().upper() != modality:
+                continue
+            files += seriesFiles
+        if not files:
+            continue
+        examDir = os.path.join(folder, f"exam-{n:03d}")
+        os.makedirs(examDir, exist_ok=True)
+        for i, path in enumerate(files):
+            target = os.path.join(examDir, f"{i:05d}.dcm")
+            try:
+                os.symlink(path, target)
+            except (OSError, NotImplementedError):
+                shutil.copy2(path, target)
+        exams.append(examDir)
+    return exams

@@ -1,0 +1,205 @@
+"""One diagnosis or risk run: scene -> files -> background ``binds`` -> scene.
+
+:class:`DiagnosisRun` writes a study folder from the volumes that have a role (and the edited
+lesions as mask files when re-assessing), runs ``binds diagnose`` on it in a
+:class:`~.process.BackgroundProcess` and, when it succeeds, loads the output folder over the
+input volumes (:func:`.results.loadDiagnosisResults`). :class:`RiskRun` does the same for
+``binds risk`` on exam folders. Neither uses Qt: the widgets poll them with a QTimer, the tests
+and scripts call :meth:`wait`.
+
+Work folders: ``<workFolder>/diagnose-<time>/{study,masks,output}``; the study and mask copies
+are deleted once the outputs are loaded, the output folder is kept (it holds summary.png).
+"""
+
+import datetime
+import logging
+import os
+import shutil
+import sys
+
+from . import process as proc
+from . import results as res
+from . import riskresults as riskres
+from . import scene as sc
+from .paths import requireBINDSLib
+
+
+def slicerPython():
+    """The Python that runs ``binds`` inside Slicer: PythonSlicer (it is also sys.executable there)."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def slicerEnvironment():
+    """Slicer's start-up environment (what slicer.util.launchConsoleProcess uses; the PythonSlicer
+    launcher adds Slicer's own paths), or None outside the application."""
+    try:
+        import slicer
+
+        return slicer.util.startupEnvironment()
+    except Exception:  # noqa: BLE001 - headless: no slicer.app
+        return None
+
+
+def newRunFolder(workFolder, prefix):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = os.path.join(workFolder, f"{prefix}-{stamp}")
+    os.makedirs(path)
+    return path
+
+
+class _Run:
+    """What diagnosis and risk runs share: the background process and its callbacks."""
+
+    def __init__(self, python=None, baseEnvironment=None):
+        self.python = python
+        self.baseEnvironment = baseEnvironment
+        self.process = None
+        self.error = None  # short message of a failed run (None while running or on success)
+        self.errorDetails = ""
+        self._onFinished = None
+
+    def _start(self, subcommand, arguments, onProgress, onLog, onFinished):
+        root = requireBINDSLib()
+        self._onFinished = onFinished
+        self.process = proc.BackgroundProcess(
+            proc.bindsCommand(subcommand, arguments, self.python), cwd=root,
+            env=proc.processEnvironment(root, self.baseEnvironment),
+            onProgress=onProgress, onLog=onLog, onFinished=self._processFinished)
+        self.process.start()
+        return self
+
+    def _processFinished(self, result):
+        if result.succeeded:
+            try:
+                self.load()
+            except Exception as e:  # noqa: BLE001 - reported to the user like a process error
+                logging.exception("BINDS: loading the outputs failed")
+                self.error, self.errorDetails = f"loading the outputs failed: {e}", result.details
+        else:
+            self.error, self.errorDetails = result.message, result.details
+        self.cleanup()
+        if self._onFinished:
+            self._onFinished(self)
+
+    @property
+    def finished(self):
+        return self.process is not None and self.process.result is not None
+
+    @property
+    def cancelled(self):
+        return self.finished and self.process.result.cancelled
+
+    def poll(self):
+        return self.process.poll() if self.process is not None else False
+
+    def wait(self, timeout=None):
+        """Block until the run ends (headless use); returns self."""
+        self.process.wait(timeout)
+        return self
+
+    def cancel(self):
+        if self.process is not None:
+            self.process.cancel()
+
+    def load(self):
+        raise NotImplementedError
+
+    def cleanup(self):
+        pass
+
+
+class DiagnosisRun(_Run):
+    """``binds diagnose`` on the scene volumes that have a role.
+
+    Parameters
+    ----------
+    scene : the MRML scene.
+    nodesWithRoles : ``[(volume node, role key), ...]`` (:func:`.scene.assignedVolumes`).
+    workFolder : where the run folder is created.
+    model, device, stage : ``binds diagnose`` options (model: bundle name or folder).
+    useEditedLesions : pass the lesions the user edited (or that came from the user in the
+        previous run) as ``--lesion-mask``.
+    """
+
+    def __init__(self, scene, nodesWithRoles, workFolder, model=None, device="auto", stage="auto",
+                 useEditedLesions=False, python=None, baseEnvironment=None, summary=True):
+        super().__init__(python, baseEnvironment)
+        self.scene = scene
+        self.nodesWithRoles = list(nodesWithRoles)
+        self.workFolder = workFolder
+        self.model, self.device, self.stage = model, device, stage
+        self.useEditedLesions = useEditedLesions
+        self.summary = summary
+        self.runFolder = self.studyFolder = self.outputFolder = None
+        self.nodeIDByLabel = {}
+        self.lesionMaskFiles = {}
+        self.results = None
+
+    def imageNodesByLabel(self):
+        return {label: self.scene.GetNodeByID(nodeID) for label, nodeID in self.nodeIDByLabel.items()}
+
+    def prepare(self):
+        """Write the study folder (and edited lesion masks). Returns the ``binds diagnose`` arguments."""
+        requireBINDSLib()
+        if not self.nodesWithRoles:
+            raise ValueError("no volume has a role: assign roles to the images to diagnose "
+                             "(or load a study / a synthetic sample)")
+        info = sc.studyInfo(self.scene, self.nodesWithRoles[0][0])
+        self.runFolder = newRunFolder(self.workFolder, "diagnose")
+        self.studyFolder = os.path.join(self.runFolder, "study")
+        self.outputFolder = os.path.join(self.runFolder, "output")
+        _, self.nodeIDByLabel = sc.writeStudyFolder(self.nodesWithRoles, self.studyFolder, info["study_id"],
+                                                    info["study_date"], info["patient_id"])
+        if self.useEditedLesions:
+            masks = res.lesionMasksForReassessment(self.scene, self.imageNodesByLabel())
+            if not masks:
+                raise ValueError("no lesion was edited: edit a 'Lesion' segment in the Segment Editor "
+                                 "first, or use Apply")
+            self.lesionMaskFiles = res.writeLesionMaskFiles(masks, self.imageNodesByLabel(),
+                                                            os.path.join(self.runFolder, "masks"))
+        return proc.diagnoseArguments(self.studyFolder, self.outputFolder, self.model, self.device, self.stage,
+                                      self.lesionMaskFiles, overwrite=True, summary=self.summary)
+
+    def start(self, onProgress=None, onLog=None, onFinished=None):
+        """Prepare and start; ``onFinished(run)`` is called when outputs are loaded or it failed."""
+        return self._start("diagnose", self.prepare(), onProgress, onLog, onFinished)
+
+    def load(self):
+        studyItem = sc.ensureStudyItem(self.scene, [node for node, _ in self.nodesWithRoles])
+        self.results = res.loadDiagnosisResults(self.scene, self.outputFolder, self.imageNodesByLabel(), studyItem)
+
+    def cleanup(self):
+        for folder in (self.studyFolder, os.path.join(self.runFolder or "", "masks")):
+            if folder and os.path.isdir(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class RiskRun(_Run):
+    """``binds risk`` on one woman's exam folders (DICOM folders, study folders or a history)."""
+
+    def __init__(self, scene, examFolders, workFolder, model=None, device="auto", python=None,
+                 baseEnvironment=None, name="BINDS risk"):
+        super().__init__(python, baseEnvironment)
+        self.scene = scene
+        self.examFolders = [os.fspath(p) for p in examFolders]
+        self.workFolder = workFolder
+        self.model, self.device = model, device
+        self.name = name
+        self.outputFolder = None
+        self.results = None
+
+    def prepare(self):
+        if not self.examFolders:
+            raise ValueError("no exam: add a woman's mammography exam folders (or pick her in the DICOM database)")
+        missing = [p for p in self.examFolders if not os.path.exists(p)]
+        if missing:
+            raise ValueError(f"exam folder not found: {', '.join(missing)}")
+        runFolder = newRunFolder(self.workFolder, "risk")
+        self.outputFolder = os.path.join(runFolder, "output")
+        return proc.riskArguments(self.examFolders, self.outputFolder, self.model, self.device)
+
+    def start(self, onProgress=None, onLog=None, onFinished=None):
+        return self._start("risk", self.prepare(), onProgress, onLog, onFinished)
+
+    def load(self):
+        self.results = riskres.loadRiskResults(self.scene, self.outputFolder, self.name)

@@ -1,0 +1,435 @@
+"""The scene layer: volume nodes <-> BINDSLib images and studies, subject hierarchy, display.
+
+Pure MRML (no Qt, no ``slicer.app``): every function takes the scene it works on, so the
+same code runs inside Slicer (``slicer.mrmlScene``) and headless on the PyPI package
+slicer-core (Testing/test_scene_*.py).
+
+Geometry
+--------
+BINDSLib follows ITK/DICOM: LPS coordinates, voxels ``(depth, rows, cols)``, ``spacing_mm``
+and ``origin_mm`` in (column, row, slice) order and a direction matrix whose columns are the
+axis directions (:class:`BINDSLib.study.Geometry`). Slicer's volume nodes hold an IJK-to-RAS
+matrix whose columns are the same axes in RAS, and ``slicer.util.arrayFromVolume`` gives the
+voxels as ``(k, j, i)`` = ``(depth, rows, cols)``. So the conversion is only the LPS<->RAS
+flip of the first two world axes::
+
+    IJKToRAS = diag(-1, -1, 1, 1) @ IJKToLPS
+
+A volume's parent transform is not applied: outputs are placed under the same transform as
+their image (see :mod:`.results`), so they overlay it whatever the transform is.
+
+Node attributes written here (saved with the scene)
+---------------------------------------------------
+``BINDS.Role``       role key of an input volume (``MG_L_CC``, ``US_R_10h``, ``MR_DCE2``...);
+                     empty or absent: the volume is not used.
+``BINDS.Synthetic``  ``1`` on volumes of a synthetic teaching case.
+"""
+
+import os
+
+import slicer
+import vtk
+
+ROLE_ATTRIBUTE = "BINDS.Role"
+SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
+ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
+
+#: diag(-1, -1, 1): LPS <-> RAS (its own inverse).
+_FLIP = (-1.0, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and voxels
+# ---------------------------------------------------------------------------------------------
+
+
+def arrayFromVTKMatrix(matrix):
+    """A 4x4 ``vtkMatrix4x4`` as a numpy array."""
+    import numpy as np
+
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def vtkMatrixFromArray(array):
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r][c]))
+    return matrix
+
+
+def ijkToRASArray(volumeNode):
+    """The volume's IJK-to-RAS matrix (4x4 numpy array), without its parent transform."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return arrayFromVTKMatrix(matrix)
+
+
+def ijkToRASFromGeometry(geometry):
+    """IJK-to-RAS (4x4) of a :class:`BINDSLib.study.Geometry` (LPS)."""
+    import numpy as np
+
+    return np.diag(_FLIP + (1.0,)) @ geometry.ijk_to_lps_matrix()
+
+
+def geometryFromVolumeNode(volumeNode):
+    """The :class:`BINDSLib.study.Geometry` (LPS) of a volume node.
+
+    Raises ``ValueError`` naming the node if its axes are not orthonormal (a sheared or
+    scaled IJK-to-RAS matrix cannot be represented by spacing, origin and direction).
+    """
+    import numpy as np
+
+    from BINDSLib.study import Geometry
+
+    ijkToLPS = np.diag(_FLIP + (1.0,)) @ ijkToRASArray(volumeNode)
+    axes = ijkToLPS[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError(f"volume '{volumeNode.GetName()}' has a zero voxel spacing")
+    direction = axes / spacing[None, :]
+    try:
+        return Geometry(tuple(spacing), tuple(ijkToLPS[:3, 3]), tuple(direction.ravel()))
+    except ValueError as e:
+        raise ValueError(f"volume '{volumeNode.GetName()}': {e} (harden or reset its transform)") from None
+
+
+def setVolumeGeometry(volumeNode, geometry):
+    """Place ``volumeNode`` on ``geometry`` (LPS) exactly."""
+    volumeNode.SetIJKToRASMatrix(vtkMatrixFromArray(ijkToRASFromGeometry(geometry)))
+
+
+def voxelsFromVolumeNode(volumeNode):
+    """A copy of the voxels as ``(depth, rows, cols)``; colour volumes become grayscale luma."""
+    import numpy as np
+
+    if volumeNode.GetImageData() is None:
+        raise ValueError(f"volume '{volumeNode.GetName()}' has no voxels")
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    if array.ndim == 4:  # vector volume (k, j, i, components), e.g. an RGB ultrasound frame
+        from BINDSLib.io.files import to_grayscale
+
+        array = to_grayscale(array) if array.shape[-1] >= 3 else array[..., 0]
+    return array
+
+
+def setVolumeVoxels(volumeNode, voxels):
+    """Replace the voxels of a scalar volume node by ``voxels`` ``(depth, rows, cols)`` (copied)."""
+    import numpy as np
+    import vtk.util.numpy_support
+
+    array = np.ascontiguousarray(voxels)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"expected (depth, rows, cols) voxels, got shape {array.shape}")
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    vtkArray = vtk.util.numpy_support.numpy_to_vtk(array.ravel(), deep=True,
+                                                   array_type=vtk.util.numpy_support.get_vtk_array_type(array.dtype))
+    vtkArray.SetNumberOfComponents(1)
+    imageData.GetPointData().SetScalars(vtkArray)
+    volumeNode.SetAndObserveImageData(imageData)
+
+
+def addVolumeFromVoxels(scene, voxels, geometry, name, nodeClass="vtkMRMLScalarVolumeNode"):
+    """A new volume node (with a display node) holding ``voxels`` on ``geometry``."""
+    node = scene.AddNewNodeByClass(nodeClass, name)
+    setVolumeGeometry(node, geometry)
+    setVolumeVoxels(node, voxels)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Roles and studies
+# ---------------------------------------------------------------------------------------------
+
+
+def volumeRole(volumeNode):
+    """The role key assigned to a volume node ('' when it is not used)."""
+    return (volumeNode.GetAttribute(ROLE_ATTRIBUTE) or "").strip()
+
+
+def setVolumeRole(volumeNode, roleKey):
+    """Assign a role key (validated by BINDSLib) to a volume; '' or None unassigns it."""
+    if roleKey:
+        from BINDSLib.study import Role
+
+        roleKey = Role.parse(roleKey).key
+    volumeNode.SetAttribute(ROLE_ATTRIBUTE, roleKey or "")
+
+
+def volumeNodes(scene):
+    """Scalar and vector volume nodes of the scene that can be inputs (not labelmaps, not outputs)."""
+    nodes = []
+    for className in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
+        collection = scene.GetNodesByClass(className)
+        for i in range(collection.GetNumberOfItems()):
+            node = collection.GetItemAsObject(i)
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute("BINDS.Output"):
+                continue
+            if node.GetHideFromEditors() or node in nodes:
+                continue
+            nodes.append(node)
+    return nodes
+
+
+def assignedVolumes(scene):
+    """(volume node, role key) of the volumes that have a role, in scene order."""
+    return [(node, volumeRole(node)) for node in volumeNodes(scene) if volumeRole(node)]
+
+
+def imageFromVolumeNode(volumeNode, roleKey=None):
+    """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role."""
+    from BINDSLib.study import Image, Role, SourceInfo, parse_date
+
+    roleKey = roleKey or volumeRole(volumeNode)
+    if not roleKey:
+        raise ValueError(f"volume '{volumeNode.GetName()}' has no role; assign one first")
+    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+    return Image(
+        voxelsFromVolumeNode(volumeNode),
+        geometryFromVolumeNode(volumeNode),
+        Role.parse(roleKey),
+        acquisition_date=parse_date(volumeNode.GetAttribute(ACQUISITION_DATE_ATTRIBUTE)),
+        source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName()),
+    )
+
+
+def studyFromVolumeNodes(nodesWithRoles, studyId, studyDate=None, patientId=None, synthetic=None):
+    """A :class:`BINDSLib.study.Study` of ``[(volume node, role key), ...]``.
+
+    Returns ``(study, nodeIDByLabel)``: image labels are the role keys, made unique by BINDSLib
+    (``US_L``, ``US_L_2``), and map back to the volume nodes the outputs belong to.
+    """
+    from BINDSLib.study import Study, parse_date
+
+    if not nodesWithRoles:
+        raise ValueError("no volume has a role: assign roles to the images to diagnose")
+    images = [imageFromVolumeNode(node, role) for node, role in nodesWithRoles]
+    if synthetic is None:
+        synthetic = all(node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "1" for node, _ in nodesWithRoles)
+    study = Study(study_id=studyId, images=images, patient_id=patientId or None,
+                  study_date=parse_date(studyDate), synthetic=bool(synthetic))
+    nodeIDByLabel = {image.label: node.GetID() for image, (node, _) in zip(study.images, nodesWithRoles)}
+    return study, nodeIDByLabel
+
+
+def writeStudyFolder(nodesWithRoles, folder, studyId, studyDate=None, patientId=None, overwrite=False):
+    """Write the study folder (docs/STUDY_FOLDER.md) of the given volumes.
+
+    Returns ``(path, nodeIDByLabel)``. The folder holds exactly the scene's voxels and
+    geometry (LPS); it is written atomically by BINDSLib.
+    """
+    from BINDSLib.studyfolder import write_study_folder
+
+    study, nodeIDByLabel = studyFromVolumeNodes(nodesWithRoles, studyId, studyDate, patientId)
+    path = write_study_folder(study, folder, overwrite=overwrite)
+    return path, nodeIDByLabel
+
+
+def addStudyToScene(scene, study, patientName=None):
+    """Add every image of a BINDSLib study as a volume node with its role, under a patient/study
+    item of the subject hierarchy. Returns the volume nodes by image label."""
+    patientItem = createSubjectItem(scene, patientName or study.patient_id or "BINDS patient")
+    studyItem = createStudyItem(scene, patientItem, studyItemName(study))
+    nodes = {}
+    for image in study.images:
+        node = addVolumeFromVoxels(scene, image.voxels, image.geometry, image.label)
+        node.SetAttribute(ROLE_ATTRIBUTE, image.role.key)
+        if study.synthetic:
+            node.SetAttribute(SYNTHETIC_ATTRIBUTE, "1")
+        date = image.acquisition_date or study.study_date
+        if date is not None:
+            node.SetAttribute(ACQUISITION_DATE_ATTRIBUTE, date.isoformat())
+        placeUnder(scene, node, studyItem)
+        nodes[image.label] = node
+    return nodes
+
+
+def studyItemName(study):
+    name = f"Study {study.study_id}"
+    if study.study_date is not None:
+        name += f" ({study.study_date.isoformat()})"
+    return name + (" SYNTHETIC" if study.synthetic else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject hierarchy
+# ---------------------------------------------------------------------------------------------
+
+
+def subjectHierarchy(scene):
+    return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+
+
+def itemOf(scene, node):
+    """The subject hierarchy item of a data node, created under the scene when missing.
+
+    Inside Slicer the subject hierarchy plugins create it when the node is added; headless
+    (slicer-core) nothing does, so it is created here.
+    """
+    sh = subjectHierarchy(scene)
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    return item
+
+
+def placeUnder(scene, node, parentItem):
+    sh = subjectHierarchy(scene)
+    item = itemOf(scene, node)
+    if parentItem and sh.GetItemParent(item) != parentItem:
+        sh.SetItemParent(item, parentItem)
+    return item
+
+
+def createSubjectItem(scene, name):
+    sh = subjectHierarchy(scene)
+    return sh.CreateSubjectItem(sh.GetSceneItemID(), name)
+
+
+def createStudyItem(scene, subjectItem, name):
+    return subjectHierarchy(scene).CreateStudyItem(subjectItem, name)
+
+
+def studyItemOf(scene, node):
+    """The study item above a node in the subject hierarchy, or 0 when it has none."""
+    sh = subjectHierarchy(scene)
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        return 0
+    return sh.GetItemAncestorAtLevel(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy())
+
+
+def ensureStudyItem(scene, volumeNodes, name="BINDS study"):
+    """The study item of the input volumes; when they have none, a new patient/study is created
+    and the volumes are moved under it (so inputs and outputs stay together)."""
+    for node in volumeNodes:
+        item = studyItemOf(scene, node)
+        if item:
+            return item
+    studyItem = createStudyItem(scene, createSubjectItem(scene, "BINDS patient"), name)
+    for node in volumeNodes:
+        placeUnder(scene, node, studyItem)
+    return studyItem
+
+
+def createFolder(scene, parentItem, name):
+    sh = subjectHierarchy(scene)
+    return sh.CreateFolderItem(parentItem or sh.GetSceneItemID(), name)
+
+
+def itemChildrenNodes(scene, item):
+    """Data nodes of the direct children of a subject hierarchy item."""
+    sh = subjectHierarchy(scene)
+    children = vtk.vtkIdList()
+    sh.GetItemChildren(item, children)
+    nodes = []
+    for i in range(children.GetNumberOfIds()):
+        node = sh.GetItemDataNode(children.GetId(i))
+        if node is not None:
+            nodes.append(node)
+    return nodes
+
+
+def studyInfo(scene, volumeNode):
+    """``{"study_id", "study_date", "patient_id"}`` of the study a volume belongs to.
+
+    Read from the subject hierarchy's DICOM attributes when the volume came from the DICOM
+    module, else from the study item's name, else defaults.
+    """
+    sh = subjectHierarchy(scene)
+    info = {"study_id": "slicer-study", "study_date": None, "patient_id": None}
+    studyItem = studyItemOf(scene, volumeNode)
+    if studyItem:
+        uid = sh.GetItemUID(studyItem, "DICOM")
+        info["study_id"] = _safeId(uid or sh.GetItemName(studyItem)) or info["study_id"]
+        date = sh.GetItemAttribute(studyItem, "DICOM.StudyDate")
+        info["study_date"] = _isoDate(date)
+        patientItem = sh.GetItemParent(studyItem)
+        if patientItem and patientItem != sh.GetSceneItemID():
+            info["patient_id"] = sh.GetItemAttribute(patientItem, "DICOM.PatientID") or None
+    return info
+
+
+def _isoDate(value):
+    digits = "".join(ch for ch in (value or "") if ch.isdigit())
+    return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}" if len(digits) >= 8 else None
+
+
+def _safeId(text):
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in (text or "").strip()).strip("._")
+
+
+# ---------------------------------------------------------------------------------------------
+# Display
+# ---------------------------------------------------------------------------------------------
+
+
+def _nodesByLayoutName(scene, className):
+    nodes = {}
+    collection = scene.GetNodesByClass(className)
+    for i in range(collection.GetNumberOfItems()):
+        node = collection.GetItemAsObject(i)
+        nodes[node.GetLayoutName()] = node
+    return nodes
+
+
+def showInSliceViews(scene, views, foregroundOpacity=0.5):
+    """Show images in slice views.
+
+    ``views`` maps a slice view name (``Red``, ``Yellow``, ``Green``) to ``(background volume,
+    foreground volume or None)``. Each view is turned to its background volume's plane, so a
+    2D image (a mammogram, an ultrasound frame) is seen face on. Fitting the field of view
+    needs the slice logic (the widget does it with ``slicer.util.resetSliceViews()``).
+    """
+    composites = _nodesByLayoutName(scene, "vtkMRMLSliceCompositeNode")
+    sliceNodes = _nodesByLayoutName(scene, "vtkMRMLSliceNode")
+    for viewName, (background, foreground) in views.items():
+        composite = composites.get(viewName)
+        if composite is None:
+            continue
+        composite.SetBackgroundVolumeID(background.GetID() if background else None)
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
+        composite.SetForegroundOpacity(foregroundOpacity if foreground else 0.0)
+        composite.SetLabelVolumeID(None)
+        sliceNode = sliceNodes.get(viewName)
+        if sliceNode is not None and background is not None:
+            sliceNode.RotateToVolumePlane(background)
+
+
+def setLayout(scene, arrangement):
+    """Switch the view layout (a ``vtkMRMLLayoutNode.SlicerLayout...`` value)."""
+    layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layoutNode is not None:
+        layoutNode.SetViewArrangement(arrangement)
+    return layoutNode
+
+
+def showTable(scene, tableNode):
+    """Make ``tableNode`` the one table views show."""
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    if selection is not None:
+        selection.SetActiveTableID(tableNode.GetID())
+    for view in _nodesByLayoutName(scene, "vtkMRMLTableViewNode").values():
+        view.SetTableNodeID(tableNode.GetID())
+
+
+def showPlotChart(scene, chartNode):
+    """Make ``chartNode`` the one plot views show."""
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    if selection is not None:
+        selection.SetActivePlotChartID(chartNode.GetID())
+    for view in _nodesByLayoutName(scene, "vtkMRMLPlotViewNode").values():
+        view.SetPlotChartNodeID(chartNode.GetID())
+
+
+def writeTextFile(path, text):
+    """Write text atomically (temporary name, then rename)."""
+    path = os.fspath(path)
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""Qt pieces the BINDS module widgets share: model and device selectors, folder dialogs and the
+controller that runs a :class:`.runs.DiagnosisRun` / :class:`.runs.RiskRun` from the GUI
+(progress bar, Cancel, errors as a short message with the details in the log).
+
+Only what needs Qt is here; everything it drives is in the Qt-free modules of this package.
+"""
+
+import logging
+import os
+
+import qt
+import slicer
+
+from . import install
+from .paths import requireBINDSLib
+from .process import pollWithQtTimer
+
+DEVICES = (("Auto (GPU when available)", "auto"), ("CPU", "cpu"), ("GPU", "cuda"))
+
+
+def fillModelComboBox(comboBox, kind, current, extraFolders=()):
+    """List the model bundles of ``kind`` (shipped, user folder, $BINDS_MODEL_PATH) plus folders
+    the user chose; select ``current`` (a bundle name or folder)."""
+    requireBINDSLib()
+    from BINDSLib.bundle import list_bundles
+
+    wasBlocked = comboBox.blockSignals(True)
+    comboBox.clear()
+    for path in list_bundles(kind=kind):
+        comboBox.addItem(path.name, path.name)
+        comboBox.setItemData(comboBox.count - 1, str(path), qt.Qt.ToolTipRole)
+    for folder in extraFolders:
+        if folder and comboBox.findData(folder) < 0:
+            comboBox.addItem(os.path.basename(os.path.normpath(folder)) + " (folder)", folder)
+            comboBox.setItemData(comboBox.count - 1, folder, qt.Qt.ToolTipRole)
+    if current and comboBox.findData(current) < 0:
+        comboBox.addItem(current, current)
+    index = comboBox.findData(current)
+    comboBox.setCurrentIndex(index if index >= 0 else 0)
+    comboBox.blockSignals(wasBlocked)
+
+
+def checkBundleFolder(folder, kind):
+    """Raise a clear error when ``folder`` is not a model bundle of ``kind``."""
+    requireBINDSLib()
+    from BINDSLib.bundle import read_metadata
+
+    meta = read_metadata(folder)
+    found = meta.get("binds", {}).get("kind")
+    if found != kind:
+        raise ValueError(f"{folder} is a {found!r} model bundle; a {kind!r} bundle is needed here")
+
+
+def openUserModelFolder():
+    requireBINDSLib()
+    from BINDSLib.bundle import user_model_dir
+
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+
+def fillDeviceComboBox(comboBox, current):
+    wasBlocked = comboBox.blockSignals(True)
+    comboBox.clear()
+    for text, value in DEVICES:
+        comboBox.addItem(text, value)
+    index = comboBox.findData(current or "auto")
+    comboBox.setCurrentIndex(index if index >= 0 else 0)
+    comboBox.blockSignals(wasBlocked)
+
+
+def showGpuName(comboBox):
+    """Put the GPU's name in the device list (imports torch only when it is installed)."""
+    index = comboBox.findData("cuda")
+    if index < 0:
+        return
+    name = install.gpuName()
+    comboBox.setItemText(index, f"GPU: {name}" if name else "GPU (none found)")
+    item = comboBox.model().item(index)
+    if item is not None and not name and install.torchInstalled():
+        item.setEnabled(False)
+
+
+def chooseFolder(parent, caption, start=""):
+    return qt.QFileDialog.getExistingDirectory(parent, caption, start or os.path.expanduser("~")) or ""
+
+
+def revealFolder(folder):
+    qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+
+class RunController:
+    """Runs a BINDS run from a module panel.
+
+    While it runs: Apply buttons disabled, Cancel enabled, progress bar and status label updated
+    from the process's ``PROGRESS`` lines; every other line goes to the application log. At the
+    end ``onSucceeded(run)`` is called, or the error is shown as one line (details in the log
+    and in the message box's details).
+    """
+
+    def __init__(self, progressBar, statusLabel, startButtons, cancelButton, onSucceeded, title="BINDS"):
+        self.progressBar = progressBar
+        self.statusLabel = statusLabel
+        self.startButtons = list(startButtons)
+        self.cancelButton = cancelButton
+        self.onSucceeded = onSucceeded
+        self.title = title
+        self.run = None
+        self.timer = None
+        self.progressBar.hide()
+        self.cancelButton.clicked.connect(self.cancel)
+
+    @property
+    def running(self):
+        return self.run is not None and not self.run.finished
+
+    def start(self, run):
+        self.run = run
+        self._setRunning(True)
+        self.statusLabel.text = "Starting..."
+        try:
+            run.start(onProgress=self._onProgress, onLog=self._onLog, onFinished=self._onFinished)
+        except Exception:
+            self._setRunning(False)
+            self.statusLabel.text = ""
+            raise
+        self.timer = pollWithQtTimer(run.process)
+
+    def cancel(self):
+        if self.running:
+            self.statusLabel.text = "Cancelling..."
+            self.run.cancel()
+
+    def _setRunning(self, running):
+        for button in self.startButtons:
+            button.enabled = not running
+        self.cancelButton.enabled = running
+        self.progressBar.setVisible(running)
+        if running:
+            self.progressBar.setRange(0, 0)  # busy until the first progress line
+
+    def _onProgress(self, progress):
+        self.progressBar.setRange(0, 100)
+        self.progressBar.value = progress.percent
+        self.statusLabel.text = progress.message or f"{progress.done}/{progress.total}"
+
+    def _onLog(self, stream, line):
+        logging.info("%s: %s", self.title, line)
+
+    def _onFinished(self, run):
+        self._setRunning(False)
+        if run.cancelled:
+            self.statusLabel.text = "Cancelled."
+            return
+        if run.error:
+            self.statusLabel.text = f"Failed: {run.error}"
+            logging.error("%s failed: %s\n%s", self.title, run.error, run.errorDetails)
+            slicer.util.errorDisplay(f"{self.title} failed: {run.error}", detailedText=run.errorDetails)
+            return
+        self.statusLabel.text = "Done."
+        with slicer.util.tryWithErrorDisplay(f"{self.title}: showing the results failed."):
+            self.onSucceeded(run)

@@ -1,0 +1,192 @@
+"""A ``binds risk`` output folder in real MRML (slicer-core): the per-exam table, the trajectory
+plot with the 1.7% line; exam folders from a DICOM database."""
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "BINDS"))
+
+from BINDSLib.fsutil import json_dumps  # noqa: E402
+from BINDSLib.risk.inference import ExamRisk  # noqa: E402
+from BINDSLib.risk.report import build_report  # noqa: E402
+from BINDSLib.risk.trajectory import risk_flags, trajectory_metrics  # noqa: E402
+from BINDSSlicerLib import riskresults as rr  # noqa: E402
+from BINDSSlicerLib import scene as sc  # noqa: E402
+from BINDSSlicerLib.results import tableRows  # noqa: E402
+
+DATES = [datetime.date(2019, 7, 2), datetime.date(2020, 7, 1), datetime.date(2021, 12, 31)]
+RISKS = [(0.002, 0.004, 0.007, 0.010, 0.012), (0.003, 0.006, 0.010, 0.014, 0.016),
+         (0.004, 0.008, 0.013, 0.018, 0.021)]
+
+
+def write_risk_outputs(folder, breast=True):
+    exams = [ExamRisk(f"anon-e{n}", date, risks,
+                      {"L": tuple(r * 1.2 for r in risks), "R": tuple(r * 0.8 for r in risks) if n else None}
+                      if breast else {"L": None, "R": None},
+                      ("L-CC", "L-MLO", "R-CC", "R-MLO") if n else ("L-CC", "L-MLO"),
+                      () if n else ("right breast views missing",))
+             for n, (date, risks) in enumerate(zip(DATES, RISKS))]
+    five = [e.risk(5) for e in exams]
+    trajectory = trajectory_metrics(DATES, five)
+    thresholds = {"supplemental_mri_5y": 0.017, "rise_2y": 0.005}
+    report = build_report(exams, trajectory, risk_flags(trajectory, 0.017, 0.005),
+                          {"name": "risk-test", "version": "1"}, thresholds, "anon-woman")
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json_dumps(report), encoding="utf-8")
+    return json.loads((folder / "report.json").read_text())
+
+
+@pytest.fixture()
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def column(table_node, name):
+    array = table_node.GetTable().GetColumnByName(name)
+    assert array is not None, name
+    return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
+
+
+def test_decimal_year():
+    assert rr.decimalYear("2019-01-01") == 2019.0
+    assert rr.decimalYear("2020-07-02") == pytest.approx(2020 + 183 / 366)
+    assert rr.decimalYear("2021-12-31") == pytest.approx(2021 + 364 / 365)
+
+
+def test_exam_table(scene, tmp_path):
+    report = write_risk_outputs(tmp_path / "out")
+    results = rr.loadRiskResults(scene, tmp_path / "out")
+    rows = tableRows(results.examTable)
+    table = results.examTable.GetTable()
+    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert names == ["Exam date", "Exam", "1-year risk (%)", "2-year risk (%)", "3-year risk (%)", "4-year risk (%)",
+                     "5-year risk (%)", "Left 5-year (%)", "Right 5-year (%)", "Views", "Warnings"]
+    assert rows[0] == ("2019-07-02", "anon-e0", "0.20", "0.40", "0.70", "1.00", "1.20", "1.44", "", "L-CC L-MLO",
+                       "right breast views missing")
+    assert rows[2][:7] == ("2021-12-31", "anon-e2", "0.40", "0.80", "1.30", "1.80", "2.10")
+    assert rows[2][8] == "1.68"
+    assert json.loads(results.examTable.GetAttribute(rr.REPORT_JSON_ATTRIBUTE)) == report
+    assert results.flags and "consider supplemental MRI" in results.flags[0]
+
+
+def test_trajectory_plot_with_the_threshold_line(scene, tmp_path):
+    write_risk_outputs(tmp_path / "out")
+    results = rr.loadRiskResults(scene, tmp_path / "out", name="Woman A")
+    x = column(results.trajectoryTable, "Exam date (year)")
+    assert x == pytest.approx([rr.decimalYear(d.isoformat()) for d in DATES])
+    assert column(results.trajectoryTable, "5-year risk (%)") == pytest.approx([1.2, 1.6, 2.1])
+    left = column(results.trajectoryTable, "Left breast 5-year risk (%)")
+    assert left == pytest.approx([1.44, 1.92, 2.52])
+    right = column(results.trajectoryTable, "Right breast 5-year risk (%)")
+    assert np.isnan(right[0]) and right[1:] == pytest.approx([1.28, 1.68])
+    # the threshold: a horizontal line at 1.7% spanning every exam
+    tx = column(results.thresholdTable, "Exam date (year)")
+    assert tx[0] < min(x) and tx[1] > max(x)
+    assert column(results.thresholdTable, "Threshold (%)") == pytest.approx([1.7, 1.7])
+    chart = results.chart
+    assert chart.GetName() == "Woman A trajectory chart"
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [s.GetName() for s in series] == ["5-year risk", "1.7% (consider supplemental MRI)",
+                                             "Left breast 5-year risk", "Right breast 5-year risk"]
+    risk, line = series[0], series[1]
+    assert risk.GetTableNode() is results.trajectoryTable and risk.GetYColumnName() == "5-year risk (%)"
+    assert risk.GetXColumnName() == "Exam date (year)"
+    assert line.GetTableNode() is results.thresholdTable
+    assert line.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+    assert line.GetColor() == pytest.approx(rr.THRESHOLD_COLOR) and risk.GetColor() == pytest.approx(rr.RISK_COLOR)
+    assert chart.GetXAxisTitle() == "Exam date (year)" and "risk (%)" in chart.GetYAxisTitle()
+    lo, hi = chart.GetYAxisRange()
+    assert lo == 0 and hi >= 2.1
+    # all under one folder of the subject hierarchy
+    children = set(sc.itemChildrenNodes(scene, results.folderItem))
+    assert {results.examTable, results.trajectoryTable, results.thresholdTable, chart, *series} == children
+
+
+def test_show_uses_a_plot_and_table_layout(scene, tmp_path):
+    write_risk_outputs(tmp_path / "out", breast=False)
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    selection = scene.AddNewNodeByClass("vtkMRMLSelectionNode")
+    plot_view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+    plot_view.SetLayoutName("PlotView1")
+    results = rr.loadRiskResults(scene, tmp_path / "out")
+    assert set(results.series) == {"risk", "threshold"}  # no per-breast risk, no per-breast series
+    rr.showRiskResults(scene, results)
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView
+    assert selection.GetActivePlotChartID() == results.chart.GetID()
+    assert selection.GetActiveTableID() == results.examTable.GetID()
+    assert plot_view.GetPlotChartNodeID() == results.chart.GetID()
+
+
+def test_not_a_risk_report(scene, tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "binds.report"}))
+    with pytest.raises(ValueError, match="not a BINDS risk report"):
+        rr.loadRiskResults(scene, tmp_path)
+
+
+class FakeDicomDatabase:
+    def __init__(self, root):
+        self.files = {}
+        for study in ("st1", "st2", "st3"):
+            for series, modality in (("mg", "MG"), ("sr", "SR")):
+                paths = []
+                for n in range(2):
+                    p = root / f"{study}-{series}-{n}.dcm"
+                    p.write_text(f"{study} {series} {n}")
+                    paths.append(str(p))
+                self.files[(study, series)] = (paths, modality if study != "st3" else "US")
+
+    def studiesForPatient(self, patient):
+        assert patient == "patient-1"
+        return ["st1", "st2", "st3"]
+
+    def seriesForStudy(self, study):
+        return [f"{study}/mg", f"{study}/sr"]
+
+    def filesForSeries(self, series):
+        study, name = series.split("/")
+        return self.files[(study, name)][0]
+
+    def fileValue(self, path, tag):
+        assert tag == "0008,0060"
+        for paths, modality in self.files.values():
+            if path in paths:
+                return modality if "-mg-" in path else "SR"
+
+
+def test_exam_folders_from_the_dicom_database(tmp_path):
+    db = FakeDicomDatabase(tmp_path)
+    exams = rr.examFoldersFromDicomDatabase(db, "patient-1", tmp_path / "exams")
+    assert [Path(e).name for e in exams] == ["exam-000", "exam-001"]  # the US study has no MG series
+    files = sorted(Path(exams[1]).iterdir())
+    assert [f.read_text() for f in files] == ["st2 mg 0", "st2 mg 1"]
+
+
+def test_real_risk_run_end_to_end(scene, tmp_path):
+    """The real ``python -m BINDSLib risk`` in the background (tiny bundle of test_risk_support) on
+    three dated exams given out of order: the table and the plot follow the exam dates."""
+    from BINDSLib.studyfolder import write_study_folder
+    from BINDSSlicerLib import runs
+    from test_risk_support import make_exam, tiny_bundle
+
+    bundle = tiny_bundle(tmp_path / "risk-tiny")
+    exams = [write_study_folder(make_exam(i, datetime.date(year, 3, 1), study_id=f"ACC-{i}"), tmp_path / f"e{i}")
+             for i, year in enumerate([2019, 2020, 2021])]
+    run = runs.RiskRun(scene, [exams[2], exams[0], exams[1]], str(tmp_path / "work"), model=str(bundle),
+                       device="cpu", python=sys.executable)
+    run.start().wait(timeout=120)
+    assert run.error is None, run.errorDetails
+    results = run.results
+    assert [row[0] for row in tableRows(results.examTable)] == ["2019-03-01", "2020-03-01", "2021-03-01"]
+    assert all(row[1].startswith("anon-") for row in tableRows(results.examTable))  # pseudonymised
+    x = column(results.trajectoryTable, "Exam date (year)")
+    assert x == sorted(x) and len(x) == 3
+    five = column(results.trajectoryTable, "5-year risk (%)")
+    expected = [100 * e["cumulative_risk"]["5"] for e in results.report["exams"]]
+    assert five == pytest.approx(expected)
+    assert column(results.thresholdTable, "Threshold (%)") == pytest.approx([1.7, 1.7])

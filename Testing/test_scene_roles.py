@@ -1,0 +1,121 @@
+"""Role guessing for scene volumes: from DICOM header values (through BINDSLib's own rules) or
+from node names; the DICOM database look-up; roles stored on real MRML nodes."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "BINDS"))
+
+from BINDSLib.study import Role  # noqa: E402
+from BINDSSlicerLib.roles import (  # noqa: E402
+    DICOM_TAGS, VolumeDescription, guessRoles, headerFromDicomDatabase, roleChoices,
+)
+
+V2D = (1, 64, 48)
+V3D = (40, 64, 64)
+
+
+def guess(*items):
+    descriptions = [VolumeDescription(str(n), name, header or {}, shape) for n, (name, header, shape) in enumerate(items)]
+    roles = guessRoles(descriptions)
+    return [roles[str(n)] for n in range(len(items))]
+
+
+def test_role_keys_as_names():
+    assert guess(("MG_L_CC", None, V2D), ("mr-dce2", None, V3D), ("US R 10h", None, V2D)) == \
+        ["MG_L_CC", "MR_DCE2", "US_R_10h"]
+
+
+def test_mammograms_from_names():
+    assert guess(("L CC", None, V2D), ("RMLO", None, V2D), ("right mlo", None, V2D),
+                 ("mammo left", None, V2D)) == ["MG_L_CC", "MG_R_MLO", "MG_R_MLO", "MG_L"]
+
+
+def test_ultrasound_from_names():
+    assert guess(("US left 10h", None, V2D), ("Breast ultrasound R", None, V2D), ("sono", None, V2D)) == \
+        ["US_L_10h", "US_R", "US"]
+
+
+def test_mr_sequences_and_phases_from_names():
+    names = ["T1 pre", "DCE phase 2", "DCE phase 1", "T2 FS", "DWI b800", "ADC map", "dce post 3"]
+    assert guess(*[(n, None, V3D) for n in names]) == \
+        ["MR_T1_PRE", "MR_DCE2", "MR_DCE1", "MR_T2", "MR_DWI_b800", "MR_ADC", "MR_DCE3"]
+
+
+def test_mr_words_on_a_2d_image_are_not_mr():
+    # "T2" on a single-slice image without any modality word: not guessed as MR
+    assert guess(("T2", None, V2D), ("unrelated", None, V3D)) == [None, None]
+
+
+def test_dicom_headers_use_binds_rules():
+    mg = {"Modality": "MG", "ViewPosition": "MLO", "ImageLaterality": "R", "SeriesDescription": "screening"}
+    us = {"Modality": "US", "Laterality": "L", "SeriesDescription": "L breast 2 o'clock"}
+    pre = {"Modality": "MR", "SeriesDescription": "Ax VIBRANT", "AcquisitionTime": "101500",
+           "ContrastBolusStartTime": "101600"}
+    post1 = dict(pre, AcquisitionTime="101700")
+    post2 = dict(pre, AcquisitionTime="101900")
+    dwi = {"Modality": "MR", "SeriesDescription": "ep2d_diff", "DiffusionBValue": "800"}
+    t2 = {"Modality": "MR", "SeriesDescription": "scan 5", "RepetitionTime": "4000", "EchoTime": "90"}
+    # node names are unhelpful: only the headers tell
+    assert guess(("1: image", mg, V2D), ("2: image", us, V2D), ("4: x", post2, V3D), ("3: x", pre, V3D),
+                 ("5: x", post1, V3D), ("6: x", dwi, V3D), ("7: x", t2, V3D)) == \
+        ["MG_R_MLO", "US_L_2h", "MR_DCE2", "MR_T1_PRE", "MR_DCE1", "MR_DWI_b800", "MR_T2"]
+
+
+def test_dicom_modality_wins_over_the_name():
+    assert guess(("US left", {"Modality": "MG", "ViewPosition": "CC", "ImageLaterality": "L"}, V2D)) == ["MG_L_CC"]
+
+
+def test_every_choice_is_a_valid_role():
+    choices = roleChoices()
+    assert [Role.parse(k).key for k in choices] == choices
+    assert {"MG_L_CC", "MG_R_MLO", "US_L", "MR_T1_PRE", "MR_DCE1", "MR_ADC"} <= set(choices)
+
+
+class FakeDicomDatabase:
+    """ctkDICOMDatabase.instanceValue(sopInstanceUID, "gggg,eeee")."""
+
+    def __init__(self, values):
+        self.values = values
+        self.asked = []
+
+    def instanceValue(self, uid, tag):
+        self.asked.append((uid, tag))
+        return self.values.get(uid, {}).get(tag, "")
+
+
+def test_header_from_the_dicom_database_reads_the_first_instance():
+    db = FakeDicomDatabase({"1.2.3": {"0008,0060": "MG", "0018,5101": "CC ", "0020,0062": "L"}})
+    header = headerFromDicomDatabase(db, "1.2.3 1.2.4")
+    assert header == {"Modality": "MG", "ViewPosition": "CC", "ImageLaterality": "L"}
+    assert {uid for uid, _ in db.asked} == {"1.2.3"}
+    assert DICOM_TAGS["ViewPosition"] == "0018,5101"
+    assert headerFromDicomDatabase(db, "") == {} and headerFromDicomDatabase(None, "1.2.3") == {}
+
+
+def test_roles_are_guessed_and_stored_on_nodes():
+    slicer = pytest.importorskip("slicer")
+    from BINDSSlicerLib import scene as sc
+    from BINDSSlicerLib.roles import guessVolumeRoles
+
+    scene = slicer.vtkMRMLScene()
+    from BINDSLib.study import Geometry
+
+    g = Geometry()
+    dicom_node = sc.addVolumeFromVoxels(scene, np.zeros(V2D, np.uint16), g, "2: Series")
+    dicom_node.SetAttribute("DICOM.instanceUIDs", "9.9.9")
+    named = sc.addVolumeFromVoxels(scene, np.zeros(V3D, np.int16), g, "T2 TSE")
+    kept = sc.addVolumeFromVoxels(scene, np.zeros(V2D, np.uint8), g, "L CC")
+    sc.setVolumeRole(kept, "US_L")  # the user's choice
+    unknown = sc.addVolumeFromVoxels(scene, np.zeros(V2D, np.uint8), g, "photo")
+    db = FakeDicomDatabase({"9.9.9": {"0008,0060": "MG", "0018,5101": "MLO", "0020,0062": "L"}})
+    result = guessVolumeRoles([dicom_node, named, kept, unknown], db)
+    assert result == {dicom_node.GetID(): "MG_L_MLO", named.GetID(): "MR_T2", kept.GetID(): "US_L",
+                      unknown.GetID(): None}
+    assert dicom_node.GetAttribute(sc.ROLE_ATTRIBUTE) == "MG_L_MLO"
+    assert sc.volumeRole(unknown) == ""
+    guessVolumeRoles([kept], db, overwrite=True)
+    assert sc.volumeRole(kept) == "MG_L_CC"
