@@ -230,7 +230,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             if report.contributions:
                 lines.append("contributions: " + ", ".join(f"{k} {v:.2f}" for k, v in report.contributions.items()))
             lines += notes
-            lines.append(f"model {report.model['name']} {report.model['version']} - research use only")
+            lines.append(f"model {report.model.get('name', '?')} {report.model.get('version', '')} - research use only")
             write_summary_png(tmp / "summary.png", panels, lines,
                               f"BINDS - study {study.study_id}" + (" (SYNTHETIC)" if study.synthetic else ""))
         timings = {"read_s": t_read, "inference_s": t1 - t0 - t_read, "write_s": time.perf_counter() - t1,
