@@ -106,7 +106,7 @@ def test_index_walks_any_name_skips_non_dicom_dicomdir_and_cuts_loops(tmp_path, 
     assert series.modality is Modality.MR and len(series.files) == 1
     reasons = {Path(s.path).name: s.reason for s in index.skipped}
     assert reasons["notes.txt"] == "not DICOM"
-    assert reasons["empty"] == "not DICOM"
+    assert reasons["empty"] == "empty file (0 bytes)"
     assert "DICOMDIR" in reasons["DICOMDIR"]
     assert reasons["dangling"] == "broken symbolic link"
     assert len(index.skipped) == 4  # the loop and the second link to IMAGE0 are not listed

@@ -233,11 +233,15 @@ def decode(ds, path) -> tuple[np.ndarray, str]:
         decoder = get_decoder(transfer_syntax(ds))
         arr, meta = decoder.as_array(ds, raw=True)
     except NotImplementedError as e:
-        raise InputError(f"cannot decode pixel data ({str(e)[:200]}); install the codecs with "
-                         "'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'", path) from None
+        raise InputError(f"cannot decode pixel data ({str(e)[:200]}); install the decoders with "
+                         "'pip install binds[codecs]' (pylibjpeg)", path) from None
     except Exception as e:  # noqa: BLE001 - codecs raise many kinds on damaged data
+        if "missing dependencies" in str(e):
+            raise InputError(f"cannot decode {transfer_syntax(ds).name} pixel data: no decoder is "
+                             "installed; install them with 'pip install binds[codecs]' (pylibjpeg)",
+                             path) from None
         raise InputError(f"cannot decode pixel data, the file looks truncated or damaged "
-                         f"({type(e).__name__}: {str(e)[:150]})", path) from None
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:150]})", path) from None
     photometric = str(meta.get("photometric_interpretation") or text(ds, "PhotometricInterpretation"))
     samples = int(number(ds, "SamplesPerPixel") or 1)
     if frames_of(ds) == 1 and arr.ndim == (2 if samples == 1 else 3):
