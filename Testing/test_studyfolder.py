@@ -131,3 +131,19 @@ def test_geometry_mismatch_between_file_and_json_is_refused(tmp_path):
     (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
     with pytest.raises(InputError, match="differs from study.json"):
         read_study_folder(tmp_path / "s")
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from BINDSLib.fsutil import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        write_study_folder(make_study(), tmp_path / "s")
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644

@@ -1,0 +1,145 @@
+"""``binds risk``: 5-year breast cancer risk of one woman's dated screening exams, and its trajectory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "risk", help="5-year breast cancer risk of a woman's screening mammograms, with trajectory",
+        description="Score each of one woman's dated 4-view screening mammography exams with a risk "
+                    "bundle (cumulative risk within 1-5 years, per exam and per breast), then "
+                    "compute the trajectory (slope per year, change from the first exam, change "
+                    "over the last 2 years, acceleration) and flags (5-year risk >= 1.7%: "
+                    "consider supplemental MRI (NCCN 2026); a rise beyond --rise-threshold). "
+                    "Writes report.json, risk.csv and trajectory.png to --out. Research use only.")
+    p.add_argument("exams", nargs="+", metavar="EXAM",
+                   help="exam folders: DICOM folders, study folders, or an exam-history folder "
+                        "(history.json) standing for all its exams")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
+    p.add_argument("--model", default="binds-risk-demo", metavar="BUNDLE",
+                   help="risk bundle name or path (default: binds-risk-demo)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--rise-threshold", type=float, default=None, metavar="P",
+                   help="flag a rise of the 5-year risk over the last 2 years of at least P "
+                        "(absolute probability; default from the bundle, 0.005 = 0.5 points)")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="5-year risk at which supplemental MRI is suggested (default from the "
+                        "bundle: 0.017, NCCN 2026)")
+    p.add_argument("--window-years", type=float, default=2.0, metavar="Y",
+                   help="look-back window of the recent change (default 2 years)")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="keep study and patient IDs in the outputs (default: pseudonyms)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..fsutil import atomic_dir, json_dumps
+    from ..risk.inference import RiskModel
+    from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
+    from ..risk.trajectory import risk_flags, trajectory_metrics
+    from ..study import pseudonym
+
+    log = logging.getLogger("binds.risk")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        from ..errors import OutputError
+
+        raise OutputError("already exists; use --overwrite to replace it", out)
+    studies, woman_ids = _read_exams(args.exams)
+    if len(studies) > 1 and any(s.study_date is None for s in studies):
+        bad = [s.study_id for s in studies if s.study_date is None]
+        raise InputError(f"exam(s) without a date: {', '.join(bad)}; a trajectory needs dated exams")
+    studies.sort(key=lambda s: s.study_date or 0)
+    raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
+    anon = {i if i.startswith("anon-") else pseudonym(i) for i in raw_ids}
+    warnings = []
+    if len(anon) > 1:
+        warnings.append(f"the exams carry {len(anon)} different patient IDs; are they one woman's?")
+        log.warning(warnings[-1])
+    woman = next(iter(anon)) if len(anon) == 1 else None
+    plain = sorted(i for i in raw_ids if not i.startswith("anon-"))
+    if woman is not None and args.keep_identifiers and plain:
+        woman = plain[0]
+
+    model = RiskModel.from_bundle(args.model, device=args.device)
+    risks = model.score_exams(studies, keep_identifiers=args.keep_identifiers)
+    for r in risks:
+        warnings += [f"{r.exam_id}: {w}" for w in r.warnings]
+    thresholds = dict(model.thresholds)
+    if args.threshold is not None:
+        thresholds["supplemental_mri_5y"] = args.threshold
+    if args.rise_threshold is not None:
+        thresholds["rise_2y"] = args.rise_threshold
+    horizon = model.config.max_followup
+    dates = [r.exam_date for r in risks]
+    five = [r.risk(horizon) for r in risks]
+    if len(risks) > 1:
+        traj = trajectory_metrics(dates, five, horizon_years=horizon, window_years=args.window_years)
+    else:
+        traj = trajectory_metrics([dates[0] or _today()], five, horizon, args.window_years)
+    flags = risk_flags(traj, thresholds["supplemental_mri_5y"], thresholds["rise_2y"])
+    report = build_report(risks, traj, flags, model.bundle_summary, thresholds, woman, warnings)
+    breast = {side: [None if r.breast_risk[side] is None else r.breast_risk[side][-1] for r in risks]
+              for side in ("L", "R")}
+    plot = plot_trajectory([d or _today() for d in dates], five, thresholds["supplemental_mri_5y"], breast)
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        (tmp / "report.json").write_text(json_dumps(report), encoding="utf-8")
+        (tmp / "risk.csv").write_text(exams_csv(risks), encoding="utf-8")
+        write_png(tmp / "trajectory.png", plot)
+
+    w = sys.stdout.write
+    w(format_table(risks))
+    w(_trajectory_text(traj))
+    for f in flags:
+        w(f"FLAG: {f.message}\n")
+    w(f"wrote {out / 'report.json'}, {out / 'risk.csv'}, {out / 'trajectory.png'}\n")
+    w("Research use only; not for clinical use.\n")
+    return 0
+
+
+def _today():
+    import datetime
+
+    return datetime.date.today()
+
+
+def _read_exams(paths):
+    """Studies of the given exam folders; exam-history folders expand to their exams."""
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..risk.preprocess import load_exam
+    from ..studyfolder import read_history
+
+    studies, women = [], set()
+    for p in paths:
+        p = Path(p)
+        if (p / "history.json").is_file():
+            h = read_history(p)
+            studies += list(h.exams)
+            women.add(h.woman_id)
+        else:
+            studies.append(load_exam(p))
+    if not studies:
+        raise InputError("no exams given")
+    return studies, women
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f} points"
+
+
+def _trajectory_text(t) -> str:
+    acc = "n/a" if t.acceleration_per_year2 is None else f"{100 * t.acceleration_per_year2:+.3f} points/year^2"
+    slope = "n/a" if t.slope_per_year is None else f"{100 * t.slope_per_year:+.3f} points/year"
+    return (f"{t.horizon_years}-year risk trajectory over {t.n_exams} exam(s): slope {slope}, "
+            f"change from first {_pct(t.change_from_first)}, last {t.window_years:g} years "
+            f"{_pct(t.change_last_years)}, acceleration {acc}\n")

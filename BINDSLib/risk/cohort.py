@@ -1,0 +1,497 @@
+"""Scoring a screening cohort: batched, resumable, sharded across processes, GPUs and nodes.
+
+Manifest
+--------
+A CSV file with a header and at least the columns ``exam_id`` (unique) and ``path`` (a study
+folder or a DICOM folder of one exam, relative to the manifest's folder or absolute); optional
+``woman_id`` and ``exam_date`` (YYYY-MM-DD; else the exam's own date). Other columns are ignored.
+The ``manifest.csv`` of ``binds phantom --longitudinal`` is accepted as it is: ``study_folder``
+stands for ``path``, ``woman`` for ``woman_id``, and without ``exam_id`` the path is the ID.
+
+Output folder
+-------------
+::
+
+    OUT/run.json                     model and settings of this run (a resume must match)
+    OUT/parts/scores-rank<R>.csv     append-only results of rank R (fsync after every batch)
+    OUT/parts/failures-rank<R>.csv   append-only failures of rank R
+    OUT/scores.csv | scores.parquet  merged: one row per exam, in manifest order
+    OUT/failures.csv                 exams that could not be scored (and were not later)
+    OUT/summary.json                 counts, exams/s, model
+
+Resuming: every exam already present in any ``parts/scores-rank*.csv`` is skipped, so a killed
+run re-started with the same command scores each exam exactly once (a row cut short by the
+kill is removed first). Failed exams are retried on the next run.
+
+Sharding: under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) rank ``r`` scores manifest
+rows ``r, r + W, r + 2W, ...`` on ``cuda:LOCAL_RANK`` (CPU without CUDA); ranks meet at a
+barrier (gloo process group) and rank 0 merges. Several nodes need ``OUT`` on a shared file
+system. Loading and decoding run in DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, OutputError
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..study import parse_date, pseudonym
+
+log = logging.getLogger(__name__)
+
+RUN_SCHEMA = "binds.cohort_run"
+PARTS = "parts"
+REQUIRED_COLUMNS = ("exam_id", "path")
+#: Accepted alternative column names (the synthetic phantom manifest's).
+ALIASES = {"path": ("study_folder",), "woman_id": ("woman",)}
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One exam of the manifest. ``row`` is the 1-based data row (header excluded)."""
+
+    row: int
+    exam_id: str
+    path: Path
+    woman_id: str | None = None
+    exam_date: _dt.date | None = None
+    path_text: str = ""
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """Read and check a cohort manifest (see module docstring).
+
+    Raises
+    ------
+    InputError
+        missing columns, empty or duplicate ``exam_id``, invalid dates (naming the row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("manifest not found", path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"manifest is not UTF-8 text: {e}", path) from None
+    reader = csv.DictReader(io.StringIO(text))
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    names = {}
+    for want in ("exam_id", "path", "woman_id", "exam_date"):
+        names[want] = next((c for c in (want, *ALIASES.get(want, ())) if c in cols), None)
+    missing = [c for c in ("path",) if names[c] is None]
+    if missing:
+        raise InputError(f"manifest lacks column(s) {', '.join(missing)} (has {', '.join(cols) or 'none'}); "
+                         "needs exam_id,path[,woman_id,exam_date]", path)
+    rows, seen = [], {}
+    base = path.parent
+    for n, raw in enumerate(reader, start=1):
+        rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        p = rec.get(names["path"], "")
+        eid = rec.get(names["exam_id"], "") if names["exam_id"] else p
+        if not eid or not p:
+            raise InputError(f"row {n}: exam_id and path must not be empty", path)
+        if eid in seen:
+            raise InputError(f"row {n}: exam_id {eid!r} repeats row {seen[eid]}", path)
+        seen[eid] = n
+        try:
+            date = parse_date(rec.get(names["exam_date"] or "", "") or None)
+        except ValueError as e:
+            raise InputError(f"row {n}: {e}", path) from None
+        rows.append(ManifestRow(n, eid, (base / p) if not Path(p).is_absolute() else Path(p),
+                                rec.get(names["woman_id"] or "", "") or None, date, p))
+    if not rows:
+        raise InputError("manifest has no exams", path)
+    return rows
+
+
+def shard(rows: Sequence[ManifestRow], rank: int, world_size: int) -> list[ManifestRow]:
+    """Rows of ``rank``: every ``world_size``-th row starting at ``rank``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    return list(rows[rank::world_size])
+
+
+def dist_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return rank, world, local
+
+
+def result_columns(years: Sequence[int]) -> list[str]:
+    cols = ["manifest_row", "exam_id", "woman_id", "exam_date"]
+    cols += [f"risk_{y}y" for y in years]
+    cols += [f"left_risk_{y}y" for y in years] + [f"right_risk_{y}y" for y in years]
+    return cols + ["views_present", "warnings"]
+
+
+FAILURE_COLUMNS = ["manifest_row", "exam_id", "path", "error"]
+
+
+# -- loading in worker processes ---------------------------------------------------------------
+
+class ExamDataset:
+    """Map-style dataset: manifest row -> prepared exam, or the error that prevented it.
+
+    Runs in DataLoader workers (reading DICOM/NRRD and resizing happen there).
+    """
+
+    def __init__(self, rows: Sequence[ManifestRow], config):
+        self.rows = list(rows)
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        from .preprocess import load_exam, prepare_exam
+
+        row = self.rows[i]
+        item = {"index": i, "error": None, "images": None, "view_mask": None, "warnings": [],
+                "exam_date": row.exam_date, "patient_id": None}
+        try:
+            study = load_exam(row.path)
+            prepared = prepare_exam(study, self.config)
+            item.update(images=prepared.images, view_mask=prepared.view_mask,
+                        warnings=prepared.warnings, exam_date=row.exam_date or study.study_date,
+                        patient_id=study.patient_id, views=prepared.views_present)
+        except Exception as e:  # noqa: BLE001 - a bad exam must not stop the cohort
+            item["error"] = f"{type(e).__name__}: {e}"
+        return item
+
+
+def collate_exams(items: list[dict]) -> dict:
+    """Stack the successfully prepared exams of a batch; keep the failures apart."""
+    import torch
+
+    ok = [it for it in items if it["error"] is None]
+    batch = {"ok": [{k: v for k, v in it.items() if k not in ("images", "view_mask")} for it in ok],
+             "failed": [it for it in items if it["error"] is not None]}
+    if ok:
+        batch["images"] = torch.from_numpy(np.stack([it["images"] for it in ok]))
+        batch["view_mask"] = torch.from_numpy(np.stack([it["view_mask"] for it in ok]))
+    return batch
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# -- append-only part files ----------------------------------------------------------------------
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line left incomplete by a killed run (no trailing newline)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: removed an incomplete last row left by an interrupted run", path)
+
+
+def _read_part(path: Path) -> list[dict]:
+    """Complete rows of a part file (a trailing incomplete line is ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return [r for r in rows if None not in r and all(v is not None for v in r.values())]
+
+
+class AppendOnlyCSV:
+    """A CSV file that only grows; each :meth:`append` is written, flushed and fsync'ed."""
+
+    def __init__(self, path: Path, columns: Sequence[str]):
+        self.path = path
+        self.columns = list(columns)
+        _repair_tail(path)
+        new = not path.is_file() or path.stat().st_size == 0
+        self._f = open(path, "a", encoding="utf-8", newline="")
+        if new:
+            self._write([dict(zip(self.columns, self.columns))])
+
+    def _write(self, rows: Sequence[dict]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n", extrasaction="ignore")
+        for r in rows:
+            w.writerow(r)
+        self._f.write(buf.getvalue())  # one write per batch
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def append(self, rows: Sequence[dict]) -> None:
+        if rows:
+            self._write(rows)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def scored_ids(out_dir: Path) -> set[str]:
+    """``exam_id`` of every exam already in any rank's part file."""
+    done: set[str] = set()
+    for part in sorted((out_dir / PARTS).glob("scores-rank*.csv")):
+        done.update(r["exam_id"] for r in _read_part(part))
+    return done
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class CohortSummary:
+    """Counts of one run of one rank (and, after the merge, of the whole output)."""
+
+    rank: int = 0
+    world_size: int = 1
+    n_manifest: int = 0
+    n_shard: int = 0
+    n_already_scored: int = 0
+    n_scored: int = 0
+    n_failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def exams_per_s(self) -> float:
+        return self.n_scored / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size, "n_manifest": self.n_manifest,
+                "n_shard": self.n_shard, "n_already_scored": self.n_already_scored,
+                "n_scored": self.n_scored, "n_failed": self.n_failed,
+                "seconds": round(self.seconds, 3), "exams_per_s": round(self.exams_per_s, 3)}
+
+
+def _public_id(value: str | None, keep_identifiers: bool) -> str:
+    if value in (None, ""):
+        return ""
+    return value if keep_identifiers or value.startswith("anon-") else pseudonym(value)
+
+
+def run_settings(model, keep_identifiers: bool) -> dict:
+    return {"schema": RUN_SCHEMA, "schema_version": 1,
+            "model": {k: model.bundle_summary.get(k) for k in ("name", "version", "weights_sha256")},
+            "input_size": list(model.config.input_size), "keep_identifiers": bool(keep_identifiers)}
+
+
+def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Create ``out_dir`` (or check that a resume uses the same model and settings)."""
+    run_json = out_dir / "run.json"
+    if overwrite and out_dir.exists():
+        for name in (PARTS, "run.json", "scores.csv", "scores.parquet", "failures.csv", "summary.json"):
+            p = out_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError("exists and is not a folder", out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not run_json.is_file():
+        raise OutputError("folder is not empty and holds no cohort run (run.json); choose a new "
+                          "--out or use --overwrite", out_dir)
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    if run_json.is_file():
+        try:
+            old = json.loads(run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = None
+        if old != settings:
+            raise OutputError("holds a run with another model or settings (see run.json); resume with "
+                              "the same --model and --keep-identifiers, choose a new --out, or use "
+                              "--overwrite", out_dir)
+    else:
+        atomic_write_json(run_json, settings)
+
+
+def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model, *,
+                 rank: int = 0, world_size: int = 1, batch_size: int = 8, num_workers: int = 2,
+                 keep_identifiers: bool = False, progress_every_s: float = 10.0) -> CohortSummary:
+    """Score this rank's share of ``rows`` that is not yet scored, appending to its part files.
+
+    ``out_dir`` must have been set up by :func:`prepare_output`. Returns this rank's summary.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    out_dir = Path(out_dir)
+    years = list(model.config.years)
+    mine = shard(rows, rank, world_size)
+    done = scored_ids(out_dir)
+    todo = [r for r in mine if _public_id(r.exam_id, keep_identifiers) not in done]
+    summary = CohortSummary(rank, world_size, len(rows), len(mine), len(mine) - len(todo))
+    log.info("rank %d/%d: %d exam(s) in shard, %d already scored, %d to score", rank, world_size,
+             len(mine), summary.n_already_scored, len(todo))
+    if not todo:
+        return summary
+    scores = AppendOnlyCSV(out_dir / PARTS / f"scores-rank{rank}.csv", result_columns(years))
+    failures = AppendOnlyCSV(out_dir / PARTS / f"failures-rank{rank}.csv", FAILURE_COLUMNS)
+    cuda = model.device.type == "cuda"
+    loader = DataLoader(ExamDataset(todo, model.config), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_exams, pin_memory=cuda,
+                        worker_init_fn=_worker_init if num_workers else None,
+                        prefetch_factor=2 if num_workers else None)
+    start = last_log = time.monotonic()
+    try:
+        for batch in loader:
+            failed = [(todo[it["index"]], it["error"]) for it in batch["failed"]]
+            out_rows = []
+            if batch["ok"]:
+                try:
+                    exam, breast, present = model.predict(batch["images"], batch["view_mask"])
+                    preds = [(exam[i], breast[i], present[i]) for i in range(len(batch["ok"]))]
+                except Exception as e:  # noqa: BLE001 - e.g. out of memory: score one by one
+                    log.warning("batch failed (%s: %s); scoring its exams one at a time", type(e).__name__, e)
+                    preds = []
+                    for i in range(len(batch["ok"])):
+                        try:
+                            ex, br, pr = model.predict(batch["images"][i:i + 1], batch["view_mask"][i:i + 1])
+                            preds.append((ex[0], br[0], pr[0]))
+                        except Exception as e1:  # noqa: BLE001
+                            preds.append(f"{type(e1).__name__}: {e1}")
+                for it, pred in zip(batch["ok"], preds):
+                    row = todo[it["index"]]
+                    if isinstance(pred, str):
+                        failed.append((row, pred))
+                        continue
+                    out_rows.append(_result_row(row, it, pred, years, keep_identifiers))
+            scores.append(out_rows)
+            failures.append([{"manifest_row": r.row, "exam_id": _public_id(r.exam_id, keep_identifiers),
+                              "path": r.path_text if keep_identifiers else "",
+                              "error": err} for r, err in failed])
+            for r, err in failed:
+                log.warning("exam in manifest row %d failed: %s", r.row, err)
+                summary.failures.append({"manifest_row": r.row, "error": err})
+            summary.n_scored += len(out_rows)
+            summary.n_failed += len(failed)
+            now = time.monotonic()
+            if now - last_log >= progress_every_s:
+                last_log = now
+                rate = summary.n_scored / (now - start)
+                left = len(todo) - summary.n_scored - summary.n_failed
+                eta = left / rate if rate > 0 else float("nan")
+                log.info("rank %d: %d/%d scored, %d failed, %.2f exams/s, ETA %.0f s", rank,
+                         summary.n_scored, len(todo), summary.n_failed, rate, eta)
+    finally:
+        scores.close()
+        failures.close()
+        summary.seconds = time.monotonic() - start
+    if cuda:
+        torch.cuda.synchronize()
+    log.info("rank %d: scored %d exam(s) in %.1f s (%.2f exams/s), %d failed", rank, summary.n_scored,
+             summary.seconds, summary.exams_per_s, summary.n_failed)
+    return summary
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.6f}"
+
+
+def _result_row(row: ManifestRow, item: dict, pred, years, keep_identifiers: bool) -> dict:
+    exam, breast, present = pred
+    woman = row.woman_id or item.get("patient_id")
+    date = item.get("exam_date")
+    out = {"manifest_row": row.row, "exam_id": _public_id(row.exam_id, keep_identifiers),
+           "woman_id": _public_id(woman, keep_identifiers),
+           "exam_date": date.isoformat() if isinstance(date, _dt.date) else "",
+           "views_present": " ".join(item.get("views", ())),
+           "warnings": " | ".join(item.get("warnings", ()))}
+    for k, y in enumerate(years):
+        out[f"risk_{y}y"] = _fmt(exam[k])
+        out[f"left_risk_{y}y"] = _fmt(breast[0, k]) if present[0] else ""
+        out[f"right_risk_{y}y"] = _fmt(breast[1, k]) if present[1] else ""
+    return out
+
+
+def merge_results(out_dir: str | os.PathLike, years: Sequence[int], fmt: str = "csv",
+                  extra_summary: dict | None = None) -> dict:
+    """Merge every rank's part files into ``scores.csv``/``.parquet`` and ``failures.csv``.
+
+    Each exam appears once (its first scored row), in manifest order; failures of exams that
+    were later scored are dropped. Returns the summary written to ``summary.json``.
+    """
+    out_dir = Path(out_dir)
+    first: dict[str, dict] = {}
+    n_dup = 0
+    for part in sorted((out_dir / PARTS).glob("scores-rank*.csv")):
+        for r in _read_part(part):
+            if r["exam_id"] in first:
+                n_dup += 1
+                continue
+            first[r["exam_id"]] = r
+    if n_dup:
+        log.warning("%d duplicate score row(s) in the part files were dropped", n_dup)
+    rows = sorted(first.values(), key=lambda r: int(r["manifest_row"]))
+    fails: dict[str, dict] = {}
+    for part in sorted((out_dir / PARTS).glob("failures-rank*.csv")):
+        for r in _read_part(part):
+            if r["exam_id"] not in first:
+                fails[r["exam_id"]] = r  # the latest failure of an exam never scored
+    columns = result_columns(years)
+    if fmt == "parquet":
+        _write_parquet(out_dir / "scores.parquet", rows, columns, years)
+        stale = out_dir / "scores.csv"
+    else:
+        atomic_write_text(out_dir / "scores.csv", _csv_text(rows, columns))
+        stale = out_dir / "scores.parquet"
+    if stale.exists():
+        stale.unlink()
+    fail_rows = sorted(fails.values(), key=lambda r: int(r["manifest_row"]))
+    atomic_write_text(out_dir / "failures.csv", _csv_text(fail_rows, FAILURE_COLUMNS))
+    summary = {"binds_version": __version__, "n_scored": len(rows), "n_failed": len(fail_rows),
+               "output": f"scores.{fmt}", **(extra_summary or {})}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_parquet(path: Path, rows: Sequence[dict], columns: Sequence[str], years) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OutputError("Parquet output needs pyarrow (pip install pyarrow), or use --format csv",
+                          path) from None
+    numeric = {c for c in columns if "risk_" in c}
+    data = {}
+    for c in columns:
+        vals = [r.get(c, "") for r in rows]
+        if c == "manifest_row":
+            data[c] = pa.array([int(v) for v in vals], pa.int64())
+        elif c in numeric:
+            data[c] = pa.array([float(v) if v != "" else None for v in vals], pa.float64())
+        else:
+            data[c] = pa.array(vals, pa.string())
+    tmp = path.with_name(f".{path.name}.part")
+    pq.write_table(pa.table(data), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,150 @@
+"""How a woman's risk moves across her dated exams: pure functions on (dates, risks).
+
+Time is in years since the first exam (days / 365.25). All metrics are on one horizon's
+cumulative risk (the 5-year risk by default), as absolute probabilities (0.01 = 1 %):
+
+* ``slope_per_year`` -- least-squares line through (years, risk); needs 2 exams.
+* ``change_from_first`` -- last risk minus first risk.
+* ``change_last_years`` -- last risk minus the risk at the earliest exam within the last
+  ``window_years`` (2) before the last exam, with one month of tolerance for screening
+  schedules; ``None`` if no earlier exam lies in that window.
+* ``acceleration_per_year2`` -- second derivative of the least-squares parabola (``2 c2``);
+  needs 3 exams at distinct times.
+
+Flags (:func:`risk_flags`): the latest 5-year risk at or above the NCCN threshold (1.7 %)
+-> "consider supplemental MRI (NCCN 2026)"; the change over the last 2 years at or above a
+configurable rise (0.5 percentage points by default; not clinically validated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .config import NCCN_MRI_THRESHOLD_5Y
+
+DAYS_PER_YEAR = 365.25
+#: Tolerance added to the look-back window (annual exams drift by days to weeks).
+WINDOW_TOLERANCE_YEARS = 1.0 / 12.0
+#: Default absolute rise of the 5-year risk over the window that raises a flag.
+DEFAULT_RISE_THRESHOLD = 0.005
+
+
+def years_since_first(dates: Sequence[_dt.date]) -> np.ndarray:
+    """``(N,)`` float years of each date after the first (dates must be ascending)."""
+    if not dates:
+        return np.zeros(0)
+    if any(b < a for a, b in zip(dates, dates[1:])):
+        raise ValueError("exam dates must be in ascending order")
+    return np.array([(d - dates[0]).days / DAYS_PER_YEAR for d in dates], dtype=np.float64)
+
+
+def slope_per_year(years: Sequence[float], risks: Sequence[float]) -> float | None:
+    """Least-squares slope of risk against years; ``None`` with fewer than 2 distinct times."""
+    x = np.asarray(years, dtype=np.float64)
+    y = np.asarray(risks, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return None
+    xc = x - x.mean()
+    return float(np.sum(xc * (y - y.mean())) / np.sum(xc * xc))
+
+
+def change_from_first(risks: Sequence[float]) -> float | None:
+    """Last risk minus first; ``None`` with fewer than 2 exams."""
+    return None if len(risks) < 2 else float(risks[-1] - risks[0])
+
+
+def change_last_years(years: Sequence[float], risks: Sequence[float],
+                      window_years: float = 2.0) -> float | None:
+    """Last risk minus the risk at the earliest exam within ``window_years`` before the last.
+
+    An exam counts as within the window when ``years[-1] - years[i] <= window_years + 1/12``.
+    ``None`` when only the last exam lies in the window.
+    """
+    x = np.asarray(years, dtype=np.float64)
+    if len(x) < 2:
+        return None
+    inside = np.flatnonzero(x[-1] - x[:-1] <= window_years + WINDOW_TOLERANCE_YEARS)
+    if len(inside) == 0:
+        return None
+    return float(risks[-1] - risks[int(inside[0])])
+
+
+def acceleration(years: Sequence[float], risks: Sequence[float]) -> float | None:
+    """``2 c2`` of the least-squares parabola ``c0 + c1 x + c2 x^2`` (per year squared).
+
+    ``None`` with fewer than 3 distinct times.
+    """
+    x = np.asarray(years, dtype=np.float64)
+    y = np.asarray(risks, dtype=np.float64)
+    if len(np.unique(x)) < 3:
+        return None
+    xc = x - x.mean()  # centring keeps the fit well conditioned; c2 is unchanged
+    c2 = np.polyfit(xc, y, 2)[0]
+    return float(2.0 * c2)
+
+
+@dataclass(frozen=True)
+class TrajectoryMetrics:
+    """Trajectory of one horizon's risk over a woman's exams (see module docstring)."""
+
+    horizon_years: int
+    n_exams: int
+    first_risk: float | None
+    last_risk: float | None
+    slope_per_year: float | None
+    change_from_first: float | None
+    change_last_years: float | None
+    window_years: float
+    acceleration_per_year2: float | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def trajectory_metrics(dates: Sequence[_dt.date], risks: Sequence[float], horizon_years: int = 5,
+                       window_years: float = 2.0) -> TrajectoryMetrics:
+    """All trajectory metrics of ``risks`` (one per exam, dates ascending)."""
+    if len(dates) != len(risks):
+        raise ValueError(f"{len(dates)} dates but {len(risks)} risks")
+    x = years_since_first(list(dates))
+    r = [float(v) for v in risks]
+    return TrajectoryMetrics(
+        horizon_years=horizon_years, n_exams=len(r),
+        first_risk=r[0] if r else None, last_risk=r[-1] if r else None,
+        slope_per_year=slope_per_year(x, r), change_from_first=change_from_first(r),
+        change_last_years=change_last_years(x, r, window_years), window_years=window_years,
+        acceleration_per_year2=acceleration(x, r))
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A finding for the reader: a stable ``code`` and a sentence."""
+
+    code: str
+    message: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def risk_flags(metrics: TrajectoryMetrics, threshold: float = NCCN_MRI_THRESHOLD_5Y,
+               rise_threshold: float = DEFAULT_RISE_THRESHOLD) -> list[Flag]:
+    """Flags for the latest exam: above the MRI threshold; risen beyond ``rise_threshold``."""
+    flags = []
+    last = metrics.last_risk
+    if last is not None and last >= threshold:
+        flags.append(Flag("consider_supplemental_mri",
+                          f"{metrics.horizon_years}-year risk {100 * last:.2f}% >= "
+                          f"{100 * threshold:.2f}%: consider supplemental MRI (NCCN 2026)"))
+    rise = metrics.change_last_years
+    if rise is not None and rise >= rise_threshold:
+        flags.append(Flag("rising_risk",
+                          f"{metrics.horizon_years}-year risk rose by {100 * rise:.2f} percentage "
+                          f"points over the last {metrics.window_years:g} years (flag at "
+                          f"{100 * rise_threshold:.2f})"))
+    return flags

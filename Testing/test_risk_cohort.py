@@ -1,0 +1,167 @@
+"""``binds cohort``: manifest checks, sharding, failures, kill-and-resume exactly once, torchrun ranks."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from BINDSLib.errors import InputError
+from BINDSLib.risk.cohort import read_manifest, shard
+from BINDSLib.studyfolder import write_study_folder
+from test_risk_support import make_exam, tiny_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_cohort(root: Path, n_exams: int, n_folders: int = 6, shape=(80, 60), broken=()) -> Path:
+    """``n_exams`` manifest rows over ``n_folders`` distinct study folders (reading is per row)."""
+    for k in range(n_folders):
+        drop = [("L", "MLO")] if k == 1 else ()
+        write_study_folder(make_exam(k, dt.date(2018 + k % 4, 5, 1), shape=shape, drop=drop,
+                                     study_id=f"S{k}"), root / f"study{k}")
+    lines = ["exam_id,path,woman_id,exam_date"]
+    for i in range(n_exams):
+        path = "missing-folder" if i in broken else f"study{i % n_folders}"
+        lines.append(f"EX{i:04d},{path},W{i // 5},")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("b") / "risk-tiny")
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cohort_cmd(manifest, out, bundle, *extra):
+    return [sys.executable, "-m", "BINDSLib", "cohort", str(manifest), "--out", str(out),
+            "--model", str(bundle), *extra]
+
+
+def test_manifest_is_checked(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("id,folder\n1,a\n")
+    with pytest.raises(InputError, match="lacks column"):
+        read_manifest(m)
+    m.write_text("woman,study_folder,exam_date\nw1,w1/2019-01-02_e1,2019-01-02\n")  # binds phantom's
+    (row,) = read_manifest(m)
+    assert (row.exam_id, row.woman_id, row.exam_date) == ("w1/2019-01-02_e1", "w1", dt.date(2019, 1, 2))
+    m.write_text("exam_id,path\nA,a\nA,b\n")
+    with pytest.raises(InputError, match="repeats row 1"):
+        read_manifest(m)
+    m.write_text("exam_id,path,exam_date\nA,a,2020-13-40\n")
+    with pytest.raises(InputError, match="row 1"):
+        read_manifest(m)
+    m.write_text("exam_id,path,exam_date\nA,sub/a,2020-01-02\n")
+    (row,) = read_manifest(m)
+    assert row.path == tmp_path / "sub" / "a" and row.exam_date == dt.date(2020, 1, 2)
+
+
+def test_shards_partition_the_manifest(tmp_path):
+    rows = read_manifest(write_cohort(tmp_path, 23, n_folders=1))
+    shards = [shard(rows, r, 4) for r in range(4)]
+    ids = [r.exam_id for s in shards for r in s]
+    assert sorted(ids) == sorted(r.exam_id for r in rows) and len(set(ids)) == 23
+
+
+def test_failures_are_listed_not_fatal(tmp_path, bundle, capsys):
+    from BINDSLib.cli import main
+
+    manifest = write_cohort(tmp_path, 12, broken={3, 7})
+    out = tmp_path / "out"
+    rc = main(["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--workers", "0",
+               "--batch-size", "5"])
+    assert rc == 6
+    scores = read_rows(out / "scores.csv")
+    assert len(scores) == 10 and [int(r["manifest_row"]) for r in scores] == [1, 2, 3, 5, 6, 7, 9, 10, 11, 12]
+    fails = read_rows(out / "failures.csv")
+    assert [r["manifest_row"] for r in fails] == ["4", "8"] and "not found" in fails[0]["error"]
+    # pseudonymised by default, per-breast columns, the masked view noted
+    assert all(r["exam_id"].startswith("anon-") and r["woman_id"].startswith("anon-") for r in scores)
+    assert "EX0" not in (out / "scores.csv").read_text()
+    row2 = scores[1]  # study1 lacks L-MLO
+    assert "L-MLO" in row2["warnings"] and row2["left_risk_5y"] != ""
+    assert all(float(r["risk_1y"]) <= float(r["risk_5y"]) for r in scores)
+    assert "10/12 exams scored, 2 failed" in capsys.readouterr().out
+    # a re-run once the missing folder exists scores only those two
+    write_study_folder(make_exam(50, dt.date(2020, 1, 1), study_id="X"), tmp_path / "missing-folder")
+    assert main(["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--workers", "0"]) == 0
+    assert len(read_rows(out / "scores.csv")) == 12 and read_rows(out / "failures.csv") == []
+    # another model in the same folder is refused
+    other = tiny_bundle(tmp_path / "other", seed=9)
+    assert main(["cohort", str(manifest), "--out", str(out), "--model", str(other)]) == 5
+
+
+def test_killed_midway_and_rerun_scores_each_exam_exactly_once(tmp_path, bundle):
+    n = 300
+    manifest = write_cohort(tmp_path, n, shape=(400, 300))
+    out = tmp_path / "out"
+    part = out / "parts" / "scores-rank0.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = cohort_cmd(manifest, out, bundle, "--batch-size", "4", "--workers", "1", "--progress-every", "1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if part.is_file() and part.read_bytes().count(b"\n") > 40:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"cohort ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader worker
+    finally:
+        proc.wait(timeout=30)
+    first = read_rows(part)
+    assert 0 < len(first) < n, "the run must have been killed midway"
+    assert not (out / "scores.csv").exists()
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "already scored" in done.stdout
+    merged = read_rows(out / "scores.csv")
+    ids = [r["exam_id"] for r in merged]
+    assert len(ids) == n and len(set(ids)) == n
+    assert [int(r["manifest_row"]) for r in merged] == list(range(1, n + 1))
+    parts = read_rows(part)
+    assert len(parts) == n and len({r["exam_id"] for r in parts}) == n  # nothing scored twice
+    assert {r["exam_id"]: r for r in parts}[first[0]["exam_id"]] == first[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_score_their_shares_and_rank0_merges(tmp_path, bundle):
+    """What torchrun --nproc-per-node 2 does: two processes with RANK/WORLD_SIZE and a gloo group."""
+    manifest = write_cohort(tmp_path, 30, n_folders=3)
+    out = tmp_path / "out"
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(cohort_cmd(manifest, out, bundle, "--workers", "0"), env=env,
+                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-1500:] for r in results]
+    r0 = read_rows(out / "parts" / "scores-rank0.csv")
+    r1 = read_rows(out / "parts" / "scores-rank1.csv")
+    assert {int(r["manifest_row"]) % 2 for r in r0} == {1} and {int(r["manifest_row"]) % 2 for r in r1} == {0}
+    merged = read_rows(out / "scores.csv")
+    assert [int(r["manifest_row"]) for r in merged] == list(range(1, 31))

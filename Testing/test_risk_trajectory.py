@@ -1,0 +1,57 @@
+"""Trajectory metrics and flags against hand-computed values."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from BINDSLib.risk.trajectory import (
+    acceleration, change_from_first, change_last_years, risk_flags, slope_per_year,
+    trajectory_metrics, years_since_first,
+)
+
+YEARS = [0.0, 1.0, 2.0, 3.0]
+RISKS = [0.010, 0.012, 0.013, 0.017]
+
+
+def test_hand_computed_example():
+    # slope: sum((x-1.5)(y-0.013)) = 0.0045+0.0005+0+0.006 = 0.011 over sum((x-1.5)^2) = 5
+    assert slope_per_year(YEARS, RISKS) == pytest.approx(0.0022)
+    assert change_from_first(RISKS) == pytest.approx(0.007)
+    # last 2 years: the earliest exam within 2 years (+1 month) of year 3 is year 1
+    assert change_last_years(YEARS, RISKS) == pytest.approx(0.017 - 0.012)
+    # parabola: quadratic contrast (1,-1,-1,1) . y / 4 = 0.002/4 = 0.0005 = c2 -> 2 c2
+    assert acceleration(YEARS, RISKS) == pytest.approx(0.001)
+
+
+def test_edge_cases():
+    assert slope_per_year([0.0], [0.01]) is None
+    assert change_from_first([0.01]) is None
+    assert acceleration([0.0, 1.0], [0.01, 0.02]) is None
+    assert change_last_years([0.0, 3.0], [0.01, 0.02]) is None      # nothing in the window
+    assert change_last_years([0.0, 2.05], [0.01, 0.02]) == pytest.approx(0.01)  # tolerance
+    assert acceleration([0, 1, 2, 3], [0.0, 0.01, 0.02, 0.03]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_dates_become_years_and_metrics_follow():
+    # 4-year gaps of 1461 days are exactly 4.0 years of 365.25 days
+    dates = [dt.date(2000, 1, 1), dt.date(2004, 1, 1), dt.date(2008, 1, 1), dt.date(2012, 1, 1)]
+    assert years_since_first(dates).tolist() == [0.0, 4.0, 8.0, 12.0]
+    m = trajectory_metrics(dates, RISKS, window_years=8.0)
+    assert m.slope_per_year == pytest.approx(0.0022 / 4)
+    assert m.acceleration_per_year2 == pytest.approx(0.001 / 16)
+    assert m.change_last_years == pytest.approx(0.005)  # window of 8 years reaches back to 2004
+    assert m.n_exams == 4 and m.first_risk == 0.010 and m.last_risk == 0.017
+    with pytest.raises(ValueError, match="ascending"):
+        years_since_first([dt.date(2001, 1, 1), dt.date(2000, 1, 1)])
+
+
+def test_flags():
+    dates = [dt.date(2019, 1, 1), dt.date(2020, 1, 1), dt.date(2021, 1, 1)]
+    high = trajectory_metrics(dates, [0.010, 0.012, 0.017])
+    codes = [f.code for f in risk_flags(high, threshold=0.017, rise_threshold=0.005)]
+    assert codes == ["consider_supplemental_mri", "rising_risk"]
+    assert "consider supplemental MRI (NCCN 2026)" in risk_flags(high)[0].message
+    low = trajectory_metrics(dates, [0.010, 0.012, 0.0169])
+    assert [f.code for f in risk_flags(low, rise_threshold=0.01)] == []
