@@ -99,16 +99,27 @@ class RiskModel:
     breast_calibration : per-year calibration of the per-breast risk (identity if ``None``).
     bundle_summary : name, version, hash of the bundle (recorded in reports).
     thresholds : ``supplemental_mri_5y`` and ``rise_2y``.
+    device : ``"auto"``, ``"cpu"``, ``"cuda"`` ... or a ``torch.device``.
+
+    :meth:`predict` runs ``scoring_network`` (:func:`~BINDSLib.risk.network.fuse_for_inference`:
+    BatchNorm folded into the encoder's convolutions, fused ReLU/residual, views chunked on the
+    CPU), built once here; ``network`` keeps the bundle's modules and weights. Build a new
+    ``RiskModel`` after changing ``network``'s weights.
     """
 
     def __init__(self, network, calibration: Calibrator, breast_calibration: Calibrator | None = None,
                  bundle_summary: dict | None = None, thresholds: dict | None = None, device="cpu"):
         import torch
 
+        from .network import fuse_for_inference
+
         self.device = resolve_device(device) if isinstance(device, (str, type(None))) else device
         self.network = network.to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
+        # what predict() runs: BatchNorm folded, ReLU/residual fused, views chunked on the CPU;
+        # self.network (the bundle's weights) is left as it is
+        self.scoring_network = fuse_for_inference(self.network)
         self.config: RiskConfig = network.config
         self.calibration = calibration
         self.breast_calibration = breast_calibration or Calibrator("none")
@@ -161,7 +172,7 @@ class RiskModel:
         m = m.to(self.device, non_blocking=cuda)
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                                     enabled=cuda):
-            out = self.network(x.float(), m)
+            out = self.scoring_network(x.float(), m)
         exam = self.calibration.apply(out.exam_logits.float().cpu().numpy())
         b, s, t = out.breast_logits.shape
         breast = self.breast_calibration.apply(

@@ -14,6 +14,8 @@ equal consecutive years; softplus keeps the gradient alive.)
 
 from __future__ import annotations
 
+import copy
+import logging
 from typing import NamedTuple
 
 import torch
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import STANDARD_VIEWS, RiskConfig
+
+log = logging.getLogger(__name__)
 
 #: Per-view indices into the view and side embeddings.
 VIEW_INDEX = torch.tensor([0 if v == "CC" else 1 for _, v in STANDARD_VIEWS])
@@ -162,7 +166,10 @@ class RiskNetwork(nn.Module):
         present = view_mask.reshape(-1)
         if images.is_cuda:
             flat = flat.contiguous(memory_format=torch.channels_last)
-        feats = self.projection(self.encoder(flat[present]))
+        all_present = bool(present.all())
+        feats = self.projection(self.encoder(flat if all_present else flat[present]))
+        if all_present:
+            return feats.reshape(b, v, -1)
         tokens = feats.new_zeros(b * v, feats.shape[-1])
         tokens[present] = feats
         return tokens.reshape(b, v, -1)
@@ -188,3 +195,133 @@ class RiskNetwork(nn.Module):
             breast_logits.append(head(self.dropout(h)))
             present.append(ok)
         return RiskOutput(exam_logits, torch.stack(breast_logits, dim=1), torch.stack(present, dim=1))
+
+
+# -- inference-only encoder ----------------------------------------------------------------------
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (eval statistics)."""
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                     device=w.device)
+    if bn is None:
+        return w.clone(), b.clone()
+    scale = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps)
+    return w * scale.reshape(-1, 1, 1, 1), (b - bn.running_mean) * scale + bn.bias.detach()
+
+
+class FusedConv2d(nn.Module):
+    """``act(conv(x) [+ residual])`` with BatchNorm folded in; eval only.
+
+    On the CPU (float32) the ReLU and the residual sum run inside the oneDNN convolution
+    (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` uses); elsewhere,
+    or when that operator is missing, ``F.conv2d`` followed by the same element-wise steps.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool):
+        super().__init__()
+        w, b = _fold_bn(conv, bn)
+        self.register_buffer("weight", w.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", b.contiguous())
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = relu
+
+    def _onednn(self, x: torch.Tensor) -> bool:
+        return (_ONEDNN_FUSION and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.is_grad_enabled())
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        global _ONEDNN_FUSION
+        if self._onednn(x):
+            try:
+                op = torch.ops.mkldnn._convolution_pointwise
+                act = "relu" if self.relu else "none"
+                if residual is None:
+                    return op(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                              self.groups, act, [], "")
+                return op.binary(x, residual, self.weight, self.bias, self.padding, self.stride,
+                                 self.dilation, self.groups, "sum", 1.0, act, [], "")
+            except (RuntimeError, AttributeError) as e:  # pragma: no cover - depends on the build
+                log.info("oneDNN fused convolution unavailable (%s); using conv2d", e)
+                _ONEDNN_FUSION = False
+        y = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
+                     self.dilation, self.groups)
+        if residual is not None:
+            y = y.add_(residual)
+        return F.relu_(y) if self.relu else y
+
+
+_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                   "_convolution_pointwise")
+
+
+class InferenceEncoder(nn.Module):
+    """Eval-only equivalent of a 2D MONAI ResNet encoder (:func:`build_encoder`), for scoring.
+
+    BatchNorm is folded into the convolution weights, ReLU and the residual sum are fused into
+    the convolutions, activations are channels_last, and a batch runs through in chunks of at
+    most ``views_per_pass`` images (default: as many as keep the stem's output under
+    ``stem_budget_mib``) so that peak memory does not grow with the number of views. Outputs
+    match the encoder's to float32 rounding (about 1e-6 relative).
+
+    Input ``(N, 1, H, W)``, output ``(N, F)``. Built by :func:`fuse_for_inference`; the
+    original encoder is left untouched (its ``state_dict`` is what bundles store).
+    """
+
+    def __init__(self, encoder: nn.Module, stem_budget_mib: float = 256.0):
+        super().__init__()
+        if getattr(encoder, "no_max_pool", False) or encoder.fc is not None:
+            raise ValueError("InferenceEncoder expects the encoder of build_encoder()")
+        self.stem = FusedConv2d(encoder.conv1, encoder.bn1, relu=True)
+        self.maxpool = encoder.maxpool
+        self.stem_channels = encoder.conv1.out_channels
+        self.stem_stride = encoder.conv1.stride
+        self.blocks = nn.ModuleList()
+        for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+            for block in layer:
+                down = None
+                if block.downsample is not None:
+                    conv, bn = block.downsample[0], block.downsample[1]
+                    down = FusedConv2d(conv, bn, relu=False)
+                self.blocks.append(nn.ModuleDict({
+                    "conv1": FusedConv2d(block.conv1, block.bn1, relu=True),
+                    "conv2": FusedConv2d(block.conv2, block.bn2, relu=True),
+                    **({"downsample": down} if down is not None else {})}))
+        self.stem_budget_mib = stem_budget_mib
+
+    def views_per_pass(self, x: torch.Tensor) -> int:
+        """How many images go through at once: the stem output of a chunk stays in budget."""
+        h = -(-x.shape[-2] // self.stem_stride[0])
+        w = -(-x.shape[-1] // self.stem_stride[1])
+        per_image = self.stem_channels * h * w * x.element_size() / 2**20
+        return max(1, int(self.stem_budget_mib // max(per_image, 1e-9)))
+
+    def _forward_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.stem(x.contiguous(memory_format=torch.channels_last)))
+        for block in self.blocks:
+            identity = block["downsample"](x) if "downsample" in block else x
+            x = block["conv2"](block["conv1"](x), residual=identity)
+        return x.mean(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # chunking bounds CPU memory; a GPU is faster with the whole batch at once
+        k = self.views_per_pass(x) if x.device.type == "cpu" else x.shape[0]
+        if x.shape[0] <= k:
+            return self._forward_chunk(x)
+        return torch.cat([self._forward_chunk(c) for c in x.split(k)])
+
+
+def fuse_for_inference(network: "RiskNetwork") -> "RiskNetwork":
+    """An eval-only view of ``network`` for scoring: the same modules, except that the
+    encoder is an :class:`InferenceEncoder` (folded BatchNorm, fused ReLU/residual, chunked).
+
+    ``network`` itself is not modified. The result must not be trained or saved.
+    """
+    network = network.eval()
+    fused = copy.copy(network)
+    fused._modules = dict(network._modules)
+    fused._buffers = dict(network._buffers)
+    fused._parameters = dict(network._parameters)
+    fused.encoder = InferenceEncoder(network.encoder).to(next(network.parameters()).device).eval()
+    return fused
