@@ -1,0 +1,100 @@
+"""``binds evaluate``: metrics of a diagnosis bundle on a labelled data set."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate a diagnosis bundle on labelled studies (AUC, calibration, ...)",
+        description="Predict every study of DIR - a folder of labelled study folders, or a BUSI "
+                    "(manifest.csv) or mini-MIAS (images.csv + findings.csv) layout, detected "
+                    "automatically - or of --synthetic N held-out synthetic studies, and write "
+                    "OUT/metrics.json (AUC with bootstrap CI, sensitivity/specificity at the "
+                    "bundle's operating point, ECE, subtype macro-AUC, lesion Dice, saliency "
+                    "pointing game, biopsy reduction), OUT/predictions.csv, OUT/roc.png and "
+                    "OUT/reliability.png.")
+    p.add_argument("--model", default="binds-diagnosis-demo", metavar="BUNDLE",
+                   help="diagnosis bundle name or path (default: binds-diagnosis-demo)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="labelled data set folder")
+    src.add_argument("--synthetic", type=int, metavar="N",
+                     help="evaluate on N synthetic studies generated in memory")
+    p.add_argument("--synthetic-seed", type=int, default=1000, metavar="S",
+                   help="seed of the synthetic studies (default 1000; training configs use others)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--combinations", action="store_true",
+                   help="also report the AUC of every modality combination")
+    p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
+                   help="sensitivity kept by the biopsy-reduction threshold (default 0.98)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
+    p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import itertools
+    import sys
+    from pathlib import Path
+
+    from ..errors import InputError, OutputError
+    from ..model.evaluation import evaluate
+    from ..model.inference import DiagnosisModel
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise OutputError("already exists; use --overwrite to replace it", out)
+    if not 0.0 < args.target_sensitivity <= 1.0:
+        raise InputError("--target-sensitivity must be in (0, 1]")
+    if args.data:
+        from ..io.datasets import detect_layout, iter_dataset
+
+        data = Path(args.data)
+        if not data.is_dir():
+            raise InputError("data folder not found", data)
+        layout = detect_layout(data)
+        studies = iter_dataset(data)
+        source = {"data": str(data), "layout": layout}
+    else:
+        from ..synthetic import make_study
+        from ..synthetic.fields import derive_seed
+
+        n = args.synthetic
+        studies = (make_study(derive_seed(args.synthetic_seed, i)) for i in range(n))
+        source = {"data": f"synthetic n={n} seed={args.synthetic_seed}", "layout": "synthetic"}
+    if args.limit:
+        studies = itertools.islice(studies, args.limit)
+    device = None if args.device == "auto" else args.device
+    model = DiagnosisModel.from_bundle(args.model, device=device)
+    metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
+                       n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
+                       saliency=args.saliency, overwrite=args.overwrite, extra=source)
+    sys.stdout.write(summary(metrics) + f"results in {out}\n")
+    return 0
+
+
+def summary(m: dict) -> str:
+    """A few lines for the terminal (everything is in metrics.json)."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    ci = m.get("auc_ci95") or [None, None]
+    lines = [f"n={m['n']} (malignant {m['n_malignant']}, benign {m['n_benign']}, normal {m['n_normal']})",
+             f"AUC malignant vs benign {f(m.get('auc'))} (95% CI {f(ci[0])}-{f(ci[1])})"]
+    if "auc_abnormal" in m:
+        lines.append(f"AUC abnormal vs normal {f(m['auc_abnormal'])}")
+    lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "
+                 f"specificity {f(m.get('specificity'))}; ECE {f(m.get('ece'))}")
+    br = m.get("biopsy_reduction", {})
+    if "spared_fraction" in br:
+        lo, hi = br.get("spared_fraction_ci95", [None, None])
+        lines.append(f"biopsies spared at sensitivity >= {br['target_sensitivity']:g}: "
+                     f"{f(br['spared_fraction'])} of benign lesions (95% CI {f(lo)}-{f(hi)})")
+    for combo, v in (m.get("auc_by_combination") or {}).items():
+        lines.append(f"  {combo:<10} n={v['n']:<5} AUC {f(v.get('auc'))}")
+    return "\n".join(lines) + "\n"

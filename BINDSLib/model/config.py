@@ -1,0 +1,215 @@
+"""Settings of the diagnosis network, with named presets.
+
+A :class:`DiagnosisConfig` travels inside every diagnosis bundle (``metadata.json`` ->
+``binds`` -> ``model_config``), so :meth:`DiagnosisModel.from_bundle` rebuilds exactly the
+network that was trained. Training files (``configs/diagnosis-*.json``) hold
+``{"model": {...DiagnosisConfig or {"preset": NAME, ...overrides}}, "data": ..., "train": ...}``.
+
+Presets
+-------
+``demo``
+    Tiny and fast: MG views 160 x 128, US 128 x 128, MR 24 x 64 x 128; small MONAI ResNets
+    (one basic block per stage); a 2-layer fusion transformer. One study with every modality
+    runs in well under a second on a laptop CPU.
+``paper``
+    As the BINDS code: MONAI ResNet-18 encoders (``spatial_dims`` 2 and 3), 224 x 224 lesion
+    crops for US and MG, 96^3 for MRI, a 6-layer fusion transformer.
+
+Sizes are ``(rows, cols)`` for 2D and ``(slices, rows, cols)`` for 3D.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..study import Subtype
+
+#: Modalities in the fixed order of the network (token type embedding index).
+MODALITIES = ("MG", "US", "MR")
+#: All non-empty modality combinations, in reporting order.
+COMBINATIONS = (("MG",), ("US",), ("MR",), ("MG", "US"), ("MG", "MR"), ("US", "MR"),
+                ("MG", "US", "MR"))
+#: MR channels of the stacked MRI input, in order (DCE1 = first post-contrast phase, DCE3 =
+#: the last one when a study has more than three; DWI = the highest b-value).
+MR_CHANNELS = ("T1_PRE", "DCE1", "DCE2", "DCE3", "T2", "DWI", "ADC")
+#: Molecular subtype classes, in the order of the subtype head.
+SUBTYPES = tuple(s.value for s in Subtype)
+#: Mammography view codes known to the view embedding (anything else is "other").
+MG_VIEW_CODES = ("CC", "MLO", "other")
+#: Laterality codes of the side embedding.
+SIDES = ("L", "R", "unknown")
+
+_PRESETS = ("demo", "paper")
+
+
+def _tuple(v, n: int | None, name: str, kind=int) -> tuple:
+    t = tuple(kind(x) for x in v)
+    if n is not None and len(t) != n:
+        raise ValueError(f"{name} needs {n} values, got {list(v)}")
+    return t
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A MONAI ``ResNet`` backbone (basic blocks, four stages).
+
+    Attributes
+    ----------
+    layers : blocks per stage; ``(2, 2, 2, 2)`` with ``channels (64, 128, 256, 512)`` is
+        ResNet-18 (``monai.networks.nets.resnet18``).
+    channels : stage widths; the feature size of the encoder is ``channels[-1]``.
+    stem_kernel : kernel size of the first convolution (stride 2).
+    max_pool : max-pooling after the stem (total stride 32 instead of 16).
+    norm : ``"group"`` (GroupNorm with ``norm_groups`` groups; robust to the small and
+        modality-dependent numbers of images per batch) or ``"batch"``.
+    """
+
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    stem_kernel: int = 7
+    max_pool: bool = False
+    norm: str = "group"
+    norm_groups: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
+        object.__setattr__(self, "channels", _tuple(self.channels, 4, "channels"))
+        if min(self.layers) < 1 or min(self.channels) < 1:
+            raise ValueError("encoder layers and channels must be positive")
+        if self.norm not in ("group", "batch"):
+            raise ValueError(f"norm must be 'group' or 'batch', not {self.norm!r}")
+        if self.norm == "group" and any(c % self.norm_groups for c in self.channels):
+            raise ValueError(f"channels {self.channels} must be divisible by norm_groups {self.norm_groups}")
+
+    @property
+    def norm_layer(self):
+        """The MONAI ``norm`` argument."""
+        return ("group", {"num_groups": self.norm_groups}) if self.norm == "group" else "batch"
+
+    @property
+    def stride(self) -> int:
+        """Total down-sampling of the last feature map."""
+        return 32 if self.max_pool else 16
+
+
+@dataclass(frozen=True)
+class DiagnosisConfig:
+    """Network and input settings of a diagnosis model.
+
+    Attributes
+    ----------
+    preset : name of the preset the settings started from (informational).
+    mg_size, us_size : ``(rows, cols)`` of each prepared MG view / US image (aspect kept,
+        padded). mr_size : ``(slices, rows, cols)`` of the stacked MRI volume.
+    mg_crop, us_crop, mr_crop : size of the lesion-focused crop fed to the classifier encoder.
+    mg_max_views, us_max_images : slots per study (extra images are ignored, with a note).
+    locator_2d, locator_3d : backbones of the lesion localisers (feature map, context token,
+        lesion probability map). classifier_2d, classifier_3d : backbones encoding the crops.
+    embed_dim : width of the fusion tokens; fusion_layers / fusion_heads : transformer size.
+    evidence_fusion : add the learned-weighted per-modality (auxiliary head) logits of the
+        present modalities to the fused malignancy logit.
+    dropout : dropout inside the fusion transformer and before the heads.
+    align_dim : width of the radiology-pathology alignment space.
+    pathology_hidden : hidden width of the pathology encoder. wsi_dim : length of optional
+        whole-slide feature vectors (0: not used).
+    crop_margin : margin added on each side of the lesion box, as a fraction of its size.
+    crop_min_fraction : smallest crop side, as a fraction of the image side.
+    lesion_threshold : probability above which a pixel belongs to the predicted lesion.
+    intensity_percentiles : (low, high) percentiles of each image mapped to 0 and 1.
+    """
+
+    preset: str = "demo"
+    mg_size: tuple[int, int] = (160, 128)
+    us_size: tuple[int, int] = (128, 128)
+    mr_size: tuple[int, int, int] = (24, 64, 128)
+    mg_crop: tuple[int, int] = (64, 64)
+    us_crop: tuple[int, int] = (64, 64)
+    mr_crop: tuple[int, int, int] = (16, 32, 32)
+    mg_max_views: int = 4
+    us_max_images: int = 2
+    locator_2d: EncoderConfig = field(default_factory=EncoderConfig)
+    locator_3d: EncoderConfig = field(default_factory=lambda: EncoderConfig(stem_kernel=3))
+    classifier_2d: EncoderConfig = field(default_factory=EncoderConfig)
+    classifier_3d: EncoderConfig = field(default_factory=lambda: EncoderConfig(stem_kernel=3))
+    embed_dim: int = 64
+    fusion_layers: int = 2
+    fusion_heads: int = 4
+    evidence_fusion: bool = True
+    dropout: float = 0.1
+    align_dim: int = 32
+    pathology_hidden: int = 64
+    wsi_dim: int = 0
+    crop_margin: float = 0.25
+    crop_min_fraction: float = 0.15
+    lesion_threshold: float = 0.5
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self):
+        for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
+                        ("us_crop", 2), ("mr_crop", 3)):
+            object.__setattr__(self, name, _tuple(getattr(self, name), n, name))
+        object.__setattr__(self, "intensity_percentiles",
+                           _tuple(self.intensity_percentiles, 2, "intensity_percentiles", float))
+        for name in ("locator_2d", "locator_3d", "classifier_2d", "classifier_3d"):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                object.__setattr__(self, name, EncoderConfig(**v))
+        if self.embed_dim % self.fusion_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by fusion_heads "
+                             f"{self.fusion_heads}")
+        for name in ("mg_size", "us_size"):
+            if min(getattr(self, name)) < 32:
+                raise ValueError(f"{name} must be at least 32 x 32")
+        if min(self.mr_size) < 8:
+            raise ValueError("mr_size must be at least 8 in every axis")
+        if self.mg_max_views < 1 or self.us_max_images < 1:
+            raise ValueError("mg_max_views and us_max_images must be >= 1")
+        if not 0.0 < self.lesion_threshold < 1.0:
+            raise ValueError("lesion_threshold must be in (0, 1)")
+
+    # -- JSON form -------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DiagnosisConfig":
+        """Inverse of :meth:`to_json`; ``{"preset": NAME, ...}`` starts from a preset.
+
+        Raises ``ValueError`` on unknown fields.
+        """
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        base = preset(d.get("preset", "demo"))
+        for name in ("locator_2d", "locator_3d", "classifier_2d", "classifier_3d"):
+            if name in d and isinstance(d[name], dict):
+                d[name] = dataclasses.replace(getattr(base, name), **d[name])
+        return dataclasses.replace(base, **d)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def preset(name: str) -> DiagnosisConfig:
+    """The named preset (``demo`` or ``paper``)."""
+    if name == "demo":
+        return DiagnosisConfig()
+    if name == "paper":
+        resnet18 = EncoderConfig(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), max_pool=True)
+        resnet18_3d = dataclasses.replace(resnet18, stem_kernel=7)
+        return DiagnosisConfig(
+            preset="paper", mg_size=(512, 416), us_size=(320, 320), mr_size=(96, 192, 192),
+            mg_crop=(224, 224), us_crop=(224, 224), mr_crop=(96, 96, 96),
+            locator_2d=resnet18, locator_3d=resnet18_3d, classifier_2d=resnet18,
+            classifier_3d=resnet18_3d, embed_dim=512, fusion_layers=6, fusion_heads=8,
+            dropout=0.1, align_dim=256, pathology_hidden=256)
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")

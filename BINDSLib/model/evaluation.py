@@ -1,0 +1,235 @@
+"""Evaluation of a diagnosis model on labelled studies (``binds evaluate``).
+
+Writes to the output folder:
+
+* ``metrics.json`` (schema ``binds.diagnosis_evaluation`` v1): ``n`` and class counts; ``auc``
+  (malignant vs benign) with ``auc_ci95`` (stratified bootstrap); with normal cases also
+  ``auc_malignant_vs_rest`` and ``auc_abnormal`` (abnormal vs normal, by the malignancy
+  probability) and ``auc_abnormal_lesion_score`` (by the highest lesion probability);
+  ``sensitivity``, ``specificity`` and ``threshold`` at the bundle's operating point
+  (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
+  exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
+  whose saliency maximum lies in the lesion mask or finding circle); ``biopsy_reduction``;
+  ``auc_by_combination`` with ``--combinations``.
+* ``predictions.csv`` - one row per study.
+* ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
+
+Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a
+calibration and a test half; the threshold keeping sensitivity >= the target (default 0.98)
+on the calibration half is applied to the test half, where the share of benign lesions below
+it would be spared biopsy. The CI resamples both halves (the threshold varies too).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..fsutil import atomic_dir, json_dumps
+from ..study import Diagnosis, Study
+from .config import COMBINATIONS, SUBTYPES
+from .data import study_labels
+from .metrics import finite_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "binds.diagnosis_evaluation"
+SCHEMA_VERSION = 1
+
+
+def _lesion_reference(image) -> np.ndarray | None:
+    """The reference lesion of an image: its mask, else its finding circles; None if none."""
+    if image.lesion_mask is not None and image.lesion_mask.any():
+        return image.lesion_mask
+    circles = [f for f in image.findings
+               if f.center_col is not None and f.center_row is not None and f.radius_px]
+    if not circles:
+        return None
+    _, rows, cols = image.shape
+    rr, cc = np.ogrid[:rows, :cols]
+    m = np.zeros((rows, cols), bool)
+    for f in circles:
+        m |= (rr - f.center_row) ** 2 + (cc - f.center_col) ** 2 <= f.radius_px ** 2
+    return np.broadcast_to(m[None], image.shape) if m.any() else None
+
+
+def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
+                    saliency: str = "alignment") -> tuple[list[dict], list[float], list[bool]]:
+    """Predict every study; returns ``(rows, dice values, pointing hits)``."""
+    rows, dices, hits = [], [], []
+    from .metrics import dice, pointing_hit
+
+    t0 = time.perf_counter()
+    for n, study in enumerate(studies, 1):
+        malignant, subtype = study_labels(study)
+        pred = model.predict(study, saliency=saliency, combinations=combinations)
+        lesion_score = max(float(o.lesion_probability.max()) for o in pred.images.values())
+        row = {"study_id": study.study_id,
+               "diagnosis": study.diagnosis.value if study.diagnosis else "",
+               "malignant": malignant, "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
+               "malignancy_probability": pred.malignancy_probability,
+               "predicted_malignant": int(pred.malignancy_probability >= model.threshold),
+               "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
+        row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})
+        row.update({f"contribution_{k}": v for k, v in pred.contributions.items()})
+        row.update({f"p_combo_{k}": v for k, v in pred.combination_probabilities.items()})
+        rows.append(row)
+        for label, out in pred.images.items():
+            ref = _lesion_reference(study.image(label))
+            if ref is None:
+                continue
+            if study.image(label).lesion_mask is not None:
+                dices.append(dice(out.lesion_mask, ref))
+            if saliency != "none":
+                hits.append(pointing_hit(out.saliency, ref))
+        if n % 50 == 0:
+            log.info("evaluated %d studies (%.1f s/study)", n, (time.perf_counter() - t0) / n)
+    return rows, dices, hits
+
+
+def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: float = 0.98,
+                    n_bootstrap: int = 1000, seed: int = 0, dices=(), hits=(),
+                    combinations: bool = False) -> dict:
+    """The metrics of ``metrics.json`` from prediction rows (see module docstring)."""
+    from .metrics import auc, bootstrap_ci, ece, macro_auc, sensitivity_specificity
+
+    diag = np.array([r["diagnosis"] for r in rows])
+    p = np.array([r["malignancy_probability"] for r in rows], dtype=float)
+    y = np.array([r["malignant"] for r in rows], dtype=float)
+    labelled = np.isfinite(y)
+    lesion = np.isin(diag, [Diagnosis.BENIGN.value, Diagnosis.MALIGNANT.value]) & labelled
+    m: dict = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "n": len(rows),
+               "n_malignant": int((y == 1).sum()), "n_benign": int((diag == "benign").sum()),
+               "n_normal": int((diag == "normal").sum()), "n_unlabelled": int((~labelled).sum())}
+    yl, pl = y[lesion].astype(int), p[lesion]
+    m["auc"] = auc(pl, yl)
+    m["auc_ci95"] = list(bootstrap_ci(auc, pl, yl, n=n_bootstrap, seed=seed, stratify=yl))
+    if m["n_normal"]:
+        ya, pa = y[labelled].astype(int), p[labelled]
+        m["auc_malignant_vs_rest"] = auc(pa, ya)
+        abnormal = (diag[labelled] != "normal").astype(int)
+        m["auc_abnormal"] = auc(pa, abnormal)
+        m["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pa, abnormal, n=n_bootstrap, seed=seed,
+                                                   stratify=abnormal))
+        ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
+        m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
+    sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
+    m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
+              "ece": ece(p[labelled], y[labelled])})
+    st = np.array([SUBTYPES.index(r["subtype"]) if r["subtype"] else -1 for r in rows])
+    if (st >= 0).sum() >= 2 and len(np.unique(st[st >= 0])) >= 2:
+        probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows])
+        m["subtype_macro_auc"] = macro_auc(probs[st >= 0], st[st >= 0], len(SUBTYPES))
+        m["n_subtype"] = int((st >= 0).sum())
+    if len(dices):
+        m["lesion_dice"] = float(np.mean(dices))
+        m["n_lesion_dice"] = len(dices)
+    if len(hits):
+        m["pointing_game"] = float(np.mean(hits))
+        m["n_pointing_game"] = len(hits)
+    m["biopsy_reduction"] = biopsy_analysis(pl, yl, target_sensitivity, n_bootstrap, seed)
+    if combinations:
+        by = {}
+        for combo in COMBINATIONS:
+            key = "+".join(combo)
+            vals = np.array([r.get(f"p_combo_{key}", math.nan) for r in rows], dtype=float)
+            ok = lesion & np.isfinite(vals)
+            by[key] = {"n": int(ok.sum()), "auc": auc(vals[ok], y[ok].astype(int))}
+            if ok.sum() and len(np.unique(y[ok])) == 2:
+                by[key]["auc_ci95"] = list(bootstrap_ci(auc, vals[ok], y[ok].astype(int), n=n_bootstrap,
+                                                        seed=seed, stratify=y[ok].astype(int)))
+        m["auc_by_combination"] = by
+    return finite_json(m)
+
+
+def biopsy_analysis(scores, labels, target: float = 0.98, n_bootstrap: int = 1000,
+                    seed: int = 0, calibration_fraction: float = 0.5) -> dict:
+    """Biopsy reduction at sensitivity >= ``target`` with a calibration/test split and CI."""
+    from .metrics import biopsy_reduction
+
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    if len(np.unique(y)) < 2 or min((y == 0).sum(), (y == 1).sum()) < 2:
+        return {"target_sensitivity": target, "note": "needs at least 2 benign and 2 malignant lesions"}
+    rng = np.random.default_rng(seed)
+    cal = np.zeros(len(y), bool)
+    for v in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == v))
+        cal[idx[: max(1, int(round(calibration_fraction * len(idx))))]] = True
+    res = biopsy_reduction(s[cal], y[cal], s[~cal], y[~cal], target)
+    values = []
+    ci_idx = [np.flatnonzero(cal & (y == v)) for v in (0, 1)] + [np.flatnonzero(~cal & (y == v)) for v in (0, 1)]
+    for _ in range(n_bootstrap):
+        pick = [rng.choice(ix, len(ix)) for ix in ci_idx]
+        c, t = np.concatenate(pick[:2]), np.concatenate(pick[2:])
+        values.append(biopsy_reduction(s[c], y[c], s[t], y[t], target)["spared_fraction"])
+    values = [v for v in values if np.isfinite(v)]
+    res.update({"target_sensitivity": target, "n_calibration": int(cal.sum()),
+                "n_test": int((~cal).sum()),
+                "spared_fraction_ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+                if values else [None, None]})
+    return res
+
+
+def write_predictions_csv(path: Path, rows: list[dict]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else
+                            ("" if isinstance(v, float) else v)) for k, v in r.items()})
+
+
+def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
+             target_sensitivity: float = 0.98, n_bootstrap: int = 1000, seed: int = 0,
+             combinations: bool = False, saliency: str = "alignment", overwrite: bool = False,
+             extra: dict | None = None) -> dict:
+    """Evaluate ``model`` (a :class:`~.inference.DiagnosisModel`) on labelled ``studies``.
+
+    Writes ``out_dir`` atomically (see module docstring) and returns the metrics.
+    """
+    from .metrics import reliability_bins, roc_points
+    from .plots import reliability_png, roc_png
+
+    t0 = time.perf_counter()
+    rows, dices, hits = predict_dataset(model, studies, combinations, saliency)
+    if not rows:
+        from ..errors import InputError
+
+        raise InputError("no studies to evaluate")
+    metrics = compute_metrics(rows, model.threshold, target_sensitivity, n_bootstrap, seed,
+                              dices, hits, combinations)
+    metrics["model"] = model.summary
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics.update(extra or {})
+    p = np.array([r["malignancy_probability"] for r in rows])
+    y = np.array([r["malignant"] for r in rows], float)
+    lesion = np.isin([r["diagnosis"] for r in rows], ["benign", "malignant"]) & np.isfinite(y)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "metrics.json").write_text(json_dumps(metrics), encoding="utf-8")
+        write_predictions_csv(tmp / "predictions.csv", rows)
+        curves = {}
+        if len(np.unique(y[lesion])) == 2:
+            fpr, tpr, _ = roc_points(p[lesion], y[lesion].astype(int))
+            curves[f"malignant vs benign (AUC {metrics['auc']:.3f})"] = (fpr, tpr)
+        if combinations:
+            for key in metrics.get("auc_by_combination", {}):
+                vals = np.array([r.get(f"p_combo_{key}", math.nan) for r in rows], float)
+                ok = lesion & np.isfinite(vals)
+                if len(np.unique(y[ok])) == 2:
+                    fpr, tpr, _ = roc_points(vals[ok], y[ok].astype(int))
+                    curves[key] = (fpr, tpr)
+        roc_png(tmp / "roc.png", curves, "ROC: malignancy")
+        ok = np.isfinite(y)
+        reliability_png(tmp / "reliability.png", reliability_bins(p[ok], y[ok]),
+                        f"Reliability (ECE {metrics.get('ece') or float('nan'):.3f})")
+    return metrics

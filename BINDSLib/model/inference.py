@@ -1,0 +1,360 @@
+"""Inference API of the diagnosis model (what ``binds diagnose`` and Slicer call).
+
+>>> model = DiagnosisModel.from_bundle("binds-diagnosis-demo")        # doctest: +SKIP
+>>> pred = model.predict(study)                                       # doctest: +SKIP
+>>> pred.malignancy_probability, pred.subtype_probabilities           # doctest: +SKIP
+>>> pred.images["MG_L_CC"].saliency.shape == study.image("MG_L_CC").shape  # doctest: +SKIP
+
+Every per-image map of a :class:`Prediction` lies on that image's own grid (same shape and
+geometry as the input image), so it overlays exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ModelError
+from ..study import Geometry, Study
+from .config import MODALITIES, SUBTYPES, DiagnosisConfig
+
+log = logging.getLogger(__name__)
+
+BUNDLE_KIND = "diagnosis"
+DEFAULT_BUNDLE = "binds-diagnosis-demo"
+PREDICTION_SCHEMA = "binds.diagnosis_prediction"
+PREDICTION_SCHEMA_VERSION = 1
+#: Default uncertainty band of the stage-1 malignancy probability that calls for stage 2 (MRI).
+DEFAULT_UNCERTAINTY_BAND = (0.02, 0.98)
+
+
+@dataclass
+class ImageOutput:
+    """Per-image outputs, each array ``(depth, rows, cols)`` on the image's own grid.
+
+    lesion_probability : float32 in [0, 1], the model's lesion map.
+    saliency : float32 in [0, 1]; alignment saliency ``max(0, cos)`` of the projected features
+        with the malignant pathology prototype (absolute, comparable across images), or
+        Grad-CAM of the same score (min-max normalised per image).
+    lesion_mask : uint8, the lesion mask used for the lesion-focused crop: the user's mask
+        when one was given (``lesion_mask_source == "user"``), else the predicted lesion
+        (``lesion_probability >= threshold``, source ``"predicted"``).
+    """
+
+    label: str
+    modality: str
+    geometry: Geometry
+    lesion_probability: np.ndarray
+    saliency: np.ndarray
+    lesion_mask: np.ndarray
+    lesion_mask_source: str
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "modality": self.modality, "shape": list(self.lesion_probability.shape),
+                "lesion_mask_source": self.lesion_mask_source,
+                "lesion_voxels": int(self.lesion_mask.sum()),
+                "lesion_probability_max": float(self.lesion_probability.max()),
+                "saliency_max": float(self.saliency.max())}
+
+
+@dataclass
+class Prediction:
+    """Diagnosis of one study (JSON form: :meth:`to_json`, schema ``binds.diagnosis_prediction`` v1).
+
+    Attributes
+    ----------
+    malignancy_probability : calibrated probability that the lesion is malignant.
+    malignancy_logit : the network's raw logit (before calibration).
+    subtype_probabilities : molecular subtype -> probability (meaningful for malignant lesions).
+    modalities : modalities used. modality_probabilities : each modality's own (auxiliary head)
+        calibrated malignancy probability.
+    contributions : modality -> share of the leave-one-modality-out effect: ``|p - p_without_m|``
+        normalised to sum 1 over the used modalities (1.0 for a single modality; equal shares
+        when no modality changes anything). contribution_deltas : the signed ``p - p_without_m``
+        (empty for a single modality).
+    images : per-image outputs by image label (:class:`ImageOutput`).
+    combination_probabilities : ``"MG+US"`` -> calibrated probability using only those
+        modalities (filled when asked for; empty otherwise).
+    threshold : the bundle's operating threshold; uncertainty_band : (low, high) of stage 1.
+    timings_s : seconds by part (preprocess, encoders, fusion, saliency, mapping, total).
+    notes : images ignored and similar remarks. model : the bundle summary (name, version, hash).
+    """
+
+    study_id: str
+    malignancy_probability: float
+    malignancy_logit: float
+    subtype_probabilities: dict[str, float]
+    modalities: tuple[str, ...]
+    modality_probabilities: dict[str, float]
+    contributions: dict[str, float]
+    contribution_deltas: dict[str, float]
+    images: dict[str, ImageOutput]
+    combination_probabilities: dict[str, float]
+    threshold: float
+    uncertainty_band: tuple[float, float]
+    timings_s: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+
+    @property
+    def lesion_probability(self) -> dict[str, np.ndarray]:
+        """Lesion probability map by image label (image grid)."""
+        return {k: v.lesion_probability for k, v in self.images.items()}
+
+    @property
+    def saliency(self) -> dict[str, np.ndarray]:
+        """Saliency map by image label (image grid)."""
+        return {k: v.saliency for k, v in self.images.items()}
+
+    @property
+    def lesion_masks(self) -> dict[str, np.ndarray]:
+        """The lesion mask used by image label (image grid, uint8)."""
+        return {k: v.lesion_mask for k, v in self.images.items()}
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the probability lies inside the uncertainty band (stage 2 advised)."""
+        lo, hi = self.uncertainty_band
+        return lo < self.malignancy_probability < hi
+
+    def to_json(self) -> dict:
+        """The JSON form (no arrays; those are written as images by the caller)."""
+        return {
+            "schema": PREDICTION_SCHEMA, "schema_version": PREDICTION_SCHEMA_VERSION,
+            "study_id": self.study_id,
+            "malignancy_probability": self.malignancy_probability,
+            "malignancy_logit": self.malignancy_logit,
+            "subtype_probabilities": self.subtype_probabilities,
+            "modalities": list(self.modalities),
+            "modality_probabilities": self.modality_probabilities,
+            "contributions": self.contributions,
+            "contribution_deltas": self.contribution_deltas,
+            "combination_probabilities": self.combination_probabilities,
+            "threshold": self.threshold, "uncertainty_band": list(self.uncertainty_band),
+            "uncertain": self.uncertain,
+            "images": {k: v.to_json() for k, v in self.images.items()},
+            "timings_s": self.timings_s, "notes": list(self.notes), "model": self.model,
+        }
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class DiagnosisModel:
+    """A diagnosis network with its calibration and operating point, ready to predict.
+
+    Parameters
+    ----------
+    network : a :class:`~.network.DiagnosisNetwork` (weights loaded).
+    metadata : the bundle's ``binds`` section (calibration, operating points, ...), or ``{}``.
+    device : ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+    summary : name/version/hash of the bundle, recorded in predictions.
+    """
+
+    def __init__(self, network, metadata: dict | None = None, device: str | None = None,
+                 summary: dict | None = None):
+        import torch
+
+        self.device = torch.device(device or default_device())
+        self.network = network.to(self.device).eval()
+        self.network.use_channels_last(two_d=self.device.type == "cuda", three_d=True)
+        self.config: DiagnosisConfig = network.config
+        self.metadata = dict(metadata or {})
+        self.summary = dict(summary or {})
+        self.bundle = None  #: the loaded :class:`~BINDSLib.bundle.Bundle` (from_bundle)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, path_or_name: str = DEFAULT_BUNDLE, device: str | None = None) -> "DiagnosisModel":
+        """Load a verified bundle (SHA-256 + ``weights_only``) and rebuild its network.
+
+        Raises :class:`~BINDSLib.errors.ModelError` when the bundle is missing, tampered with,
+        not a diagnosis bundle, or does not match the network its config describes.
+        """
+        from ..bundle import load_bundle
+        from .network import DiagnosisNetwork
+
+        bundle = load_bundle(path_or_name, kind=BUNDLE_KIND)
+        try:
+            config = DiagnosisConfig.from_json(bundle.binds["model_config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"invalid model_config in the bundle metadata: {e}", bundle.path) from None
+        network = DiagnosisNetwork(config)
+        try:
+            network.load_state_dict(bundle.state_dict, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise ModelError(f"weights do not fit the network of this BINDS version ({first})",
+                             bundle.path) from None
+        model = cls(network, bundle.binds, device, bundle.summary())
+        model.bundle = bundle
+        bundle.state_dict = {}  # the network holds the weights now
+        return model
+
+    # -- calibration -----------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        """The default operating threshold on the calibrated probability."""
+        return float(self.metadata.get("operating_point", {}).get("threshold", 0.5))
+
+    @property
+    def uncertainty_band(self) -> tuple[float, float]:
+        lo, hi = self.metadata.get("uncertainty_band", DEFAULT_UNCERTAINTY_BAND)
+        return float(lo), float(hi)
+
+    def probability(self, logit) -> np.ndarray:
+        """Calibrated probability of raw logits (temperature scaling)."""
+        z = np.asarray(logit, dtype=np.float64) / self.temperature
+        return 1.0 / (1.0 + np.exp(-z))
+
+    # -- prediction ------------------------------------------------------------------------
+    def predict(self, study: Study, lesion_masks: dict[str, np.ndarray] | None = None,
+                modalities=None, saliency: str = "alignment", combinations: bool = False
+                ) -> Prediction:
+        """Diagnose one study.
+
+        Parameters
+        ----------
+        study : any combination of MG, US and MR images.
+        lesion_masks : user lesion masks by image label (on each image's grid); they replace
+            the predicted lesion for the lesion-focused crop.
+        modalities : restrict to these modalities (e.g. ``("MG", "US")`` for stage 1).
+        saliency : ``"alignment"`` (default), ``"gradcam"`` or ``"none"``.
+        combinations : also give the probability of every non-empty subset of the used
+            modalities (``combination_probabilities``; e.g. the stage-1 ``"MG+US"`` value from
+            the same call). Exact: encoders are per modality, the fusion masks the others.
+
+        Raises
+        ------
+        InputError
+            when the study has none of the requested modalities or a mask does not fit.
+        """
+        import torch
+
+        from .data import collate, inputs_item
+        from .preprocess import prepare_study, to_image_grid
+        from .saliency import METHODS, alignment_saliency, gradcam_saliency
+
+        if saliency not in (*METHODS, "none"):
+            raise ValueError(f"saliency must be one of {METHODS + ('none',)}, not {saliency!r}")
+        net = self.network
+        timings: dict[str, float] = {}
+        t_start = t = time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = round(now - t, 4)
+            t = now
+
+        prepared = prepare_study(study, self.config, lesion_masks=lesion_masks, modalities=modalities)
+        batch = {k: v.to(self.device) for k, v in collate([inputs_item(prepared)]).items()}
+        lap("preprocess")
+        with torch.inference_mode(), self._autocast():
+            enc = net.encode(batch)
+            lap("encoders")
+            out = net.fuse(enc, batch)
+            logit = float(out["malignancy_logit"][0])
+            p = float(self.probability(logit))
+            used = tuple(enc)
+            deltas: dict[str, float] = {}
+            if len(used) > 1:
+                for m in used:
+                    o = net.fuse(enc, batch, keep={m: torch.zeros(1, dtype=torch.bool, device=self.device)})
+                    deltas[m] = p - float(self.probability(float(o["malignancy_logit"][0])))
+            combos = {}
+            if combinations:
+                for r in range(1, len(used) + 1):
+                    for combo in itertools.combinations(used, r):
+                        keep = {m: torch.full((1,), m in combo, dtype=torch.bool, device=self.device)
+                                for m in used}
+                        o = net.fuse(enc, batch, keep)
+                        combos["+".join(combo)] = float(self.probability(float(o["malignancy_logit"][0])))
+            subtype = torch.softmax(out["subtype_logits"][0].float(), 0).cpu().numpy()
+            aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
+            lap("fusion")
+            proto = net.pathology.prototype_malignant
+            sal = {}
+            for m, e in enc.items():
+                size = e.lesion_logits.shape[2:]
+                if saliency == "alignment":
+                    sal[m] = alignment_saliency(e.align_map.float(), proto.float(), size).clamp_min(0)
+                elif saliency == "none":
+                    sal[m] = torch.zeros_like(e.lesion_logits, dtype=torch.float32)
+        if saliency == "gradcam":
+            for m, e in enc.items():
+                x = batch[f"{m}_images"][e.index[:, 0], e.index[:, 1]]
+                sal[m] = gradcam_saliency(net.branches[m], x, net.pathology.prototype_malignant)
+        lap("saliency")
+        images = self._map_back(prepared, enc, sal, lesion_masks or {}, to_image_grid)
+        lap("mapping")
+        timings["total"] = round(time.perf_counter() - t_start, 4)
+        total = sum(abs(v) for v in deltas.values())
+        contributions = ({m: abs(v) / total for m, v in deltas.items()} if total > 1e-12
+                         else {m: 1.0 / len(used) for m in used})
+        return Prediction(
+            study_id=study.study_id, malignancy_probability=p, malignancy_logit=logit,
+            subtype_probabilities={s: float(v) for s, v in zip(SUBTYPES, subtype)},
+            modalities=used, modality_probabilities=aux, contributions=contributions,
+            contribution_deltas=deltas,
+            images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
+            timings_s=timings, notes=list(prepared.notes), model=self.summary)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _map_back(self, prepared, enc, sal, user_masks: dict, to_image_grid) -> dict[str, ImageOutput]:
+        import torch
+
+        out: dict[str, ImageOutput] = {}
+        thr = self.config.lesion_threshold
+        for m, e in enc.items():
+            inp = prepared.inputs[m]
+            probs = torch.sigmoid(e.lesion_logits.float()).cpu().numpy()
+            sals = sal[m].float().cpu().numpy()
+            for n, (_, slot) in enumerate(e.index.cpu().numpy()):
+                grid = inp.grids[slot]
+                for src in inp.sources[slot]:
+                    lp = np.clip(to_image_grid(probs[n, 0], grid, src), 0.0, 1.0)
+                    sm = to_image_grid(sals[n, 0], grid, src)
+                    if src.label in user_masks:
+                        mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
+                        source = "user"
+                    elif prepared.mask_source.get(src.label) == "user":  # MR: mask of another sequence
+                        mask = (to_image_grid(inp.masks[slot, 0].astype(np.float32), grid, src) >= 0.5
+                                ).astype(np.uint8)
+                        source = "user"
+                    else:
+                        mask = (lp >= thr).astype(np.uint8)
+                        source = "predicted"
+                    out[src.label] = ImageOutput(src.label, m, src.geometry, lp.astype(np.float32),
+                                                 sm.astype(np.float32), mask, source)
+        return out
+
+
+def modality_names(modalities) -> tuple[str, ...]:
+    """Normalise a modality list (``"MG,US"``, ``["mg", "us"]``) to the network's order."""
+    if modalities is None:
+        return MODALITIES
+    if isinstance(modalities, str):
+        modalities = modalities.split(",")
+    wanted = {str(getattr(m, "value", m)).strip().upper() for m in modalities}
+    return tuple(m for m in MODALITIES if m in wanted)

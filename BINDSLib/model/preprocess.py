@@ -1,0 +1,455 @@
+"""A :class:`~BINDSLib.study.Study` to the network's inputs, and network maps back to images.
+
+Geometry is kept exact in both directions. Every prepared array lies on a *model grid*
+(:class:`ModelGrid`): a voxel grid with its own LPS :class:`~BINDSLib.study.Geometry` in the
+same physical space as the image it came from. Inputs are resampled onto it, and every output
+map (lesion probability, saliency) is resampled back onto each input image's own grid with
+SimpleITK in physical space, so it overlays exactly in Slicer.
+
+* MG and US images become ``(1, rows, cols)`` planes of ``mg_size`` / ``us_size``: isotropic
+  in-plane spacing, aspect kept, the image centred and padded with 0. Mammograms are oriented
+  canonically (chest wall at the left edge: right breasts mirrored, and an image stored
+  mirrored is detected by its brighter side) by a model grid whose column axis is reversed;
+  mapping back undoes it. A multi-frame image (cine, tomosynthesis) contributes one frame
+  (``role.frame``, else the central one); maps come back on that frame, 0 elsewhere.
+* MRI: the sequences are resampled in physical space onto one reference grid (the DCE1 image,
+  else T1_PRE, else the first MR image) of ``mr_size`` and stacked as the channels
+  :data:`~BINDSLib.model.config.MR_CHANNELS`, with a channel-presence mask.
+* Intensities: the ``intensity_percentiles`` of each image map to 0 and 1 (clipped).
+* Down-sampling is anti-aliased (``BinShrink`` averaging before linear interpolation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..study import Geometry, Image, Modality, MRSequence, Study
+from .config import MG_VIEW_CODES, MR_CHANNELS, SIDES, DiagnosisConfig
+
+log = logging.getLogger(__name__)
+
+#: Ratio of mean intensity (far side / chest-wall side) above which a mammogram is taken as
+#: stored mirrored (same rule as the risk model's canonical orientation).
+MIRROR_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The voxel grid of a prepared array: ``shape`` (slices, rows, cols) and its geometry."""
+
+    shape: tuple[int, int, int]
+    geometry: Geometry
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An image of the study that an input slot was prepared from.
+
+    ``frame`` is the frame used when the image has several (2D inputs), else ``None``.
+    """
+
+    label: str
+    shape: tuple[int, int, int]
+    geometry: Geometry
+    frame: int | None = None
+
+
+@dataclass
+class ModalityInput:
+    """The prepared inputs of one modality of one study (slots, no batch axis).
+
+    Attributes
+    ----------
+    images : float32 ``(S, C, *spatial)``; 2D: ``(S, 1, 1, H, W)`` is stored as
+        ``(S, 1, H, W)``; MR: ``(1, len(MR_CHANNELS), D, H, W)``.
+    masks : uint8 ``(S, 1, *spatial)`` lesion masks on the model grid (zeros when unknown).
+    mask_given : bool ``(S,)``; True where ``masks`` holds a known (user or reference) mask.
+    view, side : int ``(S,)`` indices into ``MG_VIEW_CODES`` / ``SIDES`` (2D modalities).
+    channels : bool ``(S, len(MR_CHANNELS))`` MR channel presence (all True for 2D).
+    grids : the model grid of each slot. sources : per slot, the study images it maps back
+        to (one for MG/US, every used sequence for MR).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    mask_given: np.ndarray
+    view: np.ndarray
+    side: np.ndarray
+    channels: np.ndarray
+    grids: list[ModelGrid]
+    sources: list[list[SourceImage]]
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class PreparedStudy:
+    """Network inputs of a study: one :class:`ModalityInput` per present modality."""
+
+    study_id: str
+    inputs: dict[str, ModalityInput]
+    notes: list[str] = field(default_factory=list)
+    mask_source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in ("MG", "US", "MR") if m in self.inputs)
+
+
+# -- intensities -------------------------------------------------------------------------
+
+def normalise_intensity(voxels: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the ``percentiles`` of ``voxels`` to 0 and 1 and clip; float32, same shape.
+
+    Percentiles are estimated on at most ~1M voxels (a regular subsample). A constant image
+    becomes all zeros.
+    """
+    x = np.asarray(voxels, dtype=np.float32)
+    step = max(1, int(np.ceil((x.size / 1_000_000) ** (1 / max(1, x.ndim)))))
+    sample = x[tuple(slice(None, None, step) for _ in range(x.ndim))]
+    lo, hi = np.percentile(sample, percentiles)
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
+        return np.zeros_like(x)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def chest_wall_on_right(plane: np.ndarray, laterality: str | None) -> bool:
+    """Whether a stored mammogram ``(rows, cols)`` must be mirrored to put the chest wall left.
+
+    Right breasts are mirrored (DICOM display convention); if after that the far third of the
+    image is clearly brighter than the chest-wall third (``MIRROR_RATIO``), the image was
+    stored mirrored and the decision is reversed.
+    """
+    flip = laterality == "R"
+    cols = plane.shape[1]
+    third = max(1, cols // 3)
+    lo = float(np.percentile(plane[::4, ::4], 1))
+    left = float(plane[:, :third].mean()) - lo
+    right = float(plane[:, -third:].mean()) - lo
+    if flip:
+        left, right = right, left
+    if right > MIRROR_RATIO * max(left, 1e-12) and right > 0:
+        flip = not flip
+    return flip
+
+
+# -- grids -------------------------------------------------------------------------------
+
+def frame_geometry(geometry: Geometry, frame: int) -> Geometry:
+    """Geometry of frame ``frame`` (slice index) of a multi-frame image, as a 1-slice grid."""
+    origin = geometry.index_to_lps((0.0, 0.0, float(frame)))
+    return Geometry(geometry.spacing_mm, tuple(origin), geometry.direction)
+
+
+def plane_grid(shape: tuple[int, int, int], geometry: Geometry, size: tuple[int, int],
+               mirror: bool = False) -> ModelGrid:
+    """Model grid ``(1, *size)`` for a 1-slice image: isotropic in-plane, aspect kept, centred.
+
+    Parameters
+    ----------
+    shape : ``(1, rows, cols)`` of the image. geometry : its geometry.
+    size : ``(H, W)`` of the model grid. mirror : reverse the column axis (mirrored view).
+    """
+    return _centred_grid(shape, geometry, (1, *size), mirror, stretch_slices=False)
+
+
+def volume_grid(shape: tuple[int, int, int], geometry: Geometry,
+                size: tuple[int, int, int]) -> ModelGrid:
+    """Model grid ``size`` (D, H, W) over a volume: in-plane isotropic with the aspect kept
+    (centred, padded), the slice axis stretched to cover the volume's extent."""
+    return _centred_grid(shape, geometry, size, False, stretch_slices=True)
+
+
+def _centred_grid(shape, geometry: Geometry, size, mirror: bool, stretch_slices: bool) -> ModelGrid:
+    d, r, c = shape
+    sd, sh, sw = size
+    sx, sy, sz = geometry.spacing_mm
+    s = max(c * sx / sw, r * sy / sh)
+    s_slice = (d * sz / sd) if stretch_slices else sz
+    centre = geometry.index_to_lps(((c - 1) / 2.0, (r - 1) / 2.0, (d - 1) / 2.0))
+    flip = np.diag([-1.0 if mirror else 1.0, 1.0, 1.0])
+    direction = geometry.direction_matrix @ flip
+    half = np.array([(sw - 1) / 2.0 * s, (sh - 1) / 2.0 * s, (sd - 1) / 2.0 * s_slice])
+    origin = centre - direction @ half
+    geom = Geometry((s, s, s_slice), tuple(origin), tuple(direction.ravel()))
+    return ModelGrid((int(sd), int(sh), int(sw)), geom)
+
+
+# -- resampling --------------------------------------------------------------------------
+
+def _sitk_image(voxels: np.ndarray, geometry: Geometry):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(voxels, dtype=np.float32))
+    geometry.apply_to_sitk(img)
+    return img
+
+
+def resample(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int],
+             target: Geometry, linear: bool = True, antialias: bool = True) -> np.ndarray:
+    """Resample ``voxels`` ``(D, R, C)`` with ``geometry`` onto the grid ``shape``/``target``.
+
+    Physical-space resampling (SimpleITK): a voxel of the output takes the value of the input
+    at the same LPS position; outside the input it is 0. With ``antialias`` the input is first
+    averaged over bins (``BinShrink``) when the target spacing is coarser.
+
+    Returns
+    -------
+    float32 ``shape``.
+    """
+    import SimpleITK as sitk
+
+    img = _sitk_image(voxels, geometry)
+    if antialias:
+        finest = min(target.spacing_mm[:2]) if shape[0] == 1 else min(target.spacing_mm)
+        factors = [max(1, int(finest / sp)) if n > 1 else 1
+                   for sp, n in zip(geometry.spacing_mm, img.GetSize())]
+        factors = [min(f, max(1, n // 2)) for f, n in zip(factors, img.GetSize())]
+        if max(factors) > 1:
+            img = sitk.BinShrink(img, factors)
+    ref = sitk.Image(int(shape[2]), int(shape[1]), int(shape[0]), sitk.sitkFloat32)
+    target.apply_to_sitk(ref)
+    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                        0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def to_model_grid(voxels: np.ndarray, source: SourceImage, grid: ModelGrid,
+                  linear: bool = True) -> np.ndarray:
+    """An image's array ``source.shape`` onto the model grid (``grid.shape``, float32)."""
+    geom = source.geometry
+    if source.frame is not None:
+        voxels = voxels[source.frame:source.frame + 1]
+        geom = frame_geometry(source.geometry, source.frame)
+    return resample(voxels, geom, grid.shape, grid.geometry, linear=linear)
+
+
+def to_image_grid(array: np.ndarray, grid: ModelGrid, source: SourceImage) -> np.ndarray:
+    """A map on the model grid back onto the image's own grid (``source.shape``, float32).
+
+    For a 2D input from a multi-frame image the map fills the frame used; other frames are 0.
+    """
+    array = np.asarray(array, dtype=np.float32).reshape(grid.shape)
+    if source.frame is None:
+        return resample(array, grid.geometry, source.shape, source.geometry, antialias=True)
+    out = np.zeros(source.shape, np.float32)
+    plane = resample(array, grid.geometry, (1, *source.shape[1:]),
+                     frame_geometry(source.geometry, source.frame), antialias=True)
+    out[source.frame] = plane[0]
+    return out
+
+
+# -- selecting images --------------------------------------------------------------------
+
+def _view_index(view: str | None) -> int:
+    return MG_VIEW_CODES.index(view) if view in MG_VIEW_CODES[:-1] else len(MG_VIEW_CODES) - 1
+
+
+def _side_index(laterality: str | None) -> int:
+    return SIDES.index(laterality) if laterality in SIDES[:-1] else len(SIDES) - 1
+
+
+def _frame_of(image: Image) -> int | None:
+    if image.shape[0] == 1:
+        return None
+    f = image.role.frame
+    if f is None or not 0 <= f < image.shape[0]:
+        f = image.shape[0] // 2
+    return int(f)
+
+
+def select_mg(study: Study, max_views: int) -> tuple[list[Image], list[str]]:
+    """MG images in slot order (L before R, CC before MLO before others), at most ``max_views``."""
+    ims = sorted(study.of(Modality.MG),
+                 key=lambda im: (_side_index(im.role.laterality), _view_index(im.role.view), im.label))
+    notes = [f"{im.label}: more than {max_views} mammograms; ignored" for im in ims[max_views:]]
+    return ims[:max_views], notes
+
+
+def select_us(study: Study, max_images: int) -> tuple[list[Image], list[str]]:
+    """US images in label order, at most ``max_images``."""
+    ims = sorted(study.of(Modality.US), key=lambda im: im.label)
+    notes = [f"{im.label}: more than {max_images} ultrasound images; ignored" for im in ims[max_images:]]
+    return ims[:max_images], notes
+
+
+def select_mr(study: Study) -> tuple[dict[str, Image], list[str]]:
+    """The MR image for each channel of :data:`MR_CHANNELS` (missing ones absent).
+
+    DCE post-contrast phases in order give DCE1, DCE2 and (the last one) DCE3; DWI is the one
+    with the highest b-value; further duplicates are ignored with a note.
+    """
+    chosen: dict[str, Image] = {}
+    notes: list[str] = []
+    mr = study.of(Modality.MR)
+    dce = sorted((im for im in mr if im.role.sequence is MRSequence.DCE), key=lambda im: im.role.phase)
+    phases = sorted({im.role.phase for im in dce})
+    pick = {p: f"DCE{i + 1}" for i, p in enumerate(phases[:2])}
+    if len(phases) >= 3:
+        pick[phases[-1]] = "DCE3"
+    dwi = sorted((im for im in mr if im.role.sequence is MRSequence.DWI),
+                 key=lambda im: -(im.role.b_value or 0.0))
+    for im in [*(i for i in mr if i.role.sequence is MRSequence.T1_PRE), *dce, *dwi,
+               *(i for i in mr if i.role.sequence in (MRSequence.T2, MRSequence.ADC))]:
+        seq = im.role.sequence
+        if seq is MRSequence.DCE:
+            ch = pick.get(im.role.phase)
+        else:
+            ch = seq.value
+        if ch is None or ch in chosen:
+            notes.append(f"{im.label}: MR {ch or 'phase'} already used; ignored")
+            continue
+        chosen[ch] = im
+    return chosen, notes
+
+
+# -- preparing a study -------------------------------------------------------------------
+
+def _check_masks(study: Study, lesion_masks: dict | None) -> dict[str, np.ndarray]:
+    out = {}
+    for label, mask in (lesion_masks or {}).items():
+        try:
+            im = study.image(label)
+        except KeyError as e:
+            raise InputError(str(e.args[0])) from None
+        m = np.asarray(mask)
+        if m.ndim == 2:
+            m = m[None]
+        if m.shape != im.shape:
+            raise InputError(f"lesion mask for {label} has shape {m.shape}, the image has {im.shape}")
+        out[label] = (m > 0).astype(np.uint8)
+    return out
+
+
+def _plane_input(images: list[Image], size, modality: str, masks: dict, config: DiagnosisConfig,
+                 mask_source: dict) -> ModalityInput:
+    n = len(images)
+    arr = np.zeros((n, 1, *size), np.float32)
+    mk = np.zeros((n, 1, *size), np.uint8)
+    given = np.zeros(n, bool)
+    view = np.array([_view_index(im.role.view) for im in images], np.int64)
+    side = np.array([_side_index(im.role.laterality) for im in images], np.int64)
+    grids, sources = [], []
+    for i, im in enumerate(images):
+        frame = _frame_of(im)
+        src = SourceImage(im.label, im.shape, im.geometry, frame)
+        plane = normalise_intensity(im.voxels if frame is None else im.voxels[frame:frame + 1],
+                                    config.intensity_percentiles)
+        mirror = modality == "MG" and chest_wall_on_right(plane[0], im.role.laterality)
+        geom = im.geometry if frame is None else frame_geometry(im.geometry, frame)
+        grid = plane_grid(plane.shape, geom, size, mirror=mirror)
+        arr[i, 0] = resample(plane, geom, grid.shape, grid.geometry)[0]
+        if im.label in masks:
+            mk[i, 0] = to_model_grid(masks[im.label].astype(np.float32), src, grid)[0] >= 0.5
+            given[i] = True
+            mask_source[im.label] = masks.source_of(im.label)
+        grids.append(grid)
+        sources.append([src])
+    return ModalityInput(arr, mk, given, view, side, np.ones((n, len(MR_CHANNELS)), bool),
+                         grids, sources)
+
+
+def _mr_input(chosen: dict[str, Image], config: DiagnosisConfig, masks: dict,
+              mask_source: dict) -> ModalityInput:
+    ref = next(chosen[c] for c in ("DCE1", "T1_PRE", *MR_CHANNELS) if c in chosen)
+    grid = volume_grid(ref.shape, ref.geometry, config.mr_size)
+    arr = np.zeros((1, len(MR_CHANNELS), *config.mr_size), np.float32)
+    present = np.zeros((1, len(MR_CHANNELS)), bool)
+    mk = np.zeros((1, 1, *config.mr_size), np.uint8)
+    given = np.zeros(1, bool)
+    sources = []
+    for k, ch in enumerate(MR_CHANNELS):
+        im = chosen.get(ch)
+        if im is None:
+            continue
+        src = SourceImage(im.label, im.shape, im.geometry)
+        arr[0, k] = to_model_grid(normalise_intensity(im.voxels, config.intensity_percentiles), src, grid)
+        present[0, k] = True
+        sources.append(src)
+    # the mask of the reference if known, else of any other sequence
+    for src in sorted(sources, key=lambda s: s.label != ref.label):
+        if src.label in masks:
+            mk[0, 0] = to_model_grid(masks[src.label].astype(np.float32), src, grid) >= 0.5
+            given[0] = True
+            for s in sources:
+                mask_source[s.label] = masks.source_of(src.label)
+            break
+    return ModalityInput(arr, mk, given, np.zeros(1, np.int64),
+                         np.full(1, len(SIDES) - 1, np.int64), present, [grid], [sources])
+
+
+class _Masks(dict):
+    """Lesion masks by image label, remembering where each came from ("user"/"reference")."""
+
+    def __init__(self):
+        super().__init__()
+        self._source: dict[str, str] = {}
+
+    def add(self, label: str, mask: np.ndarray, source: str) -> None:
+        self[label] = mask
+        self._source[label] = source
+
+    def source_of(self, label: str) -> str:
+        return self._source[label]
+
+
+def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict | None = None,
+                  modalities=None, use_reference_masks: bool = False) -> PreparedStudy:
+    """The network inputs of ``study``.
+
+    Parameters
+    ----------
+    study : the study (any combination of MG, US and MR images).
+    config : sizes and intensity settings.
+    lesion_masks : user lesion masks by image label, each on its image's grid
+        ``(depth, rows, cols)`` (or ``(rows, cols)``); they replace the predicted lesion for
+        the lesion-focused crop of that image (for MR: of the whole MR input).
+    modalities : modalities to use (default: all present), e.g. ``("MG", "US")``.
+    use_reference_masks : also use the study's own ``lesion_mask`` of each image (training).
+
+    Raises
+    ------
+    InputError
+        when the study has none of the requested modalities, or a user mask does not fit.
+    """
+    wanted = tuple(m.value if isinstance(m, Modality) else str(m).upper()
+                   for m in (modalities or ("MG", "US", "MR")))
+    for m in wanted:
+        if m not in ("MG", "US", "MR"):
+            raise InputError(f"unknown modality {m!r}; use MG, US and/or MR")
+    masks = _Masks()
+    if use_reference_masks:
+        for im in study.images:
+            if im.lesion_mask is not None:
+                masks.add(im.label, im.lesion_mask, "reference")
+    for label, m in _check_masks(study, lesion_masks).items():
+        masks.add(label, m, "user")
+    inputs: dict[str, ModalityInput] = {}
+    notes: list[str] = []
+    mask_source: dict[str, str] = {}
+    if "MG" in wanted and study.of(Modality.MG):
+        ims, n = select_mg(study, config.mg_max_views)
+        notes += n
+        inputs["MG"] = _plane_input(ims, config.mg_size, "MG", masks, config, mask_source)
+    if "US" in wanted and study.of(Modality.US):
+        ims, n = select_us(study, config.us_max_images)
+        notes += n
+        inputs["US"] = _plane_input(ims, config.us_size, "US", masks, config, mask_source)
+    if "MR" in wanted and study.of(Modality.MR):
+        chosen, n = select_mr(study)
+        notes += n
+        if chosen:
+            inputs["MR"] = _mr_input(chosen, config, masks, mask_source)
+    if not inputs:
+        have = ", ".join(m.value for m in study.modalities()) or "no images"
+        raise InputError(f"study {study.study_id} has none of the requested modalities "
+                         f"{', '.join(wanted)} (it has {have})")
+    for note in notes:
+        log.info("%s: %s", study.study_id, note)
+    return PreparedStudy(study.study_id, inputs, notes, mask_source)

@@ -1,0 +1,758 @@
+"""Training of the diagnosis network (``binds train CONFIG``).
+
+The config (JSON, or YAML when PyYAML is installed) names the data, the model, the losses
+and the schedule; see docs/MODEL.md and ``configs/diagnosis-demo.json``::
+
+    {"model": {"preset": "demo"},
+     "data": [{"synthetic": {"n": 600, "seed": 1}}],     # or {"dataset": DIR},
+                                                         # {"folders": DIR}, {"manifest": CSV}
+     "train": {"seed": 0, "batch_size": 8, "validation_fraction": 0.2,
+               "phases": [{"name": "unimodal", "epochs": 4, "lr": 0.002, "fusion": false},
+                          {"name": "multimodal", "epochs": 10, "lr": 0.001, "fusion": true}],
+               "alignment": "cosine3", "loss_weights": {"alignment": 0.1}},
+     "bundle": {"name": "binds-diagnosis-demo", "version": "1.0.0", "description": "..."}}
+
+Run folder: ``config.json`` (the settings used), ``metrics.csv`` (one row per epoch),
+``checkpoints/last.pt`` (resume with ``--resume``), ``train.log``, ``tensorboard/`` when
+TensorBoard is installed, and at the end the bundle (``bundle/`` unless ``--bundle`` says).
+
+Phases: per-modality first (encoders, localisers, auxiliary per-modality heads, alignment;
+the fusion is not trained), then multimodal (everything, with random modality dropout in the
+fusion), as BINDS trains. After the last epoch the temperature and the operating points are
+fitted on the validation split and stored in the bundle.
+
+Distributed: run under ``torchrun`` (``WORLD_SIZE > 1``) for DistributedDataParallel over
+GPUs and nodes with no code change (NCCL on CUDA, Gloo on CPU); only rank 0 writes. On CUDA,
+mixed precision (bf16 where supported, else fp16 with loss scaling) and channels-last (on
+CPU channels-last only for the 3D MRI branch, where it makes oneDNN ~10x faster).
+Deterministic on CPU for a given seed, including a resumed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+from ..fsutil import atomic_write_json, json_dumps
+from .config import COMBINATIONS, MODALITIES, MR_CHANNELS, SUBTYPES, DiagnosisConfig, preset
+from .losses import ALIGNMENTS, LossWeights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A training phase: ``fusion`` False trains the per-modality parts only."""
+
+    name: str
+    epochs: int
+    lr: float
+    fusion: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run needs (parsed from the config file, see module docstring)."""
+
+    model: DiagnosisConfig
+    data: tuple[dict, ...]
+    base_dir: Path = Path(".")
+    seed: int = 0
+    validation_fraction: float = 0.2
+    batch_size: int = 8
+    num_workers: int = 0
+    data_workers: int = 2
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    warmup_epochs: float = 0.5
+    phases: tuple[Phase, ...] = (Phase("unimodal", 2, 2e-3, False), Phase("multimodal", 4, 1e-3, True))
+    modality_dropout: float = 0.5
+    crop_from_prediction: float = 0.3
+    alignment: str = "cosine3"
+    alignment_temperature: float = 0.1
+    loss_weights: LossWeights = LossWeights()
+    pos_weight: float = 1.0
+    target_sensitivity: float = 0.98
+    uncertainty_band: tuple[float, float] = (0.02, 0.98)
+    amp: bool = True
+    channels_last: bool = True
+    bundle: dict = field(default_factory=dict)
+    document: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def phase_of(self, epoch: int) -> tuple[Phase, int]:
+        """The phase of global ``epoch`` and the epoch's index within it."""
+        for p in self.phases:
+            if epoch < p.epochs:
+                return p, epoch
+            epoch -= p.epochs
+        raise IndexError("epoch beyond the schedule")
+
+
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSettings)} - {"model", "data", "base_dir",
+                                                                     "bundle", "document"}
+
+
+def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
+    """:class:`TrainSettings` from a config document; ``ValueError`` names what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError("the config must be a JSON/YAML object")
+    unknown = set(doc) - {"model", "data", "train", "bundle", "description"}
+    if unknown:
+        raise ValueError(f"unknown top-level keys {sorted(unknown)} (use model, data, train, bundle)")
+    mdoc = doc.get("model", {"preset": "demo"})
+    model = DiagnosisConfig.from_json(mdoc) if isinstance(mdoc, dict) else preset(str(mdoc))
+    data = doc.get("data")
+    if isinstance(data, dict):
+        data = [data]
+    if not data or not all(isinstance(d, dict) and len(d) >= 1 for d in data):
+        raise ValueError('"data" must name at least one source, e.g. {"synthetic": {"n": 600}}, '
+                         '{"dataset": "path"}, {"folders": "path"} or {"manifest": "file.csv"}')
+    for d in data:
+        kinds = set(d) & {"synthetic", "dataset", "folders", "manifest"}
+        if len(kinds) != 1:
+            raise ValueError(f"data source {d} must have exactly one of synthetic, dataset, folders, manifest")
+    t = dict(doc.get("train", {}))
+    bad = set(t) - _TRAIN_KEYS
+    if bad:
+        raise ValueError(f"unknown train settings {sorted(bad)}; known: {sorted(_TRAIN_KEYS)}")
+    if "phases" in t:
+        t["phases"] = tuple(Phase(**p) for p in t["phases"])
+    if "loss_weights" in t:
+        t["loss_weights"] = LossWeights.from_json(t["loss_weights"])
+    if "uncertainty_band" in t:
+        t["uncertainty_band"] = tuple(float(v) for v in t["uncertainty_band"])
+    s = TrainSettings(model=model, data=tuple(data), base_dir=Path(base_dir), bundle=dict(doc.get("bundle", {})),
+                      document=doc, **t)
+    if s.alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}")
+    if not s.phases or any(p.epochs < 0 for p in s.phases) or s.epochs < 1:
+        raise ValueError("phases need at least one epoch in all")
+    if not 0.0 <= s.validation_fraction < 1.0:
+        raise ValueError("validation_fraction must be in [0, 1)")
+    return s
+
+
+def load_settings(path: str | os.PathLike) -> TrainSettings:
+    """Read a training config file (``.json``; ``.yaml``/``.yml`` with PyYAML installed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise InputError("YAML configs need PyYAML (pip install pyyaml); or use JSON", path) from None
+            doc = yaml.safe_load(text)
+        else:
+            doc = json.loads(text)
+        return parse_settings(doc, path.parent)
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise InputError(f"invalid training config: {e}", path) from None
+
+
+# -- data --------------------------------------------------------------------------------
+
+def _wsi_of(study, folder: Path | None) -> np.ndarray | None:
+    rel = study.pathology.wsi_features if study.pathology is not None else None
+    if not rel or folder is None:
+        return None
+    p = folder / rel
+    try:
+        return np.load(p, allow_pickle=False).astype(np.float32).ravel()
+    except (OSError, ValueError) as e:
+        log.warning("%s: cannot read whole-slide features %s (%s); ignored", study.study_id, p, e)
+        return None
+
+
+def _study_folders(src: dict, base_dir: Path) -> list[Path]:
+    if "folders" in src:
+        root = base_dir / src["folders"]
+        if not root.is_dir():
+            raise InputError("study folders directory not found", root)
+        return [d for d in sorted(root.iterdir()) if (d / "study.json").is_file()]
+    manifest = base_dir / src["manifest"]
+    try:
+        with open(manifest, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise InputError(f"cannot read manifest: {e}", manifest) from None
+    if rows and "path" not in rows[0]:
+        raise InputError("manifest needs a 'path' column of study folders", manifest)
+    return [manifest.parent / r["path"] for r in rows]
+
+
+def _tasks(sources, base_dir: Path) -> list[tuple]:
+    """One picklable task per study: ("synthetic", seed, options) / ("folder", path) /
+    ("dataset", root, index)."""
+    tasks: list[tuple] = []
+    for src in sources:
+        limit = int(src["limit"]) if src.get("limit") else None
+        if "synthetic" in src:
+            from ..synthetic.fields import derive_seed
+
+            opts = dict(src["synthetic"])
+            n, seed = int(opts.pop("n", 100)), int(opts.pop("seed", 0))
+            tasks += [("synthetic", derive_seed(seed, i), opts) for i in range(min(n, limit or n))]
+        elif "dataset" in src:
+            tasks.append(("dataset", base_dir / src["dataset"], limit))
+        else:
+            tasks += [("folder", d) for d in _study_folders(src, base_dir)[:limit]]
+    return tasks
+
+
+def _run_task(task: tuple, config: DiagnosisConfig) -> list:
+    """Samples of one task (a dataset task yields all its studies)."""
+    from .data import make_sample
+
+    kind = task[0]
+    if kind == "synthetic":
+        from ..synthetic import make_study
+
+        pairs = [(make_study(task[1], **task[2]), None)]
+    elif kind == "folder":
+        from ..studyfolder import read_study_folder
+
+        st = read_study_folder(task[1])
+        pairs = [(st, _wsi_of(st, task[1]) if config.wsi_dim else None)]
+    else:
+        import itertools
+
+        from ..io.datasets import iter_dataset
+
+        pairs = [(st, None) for st in itertools.islice(iter_dataset(task[1]), task[2])]
+    out = []
+    for st, wsi in pairs:
+        try:
+            out.append(make_sample(st, config, wsi))
+        except InputError as e:
+            log.warning("study %s skipped: %s", st.study_id, e)
+    return out
+
+
+def load_samples(sources, config: DiagnosisConfig, base_dir: Path = Path("."), workers: int = 1) -> list:
+    """Training samples (:class:`~.data.Sample`) of the data sources, prepared once.
+
+    Sources: ``{"synthetic": {"n", "seed", ...make_study options}}`` (generated in memory;
+    case ``i`` is ``make_study(derive_seed(seed, i), ...)``); ``{"dataset": DIR}`` (BUSI,
+    mini-MIAS or a folder of study folders, detected); ``{"folders": DIR}`` (every study
+    folder in DIR); ``{"manifest": CSV}`` (a ``path`` column of study folders). Each may have
+    ``"limit": n``. Relative paths are relative to ``base_dir`` (the config's folder).
+    ``workers > 1`` generates/prepares in parallel processes (same result).
+    """
+    tasks = _tasks(sources, base_dir)
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            chunks = list(ex.map(functools.partial(_run_task, config=config), tasks, chunksize=4))
+    else:
+        chunks = [_run_task(t, config) for t in tasks]
+    samples = [s for c in chunks for s in c]
+    if not samples:
+        raise InputError("the data sources hold no usable studies")
+    return samples
+
+
+# -- distributed / device ----------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    device: object = None
+    distributed: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Device and (under torchrun, ``WORLD_SIZE > 1``) the process group."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local)
+        dev = torch.device(f"cuda:{local}" if cuda else "cpu")
+        return Runtime(dist.get_rank(), dist.get_world_size(), dev, True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Runtime(0, 1, dev, False)
+
+
+def _seed(*parts) -> int:
+    import zlib
+
+    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
+class _Progress:
+    """tqdm when installed and stderr is a terminal, else a log line every ~20 % of an epoch."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.n = total, desc, 0
+        self.bar = None
+        self.next_log = max(1, total // 5)
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, loss: float) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+            self.bar.update(1)
+        elif self.n >= self.next_log or self.n == self.total:
+            log.info("%s: step %d/%d loss %.4f", self.desc, self.n, self.total, loss)
+            self.next_log += max(1, self.total // 5)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- evaluation on the validation split --------------------------------------------------
+
+def predict_samples(network, samples, device, batch_size: int = 8, combinations: bool = False) -> dict:
+    """Logits of ``samples`` without augmentation.
+
+    Returns ``{"logit": (N,), "subtype": (N, 4) probabilities, "aux": {m: (N,)},
+    "combinations": {"MG+US": (N,), ...}}``; NaN where a study lacks the modalities.
+    """
+    import torch
+
+    from .data import StudyDataset, collate
+
+    ds = StudyDataset(samples, augment=False)
+    n = len(samples)
+    res = {"logit": np.full(n, np.nan), "subtype": np.full((n, len(SUBTYPES)), np.nan),
+           "aux": {m: np.full(n, np.nan) for m in MODALITIES}, "combinations": {}}
+    was_training = network.training
+    network.eval()
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            batch = {k: v.to(device) for k, v in collate([ds[i] for i in idx]).items()}
+            enc = network.encode(batch)
+            out = network.fuse(enc, batch)
+            res["logit"][idx] = out["malignancy_logit"].float().cpu().numpy()
+            res["subtype"][idx] = torch.softmax(out["subtype_logits"].float(), 1).cpu().numpy()
+            for m, e in enc.items():
+                sel = e.aux_present.cpu().numpy()
+                res["aux"][m][np.asarray(idx)[sel]] = e.aux_logit.float().cpu().numpy()[sel]
+            if combinations:
+                have = {m: batch[f"{m}_present"].any(1) if f"{m}_present" in batch else
+                        torch.zeros(len(idx), dtype=torch.bool, device=device) for m in MODALITIES}
+                for combo in COMBINATIONS:
+                    name = "+".join(combo)
+                    arr = res["combinations"].setdefault(name, np.full(n, np.nan))
+                    ok = torch.stack([have[m] for m in combo], 1).all(1)
+                    if not bool(ok.any()) or not all(m in enc for m in combo):
+                        continue
+                    keep = {m: torch.full((len(idx),), m in combo, dtype=torch.bool, device=device)
+                            for m in enc}
+                    lg = network.fuse(enc, batch, keep)["malignancy_logit"].float().cpu().numpy()
+                    okn = ok.cpu().numpy()
+                    arr[np.asarray(idx)[okn]] = lg[okn]
+    network.train(was_training)
+    return res
+
+
+def _auc_of(scores, labels) -> float:
+    from .metrics import auc
+
+    s, y = np.asarray(scores), np.asarray(labels)
+    ok = np.isfinite(s) & np.isfinite(y)
+    return auc(s[ok], y[ok].astype(int))
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
+        raise InputError(f"cannot read checkpoint ({type(e).__name__}: {str(e)[:200]})", path) from None
+
+
+def settings_digest(settings: TrainSettings) -> str:
+    doc = {"model": settings.model.to_json(), "document": settings.document}
+    return hashlib.sha256(json_dumps(doc).encode()).hexdigest()
+
+
+# -- the run -----------------------------------------------------------------------------
+
+METRIC_COLUMNS = ("epoch", "phase", "lr", "seconds", "train_loss", "train_malignancy",
+                  "train_auxiliary", "train_subtype", "train_segmentation", "train_alignment",
+                  "train_background", "train_pathology", "val_loss", "val_auc", "val_auc_MG",
+                  "val_auc_US", "val_auc_MR")
+
+
+def _lr_at(settings: TrainSettings, phase: Phase, t: float) -> float:
+    """Linear warm-up then cosine decay to 5 % within each phase (``t`` in phase epochs)."""
+    w = settings.warmup_epochs
+    if t < w:
+        return phase.lr * (0.1 + 0.9 * t / w)
+    frac = (t - w) / max(1e-9, phase.epochs - w)
+    return phase.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _autocast(device, enabled: bool):
+    import torch
+
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype), dtype
+    return contextlib.nullcontext(), None
+
+
+def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool = False,
+          device: str | None = None, bundle_path: str | os.PathLike | None = None,
+          overwrite: bool = False, reproduce: str = "") -> dict:
+    """Train, calibrate and write the bundle. Returns the final validation metrics (rank 0).
+
+    Raises
+    ------
+    OutputError
+        when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    import random
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data import StudyDataset, collate, modality_keep, split_groups
+    from .losses import DiagnosisLoss
+    from .network import DiagnosisNetwork
+
+    rt = setup_runtime(device)
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if rt.main:
+        if ckpt_path.exists() and not resume and not overwrite:
+            raise OutputError("holds a previous run; use --resume to continue it or --overwrite "
+                              "to start again", run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("BINDSLib").addHandler(handler)
+        logging.getLogger("BINDSLib").setLevel(min(logging.getLogger("BINDSLib").getEffectiveLevel(), logging.INFO))
+        atomic_write_json(run_dir / "config.json", {"model": settings.model.to_json(),
+                                                    "document": settings.document})
+    cfg = settings.model
+    seed = settings.seed
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+    t0 = time.perf_counter()
+    samples = load_samples(settings.data, cfg, settings.base_dir, settings.data_workers)
+    train_idx, val_idx = split_groups(samples, settings.validation_fraction, seed)
+    train_samples = [samples[i] for i in train_idx]
+    val_samples = [samples[i] for i in val_idx]
+    log.info("prepared %d studies in %.0f s: %d training, %d validation", len(samples),
+             time.perf_counter() - t0, len(train_samples), len(val_samples))
+    if not train_samples:
+        raise InputError("no training studies left after the validation split")
+
+    net = DiagnosisNetwork(cfg).to(rt.device)
+    cuda = rt.device.type == "cuda"
+    if settings.channels_last:
+        net.use_channels_last(two_d=cuda, three_d=True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.phases[0].lr, weight_decay=settings.weight_decay)
+    amp_ctx, amp_dtype = _autocast(rt.device, settings.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    start_epoch = 0
+    digest = settings_digest(settings)
+    if resume and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path)
+        if state.get("settings_sha256") != digest:
+            log.warning("the config changed since the checkpoint was written; resuming anyway")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["epoch"])
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    elif resume:
+        log.warning("no checkpoint in %s; starting from scratch", run_dir)
+    model = net
+    if rt.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[rt.device.index] if cuda else None, find_unused_parameters=True)
+    loss_fn = DiagnosisLoss(settings.loss_weights, settings.alignment,
+                            settings.alignment_temperature, settings.pos_weight)
+    train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg)
+    sampler = None
+    if rt.distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=seed)
+    metrics_path = run_dir / "metrics.csv"
+    if rt.main:
+        _trim_metrics(metrics_path, start_epoch)
+    tb = _tensorboard(run_dir) if rt.main else None
+    y_val = np.array([s.malignant for s in val_samples])
+
+    for epoch in range(start_epoch, settings.epochs):
+        phase, k = settings.phase_of(epoch)
+        torch.manual_seed(_seed(seed, "epoch", epoch))
+        train_ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=sampler is None,
+                            sampler=sampler, num_workers=settings.num_workers,
+                            collate_fn=functools.partial(collate, wsi_dim=cfg.wsi_dim),
+                            generator=torch.Generator().manual_seed(_seed(seed, "shuffle", epoch)),
+                            drop_last=len(train_ds) > settings.batch_size, pin_memory=cuda)
+        rng = np.random.default_rng(_seed(seed, "dropout", epoch, rt.rank))
+        model.train()
+        sums: dict[str, float] = {}
+        steps = len(loader)
+        bar = _Progress(steps, f"epoch {epoch + 1}/{settings.epochs} ({phase.name})", rt.main)
+        te = time.perf_counter()
+        lr = phase.lr
+        for step, batch in enumerate(loader):
+            lr = _lr_at(settings, phase, k + step / max(1, steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = {key: v.to(rt.device, non_blocking=True) for key, v in batch.items()}
+            bsz = int(batch["malignant"].shape[0])
+            keep = None
+            if phase.fusion and settings.modality_dropout > 0:
+                keep = {m: v.to(rt.device) for m, v in modality_keep(batch, settings.modality_dropout, rng).items()}
+            cfp = torch.as_tensor(rng.random(bsz) < settings.crop_from_prediction, device=rt.device)
+            proto = net.pathology.prototype_malignant if net.pathology.has_prototype else None
+            with amp_ctx:
+                out = model(batch, keep=keep, crop_from_prediction=cfp)
+                total, parts = loss_fn(out, batch, fusion=phase.fusion, prototype=proto)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if settings.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            has = batch["pathology_present"]
+            if bool(has.any()):
+                net.pathology.update_prototypes(out["pathology_embedding"][has], batch["malignant"][has])
+            parts["loss"] = float(total.detach())
+            for key, v in parts.items():
+                sums[key] = sums.get(key, 0.0) + v
+            bar.update(parts["loss"])
+        bar.close()
+        row = {"epoch": epoch + 1, "phase": phase.name, "lr": lr}
+        row.update({("train_loss" if key == "loss" else f"train_{key}"): v / max(1, steps) for key, v in sums.items()})
+        if rt.main:
+            if val_samples:
+                row.update(_validate(net, val_samples, y_val, loss_fn, rt.device, settings, phase))
+            row["seconds"] = round(time.perf_counter() - te, 1)
+            _save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                         "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                                         "settings_sha256": digest})
+            _append_metrics(metrics_path, row)
+            if tb is not None:
+                for key, v in row.items():
+                    if isinstance(v, float) and math.isfinite(v):
+                        tb.add_scalar(key, v, epoch + 1)
+            log.info("epoch %d/%d (%s): loss %.4f, val AUC %s, %.0f s", epoch + 1, settings.epochs,
+                     phase.name, row.get("train_loss", math.nan),
+                     f"{row['val_auc']:.3f}" if "val_auc" in row else "n/a", row["seconds"])
+        if rt.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    result = {}
+    if rt.main:
+        result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
+                         overwrite, reproduce, len(train_samples))
+        if tb is not None:
+            tb.close()
+    if rt.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict:
+    import torch
+
+    from .data import StudyDataset, collate
+
+    pred = predict_samples(net, val_samples, device, settings.batch_size)
+    ds = StudyDataset(val_samples, augment=False)
+    total, n = 0.0, 0
+    net.eval()
+    with torch.inference_mode():
+        for start in range(0, len(ds), settings.batch_size):
+            items = [ds[i] for i in range(start, min(len(ds), start + settings.batch_size))]
+            batch = {k: v.to(device) for k, v in collate(items, settings.model.wsi_dim).items()}
+            out = net(batch)
+            t, _ = loss_fn(out, batch, fusion=phase.fusion)
+            total += float(t) * len(items)
+            n += len(items)
+    net.train()
+    row = {"val_loss": total / max(1, n), "val_auc": _auc_of(pred["logit"], y_val)}
+    for m in MODALITIES:
+        row[f"val_auc_{m}"] = _auc_of(pred["aux"][m], y_val)
+    return row
+
+
+def _trim_metrics(path: Path, start_epoch: int) -> None:
+    """Keep the rows of epochs before ``start_epoch`` (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= start_epoch]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
+            bundle_path, overwrite: bool, reproduce: str, n_train: int) -> dict:
+    """Calibrate on the validation split, measure, and write the bundle."""
+    from ..bundle import save_bundle
+    from .calibration import fit_temperature, operating_points
+    from .metrics import bootstrap_ci, ece, finite_json, macro_auc
+
+    metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
+    temperature, ops = 1.0, operating_points([], [])
+    if val_samples:
+        pred = predict_samples(net, val_samples, device, settings.batch_size, combinations=True)
+        ok = np.isfinite(y_val) & np.isfinite(pred["logit"])
+        z, y = pred["logit"][ok], y_val[ok].astype(int)
+        temperature = fit_temperature(z, y)
+        p = 1 / (1 + np.exp(-z / temperature))
+        ops = operating_points(p, y, settings.target_sensitivity)
+        auc_v = _auc_of(z, y)
+        metrics.update({
+            "validation_auc": auc_v,
+            "validation_auc_ci95": list(bootstrap_ci(_auc_of, z, y, n=500, seed=settings.seed, stratify=y)),
+            "validation_ece": ece(p, y),
+            "validation_auc_by_combination": {k: _auc_of(v, y_val) for k, v in pred["combinations"].items()},
+            "validation_auc_by_modality_head": {m: _auc_of(pred["aux"][m], y_val) for m in MODALITIES},
+        })
+        st = np.array([s.subtype for s in val_samples])
+        sel = st >= 0
+        if sel.sum() >= 2:
+            metrics["validation_subtype_macro_auc"] = macro_auc(pred["subtype"][sel], st[sel], len(SUBTYPES))
+    metrics = finite_json(metrics)
+    binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples))
+    name = settings.bundle.get("name", "binds-diagnosis")
+    path = Path(bundle_path) if bundle_path else run_dir / "bundle"
+    save_bundle(path, net.state_dict(), binds, name=name,
+                version=str(settings.bundle.get("version", "0.1.0")),
+                description=settings.bundle.get("description",
+                                                "BINDS multimodal breast lesion diagnosis (MG, US, MRI)."),
+                task="Breast lesion malignancy and molecular subtype from MG, US and MRI",
+                reproduce=reproduce, metrics=metrics, overwrite=overwrite or bool(bundle_path is None))
+    log.info("bundle written to %s (validation AUC %s)", path, metrics.get("validation_auc"))
+    atomic_write_json(run_dir / "final_metrics.json", metrics)
+    return {"bundle": str(path), **metrics}
+
+
+def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
+                    n_validation: int) -> dict:
+    """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md)."""
+    from .inference import BUNDLE_KIND
+
+    cfg = settings.model
+    synthetic = any("synthetic" in d for d in settings.data)
+    return {
+        "kind": BUNDLE_KIND,
+        "model_config": cfg.to_json(),
+        "modalities": list(MODALITIES),
+        "roles": {
+            "MG": {"max_images": cfg.mg_max_views, "views": ["CC", "MLO", "other"],
+                   "laterality": ["L", "R"], "orientation": "chest wall at the left (right breasts mirrored)"},
+            "US": {"max_images": cfg.us_max_images, "frame": "role.frame, else the central frame"},
+            "MR": {"channels": list(MR_CHANNELS), "reference_grid": "DCE1, else T1_PRE, else first"},
+        },
+        "input_sizes": {"MG": [1, *cfg.mg_size], "US": [1, *cfg.us_size], "MR": list(cfg.mr_size),
+                        "crops": {"MG": list(cfg.mg_crop), "US": list(cfg.us_crop), "MR": list(cfg.mr_crop)}},
+        "classes": {"malignancy": ["not_malignant", "malignant"], "subtype": list(SUBTYPES)},
+        "outputs": {"malignancy_probability": "calibrated (temperature)",
+                    "saliency": "max(0, cosine) of projected features with the malignant pathology prototype",
+                    "lesion_probability": "per image, on the image grid"},
+        "calibration": {"method": "temperature", "temperature": float(temperature),
+                        "fitted_on": "validation split", "n": int(n_validation)},
+        "operating_point": ops["default"],
+        "operating_points": ops,
+        "uncertainty_band": list(settings.uncertainty_band),
+        "training_data": {"sources": list(settings.data), "synthetic": synthetic,
+                          "n_train": int(n_train), "n_validation": int(n_validation),
+                          "validation_fraction": settings.validation_fraction, "seed": settings.seed},
+        "training": {"phases": [dataclasses.asdict(p) for p in settings.phases],
+                     "alignment": settings.alignment, "loss_weights": dataclasses.asdict(settings.loss_weights),
+                     "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size},
+        "intended_use": "research; not for clinical use",
+        "version": str(settings.bundle.get("version", "0.1.0")),
+    }

@@ -1,0 +1,138 @@
+"""`binds evaluate`: metrics from predictions, and the command on study folders, BUSI and
+mini-MIAS (the last two skip when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from BINDSLib.bundle import save_bundle
+from BINDSLib.cli import main
+from BINDSLib.model.evaluation import biopsy_analysis, compute_metrics
+from BINDSLib.model.network import DiagnosisNetwork
+from BINDSLib.studyfolder import write_study_folder
+from test_model_cases import make_case, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    net = DiagnosisNetwork(tiny_config())
+    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
+    binds = {"kind": "diagnosis", "model_config": net.config.to_json(),
+             "operating_point": {"threshold": 0.5}, "calibration": {"temperature": 1.0}}
+    return save_bundle(tmp_path_factory.mktemp("b") / "tiny", net.state_dict(), binds, name="tiny",
+                       version="0", description="test", task="test")
+
+
+def _row(i, diagnosis, p, subtype=""):
+    return {"study_id": f"s{i}", "diagnosis": diagnosis,
+            "malignant": {"malignant": 1.0, "benign": 0.0, "normal": 0.0}[diagnosis],
+            "subtype": subtype, "malignancy_probability": p, "lesion_score": p,
+            **{f"p_{s}": (0.7 if s == (subtype or "luminal_a") else 0.1)
+               for s in ("luminal_a", "luminal_b", "her2_enriched", "triple_negative")}}
+
+
+def test_compute_metrics_known_values():
+    rows = [_row(0, "benign", 0.1), _row(1, "benign", 0.6), _row(2, "malignant", 0.4, "luminal_a"),
+            _row(3, "malignant", 0.9, "triple_negative"), _row(4, "normal", 0.05),
+            _row(5, "normal", 0.2)]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=50)
+    assert m["n"] == 6 and m["n_malignant"] == 2 and m["n_benign"] == 2 and m["n_normal"] == 2
+    assert m["auc"] == pytest.approx(0.75)  # malignant vs benign only
+    # abnormal (4) vs normal (2): every abnormal case scores above both normals except 0.1 < 0.2
+    assert m["auc_abnormal"] == pytest.approx(7 / 8)
+    assert m["sensitivity"] == 0.5 and m["specificity"] == pytest.approx(3 / 4)
+    assert m["subtype_macro_auc"] == pytest.approx(1.0)
+    assert len(m["auc_ci95"]) == 2
+    json.dumps(m, allow_nan=False)
+
+
+def test_biopsy_analysis_spares_benign_at_full_sensitivity():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200), np.ones(100)].astype(int)
+    s = np.where(y == 1, rng.uniform(0.5, 1.0, 300), rng.uniform(0.0, 0.7, 300))
+    r = biopsy_analysis(s, y, target=0.98, n_bootstrap=100)
+    # malignant never below 0.5, benign uniform on [0, 0.7]: about 5/7 of benign are spared
+    assert r["spared_fraction"] == pytest.approx(5 / 7, abs=0.12)
+    assert r["spared_fraction_ci95"][0] <= r["spared_fraction"] <= r["spared_fraction_ci95"][1]
+    assert r["n_calibration"] + r["n_test"] == 300
+    assert "note" in biopsy_analysis(s[:3], y[:3])
+
+
+def test_evaluate_study_folders(tmp_path, tiny_bundle):
+    data = tmp_path / "data"
+    for i, (mal, mods) in enumerate([(True, ("MG", "US")), (False, ("US",)), (True, ("US", "MR")),
+                                     (False, ("MG", "US", "MR")), (None, ("MG",)), (True, ("MG",))]):
+        write_study_folder(make_case(i, mal, mods), data / f"case{i}")
+    out = tmp_path / "out"
+    args = ["evaluate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out),
+            "--combinations", "--bootstrap", "20"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 6 and m["layout"] == "study-folders" and m["schema"] == "binds.diagnosis_evaluation"
+    for key in ("auc", "auc_ci95", "sensitivity", "specificity", "threshold", "ece",
+                "lesion_dice", "pointing_game", "biopsy_reduction", "auc_by_combination", "auc_abnormal"):
+        assert key in m, key
+    assert m["auc_by_combination"]["US"]["n"] == 4 and m["auc_by_combination"]["MG+US+MR"]["n"] == 1
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 6 and {"study_id", "malignancy_probability", "p_luminal_a"} <= set(rows[0])
+    for png in ("roc.png", "reliability.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert main(args) == 5  # exists: --overwrite needed
+
+
+def _subset(src, dst, csv_name, keep, extra_csv=None):
+    dst.mkdir()
+    with open(src / csv_name, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if keep(r)]
+        fields = reader.fieldnames
+    with open(dst / csv_name, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        for col in ("image", "mask"):
+            if r.get(col):
+                (dst / r[col]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src / r[col], dst / r[col])
+    if extra_csv:
+        shutil.copy(src / extra_csv, dst / extra_csv)
+    return rows
+
+
+def test_evaluate_busi_layout(tmp_path, shared_data, tiny_bundle):
+    counts = {"benign": 0, "malignant": 0, "normal": 0}
+
+    def keep(r):
+        counts[r["label"]] += 1
+        return counts[r["label"]] <= 4
+    _subset(shared_data / "busi", tmp_path / "busi", "manifest.csv", keep)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(tiny_bundle), "--data", str(tmp_path / "busi"),
+                 "--out", str(out), "--bootstrap", "20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["layout"] == "busi" and m["n"] == 12 and m["n_normal"] == 4
+    assert m["auc"] is not None and m["n_lesion_dice"] == 8 and m["n_pointing_game"] == 8
+
+
+def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
+    counts = {"benign": 0, "malignant": 0, "normal": 0}
+
+    def keep(r):
+        counts[r["label"]] += 1
+        return counts[r["label"]] <= 3
+    _subset(shared_data / "mini-mias", tmp_path / "mias", "images.csv", keep, extra_csv="findings.csv")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(tiny_bundle), "--data", str(tmp_path / "mias"),
+                 "--out", str(out), "--bootstrap", "20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["layout"] == "mini-mias" and m["n"] == 9
+    assert m["auc_abnormal"] is not None and m["auc"] is not None
+    assert m["n_pointing_game"] >= 1  # finding circles count as the lesion

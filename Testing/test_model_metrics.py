@@ -1,0 +1,104 @@
+"""Metrics, calibration, operating points and plots of the diagnosis model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from BINDSLib.model.calibration import fit_temperature, operating_points
+from BINDSLib.model.metrics import (
+    auc, biopsy_reduction, bootstrap_ci, dice, ece, finite_json, macro_auc, pointing_hit,
+    reliability_bins, roc_points, sensitivity_specificity, threshold_for_sensitivity,
+    youden_threshold,
+)
+from BINDSLib.model.plots import reliability_png, roc_png
+
+
+def test_auc_and_roc():
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    y = np.array([0, 0, 1, 1])
+    assert auc(s, y) == pytest.approx(0.75)
+    assert math.isnan(auc(s, np.ones(4)))
+    fpr, tpr, thr = roc_points(s, y)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    # trapezoid area of the points equals the AUC
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    assert macro_auc(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 0]), 3) == pytest.approx(1.0)
+
+
+def test_thresholds_and_sensitivity():
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    y = np.array([0, 0, 1, 0, 1, 1])
+    t = threshold_for_sensitivity(s, y, 1.0)
+    assert t == pytest.approx(0.3)
+    assert sensitivity_specificity(s, y, t) == (1.0, pytest.approx(2 / 3))
+    assert threshold_for_sensitivity(s, y, 0.6) == pytest.approx(0.7)
+    assert youden_threshold(s, y) in (0.3, 0.7)
+
+
+def test_ece_and_bins():
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    y = np.array([0, 0, 1, 1])
+    assert ece(p, y) == pytest.approx(0.1)
+    assert ece(np.full(4, 0.5), np.array([0, 1, 0, 1])) == pytest.approx(0.0)
+    bins = reliability_bins(p, y)
+    assert sum(b["n"] for b in bins) == 4 and bins[9]["positive_rate"] == 1.0
+
+
+def test_temperature_recovers_the_true_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z / 2.5))).astype(int)
+    assert fit_temperature(z, y) == pytest.approx(2.5, rel=0.1)
+    assert fit_temperature(z, np.zeros(4000)) == 1.0
+    ops = operating_points(1 / (1 + np.exp(-z / 2.5)), y, 0.98)
+    assert ops["high_sensitivity"]["sensitivity"] >= 0.98
+    assert ops["default"]["criterion"] == "youden"
+
+
+def test_biopsy_reduction_known_case():
+    cal_s = np.array([0.1, 0.2, 0.5, 0.6, 0.9])
+    cal_y = np.array([0, 0, 1, 0, 1])
+    test_s = np.array([0.05, 0.3, 0.45, 0.55, 0.95])
+    test_y = np.array([0, 0, 0, 1, 1])
+    r = biopsy_reduction(cal_s, cal_y, test_s, test_y, target=1.0)
+    assert r["threshold"] == pytest.approx(0.5)
+    assert r["spared_fraction"] == pytest.approx(1.0) and r["test_sensitivity"] == 1.0
+
+
+def test_bootstrap_ci_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(100), np.ones(100)].astype(int)
+    s = y + rng.normal(0, 1, 200)
+    lo, hi = bootstrap_ci(auc, s, y, n=200, seed=0, stratify=y)
+    assert lo < auc(s, y) < hi and hi - lo < 0.2
+
+
+def test_dice_pointing_and_json():
+    a = np.zeros((1, 4, 4), np.uint8)
+    a[0, :2, :2] = 1
+    b = np.zeros_like(a)
+    b[0, :2, :1] = 1
+    assert dice(a, b) == pytest.approx(2 * 2 / (4 + 2))
+    sal = np.zeros((1, 4, 4))
+    sal[0, 1, 1] = 1
+    assert pointing_hit(sal, a) and not pointing_hit(sal, b)
+    assert finite_json({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)]}) == {"a": None, "b": [1.5, 2]}
+
+
+@pytest.mark.parametrize("use_matplotlib", [False, True])
+def test_plots_are_png(tmp_path, use_matplotlib):
+    import SimpleITK as sitk
+
+    if use_matplotlib:
+        pytest.importorskip("matplotlib")
+    roc = roc_png(tmp_path / "roc.png", {"a": (np.array([0, 0.5, 1]), np.array([0, 0.8, 1]))},
+                  use_matplotlib=use_matplotlib)
+    rel = reliability_png(tmp_path / "rel.png", reliability_bins(np.array([0.1, 0.8]), np.array([0, 1])),
+                          use_matplotlib=use_matplotlib)
+    for p in (roc, rel):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = sitk.ReadImage(str(p))
+        assert img.GetNumberOfComponentsPerPixel() in (3, 4) and img.GetSize()[0] >= 300

@@ -1,0 +1,157 @@
+"""The network: modality masking, lesion crops, fusion, and the inference API end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from BINDSLib.model.config import COMBINATIONS, SUBTYPES
+from BINDSLib.model.crops import crop, lesion_boxes
+from BINDSLib.model.data import collate, inputs_item
+from BINDSLib.model.inference import DiagnosisModel
+from BINDSLib.model.network import DiagnosisNetwork
+from BINDSLib.model.preprocess import prepare_study
+from test_model_cases import make_case, tiny_config
+
+
+@pytest.fixture(scope="module")
+def model() -> DiagnosisModel:
+    torch.manual_seed(0)
+    net = DiagnosisNetwork(tiny_config())
+    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
+    net.pathology.prototype_counts[0] = 1
+    return DiagnosisModel(net, {"operating_point": {"threshold": 0.4}}, device="cpu")
+
+
+def _batch(study, cfg, **kw):
+    return collate([inputs_item(prepare_study(study, cfg, **kw))])
+
+
+def test_absent_modality_input_changes_nothing(model):
+    """Changing (even NaN-filling) the inputs of an absent/dropped modality leaves every
+    output unchanged: it is masked out, not zero-filled."""
+    net, cfg = model.network, model.config
+    study = make_case(3, True)
+    full = _batch(study, cfg)
+    with torch.inference_mode():
+        base = net.fuse(net.encode(full), full, keep={"US": torch.tensor([False])})
+        # the US input replaced by garbage, US still dropped from the fusion
+        changed = {k: v.clone() for k, v in full.items()}
+        changed["US_images"].normal_()
+        changed["US_images"][0, 0, 0, 0, 0] = float("nan")
+        out = net.fuse(net.encode(changed), changed, keep={"US": torch.tensor([False])})
+        # the same as a study that has no US at all
+        no_us = _batch(study, cfg, modalities=("MG", "MR"))
+        ref = net.fuse(net.encode(no_us), no_us)
+    for k in ("malignancy_logit", "subtype_logits"):
+        assert torch.equal(base[k], out[k])
+        assert torch.allclose(base[k], ref[k], atol=1e-6)
+
+
+def test_absent_slot_is_masked_within_a_batch(model):
+    """A study's result does not depend on the other studies or padded slots of the batch."""
+    net, cfg = model.network, model.config
+    a, b = make_case(1, True, ("MG", "US")), make_case(2, False, ("US",))
+    batch = collate([inputs_item(prepare_study(s, cfg)) for s in (a, b)])
+    single = _batch(b, cfg)
+    with torch.inference_mode():
+        both = net(batch)
+        alone = net(single)
+    assert torch.allclose(both["malignancy_logit"][1], alone["malignancy_logit"][0], atol=1e-5)
+
+
+def test_every_combination_gives_a_prediction(model):
+    study = make_case(4, True)
+    pred = model.predict(study, combinations=True)
+    assert set(pred.combination_probabilities) == {"+".join(c) for c in COMBINATIONS}
+    for combo in COMBINATIONS:
+        p = model.predict(study, modalities=combo, saliency="none")
+        assert p.modalities == combo
+        assert 0.0 <= p.malignancy_probability <= 1.0
+        # the masked-fusion shortcut equals a prediction restricted to the combination
+        assert p.malignancy_probability == pytest.approx(pred.combination_probabilities["+".join(combo)], abs=1e-5)
+    assert sum(pred.subtype_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(pred.subtype_probabilities) == list(SUBTYPES)
+    assert sum(pred.contributions.values()) == pytest.approx(1.0)
+    assert set(pred.contributions) == {"MG", "US", "MR"}
+    # contributions are leave-one-out: the delta of MG is p(all) - p(US+MR)
+    assert pred.contribution_deltas["MG"] == pytest.approx(
+        pred.malignancy_probability - pred.combination_probabilities["US+MR"], abs=1e-5)
+
+
+def test_prediction_maps_lie_on_each_image_grid(model):
+    study = make_case(5, True, us_frames=3)
+    pred = model.predict(study)
+    assert set(pred.images) == {im.label for im in study.images}
+    for im in study.images:
+        out = pred.images[im.label]
+        assert out.lesion_probability.shape == im.shape
+        assert out.saliency.shape == im.shape
+        assert out.lesion_mask.shape == im.shape and out.lesion_mask.dtype == np.uint8
+        assert out.geometry == im.geometry
+        assert out.lesion_mask_source == "predicted"
+        assert 0.0 <= out.saliency.min() and out.saliency.max() <= 1.0
+    assert set(pred.timings_s) >= {"preprocess", "encoders", "fusion", "saliency", "total"}
+    doc = pred.to_json()
+    assert doc["schema"] == "binds.diagnosis_prediction" and doc["threshold"] == 0.4
+
+
+def test_user_lesion_mask_replaces_the_prediction(model):
+    study = make_case(6, True, ("US", "MR"))
+    us = study.image("US_L")
+    user = np.zeros(us.shape, np.uint8)
+    user[0, 5:15, 40:55] = 1  # deliberately not where the lesion is
+    pred = model.predict(study, lesion_masks={"US_L": user, "MR_T2": study.image("MR_T2").lesion_mask})
+    assert np.array_equal(pred.images["US_L"].lesion_mask, user)
+    assert pred.images["US_L"].lesion_mask_source == "user"
+    # the MR mask given on T2 is used for the whole MR input and comes back on every sequence
+    assert pred.images["MR_T2"].lesion_mask_source == "user"
+    dce1 = pred.images["MR_DCE1"]
+    assert dce1.lesion_mask_source == "user"
+    ref = study.image("MR_DCE1").lesion_mask
+    inter = (dce1.lesion_mask & ref).sum()
+    assert 2 * inter / (dce1.lesion_mask.sum() + ref.sum()) > 0.7
+    # the crop really follows the user's mask: a different mask changes the prediction
+    other = np.zeros_like(user)
+    other[0, 30:45, 5:20] = 1
+    p2 = model.predict(study, lesion_masks={"US_L": other}, modalities=("US",))
+    p1 = model.predict(study, lesion_masks={"US_L": user}, modalities=("US",))
+    assert p1.malignancy_probability != p2.malignancy_probability
+
+
+def test_lesion_boxes_and_crop():
+    region = torch.zeros(1, 1, 40, 60)
+    region[0, 0, 10:20, 30:40] = 1.0  # rows 10-19, cols 30-39
+    centre, half = lesion_boxes(region, threshold=0.5, margin=0.0, min_fraction=0.0)
+    # x = cols: centre at col 34.5 -> normalised 2 * 35 / 60 - 1
+    assert centre[0, 0].item() == pytest.approx(2 * 35 / 60 - 1)
+    assert centre[0, 1].item() == pytest.approx(2 * 15 / 40 - 1)
+    assert half[0, 0].item() == pytest.approx(10 / 60) and half[0, 1].item() == pytest.approx(10 / 40)
+    image = torch.zeros(1, 1, 40, 60)
+    image[0, 0, 10:20, 30:40] = torch.arange(10.0)[None, :]  # a ramp across the box's columns
+    out = crop(image, centre, half, (10, 10))
+    assert torch.allclose(out[0, 0], image[0, 0, 10:20, 30:40], atol=1e-5)
+    # an empty map: a box around its maximum, of the minimum size
+    empty = torch.zeros(1, 1, 40, 60)
+    empty[0, 0, 5, 7] = 0.1
+    c2, h2 = lesion_boxes(empty, min_fraction=0.25)
+    assert c2[0, 0].item() == pytest.approx(2 * 7.5 / 60 - 1)
+    assert h2[0, 0].item() == pytest.approx(h2[0, 1].item() * 40 / 60)  # square in pixels
+
+
+def test_lesion_boxes_3d():
+    region = torch.zeros(2, 1, 8, 16, 16)
+    region[0, 0, 2:4, 4:8, 4:8] = 1
+    centre, half = lesion_boxes(region, margin=0.0, min_fraction=0.0)
+    assert centre.shape == (2, 3)
+    assert centre[0, 2].item() == pytest.approx(2 * 3 / 8 - 1)  # z: slices 2-3
+
+
+def test_channels_last_gives_the_same_prediction(model):
+    study = make_case(7, True)
+    before = model.predict(study, saliency="none").malignancy_probability
+    net = DiagnosisNetwork(model.config)
+    net.load_state_dict(model.network.state_dict())
+    after = DiagnosisModel(net.use_channels_last(), device="cpu").predict(study, saliency="none")
+    assert after.malignancy_probability == pytest.approx(before, abs=1e-5)

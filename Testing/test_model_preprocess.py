@@ -1,0 +1,154 @@
+"""Preprocessing: model grids, exact mapping back to each image's grid, MG orientation, MR
+stacking in physical space, intensity normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from BINDSLib.errors import InputError
+from BINDSLib.model.config import MR_CHANNELS
+from BINDSLib.model.preprocess import (
+    SourceImage, chest_wall_on_right, normalise_intensity, plane_grid, prepare_study,
+    to_image_grid, to_model_grid, volume_grid,
+)
+from BINDSLib.study import Geometry
+from test_model_cases import OBLIQUE, ball, make_case, tiny_config
+
+
+def _centroid_lps(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    idx = np.argwhere(mask > 0.5).mean(0)  # (slice, row, col)
+    return geometry.index_to_lps(idx[::-1])
+
+
+def test_plane_grid_keeps_physical_positions_for_oblique_geometry():
+    shape = (1, 48, 64)
+    blob = ball(shape, (0, 13, 41), 2.0, OBLIQUE.spacing_mm)
+    src = SourceImage("US", shape, OBLIQUE)
+    grid = plane_grid(shape, OBLIQUE, (96, 96))
+    on_model = to_model_grid(blob.astype(np.float32), src, grid)
+    # the blob's physical centre is the same on the model grid (tolerance << one image voxel)
+    err = np.linalg.norm(_centroid_lps(on_model, grid.geometry) - _centroid_lps(blob, OBLIQUE))
+    assert err < 0.1
+    # isotropic in-plane, aspect kept, same orientation
+    sx, sy, _ = grid.geometry.spacing_mm
+    assert sx == pytest.approx(sy)
+    assert np.allclose(grid.geometry.direction_matrix, OBLIQUE.direction_matrix)
+
+
+def test_map_back_is_exact_on_the_original_grid():
+    shape = (1, 48, 64)
+    blob = ball(shape, (0, 20, 30), 4.0, OBLIQUE.spacing_mm)
+    src = SourceImage("US", shape, OBLIQUE)
+    grid = plane_grid(shape, OBLIQUE, (128, 128))
+    back = to_image_grid(to_model_grid(blob.astype(np.float32), src, grid), grid, src) >= 0.5
+    assert back.shape == shape
+    # voxel-exact apart from the boundary; a one-voxel shift would break both checks
+    assert (back != blob.astype(bool)).sum() <= 0.1 * blob.sum()
+    assert np.abs(np.argwhere(back).mean(0) - np.argwhere(blob).mean(0)).max() < 0.25
+
+
+def test_known_point_lands_on_the_right_voxel():
+    shape = (1, 30, 40)
+    geom = Geometry((0.8, 0.5, 1.0), (5.0, -3.0, 2.0), (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    grid = plane_grid(shape, geom, (60, 60))
+    model = np.zeros(grid.shape, np.float32)
+    target = np.array([23, 11])  # (col, row) in the image
+    # a peak on the model grid exactly at the image voxel's physical position
+    lps = geom.index_to_lps((target[0], target[1], 0))
+    ijk = np.linalg.solve(grid.geometry.direction_matrix * np.array(grid.geometry.spacing_mm),
+                          lps - np.array(grid.geometry.origin_mm))
+    rr, cc = np.mgrid[:grid.shape[1], :grid.shape[2]]
+    model[0] = np.exp(-((cc - ijk[0]) ** 2 + (rr - ijk[1]) ** 2) / 2.0)
+    back = to_image_grid(model, grid, SourceImage("x", shape, geom))
+    assert tuple(np.unravel_index(np.argmax(back), shape)) == (0, target[1], target[0])
+
+
+def test_right_mammogram_is_mirrored_and_mapped_back():
+    study = make_case(0, True, ("MG",))
+    prep = prepare_study(study, tiny_config(), use_reference_masks=True)
+    mg = prep.inputs["MG"]
+    assert [s[0].label for s in mg.sources] == ["MG_L_CC", "MG_L_MLO", "MG_R_CC", "MG_R_MLO"]
+    for k in range(4):
+        img = mg.images[k, 0]
+        cols = img.shape[1]
+        # chest wall (the bright band) ends up at the left for both breasts
+        assert img[:, : cols // 4].mean() > img[:, -cols // 4:].mean()
+    r_cc = mg.grids[2]
+    assert r_cc.geometry.direction_matrix[0, 0] == pytest.approx(-1.0)  # column axis reversed
+    src = mg.sources[0][0]
+    mask = study.image("MG_L_CC").lesion_mask
+    back = to_image_grid(mg.masks[0, 0].astype(np.float32), mg.grids[0], src) >= 0.5
+    assert (back != mask.astype(bool)).sum() <= 0.15 * mask.sum()
+
+
+def test_chest_wall_rule():
+    plane = np.zeros((20, 30))
+    plane[:, :8] = 1.0
+    assert chest_wall_on_right(plane, "L") is False
+    assert chest_wall_on_right(plane, "R") is False  # stored mirrored already: keep
+    assert chest_wall_on_right(plane[:, ::-1], "R") is True
+
+
+def test_mr_sequences_on_other_grids_meet_on_the_reference_grid():
+    study = make_case(0, True, ("MR",))
+    prep = prepare_study(study, tiny_config(), use_reference_masks=True)
+    mr = prep.inputs["MR"]
+    assert mr.images.shape == (1, len(MR_CHANNELS), 8, 32, 32)
+    assert mr.channels.all()
+    grid = mr.grids[0]
+    # the reference is DCE1; its grid covers the DCE1 volume
+    dce1 = study.image("MR_DCE1")
+    assert np.allclose(grid.geometry.direction_matrix, dce1.geometry.direction_matrix)
+    # the lesion (bright in every channel) peaks at the same model voxel in T2 (coarser grid,
+    # other origin) as in DCE1 - physical-space resampling
+    t2 = MR_CHANNELS.index("T2")
+    d1 = MR_CHANNELS.index("DCE1")
+    c_t2 = np.argwhere(mr.images[0, t2] > 0.8 * mr.images[0, t2].max()).mean(0)
+    c_d1 = np.argwhere(mr.images[0, d1] > 0.8 * mr.images[0, d1].max()).mean(0)
+    assert np.abs(c_t2 - c_d1).max() < 1.0
+    # and maps come back onto every sequence's own grid
+    back = to_image_grid(mr.masks[0, 0].astype(np.float32), grid, next(s for s in mr.sources[0] if s.label == "MR_T2"))
+    assert back.shape == study.image("MR_T2").shape
+    ref_c = np.argwhere(study.image("MR_T2").lesion_mask).mean(0)
+    assert np.abs(np.argwhere(back >= 0.5).mean(0) - ref_c).max() < 0.75
+
+
+def test_volume_grid_stretches_slices_keeps_in_plane_aspect():
+    g = Geometry((2.0, 1.0, 4.0))
+    grid = volume_grid((10, 40, 30), g, (5, 32, 32))
+    sx, sy, sz = grid.geometry.spacing_mm
+    assert sx == pytest.approx(sy) and sz == pytest.approx(8.0)
+
+
+def test_multiframe_ultrasound_uses_one_frame_and_maps_back_to_it():
+    study = make_case(0, True, ("US",), us_frames=3)
+    prep = prepare_study(study, tiny_config())
+    us = prep.inputs["US"]
+    src = us.sources[0][0]
+    assert src.frame == 1
+    back = to_image_grid(np.ones(us.grids[0].shape, np.float32), us.grids[0], src)
+    assert back.shape == (3, 48, 64)
+    assert back[0].max() == 0 and back[2].max() == 0 and back[1].mean() > 0.9
+
+
+def test_normalise_intensity_robust_percentiles():
+    x = np.linspace(0, 100, 10001, dtype=np.float32)
+    x[-1] = 1e9  # a single bright marker
+    y = normalise_intensity(x, (0.5, 99.5))
+    assert y.dtype == np.float32 and y.min() == 0.0 and y.max() == 1.0
+    assert y[5000] == pytest.approx(0.5, abs=0.01)
+    assert normalise_intensity(np.full((4, 4), 7.0), (0.5, 99.5)).max() == 0.0
+
+
+def test_modalities_selection_and_bad_masks():
+    study = make_case(0, True)
+    cfg = tiny_config()
+    prep = prepare_study(study, cfg, modalities=("US",))
+    assert prep.modalities == ("US",)
+    with pytest.raises(InputError, match="none of the requested"):
+        prepare_study(make_case(0, True, ("US",)), cfg, modalities=("MR",))
+    with pytest.raises(InputError, match="shape"):
+        prepare_study(study, cfg, lesion_masks={"US_L": np.zeros((5, 5))})
+    with pytest.raises(InputError, match="no image"):
+        prepare_study(study, cfg, lesion_masks={"US_R": np.zeros((48, 64))})

@@ -1,0 +1,122 @@
+"""Training: the loss falls in a few steps, `binds train` writes a run and a bundle, resume
+is exact, configs are validated."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from BINDSLib.cli import main
+from BINDSLib.errors import InputError
+from BINDSLib.model.data import StudyDataset, collate, make_sample
+from BINDSLib.model.inference import DiagnosisModel
+from BINDSLib.model.losses import DiagnosisLoss
+from BINDSLib.model.network import DiagnosisNetwork
+from BINDSLib.model.train import load_settings, parse_settings, train
+from BINDSLib.studyfolder import write_study_folder
+from test_model_cases import make_case, tiny_config
+
+
+def test_loss_falls_in_a_few_steps():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    samples = [make_sample(make_case(i, i % 2 == 0), cfg) for i in range(4)]
+    ds = StudyDataset(samples, augment=True, seed=0, config=cfg)
+    net = DiagnosisNetwork(cfg)
+    loss_fn = DiagnosisLoss()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for step in range(12):
+        ds.set_epoch(step)
+        batch = collate([ds[i] for i in range(4)])
+        out = net(batch)
+        total, _ = loss_fn(out, batch, fusion=True)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        net.pathology.update_prototypes(out["pathology_embedding"].detach(), batch["malignant"])
+        losses.append(float(total.detach()))
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+
+
+def _config(tmp_path, epochs=(1, 2), **train):
+    folders = tmp_path / "studies"
+    for i in range(6):
+        write_study_folder(make_case(i, (True, False, None)[i % 3], ("MG", "US") if i % 2 else ("US", "MR")),
+                           folders / f"case{i}")
+    doc = {"model": tiny_config().to_json(),
+           "data": [{"folders": "studies"}],
+           "train": {"seed": 3, "batch_size": 2, "validation_fraction": 0.34, "data_workers": 1,
+                     "phases": [{"name": "unimodal", "epochs": epochs[0], "lr": 0.003, "fusion": False},
+                                {"name": "multimodal", "epochs": epochs[1], "lr": 0.002, "fusion": True}],
+                     **train},
+           "bundle": {"name": "tiny-test", "version": "0.0.1"}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
+    cfg = _config(tmp_path, epochs=(1, 1))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["phase"] for r in rows] == ["unimodal", "multimodal"]
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "train.log").is_file()
+    model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
+    meta = model.metadata
+    assert meta["kind"] == "diagnosis" and meta["calibration"]["method"] == "temperature"
+    assert meta["training_data"]["n_validation"] == 2 and meta["training_data"]["n_train"] == 4
+    assert "threshold" in meta["operating_point"]
+    assert "binds train" in (run / "bundle" / "docs" / "README.md").read_text()
+    # a second run into the same folder needs --resume or --overwrite
+    assert main(["train", str(cfg), "--out", str(run)]) == 5
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    import BINDSLib.model.train as train_mod
+
+    settings = load_settings(_config(tmp_path, epochs=(1, 2)))
+    full = train(settings, tmp_path / "full")
+    # an interrupted run: killed after its second epoch was saved
+    calls = {"n": 0}
+    original = train_mod._append_metrics
+
+    def stop_after_two(path, row):
+        original(path, row)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_append_metrics", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "_append_metrics", original)
+    resumed = train(settings, tmp_path / "cut", resume=True)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert resumed["validation_auc"] == full["validation_auc"]
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_config_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": [{"synthetic": {"n": 2}}], "train": {"epochz": 3}}))
+    with pytest.raises(InputError, match="epochz"):
+        load_settings(bad)
+    with pytest.raises(ValueError, match="data"):
+        parse_settings({"model": {"preset": "demo"}})
+    with pytest.raises(ValueError, match="unknown model config"):
+        parse_settings({"model": {"colour": 1}, "data": [{"synthetic": {}}]})
+    s = parse_settings({"model": {"preset": "paper"}, "data": {"dataset": "x"}})
+    assert s.model.embed_dim == 512 and s.model.locator_2d.channels[-1] == 512
+    with pytest.raises(InputError, match="not found"):
+        load_settings(tmp_path / "missing.json")
