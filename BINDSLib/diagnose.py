@@ -118,22 +118,20 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
                          f"only {', '.join(m.value for m in present)}")
     stages: list[StageResult] = []
     preds = []
+
+    def run(n: int, message: str) -> None:
+        progress(n, 4, message)
+        mods = [m.value for m in _stage_modalities(study, n)]
+        pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods)
+        stages.append(StageResult(n, mods, float(pred.malignancy_probability),
+                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
+        preds.append(pred)
+
     if has_stage1:
-        progress(1, 4, "stage 1 (ultrasound / mammography)")
-        mods = _stage_modalities(study, 1)
-        pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
-        stages.append(StageResult(1, [m.value for m in mods], float(pred.malignancy_probability),
-                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
-        preds.append(pred)
-    need_stage2 = has_mr and (stage == "2" or not stages or
-                              (stage == "auto" and band[0] < stages[-1].malignancy_probability < band[1]))
-    if need_stage2:
-        progress(2, 4, "stage 2 (with MRI)")
-        mods = _stage_modalities(study, 2)
-        pred = model.predict(study, lesion_masks=lesion_masks, modalities=[m.value for m in mods])
-        stages.append(StageResult(2, [m.value for m in mods], float(pred.malignancy_probability),
-                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
-        preds.append(pred)
+        run(1, "stage 1 (ultrasound / mammography)")
+    if has_mr and (stage == "2" or not stages or
+                   (stage == "auto" and band[0] < stages[-1].malignancy_probability < band[1])):
+        run(2, "stage 2 (with MRI)")
     return stages, preds
 
 
