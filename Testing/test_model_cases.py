@@ -21,7 +21,7 @@ TINY_ENCODER_3D = EncoderConfig(layers=(1, 1, 1, 1), channels=(4, 8, 8, 16), ste
 def tiny_config(**overrides) -> DiagnosisConfig:
     """A network small enough for unit tests (a forward pass in milliseconds)."""
     kw = dict(preset="demo", mg_size=(64, 48), us_size=(48, 64), mr_size=(8, 32, 32),
-              mg_crop=(32, 32), us_crop=(32, 32), mr_crop=(8, 16, 16),
+              mg_crop=(32, 32), us_crop=(32, 32), mr_crop=(16, 32, 32),
               locator_2d=TINY_ENCODER_2D, locator_3d=TINY_ENCODER_3D,
               classifier_2d=TINY_ENCODER_2D, classifier_3d=TINY_ENCODER_3D,
               embed_dim=16, fusion_layers=1, fusion_heads=2, align_dim=8, pathology_hidden=16,

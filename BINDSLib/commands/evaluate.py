@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
     p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
+    p.add_argument("--given-masks", action="store_true",
+                   help="pass each study's reference lesion masks as user masks (lesions localised "
+                        "by a reader, as when drawn in Slicer) instead of the predicted lesions")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=run)
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     model = DiagnosisModel.from_bundle(args.model, device=device)
     metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
                        n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
-                       saliency=args.saliency, overwrite=args.overwrite, extra=source)
+                       saliency=args.saliency, overwrite=args.overwrite,
+                       given_masks=args.given_masks, extra=source)
     sys.stdout.write(summary(metrics) + f"results in {out}\n")
     return 0
 

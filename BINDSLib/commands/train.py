@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     run_dir = Path(args.out) if args.out else Path("out") / "train" / Path(args.config).stem
     device = None if args.device == "auto" else args.device
-    reproduce = "binds train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-        if len(sys.argv) > 2 and sys.argv[1] == "train" else f"binds train {shlex.quote(args.config)}"
+    argv = sys.argv[1:]
+    reproduce = ("binds " + " ".join(shlex.quote(a) for a in argv[argv.index("train"):])
+                 if "train" in argv else f"binds train {shlex.quote(args.config)}")
     result = train(settings, run_dir, resume=args.resume, device=device, bundle_path=args.bundle,
                    overwrite=args.overwrite, reproduce=reproduce)
     if result:  # rank 0

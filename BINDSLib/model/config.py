@@ -61,15 +61,18 @@ class EncoderConfig:
     channels : stage widths; the feature size of the encoder is ``channels[-1]``.
     stem_kernel : kernel size of the first convolution (stride 2).
     max_pool : max-pooling after the stem (total stride 32 instead of 16).
-    norm : ``"group"`` (GroupNorm with ``norm_groups`` groups; robust to the small and
-        modality-dependent numbers of images per batch) or ``"batch"``.
+    norm : ``"batch"`` (BatchNorm, as ResNet-18) or ``"group"`` (GroupNorm with
+        ``norm_groups`` groups: independent of the batch, but measured to train the lesion
+        locators several times slower). With BatchNorm a training batch needs more than one
+        value per channel at the last stage: >= 2 images of a modality, or a last feature map
+        larger than 1 voxel (crops of at least 32 pixels per axis, 2 slices).
     """
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
     channels: tuple[int, ...] = (8, 16, 32, 64)
     stem_kernel: int = 7
     max_pool: bool = False
-    norm: str = "group"
+    norm: str = "batch"
     norm_groups: int = 4
 
     def __post_init__(self):

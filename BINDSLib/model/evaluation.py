@@ -11,6 +11,8 @@ Writes to the output folder:
   exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
   whose saliency maximum lies in the lesion mask or finding circle); ``biopsy_reduction``;
   ``auc_by_combination`` with ``--combinations``.
+  With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
+  by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study.
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
@@ -60,16 +62,28 @@ def _lesion_reference(image) -> np.ndarray | None:
     return np.broadcast_to(m[None], image.shape) if m.any() else None
 
 
+def reference_masks(study: Study) -> dict[str, np.ndarray]:
+    """The study's own non-empty lesion masks by image label (to pass as ``lesion_masks``)."""
+    return {im.label: im.lesion_mask for im in study.images
+            if im.lesion_mask is not None and im.lesion_mask.any()}
+
+
 def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
-                    saliency: str = "alignment") -> tuple[list[dict], list[float], list[bool]]:
-    """Predict every study; returns ``(rows, dice values, pointing hits)``."""
+                    saliency: str = "alignment", given_masks: bool = False
+                    ) -> tuple[list[dict], list[float], list[bool]]:
+    """Predict every study; returns ``(rows, dice values, pointing hits)``.
+
+    ``given_masks``: the reference lesion masks are passed as user masks (the lesion is
+    localised by a reader, as when masks are drawn or edited in Slicer); no Dice then.
+    """
     rows, dices, hits = [], [], []
     from .metrics import dice, pointing_hit
 
     t0 = time.perf_counter()
     for n, study in enumerate(studies, 1):
         malignant, subtype = study_labels(study)
-        pred = model.predict(study, saliency=saliency, combinations=combinations)
+        masks = reference_masks(study) if given_masks else None
+        pred = model.predict(study, lesion_masks=masks, saliency=saliency, combinations=combinations)
         lesion_score = max(float(o.lesion_probability.max()) for o in pred.images.values())
         row = {"study_id": study.study_id,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
@@ -85,7 +99,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
             ref = _lesion_reference(study.image(label))
             if ref is None:
                 continue
-            if study.image(label).lesion_mask is not None:
+            if study.image(label).lesion_mask is not None and not given_masks:
                 dices.append(dice(out.lesion_mask, ref))
             if saliency != "none":
                 hits.append(pointing_hit(out.saliency, ref))
@@ -192,7 +206,7 @@ def write_predictions_csv(path: Path, rows: list[dict]) -> None:
 def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
              target_sensitivity: float = 0.98, n_bootstrap: int = 1000, seed: int = 0,
              combinations: bool = False, saliency: str = "alignment", overwrite: bool = False,
-             extra: dict | None = None) -> dict:
+             given_masks: bool = False, extra: dict | None = None) -> dict:
     """Evaluate ``model`` (a :class:`~.inference.DiagnosisModel`) on labelled ``studies``.
 
     Writes ``out_dir`` atomically (see module docstring) and returns the metrics.
@@ -201,7 +215,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     from .plots import reliability_png, roc_png
 
     t0 = time.perf_counter()
-    rows, dices, hits = predict_dataset(model, studies, combinations, saliency)
+    rows, dices, hits = predict_dataset(model, studies, combinations, saliency, given_masks)
     if not rows:
         from ..errors import InputError
 
@@ -209,6 +223,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     metrics = compute_metrics(rows, model.threshold, target_sensitivity, n_bootstrap, seed,
                               dices, hits, combinations)
     metrics["model"] = model.summary
+    metrics["lesion_masks"] = "reference masks given" if given_masks else "predicted"
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics.update(extra or {})
     p = np.array([r["malignancy_probability"] for r in rows])

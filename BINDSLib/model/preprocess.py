@@ -15,7 +15,9 @@ SimpleITK in physical space, so it overlays exactly in Slicer.
 * MRI: the sequences are resampled in physical space onto one reference grid (the DCE1 image,
   else T1_PRE, else the first MR image) of ``mr_size`` and stacked as the channels
   :data:`~BINDSLib.model.config.MR_CHANNELS`, with a channel-presence mask.
-* Intensities: the ``intensity_percentiles`` of each image map to 0 and 1 (clipped).
+* Intensities: the ``intensity_percentiles`` of each image map to 0 and 1 (clipped); the DCE
+  series (T1_PRE, DCE1-3) shares the scale of its first post-contrast phase, so that the
+  enhancement curve (wash-in, plateau, wash-out) is kept.
 * Down-sampling is anti-aliased (``BinShrink`` averaging before linear interpolation).
 """
 
@@ -31,6 +33,11 @@ from ..study import Geometry, Image, Modality, MRSequence, Study
 from .config import MG_VIEW_CODES, MR_CHANNELS, SIDES, DiagnosisConfig
 
 log = logging.getLogger(__name__)
+
+#: Channels of the DCE series, normalised together; enhancement above the reference phase's
+#: upper percentile is kept up to DCE_CLIP.
+DCE_CHANNELS = ("T1_PRE", "DCE1", "DCE2", "DCE3")
+DCE_CLIP = 2.0
 
 #: Ratio of mean intensity (far side / chest-wall side) above which a mammogram is taken as
 #: stored mirrored (same rule as the risk model's canonical orientation).
@@ -104,19 +111,25 @@ class PreparedStudy:
 
 # -- intensities -------------------------------------------------------------------------
 
-def normalise_intensity(voxels: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Map the ``percentiles`` of ``voxels`` to 0 and 1 and clip; float32, same shape.
-
-    Percentiles are estimated on at most ~1M voxels (a regular subsample). A constant image
-    becomes all zeros.
-    """
-    x = np.asarray(voxels, dtype=np.float32)
+def intensity_range(voxels: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The ``percentiles`` of ``voxels``, estimated on at most ~1M voxels (regular subsample)."""
+    x = np.asarray(voxels)
     step = max(1, int(np.ceil((x.size / 1_000_000) ** (1 / max(1, x.ndim)))))
-    sample = x[tuple(slice(None, None, step) for _ in range(x.ndim))]
+    sample = x[tuple(slice(None, None, step) for _ in range(x.ndim))].astype(np.float32)
     lo, hi = np.percentile(sample, percentiles)
+    return float(lo), float(hi)
+
+
+def normalise_intensity(voxels: np.ndarray, percentiles: tuple[float, float],
+                        value_range: tuple[float, float] | None = None,
+                        clip_max: float = 1.0) -> np.ndarray:
+    """Map the ``percentiles`` of ``voxels`` (or a given ``value_range``) to 0 and 1, clip to
+    ``[0, clip_max]``; float32, same shape. A constant image becomes all zeros."""
+    x = np.asarray(voxels, dtype=np.float32)
+    lo, hi = value_range or intensity_range(x, percentiles)
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.clip((x - lo) / (hi - lo), 0.0, clip_max).astype(np.float32)
 
 
 def chest_wall_on_right(plane: np.ndarray, laterality: str | None) -> bool:
@@ -364,12 +377,19 @@ def _mr_input(chosen: dict[str, Image], config: DiagnosisConfig, masks: dict,
     mk = np.zeros((1, 1, *config.mr_size), np.uint8)
     given = np.zeros(1, bool)
     sources = []
+    # the DCE series (pre-contrast and post-contrast phases) share one intensity scale, that
+    # of its first available post-contrast phase, so that enhancement and wash-out survive
+    dce = next((chosen[c] for c in ("DCE1", "DCE2", "DCE3", "T1_PRE") if c in chosen), None)
+    dce_range = None if dce is None else intensity_range(dce.voxels, config.intensity_percentiles)
     for k, ch in enumerate(MR_CHANNELS):
         im = chosen.get(ch)
         if im is None:
             continue
         src = SourceImage(im.label, im.shape, im.geometry)
-        arr[0, k] = to_model_grid(normalise_intensity(im.voxels, config.intensity_percentiles), src, grid)
+        in_dce = ch in DCE_CHANNELS
+        norm = normalise_intensity(im.voxels, config.intensity_percentiles,
+                                   dce_range if in_dce else None, DCE_CLIP if in_dce else 1.0)
+        arr[0, k] = to_model_grid(norm, src, grid)
         present[0, k] = True
         sources.append(src)
     # the mask of the reference if known, else of any other sequence

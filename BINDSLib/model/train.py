@@ -81,7 +81,7 @@ class TrainSettings:
     warmup_epochs: float = 0.5
     phases: tuple[Phase, ...] = (Phase("unimodal", 2, 2e-3, False), Phase("multimodal", 4, 1e-3, True))
     modality_dropout: float = 0.5
-    crop_from_prediction: float = 0.3
+    crop_from_prediction: float = 0.5
     alignment: str = "cosine3"
     alignment_temperature: float = 0.1
     loss_weights: LossWeights = LossWeights()
@@ -348,7 +348,8 @@ class _Progress:
 # -- evaluation on the validation split --------------------------------------------------
 
 def predict_samples(network, samples, device, batch_size: int = 8, combinations: bool = False) -> dict:
-    """Logits of ``samples`` without augmentation.
+    """Logits of ``samples`` without augmentation, as at inference: the lesion crops come from
+    the predicted lesion, never from the reference masks the samples carry.
 
     Returns ``{"logit": (N,), "subtype": (N, 4) probabilities, "aux": {m: (N,)},
     "combinations": {"MG+US": (N,), ...}}``; NaN where a study lacks the modalities.
@@ -367,7 +368,7 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             batch = {k: v.to(device) for k, v in collate([ds[i] for i in idx]).items()}
-            enc = network.encode(batch)
+            enc = network.encode(batch, crop_from_prediction=torch.ones(len(idx), dtype=torch.bool, device=device))
             out = network.fuse(enc, batch)
             res["logit"][idx] = out["malignancy_logit"].float().cpu().numpy()
             res["subtype"][idx] = torch.softmax(out["subtype_logits"].float(), 1).cpu().numpy()
@@ -636,7 +637,7 @@ def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict
         for start in range(0, len(ds), settings.batch_size):
             items = [ds[i] for i in range(start, min(len(ds), start + settings.batch_size))]
             batch = {k: v.to(device) for k, v in collate(items, settings.model.wsi_dim).items()}
-            out = net(batch)
+            out = net(batch, crop_from_prediction=torch.ones(len(items), dtype=torch.bool, device=device))
             t, _ = loss_fn(out, batch, fusion=phase.fusion)
             total += float(t) * len(items)
             n += len(items)
