@@ -33,7 +33,7 @@ from BINDSSlicerLib import scene as bindsScene
 from BINDSSlicerLib.paths import addBINDSLibToPythonPath, requireBINDSLib, resourcePath
 
 DIAGNOSIS_BUNDLE_KIND = "diagnosis"
-DEFAULT_MODEL = "binds-diagnosis-demo"
+DEFAULT_MODEL = "auto"
 
 
 def loadTerminology() -> Optional[str]:
@@ -106,7 +106,8 @@ class BINDS(ScriptedLoadableModule):
 class BINDSParameterNode:
     """The parameters of the BINDS module, saved with the scene.
 
-    modelBundle - model bundle name (shipped or in the user folder) or folder.
+    modelBundle - "auto" (chosen per study by modality), a bundle name (shipped or in the user
+        folder) or a folder.
     device - "auto", "cpu" or "cuda".
     stage - "auto" (MRI only when stage 1 is uncertain), "1" or "2".
     studyFolder - last folder read by "Load study...".
@@ -232,7 +233,8 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             with slicer.util.tryWithErrorDisplay(_("Could not list the model bundles.")):
-                widgets.fillModelComboBox(self.ui.modelComboBox, DIAGNOSIS_BUNDLE_KIND, self._parameterNode.modelBundle)
+                widgets.fillModelComboBox(self.ui.modelComboBox, DIAGNOSIS_BUNDLE_KIND, self._parameterNode.modelBundle,
+                                          autoItem=True)
             widgets.fillDeviceComboBox(self.ui.deviceComboBox, self._parameterNode.device)
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Not a usable model bundle.")):
             widgets.checkBundleFolder(folder, DIAGNOSIS_BUNDLE_KIND)
             self._parameterNode.modelBundle = folder
-            widgets.fillModelComboBox(self.ui.modelComboBox, DIAGNOSIS_BUNDLE_KIND, folder, [folder])
+            widgets.fillModelComboBox(self.ui.modelComboBox, DIAGNOSIS_BUNDLE_KIND, folder, [folder], autoItem=True)
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -572,7 +574,7 @@ class BINDSTest(ScriptedLoadableModuleTest):
         from BINDSLib.errors import ModelError
 
         try:
-            find_bundle(logic.getParameterNode().modelBundle)
+            find_bundle("binds-diagnosis-demo")  # what "auto" picks for the synthetic case
         except ModelError as e:
             self.delayDisplay(f"Skipping the whole flow: {e}")
             return

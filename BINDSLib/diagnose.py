@@ -91,8 +91,14 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
     return out
 
 
-def _stage_modalities(study: Study, stage: int) -> list[Modality]:
-    present = study.modalities()
+def usable_modalities(model, study: Study) -> list[Modality]:
+    """The study's modalities that ``model`` reads (a bundle trained on ultrasound alone has
+    untrained MG and MR branches: those images are left out)."""
+    readable = set(getattr(model, "modalities", None) or (m.value for m in Modality))
+    return [m for m in study.modalities() if m.value in readable]
+
+
+def _stage_modalities(present: list[Modality], stage: int) -> list[Modality]:
     if stage == 1:
         return [m for m in present if m in STAGE1_MODALITIES]
     return present
@@ -108,9 +114,13 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
     ``progress(done, total, message)`` is called before each stage (total 4: read, stage 1,
     stage 2, write)."""
-    present = study.modalities()
-    if not present:
+    if not study.modalities():
         raise InputError(f"study {study.study_id} has no images")
+    present = usable_modalities(model, study)
+    if not present:
+        name = getattr(model, "summary", {}).get("name", "the model")
+        raise InputError(f"{name} reads {'+'.join(model.modalities)} images; study "
+                         f"{study.study_id} has only {', '.join(m.value for m in study.modalities())}")
     has_mr = Modality.MR in present
     has_stage1 = any(m in STAGE1_MODALITIES for m in present)
     if stage == "1" and not has_stage1:
@@ -121,7 +131,7 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
     def run(n: int, message: str) -> None:
         progress(n, 4, message)
-        mods = [m.value for m in _stage_modalities(study, n)]
+        mods = [m.value for m in _stage_modalities(present, n)]
         pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods)
         stages.append(StageResult(n, mods, float(pred.malignancy_probability),
                                   dict(pred.subtype_probabilities), dict(pred.contributions)))
@@ -149,10 +159,11 @@ def _salient_mask(saliency: np.ndarray) -> np.ndarray:
 
 def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: DiagnoseOptions,
                    lesion_mask_files: Mapping[str, str | os.PathLike] | None = None,
-                   progress=_no_progress) -> DiagnosisReport:
+                   progress=_no_progress, model_notes: tuple[str, ...] = ()) -> DiagnosisReport:
     """Diagnose one study and write its output folder atomically. Returns the report.
 
-    ``progress(done, total, message)`` reports the steps (read, stage 1, stage 2, write)."""
+    ``progress(done, total, message)`` reports the steps (read, stage 1, stage 2, write).
+    ``model_notes`` go into the report's notes (e.g. why ``--model auto`` chose the bundle)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not options.overwrite:
         raise OutputError("output folder exists; use --overwrite to replace it", out_dir)
@@ -169,7 +180,12 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     pid = study.patient_id
     if pid and not options.keep_identifiers and not pid.startswith("anon-"):
         pid = pseudonym(pid)
-    notes = list(warnings)
+    notes = list(model_notes) + list(warnings)
+    readable = {m.value for m in usable_modalities(model, study)}
+    unread = [im.label for im in study.images if im.modality.value not in readable]
+    if unread:
+        notes.append(f"not read by {model.summary.get('name', 'the model')} (trained on "
+                     f"{'+'.join(model.modalities)} only): {', '.join(unread)}")
     if user_masks:
         notes.append("re-assessed with user-edited lesion masks for: " + ", ".join(sorted(user_masks)))
     if len(stages) == 2 and stages[0].stage == 1:

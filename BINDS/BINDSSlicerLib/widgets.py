@@ -18,14 +18,19 @@ from .process import pollWithQtTimer
 DEVICES = (("Auto (GPU when available)", "auto"), ("CPU", "cpu"), ("GPU", "cuda"))
 
 
-def fillModelComboBox(comboBox, kind, current, extraFolders=()):
+def fillModelComboBox(comboBox, kind, current, extraFolders=(), autoItem=False):
     """List the model bundles of ``kind`` (shipped, user folder, $BINDS_MODEL_PATH) plus folders
-    the user chose; select ``current`` (a bundle name or folder)."""
+    the user chose; select ``current`` (a bundle name or folder). ``autoItem``: first offer
+    "auto" (``binds diagnose --model auto``: the bundle is chosen per study by modality)."""
     requireBINDSLib()
     from BINDSLib.bundle import list_bundles
 
     wasBlocked = comboBox.blockSignals(True)
     comboBox.clear()
+    if autoItem:
+        comboBox.addItem("Automatic (by modality; synthetic or real)", "auto")
+        comboBox.setItemData(0, "synthetic cases: the demo bundle; real images: the bundle trained "
+                                "on real images of their modality", qt.Qt.ToolTipRole)
     for path in list_bundles(kind=kind):
         comboBox.addItem(path.name, path.name)
         comboBox.setItemData(comboBox.count - 1, str(path), qt.Qt.ToolTipRole)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "binds-diagnosis-demo"
+DEFAULT_MODEL = "auto"
 
 
 def register(sub) -> None:
@@ -26,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--role", action="append", default=[], metavar="ROLE=FILE",
                    help="an image file and its role, e.g. US_L=lesion.png (repeatable; one study)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="BUNDLE",
-                   help=f"model bundle folder or name (default {DEFAULT_MODEL})")
+                   help="model bundle folder or name; 'auto' (default) picks per study: the "
+                        "synthetic demo bundle for synthetic studies, the bundle trained on real "
+                        "images of the study's modality (ultrasound first) for real ones "
+                        "(see 'binds models')")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
     p.add_argument("--stage", choices=("auto", "1", "2"), default="auto",
@@ -91,7 +94,6 @@ def load_source(kind: str, value) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import InputError
-    from ..model.inference import DiagnosisModel
 
     sources = collect_sources(args)
     masks: dict[str, str] = {}
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     options = DiagnoseOptions(stage=args.stage, device=resolve_device(args.device),
                               keep_identifiers=args.keep_identifiers, overwrite=args.overwrite,
                               summary_png=not args.no_summary)
-    model = DiagnosisModel.from_bundle(args.model, device=options.device)
+    model = ModelPicker(args.model, options.device)
     out = Path(args.out)
     single = len(sources) == 1
     if single:
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if masks and len(studies) != 1:
             raise InputError("--lesion-mask needs exactly one study")
         progress(0, 4, f"read study {studies[0].study_id}")
-        report = diagnose_study(model, studies[0], out, options, masks, progress=progress)
+        chosen, notes = model(studies[0])
+        report = diagnose_study(chosen, studies[0], out, options, masks, progress=progress,
+                                model_notes=notes)
         sys.stdout.write(f"{report.study_id}: stage {report.stage}, malignancy probability "
                          f"{report.malignancy_probability:.3f} -> {report.recommendation}\n"
                          f"outputs in {out}\n")
@@ -121,6 +125,37 @@ def run(args: argparse.Namespace) -> int:
     if masks:
         raise InputError("--lesion-mask applies to one study, not a batch")
     return run_batch(model, sources, out, options)
+
+
+class ModelPicker:
+    """``picker(study) -> (DiagnosisModel, notes)``: the fixed bundle, or with ``auto`` the one
+    :func:`~BINDSLib.model.selection.choose_bundle` picks for each study (each loaded once)."""
+
+    def __init__(self, name: str, device: str):
+        self.name, self.device = name, device
+        self._loaded: dict[str, object] = {}
+        if name != "auto":  # a named bundle that is missing or tampered with fails at once
+            self._load(name)
+
+    def _load(self, name_or_path):
+        from ..model.inference import DiagnosisModel
+
+        key = str(name_or_path)
+        if key not in self._loaded:
+            self._loaded[key] = DiagnosisModel.from_bundle(name_or_path, device=self.device)
+        return self._loaded[key]
+
+    def __call__(self, study) -> tuple[object, tuple[str, ...]]:
+        from ..model.selection import AUTO, choose_bundle
+
+        if self.name != AUTO:
+            return self._load(self.name), ()
+        choice = choose_bundle(study)
+        notes = [f"model chosen automatically: {choice.bundle.name} ({choice.reason})"]
+        if choice.warning:
+            log.warning("study %s: %s", study.study_id, choice.warning)
+            notes.append(choice.warning)
+        return self._load(choice.bundle.path), tuple(notes)
 
 
 def run_batch(model, sources, out: Path, options) -> int:
@@ -151,7 +186,8 @@ def run_batch(model, sources, out: Path, options) -> int:
                 skipped += 1
                 continue
             try:
-                diagnose_study(model, st, target, options)
+                chosen, notes = model(st)
+                diagnose_study(chosen, st, target, options, model_notes=notes)
                 done += 1
             except BindsError as e:
                 failures.append((f"{name} (study {st.study_id})", str(e)))

@@ -213,6 +213,12 @@ class DiagnosisModel:
         lo, hi = self.metadata.get("uncertainty_band", DEFAULT_UNCERTAINTY_BAND)
         return float(lo), float(hi)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the bundle was trained on (``binds.modalities``); its other branches
+        are untrained, so :meth:`predict` never uses them."""
+        return modality_names(self.metadata.get("modalities") or MODALITIES)
+
     def probability(self, logit) -> np.ndarray:
         """Calibrated probability of raw logits (temperature scaling)."""
         z = np.asarray(logit, dtype=np.float64) / self.temperature
@@ -229,7 +235,8 @@ class DiagnosisModel:
         study : any combination of MG, US and MR images.
         lesion_masks : user lesion masks by image label (on each image's grid); they replace
             the predicted lesion for the lesion-focused crop.
-        modalities : restrict to these modalities (e.g. ``("MG", "US")`` for stage 1).
+        modalities : restrict to these modalities (e.g. ``("MG", "US")`` for stage 1); never
+            more than the bundle's own :attr:`modalities`.
         saliency : ``"alignment"`` (default), ``"gradcam"`` or ``"none"``.
         combinations : also give the probability of every non-empty subset of the used
             modalities (``combination_probabilities``; e.g. the stage-1 ``"MG+US"`` value from
@@ -258,7 +265,16 @@ class DiagnosisModel:
             timings[name] = round(now - t, 4)
             t = now
 
-        prepared = prepare_study(study, self.config, lesion_masks=lesion_masks, modalities=modalities)
+        allowed = self.modalities if modalities is None else tuple(
+            m for m in modality_names(modalities) if m in self.modalities)
+        if not allowed or not any(im.modality.value in allowed for im in study.images):
+            from ..errors import InputError
+
+            have = "+".join(sorted({im.modality.value for im in study.images})) or "no images"
+            raise InputError(f"model {self.summary.get('name', '?')} reads "
+                             f"{'+'.join(self.modalities)} images; study {study.study_id} has {have}"
+                             + (f" (asked for {'+'.join(modality_names(modalities))})" if modalities else ""))
+        prepared = prepare_study(study, self.config, lesion_masks=lesion_masks, modalities=allowed)
         batch = {k: v.to(self.device) for k, v in collate([inputs_item(prepared)]).items()}
         lap("preprocess")
         with torch.inference_mode(), self._autocast():

@@ -1,0 +1,124 @@
+"""``--model auto``: which bundle reads which study, and a bundle never uses a branch it was
+not trained on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from BINDSLib.cli import main
+from BINDSLib.errors import InputError, ModelError
+from BINDSLib.model.selection import BundleInfo, bundle_info, choose_bundle
+from BINDSLib.studyfolder import write_study_folder
+from BINDSLib.synthetic import make_study
+
+DEMO = BundleInfo("binds-diagnosis-demo", Path("demo"), ("MG", "US", "MR"), True)
+US_REAL = BundleInfo("binds-us-busi", Path("us"), ("US",), False)
+MG_REAL = BundleInfo("binds-mg-mias", Path("mg"), ("MG",), False)
+ALL = [MG_REAL, DEMO, US_REAL]
+
+
+def _real(study):
+    return dataclasses.replace(study, synthetic=False)
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return {"all": make_study(3), "us": make_study(4, modalities=("US",)),
+            "mg": make_study(5, modalities=("MG",)), "mr": make_study(6, modalities=("MR",)),
+            "mg_us": make_study(7, modalities=("MG", "US"))}
+
+
+def test_synthetic_study_goes_to_the_demo_bundle(studies):
+    for s in studies.values():
+        assert s.synthetic
+        c = choose_bundle(s, ALL)
+        assert c.bundle is DEMO and c.unused == () and c.warning is None
+
+
+def test_real_studies_go_to_the_real_bundle_of_their_modality(studies):
+    assert choose_bundle(_real(studies["us"]), ALL).bundle is US_REAL
+    assert choose_bundle(_real(studies["mg"]), ALL).bundle is MG_REAL
+    c = choose_bundle(_real(studies["mg_us"]), ALL)  # both readable: ultrasound first
+    assert c.bundle is US_REAL
+    assert set(c.unused) == {im.label for im in studies["mg_us"].images if im.modality.value == "MG"}
+    assert c.unused and c.warning is None
+
+
+def test_a_bundle_reading_more_of_the_study_wins(studies):
+    both = BundleInfo("real-mg-us", Path("mgus"), ("MG", "US"), False)
+    assert choose_bundle(_real(studies["mg_us"]), ALL + [both]).bundle is both
+
+
+def test_real_mri_falls_back_to_the_demo_bundle_with_a_warning(studies):
+    c = choose_bundle(_real(studies["mr"]), ALL)
+    assert c.bundle is DEMO and "mean nothing" in c.warning
+
+
+def test_no_usable_bundle_is_a_clear_error(studies):
+    with pytest.raises(ModelError, match="no installed bundle reads MR"):
+        choose_bundle(_real(studies["mr"]), [US_REAL, MG_REAL])
+    with pytest.raises(ModelError, match="synthetic"):
+        choose_bundle(studies["us"], [US_REAL])
+
+
+def test_bundle_info_reads_metadata():
+    b = bundle_info(Path("x"), {"name": "n", "binds": {"modalities": ["us", "MG"],
+                                                       "training_data": {"synthetic": False}}})
+    assert (b.name, b.modalities, b.synthetic) == ("n", ("MG", "US"), False)
+    old = bundle_info(Path("y"), {"binds": {}})  # older bundles: every modality, synthetic
+    assert (old.name, old.modalities, old.synthetic) == ("y", ("MG", "US", "MR"), True)
+
+
+def _us_only_bundle(src: Path, root: Path) -> Path:
+    dst = root / "test-us-real"
+    shutil.copytree(src, dst)
+    meta_path = dst / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["name"] = "test-us-real"
+    meta["binds"]["modalities"] = ["US"]
+    meta["binds"]["training_data"] = {"synthetic": False}
+    meta_path.write_text(json.dumps(meta))
+    return dst
+
+
+def test_predict_never_uses_modalities_the_bundle_was_not_trained_on(diagnosis_bundle, tmp_path, studies):
+    from BINDSLib.model.inference import DiagnosisModel
+
+    model = DiagnosisModel.from_bundle(_us_only_bundle(diagnosis_bundle, tmp_path), device="cpu")
+    assert model.modalities == ("US",)
+    pred = model.predict(studies["mg_us"], saliency="none")
+    assert pred.modalities == ("US",)
+    assert {o.modality for o in pred.images.values()} == {"US"}
+    with pytest.raises(InputError, match="test-us-real reads US images"):
+        model.predict(studies["mg"], saliency="none")
+
+
+def test_diagnose_auto_picks_per_study_and_says_so(diagnosis_bundle, tmp_path, monkeypatch, studies):
+    models = tmp_path / "models"
+    models.mkdir()
+    _us_only_bundle(diagnosis_bundle, models)
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(models))
+    real = write_study_folder(dataclasses.replace(_real(studies["mg_us"]), study_id="real-1"),
+                              tmp_path / "real")
+    out = tmp_path / "out-real"
+    assert main(["diagnose", str(real), "--out", str(out), "--device", "cpu", "--no-summary"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == "test-us-real"
+    notes = " ".join(report["notes"])
+    assert "model chosen automatically: test-us-real" in notes
+    mg_labels = [im.label for im in studies["mg_us"].images if im.modality.value == "MG"]
+    assert mg_labels and all(lbl in notes for lbl in mg_labels)
+    assert {p.name.split(".")[0] for p in out.glob("*.seg.nrrd")} == {
+        im.label for im in studies["mg_us"].images if im.modality.value == "US"}
+
+    synth = write_study_folder(studies["us"], tmp_path / "synth")
+    out2 = tmp_path / "out-synth"
+    assert main(["diagnose", str(synth), "--out", str(out2), "--device", "cpu", "--no-summary"]) == 0
+    report2 = json.loads((out2 / "report.json").read_text())
+    assert report2["model"]["name"] == "binds-diagnosis-demo"
+    assert any("synthetic study" in n for n in report2["notes"])
