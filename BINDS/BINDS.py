@@ -295,12 +295,19 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the study."), waitCursor=True):
+            if not install.ensureDependencies():
+                self.ui.statusLabel.text = _("Not loaded: the Python packages BINDS needs are not installed.")
+                return
             if self._parameterNode:
                 self._parameterNode.studyFolder = folder
-            nodes = self.logic.loadStudy(folder)
-            self.refreshRolesTable()
-            if nodes:
-                slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+            # read in a separate process (BINDS' own pydicom; the GUI stays responsive)
+            self.controller.start(self.logic.createConvertRun(folder))
+
+    def onStudyLoaded(self, run) -> None:
+        self.refreshRolesTable()
+        if run.nodes:
+            slicer.util.setSliceViewerLayers(background=run.nodes[0], fit=True)
+        self.ui.statusLabel.text = _("Loaded {n} image(s).").format(n=len(run.nodes))
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -333,6 +340,9 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.controller.start(self.logic.createDiagnosisRun(useEditedLesions))
 
     def onRunSucceeded(self, run) -> None:
+        if isinstance(run, runs.ConvertRun):
+            self.onStudyLoaded(run)
+            return
         self.lastResults = run.results
         shown = self.logic.showResults(run.results)
         self.ui.resultLabel.text = resultSummaryHtml(run.results.report)
@@ -414,19 +424,17 @@ class BINDSLogic(ScriptedLoadableModuleLogic):
             volumeNodes = bindsScene.volumeNodes(slicer.mrmlScene)
         return roles.guessVolumeRoles(volumeNodes, getattr(slicer, "dicomDatabase", None), overwrite)
 
-    def loadStudy(self, path: str) -> list:
-        """Read a DICOM folder, study folder, dataset or image folder with BINDSLib's readers and
-        add its images (with their roles) to the scene. Returns the volume nodes."""
-        requireBINDSLib()
-        from BINDSLib.io.loader import load
+    def createConvertRun(self, path: str) -> runs.ConvertRun:
+        """A ``binds convert`` run that reads a DICOM folder, study folder, dataset or image folder
+        in a separate process and adds its images (with their roles) to the scene."""
+        return runs.ConvertRun(slicer.mrmlScene, path, self.workFolder())
 
-        loaded = load(path)
-        for skipped in loaded.skipped:
-            logging.warning("BINDS: skipped %s: %s", skipped.path, skipped.reason)
-        nodes = []
-        for study in loaded.studies:
-            nodes += list(bindsScene.addStudyToScene(slicer.mrmlScene, study).values())
-        return nodes
+    def loadStudy(self, path: str) -> list:
+        """:meth:`createConvertRun`, waiting for it (scripts and tests). Returns the volume nodes."""
+        run = self.createConvertRun(path).start().wait()
+        if run.error:
+            raise RuntimeError(f"{run.error}\n{run.errorDetails}")
+        return run.nodes
 
     def loadSyntheticCase(self, seed: int = 7, diagnosis: str = "malignant") -> dict:
         from BINDSSlicerLib import sampledata
@@ -563,7 +571,7 @@ class BINDSTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        missing = install.missingRequirements() + ([] if install.torchInstalled() else ["torch"])
+        missing = install.missingRequirements(privateFolder=install.privateSitePackages()) + ([] if install.torchInstalled() else ["torch"])
         if missing:
             self.delayDisplay(f"Skipping the whole flow: {', '.join(missing)} not installed")
             return

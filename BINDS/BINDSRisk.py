@@ -398,7 +398,7 @@ class BINDSRiskTest(ScriptedLoadableModuleTest):
     def test_WholeFlowOnSyntheticHistory(self):
         import tempfile
 
-        missing = install.missingRequirements() + ([] if install.torchInstalled() else ["torch"])
+        missing = install.missingRequirements(privateFolder=install.privateSitePackages()) + ([] if install.torchInstalled() else ["torch"])
         if missing:
             self.delayDisplay(f"Skipping the whole flow: {', '.join(missing)} not installed")
             return

@@ -21,7 +21,7 @@ from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
-COMMANDS = ("demo", "inspect", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
+COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
             "models")
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 model bundle problem,

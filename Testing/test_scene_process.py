@@ -185,8 +185,10 @@ def test_paths_of_a_clone():
     assert resourcePath("UI/BINDS.ui") == str(REPO / "Resources" / "UI" / "BINDS.ui")
 
 
-def test_dependencies_are_installed_only_after_the_user_confirms(monkeypatch):
+def test_dependencies_are_installed_only_after_the_user_confirms(monkeypatch, tmp_path):
     pytest.importorskip("slicer")
+    import slicer.util
+
     missing = ["monai>=1.3", "pydicom>=3.0"]
     installed, asked = [], []
     monkeypatch.setattr(install, "torchInstalled", lambda: True)
@@ -194,14 +196,44 @@ def test_dependencies_are_installed_only_after_the_user_confirms(monkeypatch):
 
     def pip_ensure(requirements, prompt_install=True, requester=None):
         installed.append(([str(r) for r in requirements], prompt_install, requester))
-        missing.clear()
+        for r in requirements:
+            missing.remove(str(r))
 
     monkeypatch.setattr(install, "_pipEnsureFunction", lambda: pip_ensure)
+    private = []
+
+    def pip_install(args):
+        private.append(list(args))
+        missing.remove("pydicom>=3.0")
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    folder = str(tmp_path / "private")
     # the user declines: nothing is installed
-    assert install.ensureDependencies(confirm=lambda text: asked.append(text) or False) is False
-    assert installed == [] and "monai>=1.3" in asked[0]
-    # the user accepts: pip_ensure gets the missing requirements, and does not ask again
-    assert install.ensureDependencies(requester="BINDS", confirm=lambda text: True) is True
-    assert installed == [(["monai>=1.3", "pydicom>=3.0"], False, "BINDS")]
+    assert install.ensureDependencies(confirm=lambda text: asked.append(text) or False, privateFolder=folder) is False
+    assert installed == [] and private == [] and "monai>=1.3" in asked[0]
+    assert "pydicom>=3.0 (into a folder only BINDS uses" in asked[0]
+    # the user accepts: pip_ensure gets the shared requirements, pydicom goes to the private
+    # folder (Slicer's own pydicom is left alone), and it does not ask again
+    assert install.ensureDependencies(requester="BINDS", confirm=lambda text: True, privateFolder=folder) is True
+    assert installed == [(["monai>=1.3"], False, "BINDS")]
+    assert private == [["--target", folder, "--no-deps", "--upgrade", "pydicom>=3.0"]]
     # nothing missing: no question at all
-    assert install.ensureDependencies(confirm=lambda text: pytest.fail("asked although nothing is missing"))
+    assert install.ensureDependencies(confirm=lambda text: pytest.fail("asked although nothing is missing"),
+                                      privateFolder=folder)
+
+
+def test_pydicom_in_the_private_folder_counts_and_reaches_only_the_process(tmp_path):
+    folder = tmp_path / "private"
+    dist = folder / "pydicom-3.0.2.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pydicom\nVersion: 3.0.2\n")
+    slicer_has = {"pydicom": "2.4.4", "monai": "1.4.0"}.get
+    assert install.privateVersion("pydicom", str(folder)) == "3.0.2"
+    assert install.missingRequirements(("pydicom>=3.0", "monai>=1.3"), versionOf=slicer_has) == ["pydicom>=3.0"]
+    assert install.missingRequirements(("pydicom>=3.0", "monai>=1.3"), versionOf=slicer_has,
+                                       privateFolder=str(folder)) == []
+    # only packages meant for the private folder count there
+    assert install.missingRequirements(("monai>=2.0",), versionOf=slicer_has, privateFolder=str(folder)) == ["monai>=2.0"]
+    env = process.processEnvironment("/root/binds", {"PYTHONPATH": "/x"}, [str(folder)])
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/root/binds", str(folder), "/x"]
+    assert install.privateSitePackages(str(tmp_path)).startswith(str(tmp_path / "BINDS" / "python3."))

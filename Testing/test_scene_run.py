@@ -208,3 +208,30 @@ def test_real_model_end_to_end(diagnosis_bundle, tmp_path):
         assert res.segmentMask(seg, "lesion", image).shape == shape
         assert seg.GetSegmentation().GetSegment("lesion").GetName() == "Lesion"
         np.testing.assert_allclose(sc.ijkToRASArray(run.results.saliency[label]), sc.ijkToRASArray(image), atol=1e-5)
+
+
+def test_load_study_reads_dicom_in_a_separate_process(cbis_cases, tmp_path):
+    """"Load study...": ``binds convert`` in a process (BINDS' pydicom), then study folders ->
+    volume nodes with roles and the exact geometry of the DICOM files."""
+    from BINDSLib.io.loader import load
+
+    scene = slicer.vtkMRMLScene()
+    finished = []
+    run = runs.ConvertRun(scene, cbis_cases / "sfm-benign-0", str(tmp_path / "work"), python=sys.executable)
+    run.start(onFinished=finished.append).wait(timeout=120)
+    assert run.error is None, run.errorDetails
+    assert finished == [run]
+    (study,) = load(cbis_cases / "sfm-benign-0").studies
+    assert len(run.nodes) == len(study.images) == 4
+    by_role = {sc.volumeRole(n): n for n in run.nodes}
+    for im in study.images:
+        node = by_role[im.role.key]
+        assert slicer.util.arrayFromVolume(node).shape == im.shape
+        assert np.allclose(node.GetSpacing(), im.geometry.spacing_mm)
+    assert not os.path.exists(run.runFolder)  # the intermediate study folders are removed
+
+
+def test_load_study_of_a_missing_path_is_a_clear_error(tmp_path):
+    run = runs.ConvertRun(slicer.vtkMRMLScene(), tmp_path / "nope", str(tmp_path / "work"), python=sys.executable)
+    with pytest.raises(ValueError, match="not found"):
+        run.start()

@@ -4,9 +4,16 @@ after the user confirms.
 * torch comes from the PyTorch extension (a dependency of BINDS in the extension's
   ``depends``): ``PyTorchUtils.PyTorchUtilsLogic().installTorch`` picks the build that matches
   the computer's GPU.
-* the other packages of ``pyproject.toml`` that Slicer does not bundle (monai, pydicom 3,
-  matplotlib) are installed with ``pip_ensure`` (Slicer 5.11+: ``slicer.pydeps``; the same
-  function is looked for in ``slicer.packaging``), else with ``slicer.util.pip_install``.
+* the other packages of ``pyproject.toml`` that Slicer does not bundle (monai, matplotlib)
+  are installed with ``pip_ensure`` (Slicer 5.11+: ``slicer.pydeps``; the same function is
+  looked for in ``slicer.packaging``), else with ``slicer.util.pip_install``.
+* pydicom is special: BINDS needs pydicom 3, while Slicer (5.10) bundles pydicom 2.4 for its
+  DICOM module and upgrading it there is not safe (Slicer/Slicer#8796; QuantitativeReporting
+  was pulled back from the Extensions Index for requiring pydicom 3). When Slicer's own pydicom
+  is too old, BINDS installs pydicom into a private folder (:func:`privateSitePackages`,
+  ``pip install --target ... --no-deps``) that only the BINDS pipeline process puts on its
+  ``PYTHONPATH``; Slicer's DICOM module keeps its version. The Slicer process itself never
+  imports pydicom through BINDS: "Load study..." reads DICOM in a ``binds convert`` process.
 
 Nothing is imported or installed when Slicer loads the module (the Extensions Index review
 checks this): :func:`ensureDependencies` runs when the user clicks Apply.
@@ -16,11 +23,15 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import re
+import sys
 
 #: What BINDSLib needs beyond Slicer's own Python (kept in step with pyproject.toml).
 REQUIREMENTS = ("monai>=1.3", "pydicom>=3.0", "matplotlib>=3.7", "SimpleITK>=2.3", "numpy>=1.24")
 TORCH_REQUIREMENT = ">=2.2"
+#: Requirements that may go into the private folder instead of Slicer's site-packages.
+PRIVATE_PACKAGES = ("pydicom",)
 
 _REQUIREMENT_RE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:(>=|==)\s*([0-9][0-9A-Za-z.\-+]*))?\s*$")
 
@@ -62,20 +73,62 @@ def isSatisfied(requirement, versionOf=installedVersion):
     return _versionKey(have) >= _versionKey(wanted)
 
 
-def missingRequirements(requirements=REQUIREMENTS, versionOf=installedVersion):
-    """The requirements that are not installed, or installed in a too old version."""
-    return [r for r in requirements if not isSatisfied(r, versionOf)]
+def missingRequirements(requirements=REQUIREMENTS, versionOf=installedVersion, privateFolder=None):
+    """The requirements that are not installed, or installed in a too old version. Those of
+    :data:`PRIVATE_PACKAGES` also count as installed when ``privateFolder`` has them."""
+    def satisfied(r):
+        if isSatisfied(r, versionOf):
+            return True
+        private = privateFolder and parseRequirement(r)[0] in PRIVATE_PACKAGES
+        return bool(private) and isSatisfied(r, lambda name: privateVersion(name, privateFolder))
+
+    return [r for r in requirements if not satisfied(r)]
+
+
+def privateSitePackages(baseFolder=None):
+    """BINDS' private package folder for this Python version, next to Slicer's user settings
+    (``<settings folder>/BINDS/python3.12-packages``)."""
+    if baseFolder is None:
+        import slicer
+
+        baseFolder = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+    return os.path.join(baseFolder, "BINDS", f"python{sys.version_info[0]}.{sys.version_info[1]}-packages")
+
+
+def privatePathsIfAny():
+    """``[privateSitePackages()]`` when that folder exists (for the process's PYTHONPATH), else
+    ``[]`` (also outside a Slicer application, e.g. in tests)."""
+    try:
+        folder = privateSitePackages()
+    except (ImportError, AttributeError):
+        return []
+    return [folder] if os.path.isdir(folder) else []
+
+
+def _canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def privateVersion(distribution, folder):
+    """The version of ``distribution`` installed in ``folder`` (``pip install --target``), or None."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    for dist in importlib.metadata.distributions(path=[folder]):
+        if _canonical(dist.metadata["Name"] or "") == _canonical(distribution):
+            return dist.version
+    return None
 
 
 def torchInstalled():
     return importlib.util.find_spec("torch") is not None
 
 
-def describeMissing(missing, needTorch):
+def describeMissing(missing, needTorch, private=()):
     lines = []
     if needTorch:
         lines.append(f"PyTorch {TORCH_REQUIREMENT} (installed by the PyTorch extension for this computer's GPU or CPU)")
-    lines += missing
+    lines += [r for r in missing if r not in private]
+    lines += [f"{r} (into a folder only BINDS uses; Slicer's own copy is left as it is)" for r in private]
     return ("BINDS needs these Python packages, which are not installed yet:\n\n  "
             + "\n  ".join(lines)
             + "\n\nThey are downloaded from the Python Package Index (several hundred MB for PyTorch) "
@@ -96,7 +149,7 @@ def _pipEnsureFunction():
     return None
 
 
-def ensureDependencies(requester="BINDS", confirm=None):
+def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None):
     """Make sure torch and the :data:`REQUIREMENTS` are importable; ask before installing.
 
     ``confirm(message) -> bool`` asks the user (default: ``slicer.util.confirmOkCancelDisplay``).
@@ -105,13 +158,16 @@ def ensureDependencies(requester="BINDS", confirm=None):
     """
     import slicer
 
-    missing = missingRequirements()
+    folder = privateFolder if privateFolder is not None else privateSitePackages()
+    missing = missingRequirements(privateFolder=folder)
+    private = [r for r in missing if parseRequirement(r)[0] in PRIVATE_PACKAGES]
+    missing = [r for r in missing if r not in private]
     needTorch = not torchInstalled()
-    if not missing and not needTorch:
+    if not missing and not private and not needTorch:
         return True
     confirm = confirm or (lambda message: slicer.util.confirmOkCancelDisplay(
         message, windowTitle=f"{requester}: install Python packages"))
-    if not confirm(describeMissing(missing, needTorch)):
+    if not confirm(describeMissing(missing + private, needTorch, private)):
         return False
     if needTorch:
         try:
@@ -136,8 +192,13 @@ def ensureDependencies(requester="BINDS", confirm=None):
                 pipEnsure(requirements)
         else:
             slicer.util.pip_install(missing)
+    if private:
+        logging.info("BINDS: installing %s into %s", ", ".join(private), folder)
+        os.makedirs(folder, exist_ok=True)
+        slicer.util.pip_install(["--target", folder, "--no-deps", "--upgrade", *private])
+    if missing or private:
         importlib.invalidate_caches()
-        still = missingRequirements()
+        still = missingRequirements(privateFolder=folder)
         if still:
             raise RuntimeError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
     return True

@@ -109,11 +109,14 @@ def riskArguments(examFolders, outputFolder, model=None, device="auto", overwrit
     return args
 
 
-def processEnvironment(bindsRoot: str, baseEnvironment=None) -> dict:
-    """The environment of the process: ``bindsRoot`` first on PYTHONPATH, unbuffered UTF-8 output."""
+def processEnvironment(bindsRoot: str, baseEnvironment=None, extraPaths=()) -> dict:
+    """The environment of the process: ``bindsRoot`` then ``extraPaths`` (BINDS' private
+    packages, see :func:`.install.privateSitePackages`) first on PYTHONPATH - ahead of Slicer's
+    site-packages - and unbuffered UTF-8 output."""
     env = dict(os.environ if baseEnvironment is None else baseEnvironment)
     existing = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = bindsRoot + (os.pathsep + existing if existing else "")
+    env["PYTHONPATH"] = os.pathsep.join([bindsRoot, *[os.fspath(p) for p in extraPaths]]
+                                        + ([existing] if existing else []))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     return env

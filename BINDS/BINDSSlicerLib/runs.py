@@ -61,9 +61,11 @@ class _Run:
     def _start(self, subcommand, arguments, onProgress, onLog, onFinished):
         root = requireBINDSLib()
         self._onFinished = onFinished
+        from . import install
+
         self.process = proc.BackgroundProcess(
             proc.bindsCommand(subcommand, arguments, self.python), cwd=root,
-            env=proc.processEnvironment(root, self.baseEnvironment),
+            env=proc.processEnvironment(root, self.baseEnvironment, install.privatePathsIfAny()),
             onProgress=onProgress, onLog=onLog, onFinished=self._processFinished)
         self.process.start()
         return self
@@ -106,6 +108,48 @@ class _Run:
 
     def cleanup(self):
         pass
+
+
+class ConvertRun(_Run):
+    """``binds convert`` of a DICOM folder, study folder, dataset or image folder, then its
+    studies are added to the scene (volume nodes with roles, lesion masks as segmentations).
+
+    DICOM is read in the separate process with BINDS' own pydicom (which may be newer than the
+    one Slicer's DICOM module uses: see :mod:`.install`), and the GUI stays responsive.
+    """
+
+    def __init__(self, scene, path, workFolder, python=None, baseEnvironment=None):
+        super().__init__(python, baseEnvironment)
+        self.scene = scene
+        self.path = os.fspath(path)
+        self.workFolder = workFolder
+        self.runFolder = self.outputFolder = None
+        self.nodes = []
+
+    def prepare(self):
+        if not os.path.exists(self.path):
+            raise ValueError(f"not found: {self.path}")
+        self.runFolder = newRunFolder(self.workFolder, "load")
+        self.outputFolder = os.path.join(self.runFolder, "studies")
+        return [self.path, "--out", self.outputFolder, "--keep-identifiers"]
+
+    def start(self, onProgress=None, onLog=None, onFinished=None):
+        return self._start("convert", self.prepare(), onProgress, onLog, onFinished)
+
+    def load(self):
+        requireBINDSLib()
+        from BINDSLib.studyfolder import is_study_folder, read_study_folder
+
+        out = self.outputFolder
+        folders = [out] if is_study_folder(out) else sorted(
+            os.path.join(out, d) for d in os.listdir(out) if is_study_folder(os.path.join(out, d)))
+        self.nodes = []
+        for folder in folders:
+            self.nodes += list(sc.addStudyToScene(self.scene, read_study_folder(folder)).values())
+
+    def cleanup(self):
+        if self.runFolder and os.path.isdir(self.runFolder):
+            shutil.rmtree(self.runFolder, ignore_errors=True)
 
 
 class DiagnosisRun(_Run):

@@ -1,0 +1,62 @@
+"""``binds convert PATH --out DIR``: any input BINDS reads -> study folders.
+
+The first step of the data flow (files -> study folder -> pipeline), on its own: DICOM folders,
+dataset layouts and plain image files become study folders (images as NRRD with their
+geometry, ``study.json``). The Slicer module runs it in a separate process to read DICOM with
+BINDS' own pydicom, away from the one Slicer's DICOM module uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="write study folders from DICOM folders, datasets or image files",
+        description="Read PATH (a DICOM folder, a study folder, a dataset layout or image files "
+                    "given with --role) and write each study found as a study folder: one study "
+                    "into --out, several into --out/<study_id>/. Prints the folders written.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="folder or file(s)")
+    p.add_argument("--role", action="append", default=[], metavar="ROLE=FILE",
+                   help="an image file and its role, e.g. US_L=lesion.png (repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="keep patient IDs in study.json (default: pseudonyms)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing study folders")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..errors import InputError, OutputError
+    from ..io.loader import load, load_files, parse_role_assignments
+    from ..studyfolder import write_study_folder
+    from .diagnose import _safe_name
+
+    results = []
+    if args.role:
+        results.append(load_files(parse_role_assignments(args.role)))
+    results += [load(p) for p in args.paths]
+    if not results:
+        raise InputError("give at least one PATH or --role ROLE=FILE")
+    studies = [st for r in results for st in r.studies]
+    for r in results:
+        for sk in r.skipped:
+            logging.getLogger(__name__).warning("skipped %s: %s", sk.path, sk.reason)
+    if not studies:
+        raise InputError("no study found", args.paths[0] if args.paths else None)
+    out = Path(args.out)
+    targets = [out] if len(studies) == 1 else [out / _safe_name(st.study_id) for st in studies]
+    if len(set(targets)) != len(targets):
+        raise InputError("two studies have the same study ID; convert them separately")
+    for t in targets:
+        if t.exists() and not args.overwrite:
+            raise OutputError("output folder exists; use --overwrite to replace it", t)
+    for st, t in zip(studies, targets):
+        write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
+        sys.stdout.write(f"{t}\n")
+    return 0

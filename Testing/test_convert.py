@@ -1,0 +1,57 @@
+"""``binds convert``: DICOM and image files -> study folders that read back identically."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from BINDSLib.cli import main
+from BINDSLib.io.loader import load
+from BINDSLib.studyfolder import read_study_folder
+
+
+def _same(a, b):
+    assert a.study_id == b.study_id and a.synthetic == b.synthetic
+    got = {im.role: im for im in b.images}
+    assert set(got) == {im.role for im in a.images}
+    for im in a.images:
+        other = got[im.role]
+        assert other.shape == im.shape, im.label
+        assert np.array_equal(np.asarray(other.geometry.spacing_mm), np.asarray(im.geometry.spacing_mm))
+        assert np.array_equal(np.asarray(other.geometry.origin_mm), np.asarray(im.geometry.origin_mm))
+        assert np.array_equal(np.asarray(other.geometry.direction), np.asarray(im.geometry.direction))
+        assert np.array_equal(other.voxels, im.voxels), im.label
+
+
+def test_dicom_phantom_to_study_folder(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--seed", "4", "--dicom"]) == 0
+    dicom = tmp_path / "ph" / "case-0000-dicom"
+    capsys.readouterr()
+    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf"), "--keep-identifiers"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "sf")
+    (direct,) = load(dicom).studies
+    _same(direct, read_study_folder(tmp_path / "sf"))
+    # an existing output is refused without --overwrite, and left as it was
+    before = (tmp_path / "sf" / "study.json").read_text()
+    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf")]) == 5
+    assert (tmp_path / "sf" / "study.json").read_text() == before
+    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf"), "--overwrite"]) == 0
+
+
+def test_several_studies_get_one_folder_each(tmp_path, cbis_cases, capsys):
+    assert main(["convert", str(cbis_cases), "--out", str(tmp_path / "sf")]) == 0
+    folders = capsys.readouterr().out.split()
+    assert len(folders) == 2 and all(p.startswith(str(tmp_path / "sf")) for p in folders)
+    studies = sorted(load(cbis_cases).studies, key=lambda s: s.study_id)
+    back = sorted((read_study_folder(p) for p in folders), key=lambda s: s.study_id)
+    for a, b in zip(studies, back):
+        _same(a, b)
+        # real patient IDs become pseudonyms unless --keep-identifiers
+        assert a.patient_id and b.patient_id.startswith("anon-") and b.patient_id != a.patient_id
+
+
+def test_nothing_readable_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), "--out", str(tmp_path / "sf")]) == 3
+    err = capsys.readouterr().err
+    assert str(tmp_path / "empty") in err and "no DICOM images found" in err
+    assert not (tmp_path / "sf").exists()
