@@ -122,3 +122,16 @@ def test_diagnose_auto_picks_per_study_and_says_so(diagnosis_bundle, tmp_path, m
     report2 = json.loads((out2 / "report.json").read_text())
     assert report2["model"]["name"] == "binds-diagnosis-demo"
     assert any("synthetic study" in n for n in report2["notes"])
+
+
+def test_binds_models_says_what_each_diagnosis_bundle_reads(diagnosis_bundle, tmp_path, monkeypatch, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    _us_only_bundle(diagnosis_bundle, models)
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(models))
+    capsys.readouterr()
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["bundles"]}
+    assert rows["test-us-real"]["modalities"] == ["US"] and rows["test-us-real"]["training_data"] == "real"
+    assert rows["binds-diagnosis-demo"]["training_data"] == "synthetic"
+    assert "modalities" not in rows["binds-risk-demo"]

@@ -20,6 +20,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bundle import list_bundles, load_bundle, read_metadata, search_path
     from ..errors import BindsError
+    from ..model.selection import bundle_info
 
     rows = []
     for path in list_bundles():
@@ -28,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
             row = {"name": meta.get("name", path.name), "version": meta.get("version"),
                    "kind": meta.get("binds", {}).get("kind"), "path": str(path),
                    "weights_sha256": meta["weights_sha256"]}
+            if row["kind"] == "diagnosis":  # what --model auto uses to choose
+                info = bundle_info(path, meta)
+                row["modalities"] = list(info.modalities)
+                row["training_data"] = "synthetic" if info.synthetic else "real"
             if args.verify:
                 load_bundle(path)
                 row["verified"] = True
@@ -41,5 +46,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("search path:\n" + "".join(f"  {p}\n" for p in search_path()))
         for r in rows:
             status = r.get("error") or ("verified" if r.get("verified") else r["weights_sha256"][:12])
-            sys.stdout.write(f"{r['name']:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} {status}\n")
+            reads = (f"  {'+'.join(r['modalities'])}, {r['training_data']} training data"
+                     if "modalities" in r else "")
+            sys.stdout.write(f"{r['name']:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} "
+                             f"{status}{reads}\n")
     return 1 if any("error" in r for r in rows) and args.verify else 0
