@@ -128,11 +128,13 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
                          f"only {', '.join(m.value for m in present)}")
     stages: list[StageResult] = []
     preds = []
+    # stage 2 reuses stage 1's mammography / ultrasound work (same results: per-modality encoders)
+    reuse = {"cache": model.prediction_cache()} if hasattr(model, "prediction_cache") else {}
 
     def run(n: int, message: str) -> None:
         progress(n, 4, message)
         mods = [m.value for m in _stage_modalities(present, n)]
-        pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods)
+        pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods, **reuse)
         stages.append(StageResult(n, mods, float(pred.malignancy_probability),
                                   dict(pred.subtype_probabilities), dict(pred.contributions)))
         preds.append(pred)
@@ -194,26 +196,37 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
                      if options.stage == "auto" else "stage 2 forced (--stage 2)")
     t1 = time.perf_counter()
     with atomic_dir(out_dir, overwrite=options.overwrite) as tmp:
+        from .studyfolder import write_nrrd
+
         images, panels = [], []
         used = set(final.modalities)
+        # images that share their maps and grid (MR sequences): the files are written once
+        # and copied (byte-identical to writing each)
+        written: dict = {}
         for im in study.images:
             if im.modality.value not in used:
                 continue
             label = im.label
             lesion = pred.lesion_masks[label]
-            sal = np.clip(pred.saliency[label].astype(np.float32), 0, 1)
             prob = pred.lesion_probability[label]
             seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
-            write_seg_nrrd(tmp / seg_name, {"lesion": lesion, "salient_region": _salient_mask(sal)},
-                           im.geometry, laterality=im.role.laterality)
-            from .studyfolder import write_nrrd
-
-            write_nrrd(tmp / sal_name, sal, im.geometry)
+            key = (id(lesion), id(pred.saliency[label]), im.geometry, im.shape, im.role.laterality)
+            if key in written:
+                sal, salient, first_seg, first_sal = written[key]
+                shutil.copyfile(tmp / first_seg, tmp / seg_name)
+                shutil.copyfile(tmp / first_sal, tmp / sal_name)
+            else:
+                sal = np.clip(pred.saliency[label].astype(np.float32), 0, 1)
+                salient = _salient_mask(sal)
+                write_seg_nrrd(tmp / seg_name, {"lesion": lesion, "salient_region": salient},
+                               im.geometry, laterality=im.role.laterality)
+                write_nrrd(tmp / sal_name, sal, im.geometry)
+                written[key] = (sal, salient, seg_name, sal_name)
             voxel_mm3 = float(np.prod(im.geometry.spacing_mm))
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
                                       "user" if label in user_masks else "predicted",
                                       float(lesion.sum()) * voxel_mm3,
-                                      float(_salient_mask(sal).sum()) * voxel_mm3, float(prob.max())))
+                                      float(salient.sum()) * voxel_mm3, float(prob.max())))
             sp = im.geometry.spacing_mm
             panels.append({"label": label, "voxels": im.voxels, "lesion": lesion, "saliency": sal,
                            "aspect": sp[1] / sp[0]})

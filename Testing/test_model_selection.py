@@ -54,6 +54,12 @@ def test_a_bundle_reading_more_of_the_study_wins(studies):
     assert choose_bundle(_real(studies["mg_us"]), ALL + [both]).bundle is both
 
 
+def test_a_bundle_earlier_on_the_search_path_wins_a_tie(studies):
+    mine = BundleInfo("zz-my-us", Path("mine"), ("US",), False)
+    assert choose_bundle(_real(studies["us"]), [mine] + ALL).bundle is mine
+    assert choose_bundle(_real(studies["us"]), ALL + [mine]).bundle is US_REAL
+
+
 def test_real_mri_falls_back_to_the_demo_bundle_with_a_warning(studies):
     c = choose_bundle(_real(studies["mr"]), ALL)
     assert c.bundle is DEMO and "mean nothing" in c.warning

@@ -43,10 +43,10 @@ def test_loss_falls_in_a_few_steps():
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
 
 
-def _config(tmp_path, epochs=(1, 2), **train):
+def _config(tmp_path, epochs=(1, 2), modality_sets=(("US", "MR"), ("MG", "US")), **train):
     folders = tmp_path / "studies"
     for i in range(6):
-        write_study_folder(make_case(i, (True, False, None)[i % 3], ("MG", "US") if i % 2 else ("US", "MR")),
+        write_study_folder(make_case(i, (True, False, None)[i % 3], modality_sets[i % len(modality_sets)]),
                            folders / f"case{i}")
     doc = {"model": tiny_config().to_json(),
            "data": [{"folders": "studies"}],
@@ -74,8 +74,22 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     assert meta["training_data"]["n_validation"] == 2 and meta["training_data"]["n_train"] == 4
     assert "threshold" in meta["operating_point"]
     assert "binds train" in (run / "bundle" / "docs" / "README.md").read_text()
+    assert model.modalities == ("MG", "US", "MR")
     # a second run into the same folder needs --resume or --overwrite
     assert main(["train", str(cfg), "--out", str(run)]) == 5
+
+
+def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
+    cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("US",),))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    model = DiagnosisModel.from_bundle(tmp_path / "run" / "bundle", device="cpu")
+    assert model.metadata["modalities"] == ["US"] and model.modalities == ("US",)
+    pred = model.predict(make_case(9, True, ("MG", "US", "MR")), saliency="none")
+    assert pred.modalities == ("US",)
+    # these cases carry subtype labels; a bundle trained without any gives no subtype output
+    assert model.metadata["subtype_trained"] is True and pred.subtype_probabilities
+    model.metadata["subtype_trained"] = False
+    assert model.predict(make_case(9, True, ("US",)), saliency="none").subtype_probabilities == {}
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

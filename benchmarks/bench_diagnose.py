@@ -4,18 +4,27 @@
     python benchmarks/bench_diagnose.py --preset paper         # ResNet-18 encoders, 6-layer fusion,
                                                                # 224^2 US/MG crops, 96^3 MRI
     python benchmarks/bench_diagnose.py --bundle binds-diagnosis-demo --json out.json
+    python benchmarks/bench_diagnose.py --preset paper --baseline 09beade   # before/after, A/B
 
-What it measures, in one process:
+What it measures:
 
-* latency of the whole two-stage diagnosis with saliency (``--stage 2``: stage 1 then stage 2)
-  as ``binds diagnose`` runs it — read the study folder, preprocess, encoders, fusion, saliency,
-  mapping back to the image grids, writing the outputs — median of ``--repeats`` runs after a
-  warm-up, split by part;
-* FLOPs of each stage's forward pass (``torch.utils.flop_counter``), and the machine's peak
-  measured in the same run (a 2048x2048 fp32 matmul and a 3x3 convolution), so that the
-  achieved rate can be read as a fraction of what the machine does;
-* peak memory: the process's peak resident set on CPU (Python and torch included), or
-  ``torch.cuda.max_memory_allocated`` on a GPU.
+* latency of the whole two-stage diagnosis with saliency (``stage="2"``: stage 1 then stage 2)
+  as ``binds diagnose`` runs it -- read the study folder, preprocess, encoders, fusion, saliency,
+  mapping back to the image grids, writing the outputs -- median of ``--repeats`` runs after a
+  warm-up, split by part; and the total of a stage-1-only diagnosis (``stage="1"``);
+* FLOPs of everything torch runs in the two-stage diagnosis (``torch.utils.flop_counter``),
+  the forward FLOPs of each stage as a plain encode + fuse, and the machine's peak measured in
+  the same run (a 2048x2048 fp32 matmul and a 3x3 convolution), so that the achieved rate can
+  be read as a fraction of what the machine does;
+* peak memory: in a fresh process per version, what one ``binds diagnose`` needs (model
+  loading, and the diagnosis with weights, libraries and study resident); in the benchmark
+  process, the peak of each run above the resident set before it; on a GPU also
+  ``torch.cuda.max_memory_allocated``.
+
+``--baseline REV`` (a git revision, or a folder holding a ``BINDSLib`` copy) loads that
+version's package as ``BINDSLib_baseline`` and runs it interleaved with the working tree's in
+the same process (alternating order, same weights), so that a loaded machine affects both
+alike; it also checks that both give the same probabilities, segmentations and saliency.
 
 Weights are random unless ``--bundle`` is given: speed does not depend on them.
 """
@@ -78,14 +87,202 @@ def forward_flops(model, study, modalities) -> float:
     return float(counter.get_total_flops())
 
 
+def _proc_status_mib(key: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (Linux), NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak resident set (``VmHWM``, Linux >= 4.0); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def load_baseline(spec: str, dest: Path):
+    """The ``BINDSLib`` package of a git revision (or of a folder holding a ``BINDSLib`` copy)
+    importable as ``BINDSLib_baseline`` beside the working tree's, for A/B runs in one
+    process (its modules import each other relatively)."""
+    import importlib
+    import io
+    import shutil
+    import subprocess
+    import tarfile
+
+    target = dest / "BINDSLib_baseline"
+    src = Path(spec)
+    if src.is_dir():
+        src = src if (src / "__init__.py").is_file() else src / "BINDSLib"
+        shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        root = Path(__file__).resolve().parents[1]
+        tar = subprocess.run(["git", "-C", str(root), "archive", spec, "BINDSLib"], check=True,
+                             capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            tf.extractall(dest / "git", filter="data")
+        shutil.move(str(dest / "git" / "BINDSLib"), target)
+    sys.path.insert(0, str(dest))
+    return importlib.import_module("BINDSLib_baseline")
+
+
+class Variant:
+    """One BINDS version under test: its package, model and entry points."""
+
+    def __init__(self, name: str, pkg: str, model):
+        import importlib
+
+        self.name, self.model, self.pkg = name, model, pkg
+        diagnose = importlib.import_module(f"{pkg}.diagnose")
+        self.diagnose_study, self.options = diagnose.diagnose_study, diagnose.DiagnoseOptions
+        self.run_stages = diagnose.run_stages
+        self.read = importlib.import_module(f"{pkg}.studyfolder").read_study_folder
+
+
+def make_variant(name: str, pkg: str, args, device: str, reference=None) -> tuple[Variant, dict]:
+    """The model of ``pkg``: the bundle, or the preset with random weights (seed 0, or the
+    weights ``reference`` gives: a state dict or a bundle path). Returns the variant and what
+    the next variant takes as its ``reference``. A preset network is prepared as
+    ``DiagnosisModel.from_bundle`` prepares a bundle's (BatchNorm folded where supported)."""
+    import importlib
+
+    import torch
+
+    inference = importlib.import_module(f"{pkg}.model.inference")
+    if args.bundle:
+        model = inference.DiagnosisModel.from_bundle(str(reference or args.bundle), device=device)
+        return Variant(name, pkg, model), model.bundle.path
+    config = importlib.import_module(f"{pkg}.model.config")
+    torch.manual_seed(0)
+    network = importlib.import_module(f"{pkg}.model.network").DiagnosisNetwork(config.preset(args.preset))
+    if reference is not None:
+        network.load_state_dict(reference)
+    # a copy from before folding (folding scales the convolution weights in place; another
+    # version may not fold)
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    if hasattr(network, "fold_batch_norm"):
+        network.fold_batch_norm()
+    model = inference.DiagnosisModel(network, {}, device, {"name": f"random-{args.preset}", "version": "0"})
+    return Variant(name, pkg, model), state
+
+
+def run_flops(v: Variant, folder: Path, stage: str) -> float:
+    """FLOPs of everything ``torch`` runs in one diagnosis (``run_stages``: stage 1, then
+    stage 2 with ``stage="2"``; leave-one-modality-out fusions and saliency included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    study = v.read(folder)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        v.run_stages(v.model, study, stage, tuple(v.model.uncertainty_band), {})
+    return float(counter.get_total_flops())
+
+
+PARTS = ("preprocess", "encoders", "fusion", "saliency", "mapping")
+
+
+def timed_run(v: Variant, folder: Path, out: Path, device: str, stage: str = "2") -> dict:
+    """One ``binds diagnose`` of the study folder: seconds by part, peak memory, results."""
+    import torch
+
+    reset = reset_peak_rss()
+    rss0 = _proc_status_mib("VmRSS")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    st = v.read(folder)
+    t_read = time.perf_counter() - t0
+    v.diagnose_study(v.model, st, out, v.options(stage=stage, device=device))
+    total = time.perf_counter() - t0
+    t = json.loads((out / "timings.json").read_text())
+    parts = {"read": t_read}
+    for s in ("stage1", "stage2"):
+        for part in PARTS:
+            parts[f"{s}_{part}"] = t.get(f"{s}_{part}", 0.0)
+    parts["write"] = t["write_s"]
+    parts["total"] = total
+    report = json.loads((out / "report.json").read_text())
+    mem = {"peak_rss_mib": _proc_status_mib("VmHWM") if reset else peak_rss_mib(),
+           "working_mib": (_proc_status_mib("VmHWM") - rss0) if reset else float("nan")}
+    if device.startswith("cuda"):
+        mem["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return {"parts": parts, "memory": mem,
+            "probabilities": [s["malignancy_probability"] for s in report["stages"]]}
+
+
+def _digests(out: Path) -> dict:
+    """SHA-256 of each ``.seg.nrrd`` (lesion and salient-region masks) of an output folder."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
+            if p.name.endswith(".seg.nrrd")}
+
+
+def _saliency_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference between the saliency maps of two output folders."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    worst = 0.0
+    for p in sorted(a.glob("*_saliency.nrrd")):
+        x = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        y = sitk.GetArrayFromImage(sitk.ReadImage(str(b / p.name)))
+        worst = max(worst, float(np.abs(x.astype(np.float64) - y).max()))
+    return worst
+
+
+def memory_child(spec: dict) -> dict:
+    """In a fresh process, what ``binds diagnose`` does once: load the model, read the study
+    folder, diagnose (two stages, saliency, outputs). Returns the process's peak resident set
+    (model loading included) and the peak while diagnosing (``VmHWM`` reset after loading)."""
+    import importlib
+
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    if spec["path"]:
+        sys.path.insert(0, spec["path"])
+    pkg = spec["pkg"]
+    inference = importlib.import_module(f"{pkg}.model.inference")
+    if spec["bundle"]:
+        model = inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
+    else:
+        config = importlib.import_module(f"{pkg}.model.config")
+        network = importlib.import_module(f"{pkg}.model.network").DiagnosisNetwork(config.preset(spec["preset"]))
+        network.load_state_dict(torch.load(spec["state"], weights_only=True))
+        if hasattr(network, "fold_batch_norm"):
+            network.fold_batch_norm()
+        model = inference.DiagnosisModel(network, {}, spec["device"], {"name": "random", "version": "0"})
+    v = Variant("child", pkg, model)
+    loaded = _proc_status_mib("VmRSS")
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec (the parent's size)
+    loading_peak = _proc_status_mib("VmHWM")
+    reset = reset_peak_rss()
+    t0 = time.perf_counter()
+    v.diagnose_study(model, v.read(Path(spec["folder"])), Path(spec["out"]), v.options(stage="2", device=spec["device"]))
+    diagnosis_peak = _proc_status_mib("VmHWM")
+    return {"process_peak_rss_mib": round(max(loading_peak, diagnosis_peak) if reset else diagnosis_peak, 1),
+            "diagnosis_peak_rss_mib": round(diagnosis_peak, 1) if reset else None,
+            "rss_after_loading_mib": round(loaded, 1), "cold_total_s": round(time.perf_counter() - t0, 3)}
+
+
 def main(argv=None) -> int:
     import torch
 
-    from BINDSLib.diagnose import DiagnoseOptions, diagnose_study, resolve_device
-    from BINDSLib.model.config import preset
-    from BINDSLib.model.inference import DiagnosisModel
-    from BINDSLib.model.network import DiagnosisNetwork
-    from BINDSLib.studyfolder import read_study_folder, write_study_folder
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
+        print(json.dumps(memory_child(json.loads(sys.argv[2]))))
+        return 0
+
+    from BINDSLib.diagnose import resolve_device
+    from BINDSLib.studyfolder import write_study_folder
     from BINDSLib.synthetic import make_study
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,70 +291,117 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--baseline", default=None, metavar="REV|DIR",
+                   help="also run the BINDSLib of this git revision (or folder), interleaved with "
+                        "the working tree's in the same process, and compare")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    torch.manual_seed(0)
-    if args.bundle:
-        model = DiagnosisModel.from_bundle(args.bundle, device=device)
-        label = args.bundle
-    else:
-        model = DiagnosisModel(DiagnosisNetwork(preset(args.preset)), {}, device,
-                               {"name": f"random-{args.preset}", "version": "0"})
-        label = f"{args.preset} preset (random weights)"
-    size = "full" if args.preset == "paper" else "demo"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        current, reference = make_variant("current", "BINDSLib", args, device)
+        variants = [current]
+        if args.baseline:
+            load_baseline(args.baseline, tmp / "pkg")
+            variants.insert(0, make_variant(f"baseline ({args.baseline})", "BINDSLib_baseline", args,
+                                            device, reference)[0])
+        label = args.bundle or f"{args.preset} preset (random weights)"
+        size = "full" if args.preset == "paper" else "demo"
         folder = write_study_folder(make_study(5, diagnosis="malignant", size=size), tmp / "study")
-        study = read_study_folder(folder)
-        flops = {"stage1": forward_flops(model, study, ("MG", "US")),
-                 "stage2": forward_flops(model, study, ("MG", "US", "MR"))}
+        flops = {"stage1": forward_flops(current.model, current.read(folder), ("MG", "US")),
+                 "stage2": forward_flops(current.model, current.read(folder), ("MG", "US", "MR"))}
+        run_gflop = {v.name: round(run_flops(v, folder, "2") / 1e9, 2) for v in variants}
         peak = machine_peak_gflops(torch.device(device))
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        runs = []
+        runs = {v.name: [] for v in variants}
+        stage1 = {v.name: [] for v in variants}
+        outs = {}
         for r in range(args.repeats + 1):  # the first is a warm-up
-            t0 = time.perf_counter()
-            st = read_study_folder(folder)
-            t_read = time.perf_counter() - t0
-            out = tmp / f"out{r}"
-            diagnose_study(model, st, out, DiagnoseOptions(stage="2", device=device))
-            total = time.perf_counter() - t0
-            t = json.loads((out / "timings.json").read_text())
-            parts = {"read": t_read}
-            for stage in ("stage1", "stage2"):
-                for part in ("preprocess", "encoders", "fusion", "saliency", "mapping"):
-                    parts[f"{stage}_{part}"] = t.get(f"{stage}_{part}", 0.0)
-            parts["write"] = t["write_s"]
-            parts["total"] = total
-            if r:
-                runs.append(parts)
-        median = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-    mem = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib())
-    fwd_s = sum(median[f"{s}_{p}"] for s in ("stage1", "stage2") for p in ("encoders", "fusion"))
+            order = variants if r % 2 else variants[::-1]  # interleaved, alternating order
+            for v in order:
+                out = tmp / f"out-{variants.index(v)}-{r}"
+                res = timed_run(v, folder, out, device)
+                s1 = timed_run(v, folder, tmp / f"s1-{variants.index(v)}-{r}", device, stage="1")
+                outs[v.name] = out
+                if r:
+                    runs[v.name].append(res)
+                    stage1[v.name].append(s1["parts"]["total"])
+        digests = {v.name: _digests(outs[v.name]) for v in variants}
+        sal_diff = _saliency_difference(outs[variants[0].name], outs["current"]) if args.baseline else None
+        # memory as `binds diagnose` uses it: each version alone in a fresh process
+        import subprocess
+
+        if not args.bundle:
+            torch.save(reference, tmp / "state.pt")
+        child = {}
+        for v in variants:
+            spec = {"pkg": v.pkg, "path": str(tmp / "pkg") if v.pkg != "BINDSLib" else None,
+                    "bundle": str(v.model.bundle.path) if args.bundle else None, "preset": args.preset,
+                    "state": str(tmp / "state.pt"), "folder": str(folder), "device": device,
+                    "threads": args.threads, "out": str(tmp / f"child-{variants.index(v)}")}
+            run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
+                                 capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+            if run.returncode:
+                raise RuntimeError(f"memory run of {v.name} failed:\n{run.stderr[-2000:]}")
+            child[v.name] = json.loads(run.stdout.strip().splitlines()[-1])
+        results = {}
+        for v in variants:
+            rr = runs[v.name]
+            median = {k: statistics.median(x["parts"][k] for x in rr) for k in rr[0]["parts"]}
+            mem = {k: round(max(x["memory"][k] for x in rr), 1) for k in rr[0]["memory"]}
+            fwd_s = sum(median[f"{s}_{p}"] for s in ("stage1", "stage2") for p in ("encoders", "fusion"))
+            results[v.name] = {
+                "latency_s": {k: round(x, 4) for k, x in median.items()},
+                "stage1_only_total_s": round(statistics.median(stage1[v.name]), 4),
+                "two_stage_gflop": run_gflop[v.name],
+                "achieved_gflops": round(run_gflop[v.name] / max(fwd_s, 1e-9), 1),
+                "memory_mib": mem,
+                "probabilities": rr[-1]["probabilities"],
+                "fresh_process": child[v.name],
+            }
     result = {
         "model": label, "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "latency_s": {k: round(v, 4) for k, v in median.items()},
-        "gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
-        "achieved_forward_gflops": round((flops["stage1"] + flops["stage2"]) / 1e9 / max(fwd_s, 1e-9), 1),
-        "machine_peak": peak,
-        "peak_memory_mib": round(mem, 1),
-        "peak_memory_kind": "cuda max allocated" if device.startswith("cuda") else "process peak RSS",
+        "forward_gflop": {k: round(x / 1e9, 2) for k, x in flops.items()},
+        "machine_peak": peak, "variants": results,
     }
-    result["forward_fraction_of_matmul_peak"] = round(result["achieved_forward_gflops"] / peak["matmul_fp32_gflops"], 3)
+    cur = results["current"]
+    if args.baseline:
+        base = results[variants[0].name]
+        result["same_results"] = {
+            "max_probability_difference": max(abs(a - b) for a, b in zip(base["probabilities"], cur["probabilities"])),
+            "identical_segmentations": digests[variants[0].name] == digests["current"],
+            "max_saliency_difference": sal_diff}
     w = sys.stdout.write
     w(f"binds diagnose benchmark: {result['model']} on {result['device']} ({result['threads']} threads), "
-      f"median of {args.repeats}\n")
-    w(f"{'part':<22}{'seconds':>10}\n")
-    for k, v in result["latency_s"].items():
-        w(f"{k:<22}{v:>10.3f}\n")
-    w(f"forward GFLOP: stage 1 {result['gflop']['stage1']}, stage 2 {result['gflop']['stage2']}; "
-      f"achieved {result['achieved_forward_gflops']} GFLOP/s = {result['forward_fraction_of_matmul_peak']:.0%} of the "
-      f"matmul peak ({peak['matmul_fp32_gflops']} GFLOP/s; conv {peak['conv3x3_fp32_gflops']} GFLOP/s)\n")
-    w(f"peak memory: {result['peak_memory_mib']} MiB ({result['peak_memory_kind']})\n")
+      f"median of {args.repeats}, two-stage diagnosis with saliency\n")
+    names = [v.name for v in variants]
+    w(f"{'part (s)':<22}" + "".join(f"{n[:24]:>26}" for n in names) + "\n")
+    rows = list(cur["latency_s"]) + ["stage-1-only total"]
+    for k in rows:
+        vals = [results[n]["latency_s"][k] if k in results[n]["latency_s"] else results[n]["stage1_only_total_s"]
+                for n in names]
+        w(f"{k:<22}" + "".join(f"{x:>26.3f}" for x in vals) + "\n")
+    for key, title in (("two_stage_gflop", "GFLOP (two-stage run)"), ("achieved_gflops", "GFLOP/s (encoders+fusion)")):
+        w(f"{title:<22}" + "".join(f"{results[n][key]:>26}" for n in names) + "\n")
+    for key in cur["memory_mib"]:
+        w(f"{key:<22}" + "".join(f"{results[n]['memory_mib'][key]:>26}" for n in names) + "\n")
+    w("fresh process (one `binds diagnose`):\n")
+    for key in cur["fresh_process"]:
+        w(f"  {key:<26}" + "".join(f"{results[n]['fresh_process'][key]:>22}" for n in names) + "\n")
+    w(f"forward GFLOP (encode+fuse, no reuse): stage 1 {result['forward_gflop']['stage1']}, stage 2 "
+      f"{result['forward_gflop']['stage2']}; machine in this run: matmul {peak['matmul_fp32_gflops']} GFLOP/s, "
+      f"conv {peak['conv3x3_fp32_gflops']} GFLOP/s\n")
+    w("in this process (with --baseline both versions are loaded): peak_rss_mib = peak resident set during one diagnosis, "
+      "working_mib = that peak minus the resident set before it; fresh process: process_peak_rss_mib = "
+      "peak of the whole process (model loading included), diagnosis_peak_rss_mib = peak while "
+      "diagnosing (weights, libraries and study included)\n")
+    if args.baseline:
+        sr = result["same_results"]
+        w(f"same results: max |probability difference| {sr['max_probability_difference']:.2e}; "
+          f"segmentations (lesion / salient-region masks) byte-identical: {sr['identical_segmentations']}; "
+          f"max |saliency difference| {sr['max_saliency_difference']:.2e}\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

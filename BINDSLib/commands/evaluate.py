@@ -30,6 +30,10 @@ def register(sub) -> None:
                    help="sensitivity kept by the biopsy-reduction threshold (default 0.98)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
+    p.add_argument("--cases", metavar="CSV", default=None,
+                   help="only the studies listed in CSV (a study_id column, else the first column), "
+                        "e.g. the held-out split a training run wrote: RUN_DIR/validation_cases.csv, "
+                        "also kept in the bundle as docs/validation_cases.csv")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
     p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
     p.add_argument("--given-masks", action="store_true",
@@ -70,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         n = args.synthetic
         studies = (make_study(derive_seed(args.synthetic_seed, i)) for i in range(n))
         source = {"data": f"synthetic n={n} seed={args.synthetic_seed}", "layout": "synthetic"}
+    if args.cases:
+        wanted = read_case_list(Path(args.cases))
+        studies = (st for st in studies if st.study_id in wanted)
+        source.update(cases=str(args.cases), n_cases_listed=len(wanted))
     if args.limit:
         studies = itertools.islice(studies, args.limit)
     device = None if args.device == "auto" else args.device
@@ -80,6 +88,27 @@ def run(args: argparse.Namespace) -> int:
                        given_masks=args.given_masks, extra=source)
     sys.stdout.write(summary(metrics) + f"results in {out}\n")
     return 0
+
+
+def read_case_list(path) -> set[str]:
+    """Study ids of a case list CSV (``study_id`` column, else the first column)."""
+    import csv
+
+    from ..errors import InputError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read case list: {e}", path) from None
+    if not rows:
+        raise InputError("case list is empty", path)
+    col = rows[0].index("study_id") if "study_id" in rows[0] else 0
+    body = rows[1:] if "study_id" in rows[0] else rows
+    ids = {r[col].strip() for r in body if len(r) > col and r[col].strip()}
+    if not ids:
+        raise InputError("case list names no study", path)
+    return ids
 
 
 def summary(m: dict) -> str:

@@ -120,6 +120,18 @@ class DiagnosisConfig:
     crop_min_fraction : smallest crop side, as a fraction of the image side.
     lesion_threshold : probability above which a pixel belongs to the predicted lesion.
     intensity_percentiles : (low, high) percentiles of each image mapped to 0 and 1.
+    saliency_lesion_gate : multiply the saliency map by the model's lesion probability
+        (saliency then highlights the malignancy-aligned evidence *inside* the lesion the model
+        found; without pathology records in training the alignment term is flat and the map is
+        the lesion probability). Default off (the plain alignment / Grad-CAM saliency).
+    tta_flip : at inference, also encode the left-right mirrored US images and average the
+        malignancy logits and lesion maps with the unflipped ones (test-time augmentation;
+        about twice the US encoder time). Default off.
+    lesion_mask_mode : how the predicted lesion mask is drawn from the lesion probability on
+        the image grid: ``"threshold"`` (default: ``p >= lesion_threshold``) or
+        ``"peak_component"`` (the connected region around the probability maximum, at
+        ``min(lesion_threshold, max(0.5 * peak, 0.2))``; empty when the peak is below 0.2):
+        one lesion per image, with fewer missed faint lesions and no scattered false blobs.
     """
 
     preset: str = "demo"
@@ -147,6 +159,9 @@ class DiagnosisConfig:
     crop_min_fraction: float = 0.15
     lesion_threshold: float = 0.5
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    saliency_lesion_gate: bool = False
+    tta_flip: bool = False
+    lesion_mask_mode: str = "threshold"
 
     def __post_init__(self):
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
@@ -168,6 +183,8 @@ class DiagnosisConfig:
             raise ValueError("mr_size must be at least 8 in every axis")
         if self.mg_max_views < 1 or self.us_max_images < 1:
             raise ValueError("mg_max_views and us_max_images must be >= 1")
+        if self.lesion_mask_mode not in ("threshold", "peak_component"):
+            raise ValueError("lesion_mask_mode must be 'threshold' or 'peak_component'")
         if not 0.0 < self.lesion_threshold < 1.0:
             raise ValueError("lesion_threshold must be in (0, 1)")
 

@@ -44,6 +44,13 @@ def study_labels(study: Study) -> tuple[float, int]:
     return malignant, (SUBTYPES.index(st.value) if st is not None else -1)
 
 
+def holdout_ok(study: Study) -> bool:
+    """Whether ``study`` may go to a held-out split: not when it belongs to a BUSI duplicate
+    group whose frames carry conflicting labels (``label_conflict`` = 1)."""
+    attrs = getattr(study, "attributes", None) or {}
+    return str(attrs.get("label_conflict", "0")).strip() not in ("1", "true", "True")
+
+
 def group_of(study: Study) -> str:
     """The split group of a study: BUSI ``dup_group``, else the woman, else the study."""
     attrs = getattr(study, "attributes", None) or {}
@@ -63,6 +70,9 @@ class Sample:
     pathology: np.ndarray | None
     wsi: np.ndarray | None
     group: str
+    #: False for studies that must never be held out (BUSI ``label_conflict`` groups: their
+    #: near-duplicates carry different labels, so they would make a validation label noisy)
+    holdout_ok: bool = True
 
 
 def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = None) -> Sample:
@@ -78,7 +88,7 @@ def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = 
                     study.study_id, wsi.shape, config.wsi_dim)
         wsi = None
     return Sample(study.study_id, prepared, malignant, subtype, path,
-                  wsi if config.wsi_dim else None, group_of(study))
+                  wsi if config.wsi_dim else None, group_of(study), holdout_ok(study))
 
 
 def _seed(*parts) -> int:
@@ -260,7 +270,9 @@ def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[lis
     """Indices ``(rest, held_out)``: about ``fraction`` of the groups of each label held out.
 
     Every group (see :func:`group_of`) lands on one side; groups are stratified by their
-    worst label (malignant > benign/normal > unknown).
+    worst label (malignant > benign/normal > unknown). A group with any study that may not be
+    held out (``holdout_ok`` False: BUSI ``label_conflict`` groups) always stays on the
+    training side, and does not count toward the held-out fraction.
     """
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
@@ -269,6 +281,8 @@ def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[lis
     held: list[int] = []
     by_label: dict[str, list[str]] = {}
     for g, idx in sorted(groups.items()):
+        if not all(getattr(samples[i], "holdout_ok", True) for i in idx):
+            continue
         labels = [samples[i].malignant for i in idx]
         key = "m" if any(v == 1.0 for v in labels) else ("b" if any(v == 0.0 for v in labels) else "u")
         by_label.setdefault(key, []).append(g)
@@ -282,5 +296,5 @@ def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[lis
     return [i for i in range(len(samples)) if i not in held_set], sorted(held)
 
 
-__all__ = ["Sample", "StudyDataset", "collate", "group_of", "inputs_item", "make_sample",
+__all__ = ["Sample", "StudyDataset", "collate", "group_of", "holdout_ok", "inputs_item", "make_sample",
            "modality_keep", "split_groups", "study_labels"]

@@ -11,6 +11,7 @@ geometry as the input image), so it overlays exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -76,7 +77,8 @@ class Prediction:
         normalised to sum 1 over the used modalities (1.0 for a single modality; equal shares
         when no modality changes anything). contribution_deltas : the signed ``p - p_without_m``
         (empty for a single modality).
-    images : per-image outputs by image label (:class:`ImageOutput`).
+    images : per-image outputs by image label (:class:`ImageOutput`). Images on one grid
+        (the MR sequences of a study, usually) share their map arrays: treat them as read-only.
     combination_probabilities : ``"MG+US"`` -> calibrated probability using only those
         modalities (filled when asked for; empty otherwise).
     threshold : the bundle's operating threshold; uncertainty_band : (low, high) of stage 1.
@@ -176,7 +178,9 @@ class DiagnosisModel:
         """Load a verified bundle (SHA-256 + ``weights_only``) and rebuild its network.
 
         Raises :class:`~BINDSLib.errors.ModelError` when the bundle is missing, tampered with,
-        not a diagnosis bundle, or does not match the network its config describes.
+        not a diagnosis bundle, or does not match the network its config describes. The
+        network's BatchNorms are folded into their convolutions
+        (:meth:`~.network.DiagnosisNetwork.fold_batch_norm`): for inference, not training.
         """
         from ..bundle import load_bundle
         from .network import DiagnosisNetwork
@@ -193,6 +197,7 @@ class DiagnosisModel:
             first = str(e).strip().splitlines()[0][:300]
             raise ModelError(f"weights do not fit the network of this BINDS version ({first})",
                              bundle.path) from None
+        network.fold_batch_norm()  # inference only: same outputs, one pass less per feature map
         model = cls(network, bundle.binds, device, bundle.summary())
         model.bundle = bundle
         bundle.state_dict = {}  # the network holds the weights now
@@ -219,6 +224,16 @@ class DiagnosisModel:
         are untrained, so :meth:`predict` never uses them."""
         return modality_names(self.metadata.get("modalities") or MODALITIES)
 
+    def prediction_cache(self) -> "PredictionCache":
+        """A new :class:`PredictionCache` for :meth:`predict` calls on one study."""
+        return PredictionCache()
+
+    @property
+    def predicts_subtype(self) -> bool:
+        """False for a bundle trained without subtype labels (e.g. BUSI, mini-MIAS): its subtype
+        head is untrained, so predictions carry no subtype probabilities."""
+        return bool(self.metadata.get("subtype_trained", True))
+
     def probability(self, logit) -> np.ndarray:
         """Calibrated probability of raw logits (temperature scaling)."""
         z = np.asarray(logit, dtype=np.float64) / self.temperature
@@ -226,8 +241,8 @@ class DiagnosisModel:
 
     # -- prediction ------------------------------------------------------------------------
     def predict(self, study: Study, lesion_masks: dict[str, np.ndarray] | None = None,
-                modalities=None, saliency: str = "alignment", combinations: bool = False
-                ) -> Prediction:
+                modalities=None, saliency: str = "alignment", combinations: bool = False,
+                cache: "PredictionCache | None" = None) -> Prediction:
         """Diagnose one study.
 
         Parameters
@@ -241,6 +256,11 @@ class DiagnosisModel:
         combinations : also give the probability of every non-empty subset of the used
             modalities (``combination_probabilities``; e.g. the stage-1 ``"MG+US"`` value from
             the same call). Exact: encoders are per modality, the fusion masks the others.
+        cache : a :class:`PredictionCache` shared by calls on the same study (same ``study``
+            and ``lesion_masks`` objects, same ``saliency``): each modality is prepared,
+            encoded and mapped back once, later calls reuse it (stage 2 of ``binds diagnose``
+            adds only the MRI to stage 1's mammography and ultrasound). Same results as
+            separate calls: encoders are per modality.
 
         Raises
         ------
@@ -249,8 +269,7 @@ class DiagnosisModel:
         """
         import torch
 
-        from .data import collate, inputs_item
-        from .preprocess import prepare_study, to_image_grid
+        from .preprocess import PreparedStudy, to_image_grid
         from .saliency import METHODS, alignment_saliency, gradcam_saliency
 
         if saliency not in (*METHODS, "none"):
@@ -274,46 +293,77 @@ class DiagnosisModel:
             raise InputError(f"model {self.summary.get('name', '?')} reads "
                              f"{'+'.join(self.modalities)} images; study {study.study_id} has {have}"
                              + (f" (asked for {'+'.join(modality_names(modalities))})" if modalities else ""))
-        prepared = prepare_study(study, self.config, lesion_masks=lesion_masks, modalities=allowed)
-        batch = {k: v.to(self.device) for k, v in collate([inputs_item(prepared)]).items()}
+        cache = PredictionCache() if cache is None else cache
+        work = cache.prepare(self, study, lesion_masks, allowed, saliency)
+        fresh = [m for m, w in work.items() if w.images is None]  # not done by an earlier call
+        prepared = PreparedStudy(study.study_id, {m: w.prepared.inputs[m] for m, w in work.items()},
+                                 [n for w in work.values() for n in w.prepared.notes],
+                                 {k: v for w in work.values() for k, v in w.prepared.mask_source.items()})
+        batch = {k: v for w in work.values() for k, v in w.batch.items()}
         lap("preprocess")
         with torch.inference_mode(), self._autocast():
-            enc = net.encode(batch)
+            for m in fresh:
+                w = work[m]
+                if w.encoding is None:
+                    w.encoding = net.encode(w.batch)[m]
+                    if self.config.tta_flip:
+                        w.encoding_flip = flip_encodings(net, {m: w.encoding}, w.batch)[m]
+                    if saliency != "gradcam":  # only Grad-CAM reads the images again
+                        w.batch = {k: v for k, v in w.batch.items() if not k.endswith("_images")}
+            # shallow copies: merge_flipped replaces fields, the cache keeps the encoder outputs
+            enc = {m: dataclasses.replace(w.encoding) for m, w in work.items()}
+            enc_flip = None
+            if self.config.tta_flip:
+                enc_flip = {m: enc[m] if w.encoding_flip is None or w.encoding_flip is w.encoding
+                            else dataclasses.replace(w.encoding_flip) for m, w in work.items()}
             lap("encoders")
-            out = net.fuse(enc, batch)
-            logit = float(out["malignancy_logit"][0])
-            p = float(self.probability(logit))
+
+            def fuse(keeps):
+                o = fuse_variants(net, enc, batch, keeps)
+                if enc_flip is None:
+                    return o
+                f = fuse_variants(net, enc_flip, batch, keeps)
+                return {"malignancy_logit": (o["malignancy_logit"] + f["malignancy_logit"]) / 2,
+                        "subtype_logits": (o["subtype_logits"] + f["subtype_logits"]) / 2}
+
             used = tuple(enc)
-            deltas: dict[str, float] = {}
-            if len(used) > 1:
-                for m in used:
-                    o = net.fuse(enc, batch, keep={m: torch.zeros(1, dtype=torch.bool, device=self.device)})
-                    deltas[m] = p - float(self.probability(float(o["malignancy_logit"][0])))
-            combos = {}
-            if combinations:
-                for r in range(1, len(used) + 1):
-                    for combo in itertools.combinations(used, r):
-                        keep = {m: torch.full((1,), m in combo, dtype=torch.bool, device=self.device)
-                                for m in used}
-                        o = net.fuse(enc, batch, keep)
-                        combos["+".join(combo)] = float(self.probability(float(o["malignancy_logit"][0])))
+            # one batched fusion: all modalities, leave-one-modality-out, subsets
+            leave_one_out = [tuple(x for x in used if x != m) for m in used] if len(used) > 1 else []
+            subsets = [c for r in range(1, len(used) + 1) for c in itertools.combinations(used, r)] \
+                if combinations else []
+            out = fuse([used, *leave_one_out, *subsets])
+            logits = out["malignancy_logit"].float().cpu().numpy().astype(np.float64)
+            logit = float(logits[0])
+            p = float(self.probability(logit))
+            deltas: dict[str, float] = {m: p - float(self.probability(float(logits[1 + i])))
+                                        for i, m in enumerate(used) if leave_one_out}
+            combos = {"+".join(c): float(self.probability(float(logits[1 + len(leave_one_out) + i])))
+                      for i, c in enumerate(subsets)}
             subtype = torch.softmax(out["subtype_logits"][0].float(), 0).cpu().numpy()
+            if enc_flip is not None:
+                merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
             lap("fusion")
             proto = net.pathology.prototype_malignant
             sal = {}
-            for m, e in enc.items():
+            for m, e in ((m, enc[m]) for m in fresh):
                 size = e.lesion_logits.shape[2:]
                 if saliency == "alignment":
                     sal[m] = alignment_saliency(e.align_map.float(), proto.float(), size).clamp_min(0)
                 elif saliency == "none":
                     sal[m] = torch.zeros_like(e.lesion_logits, dtype=torch.float32)
         if saliency == "gradcam":
-            for m, e in enc.items():
+            for m, e in ((m, enc[m]) for m in fresh):
                 x = batch[f"{m}_images"][e.index[:, 0], e.index[:, 1]]
                 sal[m] = gradcam_saliency(net.branches[m], x, net.pathology.prototype_malignant)
+        if self.config.saliency_lesion_gate and saliency != "none":
+            for m, e in ((m, enc[m]) for m in fresh):
+                lesion = torch.sigmoid(e.lesion_logits.detach().float())
+                sal[m] = lesion_gated_saliency(sal[m].float(), lesion)
         lap("saliency")
-        images = self._map_back(prepared, enc, sal, lesion_masks or {}, to_image_grid)
+        for m in fresh:
+            work[m].images = self._map_back(prepared, {m: enc[m]}, sal, lesion_masks or {}, to_image_grid)
+        images = {label: o for w in work.values() for label, o in w.images.items()}
         lap("mapping")
         timings["total"] = round(time.perf_counter() - t_start, 4)
         total = sum(abs(v) for v in deltas.values())
@@ -321,7 +371,8 @@ class DiagnosisModel:
                          else {m: 1.0 / len(used) for m in used})
         return Prediction(
             study_id=study.study_id, malignancy_probability=p, malignancy_logit=logit,
-            subtype_probabilities={s: float(v) for s, v in zip(SUBTYPES, subtype)},
+            subtype_probabilities=({s: float(v) for s, v in zip(SUBTYPES, subtype)}
+                                   if self.predicts_subtype else {}),
             modalities=used, modality_probabilities=aux, contributions=contributions,
             contribution_deltas=deltas,
             images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
@@ -348,9 +399,15 @@ class DiagnosisModel:
             sals = sal[m].float().cpu().numpy()
             for n, (_, slot) in enumerate(e.index.cpu().numpy()):
                 grid = inp.grids[slot]
+                # MR sequences on one grid get one resampling and share the arrays
+                mapped: dict = {}
                 for src in inp.sources[slot]:
-                    lp = np.clip(to_image_grid(probs[n, 0], grid, src), 0.0, 1.0)
-                    sm = to_image_grid(sals[n, 0], grid, src)
+                    key = (src.shape, src.geometry, src.frame)
+                    if key not in mapped:
+                        lp = np.clip(to_image_grid(probs[n, 0], grid, src), 0.0, 1.0).astype(np.float32)
+                        mapped[key] = (lp, to_image_grid(sals[n, 0], grid, src).astype(np.float32),
+                                       predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
+                    lp, sm, predicted = mapped[key]
                     if src.label in user_masks:
                         mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
                         source = "user"
@@ -359,11 +416,154 @@ class DiagnosisModel:
                                 ).astype(np.uint8)
                         source = "user"
                     else:
-                        mask = (lp >= thr).astype(np.uint8)
+                        mask = predicted
                         source = "predicted"
-                    out[src.label] = ImageOutput(src.label, m, src.geometry, lp.astype(np.float32),
-                                                 sm.astype(np.float32), mask, source)
+                    out[src.label] = ImageOutput(src.label, m, src.geometry, lp, sm, mask, source)
         return out
+
+
+@dataclass
+class _ModalityWork:
+    """What :meth:`DiagnosisModel.predict` computed for one modality of one study."""
+
+    prepared: object  # PreparedStudy of this modality alone
+    batch: dict  # its batch tensors (on the model's device)
+    encoding: object = None  # ModalityEncoding, as the encoder gave it
+    encoding_flip: object = None  # tta_flip: the mirrored encoding (or the same object)
+    images: dict | None = None  # label -> ImageOutput, on the image grids
+
+
+class PredictionCache:
+    """Per-modality work of :meth:`DiagnosisModel.predict` on one study, reused by later
+    calls: prepared inputs, encoder outputs and the maps on the image grids.
+
+    It serves one model, one study, one ``lesion_masks`` object and one saliency method; a
+    call with any other clears it. Images of a reused modality are the same
+    :class:`ImageOutput` objects in both predictions.
+    """
+
+    def __init__(self):
+        self._owner: tuple = ()
+        self.work: dict[str, _ModalityWork] = {}
+
+    def prepare(self, model, study: Study, lesion_masks, modalities, saliency) -> dict[str, _ModalityWork]:
+        """The work of ``modalities`` in network order, preparing the ones not yet done."""
+        import torch
+
+        from ..errors import InputError
+        from .data import collate, inputs_item
+        from .preprocess import prepare_study, select_mr
+
+        owner = (model, study, lesion_masks, saliency)
+        if len(self._owner) != 4 or not all(a is b or (i == 3 and a == b)
+                                            for i, (a, b) in enumerate(zip(self._owner, owner))):
+            self._owner, self.work = owner, {}
+        for m in modalities:
+            if m in self.work:
+                continue
+            has = bool(select_mr(study)[0]) if m == "MR" else any(
+                im.modality.value == m for im in study.images)
+            if not has:
+                continue
+            prep = prepare_study(study, model.config, lesion_masks=lesion_masks, modalities=(m,))
+            batch = {k: v.to(model.device) for k, v in collate([inputs_item(prep)]).items()}
+            prep.inputs[m].images = None  # the batch holds them (the MRI input is ~100 MB)
+            fmt = model.network.branches[m].memory_format
+            if fmt is not torch.contiguous_format:  # the encoder's layout now: no copy of it later
+                images = batch[f"{m}_images"]
+                batch[f"{m}_images"] = images.flatten(0, 1).contiguous(memory_format=fmt).unflatten(
+                    0, images.shape[:2])
+                del images
+            self.work[m] = _ModalityWork(prep, batch)
+        work = {m: self.work[m] for m in MODALITIES if m in modalities and m in self.work}
+        if not work:  # the usual error
+            prepare_study(study, model.config, lesion_masks=lesion_masks, modalities=modalities)
+            raise InputError(f"study {study.study_id} has none of the modalities {', '.join(modalities)}")
+        return work
+
+
+def fuse_variants(net, enc: dict, batch: dict, keeps: list[tuple[str, ...]]) -> dict:
+    """``net.fuse`` of one study under several modality selections in one batched call.
+
+    Variant ``k`` keeps the modalities ``keeps[k]`` (the others are masked out of the fusion,
+    as ``keep`` of :meth:`~.network.DiagnosisNetwork.fuse` does). Returns
+    ``malignancy_logit (K,)`` and ``subtype_logits (K, S)``; the same values as ``K`` separate
+    calls up to float rounding (the studies of a batch do not interact).
+    """
+    import torch
+
+    k = len(keeps)
+    benc, bbatch = {}, {}
+    for m, e in enc.items():
+        n = e.index.shape[0]
+        index = e.index.repeat(k, 1)
+        index[:, 0] = torch.arange(k, device=index.device).repeat_interleave(n)
+        benc[m] = dataclasses.replace(e, index=index, tokens=e.tokens.repeat(k, 1),
+                                      aux_logit=e.aux_logit.expand(k),
+                                      aux_present=e.aux_present.expand(k))
+        bbatch[f"{m}_present"] = batch[f"{m}_present"].expand(k, -1)
+    keep = {m: torch.tensor([m in kept for kept in keeps], dtype=torch.bool, device=e.index.device)
+            for m, e in enc.items()}
+    return net.fuse(benc, bbatch, keep)
+
+
+#: Modalities mirrored left-right by the ``tta_flip`` test-time augmentation (mammograms keep
+#: their canonical orientation, MRI is left alone).
+TTA_FLIP_MODALITIES = ("US",)
+
+
+def flip_encodings(net, enc: dict, batch: dict) -> dict:
+    """Encodings with the :data:`TTA_FLIP_MODALITIES` re-encoded from left-right mirrored
+    images (and masks); the other modalities are shared with ``enc``."""
+    flipped = dict(enc)
+    bsz = net.batch_size(batch)
+    for m in TTA_FLIP_MODALITIES:
+        if m not in enc:
+            continue
+        fb = dict(batch)
+        fb[f"{m}_images"] = batch[f"{m}_images"].flip(-1)
+        fb[f"{m}_masks"] = batch[f"{m}_masks"].flip(-1)
+        flipped[m] = net.branches[m](fb, bsz)
+    return flipped
+
+
+def merge_flipped(enc: dict, enc_flip: dict) -> None:
+    """Average, in place, the lesion logits, projected feature maps and auxiliary logits of
+    ``enc`` with those of the mirrored encodings (mapped back to the unflipped grid)."""
+    for m in TTA_FLIP_MODALITIES:
+        if m not in enc or enc_flip.get(m) is enc.get(m):
+            continue
+        e, f = enc[m], enc_flip[m]
+        e.lesion_logits = (e.lesion_logits + f.lesion_logits.flip(-1)) / 2
+        e.align_map = (e.align_map + f.align_map.flip(-1)) / 2
+        e.aux_logit = (e.aux_logit + f.aux_logit) / 2
+
+
+def predicted_lesion_mask(probability: np.ndarray, threshold: float, mode: str = "threshold") -> np.ndarray:
+    """The predicted lesion mask (uint8) of a lesion probability map (see
+    ``DiagnosisConfig.lesion_mask_mode``)."""
+    if mode != "peak_component":
+        return (probability >= threshold).astype(np.uint8)
+    peak = float(probability.max()) if probability.size else 0.0
+    thr = min(threshold, max(0.5 * peak, 0.2))
+    if peak < thr:
+        return np.zeros(probability.shape, np.uint8)
+    import SimpleITK as sitk
+
+    sel = (probability >= thr).astype(np.uint8)
+    squeeze = sel.ndim == 3 and sel.shape[0] == 1
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(sel[0] if squeeze else sel)))
+    if squeeze:
+        labels = labels[None]
+    at = np.unravel_index(int(np.argmax(probability)), probability.shape)
+    return (labels == labels[at]).astype(np.uint8)
+
+
+def lesion_gated_saliency(saliency, lesion_probability):
+    """``saliency_lesion_gate``: ``lesion_probability * (0.5 + 0.5 * saliency)`` (both in
+    [0, 1]): the lesion the model found, weighted up to 2x where its features align with
+    malignant pathology. With a flat (all-zero) saliency it is half the lesion probability."""
+    return lesion_probability * (0.5 + 0.5 * saliency.clamp(0.0, 1.0))
 
 
 def modality_names(modalities) -> tuple[str, ...]:

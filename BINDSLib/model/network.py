@@ -99,7 +99,10 @@ class ModalityBranch(nn.Module):
         present = batch[f"{m}_present"]
         index = present.nonzero()
         b, s = index[:, 0], index[:, 1]
-        x = batch[f"{m}_images"][b, s].contiguous(memory_format=self.memory_format)
+        images = batch[f"{m}_images"]
+        # every slot present (inference): the same rows as images[b, s], without that copy
+        x = images.flatten(0, 1) if index.shape[0] == present.numel() else images[b, s]
+        x = x.contiguous(memory_format=self.memory_format)
         logits, feats, context = self.locator(x)
         prob = torch.sigmoid(logits.detach().float())
         mask = batch[f"{m}_masks"][b, s].float()
@@ -160,6 +163,40 @@ class DiagnosisNetwork(nn.Module):
         if config.evidence_fusion:
             self.evidence_weight = nn.Parameter(torch.full((len(MODALITIES),), 0.5))
         self.pathology = PathologyEncoder(config.align_dim, config.pathology_hidden, config.wsi_dim)
+
+    def fold_batch_norm(self) -> "DiagnosisNetwork":
+        """Fold every BatchNorm that directly follows a convolution into it (inference only).
+
+        In eval mode ``bn(conv(x))`` is an affine map of ``conv(x)``, so the convolution's
+        weights and bias absorb it and the BatchNorm becomes ``Identity``: the same outputs up
+        to float rounding, one pass less over each feature map. The network is put in eval
+        mode and must not be trained afterwards (its BatchNorm statistics are gone).
+        """
+        self.eval()
+
+        @torch.no_grad()
+        def fold(module: nn.Module) -> None:
+            children = list(module.named_children())
+            for (cname, conv), (bname, bn) in zip(children, children[1:]):
+                if (isinstance(conv, nn.modules.conv._ConvNd)
+                        and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                        and bn.track_running_stats and conv.out_channels == bn.num_features
+                        and not conv.transposed):
+                    # as torch.nn.utils.fusion.fuse_conv_bn_weights, with the weight scaled in
+                    # place (no second copy of the weights)
+                    rsqrt = torch.rsqrt(bn.running_var + bn.eps)
+                    scale = bn.weight * rsqrt if bn.affine else rsqrt
+                    shift = bn.bias if bn.affine else torch.zeros_like(rsqrt)
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    conv.weight.mul_(scale.to(conv.weight.dtype).reshape(-1, *[1] * (conv.weight.dim() - 1)))
+                    conv.bias = nn.Parameter(((bias - bn.running_mean) * scale + shift).to(conv.weight.dtype))
+                    setattr(module, bname, nn.Identity())
+            for _, child in module.named_children():
+                fold(child)
+
+        for branch in self.branches.values():
+            fold(branch)
+        return self
 
     def use_channels_last(self, two_d: bool = True, three_d: bool = True) -> "DiagnosisNetwork":
         """Channels-last memory format for the 2D and/or 3D convolutions.

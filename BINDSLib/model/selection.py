@@ -7,7 +7,9 @@ the network learned) and ``binds.training_data.synthetic``. The rule:
    bundle, which reads every modality.
 2. A real study goes to the bundle trained on *real* images that reads the most of its
    modalities; ties go to the bundle whose modalities come first in :data:`REAL_PRIORITY`
-   (ultrasound, the stage-1 workhorse, before mammography), then by name. Images of other modalities are
+   (ultrasound, the stage-1 workhorse, before mammography), then to the one found first on the
+   search path (``BINDS_MODEL_PATH``, the user folder, then the shipped bundles: a bundle of
+   your own overrides a shipped one). Images of other modalities are
    left out of the diagnosis, and the report says so (see ``binds diagnose``).
 3. A real study that no real-image bundle can read (breast MRI alone: no public breast MRI was
    in reach for training) falls back to the demo bundle, with a warning that its figures on
@@ -106,14 +108,15 @@ def choose_bundle(study: Study, bundles: list[BundleInfo] | None = None,
                              f"synthetic study {study.study_id}")
         return Choice(fallback, "synthetic study: the synthetic demo bundle", unused_for(fallback))
 
-    def rank(b: BundleInfo):
+    def rank(item):
+        order, b = item
         covered = present & set(b.modalities)
         first = min((REAL_PRIORITY.index(m) for m in covered), default=len(REAL_PRIORITY))
-        return (-len(covered), first, b.name)
+        return (-len(covered), first, order)
 
-    real = [b for b in bundles if not b.synthetic and present & set(b.modalities)]
+    real = [(k, b) for k, b in enumerate(bundles) if not b.synthetic and present & set(b.modalities)]
     if real:
-        best = min(real, key=rank)
+        best = min(real, key=rank)[1]
         read = "+".join(m for m in MODALITIES if m in present and m in best.modalities)
         return Choice(best, f"real {read} images: the bundle trained on real {read}", unused_for(best))
     if fallback is None:

@@ -54,11 +54,13 @@ SEGMENTS = (LESION, SALIENT)
 
 def _extent(mask: np.ndarray) -> str:
     """Slicer extent ``i0 i1 j0 j1 k0 k1`` of the non-zero voxels (empty: ``0 -1 0 -1 0 -1``)."""
-    nz = np.nonzero(mask)
-    if len(nz[0]) == 0:
+    mask = np.asarray(mask)
+    k = np.flatnonzero(mask.any(axis=(1, 2)))
+    if len(k) == 0:
         return "0 -1 0 -1 0 -1"
-    k, j, i = (axis for axis in nz)
-    return f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
+    j = np.flatnonzero(mask.any(axis=(0, 2)))
+    i = np.flatnonzero(mask.any(axis=(0, 1)))
+    return f"{i[0]} {i[-1]} {j[0]} {j[-1]} {k[0]} {k[-1]}"
 
 
 def _hex(rgb) -> str:
