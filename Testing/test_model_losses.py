@@ -116,3 +116,31 @@ def test_modality_dropout_keeps_at_least_one():
     dropped = (n < torch.stack([batch[f"{m}_present"][:, 0] for m in ("MG", "US", "MR")], 1).sum(1))
     assert 0.3 < dropped.float().mean() < 0.7  # p = 0.5
     assert (n[100:] == 1).any() and (n[100:] == 2).any()  # one or two dropped out of three
+
+
+def test_segmentation_loss_choice():
+    import torch
+
+    from BINDSLib.model.losses import DiagnosisLoss
+
+    logits = torch.full((2, 1, 8, 8), -3.0)
+    target = torch.zeros((2, 1, 8, 8))
+    target[:, :, 3:5, 3:5] = 1
+    ce = DiagnosisLoss(segmentation="dicece").segmentation(logits, target)
+    focal = DiagnosisLoss(segmentation="dicefocal").segmentation(logits, target)
+    assert torch.isfinite(ce) and torch.isfinite(focal) and not torch.isclose(ce, focal)
+    with pytest.raises(ValueError, match="segmentation loss"):
+        DiagnosisLoss(segmentation="bce")
+
+
+def test_lesion_prior_sets_the_locators_starting_probability():
+    import torch
+
+    from BINDSLib.model.network import DiagnosisNetwork
+    from test_model_cases import tiny_config
+
+    net = DiagnosisNetwork(tiny_config(lesion_prior=0.01))
+    for m in ("MG", "US", "MR"):
+        assert torch.allclose(torch.sigmoid(net.branches[m].locator.head[-1].bias), torch.tensor(0.01))
+    with pytest.raises(ValueError, match="lesion_prior"):
+        tiny_config(lesion_prior=1.5)

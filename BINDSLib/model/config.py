@@ -132,6 +132,11 @@ class DiagnosisConfig:
         ``"peak_component"`` (the connected region around the probability maximum, at
         ``min(lesion_threshold, max(0.5 * peak, 0.2))``; empty when the peak is below 0.2):
         one lesion per image, with fewer missed faint lesions and no scattered false blobs.
+    lesion_prior : initial lesion probability of the locators' output (bias of their last
+        layer, as RetinaNet's prior): small lesions in large images (MG, MRI) start from "no
+        lesion" instead of 0.5, which a from-scratch locator otherwise spends its first
+        hundreds of steps unlearning. ``None`` (default): PyTorch's default initialisation.
+        Only training depends on it.
     """
 
     preset: str = "demo"
@@ -162,6 +167,7 @@ class DiagnosisConfig:
     saliency_lesion_gate: bool = False
     tta_flip: bool = False
     lesion_mask_mode: str = "threshold"
+    lesion_prior: float | None = None
 
     def __post_init__(self):
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
@@ -183,6 +189,8 @@ class DiagnosisConfig:
             raise ValueError("mr_size must be at least 8 in every axis")
         if self.mg_max_views < 1 or self.us_max_images < 1:
             raise ValueError("mg_max_views and us_max_images must be >= 1")
+        if self.lesion_prior is not None and not 0.0 < self.lesion_prior < 1.0:
+            raise ValueError("lesion_prior must be in (0, 1) or null")
         if self.lesion_mask_mode not in ("threshold", "peak_component"):
             raise ValueError("lesion_mask_mode must be 'threshold' or 'peak_component'")
         if not 0.0 < self.lesion_threshold < 1.0:

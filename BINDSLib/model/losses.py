@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ALIGNMENTS = ("cosine3", "contrastive", "none")
+#: Lesion segmentation losses of the locators (MONAI): Dice + cross-entropy, Dice + focal.
+SEGMENTATION_LOSSES = ("dicece", "dicefocal")
 
 
 def cosine_power_loss(image: torch.Tensor, pathology: torch.Tensor, power: float = 3.0) -> torch.Tensor:
@@ -99,9 +101,9 @@ class DiagnosisLoss(nn.Module):
     """
 
     def __init__(self, weights: LossWeights = LossWeights(), alignment: str = "cosine3",
-                 temperature: float = 0.1, pos_weight: float = 1.0):
+                 temperature: float = 0.1, pos_weight: float = 1.0, segmentation: str = "dicece"):
         super().__init__()
-        from monai.losses import DiceCELoss
+        from monai.losses import DiceCELoss, DiceFocalLoss
 
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, not {alignment!r}")
@@ -109,7 +111,12 @@ class DiagnosisLoss(nn.Module):
         self.alignment = alignment
         self.temperature = temperature
         self.pos_weight = pos_weight
-        self.segmentation = DiceCELoss(sigmoid=True, batch=True)
+        if segmentation not in SEGMENTATION_LOSSES:
+            raise ValueError(f"segmentation loss must be one of {SEGMENTATION_LOSSES}, not {segmentation!r}")
+        # Dice + focal (gamma 2) keeps small lesions in large images from drowning in the
+        # background voxels of the cross-entropy
+        self.segmentation = (DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0) if segmentation == "dicefocal"
+                             else DiceCELoss(sigmoid=True, batch=True))
 
     def forward(self, outputs: dict, batch: dict, fusion: bool = True,
                 prototype: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

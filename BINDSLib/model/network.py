@@ -29,6 +29,8 @@ Batch layout (see :func:`BINDSLib.model.data.collate`): for each modality ``m`` 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +81,9 @@ class ModalityBranch(nn.Module):
         self.crop_size = {"MG": config.mg_crop, "US": config.us_crop, "MR": config.mr_crop}[modality]
         self.config = config
         self.locator = LesionLocator(dims, cin, config.locator_3d if dims == 3 else config.locator_2d)
+        if config.lesion_prior is not None:
+            p = float(config.lesion_prior)
+            nn.init.constant_(self.locator.head[-1].bias, math.log(p / (1.0 - p)))
         self.classifier = CropClassifier(dims, cin, config.classifier_3d if dims == 3 else config.classifier_2d)
         e = config.embed_dim
         self.token = nn.Sequential(

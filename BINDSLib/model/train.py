@@ -86,6 +86,7 @@ class TrainSettings:
     alignment_temperature: float = 0.1
     loss_weights: LossWeights = LossWeights()
     pos_weight: float = 1.0
+    segmentation_loss: str = "dicece"
     target_sensitivity: float = 0.98
     uncertainty_band: tuple[float, float] = (0.02, 0.98)
     amp: bool = True
@@ -534,7 +535,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[rt.device.index] if cuda else None, find_unused_parameters=True)
     loss_fn = DiagnosisLoss(settings.loss_weights, settings.alignment,
-                            settings.alignment_temperature, settings.pos_weight)
+                            settings.alignment_temperature, settings.pos_weight, settings.segmentation_loss)
     train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg)
     sampler = None
     if rt.distributed:
