@@ -183,6 +183,11 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     if pid and not options.keep_identifiers and not pid.startswith("anon-"):
         pid = pseudonym(pid)
     notes = list(model_notes) + list(warnings)
+    for p in preds:  # what preprocessing left out (e.g. more views than the model takes)
+        notes += [n for n in getattr(p, "notes", []) if n not in notes]
+    caution = (getattr(model, "metadata", None) or {}).get("caution")
+    if caution:  # a bundle that did not meet its validation targets says so in every report
+        notes.append(f"model caution: {caution}")
     readable = {m.value for m in usable_modalities(model, study)}
     unread = [im.label for im in study.images if im.modality.value not in readable]
     if unread:
@@ -204,8 +209,8 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         # and copied (byte-identical to writing each)
         written: dict = {}
         for im in study.images:
-            if im.modality.value not in used:
-                continue
+            if im.modality.value not in used or im.label not in pred.lesion_masks:
+                continue  # a modality or an image the model did not read (see the notes)
             label = im.label
             lesion = pred.lesion_masks[label]
             prob = pred.lesion_probability[label]

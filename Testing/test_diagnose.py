@@ -180,3 +180,24 @@ def test_bad_inputs_give_clear_errors(tmp_path, diagnosis_bundle, capsys, make_b
 def test_bad_bundle_is_a_model_error(tmp_path, study_dir, capsys):
     assert main(["diagnose", str(study_dir), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 4
     assert "model bundle not found" in capsys.readouterr().err
+
+
+def test_views_beyond_what_the_model_takes_are_noted_not_a_crash(tmp_path):
+    """A one-view mammography bundle on a 4-view exam: one view read, three listed as ignored."""
+    import torch
+
+    from BINDSLib.diagnose import DiagnoseOptions, diagnose_study
+    from BINDSLib.model.inference import DiagnosisModel
+    from BINDSLib.model.network import DiagnosisNetwork
+    from BINDSLib.synthetic import make_study
+    from test_model_cases import tiny_config
+
+    torch.manual_seed(0)
+    model = DiagnosisModel(DiagnosisNetwork(tiny_config(mg_max_views=1)),
+                           {"modalities": ["MG"], "caution": "a test model"}, "cpu", {"name": "one-view"})
+    study = make_study(3, modalities=("MG",))
+    report = diagnose_study(model, study, tmp_path / "out", DiagnoseOptions(device="cpu", summary_png=False))
+    assert len(list((tmp_path / "out").glob("*.seg.nrrd"))) == 1 == len(report.images)
+    ignored = [n for n in report.notes if n.endswith("ignored")]
+    assert len(ignored) == 3 and report.images[0].label not in " ".join(ignored)
+    assert "model caution: a test model" in report.notes
