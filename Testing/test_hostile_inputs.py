@@ -5,7 +5,6 @@ documented skip/warning; never a traceback, a hang or a partial output. docs/REL
 reports the count.
 """
 
-import io
 import json
 import os
 import shutil
@@ -89,7 +88,6 @@ def build(name: str, root: Path, files: Path, study_dir: Path) -> Path:
         write_study_folder(study, d / "s")
         return d / "s"
     elif name == "corrupt_png":
-        buf = io.BytesIO()
         img = sitk.GetImageFromArray(np.zeros((32, 32), np.uint8))
         sitk.WriteImage(img, str(d / "tmp.png"))
         data = (d / "tmp.png").read_bytes()
