@@ -93,7 +93,6 @@ def build(name: str, root: Path, files: Path, study_dir: Path) -> Path:
         data = (d / "tmp.png").read_bytes()
         (d / "tmp.png").unlink()
         (d / "US_L.png").write_bytes(data[:50] + b"\0" * 20)
-        del buf
         return d / "US_L.png"
     elif name == "symlink_loop":
         (d / "sub").mkdir()
