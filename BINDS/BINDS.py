@@ -295,7 +295,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the study."), waitCursor=True):
-            if not install.ensureDependencies():
+            if not install.ensureDependencies(requirements=install.LOAD_REQUIREMENTS, withTorch=False):
                 self.ui.statusLabel.text = _("Not loaded: the Python packages BINDS needs are not installed.")
                 return
             if self._parameterNode:

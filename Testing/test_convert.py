@@ -55,3 +55,34 @@ def test_nothing_readable_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "empty") in err and "no DICOM images found" in err
     assert not (tmp_path / "sf").exists()
+
+
+def test_an_old_pydicom_first_on_the_path_is_named(tmp_path, monkeypatch, capsys):
+    """Slicer bundles pydicom 2.4; BINDS reads DICOM with pydicom 3 (docs/SLICER.md)."""
+    import pydicom
+
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--seed", "4", "--dicom"]) == 0
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "ph" / "case-0000-dicom"), "--out", str(tmp_path / "sf")]) == 1
+    err = capsys.readouterr().err
+    assert "needs pydicom 3 or later" in err and "2.4.4" in err and err.count("\n") == 1
+    assert not (tmp_path / "sf").exists()
+
+
+def test_the_private_package_folder_goes_first_on_sys_path(tmp_path):
+    """BINDS_PRIVATE_SITE beats whatever the PythonSlicer launcher put on PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+
+    private = tmp_path / "private"
+    (private / "pydicom").mkdir(parents=True)
+    (private / "pydicom" / "__init__.py").write_text("__version__ = '99.0-private'\n")
+    env = dict(os.environ, BINDS_PRIVATE_SITE=str(private))
+    code = ("import runpy, sys; sys.argv = ['binds', '--version']\n"
+            "try:\n    runpy.run_module('BINDSLib', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "import pydicom; print('PYDICOM', pydicom.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "PYDICOM 99.0-private" in out.stdout, out.stderr

@@ -141,3 +141,27 @@ def test_binds_models_says_what_each_diagnosis_bundle_reads(diagnosis_bundle, tm
     assert rows["test-us-real"]["modalities"] == ["US"] and rows["test-us-real"]["training_data"] == "real"
     assert rows["binds-diagnosis-demo"]["training_data"] == "synthetic"
     assert "modalities" not in rows["binds-risk-demo"]
+
+
+def test_bundle_info_reads_modalities_as_the_model_does():
+    b = bundle_info(Path("x"), {"binds": {"modalities": "US", "training_data": {"synthetic": False}}})
+    assert b.modalities == ("US",)
+
+
+def test_evaluate_a_one_modality_bundle_without_subtypes(diagnosis_bundle, tmp_path):
+    """Studies the bundle cannot read are left out and counted; no subtype metrics without a
+    subtype head (both crashed before)."""
+    from BINDSLib.model.evaluation import evaluate
+    from BINDSLib.model.inference import DiagnosisModel
+
+    path = _us_only_bundle(diagnosis_bundle, tmp_path)
+    meta_path = path / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["binds"]["subtype_trained"] = False
+    meta_path.write_text(json.dumps(meta))
+    model = DiagnosisModel.from_bundle(path, device="cpu")
+    studies = [make_study(20 + i, modalities=("US",), diagnosis=("malignant", "benign")[i % 2]) for i in range(8)]
+    studies += [make_study(40, modalities=("MG",))]
+    m = evaluate(model, studies, tmp_path / "eval", n_bootstrap=20, saliency="none")
+    assert m["n"] == 8 and m["n_left_out_unreadable"] == 1
+    assert "subtype_macro_auc" not in m and 0.0 <= m["auc"] <= 1.0

@@ -237,3 +237,21 @@ def test_pydicom_in_the_private_folder_counts_and_reaches_only_the_process(tmp_p
     env = process.processEnvironment("/root/binds", {"PYTHONPATH": "/x"}, [str(folder)])
     assert env["PYTHONPATH"].split(os.pathsep) == ["/root/binds", str(folder), "/x"]
     assert install.privateSitePackages(str(tmp_path)).startswith(str(tmp_path / "BINDS" / "python3."))
+
+
+def test_loading_a_study_never_asks_for_torch(monkeypatch, tmp_path):
+    pytest.importorskip("slicer")
+    asked_for = []
+    monkeypatch.setattr(install, "torchInstalled", lambda: False)
+    monkeypatch.setattr(install, "missingRequirements",
+                        lambda requirements=install.REQUIREMENTS, **k: asked_for.append(tuple(requirements)) or [])
+    assert install.ensureDependencies(requirements=install.LOAD_REQUIREMENTS, withTorch=False,
+                                      confirm=lambda text: pytest.fail(f"asked: {text}"),
+                                      privateFolder=str(tmp_path))
+    assert asked_for == [install.LOAD_REQUIREMENTS]
+    assert set(install.LOAD_REQUIREMENTS) <= set(install.REQUIREMENTS)
+    # Apply still needs torch
+    texts = []
+    assert install.ensureDependencies(confirm=lambda text: texts.append(text) or False,
+                                      privateFolder=str(tmp_path)) is False
+    assert "PyTorch" in texts[0]

@@ -30,6 +30,8 @@ import sys
 #: What BINDSLib needs beyond Slicer's own Python (kept in step with pyproject.toml).
 REQUIREMENTS = ("monai>=1.3", "pydicom>=3.0", "matplotlib>=3.7", "SimpleITK>=2.3", "numpy>=1.24")
 TORCH_REQUIREMENT = ">=2.2"
+#: What reading a study needs ("Load study...": ``binds convert``): no torch, no monai.
+LOAD_REQUIREMENTS = ("pydicom>=3.0", "SimpleITK>=2.3", "numpy>=1.24")
 #: Requirements that may go into the private folder instead of Slicer's site-packages.
 PRIVATE_PACKAGES = ("pydicom",)
 
@@ -149,8 +151,10 @@ def _pipEnsureFunction():
     return None
 
 
-def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None):
-    """Make sure torch and the :data:`REQUIREMENTS` are importable; ask before installing.
+def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None, requirements=REQUIREMENTS,
+                       withTorch=True):
+    """Make sure torch (unless ``withTorch`` is False) and ``requirements`` are importable; ask
+    before installing. "Load study..." asks for :data:`LOAD_REQUIREMENTS` only.
 
     ``confirm(message) -> bool`` asks the user (default: ``slicer.util.confirmOkCancelDisplay``).
     Returns True when everything is installed, False when the user declined. Raises
@@ -159,10 +163,10 @@ def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None):
     import slicer
 
     folder = privateFolder if privateFolder is not None else privateSitePackages()
-    missing = missingRequirements(privateFolder=folder)
+    missing = missingRequirements(requirements, privateFolder=folder)
     private = [r for r in missing if parseRequirement(r)[0] in PRIVATE_PACKAGES]
     missing = [r for r in missing if r not in private]
-    needTorch = not torchInstalled()
+    needTorch = withTorch and not torchInstalled()
     if not missing and not private and not needTorch:
         return True
     confirm = confirm or (lambda message: slicer.util.confirmOkCancelDisplay(
@@ -198,7 +202,7 @@ def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None):
         slicer.util.pip_install(["--target", folder, "--no-deps", "--upgrade", *private])
     if missing or private:
         importlib.invalidate_caches()
-        still = missingRequirements(privateFolder=folder)
+        still = missingRequirements(requirements, privateFolder=folder)
         if still:
             raise RuntimeError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
     return True

@@ -117,6 +117,10 @@ def processEnvironment(bindsRoot: str, baseEnvironment=None, extraPaths=()) -> d
     existing = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join([bindsRoot, *[os.fspath(p) for p in extraPaths]]
                                         + ([existing] if existing else []))
+    # the PythonSlicer launcher puts Slicer's site-packages ahead of PYTHONPATH:
+    # ``python -m BINDSLib`` puts these first on sys.path itself (BINDSLib/__main__.py)
+    if extraPaths:
+        env["BINDS_PRIVATE_SITE"] = os.pathsep.join(os.fspath(p) for p in extraPaths)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     return env

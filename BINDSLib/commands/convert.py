@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no study found", args.paths[0] if args.paths else None)
     out = Path(args.out)
     targets = [out] if len(studies) == 1 else [out / _safe_name(st.study_id) for st in studies]
-    if len(set(targets)) != len(targets):
+    if len({str(t).casefold() for t in targets}) != len(targets):  # also on case-insensitive disks
         raise InputError("two studies have the same study ID; convert them separately")
     for t in targets:
         if t.exists() and not args.overwrite:

@@ -172,9 +172,24 @@ class CappedFile:
         self._f.close()
 
 
+def require_pydicom3():
+    """A clear error instead of an AttributeError deep in the readers when an older pydicom
+    is first on the path (e.g. Slicer's own pydicom 2.4)."""
+    import pydicom
+
+    major = int(str(pydicom.__version__).split(".")[0] or 0)
+    if major < 3:
+        from ..errors import BindsError
+
+        raise BindsError(f"BINDS needs pydicom 3 or later to read DICOM; found pydicom "
+                         f"{pydicom.__version__} at {os.path.dirname(pydicom.__file__)}")
+
+
 def dcmread_safe(path, **kwargs):
     """``pydicom.dcmread`` through :class:`CappedFile` (the file is closed afterwards)."""
     import pydicom
+
+    require_pydicom3()
 
     with CappedFile(path) as f:
         ds = pydicom.dcmread(f, **kwargs)

@@ -69,9 +69,12 @@ def reference_masks(study: Study) -> dict[str, np.ndarray]:
 
 
 def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
-                    saliency: str = "alignment", given_masks: bool = False
-                    ) -> tuple[list[dict], list[float], list[bool]]:
+                    saliency: str = "alignment", given_masks: bool = False,
+                    skipped: list | None = None) -> tuple[list[dict], list[float], list[bool]]:
     """Predict every study; returns ``(rows, dice values, pointing hits)``.
+
+    Studies with no image of a modality the model reads (e.g. MG-only studies for an
+    ultrasound bundle) are left out, their IDs appended to ``skipped`` when given.
 
     ``given_masks``: the reference lesion masks are passed as user masks (the lesion is
     localised by a reader, as when masks are drawn or edited in Slicer); no Dice then.
@@ -80,7 +83,13 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
     from .metrics import dice, pointing_hit
 
     t0 = time.perf_counter()
+    readable = set(getattr(model, "modalities", ("MG", "US", "MR")))
     for n, study in enumerate(studies, 1):
+        if not any(im.modality.value in readable for im in study.images):
+            log.warning("study %s: no %s image for this model; left out", study.study_id, "/".join(sorted(readable)))
+            if skipped is not None:
+                skipped.append(study.study_id)
+            continue
         malignant, subtype = study_labels(study)
         masks = reference_masks(study) if given_masks else None
         pred = model.predict(study, lesion_masks=masks, saliency=saliency, combinations=combinations)
@@ -138,7 +147,8 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})
     st = np.array([SUBTYPES.index(r["subtype"]) if r["subtype"] else -1 for r in rows])
-    if (st >= 0).sum() >= 2 and len(np.unique(st[st >= 0])) >= 2:
+    has_probs = all(f"p_{s}" in r for r in rows for s in SUBTYPES)  # not when the bundle has no subtype head
+    if has_probs and (st >= 0).sum() >= 2 and len(np.unique(st[st >= 0])) >= 2:
         probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows])
         m["subtype_macro_auc"] = macro_auc(probs[st >= 0], st[st >= 0], len(SUBTYPES))
         m["n_subtype"] = int((st >= 0).sum())
@@ -215,7 +225,8 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     from .plots import reliability_png, roc_png
 
     t0 = time.perf_counter()
-    rows, dices, hits = predict_dataset(model, studies, combinations, saliency, given_masks)
+    left_out: list[str] = []
+    rows, dices, hits = predict_dataset(model, studies, combinations, saliency, given_masks, left_out)
     if not rows:
         from ..errors import InputError
 
@@ -224,6 +235,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
                               dices, hits, combinations)
     metrics["model"] = model.summary
     metrics["lesion_masks"] = "reference masks given" if given_masks else "predicted"
+    metrics["n_left_out_unreadable"] = len(left_out)  # studies without a modality the model reads
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics.update(extra or {})
     p = np.array([r["malignancy_probability"] for r in rows])

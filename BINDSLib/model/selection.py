@@ -57,8 +57,9 @@ class Choice:
 def bundle_info(path: Path, meta: dict) -> BundleInfo:
     """:class:`BundleInfo` from a bundle's ``metadata.json`` content."""
     binds = meta.get("binds", {}) if isinstance(meta, dict) else {}
-    mods = binds.get("modalities") or list(MODALITIES)
-    mods = tuple(m for m in MODALITIES if m in {str(x).upper() for x in mods})
+    from .inference import modality_names
+
+    mods = modality_names(binds.get("modalities") or MODALITIES)  # as DiagnosisModel.modalities
     training = binds.get("training_data", {})
     synthetic = bool(training.get("synthetic", True)) if isinstance(training, dict) else True
     return BundleInfo(str(meta.get("name") or path.name), Path(path), mods, synthetic)
