@@ -134,7 +134,9 @@ class ModelPicker:
     def __init__(self, name: str, device: str):
         self.name, self.device = name, device
         self._loaded: dict[str, object] = {}
-        if name != "auto":  # a named bundle that is missing or tampered with fails at once
+        from ..model.selection import AUTO
+
+        if name != AUTO:  # a named bundle that is missing or tampered with fails at once
             self._load(name)
 
     def _load(self, name_or_path):

@@ -189,8 +189,6 @@ def dcmread_safe(path, **kwargs):
     """``pydicom.dcmread`` through :class:`CappedFile` (the file is closed afterwards)."""
     import pydicom
 
-    require_pydicom3()
-
     with CappedFile(path) as f:
         ds = pydicom.dcmread(f, **kwargs)
         ds.filename = str(path)

@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 from ..errors import InputError
 from ..study import MG_VIEWS, Modality, pseudonym
 from .dicom_common import (
-    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dcmread_safe, dicom_date, number, sop_class_name, text,
+    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dcmread_safe, dicom_date, number, require_pydicom3,
+    sop_class_name, text,
 )
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def index_dicom_files(files: Sequence[str | os.PathLike]) -> DicomIndex:
 
 
 def _index_paths(index: DicomIndex, paths: Iterable[Path]) -> None:
+    require_pydicom3()  # once per index, before any file: one clear line, not a skip per file
     groups: dict[str, dict] = {}
     seen_sops: dict[str, Path] = {}
     for p in paths:

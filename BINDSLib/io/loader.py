@@ -72,9 +72,6 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None) -> Lo
 
 def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:
     from . import dicom
-    from .dicom_common import require_pydicom3
-
-    require_pydicom3()  # once, before any file is read: one clear line, not a skip per file
 
     studies, skipped = (dicom.load_dicom_files(files) if files is not None
                         else dicom.load_dicom_folder(where))

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..fsutil import atomic_dir, json_dumps
 from ..study import Diagnosis, Study
-from .config import COMBINATIONS, SUBTYPES
+from .config import COMBINATIONS, MODALITIES, SUBTYPES
 from .data import study_labels
 from .metrics import finite_json
 
@@ -83,7 +83,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
     from .metrics import dice, pointing_hit
 
     t0 = time.perf_counter()
-    readable = set(getattr(model, "modalities", ("MG", "US", "MR")))
+    readable = set(getattr(model, "modalities", MODALITIES))
     for n, study in enumerate(studies, 1):
         if not any(im.modality.value in readable for im in study.images):
             log.warning("study %s: no %s image for this model; left out", study.study_id, "/".join(sorted(readable)))
