@@ -27,8 +27,26 @@ STANDARD_VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 NCCN_MRI_THRESHOLD_5Y = 0.017
 
 
+class _JsonFields:
+    """``to_json`` / ``from_json`` of a frozen config dataclass (tuples as JSON lists; unknown
+    fields are an error naming them)."""
+
+    _kind = "config"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls._kind} config fields {sorted(unknown)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class RiskConfig:
+class RiskConfig(_JsonFields):
     """Network and input settings of a risk model.
 
     Attributes
@@ -48,6 +66,8 @@ class RiskConfig:
     view_dropout : probability of masking each present view during training (robustness to
         missing views; at least one view is always kept).
     """
+
+    _kind = "risk"
 
     input_size: tuple[int, int] = (256, 192)
     encoder: str = "tiny"
@@ -89,27 +109,18 @@ class RiskConfig:
         """The horizons, ``(1, ..., max_followup)``."""
         return tuple(range(1, self.max_followup + 1))
 
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "RiskConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown risk config fields {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_JsonFields):
     """Training settings (see :mod:`BINDSLib.risk.train`).
 
     The cohort is synthetic (``BINDSLib.synthetic.make_cohort``) unless a folder of exam
     histories is given on the command line. Women are split train/validation/test by
     ``split`` fractions; calibration is fitted on validation, metrics reported on test.
     """
+
+    _kind = "train"
 
     n_women: int = 600
     seed: int = 0
@@ -131,17 +142,6 @@ class TrainConfig:
         if self.calibration not in ("platt", "isotonic", "none"):
             raise ValueError("calibration must be 'platt', 'isotonic' or 'none'")
 
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config fields {sorted(unknown)}")
-        return cls(**d)
 
 
 #: Named model presets.
