@@ -33,6 +33,7 @@ from .fsutil import atomic_dir, json_dumps
 from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
 from .study import Modality, Study, pseudonym
+from .threads import thread_map
 from .validation import check_study
 
 log = logging.getLogger(__name__)
@@ -205,28 +206,36 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
 
         images, panels = [], []
         used = set(final.modalities)
+        # a modality or an image the model did not read is left out (see the notes)
+        shown = [im for im in study.images if im.modality.value in used and im.label in pred.lesion_masks]
         # images that share their maps and grid (MR sequences): the files are written once
         # and copied (byte-identical to writing each)
-        written: dict = {}
-        for im in study.images:
-            if im.modality.value not in used or im.label not in pred.lesion_masks:
-                continue  # a modality or an image the model did not read (see the notes)
+        first: dict = {}
+        for im in shown:
+            key = (id(pred.lesion_masks[im.label]), id(pred.saliency[im.label]), im.geometry,
+                   im.shape, im.role.laterality)
+            first.setdefault(key, im)
+
+        def write_maps(im):  # the files of one image (images side by side)
+            sal = np.clip(pred.saliency[im.label].astype(np.float32), 0, 1)
+            salient = _salient_mask(sal)
+            write_seg_nrrd(tmp / f"{im.label}.seg.nrrd",
+                           {"lesion": pred.lesion_masks[im.label], "salient_region": salient},
+                           im.geometry, laterality=im.role.laterality)
+            write_nrrd(tmp / f"{im.label}_saliency.nrrd", sal, im.geometry)
+            return sal, salient
+
+        written = dict(zip(first, thread_map(write_maps, first.values())))
+        for im in shown:
             label = im.label
             lesion = pred.lesion_masks[label]
             prob = pred.lesion_probability[label]
             seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
             key = (id(lesion), id(pred.saliency[label]), im.geometry, im.shape, im.role.laterality)
-            if key in written:
-                sal, salient, first_seg, first_sal = written[key]
-                shutil.copyfile(tmp / first_seg, tmp / seg_name)
-                shutil.copyfile(tmp / first_sal, tmp / sal_name)
-            else:
-                sal = np.clip(pred.saliency[label].astype(np.float32), 0, 1)
-                salient = _salient_mask(sal)
-                write_seg_nrrd(tmp / seg_name, {"lesion": lesion, "salient_region": salient},
-                               im.geometry, laterality=im.role.laterality)
-                write_nrrd(tmp / sal_name, sal, im.geometry)
-                written[key] = (sal, salient, seg_name, sal_name)
+            sal, salient = written[key]
+            if first[key] is not im:
+                shutil.copyfile(tmp / f"{first[key].label}.seg.nrrd", tmp / seg_name)
+                shutil.copyfile(tmp / f"{first[key].label}_saliency.nrrd", tmp / sal_name)
             voxel_mm3 = float(np.prod(im.geometry.spacing_mm))
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
                                       "user" if label in user_masks else "predicted",

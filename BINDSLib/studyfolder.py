@@ -27,6 +27,7 @@ from .study import (
     Diagnosis, ExamHistory, Finding, Geometry, Image, Pathology, Role, SourceInfo, Study,
     parse_date, pseudonym,
 )
+from .threads import thread_map
 
 SCHEMA = "binds.study"
 SCHEMA_VERSION = 1
@@ -182,8 +183,10 @@ def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path |
     except (ValueError, TypeError) as e:
         raise InputError(f"invalid study fields: {e}", jpath) from None
     labels = set()
-    for n, entry in enumerate(images_doc):
-        image = _image_from_entry(entry, f"images[{n}]", root, jpath, load_voxels)
+    # the image files are read on a few threads (decompression releases the GIL)
+    images = thread_map(lambda ne: _image_from_entry(ne[1], f"images[{ne[0]}]", root, jpath, load_voxels),
+                    enumerate(images_doc), threads=None if load_voxels else 1)
+    for n, image in enumerate(images):
         if image.label in labels:
             raise InputError(f"images[{n}]: duplicate image label {image.label!r}", jpath)
         labels.add(image.label)

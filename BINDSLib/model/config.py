@@ -13,7 +13,9 @@ Presets
     runs in well under a second on a laptop CPU.
 ``paper``
     As the BINDS code: MONAI ResNet-18 encoders (``spatial_dims`` 2 and 3), 224 x 224 lesion
-    crops for US and MG, 96^3 for MRI, a 6-layer fusion transformer.
+    crops for US and MG, 96^3 for MRI, a 6-layer fusion transformer. The lesion locators are
+    ResNet-18 backbones too; the MRI one, which reads the whole 96 x 192 x 192 volume, has a
+    3^3 stem instead of a 7^3 one (about a third of the study's FLOPs less).
 
 Sizes are ``(rows, cols)`` for 2D and ``(slices, rows, cols)`` for 3D.
 """
@@ -234,10 +236,14 @@ def preset(name: str) -> DiagnosisConfig:
     if name == "paper":
         resnet18 = EncoderConfig(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), max_pool=True)
         resnet18_3d = dataclasses.replace(resnet18, stem_kernel=7)
+        # the MRI locator only finds the lesion on the whole 96 x 192 x 192 grid: a 3^3 stem
+        # (as the demo preset's locators, measured there) instead of ResNet-18's 7^3 one, which
+        # alone cost 136 of the study's 362 GFLOP; the crop encoders stay ResNet-18
         return DiagnosisConfig(
             preset="paper", mg_size=(512, 416), us_size=(320, 320), mr_size=(96, 192, 192),
             mg_crop=(224, 224), us_crop=(224, 224), mr_crop=(96, 96, 96),
-            locator_2d=resnet18, locator_3d=resnet18_3d, classifier_2d=resnet18,
+            locator_2d=resnet18, locator_3d=dataclasses.replace(resnet18, stem_kernel=3),
+            classifier_2d=resnet18,
             classifier_3d=resnet18_3d, embed_dim=512, fusion_layers=6, fusion_heads=8,
             dropout=0.1, align_dim=256, pathology_hidden=256)
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..study import Geometry, Study
+from ..threads import thread_map
 from .config import MODALITIES, SUBTYPES, DiagnosisConfig
 
 log = logging.getLogger(__name__)
@@ -391,35 +392,41 @@ class DiagnosisModel:
     def _map_back(self, prepared, enc, sal, user_masks: dict, to_image_grid) -> dict[str, ImageOutput]:
         import torch
 
-        out: dict[str, ImageOutput] = {}
         thr = self.config.lesion_threshold
+        jobs = []
         for m, e in enc.items():
-            inp = prepared.inputs[m]
             probs = torch.sigmoid(e.lesion_logits.float()).cpu().numpy()
             sals = sal[m].float().cpu().numpy()
-            for n, (_, slot) in enumerate(e.index.cpu().numpy()):
-                grid = inp.grids[slot]
-                # MR sequences on one grid get one resampling and share the arrays
-                mapped: dict = {}
-                for src in inp.sources[slot]:
-                    key = (src.shape, src.geometry, src.frame)
-                    if key not in mapped:
-                        lp = np.clip(to_image_grid(probs[n, 0], grid, src), 0.0, 1.0).astype(np.float32)
-                        mapped[key] = (lp, to_image_grid(sals[n, 0], grid, src).astype(np.float32),
-                                       predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
-                    lp, sm, predicted = mapped[key]
-                    if src.label in user_masks:
-                        mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
-                        source = "user"
-                    elif prepared.mask_source.get(src.label) == "user":  # MR: mask of another sequence
-                        mask = (to_image_grid(inp.masks[slot, 0].astype(np.float32), grid, src) >= 0.5
-                                ).astype(np.uint8)
-                        source = "user"
-                    else:
-                        mask = predicted
-                        source = "predicted"
-                    out[src.label] = ImageOutput(src.label, m, src.geometry, lp, sm, mask, source)
-        return out
+            jobs += [(m, probs[n, 0], sals[n, 0], slot) for n, (_, slot) in enumerate(e.index.cpu().numpy())]
+
+        def one(job) -> list[ImageOutput]:  # one image slot (the slots side by side)
+            m, prob, sal_map, slot = job
+            inp = prepared.inputs[m]
+            grid = inp.grids[slot]
+            # MR sequences on one grid get one resampling and share the arrays
+            mapped: dict = {}
+            outs = []
+            for src in inp.sources[slot]:
+                key = (src.shape, src.geometry, src.frame)
+                if key not in mapped:
+                    lp = np.clip(to_image_grid(prob, grid, src), 0.0, 1.0).astype(np.float32)
+                    mapped[key] = (lp, to_image_grid(sal_map, grid, src).astype(np.float32),
+                                   predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
+                lp, sm, predicted = mapped[key]
+                if src.label in user_masks:
+                    mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
+                    source = "user"
+                elif prepared.mask_source.get(src.label) == "user":  # MR: mask of another sequence
+                    mask = (to_image_grid(inp.masks[slot, 0].astype(np.float32), grid, src) >= 0.5
+                            ).astype(np.uint8)
+                    source = "user"
+                else:
+                    mask = predicted
+                    source = "predicted"
+                outs.append(ImageOutput(src.label, m, src.geometry, lp, sm, mask, source))
+            return outs
+
+        return {o.label: o for outs in thread_map(one, jobs) for o in outs}
 
 
 @dataclass

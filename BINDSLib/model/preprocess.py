@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..study import Geometry, Image, Modality, MRSequence, Study
+from ..threads import thread_map
 from .config import MG_VIEW_CODES, MR_CHANNELS, SIDES, DiagnosisConfig
 
 log = logging.getLogger(__name__)
@@ -348,8 +349,9 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
     given = np.zeros(n, bool)
     view = np.array([_view_index(im.role.view) for im in images], np.int64)
     side = np.array([_side_index(im.role.laterality) for im in images], np.int64)
-    grids, sources = [], []
-    for i, im in enumerate(images):
+
+    def one(i: int) -> tuple[ModelGrid, SourceImage]:  # fills row i (images side by side)
+        im = images[i]
         frame = _frame_of(im)
         src = SourceImage(im.label, im.shape, im.geometry, frame)
         plane = normalise_intensity(im.voxels if frame is None else im.voxels[frame:frame + 1],
@@ -361,9 +363,13 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
         if im.label in masks:
             mk[i, 0] = to_model_grid(masks[im.label].astype(np.float32), src, grid)[0] >= 0.5
             given[i] = True
+        return grid, src
+
+    done = thread_map(one, range(n))
+    grids, sources = [g for g, _ in done], [[s] for _, s in done]
+    for im in images:
+        if im.label in masks:
             mask_source[im.label] = masks.source_of(im.label)
-        grids.append(grid)
-        sources.append([src])
     return ModalityInput(arr, mk, given, view, side, np.ones((n, len(MR_CHANNELS)), bool),
                          grids, sources)
 
@@ -381,17 +387,20 @@ def _mr_input(chosen: dict[str, Image], config: DiagnosisConfig, masks: dict,
     # of its first available post-contrast phase, so that enhancement and wash-out survive
     dce = next((chosen[c] for c in ("DCE1", "DCE2", "DCE3", "T1_PRE") if c in chosen), None)
     dce_range = None if dce is None else intensity_range(dce.voxels, config.intensity_percentiles)
-    for k, ch in enumerate(MR_CHANNELS):
-        im = chosen.get(ch)
-        if im is None:
-            continue
+
+    def one(k: int) -> SourceImage:  # fills channel k (the sequences side by side)
+        ch = MR_CHANNELS[k]
+        im = chosen[ch]
         src = SourceImage(im.label, im.shape, im.geometry)
         in_dce = ch in DCE_CHANNELS
         norm = normalise_intensity(im.voxels, config.intensity_percentiles,
                                    dce_range if in_dce else None, DCE_CLIP if in_dce else 1.0)
         arr[0, k] = to_model_grid(norm, src, grid)
-        present[0, k] = True
-        sources.append(src)
+        return src
+
+    channels = [k for k, ch in enumerate(MR_CHANNELS) if ch in chosen]
+    sources += thread_map(one, channels)
+    present[0, channels] = True
     # the mask of the reference if known, else of any other sequence
     for src in sorted(sources, key=lambda s: s.label != ref.label):
         if src.label in masks:

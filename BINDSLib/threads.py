@@ -1,0 +1,36 @@
+"""A small thread pool for image work around the network.
+
+SimpleITK (reading, resampling, writing), zlib and numpy's large-array arithmetic release the
+GIL, so the per-image steps of a study (decompressing its files, normalising and resampling
+its images, mapping maps back, compressing outputs) run side by side on the cores that torch
+is not using at that moment. Results and errors are those of the plain loop.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Largest number of threads :func:`thread_map` uses (``BINDS_THREADS`` overrides; 1 runs the
+#: plain loop).
+WORK_THREADS = max(1, int(os.environ.get("BINDS_THREADS") or min(4, os.cpu_count() or 1)))
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on up to ``threads`` (default :data:`WORK_THREADS`) threads,
+    results in order. If calls fail, the first failing item's exception is raised (as the loop
+    would), after the calls already running have finished; the others are not started."""
+    items = list(items)
+    n = min(threads or WORK_THREADS, len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    ex = ThreadPoolExecutor(n, thread_name_prefix="binds-work")
+    try:
+        futures = [ex.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,96 @@
+"""thread_map runs the per-image steps side by side with the results and errors of the plain
+loop; a study read, prepared, mapped back and written on threads is the same as on one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import BINDSLib.threads as threads
+from BINDSLib.errors import InputError
+from BINDSLib.threads import thread_map
+
+
+def test_results_in_item_order_on_several_threads():
+    seen = set()
+
+    def slow_square(x):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.02 * (5 - x))  # later items finish first
+        return x * x
+
+    assert thread_map(slow_square, range(5), threads=3) == [0, 1, 4, 9, 16]
+    assert len(seen) > 1 and all(n.startswith("binds-work") for n in seen)
+
+
+def test_first_failure_in_item_order_is_raised_and_later_items_are_not_started():
+    started = []
+
+    def fn(x):
+        started.append(x)
+        if x == 1:
+            time.sleep(0.05)
+            raise InputError("item 1 is bad")
+        if x == 2:
+            raise ValueError("item 2 is bad too, but later")
+        time.sleep(0.2)
+        return x
+
+    with pytest.raises(InputError, match="item 1"):
+        thread_map(fn, range(12), threads=2)
+    assert len(started) < 12  # the queue was cancelled
+
+
+def test_one_thread_is_the_plain_loop(monkeypatch):
+    monkeypatch.setattr(threads, "WORK_THREADS", 1)
+    names = thread_map(lambda _: threading.current_thread().name, range(3))
+    assert names == [threading.current_thread().name] * 3
+
+
+def test_study_on_threads_equals_one_thread(tmp_path, monkeypatch):
+    from BINDSLib.diagnose import DiagnoseOptions, diagnose_study
+    from BINDSLib.model.inference import DiagnosisModel
+    from BINDSLib.studyfolder import read_study_folder, write_study_folder
+    from BINDSLib.synthetic import make_study
+
+    folder = write_study_folder(make_study(3, diagnosis="malignant"), tmp_path / "study")
+    model = DiagnosisModel.from_bundle(device="cpu")
+    outs = {}
+    for n in (1, 4):
+        monkeypatch.setattr(threads, "WORK_THREADS", n)
+        study = read_study_folder(folder)
+        report = diagnose_study(model, study, tmp_path / f"out{n}",
+                                DiagnoseOptions(stage="2", device="cpu", summary_png=False))
+        outs[n] = (study, report)
+    (s1, r1), (s4, r4) = outs[1], outs[4]
+    assert [im.label for im in s1.images] == [im.label for im in s4.images]
+    for a, b in zip(s1.images, s4.images):
+        assert np.array_equal(a.voxels, b.voxels) and a.geometry == b.geometry
+    assert r1.malignancy_probability == r4.malignancy_probability
+    assert [i.label for i in r1.images] == [i.label for i in r4.images]
+    files = sorted(p.name for p in (tmp_path / "out1").glob("*.nrrd"))
+    assert files == sorted(p.name for p in (tmp_path / "out4").glob("*.nrrd")) and len(files) >= 8
+    for name in files:  # segmentations and saliency maps, byte for byte
+        assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out4" / name).read_bytes(), name
+
+
+def test_unreadable_image_is_named_whatever_the_threads(tmp_path, monkeypatch):
+    from BINDSLib.studyfolder import read_study_folder, write_study_folder
+    from BINDSLib.synthetic import make_study
+
+    folder = write_study_folder(make_study(4), tmp_path / "study")
+    files = sorted((folder / "images").glob("*.nrrd"))
+    files[1].write_bytes(b"NRRD0004\nnot an image\n")
+    files[3].write_bytes(b"")
+    monkeypatch.setattr(threads, "WORK_THREADS", 4)
+    with pytest.raises(InputError) as e:
+        read_study_folder(folder)
+    # the first broken file in study.json order, as a plain loop would report
+    import json
+
+    order = [im["path"] for im in json.loads((folder / "study.json").read_text())["images"]]
+    broken = [p for p in order if p.endswith((files[1].name, files[3].name))]
+    assert broken[0].split("/")[-1] in str(e.value)
