@@ -204,7 +204,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     with atomic_dir(out_dir, overwrite=options.overwrite) as tmp:
         from .studyfolder import write_nrrd
 
-        images, panels = [], []
+        images = []
         used = set(final.modalities)
         # a modality or an image the model did not read is left out (see the notes)
         shown = [im for im in study.images if im.modality.value in used and im.label in pred.lesion_masks]
@@ -216,23 +216,29 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
                    im.shape, im.role.laterality)
             first.setdefault(key, im)
 
-        def write_maps(im):  # the files of one image (images side by side)
+        def write_maps(im):  # the files of one image
             sal = np.clip(pred.saliency[im.label].astype(np.float32), 0, 1)
             salient = _salient_mask(sal)
             write_seg_nrrd(tmp / f"{im.label}.seg.nrrd",
                            {"lesion": pred.lesion_masks[im.label], "salient_region": salient},
                            im.geometry, laterality=im.role.laterality)
             write_nrrd(tmp / f"{im.label}_saliency.nrrd", sal, im.geometry)
-            return sal, salient
+            return salient
 
-        written = dict(zip(first, thread_map(write_maps, first.values())))
+        jobs = [lambda im=im: write_maps(im) for im in first.values()]
+        if options.summary_png:  # first: the longest job
+            jobs.insert(0, lambda: _write_summary(tmp / "summary.png", study, shown, pred, final,
+                                                  threshold, rec, notes, model))
+        # the images' files and the summary picture side by side (compression releases the GIL)
+        done = thread_map(lambda job: job(), jobs)
+        written = dict(zip(first, done[1:] if options.summary_png else done))
         for im in shown:
             label = im.label
             lesion = pred.lesion_masks[label]
             prob = pred.lesion_probability[label]
             seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
             key = (id(lesion), id(pred.saliency[label]), im.geometry, im.shape, im.role.laterality)
-            sal, salient = written[key]
+            salient = written[key]
             if first[key] is not im:
                 shutil.copyfile(tmp / f"{first[key].label}.seg.nrrd", tmp / seg_name)
                 shutil.copyfile(tmp / f"{first[key].label}_saliency.nrrd", tmp / sal_name)
@@ -241,9 +247,6 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
                                       "user" if label in user_masks else "predicted",
                                       float(lesion.sum()) * voxel_mm3,
                                       float(salient.sum()) * voxel_mm3, float(prob.max())))
-            sp = im.geometry.spacing_mm
-            panels.append({"label": label, "voxels": im.voxels, "lesion": lesion, "saliency": sal,
-                           "aspect": sp[1] / sp[0]})
         report = DiagnosisReport(
             study_id=study.study_id, patient_id=pid,
             study_date=None if study.study_date is None else study.study_date.isoformat(),
@@ -260,20 +263,6 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         doc = report.to_json()
         (tmp / "report.json").write_text(json_dumps(doc), encoding="utf-8")
         (tmp / "results.csv").write_text(results_csv([report.result_row()]), encoding="utf-8")
-        if options.summary_png:
-            from .outputs.summary import write_summary_png
-
-            lines = [f"stage {report.stage}  malignancy probability {report.malignancy_probability:.3f}"
-                     f"  (threshold {threshold:.3f})  -> {rec}"]
-            if report.subtype:
-                lines.append("subtype: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
-                                                     for k, v in report.subtype_probabilities.items()))
-            if report.contributions:
-                lines.append("contributions: " + ", ".join(f"{k} {v:.2f}" for k, v in report.contributions.items()))
-            lines += notes
-            lines.append(f"model {report.model.get('name', '?')} {report.model.get('version', '')} - research use only")
-            write_summary_png(tmp / "summary.png", panels, lines,
-                              f"BINDS - study {study.study_id}" + (" (SYNTHETIC)" if study.synthetic else ""))
         timings = {"read_s": t_read, "inference_s": t1 - t0 - t_read, "write_s": time.perf_counter() - t1,
                    "total_s": time.perf_counter() - t0}
         for n, p in enumerate(preds):
@@ -282,6 +271,28 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         (tmp / "timings.json").write_text(json_dumps(timings), encoding="utf-8")
     progress(4, 4, "done")
     return report
+
+
+def _write_summary(path: Path, study: Study, shown, pred, final: StageResult, threshold: float,
+                   rec: str, notes: list[str], model) -> None:
+    """The summary PNG: each image read with its lesion outline and saliency, the key numbers."""
+    from .outputs.summary import write_summary_png
+
+    lines = [f"stage {final.stage}  malignancy probability {final.malignancy_probability:.3f}"
+             f"  (threshold {threshold:.3f})  -> {rec}"]
+    if final.subtype_probabilities:
+        lines.append("subtype: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
+                                             for k, v in final.subtype_probabilities.items()))
+    if final.contributions:
+        lines.append("contributions: " + ", ".join(f"{k} {v:.2f}" for k, v in final.contributions.items()))
+    lines += notes
+    lines.append(f"model {model.summary.get('name', '?')} {model.summary.get('version', '')} - research use only")
+    # saliency drawn from 0.25 up: values outside [0, 1] look as the clipped map written
+    panels = [{"label": im.label, "voxels": im.voxels, "lesion": pred.lesion_masks[im.label],
+               "saliency": pred.saliency[im.label],
+               "aspect": im.geometry.spacing_mm[1] / im.geometry.spacing_mm[0]} for im in shown]
+    write_summary_png(path, panels, lines,
+                      f"BINDS - study {study.study_id}" + (" (SYNTHETIC)" if study.synthetic else ""))
 
 
 def is_finished(out_dir: Path) -> bool:

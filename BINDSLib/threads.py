@@ -20,6 +20,23 @@ R = TypeVar("R")
 WORK_THREADS = max(1, int(os.environ.get("BINDS_THREADS") or min(4, os.cpu_count() or 1)))
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim(0)`` if there is one (else a no-op): give the memory the worker
+    threads freed in their own malloc arenas back to the system."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim() if os.environ.get("BINDS_TRIM", "1") == "1" else (lambda: None)
+
+
 def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
     """``[fn(x) for x in items]`` on up to ``threads`` (default :data:`WORK_THREADS`) threads,
     results in order. If calls fail, the first failing item's exception is raised (as the loop
@@ -34,3 +51,4 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = N
         return [f.result() for f in futures]
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+        _TRIM()

@@ -227,11 +227,17 @@ def resample(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int]
         factors = [min(f, max(1, n // 2)) for f, n in zip(factors, img.GetSize())]
         if max(factors) > 1:
             img = sitk.BinShrink(img, factors)
-    ref = sitk.Image(int(shape[2]), int(shape[1]), int(shape[0]), sitk.sitkFloat32)
-    target.apply_to_sitk(ref)
-    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
-                        0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    # the output grid given directly (a reference image would be allocated and zero-filled)
+    f = sitk.ResampleImageFilter()
+    f.SetSize((int(shape[2]), int(shape[1]), int(shape[0])))
+    f.SetOutputSpacing(target.spacing_mm)
+    f.SetOutputOrigin(target.origin_mm)
+    f.SetOutputDirection(target.direction)
+    f.SetTransform(sitk.Transform())
+    f.SetInterpolator(sitk.sitkLinear if linear else sitk.sitkNearestNeighbor)
+    f.SetDefaultPixelValue(0.0)
+    f.SetOutputPixelType(sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(f.Execute(img))
 
 
 def to_model_grid(voxels: np.ndarray, source: SourceImage, grid: ModelGrid,
