@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    # the process is ours, not a caller's Python: commands may tune it (BINDSLib/memory.py)
+    args.own_process = argv is None
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

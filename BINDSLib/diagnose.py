@@ -235,7 +235,6 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         for im in shown:
             label = im.label
             lesion = pred.lesion_masks[label]
-            prob = pred.lesion_probability[label]
             seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
             key = (id(lesion), id(pred.saliency[label]), im.geometry, im.shape, im.role.laterality)
             salient = written[key]
@@ -246,7 +245,8 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
                                       "user" if label in user_masks else "predicted",
                                       float(lesion.sum()) * voxel_mm3,
-                                      float(salient.sum()) * voxel_mm3, float(prob.max())))
+                                      float(salient.sum()) * voxel_mm3,
+                                      pred.images[label].lesion_probability_max))
         report = DiagnosisReport(
             study_id=study.study_id, patient_id=pid,
             study_date=None if study.study_date is None else study.study_date.isoformat(),

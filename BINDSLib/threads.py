@@ -12,29 +12,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
+from .memory import malloc_trim
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 #: Largest number of threads :func:`thread_map` uses (``BINDS_THREADS`` overrides; 1 runs the
 #: plain loop).
 WORK_THREADS = max(1, int(os.environ.get("BINDS_THREADS") or min(4, os.cpu_count() or 1)))
-
-
-def _malloc_trim():
-    """glibc's ``malloc_trim(0)`` if there is one (else a no-op): give the memory the worker
-    threads freed in their own malloc arenas back to the system."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
-
-
-_TRIM = _malloc_trim() if os.environ.get("BINDS_TRIM", "1") == "1" else (lambda: None)
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
@@ -51,4 +36,4 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = N
         return [f.result() for f in futures]
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
-        _TRIM()
+        malloc_trim()  # what the workers freed in their own arenas

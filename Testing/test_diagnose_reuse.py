@@ -163,3 +163,33 @@ def test_extent_matches_nonzero():
         k, j, i = np.nonzero(m)
         assert _extent(m) == f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
     assert _extent(np.zeros((2, 3, 4), np.uint8)) == "0 -1 0 -1 0 -1"
+
+
+def test_lesion_probability_maps_are_mapped_when_read_and_match_the_masks(model, tmp_path):
+    """The full-size lesion maps are not held through the diagnosis (memory): the report and
+    the files need only their maximum and the masks; reading the map gives the same values
+    the mask was drawn from, once per grid."""
+    from BINDSLib.diagnose import DiagnoseOptions, diagnose_study
+    from BINDSLib.model.inference import LazyArray, predicted_lesion_mask
+
+    study = make_case(6, True)
+    diagnose_study(model, study, tmp_path / "out", DiagnoseOptions(stage="2", device="cpu", summary_png=False))
+    pred = model.predict(study)
+    for out in pred.images.values():
+        src = out.lesion_probability_source
+        assert isinstance(src, LazyArray) and src._value is None  # not mapped yet
+    for label, out in pred.images.items():
+        lp = out.lesion_probability
+        assert lp.dtype == np.float32 and lp.shape == study.image(label).shape
+        assert float(lp.max()) == out.lesion_probability_max
+        if out.lesion_mask_source == "predicted":
+            expected = predicted_lesion_mask(lp, model.config.lesion_threshold, model.config.lesion_mask_mode)
+            assert np.array_equal(out.lesion_mask, expected)
+        assert out.lesion_probability is lp  # kept once mapped
+    groups: dict = {}  # MR sequences on one grid share one map
+    for o in pred.images.values():
+        if o.modality == "MR":
+            groups.setdefault((o.geometry, o.lesion_mask.shape), []).append(o)
+    assert any(len(g) > 1 for g in groups.values())
+    for g in groups.values():
+        assert all(o.lesion_probability is g[0].lesion_probability for o in g)

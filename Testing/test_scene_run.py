@@ -77,6 +77,7 @@ class Model:
             sal = (v - v.min()) / max(float(v.max() - v.min()), 1e-6)
             out.lesion_masks[im.label], out.saliency[im.label], out.lesion_probability[im.label] = lesion, sal, sal
             out.images[im.label] = SimpleNamespace(lesion_mask=lesion, saliency=sal, lesion_probability=sal,
+                                                   lesion_probability_max=float(sal.max()),
                                                    lesion_mask_source="user" if im.label in (lesion_masks or {{}}) else "predicted")
         return out
 

@@ -94,3 +94,37 @@ def test_unreadable_image_is_named_whatever_the_threads(tmp_path, monkeypatch):
     order = [im["path"] for im in json.loads((folder / "study.json").read_text())["images"]]
     broken = [p for p in order if p.endswith((files[1].name, files[3].name))]
     assert broken[0].split("/")[-1] in str(e.value)
+
+
+def test_binds_diagnose_sets_the_malloc_mapping_threshold_in_its_own_process(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    import BINDSLib.memory as memory
+    from BINDSLib.studyfolder import write_study_folder
+    from BINDSLib.synthetic import make_study
+
+    if memory._LIBC is None:
+        pytest.skip("not glibc")
+    calls = []
+    monkeypatch.setattr(memory._LIBC, "mallopt", lambda *a: calls.append(a) or 1, raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert memory.configure_malloc() and calls == [(-3, 16 * 2**20)]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's setting wins
+    assert not memory.configure_malloc() and len(calls) == 1
+    # `binds diagnose` sets it in its own process; other commands (risk scoring) and a caller's
+    # Python that runs main(argv) keep theirs
+    seen = []
+    monkeypatch.setattr(memory, "configure_malloc", lambda: seen.append(1) or True)
+    import BINDSLib.cli as cli
+
+    folder = write_study_folder(make_study(3), tmp_path / "study")
+    assert cli.main(["diagnose", str(folder), "--out", str(tmp_path / "in-process"), "--no-summary"]) == 0
+    assert seen == []
+    code = ("import sys, BINDSLib.cli as c, BINDSLib.memory as m; seen = []; "
+            "m.configure_malloc = lambda: seen.append(1); sys.argv = ['binds', *sys.argv[1:]]; "
+            "rc = c.main(); print(rc, seen)")
+    for args, expected in ((["diagnose", str(folder), "--out", str(tmp_path / "own"), "--no-summary"], "0 [1]"),
+                           (["models"], "0 []")):
+        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert run.stdout.strip().splitlines()[-1] == expected, run.stderr[-2000:]

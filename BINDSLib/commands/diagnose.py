@@ -94,6 +94,10 @@ def load_source(kind: str, value) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import InputError
+    from ..memory import configure_malloc
+
+    if getattr(args, "own_process", False):
+        configure_malloc()  # diagnosis only: it would slow risk scoring's large activations
 
     sources = collect_sources(args)
     masks: dict[str, str] = {}

@@ -93,7 +93,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         malignant, subtype = study_labels(study)
         masks = reference_masks(study) if given_masks else None
         pred = model.predict(study, lesion_masks=masks, saliency=saliency, combinations=combinations)
-        lesion_score = max(float(o.lesion_probability.max()) for o in pred.images.values())
+        lesion_score = max(o.lesion_probability_max for o in pred.images.values())
         row = {"study_id": study.study_id,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
                "malignant": malignant, "subtype": SUBTYPES[subtype] if subtype >= 0 else "",

@@ -38,7 +38,10 @@ DEFAULT_UNCERTAINTY_BAND = (0.02, 0.98)
 class ImageOutput:
     """Per-image outputs, each array ``(depth, rows, cols)`` on the image's own grid.
 
-    lesion_probability : float32 in [0, 1], the model's lesion map.
+    lesion_probability : float32 in [0, 1], the model's lesion map; mapped to the image grid
+        when first read (a study's full-size maps are not all held while the MRI is encoded:
+        ``binds diagnose`` writes only ``lesion_probability_max``, the mask and the saliency).
+    lesion_probability_max : its maximum.
     saliency : float32 in [0, 1]; alignment saliency ``max(0, cos)`` of the projected features
         with the malignant pathology prototype (absolute, comparable across images), or
         Grad-CAM of the same score (min-max normalised per image).
@@ -50,17 +53,36 @@ class ImageOutput:
     label: str
     modality: str
     geometry: Geometry
-    lesion_probability: np.ndarray
     saliency: np.ndarray
     lesion_mask: np.ndarray
     lesion_mask_source: str
+    lesion_probability_max: float
+    #: the map, or a :class:`LazyArray` giving it
+    lesion_probability_source: "np.ndarray | LazyArray" = field(repr=False)
+
+    @property
+    def lesion_probability(self) -> np.ndarray:
+        src = self.lesion_probability_source
+        return src.get() if isinstance(src, LazyArray) else src
 
     def to_json(self) -> dict:
-        return {"label": self.label, "modality": self.modality, "shape": list(self.lesion_probability.shape),
+        return {"label": self.label, "modality": self.modality, "shape": list(self.lesion_mask.shape),
                 "lesion_mask_source": self.lesion_mask_source,
                 "lesion_voxels": int(self.lesion_mask.sum()),
-                "lesion_probability_max": float(self.lesion_probability.max()),
+                "lesion_probability_max": float(self.lesion_probability_max),
                 "saliency_max": float(self.saliency.max())}
+
+
+class LazyArray:
+    """An array computed on the first :meth:`get` and kept (images of one grid share one)."""
+
+    def __init__(self, compute):
+        self._compute, self._value = compute, None
+
+    def get(self) -> np.ndarray:
+        if self._value is None:
+            self._value, self._compute = self._compute(), None
+        return self._value
 
 
 @dataclass
@@ -409,10 +431,15 @@ class DiagnosisModel:
             for src in inp.sources[slot]:
                 key = (src.shape, src.geometry, src.frame)
                 if key not in mapped:
-                    lp = np.clip(to_image_grid(prob, grid, src), 0.0, 1.0).astype(np.float32)
-                    mapped[key] = (lp, to_image_grid(sal_map, grid, src).astype(np.float32),
+                    def lesion_map(src=src) -> np.ndarray:
+                        return np.clip(to_image_grid(prob, grid, src), 0.0, 1.0).astype(np.float32)
+
+                    lp = lesion_map()  # for the mask; mapped again if it is read (same values)
+                    mapped[key] = (LazyArray(lesion_map), float(lp.max()),
+                                   to_image_grid(sal_map, grid, src).astype(np.float32),
                                    predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
-                lp, sm, predicted = mapped[key]
+                    del lp
+                lp, lp_max, sm, predicted = mapped[key]
                 if src.label in user_masks:
                     mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
                     source = "user"
@@ -423,7 +450,7 @@ class DiagnosisModel:
                 else:
                     mask = predicted
                     source = "predicted"
-                outs.append(ImageOutput(src.label, m, src.geometry, lp, sm, mask, source))
+                outs.append(ImageOutput(src.label, m, src.geometry, sm, mask, source, lp_max, lp))
             return outs
 
         return {o.label: o for outs in thread_map(one, jobs) for o in outs}
