@@ -9,6 +9,7 @@ is not using at that moment. Results and errors are those of the plain loop.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
@@ -22,12 +23,23 @@ R = TypeVar("R")
 WORK_THREADS = max(1, int(os.environ.get("BINDS_THREADS") or min(4, os.cpu_count() or 1)))
 
 
+def _in_data_worker() -> bool:
+    """Inside a torch DataLoader worker process (training): the workers already share out the
+    cores, so per-image threads would only oversubscribe them."""
+    torch = sys.modules.get("torch")
+    try:
+        return torch is not None and torch.utils.data.get_worker_info() is not None
+    except AttributeError:
+        return False
+
+
 def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
-    """``[fn(x) for x in items]`` on up to ``threads`` (default :data:`WORK_THREADS`) threads,
-    results in order. If calls fail, the first failing item's exception is raised (as the loop
-    would), after the calls already running have finished; the others are not started."""
+    """``[fn(x) for x in items]`` on up to ``threads`` (default :data:`WORK_THREADS`; one in a
+    DataLoader worker) threads, results in order. If calls fail, the first failing item's
+    exception is raised (as the loop would), after the calls already running have finished; the
+    others are not started."""
     items = list(items)
-    n = min(threads or WORK_THREADS, len(items))
+    n = min(threads or (1 if _in_data_worker() else WORK_THREADS), len(items))
     if n <= 1:
         return [fn(x) for x in items]
     ex = ThreadPoolExecutor(n, thread_name_prefix="binds-work")

@@ -193,3 +193,26 @@ def test_lesion_probability_maps_are_mapped_when_read_and_match_the_masks(model,
     assert any(len(g) > 1 for g in groups.values())
     for g in groups.values():
         assert all(o.lesion_probability is g[0].lesion_probability for o in g)
+
+
+def test_lazy_array_is_computed_once_whatever_the_threads():
+    import threading
+    import time
+
+    from BINDSLib.model.inference import LazyArray
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.05)
+        return np.arange(3)
+
+    lazy = LazyArray(compute)
+    got = []
+    ts = [threading.Thread(target=lambda: got.append(lazy.get())) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert calls == [1] and len(got) == 4 and all(g is got[0] for g in got)

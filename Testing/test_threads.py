@@ -128,3 +128,21 @@ def test_binds_diagnose_sets_the_malloc_mapping_threshold_in_its_own_process(mon
                            (["models"], "0 []")):
         run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert run.stdout.strip().splitlines()[-1] == expected, run.stderr[-2000:]
+
+
+class _Names:  # a map-style dataset (module level: DataLoader workers pickle it)
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return thread_map(lambda _: threading.current_thread().name, range(3))
+
+
+def test_dataloader_workers_use_no_extra_threads(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(threads, "WORK_THREADS", 3)
+
+    names = list(torch.utils.data.DataLoader(_Names(), batch_size=None, num_workers=1))
+    assert all(len(set(n)) == 1 and not n[0].startswith("binds-work") for n in names)
+    assert any(n.startswith("binds-work") for n in _Names()[0])  # in the main process they do

@@ -74,15 +74,19 @@ class ImageOutput:
 
 
 class LazyArray:
-    """An array computed on the first :meth:`get` and kept (images of one grid share one)."""
+    """An array computed on the first :meth:`get` and kept (images of one grid share one;
+    threads reading it at once compute it once)."""
 
     def __init__(self, compute):
-        self._compute, self._value = compute, None
+        import threading
+
+        self._compute, self._value, self._lock = compute, None, threading.Lock()
 
     def get(self) -> np.ndarray:
-        if self._value is None:
-            self._value, self._compute = self._compute(), None
-        return self._value
+        with self._lock:
+            if self._value is None:
+                self._value, self._compute = self._compute(), None
+            return self._value
 
 
 @dataclass
