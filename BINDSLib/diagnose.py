@@ -210,11 +210,11 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         shown = [im for im in study.images if im.modality.value in used and im.label in pred.lesion_masks]
         # images that share their maps and grid (MR sequences): the files are written once
         # and copied (byte-identical to writing each)
+        key = {im.label: (id(pred.lesion_masks[im.label]), id(pred.saliency[im.label]), im.geometry,
+                          im.shape, im.role.laterality) for im in shown}
         first: dict = {}
         for im in shown:
-            key = (id(pred.lesion_masks[im.label]), id(pred.saliency[im.label]), im.geometry,
-                   im.shape, im.role.laterality)
-            first.setdefault(key, im)
+            first.setdefault(key[im.label], im)
 
         def write_maps(im):  # the files of one image
             sal = np.clip(pred.saliency[im.label].astype(np.float32), 0, 1)
@@ -236,11 +236,10 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             label = im.label
             lesion = pred.lesion_masks[label]
             seg_name, sal_name = f"{label}.seg.nrrd", f"{label}_saliency.nrrd"
-            key = (id(lesion), id(pred.saliency[label]), im.geometry, im.shape, im.role.laterality)
-            salient = written[key]
-            if first[key] is not im:
-                shutil.copyfile(tmp / f"{first[key].label}.seg.nrrd", tmp / seg_name)
-                shutil.copyfile(tmp / f"{first[key].label}_saliency.nrrd", tmp / sal_name)
+            salient, source = written[key[label]], first[key[label]]
+            if source is not im:
+                shutil.copyfile(tmp / f"{source.label}.seg.nrrd", tmp / seg_name)
+                shutil.copyfile(tmp / f"{source.label}_saliency.nrrd", tmp / sal_name)
             voxel_mm3 = float(np.prod(im.geometry.spacing_mm))
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
                                       "user" if label in user_masks else "predicted",

@@ -14,16 +14,12 @@ from BINDSLib.model.inference import DiagnosisModel, PredictionCache, fuse_varia
 from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.model.preprocess import prepare_study
 from BINDSLib.outputs.segmentation import _extent
-from test_model_cases import make_case, tiny_config
+from test_model_cases import make_case, tiny_model
 
 
 @pytest.fixture(scope="module")
 def model() -> DiagnosisModel:
-    torch.manual_seed(0)
-    net = DiagnosisNetwork(tiny_config())
-    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
-    net.pathology.prototype_counts[0] = 1
-    return DiagnosisModel(net, {}, device="cpu")
+    return tiny_model()
 
 
 class _Counter:

@@ -50,6 +50,21 @@ def _noise(rng, shape, mean, sd):
     return rng.normal(mean, sd, shape).astype(np.float32)
 
 
+def tiny_model(metadata: dict | None = None, **overrides):
+    """A :class:`DiagnosisModel` of :func:`tiny_config` with seeded random weights and a
+    malignant pathology prototype (so that alignment saliency is not flat), on the CPU."""
+    import torch
+
+    from BINDSLib.model.inference import DiagnosisModel
+    from BINDSLib.model.network import DiagnosisNetwork
+
+    torch.manual_seed(0)
+    net = DiagnosisNetwork(tiny_config(**overrides))
+    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
+    net.pathology.prototype_counts[0] = 1
+    return DiagnosisModel(net, metadata or {}, device="cpu")
+
+
 def make_case(seed: int = 0, malignant: bool | None = True, modalities=("MG", "US", "MR"),
               us_frames: int = 1) -> Study:
     """A study with a lesion (``malignant`` None: a normal study) in every requested modality.

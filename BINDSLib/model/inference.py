@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -78,8 +79,6 @@ class LazyArray:
     threads reading it at once compute it once)."""
 
     def __init__(self, compute):
-        import threading
-
         self._compute, self._value, self._lock = compute, None, threading.Lock()
 
     def get(self) -> np.ndarray:
