@@ -151,3 +151,18 @@ def test_channels_last_gives_the_same_prediction(model):
     net.load_state_dict(model.network.state_dict())
     after = DiagnosisModel(net.use_channels_last(), device="cpu").predict(study, saliency="none")
     assert after.malignancy_probability == pytest.approx(before, abs=1e-5)
+
+
+@pytest.mark.parametrize("level,stride", [(1, 4), (0, 2)])
+def test_locator_head_level_sets_the_lesion_map_resolution(level, stride):
+    from BINDSLib.model.config import EncoderConfig
+    from BINDSLib.model.encoders import LesionLocator
+
+    loc = LesionLocator(2, 1, EncoderConfig(channels=(4, 8, 8, 8), head_level=level))
+    seen = []
+    loc.head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[2:]))
+    logits, feats, _ = loc(torch.zeros(1, 1, 32, 48))
+    assert tuple(seen[0]) == (32 // stride, 48 // stride)  # the head draws at this stride
+    assert logits.shape[2:] == (32, 48) and feats.shape[2:] == (2, 3)
+    with pytest.raises(ValueError, match="head_level"):
+        EncoderConfig(head_level=2)

@@ -152,3 +152,28 @@ def test_modalities_selection_and_bad_masks():
         prepare_study(study, cfg, lesion_masks={"US_L": np.zeros((5, 5))})
     with pytest.raises(InputError, match="no image"):
         prepare_study(study, cfg, lesion_masks={"US_R": np.zeros((48, 64))})
+
+
+def _mg_labels(prep) -> list[str]:
+    return [s[0].label for s in prep.inputs["MG"].sources]
+
+
+def test_one_view_bundle_keeps_the_preferred_view_then_marked_images_first():
+    study = make_case(0, True, ("MG",))  # L/R x CC/MLO
+    plain = prepare_study(study, tiny_config(mg_max_views=1))
+    assert _mg_labels(plain) == ["MG_L_CC"]  # slot order: L before R, CC before MLO
+    mlo = tiny_config(mg_max_views=1, mg_views=("mlo",))
+    assert mlo.mg_views == ("MLO",)
+    prep = prepare_study(study, mlo)
+    assert _mg_labels(prep) == ["MG_L_MLO"]
+    assert sorted(n.split(":")[0] for n in prep.notes) == ["MG_L_CC", "MG_R_CC", "MG_R_MLO"]
+    # a user's outline on another image wins over the view preference: it must be used
+    edited = np.zeros(study.image("MG_R_CC").shape, np.uint8)
+    edited[0, 30:36, 30:36] = 1
+    prep = prepare_study(study, mlo, lesion_masks={"MG_R_CC": edited})
+    assert _mg_labels(prep) == ["MG_R_CC"]
+    # two slots: the kept images stay in slot order
+    two = prepare_study(study, tiny_config(mg_max_views=2, mg_views=("MLO",)))
+    assert _mg_labels(two) == ["MG_L_MLO", "MG_R_MLO"]
+    with pytest.raises(ValueError, match="not mammography views"):
+        tiny_config(mg_views=("LATERAL",))

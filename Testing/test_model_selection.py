@@ -165,3 +165,16 @@ def test_evaluate_a_one_modality_bundle_without_subtypes(diagnosis_bundle, tmp_p
     m = evaluate(model, studies, tmp_path / "eval", n_bootstrap=20, saliency="none")
     assert m["n"] == 8 and m["n_left_out_unreadable"] == 1
     assert "subtype_macro_auc" not in m and 0.0 <= m["auc"] <= 1.0
+
+
+def test_shipped_one_view_mammography_bundle_reads_the_mlo_view_of_a_four_view_exam():
+    from BINDSLib.bundle import find_bundle, read_metadata
+    from BINDSLib.model.config import DiagnosisConfig
+    from BINDSLib.model.preprocess import select_mg
+    from test_model_cases import make_case
+
+    meta = read_metadata(find_bundle("binds-mg-mias"))
+    cfg = DiagnosisConfig.from_json(meta["binds"]["model_config"])
+    assert cfg.mg_max_views == 1 and cfg.mg_views == ("MLO",)  # trained on mini-MIAS MLO films
+    kept, notes = select_mg(make_case(0, True, ("MG",)), cfg.mg_max_views, cfg.mg_views)
+    assert [im.label for im in kept] == ["MG_L_MLO"] and len(notes) == 3

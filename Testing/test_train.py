@@ -67,6 +67,7 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["phase"] for r in rows] == ["unimodal", "multimodal"]
     assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)  # validation lesions have masks
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "train.log").is_file()
     model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
     meta = model.metadata
@@ -134,3 +135,23 @@ def test_config_errors_are_clear(tmp_path):
     assert s.model.embed_dim == 512 and s.model.locator_2d.channels[-1] == 512
     with pytest.raises(InputError, match="not found"):
         load_settings(tmp_path / "missing.json")
+
+
+def test_validation_dice_scores_the_thresholded_lesion_map():
+    from types import SimpleNamespace
+
+    from BINDSLib.model.train import _lesion_dice
+
+    ref = torch.zeros(2, 1, 1, 8, 8)
+    ref[0, 0, 0, 2:6, 2:6] = 1  # 16 pixels
+    ref[1, 0, 0, 0:2, 0:2] = 1
+    logits = torch.full((2, 1, 8, 8), -5.0)
+    logits[0, 0, 2:6, 2:4] = 5.0  # half of the first lesion, nothing outside it
+    logits[1, 0, 6:8, 6:8] = 5.0  # the second at the wrong place
+    enc = SimpleNamespace(index=torch.tensor([[0, 0], [1, 0]]), lesion_logits=logits)
+    given = torch.tensor([[True], [True]])
+    batch = {"US_masks": ref, "US_mask_given": given}
+    assert _lesion_dice({"US": enc}, batch, 0.5) == pytest.approx([2 * 8 / (8 + 16), 0.0])
+    # images without a reference mask (or with an empty one) are not scored
+    batch["US_mask_given"] = torch.tensor([[True], [False]])
+    assert _lesion_dice({"US": enc}, batch, 0.5) == pytest.approx([2 / 3])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..study import Subtype
+from ..study import MG_VIEWS, Subtype
 
 #: Modalities in the fixed order of the network (token type embedding index).
 MODALITIES = ("MG", "US", "MR")
@@ -68,6 +68,10 @@ class EncoderConfig:
         locators several times slower). With BatchNorm a training batch needs more than one
         value per channel at the last stage: >= 2 images of a modality, or a last feature map
         larger than 1 voxel (crops of at least 32 pixels per axis, 2 slices).
+    head_level : lesion locators only: the finest backbone stage whose features enter the
+        pyramid head that draws the lesion map: ``1`` (default; stride 4 without max-pooling)
+        or ``0`` (stride 2: sharper lesion outlines, at about 4x the head's cost - fine in
+        2D, costly for the 3D locator on a full MRI grid).
     """
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
@@ -76,12 +80,15 @@ class EncoderConfig:
     max_pool: bool = False
     norm: str = "batch"
     norm_groups: int = 4
+    head_level: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
         object.__setattr__(self, "channels", _tuple(self.channels, 4, "channels"))
         if min(self.layers) < 1 or min(self.channels) < 1:
             raise ValueError("encoder layers and channels must be positive")
+        if self.head_level not in (0, 1):
+            raise ValueError(f"head_level must be 0 or 1, not {self.head_level!r}")
         if self.norm not in ("group", "batch"):
             raise ValueError(f"norm must be 'group' or 'batch', not {self.norm!r}")
         if self.norm == "group" and any(c % self.norm_groups for c in self.channels):
@@ -108,7 +115,11 @@ class DiagnosisConfig:
     mg_size, us_size : ``(rows, cols)`` of each prepared MG view / US image (aspect kept,
         padded). mr_size : ``(slices, rows, cols)`` of the stacked MRI volume.
     mg_crop, us_crop, mr_crop : size of the lesion-focused crop fed to the classifier encoder.
-    mg_max_views, us_max_images : slots per study (extra images are ignored, with a note).
+    mg_max_views, us_max_images : slots per study (extra images are ignored, with a note;
+        images with a lesion mask are kept first).
+    mg_views : MG views to keep first when a study has more than ``mg_max_views``, most
+        preferred first (``("MLO",)`` for a bundle trained on MLO views only); empty: slot
+        order (L before R, CC before MLO).
     locator_2d, locator_3d : backbones of the lesion localisers (feature map, context token,
         lesion probability map). classifier_2d, classifier_3d : backbones encoding the crops.
     embed_dim : width of the fusion tokens; fusion_layers / fusion_heads : transformer size.
@@ -150,6 +161,7 @@ class DiagnosisConfig:
     mr_crop: tuple[int, int, int] = (16, 32, 32)
     mg_max_views: int = 4
     us_max_images: int = 2
+    mg_views: tuple[str, ...] = ()
     locator_2d: EncoderConfig = field(default_factory=EncoderConfig)
     locator_3d: EncoderConfig = field(default_factory=lambda: EncoderConfig(stem_kernel=3))
     classifier_2d: EncoderConfig = field(default_factory=EncoderConfig)
@@ -175,6 +187,11 @@ class DiagnosisConfig:
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
                         ("us_crop", 2), ("mr_crop", 3)):
             object.__setattr__(self, name, _tuple(getattr(self, name), n, name))
+        views = (self.mg_views,) if isinstance(self.mg_views, str) else self.mg_views
+        object.__setattr__(self, "mg_views", tuple(str(v).upper() for v in views))
+        bad = [v for v in self.mg_views if v not in MG_VIEWS]
+        if bad:
+            raise ValueError(f"mg_views {bad} are not mammography views ({', '.join(MG_VIEWS)})")
         object.__setattr__(self, "intensity_percentiles",
                            _tuple(self.intensity_percentiles, 2, "intensity_percentiles", float))
         for name in ("locator_2d", "locator_3d", "classifier_2d", "classifier_3d"):

@@ -76,7 +76,8 @@ class LesionLocator(nn.Module):
     Parameters
     ----------
     spatial_dims : 2 or 3. in_channels : input channels (1; 7 for the stacked MRI).
-    config : backbone settings. head_channels : width of the pyramid head.
+    config : backbone settings (``config.head_level``: the finest stage in the head).
+    head_channels : width of the pyramid head.
 
     Forward ``x (N, C, *spatial)`` returns ``(logits, features, context)``: lesion logits
     ``(N, 1, *spatial)`` at the input resolution, the last feature map
@@ -89,7 +90,8 @@ class LesionLocator(nn.Module):
         self.backbone = Backbone(spatial_dims, in_channels, config)
         conv = Conv[Conv.CONV, spatial_dims]
         c = self.backbone.channels
-        self.lateral = nn.ModuleList([conv(ch, head_channels, kernel_size=1) for ch in c[1:]])
+        self.head_level = config.head_level
+        self.lateral = nn.ModuleList([conv(ch, head_channels, kernel_size=1) for ch in c[self.head_level:]])
         self.head = nn.Sequential(
             conv(head_channels, head_channels, kernel_size=3, padding=1, bias=False),
             get_norm_layer(config.norm_layer, spatial_dims, head_channels), nn.ReLU(inplace=True),
@@ -98,9 +100,9 @@ class LesionLocator(nn.Module):
 
     def forward(self, x: torch.Tensor):
         feats = self.backbone(x)
-        size = feats[1].shape[2:]
+        size = feats[self.head_level].shape[2:]
         p = sum(_resize(lat(f), size) if f.shape[2:] != size else lat(f)
-                for lat, f in zip(self.lateral, feats[1:]))
+                for lat, f in zip(self.lateral, feats[self.head_level:]))
         logits = _resize(self.head(p), x.shape[2:])
         last = feats[-1]
         return logits, last, _pool(last)

@@ -284,19 +284,41 @@ def _frame_of(image: Image) -> int | None:
     return int(f)
 
 
-def select_mg(study: Study, max_views: int) -> tuple[list[Image], list[str]]:
-    """MG images in slot order (L before R, CC before MLO before others), at most ``max_views``."""
+def _keep_first(ims: list[Image], max_n: int, rank) -> tuple[list[Image], list[Image]]:
+    """The ``max_n`` images of ``ims`` that sort first by ``rank``, in their original order,
+    and the others."""
+    chosen = set(id(im) for im in sorted(ims, key=rank)[:max_n])
+    return [im for im in ims if id(im) in chosen], [im for im in ims if id(im) not in chosen]
+
+
+def select_mg(study: Study, max_views: int, prefer_views: tuple[str, ...] = (),
+              marked: frozenset[str] = frozenset()) -> tuple[list[Image], list[str]]:
+    """MG images in slot order (L before R, CC before MLO before others), at most ``max_views``.
+
+    When the study has more, images with a lesion mask (``marked`` labels: the user's outline
+    must be used) are kept first, then views in ``prefer_views`` order (a bundle trained on
+    MLO views only prefers ``("MLO",)``), then slot order.
+    """
     ims = sorted(study.of(Modality.MG),
                  key=lambda im: (_side_index(im.role.laterality), _view_index(im.role.view), im.label))
-    notes = [f"{im.label}: more than {max_views} mammograms; ignored" for im in ims[max_views:]]
-    return ims[:max_views], notes
+    prefer = [v.upper() for v in prefer_views]
+
+    def rank(im: Image):
+        view = (im.role.view or "").upper()
+        return (im.label not in marked, prefer.index(view) if view in prefer else len(prefer))
+
+    kept, left = _keep_first(ims, max_views, rank)
+    notes = [f"{im.label}: more than {max_views} mammograms; ignored" for im in left]
+    return kept, notes
 
 
-def select_us(study: Study, max_images: int) -> tuple[list[Image], list[str]]:
-    """US images in label order, at most ``max_images``."""
+def select_us(study: Study, max_images: int, marked: frozenset[str] = frozenset()
+              ) -> tuple[list[Image], list[str]]:
+    """US images in label order, at most ``max_images`` (images with a lesion mask first)."""
     ims = sorted(study.of(Modality.US), key=lambda im: im.label)
-    notes = [f"{im.label}: more than {max_images} ultrasound images; ignored" for im in ims[max_images:]]
-    return ims[:max_images], notes
+    kept, left = _keep_first(ims, max_images, lambda im: im.label not in marked)
+    notes = [f"{im.label}: more than {max_images} ultrasound images; ignored" for im in left]
+    return kept, notes
 
 
 def select_mr(study: Study) -> tuple[dict[str, Image], list[str]]:
@@ -469,11 +491,11 @@ def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict |
     notes: list[str] = []
     mask_source: dict[str, str] = {}
     if "MG" in wanted and study.of(Modality.MG):
-        ims, n = select_mg(study, config.mg_max_views)
+        ims, n = select_mg(study, config.mg_max_views, config.mg_views, frozenset(masks))
         notes += n
         inputs["MG"] = _plane_input(ims, config.mg_size, "MG", masks, config, mask_source)
     if "US" in wanted and study.of(Modality.US):
-        ims, n = select_us(study, config.us_max_images)
+        ims, n = select_us(study, config.us_max_images, frozenset(masks))
         notes += n
         inputs["US"] = _plane_input(ims, config.us_size, "US", masks, config, mask_source)
     if "MR" in wanted and study.of(Modality.MR):

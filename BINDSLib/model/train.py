@@ -433,7 +433,7 @@ def settings_digest(settings: TrainSettings) -> str:
 METRIC_COLUMNS = ("epoch", "phase", "lr", "seconds", "train_loss", "train_malignancy",
                   "train_auxiliary", "train_subtype", "train_segmentation", "train_alignment",
                   "train_background", "train_pathology", "val_loss", "val_auc", "val_auc_MG",
-                  "val_auc_US", "val_auc_MR")
+                  "val_auc_US", "val_auc_MR", "val_dice")
 
 
 def _lr_at(settings: TrainSettings, phase: Phase, t: float) -> float:
@@ -609,9 +609,10 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
                 for key, v in row.items():
                     if isinstance(v, float) and math.isfinite(v):
                         tb.add_scalar(key, v, epoch + 1)
-            log.info("epoch %d/%d (%s): loss %.4f, val AUC %s, %.0f s", epoch + 1, settings.epochs,
-                     phase.name, row.get("train_loss", math.nan),
-                     f"{row['val_auc']:.3f}" if "val_auc" in row else "n/a", row["seconds"])
+            log.info("epoch %d/%d (%s): loss %.4f, val AUC %s, val Dice %s, %.0f s", epoch + 1,
+                     settings.epochs, phase.name, row.get("train_loss", math.nan),
+                     f"{row['val_auc']:.3f}" if "val_auc" in row else "n/a",
+                     f"{row['val_dice']:.3f}" if "val_dice" in row else "n/a", row["seconds"])
         if rt.distributed:
             import torch.distributed as dist
 
@@ -641,6 +642,7 @@ def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict
     pred = predict_samples(net, val_samples, device, settings.batch_size)
     ds = StudyDataset(val_samples, augment=False)
     total, n = 0.0, 0
+    dice: list[float] = []
     net.eval()
     with torch.inference_mode():
         for start in range(0, len(ds), settings.batch_size):
@@ -650,11 +652,33 @@ def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict
             t, _ = loss_fn(out, batch, fusion=phase.fusion)
             total += float(t) * len(items)
             n += len(items)
+            dice += _lesion_dice(out["encodings"], batch, settings.model.lesion_threshold)
     net.train()
-    row = {"val_loss": total / max(1, n), "val_auc": _auc_of(pred["logit"], y_val)}
+    row = {"val_loss": total / max(1, n), "val_auc": _auc_of(pred["logit"], y_val),
+           "val_dice": float(np.mean(dice)) if dice else math.nan}
     for m in MODALITIES:
         row[f"val_auc_{m}"] = _auc_of(pred["aux"][m], y_val)
     return row
+
+
+def _lesion_dice(encodings, batch, threshold: float) -> list[float]:
+    """Dice of ``lesion probability >= threshold`` with the reference mask, on the network
+    grid, for every image with a non-empty reference mask (the per-epoch ``val_dice``; the
+    bundle's own mask rule and the original image grid are scored by ``binds evaluate``)."""
+    import torch
+
+    out = []
+    for m, e in encodings.items():
+        b, s = e.index[:, 0], e.index[:, 1]
+        ref = batch[f"{m}_masks"][b, s].flatten(1) > 0
+        keep = batch[f"{m}_mask_given"][b, s] & ref.any(1)
+        if not bool(keep.any()):
+            continue
+        pred = (torch.sigmoid(e.lesion_logits.float()).flatten(1) >= threshold)[keep]
+        ref = ref[keep]
+        inter = (pred & ref).sum(1).float()
+        out += (2 * inter / (pred.sum(1) + ref.sum(1)).float()).tolist()
+    return out
 
 
 def write_case_list(path: Path, samples) -> None:
@@ -762,6 +786,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
         "subtype_trained": bool(subtype_trained),  # False: no subtype labels, no subtype output
         "roles": {
             "MG": {"max_images": cfg.mg_max_views, "views": ["CC", "MLO", "other"],
+                   "preferred_views": list(cfg.mg_views),
                    "laterality": ["L", "R"], "orientation": "chest wall at the left (right breasts mirrored)"},
             "US": {"max_images": cfg.us_max_images, "frame": "role.frame, else the central frame"},
             "MR": {"channels": list(MR_CHANNELS), "reference_grid": "DCE1, else T1_PRE, else first"},
