@@ -1,5 +1,5 @@
 """The PNG summary: lesion outlines where the lesion is (small ones included), saliency in
-heat colours, images fitted with their physical aspect, text wide enough."""
+heat colours, images fitted with their physical aspect, long text lines wrapped."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from BINDSLib.outputs.summary import (OUTLINE_RGB, render_panel, representative_slice,
-                                      write_summary_png)
+from BINDSLib.outputs.summary import (DPI, LINE_INCHES, OUTLINE_RGB, PANEL_INCHES, TEXT_CHARS, render_panel,
+                                      representative_slice, write_summary_png)
 
 CYAN = tuple(int(c * 255) for c in OUTLINE_RGB)
 
@@ -73,17 +73,26 @@ def test_summary_png_has_every_panel_and_the_text(tmp_path, n_panels):
         les = np.zeros_like(vox)
         les[0, 50:70, 60:90] = 1
         panels.append({"label": f"IMG{i}", "voxels": vox, "lesion": les, "saliency": None, "aspect": 1.0})
-    long_line = "x" * 220
+    long_line = "x" * 200
     out = write_summary_png(tmp_path / "summary.png", panels, ["line one", long_line], "BINDS - test")
     assert out.exists() and not list(tmp_path.glob(".*part*"))
     pic = np.asarray(Image.open(out).convert("RGB"))
-    assert pic.shape[1] >= 0.078 * 220 * 90  # wide enough for the longest line
+    # a long note wraps: the figure is as wide as TEXT_CHARS characters (or the panels), not
+    # as the note; the wrapped text stays inside the picture
+    assert pic.shape[1] <= max(0.078 * TEXT_CHARS + 0.3, PANEL_INCHES * min(4, n_panels)) * DPI + 2
+    assert pic.shape[1] >= 0.078 * TEXT_CHARS * DPI
     cyan = _is(pic, CYAN)
     # one outline per panel: count the panels' columns that hold cyan
     cols = min(4, n_panels)
     width = pic.shape[1] / cols
     assert {int(c // width) for c in np.nonzero(cyan.any(0))[0]} == set(range(cols))
     dark = pic.sum(-1) < 200
-    text_rows = int(pic.shape[0] * 1.4 / (3.2 * ((n_panels + 3) // 4) + 1.4))  # 2 lines + 2
-    assert dark[-text_rows:].any()  # the text block
+    text_in = LINE_INCHES * (3 + 2)  # 3 lines + 2
+    text_rows = int(pic.shape[0] * text_in / (PANEL_INCHES * ((n_panels + 3) // 4) + text_in))
+    text = dark[-text_rows:]
+    assert text.any()  # the text block
+    assert not text[:, -int(0.15 * DPI):].any()  # no character cut off at the right edge
+    ink_rows = np.nonzero(text.any(1))[0]
+    lines = 1 + np.count_nonzero(np.diff(ink_rows) > 3)  # runs of rows with ink
+    assert lines == 3  # "line one" + the 200-character line in two (110 + 4 indent + 90)
     assert dark[:20].any()  # the title

@@ -21,6 +21,10 @@ DPI = 90
 SALIENCY_FLOOR = 0.25
 SALIENCY_ALPHA = 0.45
 OUTLINE_RGB = (0.0, 1.0, 1.0)
+#: Height of a 9 pt text line in inches.
+LINE_INCHES = 0.17
+#: Text lines longer than this (and than the row of panels) wrap.
+TEXT_CHARS = 110
 #: zlib level of the PNG (1: a few times faster than the default 6, files ~20 % larger).
 PNG_COMPRESSION = 1
 
@@ -107,11 +111,16 @@ def write_summary_png(path: str | os.PathLike, panels: list[dict], lines: list[s
     from matplotlib.figure import Figure
     from PIL import Image
 
+    import textwrap
+
     n = max(len(panels), 1)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    text_in = 0.35 * (len(lines) + 2)
-    # wide enough for the longest text line (9 pt monospace: ~0.075 inch a character)
+    # 9 pt monospace: ~0.078 inch a character; lines longer than the panels (and than
+    # TEXT_CHARS) wrap, so one long note does not shrink the pictures in a wide figure
+    chars = max(TEXT_CHARS, int((PANEL_INCHES * cols - 0.3) / 0.078))
+    lines = [w for t in lines for w in (textwrap.wrap(t, chars, subsequent_indent="    ") or [""])]
+    text_in = LINE_INCHES * (len(lines) + 2)
     width = max(PANEL_INCHES * cols, 0.078 * max((len(t) for t in lines), default=0) + 0.3)
     height = PANEL_INCHES * rows + text_in
     fig = Figure(figsize=(width, height), dpi=DPI)
