@@ -96,7 +96,8 @@ def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     import BINDSLib.model.train as train_mod
 
-    settings = load_settings(_config(tmp_path, epochs=(1, 2)))
+    # with weight averaging over the last two epochs: the running mean travels in the checkpoint
+    settings = load_settings(_config(tmp_path, epochs=(1, 2), average_epochs=2))
     full = train(settings, tmp_path / "full")
     # an interrupted run: killed after its second epoch was saved
     calls = {"n": 0}
@@ -120,6 +121,45 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert resumed["validation_auc"] == full["validation_auc"]
     rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # the bundle holds the averaged weights, the same after the interruption
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["n_averaged"] == 2
+    wa = torch.load(tmp_path / "full" / "bundle" / "models" / "model.pt", weights_only=True)
+    wb = torch.load(tmp_path / "cut" / "bundle" / "models" / "model.pt", weights_only=True)
+    conv = "branches.US.locator.backbone.net.conv1.weight"
+    assert torch.allclose(wa[conv], state["average"][conv]) and not torch.allclose(wa[conv], b[conv])
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+
+
+def test_weight_average_and_batch_norm_statistics():
+    from BINDSLib.model.train import _recompute_batch_norm, _update_average
+
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(5)},
+              {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(6)},
+              {"w": torch.tensor([5.0, 1.0]), "n": torch.tensor(7)}]
+    avg, n = None, 0
+    for st in states:
+        avg, n = _update_average(avg, n, st)
+    assert n == 3 and torch.allclose(avg["w"], torch.tensor([3.0, 3.0])) and int(avg["n"]) == 7
+    assert torch.equal(states[0]["w"], torch.tensor([1.0, 2.0]))  # the first state is not changed
+
+    # BatchNorm statistics: the mean over batches of each batch's channel means at that layer
+    cfg = tiny_config()
+    settings = parse_settings({"model": cfg.to_json(), "data": [{"synthetic": {}}], "train": {"batch_size": 3}})
+    net = DiagnosisNetwork(cfg)
+    samples = [make_sample(make_case(i, i % 2 == 0, ("US",)), cfg) for i in range(6)]
+    ds = StudyDataset(samples, augment=False)
+    bn = net.branches["US"].locator.backbone.net.bn1
+    seen = []
+    bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().mean((0, 2, 3))))
+    bn.running_mean.fill_(7.0)
+    _recompute_batch_norm(net, ds, settings, torch.device("cpu"))
+    assert len(seen) == 2  # two batches of three
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and net.training
+    with pytest.raises(ValueError, match="average_epochs"):
+        parse_settings({"data": [{"synthetic": {}}], "train": {"average_epochs": 99}})
 
 
 def test_config_errors_are_clear(tmp_path):

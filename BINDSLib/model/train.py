@@ -18,8 +18,12 @@ TensorBoard is installed, and at the end the bundle (``bundle/`` unless ``--bund
 
 Phases: per-modality first (encoders, localisers, auxiliary per-modality heads, alignment;
 the fusion is not trained), then multimodal (everything, with random modality dropout in the
-fusion), as BINDS trains. After the last epoch the temperature and the operating points are
-fitted on the validation split and stored in the bundle.
+fusion), as BINDS trains. ``"average_epochs": N`` averages the weights of the last N epochs
+(stochastic weight averaging; the running mean is kept in the checkpoint, so a resumed run
+averages the same epochs) and re-estimates the BatchNorm statistics with one pass over the
+training images; the bundle holds the averaged network, ``checkpoints/last.pt`` the last
+epoch's. After the last epoch the temperature and the operating points are fitted on the
+validation split and stored in the bundle.
 
 Distributed: run under ``torchrun`` (``WORLD_SIZE > 1``) for DistributedDataParallel over
 GPUs and nodes with no code change (NCCL on CUDA, Gloo on CPU); only rank 0 writes. On CUDA,
@@ -92,6 +96,7 @@ class TrainSettings:
     amp: bool = True
     channels_last: bool = True
     flush_denormal: bool = False
+    average_epochs: int = 0
     bundle: dict = field(default_factory=dict)
     document: dict = field(default_factory=dict)
 
@@ -147,6 +152,8 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}")
     if not s.phases or any(p.epochs < 0 for p in s.phases) or s.epochs < 1:
         raise ValueError("phases need at least one epoch in all")
+    if not 0 <= s.average_epochs <= s.epochs:
+        raise ValueError(f"average_epochs must be between 0 and the {s.epochs} epochs of the phases")
     if not 0.0 <= s.validation_fraction < 1.0:
         raise ValueError("validation_fraction must be in [0, 1)")
     return s
@@ -517,6 +524,8 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     amp_ctx, amp_dtype = _autocast(rt.device, settings.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     start_epoch = 0
+    average: dict | None = None  # running mean of the weights over the last average_epochs
+    n_averaged = 0
     digest = settings_digest(settings)
     if resume and ckpt_path.exists():
         state = _load_checkpoint(ckpt_path)
@@ -527,6 +536,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
+        average, n_averaged = state.get("average"), int(state.get("n_averaged", 0))
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     elif resume:
         log.warning("no checkpoint in %s; starting from scratch", run_dir)
@@ -595,15 +605,19 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
                 sums[key] = sums.get(key, 0.0) + v
             bar.update(parts["loss"])
         bar.close()
+        if rt.main and epoch >= settings.epochs - settings.average_epochs:
+            average, n_averaged = _update_average(average, n_averaged, net.state_dict())
         row = {"epoch": epoch + 1, "phase": phase.name, "lr": lr}
         row.update({("train_loss" if key == "loss" else f"train_{key}"): v / max(1, steps) for key, v in sums.items()})
         if rt.main:
             if val_samples:
                 row.update(_validate(net, val_samples, y_val, loss_fn, rt.device, settings, phase))
             row["seconds"] = round(time.perf_counter() - te, 1)
-            _save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                         "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                                         "settings_sha256": digest})
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "settings_sha256": digest}
+            if average is not None:
+                state.update(average=average, n_averaged=n_averaged)
+            _save_checkpoint(ckpt_path, state)
             _append_metrics(metrics_path, row)
             if tb is not None:
                 for key, v in row.items():
@@ -619,6 +633,11 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
             dist.barrier()
 
     result = {}
+    if rt.main and average is not None:
+        net.load_state_dict(average)
+        _recompute_batch_norm(net, train_ds, settings, rt.device)
+        log.info("weights averaged over the last %d epochs; BatchNorm statistics re-estimated on "
+                 "the training images", n_averaged)
     if rt.main:
         trained = tuple(m for m in MODALITIES if any(m in s.prepared.inputs for s in train_samples))
         with_subtype = any(s.subtype >= 0 for s in train_samples)
@@ -632,6 +651,51 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _update_average(average: dict | None, n: int, state: dict) -> tuple[dict, int]:
+    """Running mean of floating-point weights and buffers (stochastic weight averaging);
+    integer buffers (BatchNorm's batch counters) keep their latest value."""
+    if average is None:
+        return {k: v.detach().clone() for k, v in state.items()}, 1
+    n += 1
+    for k, v in state.items():
+        if v.is_floating_point():
+            average[k].add_(v.detach() - average[k], alpha=1.0 / n)
+        else:
+            average[k].copy_(v)
+    return average, n
+
+
+def _recompute_batch_norm(net, train_ds, settings: TrainSettings, device) -> None:
+    """BatchNorm running statistics of averaged weights, from one pass over the training
+    images (as ``torch.optim.swa_utils.update_bn``): the averaged weights' activations differ
+    from those the running statistics were collected on. Crops come from the predicted lesion,
+    as at inference."""
+    import torch
+
+    from .data import collate
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative mean over the pass
+    was_training = net.training
+    net.train()
+    bs = settings.batch_size
+    with torch.no_grad():
+        for start in range(0, len(train_ds), bs):
+            items = [train_ds[i] for i in range(start, min(len(train_ds), start + bs))]
+            if len(items) < 2:  # BatchNorm needs two values per channel
+                continue
+            batch = {k: v.to(device) for k, v in collate(items, settings.model.wsi_dim).items()}
+            net(batch, crop_from_prediction=torch.ones(len(items), dtype=torch.bool, device=device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    net.train(was_training)
 
 
 def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict:
@@ -807,7 +871,8 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                           "validation_fraction": settings.validation_fraction, "seed": settings.seed},
         "training": {"phases": [dataclasses.asdict(p) for p in settings.phases],
                      "alignment": settings.alignment, "loss_weights": dataclasses.asdict(settings.loss_weights),
-                     "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size},
+                     "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size,
+                     "average_epochs": settings.average_epochs},
         "intended_use": "research; not for clinical use",
         "version": str(settings.bundle.get("version", "0.1.0")),
     }
