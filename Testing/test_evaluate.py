@@ -120,6 +120,13 @@ def test_evaluate_busi_layout(tmp_path, shared_data, tiny_bundle):
     m = json.loads((out / "metrics.json").read_text())
     assert m["layout"] == "busi" and m["n"] == 12 and m["n_normal"] == 4
     assert m["auc"] is not None and m["n_lesion_dice"] == 8 and m["n_pointing_game"] == 8
+    # one image per BUSI study: the per-study columns are the values behind the means
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    dice = [float(r["lesion_dice"]) for r in rows if r["lesion_dice"]]
+    hits = [float(r["pointing_hit"]) for r in rows if r["pointing_hit"]]
+    assert len(dice) == len(hits) == 8 and all(r["lesion_dice"] == "" for r in rows if r["diagnosis"] == "normal")
+    assert np.mean(dice) == pytest.approx(m["lesion_dice"], abs=1e-5)
+    assert np.mean(hits) == pytest.approx(m["pointing_game"], abs=1e-9)
 
 
 def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):

@@ -13,7 +13,8 @@ Writes to the output folder:
   ``auc_by_combination`` with ``--combinations``.
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
-* ``predictions.csv`` - one row per study.
+* ``predictions.csv`` - one row per study, with its ``lesion_dice`` and ``pointing_hit`` (mean
+  over its images with a reference lesion; blank without one).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
 Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a
@@ -104,14 +105,20 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         row.update({f"contribution_{k}": v for k, v in pred.contributions.items()})
         row.update({f"p_combo_{k}": v for k, v in pred.combination_probabilities.items()})
         rows.append(row)
+        study_dice, study_hits = [], []
         for label, out in pred.images.items():
             ref = _lesion_reference(study.image(label))
             if ref is None:
                 continue
             if study.image(label).lesion_mask is not None and not given_masks:
-                dices.append(dice(out.lesion_mask, ref))
+                study_dice.append(dice(out.lesion_mask, ref))
             if saliency != "none":
-                hits.append(pointing_hit(out.saliency, ref))
+                study_hits.append(pointing_hit(out.saliency, ref))
+        dices += study_dice
+        hits += study_hits
+        # per study (mean over its images with a reference lesion; blank without one)
+        row["lesion_dice"] = float(np.mean(study_dice)) if study_dice else math.nan
+        row["pointing_hit"] = float(np.mean(study_hits)) if study_hits else math.nan
         if n % 50 == 0:
             log.info("evaluated %d studies (%.1f s/study)", n, (time.perf_counter() - t0) / n)
     return rows, dices, hits
