@@ -635,6 +635,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     result = {}
     if rt.main and average is not None:
         net.load_state_dict(average)
+        train_ds.set_epoch(settings.epochs - 1)  # the same pass when a finished run is resumed
         _recompute_batch_norm(net, train_ds, settings, rt.device)
         log.info("weights averaged over the last %d epochs; BatchNorm statistics re-estimated on "
                  "the training images", n_averaged)
