@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from BINDSLib.outputs.summary import (DPI, LINE_INCHES, OUTLINE_RGB, PANEL_INCHES, TEXT_CHARS, render_panel,
-                                      representative_slice, write_summary_png)
+from BINDSLib.outputs.summary import (DPI, LINE_INCHES, OUTLINE_RGB, PANEL_INCHES, TEXT_CHARS,
+                                      render_panel, representative_slice, write_summary_png)
 
 CYAN = tuple(int(c * 255) for c in OUTLINE_RGB)
 

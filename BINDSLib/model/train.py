@@ -633,7 +633,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
             dist.barrier()
 
     result = {}
-    if rt.main and average is not None:
+    if rt.main and average is not None and settings.average_epochs:
         net.load_state_dict(average)
         train_ds.set_epoch(settings.epochs - 1)  # the same pass when a finished run is resumed
         _recompute_batch_norm(net, train_ds, settings, rt.device)

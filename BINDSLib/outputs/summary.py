@@ -10,6 +10,7 @@ contour and two image layers cost several times as much for the same picture.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,6 @@ def write_summary_png(path: str | os.PathLike, panels: list[dict], lines: list[s
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from PIL import Image
-
-    import textwrap
 
     n = max(len(panels), 1)
     cols = min(4, n)
