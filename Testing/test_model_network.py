@@ -153,16 +153,21 @@ def test_channels_last_gives_the_same_prediction(model):
     assert after.malignancy_probability == pytest.approx(before, abs=1e-5)
 
 
-@pytest.mark.parametrize("level,stride", [(1, 4), (0, 2)])
-def test_locator_head_level_sets_the_lesion_map_resolution(level, stride):
+@pytest.mark.parametrize("level,stride,width,convs", [(1, 4, 16, 1), (0, 2, 16, 1), (1, 4, 24, 3)])
+def test_locator_head_level_sets_the_lesion_map_resolution(level, stride, width, convs):
     from BINDSLib.model.config import EncoderConfig
     from BINDSLib.model.encoders import LesionLocator
 
-    loc = LesionLocator(2, 1, EncoderConfig(channels=(4, 8, 8, 8), head_level=level))
+    loc = LesionLocator(2, 1, EncoderConfig(channels=(4, 8, 8, 8), head_level=level,
+                                            head_channels=width, head_convs=convs))
     seen = []
-    loc.head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[2:]))
+    loc.head.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape, out.shape)))
     logits, feats, _ = loc(torch.zeros(1, 1, 32, 48))
-    assert tuple(seen[0]) == (32 // stride, 48 // stride)  # the head draws at this stride
+    (n, c, *grid), _ = seen[0]
+    assert tuple(grid) == (32 // stride, 48 // stride) and c == width  # the head's input
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in loc.head) == convs
     assert logits.shape[2:] == (32, 48) and feats.shape[2:] == (2, 3)
     with pytest.raises(ValueError, match="head_level"):
         EncoderConfig(head_level=2)
+    with pytest.raises(ValueError, match="head_channels"):
+        EncoderConfig(head_convs=0)

@@ -72,6 +72,9 @@ class EncoderConfig:
         pyramid head that draws the lesion map: ``1`` (default; stride 4 without max-pooling)
         or ``0`` (stride 2: sharper lesion outlines, at about 4x the head's cost - fine in
         2D, costly for the 3D locator on a full MRI grid).
+    head_channels, head_convs : lesion locators only: width of the pyramid head and its number
+        of 3x3 convolution + norm + ReLU layers (default 16 and 1: a light head; a wider, deeper
+        one gives the lesion outline more capacity of its own).
     """
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
@@ -81,6 +84,8 @@ class EncoderConfig:
     norm: str = "batch"
     norm_groups: int = 4
     head_level: int = 1
+    head_channels: int = 16
+    head_convs: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
@@ -89,6 +94,10 @@ class EncoderConfig:
             raise ValueError("encoder layers and channels must be positive")
         if self.head_level not in (0, 1):
             raise ValueError(f"head_level must be 0 or 1, not {self.head_level!r}")
+        if self.head_channels < 1 or self.head_convs < 1:
+            raise ValueError("head_channels and head_convs must be positive")
+        if self.norm == "group" and self.head_channels % self.norm_groups:
+            raise ValueError(f"head_channels {self.head_channels} must be divisible by norm_groups {self.norm_groups}")
         if self.norm not in ("group", "batch"):
             raise ValueError(f"norm must be 'group' or 'batch', not {self.norm!r}")
         if self.norm == "group" and any(c % self.norm_groups for c in self.channels):

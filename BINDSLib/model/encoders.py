@@ -76,26 +76,27 @@ class LesionLocator(nn.Module):
     Parameters
     ----------
     spatial_dims : 2 or 3. in_channels : input channels (1; 7 for the stacked MRI).
-    config : backbone settings (``config.head_level``: the finest stage in the head).
-    head_channels : width of the pyramid head.
+    config : backbone settings (``head_level``: the finest stage in the head; ``head_channels``,
+    ``head_convs``: its width and depth).
 
     Forward ``x (N, C, *spatial)`` returns ``(logits, features, context)``: lesion logits
     ``(N, 1, *spatial)`` at the input resolution, the last feature map
     ``(N, F, *spatial / stride)`` and the pooled context vector ``(N, F)``.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, config: EncoderConfig,
-                 head_channels: int = 16):
+    def __init__(self, spatial_dims: int, in_channels: int, config: EncoderConfig):
         super().__init__()
         self.backbone = Backbone(spatial_dims, in_channels, config)
         conv = Conv[Conv.CONV, spatial_dims]
         c = self.backbone.channels
         self.head_level = config.head_level
-        self.lateral = nn.ModuleList([conv(ch, head_channels, kernel_size=1) for ch in c[self.head_level:]])
-        self.head = nn.Sequential(
-            conv(head_channels, head_channels, kernel_size=3, padding=1, bias=False),
-            get_norm_layer(config.norm_layer, spatial_dims, head_channels), nn.ReLU(inplace=True),
-            conv(head_channels, 1, kernel_size=1))
+        hc = config.head_channels
+        self.lateral = nn.ModuleList([conv(ch, hc, kernel_size=1) for ch in c[self.head_level:]])
+        layers = []
+        for _ in range(config.head_convs):
+            layers += [conv(hc, hc, kernel_size=3, padding=1, bias=False),
+                       get_norm_layer(config.norm_layer, spatial_dims, hc), nn.ReLU(inplace=True)]
+        self.head = nn.Sequential(*layers, conv(hc, 1, kernel_size=1))
         self.out_channels = c[-1]
 
     def forward(self, x: torch.Tensor):
