@@ -154,7 +154,7 @@ def test_channels_last_gives_the_same_prediction(model):
 
 
 @pytest.mark.parametrize("level,stride,width,convs", [(1, 4, 16, 1), (0, 2, 16, 1), (1, 4, 24, 3)])
-def test_locator_head_level_sets_the_lesion_map_resolution(level, stride, width, convs):
+def test_locator_head_resolution_width_and_depth(level, stride, width, convs):
     from BINDSLib.model.config import EncoderConfig
     from BINDSLib.model.encoders import LesionLocator
 

@@ -97,7 +97,8 @@ class EncoderConfig:
         if self.head_channels < 1 or self.head_convs < 1:
             raise ValueError("head_channels and head_convs must be positive")
         if self.norm == "group" and self.head_channels % self.norm_groups:
-            raise ValueError(f"head_channels {self.head_channels} must be divisible by norm_groups {self.norm_groups}")
+            raise ValueError(f"head_channels {self.head_channels} must be divisible by norm_groups "
+                             f"{self.norm_groups}")
         if self.norm not in ("group", "batch"):
             raise ValueError(f"norm must be 'group' or 'batch', not {self.norm!r}")
         if self.norm == "group" and any(c % self.norm_groups for c in self.channels):
