@@ -270,9 +270,10 @@ def _reconcile_geometry(file_geom: Geometry, entry: dict, path: Path, shape) -> 
     NRRD stores spacing times direction, so spacing comes back with float rounding; the JSON
     copy restores the exact values. A real disagreement means the file was replaced.
     """
-    if "shape" in entry and tuple(entry["shape"]) != tuple(shape):
+    # both fields are optional (absent or null): without them the file's own geometry stands
+    if entry.get("shape") is not None and tuple(entry["shape"]) != tuple(shape):
         raise InputError(f"image shape {tuple(shape)} differs from study.json {tuple(entry['shape'])}", path)
-    if "geometry" not in entry:
+    if entry.get("geometry") is None:
         return file_geom
     try:
         recorded = Geometry.from_json(entry["geometry"])

@@ -22,7 +22,9 @@ from BINDSLib.io.dicom import index_dicom_folder, load_dicom_folder
 from BINDSLib.study import Geometry, Image, Role, Study
 from BINDSLib.studyfolder import study_from_json, study_to_json, write_study_folder
 
-SETTINGS = settings(max_examples=60, deadline=None,
+# derandomized: the same examples on every run (CI must not fail on a lucky draw); the fuzzer
+# in benchmarks/ explores new inputs (docs/RELIABILITY.md)
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),

@@ -133,6 +133,20 @@ def test_geometry_mismatch_between_file_and_json_is_refused(tmp_path):
         read_study_folder(tmp_path / "s")
 
 
+def test_null_shape_and_geometry_in_study_json_mean_absent(tmp_path):
+    # optional fields may be null: the image file's own shape and geometry stand (found by the
+    # property test of study.json parsing: a null "shape" raised a TypeError)
+    st = make_study()
+    doc = _doc(tmp_path)
+    doc["images"][1]["shape"] = None
+    doc["images"][2]["geometry"] = None
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    back = read_study_folder(tmp_path / "s")
+    assert back.images[1].shape == st.images[1].shape
+    assert np.allclose(back.images[2].geometry.ijk_to_lps_matrix(), st.images[2].geometry.ijk_to_lps_matrix(),
+                       atol=1e-6)
+
+
 def test_outputs_get_the_usual_permissions(tmp_path):
     import os
     import stat
