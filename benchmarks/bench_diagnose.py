@@ -251,7 +251,7 @@ def memory_child(spec: dict) -> dict:
     if spec["path"]:
         sys.path.insert(0, spec["path"])
     pkg = spec["pkg"]
-    try:  # the process settings `binds` makes at start, in versions that have them
+    try:  # the process settings `binds diagnose` makes at start, in versions that have them
         importlib.import_module(f"{pkg}.memory").configure_malloc()
     except ImportError:
         pass
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     from BINDSLib.studyfolder import write_study_folder
     from BINDSLib.synthetic import make_study
 
-    configure_malloc()  # as `binds` does at start (BINDSLib/memory.py)
+    configure_malloc()  # as `binds diagnose` does at start (BINDSLib/memory.py)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="demo", choices=("demo", "paper"))
     p.add_argument("--bundle", default=None, help="benchmark a bundle instead of a preset")

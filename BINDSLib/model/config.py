@@ -262,7 +262,6 @@ def preset(name: str) -> DiagnosisConfig:
         return DiagnosisConfig()
     if name == "paper":
         resnet18 = EncoderConfig(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), max_pool=True)
-        resnet18_3d = dataclasses.replace(resnet18, stem_kernel=7)
         # the MRI locator only finds the lesion on the whole 96 x 192 x 192 grid: a 3^3 stem
         # (as the demo preset's locators, measured there) instead of ResNet-18's 7^3 one, which
         # alone cost 136 of the study's 362 GFLOP; the crop encoders stay ResNet-18
@@ -271,6 +270,6 @@ def preset(name: str) -> DiagnosisConfig:
             mg_crop=(224, 224), us_crop=(224, 224), mr_crop=(96, 96, 96),
             locator_2d=resnet18, locator_3d=dataclasses.replace(resnet18, stem_kernel=3),
             classifier_2d=resnet18,
-            classifier_3d=resnet18_3d, embed_dim=512, fusion_layers=6, fusion_heads=8,
+            classifier_3d=resnet18, embed_dim=512, fusion_layers=6, fusion_heads=8,
             dropout=0.1, align_dim=256, pathology_hidden=256)
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")

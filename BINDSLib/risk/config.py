@@ -110,7 +110,6 @@ class RiskConfig(_JsonFields):
         return tuple(range(1, self.max_followup + 1))
 
 
-
 @dataclass(frozen=True)
 class TrainConfig(_JsonFields):
     """Training settings (see :mod:`BINDSLib.risk.train`).
@@ -141,7 +140,6 @@ class TrainConfig(_JsonFields):
             raise ValueError(f"split must be 3 positive fractions summing to 1, got {self.split}")
         if self.calibration not in ("platt", "isotonic", "none"):
             raise ValueError("calibration must be 'platt', 'isotonic' or 'none'")
-
 
 
 #: Named model presets.
