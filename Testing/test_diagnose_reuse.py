@@ -10,6 +10,7 @@ import torch
 
 from BINDSLib.diagnose import run_stages
 from BINDSLib.model.data import collate, inputs_item
+from BINDSLib.model.encoders import Backbone
 from BINDSLib.model.inference import DiagnosisModel, PredictionCache, fuse_variants
 from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.model.preprocess import prepare_study
@@ -131,6 +132,8 @@ def test_fold_batch_norm_keeps_the_outputs(model):
     assert n_bn > 0
     net.fold_batch_norm()
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.branches.modules())
+    backbones = [m for m in net.branches.modules() if isinstance(m, Backbone)]
+    assert len(backbones) == 6 and all(b.fused for b in backbones)
     after = DiagnosisModel(net, device="cpu").predict(study)
     assert after.malignancy_probability == pytest.approx(before.malignancy_probability, abs=1e-5)
     for k in before.images:

@@ -171,3 +171,48 @@ def test_locator_head_resolution_width_and_depth(level, stride, width, convs):
         EncoderConfig(head_level=2)
     with pytest.raises(ValueError, match="head_channels"):
         EncoderConfig(head_convs=0)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_unet_decoder_merges_every_level_from_coarse_to_fine(level):
+    from BINDSLib.model.config import EncoderConfig
+    from BINDSLib.model.encoders import LesionLocator
+
+    torch.manual_seed(0)
+    loc = LesionLocator(2, 1, EncoderConfig(channels=(4, 8, 8, 8), head_level=level, head_channels=8,
+                                            head_decoder="unet"))
+    seen = []
+    for m in loc.merge:
+        m.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape[1:])))
+    logits, feats, _ = loc(torch.randn(2, 1, 32, 48))
+    finest = 2 if level == 0 else 4
+    assert seen == [(8, 32 // s, 48 // s) for s in (8, 4, 2) if s >= finest]
+    assert logits.shape == (2, 1, 32, 48) and feats.shape[2:] == (2, 3)
+    logits.square().mean().backward()
+    for lat in loc.lateral:  # every stage reaches the lesion map
+        assert lat.weight.grad.abs().sum() > 0
+    assert LesionLocator(2, 1, EncoderConfig(channels=(4, 8, 8, 8))).merge is None
+    with pytest.raises(ValueError, match="head_decoder"):
+        EncoderConfig(head_decoder="fpn")
+
+
+def test_unet_decoder_survives_batch_norm_folding():
+    from BINDSLib.model.config import DiagnosisConfig
+    from BINDSLib.model.network import DiagnosisNetwork
+
+    torch.manual_seed(2)
+    cfg = DiagnosisConfig(locator_2d={"channels": [4, 8, 8, 8], "head_level": 0, "head_channels": 8,
+                                      "head_convs": 2, "head_decoder": "unet"})
+    net = DiagnosisNetwork(cfg).eval()
+    loc = net.branches["US"].locator
+    for mod in loc.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        before = loc(x)[0]
+        net.fold_batch_norm()
+        after = loc(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loc.merge.modules())
+    assert torch.allclose(before, after, atol=1e-4)

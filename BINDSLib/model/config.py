@@ -75,6 +75,11 @@ class EncoderConfig:
     head_channels, head_convs : lesion locators only: width of the pyramid head and its number
         of 3x3 convolution + norm + ReLU layers (default 16 and 1: a light head; a wider, deeper
         one gives the lesion outline more capacity of its own).
+    head_decoder : lesion locators only: ``"sum"`` (default: the stages, projected to
+        ``head_channels``, are resized to the finest level and added, as a light feature pyramid)
+        or ``"unet"`` (a top-down decoder as in U-Net: from the coarsest stage, each level is
+        up-sampled, added to the next finer stage and passed through a 3x3 convolution + norm +
+        ReLU, so the outline is refined one scale at a time).
     """
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
@@ -86,6 +91,7 @@ class EncoderConfig:
     head_level: int = 1
     head_channels: int = 16
     head_convs: int = 1
+    head_decoder: str = "sum"
 
     def __post_init__(self):
         object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
@@ -96,6 +102,8 @@ class EncoderConfig:
             raise ValueError(f"head_level must be 0 or 1, not {self.head_level!r}")
         if self.head_channels < 1 or self.head_convs < 1:
             raise ValueError("head_channels and head_convs must be positive")
+        if self.head_decoder not in ("sum", "unet"):
+            raise ValueError(f"head_decoder must be 'sum' or 'unet', not {self.head_decoder!r}")
         if self.norm == "group" and self.head_channels % self.norm_groups:
             raise ValueError(f"head_channels {self.head_channels} must be divisible by norm_groups "
                              f"{self.norm_groups}")

@@ -2,8 +2,8 @@
 
 * :class:`Backbone` - the stages of a MONAI ``ResNet`` (``spatial_dims`` 2 or 3) returning
   the multi-scale feature maps.
-* :class:`LesionLocator` - backbone + a light feature-pyramid head: a lesion logit map at the
-  input resolution, the last feature map (for alignment and saliency) and a pooled context
+* :class:`LesionLocator` - backbone + a feature-pyramid head (summed, or a U-Net-like
+  top-down decoder): a lesion logit map at the input resolution, the last feature map (for alignment and saliency) and a pooled context
   vector of the whole image.
 * :class:`CropClassifier` - backbone + global pooling: the feature vector of a lesion crop.
 """
@@ -17,6 +17,7 @@ from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNet
 from torch import nn
 
+from ..fusedconv import channels_last, conv_act
 from .config import EncoderConfig
 
 
@@ -38,8 +39,60 @@ class Backbone(nn.Module):
         if config.norm != "batch":
             _replace_batch_norm(self.net, config, spatial_dims)
         self.channels = tuple(config.channels)
+        self.fused = False  #: set by :meth:`fuse_for_inference`
+
+    def _blocks(self):
+        n = self.net
+        return [b for layer in (n.layer1, n.layer2, n.layer3, n.layer4) for b in layer]
+
+    def fuse_for_inference(self) -> bool:
+        """Run each convolution with its ReLU (and a block's residual sum) as one call
+        (:func:`~BINDSLib.fusedconv.conv_act`), with channels-last weights and activations.
+
+        Only once every norm layer has been folded into its convolution
+        (:meth:`~BINDSLib.model.network.DiagnosisNetwork.fold_batch_norm` leaves ``Identity``);
+        returns whether the backbone is fused. Inference only: the outputs are those of
+        :meth:`forward` up to float rounding.
+        """
+        n = self.net
+
+        def folded(*modules):
+            return all(isinstance(m, nn.Identity) for m in modules)
+
+        ok = folded(n.bn1) and isinstance(n.act, nn.ReLU) and all(
+            folded(b.bn1, b.bn2) and isinstance(b.act, nn.ReLU)
+            and (b.downsample is None or (isinstance(b.downsample, nn.Sequential)
+                                          and len(b.downsample) == 2 and folded(b.downsample[1])))
+            for b in self._blocks())
+        if ok:
+            for conv in self.modules():
+                if isinstance(conv, nn.modules.conv._ConvNd):
+                    conv.weight.data = conv.weight.data.contiguous(
+                        memory_format=channels_last(conv.weight.dim()))
+        self.fused = ok
+        return ok
+
+    def _forward_fused(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = self.net
+
+        def run(conv, t, relu, residual=None):
+            return conv_act(t, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                            conv.groups, relu, residual)
+
+        x = run(n.conv1, x.contiguous(memory_format=channels_last(x.ndim)), True)
+        if not n.no_max_pool:
+            x = n.maxpool(x)
+        feats = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            for b in layer:
+                identity = run(b.downsample[0], x, False) if b.downsample is not None else x
+                x = run(b.conv2, run(b.conv1, x, True), True, identity)
+            feats.append(x)
+        return feats
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.fused:
+            return self._forward_fused(x)
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))
         if not n.no_max_pool:
@@ -77,7 +130,9 @@ class LesionLocator(nn.Module):
     ----------
     spatial_dims : 2 or 3. in_channels : input channels (1; 7 for the stacked MRI).
     config : backbone settings (``head_level``: the finest stage in the head; ``head_channels``,
-    ``head_convs``: its width and depth).
+    ``head_convs``: its width and depth; ``head_decoder``: ``"sum"`` adds the projected stages
+    at the finest level at once, ``"unet"`` merges them one level at a time from the coarsest,
+    with a 3x3 convolution + norm + ReLU after each merge).
 
     Forward ``x (N, C, *spatial)`` returns ``(logits, features, context)``: lesion logits
     ``(N, 1, *spatial)`` at the input resolution, the last feature map
@@ -92,18 +147,31 @@ class LesionLocator(nn.Module):
         self.head_level = config.head_level
         hc = config.head_channels
         self.lateral = nn.ModuleList([conv(ch, hc, kernel_size=1) for ch in c[self.head_level:]])
+
+        def conv_norm_relu():
+            return [conv(hc, hc, kernel_size=3, padding=1, bias=False),
+                    get_norm_layer(config.norm_layer, spatial_dims, hc), nn.ReLU(inplace=True)]
+
+        # U-Net-like decoder: one merge layer per level below the coarsest, finest first
+        self.merge = (nn.ModuleList([nn.Sequential(*conv_norm_relu()) for _ in c[self.head_level:-1]])
+                      if config.head_decoder == "unet" else None)
         layers = []
         for _ in range(config.head_convs):
-            layers += [conv(hc, hc, kernel_size=3, padding=1, bias=False),
-                       get_norm_layer(config.norm_layer, spatial_dims, hc), nn.ReLU(inplace=True)]
+            layers += conv_norm_relu()
         self.head = nn.Sequential(*layers, conv(hc, 1, kernel_size=1))
         self.out_channels = c[-1]
 
     def forward(self, x: torch.Tensor):
         feats = self.backbone(x)
-        size = feats[self.head_level].shape[2:]
-        p = sum(_resize(lat(f), size) if f.shape[2:] != size else lat(f)
-                for lat, f in zip(self.lateral, feats[self.head_level:]))
+        levels = feats[self.head_level:]
+        if self.merge is None:
+            size = levels[0].shape[2:]
+            p = sum(_resize(lat(f), size) if f.shape[2:] != size else lat(f)
+                    for lat, f in zip(self.lateral, levels))
+        else:
+            p = self.lateral[-1](levels[-1])
+            for i in range(len(levels) - 2, -1, -1):
+                p = self.merge[i](self.lateral[i](levels[i]) + _resize(p, levels[i].shape[2:]))
         logits = _resize(self.head(p), x.shape[2:])
         last = feats[-1]
         return logits, last, _pool(last)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig
 from .crops import crop, lesion_boxes
-from .encoders import CropClassifier, LesionLocator
+from .encoders import Backbone, CropClassifier, LesionLocator
 from .fusion import ModalityFusion
 from .pathology import PathologyEncoder
 
@@ -174,8 +174,10 @@ class DiagnosisNetwork(nn.Module):
 
         In eval mode ``bn(conv(x))`` is an affine map of ``conv(x)``, so the convolution's
         weights and bias absorb it and the BatchNorm becomes ``Identity``: the same outputs up
-        to float rounding, one pass less over each feature map. The network is put in eval
-        mode and must not be trained afterwards (its BatchNorm statistics are gone).
+        to float rounding, one pass less over each feature map. The backbones then run each
+        convolution with its ReLU and residual sum as one call
+        (:meth:`~.encoders.Backbone.fuse_for_inference`). The network is put in eval mode and
+        must not be trained afterwards (its BatchNorm statistics are gone).
         """
         self.eval()
 
@@ -201,6 +203,9 @@ class DiagnosisNetwork(nn.Module):
 
         for branch in self.branches.values():
             fold(branch)
+        for module in self.branches.modules():  # conv + ReLU (+ residual) as one call
+            if isinstance(module, Backbone):
+                module.fuse_for_inference()
         return self
 
     def use_channels_last(self, two_d: bool = True, three_d: bool = True) -> "DiagnosisNetwork":

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fusedconv import conv_act
 from .config import STANDARD_VIEWS, RiskConfig
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,8 @@ class FusedConv2d(nn.Module):
     """``act(conv(x) [+ residual])`` with BatchNorm folded in; eval only.
 
     On the CPU (float32) the ReLU and the residual sum run inside the oneDNN convolution
-    (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` uses); elsewhere,
-    or when that operator is missing, ``F.conv2d`` followed by the same element-wise steps.
+    (:func:`~BINDSLib.fusedconv.conv_act`); elsewhere ``F.conv2d`` followed by the same
+    element-wise steps.
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool):
@@ -227,33 +228,9 @@ class FusedConv2d(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
 
-    def _onednn(self, x: torch.Tensor) -> bool:
-        return (_ONEDNN_FUSION and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.is_grad_enabled())
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        global _ONEDNN_FUSION
-        if self._onednn(x):
-            try:
-                op = torch.ops.mkldnn._convolution_pointwise
-                act = "relu" if self.relu else "none"
-                if residual is None:
-                    return op(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
-                              self.groups, act, [], "")
-                return op.binary(x, residual, self.weight, self.bias, self.padding, self.stride,
-                                 self.dilation, self.groups, "sum", 1.0, act, [], "")
-            except (RuntimeError, AttributeError) as e:  # pragma: no cover - depends on the build
-                log.info("oneDNN fused convolution unavailable (%s); using conv2d", e)
-                _ONEDNN_FUSION = False
-        y = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
-                     self.dilation, self.groups)
-        if residual is not None:
-            y = y.add_(residual)
-        return F.relu_(y) if self.relu else y
-
-
-_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                   "_convolution_pointwise")
+        return conv_act(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups, self.relu, residual)
 
 
 class InferenceEncoder(nn.Module):

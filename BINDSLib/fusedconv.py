@@ -1,0 +1,68 @@
+"""``relu(conv(x) + bias [+ residual])`` as one oneDNN call on the CPU, for inference.
+
+Both scoring paths run ResNet basic blocks whose BatchNorm is folded into the convolutions
+(risk: :class:`~BINDSLib.risk.network.InferenceEncoder`; diagnosis:
+:meth:`~BINDSLib.model.network.DiagnosisNetwork.fold_batch_norm`). On the CPU, in float32 and
+without autograd, :func:`conv_act` runs the convolution with its ReLU, and the residual sum
+of a block, inside the oneDNN kernel (``torch.ops.mkldnn._convolution_pointwise``, the kernel
+``torch.compile`` uses): one pass less over the block's output per fused step. Elsewhere (GPU,
+bf16, gradients, or a build without the operator) it is ``F.conv2d``/``F.conv3d`` followed by
+the same element-wise steps. The result is the same up to float rounding either way.
+
+The residual sum is the operator's ``"add"`` binary post-op (``"sum"`` is refused as
+"undefined" by torch 2.13's CPU kernel). A flavour that fails once (unary or binary) is
+switched off for the process, with one log line, and the other keeps running fused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_HAVE_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+#: Whether each flavour of the fused operator is still in use in this process.
+ENABLED = {"unary": _HAVE_OP, "binary": _HAVE_OP}
+
+
+def channels_last(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of a ``ndim``-dimensional activation (4 or 5)."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_grad_enabled())
+
+
+def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+             dilation, groups: int, relu: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv(x, weight, bias) [+ residual])``, ``act`` = ReLU when ``relu``.
+
+    ``x`` is ``(N, C, H, W)`` or ``(N, C, D, H, W)``; ``stride``, ``padding``, ``dilation`` are
+    sequences of one value per spatial axis. Channels-last ``x`` and ``weight`` are what the
+    fused kernel is fast with.
+    """
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    flavour = "unary" if residual is None else "binary"
+    if ENABLED[flavour] and _eligible(x, weight):
+        act = "relu" if relu else "none"
+        op = torch.ops.mkldnn._convolution_pointwise
+        try:
+            if residual is None:
+                return op(x, weight, bias, padding, stride, dilation, groups, act, [], "")
+            return op.binary(x, residual, weight, bias, padding, stride, dilation, groups,
+                             "add", None, act if relu else None, [], None)
+        except (RuntimeError, AttributeError) as e:
+            log.info("oneDNN fused convolution (%s) unavailable (%s); using plain convolutions",
+                     flavour, str(e).splitlines()[0][:120])
+            ENABLED[flavour] = False
+    conv = F.conv3d if x.ndim == 5 else F.conv2d
+    b = bias.to(x.dtype) if bias is not None else None
+    y = conv(x, weight.to(x.dtype), b, stride, padding, dilation, groups)
+    if residual is not None:
+        y = y.add_(residual)
+    return F.relu_(y) if relu else y

@@ -1,0 +1,79 @@
+"""The fused oneDNN convolution (conv + bias [+ residual] [+ ReLU] in one call) equals the plain
+steps, in 2D and 3D, and stays fused on a build that has the operator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from BINDSLib import fusedconv
+from BINDSLib.fusedconv import channels_last, conv_act
+
+
+def _reference(x, w, b, stride, relu, residual):
+    conv = F.conv3d if x.ndim == 5 else F.conv2d
+    y = conv(x, w, b, stride, 1)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_conv_act_equals_the_plain_steps(dims, relu, with_residual):
+    g = torch.Generator().manual_seed(dims * 4 + relu * 2 + with_residual)
+    x = torch.randn(2, 6, *[10] * dims, generator=g).contiguous(memory_format=channels_last(dims + 2))
+    w = (torch.randn(6, 6, *[3] * dims, generator=g) * 0.2).contiguous(memory_format=channels_last(dims + 2))
+    b = torch.randn(6, generator=g)
+    residual = torch.randn_like(x) if with_residual else None
+    ref = _reference(x, w, b, [1] * dims, relu, residual)
+    with torch.inference_mode():
+        out = conv_act(x, w, b, [1] * dims, [1] * dims, [1] * dims, 1, relu, residual)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-5)
+    if relu:  # the ReLU clipped something
+        assert (out >= 0).all() and (_reference(x, w, b, [1] * dims, False, residual) < 0).any()
+
+
+@pytest.mark.skipif(not fusedconv._HAVE_OP, reason="this torch build has no oneDNN fused convolution")
+def test_both_fused_flavours_run_on_this_build(monkeypatch):
+    """Before, the residual sum used the "sum" post-op, which torch 2.13 refuses: every call
+    fell back to plain convolutions after the first, silently."""
+    monkeypatch.setattr(fusedconv, "ENABLED", {"unary": True, "binary": True})
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True)
+        conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True, residual=x.clone())
+    assert fusedconv.ENABLED == {"unary": True, "binary": True}
+
+
+def test_gradients_take_the_plain_path(monkeypatch):
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    w = torch.randn(3, 3, 3, 3)
+    out = conv_act(x, w, None, [1, 1], [1, 1], [1, 1], 1, True, residual=torch.ones(1, 3, 6, 6))
+    out.sum().backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    _reference(ref_x, w, None, [1, 1], True, torch.ones(1, 3, 6, 6)).sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)
+
+
+def test_a_failing_flavour_is_switched_off_and_the_result_still_right(monkeypatch):
+    monkeypatch.setattr(fusedconv, "ENABLED", {"unary": True, "binary": True})
+
+    class Broken:
+        def __call__(self, *a):
+            raise RuntimeError("Unary Fusion behavior undefined.")
+
+        def binary(self, *a):
+            raise RuntimeError("Binary Fusion behavior undefined.")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Broken(), raising=False)
+    x = torch.randn(1, 2, 5, 5)
+    w = torch.randn(2, 2, 3, 3)
+    with torch.inference_mode():
+        out = conv_act(x, w, None, [1, 1], [1, 1], [1, 1], 1, True, residual=x)
+    assert fusedconv.ENABLED == {"unary": True, "binary": False}
+    assert torch.allclose(out, _reference(x, w, None, [1, 1], True, x), atol=1e-5)
