@@ -77,3 +77,21 @@ def test_a_failing_flavour_is_switched_off_and_the_result_still_right(monkeypatc
         out = conv_act(x, w, None, [1, 1], [1, 1], [1, 1], 1, True, residual=x)
     assert fusedconv.ENABLED == {"unary": True, "binary": False}
     assert torch.allclose(out, _reference(x, w, None, [1, 1], True, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_flop_counter_counts_the_fused_convolutions(dims):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 4, *[6] * dims).contiguous(memory_format=channels_last(dims + 2))
+    w = torch.randn(8, 4, *[3] * dims).contiguous(memory_format=channels_last(dims + 2))
+    w2 = torch.randn(8, 8, *[3] * dims).contiguous(memory_format=channels_last(dims + 2))
+    one = [1] * dims
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as plain:
+            y = _reference(x, w, None, one, True, None)
+            _reference(y, w2, None, one, True, y)
+        with FlopCounterMode(display=False, custom_mapping=fusedconv.flop_formulas()) as fused:
+            y = conv_act(x, w, torch.zeros(8), one, one, one, 1, True)
+            conv_act(y, w2, torch.zeros(8), one, one, one, 1, True, residual=y)
+    assert fused.get_total_flops() == plain.get_total_flops() == 2 * (4 + 8) * 8 * 3 ** dims * 6 ** dims

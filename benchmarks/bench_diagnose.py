@@ -75,12 +75,13 @@ def forward_flops(model, study, modalities) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from BINDSLib.fusedconv import flop_formulas
     from BINDSLib.model.data import collate, inputs_item
     from BINDSLib.model.preprocess import prepare_study
 
     prepared = prepare_study(study, model.config, modalities=modalities)
     batch = {k: v.to(model.device) for k, v in collate([inputs_item(prepared)]).items()}
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with torch.inference_mode(), counter:
         enc = model.network.encode(batch)
         model.network.fuse(enc, batch)
@@ -178,8 +179,10 @@ def run_flops(v: Variant, folder: Path, stage: str) -> float:
     stage 2 with ``stage="2"``; leave-one-modality-out fusions and saliency included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from BINDSLib.fusedconv import flop_formulas
+
     study = v.read(folder)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with counter:
         v.run_stages(v.model, study, stage, tuple(v.model.uncertainty_band), {})
     return float(counter.get_total_flops())

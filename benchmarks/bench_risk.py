@@ -65,7 +65,9 @@ def flops_per_exam(forward, x, m) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    from BINDSLib.fusedconv import flop_formulas
+
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
         forward(x[:1], m[:1])
     return float(counter.get_total_flops())
 
