@@ -3,8 +3,8 @@
 * :class:`Backbone` - the stages of a MONAI ``ResNet`` (``spatial_dims`` 2 or 3) returning
   the multi-scale feature maps.
 * :class:`LesionLocator` - backbone + a feature-pyramid head (summed, or a U-Net-like
-  top-down decoder): a lesion logit map at the input resolution, the last feature map (for alignment and saliency) and a pooled context
-  vector of the whole image.
+  top-down decoder): a lesion logit map at the input resolution, the last feature map (for
+  alignment and saliency) and a pooled context vector of the whole image.
 * :class:`CropClassifier` - backbone + global pooling: the feature vector of a lesion crop.
 """
 
