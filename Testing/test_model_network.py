@@ -216,3 +216,30 @@ def test_unet_decoder_survives_batch_norm_folding():
         after = loc(x)[0]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loc.merge.modules())
     assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_fused_backbone_runs_the_oneDNN_path_only_without_autograd(monkeypatch):
+    from BINDSLib.model.config import DiagnosisConfig, EncoderConfig
+    from BINDSLib.model.encoders import Backbone
+    from BINDSLib.model.network import DiagnosisNetwork
+
+    torch.manual_seed(3)
+    net = DiagnosisNetwork(DiagnosisConfig(locator_2d=EncoderConfig(channels=(4, 8, 8, 8)))).eval()
+    bb = net.branches["US"].locator.backbone
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        before = bb(x)[-1]
+    net.fold_batch_norm()
+    assert bb.fused
+    calls = []
+    monkeypatch.setattr(Backbone, "_forward_fused",
+                        lambda self, t, orig=Backbone._forward_fused: calls.append(1) or orig(self, t))
+    with torch.no_grad():
+        fused = bb(x)[-1]
+    assert calls and torch.allclose(fused, before, atol=1e-5)
+    calls.clear()
+    grad_x = x.clone().requires_grad_(True)
+    plain = bb(grad_x)[-1]  # autograd (Grad-CAM): the module path, gradients reach the input
+    plain.sum().backward()
+    assert not calls and torch.allclose(plain.detach(), before, atol=1e-5)
+    assert grad_x.grad is not None and grad_x.grad.abs().sum() > 0

@@ -51,8 +51,9 @@ class Backbone(nn.Module):
 
         Only once every norm layer has been folded into its convolution
         (:meth:`~BINDSLib.model.network.DiagnosisNetwork.fold_batch_norm` leaves ``Identity``);
-        returns whether the backbone is fused. Inference only: the outputs are those of
-        :meth:`forward` up to float rounding.
+        returns whether the backbone is fused. Used on the CPU without autograd (a GPU, bf16
+        autocast and Grad-CAM keep the module path); the outputs are the same up to float
+        rounding.
         """
         n = self.net
 
@@ -91,8 +92,8 @@ class Backbone(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.fused:
-            return self._forward_fused(x)
+        if self.fused and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._forward_fused(x)  # elsewhere the modules (autocast, autograd) as usual
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))
         if not n.no_max_pool:
