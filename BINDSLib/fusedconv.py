@@ -7,11 +7,12 @@ without autograd, :func:`conv_act` runs the convolution with its ReLU, and the r
 of a block, inside the oneDNN kernel (``torch.ops.mkldnn._convolution_pointwise``, the kernel
 ``torch.compile`` uses): one pass less over the block's output per fused step. Elsewhere (GPU,
 bf16, gradients, or a build without the operator) it is ``F.conv2d``/``F.conv3d`` followed by
-the same element-wise steps. The result is the same up to float rounding either way.
+the same element-wise steps (also under CPU autocast, which the fused operator would ignore).
+The result is the same up to float rounding either way.
 
 The residual sum is the operator's ``"add"`` binary post-op (``"sum"`` is refused as
-"undefined" by torch 2.13's CPU kernel). A flavour that fails once (unary or binary) is
-switched off for the process, with one log line, and the other keeps running fused.
+"undefined" by torch 2.13's CPU kernel). A flavour that fails once (unary or binary, 2D or 3D)
+is switched off for the process, with one log line, and the others keep running fused.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 _HAVE_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-#: Whether each flavour of the fused operator is still in use in this process.
-ENABLED = {"unary": _HAVE_OP, "binary": _HAVE_OP}
+#: Whether each flavour of the fused operator is still in use in this process, by
+#: ``(flavour, input ndim)``: ``("unary" | "binary", 4 | 5)``.
+ENABLED = {(flavour, ndim): _HAVE_OP for flavour in ("unary", "binary") for ndim in (4, 5)}
 
 
 def flop_formulas() -> dict:
@@ -55,7 +57,7 @@ def channels_last(ndim: int) -> torch.memory_format:
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_grad_enabled())
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
 
 
 def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
@@ -67,8 +69,8 @@ def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
     fused kernel is fast with.
     """
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    flavour = "unary" if residual is None else "binary"
-    if ENABLED[flavour] and _eligible(x, weight):
+    key = ("unary" if residual is None else "binary", x.ndim)
+    if ENABLED.get(key) and _eligible(x, weight):
         act = "relu" if relu else "none"
         op = torch.ops.mkldnn._convolution_pointwise
         try:
@@ -77,9 +79,9 @@ def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
             return op.binary(x, residual, weight, bias, padding, stride, dilation, groups,
                              "add", None, act if relu else None, [], None)
         except (RuntimeError, AttributeError) as e:
-            log.info("oneDNN fused convolution (%s) unavailable (%s); using plain convolutions",
-                     flavour, str(e).splitlines()[0][:120])
-            ENABLED[flavour] = False
+            log.info("oneDNN fused convolution (%s, %dD) unavailable (%s); using plain convolutions",
+                     key[0], x.ndim - 2, str(e).splitlines()[0][:120])
+            ENABLED[key] = False
     conv = F.conv3d if x.ndim == 5 else F.conv2d
     b = bias.to(x.dtype) if bias is not None else None
     y = conv(x, weight.to(x.dtype), b, stride, padding, dilation, groups)

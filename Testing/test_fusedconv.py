@@ -10,6 +10,18 @@ import torch.nn.functional as F
 from BINDSLib import fusedconv
 from BINDSLib.fusedconv import channels_last, conv_act
 
+ALL_ON = {(flavour, ndim): True for flavour in ("unary", "binary") for ndim in (4, 5)}
+
+
+@pytest.fixture
+def fusion_on(monkeypatch):
+    """Every flavour switched on, as in a fresh process; the test then checks that none of
+    them fell back (on a build that has the operator)."""
+    monkeypatch.setattr(fusedconv, "ENABLED", dict(ALL_ON))
+    yield
+    if fusedconv._HAVE_OP:
+        assert fusedconv.ENABLED == ALL_ON, "a fused flavour fell back to plain convolutions"
+
 
 def _reference(x, w, b, stride, relu, residual):
     conv = F.conv3d if x.ndim == 5 else F.conv2d
@@ -22,7 +34,7 @@ def _reference(x, w, b, stride, relu, residual):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_conv_act_equals_the_plain_steps(dims, relu, with_residual):
+def test_conv_act_equals_the_plain_steps(dims, relu, with_residual, fusion_on):
     g = torch.Generator().manual_seed(dims * 4 + relu * 2 + with_residual)
     x = torch.randn(2, 6, *[10] * dims, generator=g).contiguous(memory_format=channels_last(dims + 2))
     w = (torch.randn(6, 6, *[3] * dims, generator=g) * 0.2).contiguous(memory_format=channels_last(dims + 2))
@@ -38,19 +50,35 @@ def test_conv_act_equals_the_plain_steps(dims, relu, with_residual):
 
 
 @pytest.mark.skipif(not fusedconv._HAVE_OP, reason="this torch build has no oneDNN fused convolution")
-def test_both_fused_flavours_run_on_this_build(monkeypatch):
+@pytest.mark.parametrize("dims", [2, 3])
+def test_both_fused_flavours_run_on_this_build(dims, monkeypatch):
     """Before, the residual sum used the "sum" post-op, which torch 2.13 refuses: every call
     fell back to plain convolutions after the first, silently."""
-    monkeypatch.setattr(fusedconv, "ENABLED", {"unary": True, "binary": True})
-    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(4, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(fusedconv, "ENABLED", dict(ALL_ON))
+    calls = []
+    op = torch.ops.mkldnn._convolution_pointwise
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append("unary")
+            return op(*a)
+
+        def binary(self, *a):
+            calls.append("binary")
+            return op.binary(*a)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Spy(), raising=False)
+    cl = channels_last(dims + 2)
+    x = torch.randn(1, 4, *[8] * dims).contiguous(memory_format=cl)
+    w = torch.randn(4, 4, *[3] * dims).contiguous(memory_format=cl)
+    one = [1] * dims
     with torch.inference_mode():
-        conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True)
-        conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True, residual=x.clone())
-    assert fusedconv.ENABLED == {"unary": True, "binary": True}
+        conv_act(x, w, torch.zeros(4), one, one, one, 1, True)
+        conv_act(x, w, torch.zeros(4), one, one, one, 1, True, residual=x.clone())
+    assert calls == ["unary", "binary"] and fusedconv.ENABLED == ALL_ON
 
 
-def test_gradients_take_the_plain_path(monkeypatch):
+def test_gradients_take_the_plain_path():
     x = torch.randn(1, 3, 6, 6, requires_grad=True)
     w = torch.randn(3, 3, 3, 3)
     out = conv_act(x, w, None, [1, 1], [1, 1], [1, 1], 1, True, residual=torch.ones(1, 3, 6, 6))
@@ -61,7 +89,7 @@ def test_gradients_take_the_plain_path(monkeypatch):
 
 
 def test_a_failing_flavour_is_switched_off_and_the_result_still_right(monkeypatch):
-    monkeypatch.setattr(fusedconv, "ENABLED", {"unary": True, "binary": True})
+    monkeypatch.setattr(fusedconv, "ENABLED", dict(ALL_ON))
 
     class Broken:
         def __call__(self, *a):
@@ -75,12 +103,12 @@ def test_a_failing_flavour_is_switched_off_and_the_result_still_right(monkeypatc
     w = torch.randn(2, 2, 3, 3)
     with torch.inference_mode():
         out = conv_act(x, w, None, [1, 1], [1, 1], [1, 1], 1, True, residual=x)
-    assert fusedconv.ENABLED == {"unary": True, "binary": False}
+    assert fusedconv.ENABLED == {**ALL_ON, ("binary", 4): False}  # only that flavour
     assert torch.allclose(out, _reference(x, w, None, [1, 1], True, x), atol=1e-5)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_flop_counter_counts_the_fused_convolutions(dims):
+def test_flop_counter_counts_the_fused_convolutions(dims, fusion_on):
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.randn(1, 4, *[6] * dims).contiguous(memory_format=channels_last(dims + 2))

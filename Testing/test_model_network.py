@@ -237,6 +237,9 @@ def test_fused_backbone_runs_the_oneDNN_path_only_without_autograd(monkeypatch):
     with torch.no_grad():
         fused = bb(x)[-1]
     assert calls and torch.allclose(fused, before, atol=1e-5)
+    from BINDSLib import fusedconv
+    if fusedconv._HAVE_OP:  # the oneDNN operator itself ran, not the plain fallback
+        assert all(fusedconv.ENABLED[(f, 4)] for f in ("unary", "binary"))
     calls.clear()
     grad_x = x.clone().requires_grad_(True)
     plain = bb(grad_x)[-1]  # autograd (Grad-CAM): the module path, gradients reach the input

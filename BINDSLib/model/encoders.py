@@ -51,8 +51,8 @@ class Backbone(nn.Module):
 
         Only once every norm layer has been folded into its convolution
         (:meth:`~BINDSLib.model.network.DiagnosisNetwork.fold_batch_norm` leaves ``Identity``);
-        returns whether the backbone is fused. Used on the CPU without autograd (a GPU, bf16
-        autocast and Grad-CAM keep the module path); the outputs are the same up to float
+        returns whether the backbone is fused. Used on the CPU without autograd or autocast (a
+        GPU, autocast and Grad-CAM keep the module path); the outputs are the same up to float
         rounding.
         """
         n = self.net
@@ -92,7 +92,8 @@ class Backbone(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.fused and x.device.type == "cpu" and not torch.is_grad_enabled():
+        if (self.fused and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")):
             return self._forward_fused(x)  # elsewhere the modules (autocast, autograd) as usual
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))

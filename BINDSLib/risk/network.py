@@ -15,7 +15,6 @@ equal consecutive years; softplus keeps the gradient alive.)
 from __future__ import annotations
 
 import copy
-import logging
 from typing import NamedTuple
 
 import torch
@@ -24,8 +23,6 @@ from torch import nn
 
 from ..fusedconv import conv_act
 from .config import STANDARD_VIEWS, RiskConfig
-
-log = logging.getLogger(__name__)
 
 #: Per-view indices into the view and side embeddings.
 VIEW_INDEX = torch.tensor([0 if v == "CC" else 1 for _, v in STANDARD_VIEWS])
