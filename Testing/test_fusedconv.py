@@ -123,3 +123,14 @@ def test_flop_counter_counts_the_fused_convolutions(dims, fusion_on):
             y = conv_act(x, w, torch.zeros(8), one, one, one, 1, True)
             conv_act(y, w2, torch.zeros(8), one, one, one, 1, True, residual=y)
     assert fused.get_total_flops() == plain.get_total_flops() == 2 * (4 + 8) * 8 * 3 ** dims * 6 ** dims
+
+
+def test_cpu_autocast_takes_the_plain_path(fusion_on):
+    """The fused operator would ignore autocast (float32 out of a bf16 region)."""
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fusedconv.cpu_autocast()
+        out = conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True)
+    assert out.dtype == torch.bfloat16
+    assert not fusedconv.cpu_autocast()
