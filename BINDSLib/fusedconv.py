@@ -64,9 +64,11 @@ def cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not cpu_autocast())
+def eligible(x: torch.Tensor) -> bool:
+    """Whether the fused kernel may run on ``x``: float32 on the CPU, without autograd (the
+    operator has no backward) and without autocast (it would ignore it)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not cpu_autocast())
 
 
 def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
@@ -79,7 +81,7 @@ def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
     """
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ("unary" if residual is None else "binary", x.ndim)
-    if ENABLED.get(key) and _eligible(x, weight):
+    if ENABLED.get(key) and eligible(x) and weight.dtype == torch.float32:
         act = "relu" if relu else "none"
         op = torch.ops.mkldnn._convolution_pointwise
         try:

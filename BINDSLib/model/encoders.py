@@ -17,7 +17,7 @@ from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNet
 from torch import nn
 
-from ..fusedconv import channels_last, conv_act, cpu_autocast
+from ..fusedconv import channels_last, conv_act, eligible
 from .config import EncoderConfig
 
 
@@ -92,8 +92,7 @@ class Backbone(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if (self.fused and x.device.type == "cpu" and not torch.is_grad_enabled()
-                and not cpu_autocast()):
+        if self.fused and eligible(x):
             return self._forward_fused(x)  # elsewhere the modules (autocast, autograd) as usual
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))
