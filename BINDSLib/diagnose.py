@@ -217,7 +217,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             first.setdefault(key[im.label], im)
 
         def write_maps(im):  # the files of one image
-            sal = np.clip(pred.saliency[im.label].astype(np.float32), 0, 1)
+            sal = np.clip(np.asarray(pred.saliency[im.label], dtype=np.float32), 0, 1)  # one copy
             salient = _salient_mask(sal)
             write_seg_nrrd(tmp / f"{im.label}.seg.nrrd",
                            {"lesion": pred.lesion_masks[im.label], "salient_region": salient},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from BINDSLib.model.config import COMBINATIONS, SUBTYPES
 from BINDSLib.model.crops import crop, lesion_boxes
@@ -246,3 +247,95 @@ def test_fused_backbone_runs_the_oneDNN_path_only_without_autograd(monkeypatch):
     plain.sum().backward()
     assert not calls and torch.allclose(plain.detach(), before, atol=1e-5)
     assert grad_x.grad is not None and grad_x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dims,shape,kernel,batch", [
+    (3, (19, 23, 17), 3, 1), (3, (20, 16, 14), 7, 2), (2, (37, 29), 7, 3), (2, (8, 9), 3, 1)])
+def test_stem_in_slabs_gives_the_whole_stem(dims, shape, kernel, batch, monkeypatch):
+    """The slabbed stem (conv + ReLU + max-pool, first spatial axis in pieces) equals the
+    whole call for odd and even sizes, both stem kernels and batches; slabs of one pooled
+    row are the hardest case (every slab needs padding or halo rows)."""
+    from BINDSLib.fusedconv import channels_last
+    from BINDSLib.model import encoders
+
+    torch.manual_seed(4)
+    conv = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(3, 5, kernel, stride=2, padding=kernel // 2)
+    pool = (torch.nn.MaxPool3d if dims == 3 else torch.nn.MaxPool2d)(3, stride=2, padding=1)
+    x = torch.randn(batch, 3, *shape).contiguous(memory_format=channels_last(dims + 2))
+    with torch.no_grad():
+        whole = pool(torch.relu(conv(x)))
+
+        def conv_relu(t, pad):
+            return torch.relu((F.conv3d if dims == 3 else F.conv2d)(t, conv.weight, conv.bias, conv.stride, pad))
+
+        row = encoders._stem_bytes(conv, x) / ((shape[0] + 2 * (kernel // 2) - kernel) // 2 + 1)
+        for limit in (1, int(row * 2 * 2.5), 1 << 40):  # one pooled row, a few, all at once
+            monkeypatch.setattr(encoders, "STEM_SLAB_BYTES", limit)
+            got = encoders._stem_in_slabs(conv_relu, conv, pool, x)
+            assert got.shape == whole.shape
+            assert torch.allclose(got, whole, atol=1e-6), limit
+            assert got.is_contiguous(memory_format=channels_last(dims + 2))
+
+
+def test_fused_backbone_slabs_a_large_stem_with_the_same_features(monkeypatch):
+    """``Backbone`` takes the slabbed stem above ``STEM_SLAB_BYTES`` (fused path): same features."""
+    from BINDSLib.model import encoders
+    from BINDSLib.model.config import DiagnosisConfig, EncoderConfig
+
+    torch.manual_seed(5)
+    cfg = DiagnosisConfig(locator_3d=EncoderConfig(channels=(4, 8, 8, 8), stem_kernel=3, max_pool=True))
+    net = DiagnosisNetwork(cfg).eval()
+    net.fold_batch_norm()
+    bb = net.branches["MR"].locator.backbone
+    x = torch.randn(1, 7, 24, 20, 18)
+    calls = []
+    monkeypatch.setattr(encoders, "_stem_in_slabs",
+                        lambda *a, orig=encoders._stem_in_slabs: calls.append(1) or orig(*a))
+    with torch.no_grad():
+        whole = bb(x)
+        assert not calls  # far below the default limit
+        monkeypatch.setattr(encoders, "STEM_SLAB_BYTES", 1)
+        slabbed = bb(x)
+    assert calls == [1]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, slabbed))
+
+
+def test_release_images_pops_them_and_changes_nothing(model):
+    """``encode(release_images=True)`` (inference) pops each modality's images from the batch
+    dict, and the encodings are those of a normal call."""
+    net, cfg = model.network, model.config
+    batch = _batch(make_case(7, True, ("US", "MR")), cfg)
+    with torch.inference_mode():
+        ref = net.encode(dict(batch))
+        feed = dict(batch)
+        got = net.encode(feed, release_images=True)
+    assert not any(k.endswith("_images") for k in feed) and "MR_masks" in feed
+    for m in ref:
+        assert torch.equal(ref[m].lesion_logits, got[m].lesion_logits)
+        assert torch.equal(ref[m].tokens, got[m].tokens)
+        assert torch.equal(ref[m].boxes[0], got[m].boxes[0])
+
+
+def test_predict_lets_the_images_go_unless_they_are_read_again(model, monkeypatch):
+    """After ``predict`` the cache holds no image batch (Grad-CAM keeps them); a mirrored
+    modality (``tta_flip``) is encoded without release, so its flipped pass can read them."""
+    study = make_case(8, True, ("US", "MR"))
+    released = []
+    orig = DiagnosisNetwork.encode
+    monkeypatch.setattr(DiagnosisNetwork, "encode",
+                        lambda self, batch, cfp=None, release_images=False:
+                        released.append((tuple(k for k in batch if k.endswith("_images")), release_images))
+                        or orig(self, batch, cfp, release_images))
+    cache = model.prediction_cache()
+    p = model.predict(study, cache=cache)
+    assert {r for _, r in released} == {True}
+    assert not any(k.endswith("_images") for w in cache.work.values() for k in w.batch)
+    released.clear()
+    g = model.predict(study, saliency="gradcam")
+    assert {r for _, r in released} == {False}
+    assert np.isfinite(g.malignancy_probability) and np.isfinite(p.malignancy_probability)
+    released.clear()
+    flip = tiny_model(tta_flip=True)
+    f = flip.predict(study)
+    assert sorted(released) == [(("MR_images",), True), (("US_images",), False)]
+    assert np.isfinite(f.malignancy_probability)

@@ -80,9 +80,15 @@ class Backbone(nn.Module):
             return conv_act(t, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                             conv.groups, relu, residual)
 
-        x = run(n.conv1, x.contiguous(memory_format=channels_last(x.ndim)), True)
-        if not n.no_max_pool:
-            x = n.maxpool(x)
+        x = x.contiguous(memory_format=channels_last(x.ndim))
+        if not n.no_max_pool and _stem_bytes(n.conv1, x) > STEM_SLAB_BYTES and _slab_poolable(n.maxpool):
+            x = _stem_in_slabs(lambda t, pad: conv_act(t, n.conv1.weight, n.conv1.bias, n.conv1.stride, pad,
+                                                       n.conv1.dilation, n.conv1.groups, True),
+                               n.conv1, n.maxpool, x)
+        else:
+            x = run(n.conv1, x, True)
+            if not n.no_max_pool:
+                x = n.maxpool(x)
         feats = []
         for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
             for b in layer:
@@ -103,6 +109,77 @@ class Backbone(nn.Module):
             x = layer(x)
             feats.append(x)
         return feats
+
+
+#: Above this size (bytes) the stem's output is computed and max-pooled in slabs along the
+#: first spatial axis (fused inference path): the paper preset's MRI locator stem alone is
+#: 108 MiB, its pooled output 13.5 MiB.
+STEM_SLAB_BYTES = 32 * 2**20
+
+
+def _tuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _stem_bytes(conv, x: torch.Tensor) -> int:
+    """Bytes of ``conv``'s output for input ``x``."""
+    nd = x.ndim - 2
+    k, s, p, d = (_tuple(getattr(conv, a), nd) for a in ("kernel_size", "stride", "padding", "dilation"))
+    out = [(x.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
+    n = x.shape[0] * conv.out_channels
+    for o in out:
+        n *= max(o, 0)
+    return n * x.element_size()
+
+
+def _slab_poolable(pool) -> bool:
+    return (isinstance(pool, (nn.MaxPool2d, nn.MaxPool3d)) and not pool.ceil_mode
+            and all(v == 1 for v in _tuple(pool.dilation, 3)))
+
+
+def _stem_in_slabs(conv_relu, conv, pool, x: torch.Tensor) -> torch.Tensor:
+    """``pool(relu(conv(x)))`` computed in slabs along the first spatial axis, so that the
+    stem's full-resolution output never exists at once (only one slab of it plus the pooled
+    result). The same values as the whole call: each slab gets exactly the input rows (zero
+    padding at the image borders) and the convolution rows (``-inf`` padding) it needs.
+
+    ``conv_relu(t, padding)`` runs the stem convolution + ReLU on ``t`` with ``padding``.
+    """
+    nd = x.ndim - 2
+    k, s, p, d = (_tuple(getattr(conv, a), nd) for a in ("kernel_size", "stride", "padding", "dilation"))
+    pk, ps, pp = (_tuple(getattr(pool, a), nd) for a in ("kernel_size", "stride", "padding"))
+    length = x.shape[2]
+    conv_len = (length + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    pool_len = (conv_len + 2 * pp[0] - pk[0]) // ps[0] + 1
+    fmt = channels_last(x.ndim)
+    row_bytes = _stem_bytes(conv, x) / max(conv_len, 1)
+    step = max(1, int(STEM_SLAB_BYTES // max(row_bytes * ps[0], 1)))  # pooled rows per slab
+    out = None
+    pad_rest = [0, 0] * (nd - 1)  # F.pad pads the last axes first: the other spatial axes unpadded
+
+    def rows(t, lo, hi, size, value):  # rows [lo, hi) of axis 2, padded with `value` outside [0, size)
+        a, b = max(lo, 0), min(hi, size)
+        t = t[:, :, a:b]
+        if a - lo or hi - b:
+            t = F.pad(t, pad_rest + [a - lo, hi - b], value=value)
+        return t.contiguous(memory_format=fmt)
+
+    for a in range(0, pool_len, step):
+        b = min(a + step, pool_len)
+        c0 = max(a * ps[0] - pp[0], 0)  # the convolution rows these pooled rows need
+        c1 = min((b - 1) * ps[0] - pp[0] + pk[0], conv_len)
+        i0, i1 = c0 * s[0] - p[0], (c1 - 1) * s[0] - p[0] + d[0] * (k[0] - 1) + 1
+        y = conv_relu(rows(x, i0, i1, length, 0.0), [0, *p[1:]])
+        lo = a * ps[0] - pp[0]
+        y = rows(y, lo - c0, (b - 1) * ps[0] - pp[0] + pk[0] - c0, c1 - c0, float("-inf"))
+        pool_fn = F.max_pool3d if nd == 3 else F.max_pool2d
+        y = pool_fn(y, pk, ps, [0, *pp[1:]])
+        if out is None:
+            out = torch.empty((x.shape[0], y.shape[1], pool_len, *y.shape[3:]), dtype=y.dtype,
+                              device=y.device).contiguous(memory_format=fmt)
+        out[:, :, a:b] = y
+        del y
+    return out
 
 
 def _replace_batch_norm(module: nn.Module, config: EncoderConfig, spatial_dims: int) -> None:

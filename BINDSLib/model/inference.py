@@ -325,17 +325,24 @@ class DiagnosisModel:
         prepared = PreparedStudy(study.study_id, {m: w.prepared.inputs[m] for m, w in work.items()},
                                  [n for w in work.values() for n in w.prepared.notes],
                                  {k: v for w in work.values() for k, v in w.prepared.mask_source.items()})
-        batch = {k: v for w in work.values() for k, v in w.batch.items()}
+        # only Grad-CAM reads the images after encoding
+        batch = {k: v for w in work.values() for k, v in w.batch.items()
+                 if saliency == "gradcam" or not k.endswith("_images")}
         lap("preprocess")
         with torch.inference_mode(), self._autocast():
             for m in fresh:
                 w = work[m]
                 if w.encoding is None:
-                    w.encoding = net.encode(w.batch)[m]
-                    if self.config.tta_flip:
-                        w.encoding_flip = flip_encodings(net, {m: w.encoding}, w.batch)[m]
-                    if saliency != "gradcam":  # only Grad-CAM reads the images again
+                    feed = w.batch
+                    if saliency != "gradcam":  # the cache lets the images go
                         w.batch = {k: v for k, v in w.batch.items() if not k.endswith("_images")}
+                    # unless read again (mirrored, Grad-CAM), the branch pops the images from
+                    # `feed` (now their only holder) and releases them once it has cropped them
+                    mirrored = self.config.tta_flip and m in TTA_FLIP_MODALITIES
+                    w.encoding = net.encode(feed, release_images=not mirrored and saliency != "gradcam")[m]
+                    if self.config.tta_flip:
+                        w.encoding_flip = flip_encodings(net, {m: w.encoding}, feed)[m]
+                    del feed
             # shallow copies: merge_flipped replaces fields, the cache keeps the encoder outputs
             enc = {m: dataclasses.replace(w.encoding) for m, w in work.items()}
             enc_flip = None

@@ -98,30 +98,45 @@ class ModalityBranch(nn.Module):
         self.aux_head = nn.Sequential(nn.LayerNorm(e), nn.Dropout(config.dropout), nn.Linear(e, 1))
         self.memory_format = torch.contiguous_format
 
-    def forward(self, batch: dict, batch_size: int, crop_from_prediction: torch.Tensor | None = None
-                ) -> ModalityEncoding:
+    def forward(self, batch: dict, batch_size: int, crop_from_prediction: torch.Tensor | None = None,
+                release_images: bool = False) -> ModalityEncoding:
+        """Encode the modality's present images of ``batch``.
+
+        ``release_images``: pop the images from ``batch`` and let them go once the lesion crops
+        are cut (inference: the stacked MRI input is ~100 MB that the crop classifier, the
+        largest step after it, need not share memory with).
+        """
         m = self.modality
         present = batch[f"{m}_present"]
         index = present.nonzero()
         b, s = index[:, 0], index[:, 1]
-        images = batch[f"{m}_images"]
-        # every slot present (inference): the same rows as images[b, s], without that copy
-        x = images.flatten(0, 1) if index.shape[0] == present.numel() else images[b, s]
+        every = index.shape[0] == present.numel()  # every slot present (inference)
+        images = batch.pop(f"{m}_images") if release_images else batch[f"{m}_images"]
+        # all slots: the same rows as images[b, s], without that copy
+        x = images.flatten(0, 1) if every else images[b, s]
+        del images
         x = x.contiguous(memory_format=self.memory_format)
         logits, feats, context = self.locator(x)
         prob = torch.sigmoid(logits.detach().float())
-        mask = batch[f"{m}_masks"][b, s].float()
+        masks = batch[f"{m}_masks"]
+        mask = masks.flatten(0, 1) if every else masks[b, s]
         given = batch[f"{m}_mask_given"][b, s]
         nonempty = mask.flatten(1).amax(1) > 0
         shape = (-1, *[1] * (mask.ndim - 1))
-        lesion_region = torch.where((given & nonempty).view(shape), mask, prob)
+        use_mask = given & nonempty
+        # without a given mask (the usual inference) the lesion region is the prediction itself
+        lesion_region = torch.where(use_mask.view(shape), mask.float(), prob) if bool(use_mask.any()) else prob
+        del mask, masks
         crop_region = lesion_region
         if crop_from_prediction is not None:
             crop_region = torch.where(crop_from_prediction[b].view(shape), prob, lesion_region)
         cfg = self.config
         centres, halves = lesion_boxes(crop_region, cfg.lesion_threshold, cfg.crop_margin,
                                        cfg.crop_min_fraction)
-        crops = crop(x, centres, halves, self.crop_size).contiguous(memory_format=self.memory_format)
+        del crop_region
+        crops = crop(x, centres, halves, self.crop_size)
+        del x  # the input's last reference here (with release_images, its memory goes now)
+        crops = crops.contiguous(memory_format=self.memory_format)
         tok = self.token(torch.cat([context, self.classifier(crops)], 1))
         if m == "MR":
             tok = tok + self.channel_embedding(batch[f"{m}_channels"][b, s].to(tok.dtype))
@@ -232,11 +247,16 @@ class DiagnosisNetwork(nn.Module):
                 return int(batch[f"{m}_present"].shape[0])
         raise ValueError("the batch holds no modality")
 
-    def encode(self, batch: dict, crop_from_prediction: torch.Tensor | None = None
-               ) -> dict[str, ModalityEncoding]:
-        """Encoder outputs of every modality with at least one present image in the batch."""
+    def encode(self, batch: dict, crop_from_prediction: torch.Tensor | None = None,
+               release_images: bool = False) -> dict[str, ModalityEncoding]:
+        """Encoder outputs of every modality with at least one present image in the batch.
+
+        ``release_images``: each branch pops its images from ``batch`` and lets them go once
+        its lesion crops are cut (see :meth:`ModalityBranch.forward`); for inference that does
+        not read the images again.
+        """
         bsz = self.batch_size(batch)
-        return {m: self.branches[m](batch, bsz, crop_from_prediction) for m in MODALITIES
+        return {m: self.branches[m](batch, bsz, crop_from_prediction, release_images) for m in MODALITIES
                 if f"{m}_present" in batch and bool(batch[f"{m}_present"].any())}
 
     def fuse(self, encodings: dict[str, ModalityEncoding], batch: dict,
