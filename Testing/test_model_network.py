@@ -339,3 +339,37 @@ def test_predict_lets_the_images_go_unless_they_are_read_again(model, monkeypatc
     f = flip.predict(study)
     assert sorted(released) == [(("MR_images",), True), (("US_images",), False)]
     assert np.isfinite(f.malignancy_probability)
+
+
+def test_head_refine_corrects_the_logits_at_the_input_resolution():
+    """``head_refine``: starts as a no-op (zero last layer), then changes the logits at the
+    input resolution (finer than the head's level), survives BatchNorm folding, and is
+    checked in the config."""
+    from BINDSLib.model.config import DiagnosisConfig, EncoderConfig
+
+    torch.manual_seed(6)
+    base = dict(channels=(4, 8, 8, 8), head_channels=8, head_decoder="unet")
+    plain = DiagnosisNetwork(DiagnosisConfig(locator_2d=EncoderConfig(**base))).eval()
+    net = DiagnosisNetwork(DiagnosisConfig(locator_2d=EncoderConfig(**base, head_refine=4))).eval()
+    loc = net.branches["US"].locator
+    missing = net.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(("branches.MG.locator.refine", "branches.US.locator.refine"))
+                           for k in missing)
+    x = torch.randn(2, 1, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(loc(x)[0], plain.branches["US"].locator(x)[0])  # zero-initialised
+        loc.refine[-1].weight.normal_()
+        for mod in loc.refine.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        before = loc(x)[0]
+        diff = (before - plain.branches["US"].locator(x)[0]).abs()
+        # a correction pixel by pixel, not a smooth up-sampled one: neighbours differ
+        assert diff.max() > 1e-3 and (diff[..., 1:] - diff[..., :-1]).abs().max() > 1e-4
+        net.fold_batch_norm()
+        after = loc(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loc.refine.modules())
+    assert torch.allclose(before, after, atol=1e-4)
+    with pytest.raises(ValueError, match="head_refine"):
+        EncoderConfig(head_refine=-1)

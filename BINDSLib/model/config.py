@@ -80,6 +80,11 @@ class EncoderConfig:
         or ``"unet"`` (a top-down decoder as in U-Net: from the coarsest stage, each level is
         up-sampled, added to the next finer stage and passed through a 3x3 convolution + norm +
         ReLU, so the outline is refined one scale at a time).
+    head_refine : lesion locators only: width of a refinement at the input resolution (0, the
+        default: none). The decoder output, up-sampled to the input grid and stacked with the
+        input image, passes a 3x3 convolution + norm + ReLU and a 1x1 convolution (initialised
+        to zero) whose output is added to the head's up-sampled logits, so that an outline can
+        follow image edges finer than the head's level.
     """
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
@@ -92,6 +97,7 @@ class EncoderConfig:
     head_channels: int = 16
     head_convs: int = 1
     head_decoder: str = "sum"
+    head_refine: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
@@ -102,6 +108,11 @@ class EncoderConfig:
             raise ValueError(f"head_level must be 0 or 1, not {self.head_level!r}")
         if self.head_channels < 1 or self.head_convs < 1:
             raise ValueError("head_channels and head_convs must be positive")
+        if self.head_refine < 0:
+            raise ValueError(f"head_refine must be >= 0, not {self.head_refine!r}")
+        if self.norm == "group" and self.head_refine % self.norm_groups:
+            raise ValueError(f"head_refine {self.head_refine} must be divisible by norm_groups "
+                             f"{self.norm_groups}")
         if self.head_decoder not in ("sum", "unet"):
             raise ValueError(f"head_decoder must be 'sum' or 'unet', not {self.head_decoder!r}")
         if self.norm == "group" and self.head_channels % self.norm_groups:

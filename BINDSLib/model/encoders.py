@@ -210,7 +210,8 @@ class LesionLocator(nn.Module):
     config : backbone settings (``head_level``: the finest stage in the head; ``head_channels``,
     ``head_convs``: its width and depth; ``head_decoder``: ``"sum"`` adds the projected stages
     at the finest level at once, ``"unet"`` merges them one level at a time from the coarsest,
-    with a 3x3 convolution + norm + ReLU after each merge).
+    with a 3x3 convolution + norm + ReLU after each merge; ``head_refine``: a correction of
+    the logits at the input resolution from the up-sampled decoder output and the input).
 
     Forward ``x (N, C, *spatial)`` returns ``(logits, features, context)``: lesion logits
     ``(N, 1, *spatial)`` at the input resolution, the last feature map
@@ -237,6 +238,15 @@ class LesionLocator(nn.Module):
         for _ in range(config.head_convs):
             layers += conv_norm_relu()
         self.head = nn.Sequential(*layers, conv(hc, 1, kernel_size=1))
+        self.refine = None  # head_refine: a correction of the logits at the input resolution
+        if config.head_refine:
+            r = config.head_refine
+            last = conv(r, 1, kernel_size=1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.refine = nn.Sequential(conv(hc + in_channels, r, kernel_size=3, padding=1, bias=False),
+                                        get_norm_layer(config.norm_layer, spatial_dims, r),
+                                        nn.ReLU(inplace=True), last)
         self.out_channels = c[-1]
 
     def forward(self, x: torch.Tensor):
@@ -251,6 +261,10 @@ class LesionLocator(nn.Module):
             for i in range(len(levels) - 2, -1, -1):
                 p = self.merge[i](self.lateral[i](levels[i]) + _resize(p, levels[i].shape[2:]))
         logits = _resize(self.head(p), x.shape[2:])
+        if self.refine is not None:
+            up = _resize(p, x.shape[2:])
+            logits = logits + self.refine(torch.cat([up, x.to(up.dtype)], 1))
+            del up
         last = feats[-1]
         return logits, last, _pool(last)
 
