@@ -76,15 +76,14 @@ class Backbone(nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = self.net
 
-        def run(conv, t, relu, residual=None):
-            return conv_act(t, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+        def run(conv, t, relu, residual=None, padding=None):
+            return conv_act(t, conv.weight, conv.bias, conv.stride,
+                            conv.padding if padding is None else padding, conv.dilation,
                             conv.groups, relu, residual)
 
         x = x.contiguous(memory_format=channels_last(x.ndim))
         if not n.no_max_pool and _stem_bytes(n.conv1, x) > STEM_SLAB_BYTES and _slab_poolable(n.maxpool):
-            x = _stem_in_slabs(lambda t, pad: conv_act(t, n.conv1.weight, n.conv1.bias, n.conv1.stride, pad,
-                                                       n.conv1.dilation, n.conv1.groups, True),
-                               n.conv1, n.maxpool, x)
+            x = _stem_in_slabs(lambda t, pad: run(n.conv1, t, True, padding=pad), n.conv1, n.maxpool, x)
         else:
             x = run(n.conv1, x, True)
             if not n.no_max_pool:
@@ -121,15 +120,19 @@ def _tuple(v, n: int) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _stem_bytes(conv, x: torch.Tensor) -> int:
-    """Bytes of ``conv``'s output for input ``x``."""
+def _conv_sizes(conv, x: torch.Tensor) -> list[int]:
+    """Spatial sizes of ``conv``'s output for input ``x``."""
     nd = x.ndim - 2
     k, s, p, d = (_tuple(getattr(conv, a), nd) for a in ("kernel_size", "stride", "padding", "dilation"))
-    out = [(x.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
-    n = x.shape[0] * conv.out_channels
-    for o in out:
-        n *= max(o, 0)
-    return n * x.element_size()
+    return [max((x.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1, 0) for i in range(nd)]
+
+
+def _stem_bytes(conv, x: torch.Tensor) -> int:
+    """Bytes of ``conv``'s output for input ``x``."""
+    n = x.shape[0] * conv.out_channels * x.element_size()
+    for size in _conv_sizes(conv, x):
+        n *= size
+    return n
 
 
 def _slab_poolable(pool) -> bool:
@@ -149,11 +152,12 @@ def _stem_in_slabs(conv_relu, conv, pool, x: torch.Tensor) -> torch.Tensor:
     k, s, p, d = (_tuple(getattr(conv, a), nd) for a in ("kernel_size", "stride", "padding", "dilation"))
     pk, ps, pp = (_tuple(getattr(pool, a), nd) for a in ("kernel_size", "stride", "padding"))
     length = x.shape[2]
-    conv_len = (length + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    conv_len = _conv_sizes(conv, x)[0]
     pool_len = (conv_len + 2 * pp[0] - pk[0]) // ps[0] + 1
     fmt = channels_last(x.ndim)
     row_bytes = _stem_bytes(conv, x) / max(conv_len, 1)
     step = max(1, int(STEM_SLAB_BYTES // max(row_bytes * ps[0], 1)))  # pooled rows per slab
+    pool_fn = F.max_pool3d if nd == 3 else F.max_pool2d
     out = None
     pad_rest = [0, 0] * (nd - 1)  # F.pad pads the last axes first: the other spatial axes unpadded
 
@@ -166,14 +170,11 @@ def _stem_in_slabs(conv_relu, conv, pool, x: torch.Tensor) -> torch.Tensor:
 
     for a in range(0, pool_len, step):
         b = min(a + step, pool_len)
-        c0 = max(a * ps[0] - pp[0], 0)  # the convolution rows these pooled rows need
-        c1 = min((b - 1) * ps[0] - pp[0] + pk[0], conv_len)
+        lo, hi = a * ps[0] - pp[0], (b - 1) * ps[0] - pp[0] + pk[0]  # the pooling windows' rows
+        c0, c1 = max(lo, 0), min(hi, conv_len)  # the convolution rows that exist
         i0, i1 = c0 * s[0] - p[0], (c1 - 1) * s[0] - p[0] + d[0] * (k[0] - 1) + 1
         y = conv_relu(rows(x, i0, i1, length, 0.0), [0, *p[1:]])
-        lo = a * ps[0] - pp[0]
-        y = rows(y, lo - c0, (b - 1) * ps[0] - pp[0] + pk[0] - c0, c1 - c0, float("-inf"))
-        pool_fn = F.max_pool3d if nd == 3 else F.max_pool2d
-        y = pool_fn(y, pk, ps, [0, *pp[1:]])
+        y = pool_fn(rows(y, lo - c0, hi - c0, c1 - c0, float("-inf")), pk, ps, [0, *pp[1:]])
         if out is None:
             out = torch.empty((x.shape[0], y.shape[1], pool_len, *y.shape[3:]), dtype=y.dtype,
                               device=y.device).contiguous(memory_format=fmt)
