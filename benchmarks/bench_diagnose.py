@@ -24,7 +24,8 @@ What it measures:
 ``--baseline REV`` (a git revision, or a folder holding a ``BINDSLib`` copy) loads that
 version's package as ``BINDSLib_baseline`` and runs it interleaved with the working tree's in
 the same process (alternating order, same weights), so that a loaded machine affects both
-alike; it also checks that both give the same probabilities, segmentations and saliency.
+alike; it also reports how far apart their results are: the largest probability and saliency
+differences and the segmentation voxels that differ.
 
 Weights are random unless ``--bundle`` is given: speed does not depend on them.
 """
@@ -220,12 +221,18 @@ def timed_run(v: Variant, folder: Path, out: Path, device: str, stage: str = "2"
             "probabilities": [s["malignancy_probability"] for s in report["stages"]]}
 
 
-def _digests(out: Path) -> dict:
-    """SHA-256 of each ``.seg.nrrd`` (lesion and salient-region masks) of an output folder."""
-    import hashlib
+def _segmentation_difference(a: Path, b: Path) -> tuple[int, int]:
+    """Voxels that differ between the ``.seg.nrrd`` files (lesion and salient-region masks)
+    of two output folders, and voxels compared."""
+    import numpy as np
+    import SimpleITK as sitk
 
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
-            if p.name.endswith(".seg.nrrd")}
+    differ = total = 0
+    for p in sorted(a.glob("*.seg.nrrd")):
+        x = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        y = sitk.GetArrayFromImage(sitk.ReadImage(str(b / p.name)))
+        differ, total = differ + int((x != y).sum()), total + x.size
+    return differ, total
 
 
 def _saliency_difference(a: Path, b: Path) -> float:
@@ -336,7 +343,7 @@ def main(argv=None) -> int:
                 if r:
                     runs[v.name].append(res)
                     stage1[v.name].append(s1["parts"]["total"])
-        digests = {v.name: _digests(outs[v.name]) for v in variants}
+        seg_diff = _segmentation_difference(outs[variants[0].name], outs["current"]) if args.baseline else None
         sal_diff = _saliency_difference(outs[variants[0].name], outs["current"]) if args.baseline else None
         # memory as `binds diagnose` uses it: each version alone in a fresh process
         import subprocess
@@ -380,7 +387,7 @@ def main(argv=None) -> int:
         base = results[variants[0].name]
         result["same_results"] = {
             "max_probability_difference": max(abs(a - b) for a, b in zip(base["probabilities"], cur["probabilities"])),
-            "identical_segmentations": digests[variants[0].name] == digests["current"],
+            "segmentation_voxels_differing": seg_diff[0], "segmentation_voxels": seg_diff[1],
             "max_saliency_difference": sal_diff}
     w = sys.stdout.write
     w(f"binds diagnose benchmark: {result['model']} on {result['device']} ({result['threads']} threads), "
@@ -409,7 +416,8 @@ def main(argv=None) -> int:
     if args.baseline:
         sr = result["same_results"]
         w(f"same results: max |probability difference| {sr['max_probability_difference']:.2e}; "
-          f"segmentations (lesion / salient-region masks) byte-identical: {sr['identical_segmentations']}; "
+          f"segmentation voxels (lesion / salient-region masks) differing: {sr['segmentation_voxels_differing']} "
+          f"of {sr['segmentation_voxels']}; "
           f"max |saliency difference| {sr['max_saliency_difference']:.2e}\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -219,14 +219,20 @@ def resample(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int]
     """
     import SimpleITK as sitk
 
-    img = _sitk_image(voxels, geometry)
+    size_xyz = tuple(int(n) for n in np.shape(voxels)[::-1])
+    factors = [1, 1, 1]
     if antialias:
         finest = min(target.spacing_mm[:2]) if shape[0] == 1 else min(target.spacing_mm)
         factors = [max(1, int(finest / sp)) if n > 1 else 1
-                   for sp, n in zip(geometry.spacing_mm, img.GetSize())]
-        factors = [min(f, max(1, n // 2)) for f, n in zip(factors, img.GetSize())]
-        if max(factors) > 1:
-            img = sitk.BinShrink(img, factors)
+                   for sp, n in zip(geometry.spacing_mm, size_xyz)]
+        factors = [min(f, max(1, n // 2)) for f, n in zip(factors, size_xyz)]
+    if linear and max(factors) == 1:
+        out = _separable_linear(voxels, geometry, shape, target)
+        if out is not None:
+            return out
+    img = _sitk_image(voxels, geometry)
+    if max(factors) > 1:
+        img = sitk.BinShrink(img, factors)
     # the output grid given directly (a reference image would be allocated and zero-filled)
     f = sitk.ResampleImageFilter()
     f.SetSize((int(shape[2]), int(shape[1]), int(shape[0])))
@@ -238,6 +244,100 @@ def resample(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int]
     f.SetDefaultPixelValue(0.0)
     f.SetOutputPixelType(sitk.sitkFloat32)
     return sitk.GetArrayFromImage(f.Execute(img))
+
+
+#: Largest deviation of ``source_direction.T @ target_direction`` from a diagonal of +-1 for
+#: which :func:`_separable_linear` takes the grids as axis-aligned (1e-6 of a 300 mm extent is
+#: 0.3 um).
+AXIS_ALIGNED_TOL = 1e-6
+
+
+def _separable_linear(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int],
+                      target: Geometry) -> np.ndarray | None:
+    """Linear resampling as SimpleITK's ``sitkLinear`` does it, for grids whose axes are
+    parallel (each target axis along the same source axis, either sense); else ``None``.
+
+    Each source axis then depends on one target axis only, ``ci = offset + step * j``, so the
+    interpolation is three 1D passes (gather the two neighbours, blend): 2-4x faster than
+    ITK's per-voxel interpolator, on one thread. ITK's rules are kept: a target voxel whose
+    continuous source index is outside ``[-0.5, n - 0.5)`` on any axis is 0; inside, the
+    index is clamped to ``[0, n - 1]``. Values agree with SimpleITK to float32 rounding (ITK
+    blends in float64, x before y before z).
+
+    The output is made in blocks of :data:`RESAMPLE_BLOCK` voxels along its first axis longer
+    than 1, each from the source slab it needs: the temporaries stay small and in cache.
+    """
+    ds, dt = geometry.direction_matrix, target.direction_matrix
+    m = ds.T @ dt
+    sign = np.sign(np.diag(m))
+    if np.abs(m - np.diag(sign)).max() > AXIS_ALIGNED_TOL:
+        return None
+    src_spacing = np.asarray(geometry.spacing_mm, np.float64)
+    offset = ds.T @ (np.asarray(target.origin_mm, np.float64)
+                     - np.asarray(geometry.origin_mm, np.float64)) / src_spacing
+    step = sign * np.asarray(target.spacing_mm, np.float64) / src_spacing
+    x = np.ascontiguousarray(voxels, dtype=np.float32)
+    out_shape = tuple(int(n) for n in shape)
+    out = _mapped_zeros(out_shape)
+    # per array axis (z, y, x; xyz axis 2 - d): the run of target indices inside the source
+    # (one run: ci is monotonic) and, for it, the two source neighbours and the blend weight
+    inside, taps = [], []
+    for d in range(3):
+        n_src = x.shape[d]
+        ci = offset[2 - d] + step[2 - d] * np.arange(out_shape[d], dtype=np.float64)
+        j = np.flatnonzero((ci >= -0.5) & (ci < n_src - 0.5))
+        if j.size == 0:
+            return out
+        inside.append(slice(int(j[0]), int(j[-1]) + 1))
+        ci = np.clip(ci[j], 0.0, n_src - 1)
+        i0 = np.floor(ci).astype(np.int64)
+        taps.append((i0, np.minimum(i0 + 1, n_src - 1), (ci - i0).astype(np.float32)))
+    view = out[tuple(inside)]
+    c = 0 if view.shape[0] > 1 else 1  # the blocked axis
+    rows = max(1, RESAMPLE_BLOCK // max(1, view[0].size if c == 0 else view[0, 0].size))
+    # the other axes first, the one that shrinks most first (less to blend afterwards)
+    order = sorted((d for d in range(3) if d != c), key=lambda d: view.shape[d] / x.shape[d])
+    for start in range(0, view.shape[c], rows):
+        n = min(rows, view.shape[c] - start)
+        i0, i1, frac = (t[start:start + n] for t in taps[c])
+        lo = int(min(i0.min(), i1.min()))
+        slab = x[(slice(None),) * c + (slice(lo, int(max(i0.max(), i1.max())) + 1),)]
+        for d in order:
+            slab = _lerp_along(slab, d, taps[d])
+        _lerp_along(slab, c, (i0 - lo, i1 - lo, frac),
+                    out=view[(slice(None),) * c + (slice(start, start + n),)])
+    return out
+
+
+def _mapped_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero float32 array; from 1 MiB on in its own memory mapping, returned to the system
+    when the array is freed. Full-size maps live long (until the outputs are written) between
+    short-lived arrays of a few MiB; in malloc's heap they fragmented it (+30-50 MiB of peak
+    memory in a paper-size diagnosis, below ``memory.MMAP_THRESHOLD_BYTES``)."""
+    import mmap
+
+    nbytes = int(np.prod(shape)) * 4
+    if nbytes < 2**20:
+        return np.zeros(shape, np.float32)
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.float32).reshape(shape)
+
+
+#: Output voxels per block of :func:`_separable_linear` (1 MiB of float32).
+RESAMPLE_BLOCK = 2**18
+
+
+def _lerp_along(x: np.ndarray, dim: int, taps, out: np.ndarray | None = None) -> np.ndarray:
+    """``lerp(x[i0], x[i1], frac)`` along ``dim`` (``taps = (i0, i1, frac)``); the identity
+    (every ``i0 = j``, ``frac = 0``) returns ``x`` itself."""
+    i0, i1, frac = taps
+    if out is None and len(i0) == x.shape[dim] and not frac.any() and (
+            i0 == np.arange(len(i0))).all():
+        return x
+    lo = np.take(x, i0, axis=dim)
+    hi = np.take(x, i1, axis=dim)
+    hi -= lo
+    hi *= frac.reshape([-1 if d == dim else 1 for d in range(3)])
+    return np.add(lo, hi, out=lo if out is None else out)
 
 
 def to_model_grid(voxels: np.ndarray, source: SourceImage, grid: ModelGrid,
