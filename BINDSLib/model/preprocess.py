@@ -126,11 +126,13 @@ def normalise_intensity(voxels: np.ndarray, percentiles: tuple[float, float],
                         clip_max: float = 1.0) -> np.ndarray:
     """Map the ``percentiles`` of ``voxels`` (or a given ``value_range``) to 0 and 1, clip to
     ``[0, clip_max]``; float32, same shape. A constant image becomes all zeros."""
-    x = np.asarray(voxels, dtype=np.float32)
-    lo, hi = value_range or intensity_range(x, percentiles)
+    lo, hi = value_range or intensity_range(voxels, percentiles)
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
-        return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, clip_max).astype(np.float32)
+        return np.zeros(np.shape(voxels), np.float32)
+    x = np.array(voxels, dtype=np.float32)  # a copy, then in place: one array, not four
+    x -= np.float32(lo)
+    x /= np.float32(hi - lo)
+    return np.clip(x, 0.0, clip_max, out=x)
 
 
 def chest_wall_on_right(plane: np.ndarray, laterality: str | None) -> bool:
