@@ -3,8 +3,9 @@
 Geometry is kept exact in both directions. Every prepared array lies on a *model grid*
 (:class:`ModelGrid`): a voxel grid with its own LPS :class:`~BINDSLib.study.Geometry` in the
 same physical space as the image it came from. Inputs are resampled onto it, and every output
-map (lesion probability, saliency) is resampled back onto each input image's own grid with
-SimpleITK in physical space, so it overlays exactly in Slicer.
+map (lesion probability, saliency) is resampled back onto each input image's own grid in
+physical space (separable linear passes between parallel grids, SimpleITK otherwise; see
+:func:`resample`), so it overlays exactly in Slicer.
 
 * MG and US images become ``(1, rows, cols)`` planes of ``mg_size`` / ``us_size``: isotropic
   in-plane spacing, aspect kept, the image centred and padded with 0. Mammograms are oriented
@@ -211,9 +212,10 @@ def resample(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, int, int]
              target: Geometry, linear: bool = True, antialias: bool = True) -> np.ndarray:
     """Resample ``voxels`` ``(D, R, C)`` with ``geometry`` onto the grid ``shape``/``target``.
 
-    Physical-space resampling (SimpleITK): a voxel of the output takes the value of the input
-    at the same LPS position; outside the input it is 0. With ``antialias`` the input is first
-    averaged over bins (``BinShrink``) when the target spacing is coarser.
+    Physical-space resampling: a voxel of the output takes the value of the input at the same
+    LPS position; outside the input it is 0. With ``antialias`` the input is first averaged
+    over bins (SimpleITK ``BinShrink``) when the target spacing is coarser. Linear resampling
+    between parallel grids takes :func:`_separable_linear`; the rest, SimpleITK.
 
     Returns
     -------
