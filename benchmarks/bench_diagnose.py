@@ -224,7 +224,6 @@ def timed_run(v: Variant, folder: Path, out: Path, device: str, stage: str = "2"
 def _segmentation_difference(a: Path, b: Path) -> tuple[int, int]:
     """Voxels that differ between the ``.seg.nrrd`` files (lesion and salient-region masks)
     of two output folders, and voxels compared."""
-    import numpy as np
     import SimpleITK as sitk
 
     differ = total = 0
