@@ -373,3 +373,20 @@ def test_head_refine_corrects_the_logits_at_the_input_resolution():
     assert torch.allclose(before, after, atol=1e-4)
     with pytest.raises(ValueError, match="head_refine"):
         EncoderConfig(head_refine=-1)
+
+
+def test_collate_share_takes_the_arrays_of_one_study(model):
+    prep = prepare_study(make_case(3), model.config)
+    item = inputs_item(prep)
+    shared, copied = collate([item], share=True), collate([item])
+    assert shared.keys() == copied.keys()
+    for k in shared:
+        assert torch.equal(shared[k], copied[k]), k
+    for m in prep.inputs:
+        # the same memory as the prepared array: no copy of it
+        assert np.shares_memory(shared[f"{m}_images"].numpy(), prep.inputs[m].images)
+        assert not np.shares_memory(copied[f"{m}_images"].numpy(), prep.inputs[m].images)
+    # two studies are padded into a new batch as before
+    two = collate([item, item], share=True)
+    assert not np.shares_memory(two["MR_images"].numpy(), prep.inputs["MR"].images)
+    assert torch.equal(two["MR_images"][1], copied["MR_images"][0])

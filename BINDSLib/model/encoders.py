@@ -159,14 +159,19 @@ def _stem_in_slabs(conv_relu, conv, pool, x: torch.Tensor) -> torch.Tensor:
     step = max(1, int(STEM_SLAB_BYTES // max(row_bytes * ps[0], 1)))  # pooled rows per slab
     pool_fn = F.max_pool3d if nd == 3 else F.max_pool2d
     out = None
-    pad_rest = [0, 0] * (nd - 1)  # F.pad pads the last axes first: the other spatial axes unpadded
 
     def rows(t, lo, hi, size, value):  # rows [lo, hi) of axis 2, padded with `value` outside [0, size)
         a, b = max(lo, 0), min(hi, size)
-        t = t[:, :, a:b]
-        if a - lo or hi - b:
-            t = F.pad(t, pad_rest + [a - lo, hi - b], value=value)
-        return t.contiguous(memory_format=fmt)
+        if not (a - lo or hi - b):
+            return t[:, :, a:b].contiguous(memory_format=fmt)
+        # one copy into the padded slab, in the encoder's layout (F.pad, then a layout change,
+        # copied it twice)
+        buf = torch.empty((*t.shape[:2], hi - lo, *t.shape[3:]), dtype=t.dtype, device=t.device,
+                          memory_format=fmt)
+        buf[:, :, :a - lo] = value
+        buf[:, :, b - lo:] = value
+        buf[:, :, a - lo:b - lo] = t[:, :, a:b]
+        return buf
 
     for a in range(0, pool_len, step):
         b = min(a + step, pool_len)

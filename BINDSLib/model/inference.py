@@ -510,7 +510,7 @@ class PredictionCache:
             if not has:
                 continue
             prep = prepare_study(study, model.config, lesion_masks=lesion_masks, modalities=(m,))
-            batch = {k: v.to(model.device) for k, v in collate([inputs_item(prep)]).items()}
+            batch = {k: v.to(model.device) for k, v in collate([inputs_item(prep)], share=True).items()}
             prep.inputs[m].images = None  # the batch holds them (the MRI input is ~100 MB)
             fmt = model.network.branches[m].memory_format
             if fmt is not torch.contiguous_format:  # the encoder's layout now: no copy of it later
