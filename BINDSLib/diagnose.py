@@ -157,7 +157,7 @@ def recommendation(p: float, threshold: float) -> tuple[str, str]:
 
 
 def _salient_mask(saliency: np.ndarray) -> np.ndarray:
-    return (saliency >= SALIENT_THRESHOLD).astype(np.uint8)
+    return (saliency >= SALIENT_THRESHOLD).view(np.uint8)  # 0 / 1, no second array
 
 
 def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: DiagnoseOptions,

@@ -442,11 +442,12 @@ class DiagnosisModel:
                 key = (src.shape, src.geometry, src.frame)
                 if key not in mapped:
                     def lesion_map(src=src) -> np.ndarray:
-                        return np.clip(to_image_grid(prob, grid, src), 0.0, 1.0).astype(np.float32)
+                        lp = to_image_grid(prob, grid, src)  # a new float32 array: clipped in place
+                        return np.clip(lp, 0.0, 1.0, out=lp)
 
                     lp = lesion_map()  # for the mask; mapped again if it is read (same values)
                     mapped[key] = (LazyArray(lesion_map), float(lp.max()),
-                                   to_image_grid(sal_map, grid, src).astype(np.float32),
+                                   to_image_grid(sal_map, grid, src),
                                    predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
                     del lp
                 lp, lp_max, sm, predicted = mapped[key]
@@ -587,7 +588,7 @@ def predicted_lesion_mask(probability: np.ndarray, threshold: float, mode: str =
     """The predicted lesion mask (uint8) of a lesion probability map (see
     ``DiagnosisConfig.lesion_mask_mode``)."""
     if mode != "peak_component":
-        return (probability >= threshold).astype(np.uint8)
+        return (probability >= threshold).view(np.uint8)  # 0 / 1, no second array
     peak = float(probability.max()) if probability.size else 0.0
     thr = min(threshold, max(0.5 * peak, 0.2))
     if peak < thr:

@@ -355,7 +355,8 @@ def to_model_grid(voxels: np.ndarray, source: SourceImage, grid: ModelGrid,
 
 
 def to_image_grid(array: np.ndarray, grid: ModelGrid, source: SourceImage) -> np.ndarray:
-    """A map on the model grid back onto the image's own grid (``source.shape``, float32).
+    """A map on the model grid back onto the image's own grid (``source.shape``, float32; a new
+    array, the caller's to change).
 
     For a 2D input from a multi-frame image the map fills the frame used; other frames are 0.
     """
