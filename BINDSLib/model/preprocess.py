@@ -316,8 +316,9 @@ def _separable_linear(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, 
 def _mapped_zeros(shape: tuple[int, ...]) -> np.ndarray:
     """A zero float32 array; from 1 MiB on in its own memory mapping, returned to the system
     when the array is freed. Full-size maps live long (until the outputs are written) between
-    short-lived arrays of a few MiB; in malloc's heap they fragmented it (+30-50 MiB of peak
-    memory in a paper-size diagnosis, below ``memory.MMAP_THRESHOLD_BYTES``)."""
+    short-lived arrays of a few MiB, and most are smaller than ``memory.MMAP_THRESHOLD_BYTES``:
+    in malloc's heap they fragmented it (+30-50 MiB of peak memory in a paper-size diagnosis).
+    """
     import mmap
 
     nbytes = int(np.prod(shape)) * 4
