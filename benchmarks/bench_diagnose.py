@@ -221,30 +221,29 @@ def timed_run(v: Variant, folder: Path, out: Path, device: str, stage: str = "2"
             "probabilities": [s["malignancy_probability"] for s in report["stages"]]}
 
 
+def _file_pairs(a: Path, b: Path, pattern: str):
+    """The arrays of the files matching ``pattern`` in output folder ``a`` and of the same
+    names in ``b``, pair by pair."""
+    import SimpleITK as sitk
+
+    for p in sorted(a.glob(pattern)):
+        yield (sitk.GetArrayFromImage(sitk.ReadImage(str(p))),
+               sitk.GetArrayFromImage(sitk.ReadImage(str(b / p.name))))
+
+
 def _segmentation_difference(a: Path, b: Path) -> tuple[int, int]:
     """Voxels that differ between the ``.seg.nrrd`` files (lesion and salient-region masks)
     of two output folders, and voxels compared."""
-    import SimpleITK as sitk
-
-    differ = total = 0
-    for p in sorted(a.glob("*.seg.nrrd")):
-        x = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
-        y = sitk.GetArrayFromImage(sitk.ReadImage(str(b / p.name)))
-        differ, total = differ + int((x != y).sum()), total + x.size
-    return differ, total
+    pairs = list(_file_pairs(a, b, "*.seg.nrrd"))
+    return sum(int((x != y).sum()) for x, y in pairs), sum(x.size for x, _ in pairs)
 
 
 def _saliency_difference(a: Path, b: Path) -> float:
     """Largest absolute difference between the saliency maps of two output folders."""
     import numpy as np
-    import SimpleITK as sitk
 
-    worst = 0.0
-    for p in sorted(a.glob("*_saliency.nrrd")):
-        x = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
-        y = sitk.GetArrayFromImage(sitk.ReadImage(str(b / p.name)))
-        worst = max(worst, float(np.abs(x.astype(np.float64) - y).max()))
-    return worst
+    return max((float(np.abs(x.astype(np.float64) - y).max())
+                for x, y in _file_pairs(a, b, "*_saliency.nrrd")), default=0.0)
 
 
 def memory_child(spec: dict) -> dict:

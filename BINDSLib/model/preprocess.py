@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..memory import mapped_zeros
 from ..study import Geometry, Image, Modality, MRSequence, Study
 from ..threads import thread_map
 from .config import MG_VIEW_CODES, MR_CHANNELS, SIDES, DiagnosisConfig
@@ -282,7 +283,7 @@ def _separable_linear(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, 
     step = sign * np.asarray(target.spacing_mm, np.float64) / src_spacing
     x = np.ascontiguousarray(voxels, dtype=np.float32)
     out_shape = tuple(int(n) for n in shape)
-    out = _mapped_zeros(out_shape)
+    out = mapped_zeros(out_shape)  # long-lived: kept out of malloc's heap
     # per array axis (z, y, x; xyz axis 2 - d): the run of target indices inside the source
     # (one run: ci is monotonic) and, for it, the two source neighbours and the blend weight
     inside, taps = [], []
@@ -311,20 +312,6 @@ def _separable_linear(voxels: np.ndarray, geometry: Geometry, shape: tuple[int, 
         _lerp_along(slab, c, (i0 - lo, i1 - lo, frac),
                     out=view[(slice(None),) * c + (slice(start, start + n),)])
     return out
-
-
-def _mapped_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A zero float32 array; from 1 MiB on in its own memory mapping, returned to the system
-    when the array is freed. Full-size maps live long (until the outputs are written) between
-    short-lived arrays of a few MiB, and most are smaller than ``memory.MMAP_THRESHOLD_BYTES``:
-    in malloc's heap they fragmented it (+30-50 MiB of peak memory in a paper-size diagnosis).
-    """
-    import mmap
-
-    nbytes = int(np.prod(shape)) * 4
-    if nbytes < 2**20:
-        return np.zeros(shape, np.float32)
-    return np.frombuffer(mmap.mmap(-1, nbytes), np.float32).reshape(shape)
 
 
 #: Output voxels per block of :func:`_separable_linear` (1 MiB of float32).
