@@ -4,8 +4,9 @@ Boxes are in the normalised coordinates of ``torch.nn.functional.affine_grid``
 (``align_corners=False``): per axis a centre in [-1, 1] and a half-size (1 = the whole axis),
 axes ordered (x = cols, y = rows[, z = slices]). Crops are taken with ``grid_sample``, so the
 same code serves 2D and 3D, CPU and CUDA, whole batches at once; a 3D crop on the CPU takes
-the separable path of :func:`_crop_separable` (the same values, ~4x faster than
-``grid_sample``'s 3D kernel on the paper-size MRI crop; see :mod:`.interpolation`).
+the separable path of :func:`_crop_separable` (the same values, 2-3x faster than
+``grid_sample``'s 3D kernel on a lesion-sized box of the paper-size MRI; see
+:mod:`.interpolation`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from torch import nn
 
 from ..fusedconv import channels_last, conv_act, eligible
 from .config import EncoderConfig
-from .interpolation import resize
 
 
 class Backbone(nn.Module):
@@ -204,7 +203,8 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    return resize(x, size)  # F.interpolate, (bi/tri)linear, align_corners=False
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
 class LesionLocator(nn.Module):

@@ -1,20 +1,23 @@
-"""Separable linear interpolation of tensors on the CPU.
+"""Separable linear interpolation of tensors on the CPU (the 3D lesion crops).
 
-A crop box and a resize are each a scale and a shift per axis, so their (bi/tri)linear
-weights are products of per-axis weights: one pass per axis (gather the two neighbouring rows,
-blend) gives ``grid_sample``'s and ``F.interpolate``'s values with a fraction of their work
-where their kernels are slow on the CPU: ``grid_sample`` in 3D (the paper-size MRI crop, 2
-threads: ~120 ms -> ~25 ms for a lesion-sized box, -> ~75 ms for the whole volume) and
-``interpolate`` of a single-channel 3D map to the input size (lesion logits, saliency:
-~17 ms -> ~7-9 ms each). Results differ from theirs by float rounding only
-(coordinates here are float64).
+A crop box is a scale and a shift per axis, so ``grid_sample``'s trilinear weights are
+products of per-axis weights: one pass per axis (gather the two neighbouring rows, blend) gives
+its values with a fraction of its work. On the paper-size MRI crop (7 x 96 x 192 x 192 to
+96^3, 2 threads, as ``binds diagnose`` allocates memory): ~40-70 ms instead of ~90-160 ms for
+boxes up to 70 % of the volume, about the same (~110-120 ms) for the whole volume. Results
+differ from ``grid_sample``'s by float rounding only (its grid coordinates are float32, these
+float64). Tried and left out: the same for ``interpolate``'s single-channel 3D up-sampling of
+the lesion logits and saliency (no faster once its output is freshly mapped memory).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from ..memory import mapped_zeros
 
 
 def box_taps(centre: float, half: float, size_in: int, size_out: int):
@@ -34,19 +37,20 @@ def box_taps(centre: float, half: float, size_in: int, size_out: int):
     return i0.clamp(0, size_in - 1), i1.clamp(0, size_in - 1), w0, w1
 
 
-def resize_taps(size_in: int, size_out: int):
-    """``F.interpolate``'s linear taps along one axis (``align_corners=False``): source
-    coordinate ``p = (o + 0.5) size_in / size_out - 0.5``, 0 below 0; the upper neighbour
-    clamped to the last row."""
-    o = torch.arange(size_out, dtype=torch.float64)
-    p = ((o + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
-    i0 = torch.floor(p).long().clamp_max(size_in - 1)
-    w1 = (p - i0).clamp(0, 1)
-    return i0, (i0 + 1).clamp_max(size_in - 1), 1 - w1, w1
-
-
 #: Output bytes per chunk of :func:`separable_linear` (its temporaries are a few times this).
-CHUNK_BYTES = 4 * 2**20
+#: With 4 MiB chunks and the output in malloc's heap, the fresh-process peak of a paper-size
+#: diagnosis was ~30 MiB above ``grid_sample``'s (median of 8 runs each); with 1 MiB chunks and
+#: a mapped output (:func:`_mapped_empty`) it is the same (6 runs each).
+CHUNK_BYTES = 2**20
+
+
+def _mapped_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An output of 1 MiB or more in its own memory mapping (:func:`~BINDSLib.memory.mapped_zeros`),
+    out of malloc's heap, where the chunks' short-lived temporaries come and go."""
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    if np_dtype is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(mapped_zeros(shape, np_dtype))
 
 
 def separable_linear(t: torch.Tensor, taps: list) -> torch.Tensor:
@@ -55,13 +59,13 @@ def separable_linear(t: torch.Tensor, taps: list) -> torch.Tensor:
 
     The output is made in chunks along the first axis of about :data:`CHUNK_BYTES`, each from
     the source rows its taps reach, so the temporaries stay small (a whole-volume MRI crop in
-    one piece raised the peak memory of a diagnosis by ~120 MiB). Within a chunk, axes that
+    one piece, copied, raised the peak memory of a diagnosis by ~130 MiB). Within a chunk, axes that
     shrink the most go first (the least work after them), inner axes first among equals (their
     gathers copy the shortest rows, so they should see the smallest tensor).
     """
     nd = t.ndim - 1
     sizes = [len(tap[0]) for tap in taps]
-    out = t.new_empty((*sizes, t.shape[-1]))
+    out = _mapped_empty((*sizes, t.shape[-1]), t.dtype)
     row_bytes = max(out[0].numel() * out.element_size(), 1)
     step = max(1, CHUNK_BYTES // row_bytes)
     i0, i1, w0, w1 = taps[0]
@@ -85,19 +89,3 @@ def separable_linear(t: torch.Tensor, taps: list) -> torch.Tensor:
         out[rows] = x
         del x
     return out
-
-
-def resize(x: torch.Tensor, size) -> torch.Tensor:
-    """``F.interpolate(x, size, mode="(bi/tri)linear", align_corners=False)``; a 3D map of one
-    channel on the CPU, without autograd, by :func:`separable_linear` (the same values to float
-    rounding, contiguous)."""
-    import torch.nn.functional as F
-
-    size = tuple(int(v) for v in size)
-    if not (x.ndim == 5 and x.shape[1] == 1 and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and x.requires_grad)):
-        mode = "bilinear" if x.ndim == 4 else "trilinear"
-        return F.interpolate(x, size=size, mode=mode, align_corners=False)
-    taps = [resize_taps(x.shape[2 + a], size[a]) for a in range(3)]
-    out = [separable_linear(x[k, 0, ..., None], taps)[..., 0] for k in range(x.shape[0])]
-    return torch.stack(out)[:, None]

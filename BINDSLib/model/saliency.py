@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interpolation import resize
 from .network import ModalityBranch
 
 METHODS = ("alignment", "gradcam")
@@ -35,7 +34,8 @@ def alignment_map(features: torch.Tensor, prototype: torch.Tensor) -> torch.Tens
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
     """``(N, 1, *f)`` to ``(N, 1, *size)`` (bi/trilinear, ``align_corners=False``)."""
-    return resize(maps.float(), size)
+    mode = "bilinear" if maps.ndim == 4 else "trilinear"
+    return F.interpolate(maps.float(), size=tuple(size), mode=mode, align_corners=False)
 
 
 def alignment_saliency(align_map: torch.Tensor, prototype: torch.Tensor, size) -> torch.Tensor:
