@@ -134,3 +134,47 @@ def test_cpu_autocast_takes_the_plain_path(fusion_on):
         out = conv_act(x, w, torch.zeros(4), [1, 1], [1, 1], [1, 1], 1, True)
     assert out.dtype == torch.bfloat16
     assert not fusedconv.cpu_autocast()
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    ((7, 7), 2, (3, 3), (37, 30)),   # the ResNet stem, odd and even sides
+    ((7, 7), 2, (0, 2), (20, 23)),   # rows no output reads are cropped (negative pad)
+    ((5, 3), 3, (2, 1), (17, 19)),   # stride 3, a kernel shorter than 2 strides on one axis
+    ((4, 4), 2, (1, 1), (16, 16)),   # taps already a multiple of the stride
+])
+def test_space_to_depth_is_the_strided_convolution(kernel, stride, padding, size):
+    g = torch.Generator().manual_seed(sum(size))
+    x = torch.randn(3, 1, *size, generator=g)
+    w = torch.randn(5, 1, *kernel, generator=g)
+    u, w2 = fusedconv.space_to_depth(x, w, stride, padding)
+    assert u.shape[1] == stride ** 2 and u.is_contiguous(memory_format=torch.channels_last)
+    want = F.conv2d(x, w, None, stride, padding)
+    got = F.conv2d(u, w2)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_conv_act_rewrites_large_single_channel_strided_convolutions(monkeypatch, fusion_on):
+    """A big enough grey-image stem runs on its space-to-depth form (same values); small inputs,
+    several channels, gradients and FLOP counting under model_arithmetic keep the plain
+    convolution."""
+    seen = []
+    real = fusedconv.space_to_depth
+    monkeypatch.setattr(fusedconv, "space_to_depth", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(fusedconv, "SPACE_TO_DEPTH_MIN_ELEMENTS", 2 * 40 * 36)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 40, 36, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 7, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(8, generator=g)
+    ref = F.relu(F.conv2d(x, w, b, 2, 3))
+    with torch.inference_mode():
+        out = conv_act(x, w, b, [2, 2], [3, 3], [1, 1], 1, True)
+        assert len(seen) == 1 and out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+        conv_act(x[:1], w, b, [2, 2], [3, 3], [1, 1], 1, True)  # below the size
+        conv_act(x.expand(2, 2, 40, 36), torch.cat([w, w], 1), b, [2, 2], [3, 3], [1, 1], 1, True)
+        with fusedconv.model_arithmetic():
+            conv_act(x, w, b, [2, 2], [3, 3], [1, 1], 1, True)
+        assert fusedconv.SPACE_TO_DEPTH
+    xg = x.clone().requires_grad_(True)
+    conv_act(xg, w, b, [2, 2], [3, 3], [1, 1], 1, True).sum().backward()
+    assert len(seen) == 1 and xg.grad is not None

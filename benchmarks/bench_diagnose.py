@@ -76,14 +76,14 @@ def forward_flops(model, study, modalities) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from BINDSLib.fusedconv import flop_formulas
+    from BINDSLib.fusedconv import flop_formulas, model_arithmetic
     from BINDSLib.model.data import collate, inputs_item
     from BINDSLib.model.preprocess import prepare_study
 
     prepared = prepare_study(study, model.config, modalities=modalities)
     batch = {k: v.to(model.device) for k, v in collate([inputs_item(prepared)]).items()}
     counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), model_arithmetic(), counter:
         enc = model.network.encode(batch)
         model.network.fuse(enc, batch)
     return float(counter.get_total_flops())
@@ -178,13 +178,19 @@ def make_variant(name: str, pkg: str, args, device: str, reference=None) -> tupl
 def run_flops(v: Variant, folder: Path, stage: str) -> float:
     """FLOPs of everything ``torch`` runs in one diagnosis (``run_stages``: stage 1, then
     stage 2 with ``stage="2"``; leave-one-modality-out fusions and saliency included)."""
+    import contextlib
+    import importlib
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from BINDSLib.fusedconv import flop_formulas
 
     study = v.read(folder)
     counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
-    with counter:
+    # the model's own arithmetic, not the extra zero taps of a space-to-depth stem (versions
+    # before it have no such rewrite)
+    own = getattr(importlib.import_module(f"{v.pkg}.fusedconv"), "model_arithmetic", contextlib.nullcontext)
+    with own(), counter:
         v.run_stages(v.model, study, stage, tuple(v.model.uncertainty_band), {})
     return float(counter.get_total_flops())
 
