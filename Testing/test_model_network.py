@@ -145,42 +145,6 @@ def test_lesion_boxes_3d():
     assert centre[0, 2].item() == pytest.approx(2 * 3 / 8 - 1)  # z: slices 2-3
 
 
-
-def _grid_sample_crop(images, centres, half_sizes, size):
-    """The reference: ``grid_sample`` on the box (what :func:`crop` does in 2D and on CUDA)."""
-    n, c, nd = images.shape[0], images.shape[1], images.ndim - 2
-    theta = torch.zeros((n, nd, nd + 1), dtype=torch.float64)
-    for a in range(nd):
-        theta[:, a, a] = half_sizes[:, a]
-    theta[:, :, nd] = centres
-    grid = F.affine_grid(theta, [n, c, *size], align_corners=False)
-    return F.grid_sample(images.double(), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
-
-
-def test_3d_crop_on_the_cpu_is_grid_samples_crop():
-    """The separable 3D crop gives grid_sample's values (computed here in float64) for boxes
-    inside, across the border of and wholly outside the image, smaller and larger than the
-    crop, on either input layout, and returns the encoders' channels-last layout."""
-    gen = torch.Generator().manual_seed(3)
-    images = torch.rand((4, 3, 9, 14, 11), generator=gen) * 10
-    centres = torch.tensor([[0.1, -0.2, 0.3], [0.9, 0.8, -0.95], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    halves = torch.tensor([[0.3, 0.5, 0.4], [0.5, 0.6, 0.3], [0.2, 0.2, 0.2], [1.0, 1.3, 0.9]])
-    for size in [(6, 5, 7), (12, 20, 16), (1, 3, 2)]:
-        want = _grid_sample_crop(images, centres.double(), halves.double(), size).float()
-        for layout in (torch.contiguous_format, torch.channels_last_3d):
-            got = crop(images.contiguous(memory_format=layout), centres, halves, size)
-            assert got.shape == (4, 3, *size) and got.dtype == torch.float32
-            assert got.is_contiguous(memory_format=torch.channels_last_3d)
-            assert torch.allclose(got, want, atol=2e-5), (size, float((got - want).abs().max()))
-        assert float(want[2].abs().max()) == 0 and float(want[1].abs().max()) > 0  # outside / border
-    # a box of many random ones, one image at a time
-    for _ in range(20):
-        c = torch.rand((1, 3), generator=gen) * 2.4 - 1.2
-        h = torch.rand((1, 3), generator=gen) * 1.2 + 0.02
-        want = _grid_sample_crop(images[:1], c.double(), h.double(), (5, 8, 6)).float()
-        assert torch.allclose(crop(images[:1], c, h, (5, 8, 6)), want, atol=2e-5)
-
 def test_channels_last_gives_the_same_prediction(model):
     study = make_case(7, True)
     before = model.predict(study, saliency="none").malignancy_probability

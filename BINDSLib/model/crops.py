@@ -3,18 +3,13 @@
 Boxes are in the normalised coordinates of ``torch.nn.functional.affine_grid``
 (``align_corners=False``): per axis a centre in [-1, 1] and a half-size (1 = the whole axis),
 axes ordered (x = cols, y = rows[, z = slices]). Crops are taken with ``grid_sample``, so the
-same code serves 2D and 3D, CPU and CUDA, whole batches at once; a 3D crop on the CPU takes
-the separable path of :func:`_crop_separable` (the same values, 2-3x faster than
-``grid_sample``'s 3D kernel on a lesion-sized box of the paper-size MRI; see
-:mod:`.interpolation`).
+same code serves 2D and 3D, CPU and CUDA, whole batches at once.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .interpolation import box_taps, separable_linear
 
 
 def lesion_boxes(region: torch.Tensor, threshold: float = 0.5, margin: float = 0.25,
@@ -79,8 +74,6 @@ def crop(images: torch.Tensor, centres: torch.Tensor, half_sizes: torch.Tensor,
 
     Outside the image the crop is 0 (the padding value of prepared inputs).
     """
-    if images.ndim == 5 and images.device.type == "cpu" and not images.requires_grad:
-        return _crop_separable(images, centres, half_sizes, size)
     n, c = images.shape[:2]
     nd = images.ndim - 2
     theta = torch.zeros((n, nd, nd + 1), device=images.device, dtype=images.dtype)
@@ -89,35 +82,3 @@ def crop(images: torch.Tensor, centres: torch.Tensor, half_sizes: torch.Tensor,
     theta[:, :, nd] = centres.to(images.dtype)
     grid = F.affine_grid(theta, [n, c, *size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-
-def _crop_separable(images: torch.Tensor, centres: torch.Tensor, half_sizes: torch.Tensor,
-                    size: tuple[int, ...]) -> torch.Tensor:
-    """:func:`crop` by :func:`~.interpolation.separable_linear` on the source rows the taps
-    reach, per image. Returns a channels-last tensor ``(N, C, *size)``, the layout the crop
-    encoders use."""
-    n, c = images.shape[:2]
-    nd = images.ndim - 2
-    size = tuple(int(v) for v in size)
-    centres, half_sizes = centres.detach().double().cpu(), half_sizes.detach().double().cpu()
-    out = []
-    for k in range(n):
-        t = images[k]
-        taps = []
-        for a in range(nd):  # array axis a is box axis nd - 1 - a (boxes are x, y[, z])
-            i0, i1, w0, w1 = box_taps(float(centres[k, nd - 1 - a]), float(half_sizes[k, nd - 1 - a]),
-                                      images.shape[2 + a], size[a])
-            used = torch.cat([i0[w0 != 0], i1[w1 != 0]])
-            if not used.numel():  # the box lies wholly outside the image
-                taps = None
-                break
-            lo, hi = int(used.min()), int(used.max()) + 1
-            t = t.narrow(1 + a, lo, hi - lo)
-            taps.append(((i0 - lo).clamp(0, hi - lo - 1), (i1 - lo).clamp(0, hi - lo - 1), w0, w1))
-        if taps is None:
-            out.append(images.new_zeros((*size, c)))
-        else:  # (*spatial, C): every gather copies whole rows
-            out.append(separable_linear(t.movedim(0, -1), taps))
-    stacked = out[0][None] if n == 1 else torch.stack(out)
-    return stacked.movedim(-1, 1)
