@@ -11,10 +11,14 @@ the same element-wise steps (also under CPU autocast, which the fused operator w
 The result is the same up to float rounding either way.
 
 A single-channel strided 2D convolution (the ResNet stems: 7 x 7, stride 2, on a grey image)
-keeps oneDNN far below its usual rate (one input channel, ~37 GFLOP/s on the risk stem). It
 runs as the equivalent stride-1 convolution on the space-to-depth input
-(:func:`space_to_depth`), whose ``stride^2`` input channels the kernel handles well, though the
-taps are padded to a multiple of the stride (64 instead of 49 per output for 7 x 7 / 2).
+(:func:`space_to_depth`), although the taps are padded to a multiple of the stride (64
+instead of 49 per output for 7 x 7 / 2). With one input channel, oneDNN runs far below its
+usual rate and returns the output in the plain layout (channels-last and contiguous are the
+same memory for one channel), so the max-pool after it runs at its slow NCHW rate and the
+next convolution copies it; with ``stride^2`` phase channels the output is channels-last.
+Stem + max-pool, 2 threads: 2048 x 1664 ~1.5x faster per view (risk scoring: max-pooling
+1.0 -> 0.25 s per exam); 4 x 512 x 416 131 -> 32 ms; 4 x 224 x 224 27 -> 4 ms.
 
 The residual sum is the operator's ``"add"`` binary post-op (``"sum"`` is refused as
 "undefined" by torch 2.13's CPU kernel). A flavour that fails once (unary or binary, 2D or 3D)
@@ -81,10 +85,6 @@ def eligible(x: torch.Tensor) -> bool:
 #: Whether :func:`conv_act` rewrites single-channel strided 2D convolutions by
 #: :func:`space_to_depth` (off inside :func:`model_arithmetic`).
 SPACE_TO_DEPTH = True
-#: Smallest input (elements) rewritten: below it the copies cost more than the kernel gains
-#: (2 threads, 64 x 7 x 7 / 2 stems: 4 x 512 x 416 52 -> 35 ms and 2048 x 1664 209-301 ->
-#: 138-160 ms, but 4 x 224 x 224 2.0-2.2 -> 3.3-4.0 ms).
-SPACE_TO_DEPTH_MIN_ELEMENTS = 2**19
 
 
 @contextlib.contextmanager
@@ -126,8 +126,7 @@ def space_to_depth(x: torch.Tensor, weight: torch.Tensor, stride: int, padding) 
 def _rewrites_to_depth(x: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
     return (SPACE_TO_DEPTH and x.ndim == 4 and weight.shape[1] == 1 and groups == 1
             and stride[0] == stride[1] > 1 and all(d == 1 for d in dilation)
-            and max(weight.shape[-2:]) > stride[0] and x.numel() >= SPACE_TO_DEPTH_MIN_ELEMENTS
-            and eligible(x))
+            and max(weight.shape[-2:]) > stride[0] and eligible(x))
 
 
 def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,

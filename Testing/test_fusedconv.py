@@ -155,13 +155,12 @@ def test_space_to_depth_is_the_strided_convolution(kernel, stride, padding, size
 
 
 def test_conv_act_rewrites_large_single_channel_strided_convolutions(monkeypatch, fusion_on):
-    """A big enough grey-image stem runs on its space-to-depth form (same values); small inputs,
-    several channels, gradients and FLOP counting under model_arithmetic keep the plain
-    convolution."""
+    """A grey-image stem runs on its space-to-depth form (same values, channels-last output);
+    several channels, stride 1, gradients and FLOP counting under model_arithmetic keep the
+    plain convolution."""
     seen = []
     real = fusedconv.space_to_depth
     monkeypatch.setattr(fusedconv, "space_to_depth", lambda *a: seen.append(1) or real(*a))
-    monkeypatch.setattr(fusedconv, "SPACE_TO_DEPTH_MIN_ELEMENTS", 2 * 40 * 36)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 40, 36, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(8, 1, 7, 7, generator=g).contiguous(memory_format=torch.channels_last)
@@ -170,7 +169,8 @@ def test_conv_act_rewrites_large_single_channel_strided_convolutions(monkeypatch
     with torch.inference_mode():
         out = conv_act(x, w, b, [2, 2], [3, 3], [1, 1], 1, True)
         assert len(seen) == 1 and out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
-        conv_act(x[:1], w, b, [2, 2], [3, 3], [1, 1], 1, True)  # below the size
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        conv_act(x, w[..., :3, :3], b, [1, 1], [1, 1], [1, 1], 1, True)  # stride 1
         conv_act(x.expand(2, 2, 40, 36), torch.cat([w, w], 1), b, [2, 2], [3, 3], [1, 1], 1, True)
         with fusedconv.model_arithmetic():
             conv_act(x, w, b, [2, 2], [3, 3], [1, 1], 1, True)
