@@ -154,7 +154,7 @@ def test_space_to_depth_is_the_strided_convolution(kernel, stride, padding, size
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_conv_act_rewrites_large_single_channel_strided_convolutions(monkeypatch, fusion_on):
+def test_conv_act_rewrites_single_channel_strided_convolutions(monkeypatch, fusion_on):
     """A grey-image stem runs on its space-to-depth form (same values, channels-last output);
     several channels, stride 1, gradients and FLOP counting under model_arithmetic keep the
     plain convolution."""
