@@ -208,6 +208,20 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         used = set(final.modalities)
         # a modality or an image the model did not read is left out (see the notes)
         shown = [im for im in study.images if im.modality.value in used and im.label in pred.lesion_masks]
+        # the saliency written (and shown in the summary) is float32 in [0, 1], as the model
+        # gives it: clipped for safety in place, where it is the prediction's own float32 array
+        # (before, a clipped copy per image was made while the files were written, when the
+        # full-size maps are all held: the peak of a diagnosis)
+        clipped: dict[int, np.ndarray] = {}
+        for label, out in pred.images.items():
+            sal = out.saliency
+            if id(sal) not in clipped:
+                if isinstance(sal, np.ndarray) and sal.dtype == np.float32 and sal.flags.writeable:
+                    clipped[id(sal)] = np.clip(sal, 0, 1, out=sal)
+                else:
+                    clipped[id(sal)] = np.clip(np.asarray(sal, dtype=np.float32), 0, 1)
+            out.saliency = clipped[id(sal)]
+        del clipped
         # images that share their maps and grid (MR sequences): the files are written once
         # and copied (byte-identical to writing each)
         key = {im.label: (id(pred.lesion_masks[im.label]), id(pred.saliency[im.label]), im.geometry,
@@ -217,7 +231,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             first.setdefault(key[im.label], im)
 
         def write_maps(im):  # the files of one image
-            sal = np.clip(np.asarray(pred.saliency[im.label], dtype=np.float32), 0, 1)  # one copy
+            sal = pred.saliency[im.label]  # clipped above
             salient = _salient_mask(sal)
             write_seg_nrrd(tmp / f"{im.label}.seg.nrrd",
                            {"lesion": pred.lesion_masks[im.label], "salient_region": salient},
