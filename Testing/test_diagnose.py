@@ -107,6 +107,44 @@ def test_same_input_gives_byte_identical_outputs(tmp_path, diagnosis_bundle, stu
     assert a == b and len(a) > 10
 
 
+def test_saliency_is_written_clipped_to_0_1(tmp_path, diagnosis_bundle, study_dir, monkeypatch):
+    """Maps outside [0, 1] (float32: clipped in place; float64: clipped into a copy) are written
+    as float32 in [0, 1], also for every image that shares one map array (MR sequences)."""
+    import BINDSLib.diagnose as d
+
+    real, want = d.run_stages, {}
+    rng = np.random.default_rng(4)
+
+    def stretched(*a, **k):
+        stages, preds = real(*a, **k)
+        groups = []  # images sharing one map array, with that array
+        for out in preds[-1].images.values():
+            group = next((g for g in groups if g[0] is out.saliency), None)
+            if group is None:
+                groups.append(group := (out.saliency, []))
+            group[1].append(out)
+        for i, (sal, outs) in enumerate(groups):
+            raw = rng.uniform(-1.0, 2.0, sal.shape)  # this bundle's own maps are flat
+            new = raw.astype(np.float64 if i == 0 else np.float32)
+            for out in outs:
+                want[out.label] = np.clip(raw, 0, 1).astype(np.float32)
+                out.saliency = new
+        assert any(len(outs) > 1 for _, outs in groups)  # the MR sequences share one map
+        return stages, preds
+
+    monkeypatch.setattr(d, "run_stages", stretched)
+    out = tmp_path / "o"
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out),
+                 "--device", "cpu", "--stage", "2"]) == 0
+    written = sorted(out.glob("*_saliency.nrrd"))
+    assert len(written) > 3
+    for f in written:
+        sal = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        label = f.name[:-len("_saliency.nrrd")]
+        assert sal.dtype == np.float32 and sal.min() >= 0 and sal.max() <= 1
+        np.testing.assert_array_equal(sal.reshape(want[label].shape), want[label])
+
+
 def test_existing_output_needs_overwrite(tmp_path, diagnosis_bundle, study_dir, capsys):
     out = tmp_path / "o"
     assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1"]) == 0
