@@ -138,8 +138,13 @@ def _safe_relpath(root: Path, rel: str, json_path: Path) -> Path:
     return root / p
 
 
-def read_study_folder(path: str | os.PathLike, load_voxels: bool = True) -> Study:
-    """Read a study folder written by :func:`write_study_folder` (or by hand, see the schema)."""
+def read_study_folder(path: str | os.PathLike, load_voxels: bool = True,
+                      reference_masks: bool = True) -> Study:
+    """Read a study folder written by :func:`write_study_folder` (or by hand, see the schema).
+
+    ``reference_masks=False`` leaves the images' reference lesion masks (``lesion_mask``: ground
+    truth for training and evaluation) unread: diagnosis and risk scoring never use them (in a
+    paper-size synthetic study they are 38 MiB held through the whole diagnosis)."""
     root = Path(path)
     jpath = root / STUDY_JSON
     if not jpath.is_file():
@@ -148,10 +153,12 @@ def read_study_folder(path: str | os.PathLike, load_voxels: bool = True) -> Stud
         doc = json.loads(jpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"invalid JSON: {e}", jpath) from None
-    return study_from_json(doc, root, load_voxels=load_voxels, json_path=jpath)
+    return study_from_json(doc, root, load_voxels=load_voxels, json_path=jpath,
+                           reference_masks=reference_masks)
 
 
-def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path | None = None) -> Study:
+def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path | None = None,
+                    reference_masks: bool = True) -> Study:
     """Build a :class:`Study` from a parsed ``study.json`` document (validating it)."""
     jpath = json_path or (root / STUDY_JSON)
     if not isinstance(doc, dict):
@@ -184,8 +191,9 @@ def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path |
         raise InputError(f"invalid study fields: {e}", jpath) from None
     labels = set()
     # the image files are read on a few threads (decompression releases the GIL)
-    images = thread_map(lambda ne: _image_from_entry(ne[1], f"images[{ne[0]}]", root, jpath, load_voxels),
-                    enumerate(images_doc), threads=None if load_voxels else 1)
+    images = thread_map(lambda ne: _image_from_entry(ne[1], f"images[{ne[0]}]", root, jpath, load_voxels,
+                                                     reference_masks),
+                        enumerate(images_doc), threads=None if load_voxels else 1)
     for n, image in enumerate(images):
         if image.label in labels:
             raise InputError(f"images[{n}]: duplicate image label {image.label!r}", jpath)
@@ -213,7 +221,8 @@ def _check_type(d: dict, key: str, types: tuple, where: str, jpath: Path) -> Non
         raise InputError(f"{where}: '{key}' must be {names}, not {type(v).__name__}", jpath)
 
 
-def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: bool) -> Image:
+def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: bool,
+                      reference_masks: bool = True) -> Image:
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise InputError(f"{where} must be an object with a 'path' string", jpath)
     for key, types in _IMAGE_FIELDS.items():
@@ -243,7 +252,7 @@ def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: b
 
         voxels, geom = sitk_to_voxels(read_volume(ipath), ipath)
         geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
-        if entry.get("lesion_mask"):
+        if entry.get("lesion_mask") and reference_masks:
             mpath = _safe_relpath(root, entry["lesion_mask"], jpath)
             mvox, _ = sitk_to_voxels(read_volume(mpath), mpath)
             if mvox.shape != voxels.shape:
@@ -305,14 +314,16 @@ def write_history(history: ExamHistory, path: str | os.PathLike, overwrite: bool
     return path
 
 
-def read_history(path: str | os.PathLike, load_voxels: bool = True) -> ExamHistory:
+def read_history(path: str | os.PathLike, load_voxels: bool = True,
+                 reference_masks: bool = True) -> ExamHistory:
     path = Path(path)
     jpath = path / "history.json"
     if not jpath.is_file():
         raise InputError("not an exam-history folder (no history.json)", path)
     try:
         doc = json.loads(jpath.read_text(encoding="utf-8"))
-        exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels)
+        exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels,
+                                   reference_masks)
                  for e in doc["exams"]]
         return ExamHistory(doc["woman_id"], exams, parse_date(doc.get("cancer_date")),
                            parse_date(doc.get("followup_end")))

@@ -125,6 +125,26 @@ def test_corrupt_image_file_named(tmp_path):
         read_study_folder(tmp_path / "s")
 
 
+def test_reference_masks_left_unread_for_diagnosis_and_risk(tmp_path):
+    """Diagnosis and risk scoring read a study folder without its reference lesion masks
+    (ground truth they never use): not even opened, so a broken mask file does not stop them,
+    while training and evaluation (the default) still read and check it."""
+    from BINDSLib.commands.diagnose import load_source
+    from BINDSLib.risk.preprocess import load_exam
+
+    write_study_folder(make_study(), tmp_path / "s")
+    assert read_study_folder(tmp_path / "s").image("US_R_10h").lesion_mask is not None
+    (tmp_path / "s" / "masks" / "US_R_10h.nrrd").write_bytes(b"NRRD0004\ngarbage")
+    with pytest.raises(InputError, match="US_R_10h.nrrd"):
+        read_study_folder(tmp_path / "s")
+    bare = read_study_folder(tmp_path / "s", reference_masks=False)
+    assert all(im.lesion_mask is None for im in bare.images)
+    np.testing.assert_array_equal(bare.image("US_R_10h").voxels, make_study().image("US_R_10h").voxels)
+    (study,) = load_source("path", str(tmp_path / "s"))  # what `binds diagnose STUDY` reads
+    assert all(im.lesion_mask is None for im in study.images)
+    assert all(im.lesion_mask is None for im in load_exam(tmp_path / "s").images)
+
+
 def test_geometry_mismatch_between_file_and_json_is_refused(tmp_path):
     doc = _doc(tmp_path)
     doc["images"][2]["geometry"]["origin_mm"][0] += 5.0

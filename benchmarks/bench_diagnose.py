@@ -33,6 +33,8 @@ Weights are random unless ``--bundle`` is given: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import resource
 import statistics
@@ -145,7 +147,10 @@ class Variant:
         diagnose = importlib.import_module(f"{pkg}.diagnose")
         self.diagnose_study, self.options = diagnose.diagnose_study, diagnose.DiagnoseOptions
         self.run_stages = diagnose.run_stages
-        self.read = importlib.import_module(f"{pkg}.studyfolder").read_study_folder
+        read = importlib.import_module(f"{pkg}.studyfolder").read_study_folder
+        # as `binds diagnose` reads a study folder (versions before it read the reference masks)
+        self.read = (functools.partial(read, reference_masks=False)
+                     if "reference_masks" in inspect.signature(read).parameters else read)
 
 
 def make_variant(name: str, pkg: str, args, device: str, reference=None) -> tuple[Variant, dict]:

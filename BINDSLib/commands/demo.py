@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     study = make_study(args.seed, diagnosis=args.diagnosis)
     study_dir = write_study_folder(study, out / "study", overwrite=True)
-    study = read_study_folder(study_dir)  # exactly what Slicer or the CLI would hand over
+    # exactly what `binds diagnose` reads from it (Slicer runs that)
+    study = read_study_folder(study_dir, reference_masks=False)
     options = DiagnoseOptions(stage="2", device=resolve_device(args.device), overwrite=True)
     model = DiagnosisModel.from_bundle(args.model, device=options.device)
     report = diagnose_study(model, study, out / "output", options)

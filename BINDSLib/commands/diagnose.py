@@ -85,7 +85,8 @@ def collect_sources(args) -> list[tuple[str, object]]:
 def load_source(kind: str, value) -> list:
     from ..io.loader import load, load_files
 
-    res = load_files(value) if kind == "files" else load(value)
+    # the reference lesion masks of a study folder (ground truth) play no part in a diagnosis
+    res = load_files(value) if kind == "files" else load(value, reference_masks=False)
     for sk in res.skipped:
         log.warning("skipped %s: %s", sk.path, sk.reason)
     return res.studies

@@ -123,7 +123,7 @@ def _read_exams(paths):
     for p in paths:
         p = Path(p)
         if (p / "history.json").is_file():
-            h = read_history(p)
+            h = read_history(p, reference_masks=False)
             studies += list(h.exams)
             women.add(h.woman_id)
         else:

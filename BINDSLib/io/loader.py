@@ -48,8 +48,12 @@ def is_dicom_file(path: Path) -> bool:
     return False
 
 
-def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None) -> LoadResult:
-    """Read whatever ``path`` is into studies (see the module table)."""
+def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
+         reference_masks: bool = True) -> LoadResult:
+    """Read whatever ``path`` is into studies (see the module table).
+
+    ``reference_masks=False``: a study folder's or exam history's reference lesion masks
+    are left unread (diagnosis and risk scoring do not use them)."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", p)
@@ -62,9 +66,9 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None) -> Lo
     from .datasets import detect_layout, iter_dataset
 
     if is_study_folder(p):
-        return LoadResult([read_study_folder(p)])
+        return LoadResult([read_study_folder(p, reference_masks=reference_masks)])
     if (p / "history.json").is_file():
-        return LoadResult(list(read_history(p).exams))
+        return LoadResult(list(read_history(p, reference_masks=reference_masks).exams))
     if detect_layout(p) is not None:
         return LoadResult(list(iter_dataset(p)))
     return _load_dicom(None, p)

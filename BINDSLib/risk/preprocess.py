@@ -189,7 +189,7 @@ def load_exam(path) -> Study:
     if not path.exists():
         raise InputError("exam not found", path)
     if is_study_folder(path):
-        return read_study_folder(path)
+        return read_study_folder(path, reference_masks=False)  # risk reads no lesion masks
     try:
         from ..io.loader import load
     except ImportError:
@@ -201,7 +201,7 @@ def load_exam(path) -> Study:
             raise InputError("not a study folder, and this build cannot read DICOM", path) from None
         studies, skipped = load_dicom_folder(path)
     else:
-        result = load(path)
+        result = load(path, reference_masks=False)
         studies, skipped = result.studies, result.skipped
     studies = [s for s in studies if s.of(Modality.MG)]
     if not studies:
