@@ -171,6 +171,33 @@ def load_bundle(name_or_path: str | os.PathLike, kind: str | None = None) -> Bun
     return Bundle(path, meta, state)
 
 
+def module_from_state(factory, state: dict):
+    """The module ``factory()`` builds, holding the tensors of ``state`` as its parameters and
+    buffers.
+
+    The module is built on PyTorch's ``meta`` device (shapes only: no random initialisation
+    that the weights would replace anyway) and takes ``state``'s tensors themselves
+    (``load_state_dict(assign=True)``), so the weights are never held twice while loading: a
+    paper-size diagnosis network is 508 MB. A floating-point tensor of another precision than
+    the module's is converted to the module's. Raises ``RuntimeError`` as
+    ``load_state_dict(strict=True)`` does for missing, unexpected or mis-shaped weights.
+    """
+    import torch
+
+    with torch.device("meta"):
+        module = factory()
+    expected = module.state_dict(keep_vars=True)
+    fitted = {}
+    for key, value in state.items():
+        want = expected.get(key)
+        if (isinstance(value, torch.Tensor) and want is not None and value.dtype != want.dtype
+                and value.is_floating_point() and want.is_floating_point()):
+            value = value.to(want.dtype)
+        fitted[key] = value
+    module.load_state_dict(fitted, strict=True, assign=True)
+    return module
+
+
 def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict, *,
                 name: str, version: str, description: str, task: str,
                 reproduce: str = "", metrics: dict | None = None,

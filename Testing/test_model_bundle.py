@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from BINDSLib.bundle import METADATA, WEIGHTS, repo_resources, save_bundle, sha256_file
+from BINDSLib.bundle import METADATA, WEIGHTS, module_from_state, repo_resources, save_bundle, sha256_file
 from BINDSLib.errors import ModelError
 from BINDSLib.model.inference import DiagnosisModel
 from BINDSLib.model.network import DiagnosisNetwork
@@ -91,6 +91,38 @@ def test_foreign_bundles_are_refused(tmp_path):
         DiagnosisModel.from_bundle(bad, device="cpu")
     with pytest.raises(ModelError, match="not found"):
         DiagnosisModel.from_bundle(tmp_path / "missing", device="cpu")
+
+
+def test_module_from_state_takes_the_weights_without_a_copy():
+    """Loading builds the network on the meta device and takes the loaded tensors themselves:
+    no random initialisation, never two copies of the weights; same network as
+    ``load_state_dict``; bad weights refused as ``load_state_dict(strict=True)`` refuses them."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    ref = DiagnosisNetwork(cfg).eval()
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    net = module_from_state(lambda: DiagnosisNetwork(cfg), state).eval()
+    own = net.state_dict()
+    assert set(own) == set(state)
+    for k, v in state.items():
+        assert own[k].data_ptr() == v.data_ptr(), k  # the same memory: no copy
+        assert own[k].device.type == "cpu"
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in net.parameters())
+    study = make_case(0, True, ("US", "MR"))
+    a = DiagnosisModel(net, device="cpu").predict(study, saliency="none")
+    b = DiagnosisModel(ref, device="cpu").predict(study, saliency="none")
+    assert a.malignancy_probability == b.malignancy_probability
+    # weights saved in float64 come back in the network's float32
+    wide = module_from_state(lambda: DiagnosisNetwork(cfg),
+                             {k: v.double() if v.is_floating_point() else v for k, v in state.items()})
+    assert all(p.dtype == torch.float32 for p in wide.parameters())
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        module_from_state(lambda: DiagnosisNetwork(cfg), {k: v for k, v in state.items() if k != key})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        module_from_state(lambda: DiagnosisNetwork(cfg), {**state, key: state[key][:1]})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        module_from_state(lambda: DiagnosisNetwork(cfg), {**state, "extra.weight": torch.zeros(1)})
 
 
 @pytest.mark.skipif(not (DEMO / METADATA).is_file(), reason="demo bundle not built yet")

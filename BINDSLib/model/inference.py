@@ -208,7 +208,7 @@ class DiagnosisModel:
         network's BatchNorms are folded into their convolutions
         (:meth:`~.network.DiagnosisNetwork.fold_batch_norm`): for inference, not training.
         """
-        from ..bundle import load_bundle
+        from ..bundle import load_bundle, module_from_state
         from .network import DiagnosisNetwork
 
         bundle = load_bundle(path_or_name, kind=BUNDLE_KIND)
@@ -216,9 +216,8 @@ class DiagnosisModel:
             config = DiagnosisConfig.from_json(bundle.binds["model_config"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"invalid model_config in the bundle metadata: {e}", bundle.path) from None
-        network = DiagnosisNetwork(config)
-        try:
-            network.load_state_dict(bundle.state_dict, strict=True)
+        try:  # the network takes the loaded tensors: the weights are never held twice
+            network = module_from_state(lambda: DiagnosisNetwork(config), bundle.state_dict)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:300]
             raise ModelError(f"weights do not fit the network of this BINDS version ({first})",

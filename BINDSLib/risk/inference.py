@@ -131,7 +131,7 @@ class RiskModel:
     @classmethod
     def from_bundle(cls, name_or_path: str | Path = DEFAULT_BUNDLE, device: str | None = "auto") -> "RiskModel":
         """Load a verified risk bundle (SHA-256 checked, ``weights_only`` unpickling)."""
-        from ..bundle import load_bundle
+        from ..bundle import load_bundle, module_from_state
         from .network import RiskNetwork
 
         bundle = load_bundle(name_or_path, kind=BUNDLE_KIND)
@@ -142,9 +142,8 @@ class RiskModel:
             breast_cal = Calibrator.from_json(meta.get("breast_calibration"))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"invalid risk bundle metadata: {e}", bundle.path) from None
-        network = RiskNetwork(config)
-        try:
-            network.load_state_dict(bundle.state_dict)
+        try:  # the network takes the loaded tensors: the weights are never held twice
+            network = module_from_state(lambda: RiskNetwork(config), bundle.state_dict)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:200]
             raise ModelError(f"weights do not fit the bundle's risk config ({first})", bundle.path) from None
