@@ -49,7 +49,8 @@ def peak_rss_mib() -> float:
 
 
 def machine_peak_gflops(device) -> dict:
-    """GFLOP/s of a 2048^2 fp32 matmul and of a 3x3 convolution (64->64 channels, 8x112x112)."""
+    """GFLOP/s of a 2048^2 fp32 matmul and of a 3x3 convolution (64->64 channels, 8x112x112);
+    on a GPU also of an 8192^2 bf16 matmul."""
     import torch
 
     def rate(fn, flops, n=5):
@@ -70,7 +71,12 @@ def machine_peak_gflops(device) -> dict:
     with torch.inference_mode():
         mm = rate(lambda: a @ b, 2 * 2048**3)
         cv = rate(lambda: conv(x), 2 * 8 * 64 * 64 * 9 * 112 * 112)
-    return {"matmul_fp32_gflops": round(mm, 1), "conv3x3_fp32_gflops": round(cv, 1)}
+        out = {"matmul_fp32_gflops": round(mm, 1), "conv3x3_fp32_gflops": round(cv, 1)}
+        if device.type == "cuda":  # the GPU path runs under bf16 autocast: its roofline
+            a16 = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+            b16 = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+            out["matmul_bf16_gflops"] = round(rate(lambda: a16 @ b16, 2 * 8192**3), 1)
+    return out
 
 
 def forward_flops(model, study, modalities) -> float:
@@ -429,7 +435,10 @@ def main(argv=None) -> int:
         w(f"  {key:<26}" + "".join(f"{results[n]['fresh_process'][key]:>22}" for n in names) + "\n")
     w(f"forward GFLOP (encode+fuse, no reuse): stage 1 {result['forward_gflop']['stage1']}, stage 2 "
       f"{result['forward_gflop']['stage2']}; machine in this run: matmul {peak['matmul_fp32_gflops']} GFLOP/s, "
-      f"conv {peak['conv3x3_fp32_gflops']} GFLOP/s\n")
+      f"conv {peak['conv3x3_fp32_gflops']} GFLOP/s"
+      + (f", bf16 matmul {peak['matmul_bf16_gflops']} GFLOP/s (encoders+fusion at "
+         f"{cur['achieved_gflops'] / peak['matmul_bf16_gflops']:.1%} of it)" if "matmul_bf16_gflops" in peak else "")
+      + "\n")
     w("in this process (with --baseline both versions are loaded): peak_rss_mib = peak resident set during one diagnosis, "
       "working_mib = that peak minus the resident set before it; fresh process: process_peak_rss_mib = "
       "peak of the whole process (model loading included), diagnosis_peak_rss_mib = peak while "
