@@ -252,8 +252,8 @@ def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: b
 
         voxels, geom = sitk_to_voxels(read_volume(ipath), ipath)
         geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
-        if entry.get("lesion_mask") and reference_masks:
-            mpath = _safe_relpath(root, entry["lesion_mask"], jpath)
+        mpath = _safe_relpath(root, entry["lesion_mask"], jpath) if entry.get("lesion_mask") else None
+        if mpath is not None and reference_masks:
             mvox, _ = sitk_to_voxels(read_volume(mpath), mpath)
             if mvox.shape != voxels.shape:
                 raise InputError(f"lesion mask shape {mvox.shape} differs from its image "

@@ -2,13 +2,14 @@
 
 import collections
 import csv
+import itertools
 import shutil
 
 import numpy as np
 import pytest
 
 from BINDSLib.errors import InputError
-from BINDSLib.io.datasets import detect_layout, disc_mask, iter_busi, iter_mini_mias, load_dataset
+from BINDSLib.io.datasets import detect_layout, disc_mask, iter_busi, iter_dataset, iter_mini_mias, load_dataset
 from BINDSLib.study import Finding, Modality
 
 
@@ -54,6 +55,24 @@ def test_mini_mias_layout_and_finding_circles(shared_data):
     normal = next(s for s in studies.values() if s.diagnosis.value == "normal")
     assert normal.images[0].lesion_mask.sum() == 0
     assert len({s.patient_id for s in studies.values()}) == len(rows) // 2
+
+
+def test_datasets_without_reference_masks(shared_data):
+    """Diagnosing a dataset folder (`binds diagnose DIR`) reads no ground truth: the same
+    images, no lesion masks."""
+    from BINDSLib.io.loader import load
+
+    for name, n in (("busi", 12), ("mini-mias", 12)):
+        root = shared_data / name
+        with_masks = list(itertools.islice(iter_dataset(root), n))
+        bare = list(itertools.islice(iter_dataset(root, reference_masks=False), n))
+        assert any(s.images[0].lesion_mask is not None for s in with_masks)
+        assert [s.study_id for s in bare] == [s.study_id for s in with_masks]
+        for a, b in zip(with_masks, bare):
+            assert b.images[0].lesion_mask is None
+            np.testing.assert_array_equal(a.images[0].voxels, b.images[0].voxels)
+    sample = load(shared_data / "busi", reference_masks=False).studies
+    assert sample and all(s.images[0].lesion_mask is None for s in sample)
 
 
 def test_dataset_errors_name_the_file(tmp_path, shared_data):

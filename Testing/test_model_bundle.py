@@ -125,6 +125,43 @@ def test_module_from_state_takes_the_weights_without_a_copy():
         module_from_state(lambda: DiagnosisNetwork(cfg), {**state, "extra.weight": torch.zeros(1)})
 
 
+def test_from_bundle_never_holds_the_weights_twice(bundle, monkeypatch):
+    """Once the network's weights are replaced by copies (BatchNorm folding, channels-last
+    layouts), no loaded tensor that the network no longer uses may still be alive: the bundle
+    gives its state dict away before the copies are made."""
+    import gc
+    import warnings
+
+    import BINDSLib.bundle as bundle_mod
+
+    path, _ = bundle
+    loaded: set[int] = set()
+    replaced: set[int] = set()
+    stale: list[int] = []
+    real_load, real_init = bundle_mod.load_bundle, DiagnosisModel.__init__
+
+    def load(*args, **kwargs):
+        b = real_load(*args, **kwargs)
+        loaded.update(t.data_ptr() for t in b.state_dict.values() if t.numel())
+        return b
+
+    def init(self, network, *args, **kwargs):  # the copies are all made by the end of __init__
+        real_init(self, network, *args, **kwargs)
+        gc.collect()
+        held = {t.data_ptr() for t in (*network.parameters(), *network.buffers())}
+        replaced.update(loaded - held)
+        with warnings.catch_warnings():  # isinstance on some of torch's deprecated objects warns
+            warnings.simplefilter("ignore")
+            stale.extend(o.data_ptr() for o in gc.get_objects()
+                         if isinstance(o, torch.Tensor) and o.data_ptr() in replaced)
+
+    monkeypatch.setattr(bundle_mod, "load_bundle", load)
+    monkeypatch.setattr(DiagnosisModel, "__init__", init)
+    DiagnosisModel.from_bundle(path, device="cpu")
+    assert replaced, "no weight was copied: the test checks nothing"
+    assert not stale, f"{len(stale)} replaced weights still held"
+
+
 @pytest.mark.skipif(not (DEMO / METADATA).is_file(), reason="demo bundle not built yet")
 def test_shipped_demo_bundle():
     meta = json.loads((DEMO / METADATA).read_text())

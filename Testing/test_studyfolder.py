@@ -130,6 +130,7 @@ def test_reference_masks_left_unread_for_diagnosis_and_risk(tmp_path):
     (ground truth they never use): not even opened, so a broken mask file does not stop them,
     while training and evaluation (the default) still read and check it."""
     from BINDSLib.commands.diagnose import load_source
+    from BINDSLib.io.loader import load
     from BINDSLib.risk.preprocess import load_exam
 
     write_study_folder(make_study(), tmp_path / "s")
@@ -143,6 +144,16 @@ def test_reference_masks_left_unread_for_diagnosis_and_risk(tmp_path):
     (study,) = load_source("path", str(tmp_path / "s"))  # what `binds diagnose STUDY` reads
     assert all(im.lesion_mask is None for im in study.images)
     assert all(im.lesion_mask is None for im in load_exam(tmp_path / "s").images)
+    # a folder of study folders (a batch) too
+    (study,) = load(tmp_path, reference_masks=False).studies
+    assert study.image("US_R_10h").lesion_mask is None
+    # a mask path outside the folder is refused whether or not the mask is read
+    doc = json.loads((tmp_path / "s" / "study.json").read_text())
+    doc["images"][1]["lesion_mask"] = "../outside.nrrd"
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    for masks in (True, False):
+        with pytest.raises(InputError, match="outside.nrrd|outside"):
+            read_study_folder(tmp_path / "s", reference_masks=masks)
 
 
 def test_geometry_mismatch_between_file_and_json_is_refused(tmp_path):

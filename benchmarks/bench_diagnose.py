@@ -186,6 +186,15 @@ def make_variant(name: str, pkg: str, args, device: str, reference=None) -> tupl
     return Variant(name, pkg, model), state
 
 
+def preset_bundle(state: dict, config, path: Path) -> Path:
+    """A preset's random weights (``state``, unfolded) written as a diagnosis bundle."""
+    from BINDSLib.bundle import save_bundle
+
+    return save_bundle(path, state, {"kind": "diagnosis", "model_config": config.to_json()},
+                       name="random-preset", version="0", description="random weights (benchmark)",
+                       task="benchmark")
+
+
 def run_flops(v: Variant, folder: Path, stage: str) -> float:
     """FLOPs of everything ``torch`` runs in one diagnosis (``run_stages``: stage 1, then
     stage 2 with ``stage="2"``; leave-one-modality-out fusions and saliency included)."""
@@ -283,25 +292,13 @@ def memory_child(spec: dict) -> dict:
         pass
     inference = importlib.import_module(f"{pkg}.model.inference")
     v = Variant("child", pkg, None)
-    t_read = time.perf_counter()
-    study = v.read(Path(spec["folder"]))  # `binds diagnose` reads the study, then loads the model
-    t_read = time.perf_counter() - t_read
-    if spec["bundle"]:
+    if spec.get("order") == "model-first":  # `binds diagnose --model NAME` loads the bundle first
         model = inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
-    else:  # the preset's weights, loaded as DiagnosisModel.from_bundle loads a bundle's
-        config = importlib.import_module(f"{pkg}.model.config").preset(spec["preset"])
-        cls = importlib.import_module(f"{pkg}.model.network").DiagnosisNetwork
-        state = torch.load(spec["state"], weights_only=True)
-        from_state = getattr(importlib.import_module(f"{pkg}.bundle"), "module_from_state", None)
-        if from_state is not None:
-            network = from_state(lambda: cls(config), state)
-        else:  # versions before it: a randomly initialised network, then the weights copied in
-            network = cls(config)
-            network.load_state_dict(state)
-        del state
-        if hasattr(network, "fold_batch_norm"):
-            network.fold_batch_norm()
-        model = inference.DiagnosisModel(network, {}, spec["device"], {"name": "random", "version": "0"})
+    t_read = time.perf_counter()
+    study = v.read(Path(spec["folder"]))
+    t_read = time.perf_counter() - t_read
+    if spec.get("order") != "model-first":  # `--model auto` (the default) reads the study first
+        model = inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
     v.model = model
     loaded = _proc_status_mib("VmRSS")
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec (the parent's size)
@@ -337,6 +334,10 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default=None, metavar="REV|DIR",
                    help="also run the BINDSLib of this git revision (or folder), interleaved with "
                         "the working tree's in the same process, and compare")
+    p.add_argument("--memory-order", default="read-first", choices=("read-first", "model-first"),
+                   help="in the fresh process: read the study, then load the model (`binds diagnose` "
+                        "with the default --model auto; the default here), or the other way round "
+                        "(with a named --model)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args(argv)
     if args.threads:
@@ -375,13 +376,14 @@ def main(argv=None) -> int:
         # memory as `binds diagnose` uses it: each version alone in a fresh process
         import subprocess
 
+        # (a preset's random weights as a bundle: both versions load them as `binds diagnose` does)
+        bundle = args.bundle and str(current.model.bundle.path)
         if not args.bundle:
-            torch.save(reference, tmp / "state.pt")
+            bundle = str(preset_bundle(reference, current.model.config, tmp / "bundle"))
         child = {}
         for v in variants:
             spec = {"pkg": v.pkg, "path": str(tmp / "pkg") if v.pkg != "BINDSLib" else None,
-                    "bundle": str(v.model.bundle.path) if args.bundle else None, "preset": args.preset,
-                    "state": str(tmp / "state.pt"), "folder": str(folder), "device": device,
+                    "bundle": bundle, "folder": str(folder), "device": device, "order": args.memory_order,
                     "threads": args.threads, "out": str(tmp / f"child-{variants.index(v)}")}
             run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
                                  capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))

@@ -72,17 +72,18 @@ def _diagnosis(value: str, path: Path, row: int) -> Diagnosis:
         raise InputError(f"row {row}: label {value!r} is not normal, benign or malignant", path) from None
 
 
-def iter_busi(root: str | os.PathLike) -> Iterator[Study]:
-    """Studies of a BUSI folder (``manifest.csv``, ``images/``, ``masks/``), in manifest order."""
+def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
+    """Studies of a BUSI folder (``manifest.csv``, ``images/``, ``masks/``), in manifest order
+    (``reference_masks=False``: the lesion masks left unread)."""
     root = Path(root)
     manifest = root / "manifest.csv"
     for n, row in enumerate(_read_csv(manifest, BUSI_COLUMNS), start=2):
         diagnosis = _diagnosis(row["label"], manifest, n)
         image = read_image_file(root / row["image"], role=Role.parse("US"))
         mask = None
-        if row.get("mask"):
+        if reference_masks and row.get("mask"):
             mask = read_mask_file(root / row["mask"], image.shape)
-        elif diagnosis is Diagnosis.NORMAL:
+        elif reference_masks and diagnosis is Diagnosis.NORMAL:
             mask = np.zeros(image.shape, np.uint8)
         image.lesion_mask = mask
         attrs = {k: row[k] for k in ("dup_group", "label_conflict", "lesions") if row.get(k) not in (None, "")}
@@ -110,8 +111,9 @@ def _opt_float(v: str | None) -> float | None:
     return None if v is None or v.strip() == "" else float(v)
 
 
-def iter_mini_mias(root: str | os.PathLike) -> Iterator[Study]:
-    """Studies of a mini-MIAS folder (``images.csv``, ``findings.csv``, ``images/``)."""
+def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
+    """Studies of a mini-MIAS folder (``images.csv``, ``findings.csv``, ``images/``)
+    (``reference_masks=False``: no lesion masks drawn from the finding circles)."""
     root = Path(root)
     images_csv, findings_csv = root / "images.csv", root / "findings.csv"
     by_image: dict[str, list[Finding]] = {}
@@ -134,9 +136,9 @@ def iter_mini_mias(root: str | os.PathLike) -> Iterator[Study]:
         image = read_image_file(root / row["image"], role=role,
                                 spacing_mm=None if spacing is None else (spacing, spacing),
                                 findings=findings)
-        if diagnosis is Diagnosis.NORMAL:
+        if reference_masks and diagnosis is Diagnosis.NORMAL:
             image.lesion_mask = np.zeros(image.shape, np.uint8)
-        else:
+        elif reference_masks:
             m = disc_mask(image.shape[1:], findings)
             image.lesion_mask = None if m is None else m[None]
         attrs = {"dataset": "mini-mias", "tissue": row.get("tissue", "")}
@@ -145,24 +147,25 @@ def iter_mini_mias(root: str | os.PathLike) -> Iterator[Study]:
                     attributes=attrs)
 
 
-def iter_study_folders(root: str | os.PathLike) -> Iterator[Study]:
+def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
     """Every ``*/study.json`` folder directly under ``root`` (sorted by name)."""
     from ..studyfolder import read_study_folder
 
     for d in sorted(Path(root).iterdir()):
         if d.is_dir() and (d / "study.json").is_file():
-            yield read_study_folder(d)
+            yield read_study_folder(d, reference_masks=reference_masks)
 
 
-def iter_dataset(root: str | os.PathLike) -> Iterator[Study]:
-    """Labelled studies of a dataset folder, its layout detected automatically."""
+def iter_dataset(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
+    """Labelled studies of a dataset folder, its layout detected automatically.
+    ``reference_masks=False`` leaves the lesion masks (ground truth) unread."""
     layout = detect_layout(root)
     if layout == "busi":
-        return iter_busi(root)
+        return iter_busi(root, reference_masks)
     if layout == "mini-mias":
-        return iter_mini_mias(root)
+        return iter_mini_mias(root, reference_masks)
     if layout == "study-folders":
-        return iter_study_folders(root)
+        return iter_study_folders(root, reference_masks)
     raise InputError("not a known dataset layout (expected BUSI manifest.csv, mini-MIAS "
                      "images.csv + findings.csv, or a folder of study folders)", root)
 

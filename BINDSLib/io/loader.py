@@ -52,8 +52,8 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
          reference_masks: bool = True) -> LoadResult:
     """Read whatever ``path`` is into studies (see the module table).
 
-    ``reference_masks=False``: a study folder's or exam history's reference lesion masks
-    are left unread (diagnosis and risk scoring do not use them)."""
+    ``reference_masks=False``: the reference lesion masks of study folders, exam histories and
+    dataset folders are left unread (diagnosis and risk scoring do not use them)."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", p)
@@ -70,7 +70,7 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
     if (p / "history.json").is_file():
         return LoadResult(list(read_history(p, reference_masks=reference_masks).exams))
     if detect_layout(p) is not None:
-        return LoadResult(list(iter_dataset(p)))
+        return LoadResult(list(iter_dataset(p, reference_masks=reference_masks)))
     return _load_dicom(None, p)
 
 

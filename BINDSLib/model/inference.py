@@ -216,16 +216,20 @@ class DiagnosisModel:
             config = DiagnosisConfig.from_json(bundle.binds["model_config"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"invalid model_config in the bundle metadata: {e}", bundle.path) from None
-        try:  # the network takes the loaded tensors: the weights are never held twice
-            network = module_from_state(lambda: DiagnosisNetwork(config), bundle.state_dict)
+        # the network takes the loaded tensors, and nothing else holds them: folding and the
+        # channels-last layouts below replace them by copies, and the weights are never held twice
+        state, bundle.state_dict = bundle.state_dict, {}
+        try:
+            network = module_from_state(lambda: DiagnosisNetwork(config), state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:300]
             raise ModelError(f"weights do not fit the network of this BINDS version ({first})",
                              bundle.path) from None
+        finally:
+            del state
         network.fold_batch_norm()  # inference only: same outputs, one pass less per feature map
         model = cls(network, bundle.binds, device, bundle.summary())
         model.bundle = bundle
-        bundle.state_dict = {}  # the network holds the weights now
         return model
 
     # -- calibration -----------------------------------------------------------------------

@@ -142,8 +142,10 @@ class RiskModel:
             breast_cal = Calibrator.from_json(meta.get("breast_calibration"))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"invalid risk bundle metadata: {e}", bundle.path) from None
-        try:  # the network takes the loaded tensors: the weights are never held twice
-            network = module_from_state(lambda: RiskNetwork(config), bundle.state_dict)
+        # the network takes the loaded tensors (the scoring network's fused copies are its own)
+        state, bundle.state_dict = bundle.state_dict, {}
+        try:
+            network = module_from_state(lambda: RiskNetwork(config), state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:200]
             raise ModelError(f"weights do not fit the bundle's risk config ({first})", bundle.path) from None
