@@ -292,14 +292,17 @@ def memory_child(spec: dict) -> dict:
         pass
     inference = importlib.import_module(f"{pkg}.model.inference")
     v = Variant("child", pkg, None)
-    if spec.get("order") == "model-first":  # `binds diagnose --model NAME` loads the bundle first
-        model = inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
+
+    def load():
+        return inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
+
+    # `binds diagnose --model NAME` loads the bundle first; `--model auto` (the default) reads
+    # the study first
+    model = load() if spec.get("order") == "model-first" else None
     t_read = time.perf_counter()
     study = v.read(Path(spec["folder"]))
     t_read = time.perf_counter() - t_read
-    if spec.get("order") != "model-first":  # `--model auto` (the default) reads the study first
-        model = inference.DiagnosisModel.from_bundle(spec["bundle"], device=spec["device"])
-    v.model = model
+    model = v.model = model or load()
     loaded = _proc_status_mib("VmRSS")
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec (the parent's size)
     loading_peak = _proc_status_mib("VmHWM")
@@ -377,9 +380,8 @@ def main(argv=None) -> int:
         import subprocess
 
         # (a preset's random weights as a bundle: both versions load them as `binds diagnose` does)
-        bundle = args.bundle and str(current.model.bundle.path)
-        if not args.bundle:
-            bundle = str(preset_bundle(reference, current.model.config, tmp / "bundle"))
+        bundle = str(current.model.bundle.path if args.bundle
+                     else preset_bundle(reference, current.model.config, tmp / "bundle"))
         child = {}
         for v in variants:
             spec = {"pkg": v.pkg, "path": str(tmp / "pkg") if v.pkg != "BINDSLib" else None,
