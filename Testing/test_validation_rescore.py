@@ -1,10 +1,11 @@
 """The shipped real-image bundles still give the predictions docs/VALIDATION.md records.
 
 docs/VALIDATION.md holds, between ``<!-- rescore:begin -->`` and ``<!-- rescore:end -->``, a
-table of a few shared images with the malignancy probability ``binds evaluate`` wrote for them
-(its ``predictions.csv``). This test re-scores those images from ../shared/data with the bundle
+table of a few shared images with the malignancy probability and the lesion Dice (predicted
+mask against the reference mask; ``-`` without one) ``binds evaluate`` wrote for them (its
+``predictions.csv``). This test re-scores those images from ../shared/data with the bundle
 named in each row, through the same ``DiagnosisModel.predict`` as ``binds evaluate``, and checks
-the recorded value. It skips when ../shared/data or the bundle is absent.
+the recorded values. It skips when ../shared/data or the bundle is absent.
 
 Regenerate the table from evaluation outputs (after re-running the commands of the report):
 
@@ -24,9 +25,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "docs" / "VALIDATION.md"
 BEGIN, END = "<!-- rescore:begin -->", "<!-- rescore:end -->"
-HEADER = "| bundle | dataset | case | label | malignancy probability |"
-#: Absolute tolerance: the same weights and inputs on another CPU (other oneDNN kernels).
+HEADER = "| bundle | dataset | case | label | malignancy probability | lesion Dice |"
+#: Absolute tolerances: the same weights and inputs on another CPU (other oneDNN kernels);
+#: a mask edge pixel that flips moves a Dice by ~1e-3.
 TOLERANCE = 5e-4
+DICE_TOLERANCE = 0.01
 
 
 def recorded_rows(text: str) -> list[dict]:
@@ -37,17 +40,18 @@ def recorded_rows(text: str) -> list[dict]:
     rows = []
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or cells[0] in ("bundle", "") or set(cells[0]) <= {"-", " "}:
+        if len(cells) != 6 or cells[0] in ("bundle", "") or set(cells[0]) <= {"-", " "}:
             continue
         rows.append({"bundle": cells[0].strip("`"), "dataset": cells[1], "case": cells[2].strip("`"),
-                     "label": cells[3], "probability": float(cells[4])})
+                     "label": cells[3], "probability": float(cells[4]),
+                     "dice": None if cells[5] == "-" else float(cells[5])})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [HEADER, "|---|---|---|---|---|"]
-    lines += [f"| `{r['bundle']}` | {r['dataset']} | `{r['case']}` | {r['label']} | {r['probability']:.6f} |"
-              for r in rows]
+    lines = [HEADER, "|---|---|---|---|---|---|"]
+    lines += [f"| `{r['bundle']}` | {r['dataset']} | `{r['case']}` | {r['label']} | {r['probability']:.6f} | "
+              f"{'-' if r['dice'] is None else format(r['dice'], '.4f')} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -60,8 +64,9 @@ def pick_rows(bundle: str, dataset: str, predictions_csv: Path, per_label: int =
         label = r["diagnosis"] or "unlabelled"
         if count.get(label, 0) < per_label:
             count[label] = count.get(label, 0) + 1
+            dice = float(r["lesion_dice"]) if r.get("lesion_dice") not in (None, "", "nan") else None
             out.append({"bundle": bundle, "dataset": dataset, "case": r["study_id"], "label": label,
-                        "probability": float(r["malignancy_probability"])})
+                        "probability": float(r["malignancy_probability"]), "dice": dice})
     return out
 
 
@@ -82,7 +87,10 @@ def write_table(specs: list[str]) -> None:
 # -- the test ---------------------------------------------------------------------------------
 
 def test_the_table_parser_reads_what_the_writer_writes():
-    rows = [{"bundle": "b", "dataset": "busi", "case": "benign_001", "label": "benign", "probability": 0.123456}]
+    rows = [{"bundle": "b", "dataset": "busi", "case": "benign_001", "label": "benign", "probability": 0.123456,
+             "dice": 0.8125},
+            {"bundle": "b", "dataset": "busi", "case": "normal_001", "label": "normal", "probability": 0.5,
+             "dice": None}]
     assert recorded_rows(f"x\n{BEGIN}\n{table(rows)}\n{END}\ny") == rows
 
 
@@ -101,6 +109,7 @@ def test_shipped_bundle_reproduces_the_recorded_predictions(bundle, dataset, sha
     from BINDSLib.errors import ModelError
     from BINDSLib.io.datasets import load_dataset
     from BINDSLib.model.inference import DiagnosisModel
+    from BINDSLib.model.metrics import dice
 
     try:
         find_bundle(bundle)
@@ -117,9 +126,18 @@ def test_shipped_bundle_reproduces_the_recorded_predictions(bundle, dataset, sha
     for r in rows:
         study = studies[r["case"]]
         assert (study.diagnosis.value if study.diagnosis else "unlabelled") == r["label"], r["case"]
-        p = model.predict(study, saliency="none").malignancy_probability
+        pred = model.predict(study, saliency="none")
+        p = pred.malignancy_probability
         assert abs(p - r["probability"]) <= TOLERANCE, (
             f"{bundle} on {r['case']}: {p:.6f}, the report records {r['probability']:.6f}")
+        # the lesion outline (the ultrasound bundle's refiner draws it) against the reference
+        scored = [dice(pred.images[im.label].lesion_mask, im.lesion_mask) for im in study.images
+                  if im.lesion_mask is not None and im.lesion_mask.any() and im.label in pred.images]
+        if r["dice"] is None:
+            assert not scored, f"{r['case']}: the report records no Dice, the study has a lesion mask"
+        else:
+            assert scored and abs(sum(scored) / len(scored) - r["dice"]) <= DICE_TOLERANCE, (
+                f"{bundle} on {r['case']}: Dice {scored}, the report records {r['dice']:.4f}")
 
 
 if __name__ == "__main__":

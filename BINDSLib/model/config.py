@@ -135,6 +135,46 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class RefinerConfig:
+    """The lesion outline refiner (:mod:`~.refiner`): a 2D MONAI ``UNet`` that redraws the
+    predicted lesion on the image's own pixels, from a square crop around it.
+
+    Attributes
+    ----------
+    modalities : 2D modalities whose lesions are refined (``("US",)``; ``"MG"`` allowed).
+    size : side of the crop fed to the U-Net (pixels).
+    channels : U-Net widths per level (stride 2 between levels); res_units : residual units
+        per level (MONAI ``num_res_units``).
+    box_scale, box_pad : the crop is a square of side ``box_scale`` x the largest extent of
+        the predicted lesion plus ``box_pad`` pixels (of the image's finer axis), in
+        millimetres, centred on the lesion's box.
+    flip : average with the left-right mirrored crop (test-time augmentation).
+    """
+
+    modalities: tuple[str, ...] = ("US",)
+    size: int = 128
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    res_units: int = 1
+    box_scale: float = 1.5
+    box_pad: float = 8.0
+    flip: bool = True
+
+    def __post_init__(self):
+        mods = (self.modalities,) if isinstance(self.modalities, str) else self.modalities
+        object.__setattr__(self, "modalities", tuple(str(m).upper() for m in mods))
+        object.__setattr__(self, "channels", _tuple(self.channels, None, "channels"))
+        if not self.modalities or any(m not in ("US", "MG") for m in self.modalities):
+            raise ValueError(f"lesion_refiner modalities must be US and/or MG, not {list(self.modalities)}")
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise ValueError("lesion_refiner channels need at least two positive widths")
+        if self.size < 16 or self.size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"lesion_refiner size {self.size} must be >= 16 and divisible by "
+                             f"{2 ** (len(self.channels) - 1)} (one halving per level)")
+        if self.res_units < 0 or self.box_scale < 1.0 or self.box_pad < 0:
+            raise ValueError("lesion_refiner needs res_units >= 0, box_scale >= 1 and box_pad >= 0")
+
+
+@dataclass(frozen=True)
 class DiagnosisConfig:
     """Network and input settings of a diagnosis model.
 
@@ -179,6 +219,10 @@ class DiagnosisConfig:
         lesion" instead of 0.5, which a from-scratch locator otherwise spends its first
         hundreds of steps unlearning. ``None`` (default): PyTorch's default initialisation.
         Only training depends on it.
+    lesion_refiner : a :class:`RefinerConfig` (JSON: its fields, ``{}`` for the defaults) to
+        redraw the predicted lesion of 2D images at the image's own resolution, trained in a
+        stage of its own after the network (``train.refiner``); ``None`` (default): the
+        locator's map, up-sampled, is the outline.
     """
 
     preset: str = "demo"
@@ -211,6 +255,7 @@ class DiagnosisConfig:
     tta_flip: bool = False
     lesion_mask_mode: str = "threshold"
     lesion_prior: float | None = None
+    lesion_refiner: RefinerConfig | None = None
 
     def __post_init__(self):
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
@@ -227,6 +272,10 @@ class DiagnosisConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 object.__setattr__(self, name, EncoderConfig(**v))
+        if isinstance(self.lesion_refiner, dict):
+            object.__setattr__(self, "lesion_refiner", RefinerConfig(**self.lesion_refiner))
+        elif self.lesion_refiner is not None and not isinstance(self.lesion_refiner, RefinerConfig):
+            raise ValueError("lesion_refiner must be an object of refiner settings or null")
         if self.embed_dim % self.fusion_heads:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by fusion_heads "
                              f"{self.fusion_heads}")

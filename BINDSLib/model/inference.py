@@ -48,7 +48,10 @@ class ImageOutput:
         Grad-CAM of the same score (min-max normalised per image).
     lesion_mask : uint8, the lesion mask used for the lesion-focused crop: the user's mask
         when one was given (``lesion_mask_source == "user"``), else the predicted lesion
-        (``lesion_probability >= threshold``, source ``"predicted"``).
+        drawn from ``lesion_probability`` (``lesion_mask_mode``, source ``"predicted"``).
+        With a ``lesion_refiner``, ``lesion_probability`` is the refiner's map (times the
+        locator's peak) in a square around the locator's lesion and the locator's elsewhere
+        (:mod:`~.refiner`).
     """
 
     label: str
@@ -398,7 +401,8 @@ class DiagnosisModel:
                 sal[m] = lesion_gated_saliency(sal[m].float(), lesion)
         lap("saliency")
         for m in fresh:
-            work[m].images = self._map_back(prepared, {m: enc[m]}, sal, lesion_masks or {}, to_image_grid)
+            work[m].images = self._map_back(prepared, {m: enc[m]}, sal, lesion_masks or {}, to_image_grid,
+                                            study)
         images = {label: o for w in work.values() for label, o in w.images.items()}
         lap("mapping")
         timings["total"] = round(time.perf_counter() - t_start, 4)
@@ -424,10 +428,11 @@ class DiagnosisModel:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
-    def _map_back(self, prepared, enc, sal, user_masks: dict, to_image_grid) -> dict[str, ImageOutput]:
+    def _map_back(self, prepared, enc, sal, user_masks: dict, to_image_grid, study) -> dict[str, ImageOutput]:
         import torch
 
         thr = self.config.lesion_threshold
+        refiner = self.network.refiner
         jobs = []
         for m, e in enc.items():
             probs = torch.sigmoid(e.lesion_logits.float()).cpu().numpy()
@@ -444,11 +449,20 @@ class DiagnosisModel:
             for src in inp.sources[slot]:
                 key = (src.shape, src.geometry, src.frame)
                 if key not in mapped:
+                    refined = []  # the refiner's map, once known
+
                     def lesion_map(src=src) -> np.ndarray:
                         lp = to_image_grid(prob, grid, src)  # a new float32 array: clipped in place
-                        return np.clip(lp, 0.0, 1.0, out=lp)
+                        np.clip(lp, 0.0, 1.0, out=lp)
+                        if refined and refined[0] is not None:
+                            refined[0].apply(lp[src.frame or 0])
+                        return lp
 
                     lp = lesion_map()  # for the mask; mapped again if it is read (same values)
+                    if refiner is not None and m in refiner.config.modalities:
+                        refined.append(self._refine(refiner, study.image(src.label), src, lp, thr))
+                        if refined[0] is not None:
+                            refined[0].apply(lp[src.frame or 0])
                     mapped[key] = (LazyArray(lesion_map), float(lp.max()),
                                    to_image_grid(sal_map, grid, src),
                                    predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
@@ -468,6 +482,22 @@ class DiagnosisModel:
             return outs
 
         return {o.label: o for outs in thread_map(one, jobs) for o in outs}
+
+    def _refine(self, refiner, image, src, lesion_probability: np.ndarray, threshold: float):
+        """The lesion refiner's map (:class:`~.refiner.Refinement`) of the frame of ``image``
+        used by the network, around the locator's lesion there; ``None`` when there is none."""
+        from .preprocess import intensity_range
+        from .refiner import refine
+
+        f = src.frame or 0
+        plane = image.voxels[f]
+        coarse = predicted_lesion_mask(lesion_probability[f:f + 1], threshold, self.config.lesion_mask_mode)[0]
+        if not coarse.any():
+            return None
+        value_range = intensity_range(plane[None], self.config.intensity_percentiles)
+        sx, sy = image.geometry.spacing_mm[:2]
+        return refine(refiner, plane, coarse.astype(bool), lesion_probability[f], (sy, sx), value_range,
+                      threshold, self.device)
 
 
 @dataclass

@@ -183,6 +183,16 @@ class DiagnosisNetwork(nn.Module):
         if config.evidence_fusion:
             self.evidence_weight = nn.Parameter(torch.full((len(MODALITIES),), 0.5))
         self.pathology = PathologyEncoder(config.align_dim, config.pathology_hidden, config.wsi_dim)
+        self.refiner = None  # lesion_refiner: trained in a stage of its own, used when mapping back
+        if config.lesion_refiner is not None:
+            from .refiner import LesionRefiner
+
+            self.refiner = LesionRefiner(config.lesion_refiner)
+
+    def parameters_of_network(self):
+        """The parameters trained by the network's epochs (all but the refiner's)."""
+        skip = set() if self.refiner is None else {id(p) for p in self.refiner.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def fold_batch_norm(self) -> "DiagnosisNetwork":
         """Fold every BatchNorm that directly follows a convolution into it (inference only).

@@ -54,6 +54,7 @@ from ..errors import InputError, OutputError
 from ..fsutil import atomic_write_json, json_dumps
 from .config import COMBINATIONS, MODALITIES, MR_CHANNELS, SUBTYPES, DiagnosisConfig, preset
 from .losses import ALIGNMENTS, LossWeights
+from .refiner import RefinerTraining
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class TrainSettings:
     channels_last: bool = True
     flush_denormal: bool = False
     average_epochs: int = 0
+    refiner: RefinerTraining = RefinerTraining()
     bundle: dict = field(default_factory=dict)
     document: dict = field(default_factory=dict)
 
@@ -146,6 +148,10 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         t["loss_weights"] = LossWeights.from_json(t["loss_weights"])
     if "uncertainty_band" in t:
         t["uncertainty_band"] = tuple(float(v) for v in t["uncertainty_band"])
+    if "refiner" in t:
+        if not isinstance(t["refiner"], dict):
+            raise ValueError('train.refiner must be an object, e.g. {"epochs": 60}')
+        t["refiner"] = RefinerTraining(**t["refiner"])
     s = TrainSettings(model=model, data=tuple(data), base_dir=Path(base_dir), bundle=dict(doc.get("bundle", {})),
                       document=doc, **t)
     if s.alignment not in ALIGNMENTS:
@@ -229,28 +235,32 @@ def _tasks(sources, base_dir: Path) -> list[tuple]:
     return tasks
 
 
-def _run_task(task: tuple, config: DiagnosisConfig) -> list:
-    """Samples of one task (a dataset task yields all its studies)."""
-    from .data import make_sample
-
+def _task_studies(task: tuple, config: DiagnosisConfig):
+    """``(study, whole-slide features or None)`` of one task (a dataset task: all its studies,
+    read one at a time)."""
     kind = task[0]
     if kind == "synthetic":
         from ..synthetic import make_study
 
-        pairs = [(make_study(task[1], **task[2]), None)]
-    elif kind == "folder":
+        return [(make_study(task[1], **task[2]), None)]
+    if kind == "folder":
         from ..studyfolder import read_study_folder
 
         st = read_study_folder(task[1])
-        pairs = [(st, _wsi_of(st, task[1]) if config.wsi_dim else None)]
-    else:
-        import itertools
+        return [(st, _wsi_of(st, task[1]) if config.wsi_dim else None)]
+    import itertools
 
-        from ..io.datasets import iter_dataset
+    from ..io.datasets import iter_dataset
 
-        pairs = [(st, None) for st in itertools.islice(iter_dataset(task[1]), task[2])]
+    return ((st, None) for st in itertools.islice(iter_dataset(task[1]), task[2]))
+
+
+def _run_task(task: tuple, config: DiagnosisConfig) -> list:
+    """Samples of one task (a dataset task yields all its studies)."""
+    from .data import make_sample
+
     out = []
-    for st, wsi in pairs:
+    for st, wsi in _task_studies(task, config):
         try:
             out.append(make_sample(st, config, wsi))
         except InputError as e:
@@ -519,7 +529,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     cuda = rt.device.type == "cuda"
     if settings.channels_last:
         net.use_channels_last(two_d=cuda, three_d=True)
-    params = [p for p in net.parameters() if p.requires_grad]
+    params = [p for p in net.parameters_of_network() if p.requires_grad]  # the refiner: own stage
     opt = torch.optim.AdamW(params, lr=settings.phases[0].lr, weight_decay=settings.weight_decay)
     amp_ctx, amp_dtype = _autocast(rt.device, settings.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
@@ -531,7 +541,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         state = _load_checkpoint(ckpt_path)
         if state.get("settings_sha256") != digest:
             log.warning("the config changed since the checkpoint was written; resuming anyway")
-        net.load_state_dict(state["model"])
+        _load_network_state(net, state["model"])
         opt.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
@@ -634,16 +644,21 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
 
     result = {}
     if rt.main and average is not None and settings.average_epochs:
-        net.load_state_dict(average)
+        _load_network_state(net, average)
         train_ds.set_epoch(settings.epochs - 1)  # the same pass when a finished run is resumed
         _recompute_batch_norm(net, train_ds, settings, rt.device)
         log.info("weights averaged over the last %d epochs; BatchNorm statistics re-estimated on "
                  "the training images", n_averaged)
     if rt.main:
+        refiner_metrics = None
+        if net.refiner is not None:
+            refiner_metrics = _refiner_stage(net.refiner, settings, train_samples, val_samples,
+                                             rt.device, run_dir / "checkpoints" / "refiner.pt", digest)
         trained = tuple(m for m in MODALITIES if any(m in s.prepared.inputs for s in train_samples))
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
-                         overwrite, reproduce, len(train_samples), trained, with_subtype)
+                         overwrite, reproduce, len(train_samples), trained, with_subtype,
+                         refiner_metrics)
         if tb is not None:
             tb.close()
     if rt.distributed:
@@ -652,6 +667,56 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _load_network_state(net, state: dict) -> None:
+    """Load a checkpoint's weights; a checkpoint written before a ``lesion_refiner`` was added
+    to the model config lacks only the refiner's (trained afterwards in its own stage)."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ: the model config changed since
+        first = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:2]
+        raise InputError(f"the checkpoint does not fit the configured network ({'; '.join(first) or e})") from None
+    bad = [k for k in missing if not k.startswith("refiner.")] + list(unexpected)
+    if bad:
+        raise InputError(f"the checkpoint does not fit the configured network ({', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''})")
+
+
+def _refiner_stage(refiner, settings: TrainSettings, train_samples, val_samples, device,
+                   path: Path, digest: str) -> dict:
+    """Train the lesion refiner on the training studies' images (their own resolution, read
+    again from the data sources), or load it from ``path`` when a run with the same settings
+    already trained it; returns its metrics (also stored in ``path``)."""
+    from .refiner import lesion_planes, train_refiner
+
+    if path.exists():
+        state = _load_checkpoint(path)
+        if state.get("settings_sha256") == digest:
+            refiner.load_state_dict(state["model"])
+            refiner.to(device).eval()
+            log.info("lesion refiner loaded from %s (trained by this run before)", path)
+            return dict(state["metrics"])
+        log.info("the settings changed since %s was written: training the refiner again", path)
+    cfg = settings.model
+    t0 = time.perf_counter()
+    rc = cfg.lesion_refiner
+    train_ids = {s.study_id for s in train_samples}
+    val_ids = {s.study_id for s in val_samples}
+    train_planes, val_planes = [], []
+    for task in _tasks(settings.data, settings.base_dir):
+        for st, _ in _task_studies(task, cfg):  # only the planes are kept, not the studies
+            if st.study_id in train_ids or st.study_id in val_ids:
+                planes = lesion_planes([st], rc, cfg.intensity_percentiles)
+                (train_planes if st.study_id in train_ids else val_planes).extend(planes)
+    log.info("lesion refiner: %d training and %d validation lesion images (%s), read in %.0f s",
+             len(train_planes), len(val_planes), "+".join(rc.modalities), time.perf_counter() - t0)
+    metrics = train_refiner(refiner, train_planes, settings.refiner, _seed(settings.seed, "refiner"),
+                            device, val_planes)
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    log.info("lesion refiner trained: %s", metrics)
+    _save_checkpoint(path, {"model": refiner.state_dict(), "settings_sha256": digest, "metrics": metrics})
+    return metrics
 
 
 def _update_average(average: dict | None, n: int, state: dict) -> tuple[dict, int]:
@@ -790,7 +855,8 @@ def _tensorboard(run_dir: Path):
 
 def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
             bundle_path, overwrite: bool, reproduce: str, n_train: int,
-            modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True) -> dict:
+            modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True,
+            refiner_metrics: dict | None = None) -> dict:
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
     ``modalities`` it was trained on)."""
     from ..bundle import save_bundle
@@ -818,6 +884,8 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         sel = st >= 0
         if sel.sum() >= 2:
             metrics["validation_subtype_macro_auc"] = macro_auc(pred["subtype"][sel], st[sel], len(SUBTYPES))
+    if refiner_metrics is not None:
+        metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
                             subtype_trained)
@@ -873,7 +941,8 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
         "training": {"phases": [dataclasses.asdict(p) for p in settings.phases],
                      "alignment": settings.alignment, "loss_weights": dataclasses.asdict(settings.loss_weights),
                      "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size,
-                     "average_epochs": settings.average_epochs},
+                     "average_epochs": settings.average_epochs,
+                     **({"refiner": dataclasses.asdict(settings.refiner)} if cfg.lesion_refiner else {})},
         "intended_use": "research; not for clinical use",
         "version": str(settings.bundle.get("version", "0.1.0")),
     }
