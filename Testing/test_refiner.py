@@ -4,6 +4,7 @@ the image's pixels, the mask drawn from it), training, and the ``binds train`` s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -159,6 +160,24 @@ def test_refined_map_replaces_the_locator_map_inside_the_box_and_draws_the_mask(
     assert float(seen[0][0, 0, 12:20, 12:20].mean()) < float(seen[0][0, 0, :3].mean())  # dark lesion
 
 
+@pytest.mark.parametrize("mode", ["threshold", "peak_component"])
+def test_an_unsure_refiner_keeps_the_locator_peak_and_its_outline(monkeypatch, mode):
+    # the refiner's peak is 0.6 (logit 0.405), the locator's 0.8: the map's maximum stays 0.8
+    # and the outline is where the refiner passes half its peak (threshold mode: 0.5 of 0.8)
+    coarse = 0.8 * _disk((96, 128), 50, 70, 6, 8)[None].astype(np.float32)
+    logits = torch.full((1, 1, TINY["size"], TINY["size"]), -8.0)
+    logits[..., 8:24, 8:24] = float(np.log(0.6 / 0.4))
+    model = _model_with(logits, coarse, monkeypatch)
+    model.config = model.network.config = dataclasses.replace(model.config, lesion_mask_mode=mode)
+    study = _us_study()
+    out = model.predict(study, saliency="none").images[study.images[0].label]
+    assert out.lesion_probability_max == pytest.approx(0.8, rel=1e-3)
+    box = Box.around(coarse[0] > 0, (0.25, 0.4), 1.5, 8)
+    drawn = out.lesion_mask[0][box.pixels((96, 128))]
+    assert drawn.mean() == pytest.approx(0.25, abs=0.05)  # the middle half in each direction
+    assert out.lesion_mask.sum() == drawn.sum()
+
+
 def test_a_refiner_finding_no_lesion_leaves_the_locator_map(monkeypatch):
     coarse = _disk((96, 128), 50, 70, 6, 8)[None].astype(np.float32)
     model = _model_with(_square_logits(0, 0), coarse, monkeypatch)  # no lesion drawn
@@ -176,6 +195,8 @@ def test_the_refiner_works_on_the_frame_the_network_read(monkeypatch):
     out = model.predict(study, saliency="none").images[study.images[0].label]
     assert out.lesion_probability[[0, 2]].max() == 0 and out.lesion_mask[[0, 2]].max() == 0
     assert out.lesion_mask[1].sum() > coarse[1].sum()  # the refiner's larger lesion
+    seen = model.network.refiner.net.seen[0][0, 0]  # it read the central frame, with the lesion
+    assert float(seen[12:20, 12:20].mean()) < float(seen[:3].mean()) - 0.2
 
 
 # -- training --------------------------------------------------------------------------------
@@ -188,8 +209,7 @@ def _planes(n, seed):
         m = _disk((80, 80), cy, cx, r, r * rng.uniform(0.7, 1.3))
         plane = np.clip(0.6 + 0.08 * rng.standard_normal((80, 80)) - 0.4 * m, 0, 1).astype(np.float32)
         rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        out.append(LesionPlane(torch.from_numpy(plane), torch.from_numpy(m.astype(np.float32)), (1.0, 1.0),
-                               (rows[0], rows[-1], cols[0], cols[-1])))
+        out.append(LesionPlane(plane, m, (1.0, 1.0), (rows[0], rows[-1], cols[0], cols[-1])))
     return out
 
 
@@ -212,11 +232,44 @@ def test_lesion_planes_are_the_lesion_images_of_the_refined_modalities():
     assert len(planes) == 1  # the normal study has no lesion; MG is not refined
     us = studies[0].image(next(im.label for im in studies[0].images if im.modality == Modality.US))
     p = planes[0]
-    np.testing.assert_array_equal(p.mask.numpy(), us.lesion_mask[1])  # the central frame
-    assert 0 <= float(p.plane.min()) and float(p.plane.max()) <= 1
+    assert p.mask.sum() == us.lesion_mask[1].sum() > us.lesion_mask[0].sum()  # the central frame
+    assert p.mask.dtype == np.uint8 and 0 <= float(p.plane.min()) and float(p.plane.max()) <= 1
     assert p.spacing_yx == (us.geometry.spacing_mm[1], us.geometry.spacing_mm[0])
     both = lesion_planes(studies, RefinerConfig(modalities=("US", "MG")), (0.5, 99.5))
     assert len(both) == 3  # + the two left-breast mammograms with the lesion
+
+
+def test_lesion_planes_keep_only_what_the_largest_training_box_reaches():
+    from BINDSLib.model.preprocess import normalise_intensity
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(100, 10, (1, 600, 800)).astype(np.float32)
+    m = _disk((600, 800), 300, 420, 12, 20)[None]
+    v[0] -= 40 * m[0]
+    study = Study("big", [Image(v, Geometry((0.3, 0.2, 1.0)), Role(Modality.US), lesion_mask=m)])
+    training = RefinerTraining(scale_range=(1.3, 2.0), jitter=0.15)
+    cfg = RefinerConfig()
+    (p,) = lesion_planes([study], cfg, (0.5, 99.5), training)
+    assert p.plane.shape[0] * p.plane.shape[1] < 600 * 800 / 10  # not the whole image
+    assert p.mask.sum() == m.sum()
+    full = normalise_intensity(v, (0.5, 99.5))[0]
+    rows, cols = np.flatnonzero(m[0].any(1)), np.flatnonzero(m[0].any(0))
+    dy, dx = rows[0] - p.bounds[0], cols[0] - p.bounds[2]
+    for shift in ((0.15, 0.15), (-0.15, 0.15), (0.15, -0.15), (-0.15, -0.15)):
+        b = Box.of_extent(*p.bounds, p.spacing_yx, 2.0, cfg.box_pad, shift)
+        moved = Box(b.cy + dy, b.cx + dx, b.hy, b.hx)
+        np.testing.assert_allclose(crop(p.plane, b, 64).numpy(), crop(full, moved, 64).numpy(), atol=1e-5)
+
+
+def test_crop_normalises_like_normalise_intensity_and_takes_any_byte_order():
+    from BINDSLib.model.preprocess import normalise_intensity
+
+    plane = np.linspace(-50, 250, 40 * 30, dtype=np.float32).reshape(40, 30)
+    box = Box(25.0, 10.0, 20.0, 20.0)  # partly outside the plane
+    want = crop(normalise_intensity(plane[None], (0.5, 99.5), (0.0, 200.0))[0], box, 32)
+    np.testing.assert_allclose(crop(plane.astype(">f4"), box, 32, (0.0, 200.0)).numpy(), want.numpy(),
+                               atol=1e-6)
+    assert crop(plane, box, 32, (5.0, 5.0)).abs().max() == 0  # a flat range: zeros
 
 
 def _train_config(tmp_path, refiner=True, epochs=1):
@@ -283,6 +336,42 @@ def test_a_refiner_added_after_training_is_trained_on_resume(tmp_path):
         from BINDSLib.model.train import load_settings, train
 
         train(load_settings(cfg), run, resume=True, device="cpu", bundle_path=tmp_path / "b3")
+
+
+def test_changing_or_removing_the_refiner_still_resumes_the_run(tmp_path):
+    cfg = _train_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    first = DiagnosisModel.from_bundle(run / "bundle", device="cpu").network.state_dict()
+    doc = json.loads(cfg.read_text())
+    doc["model"]["lesion_refiner"] = {**TINY, "channels": [8, 16]}  # another refiner
+    cfg.write_text(json.dumps(doc))
+    assert main(["train", str(cfg), "--out", str(run), "--resume", "--bundle", str(tmp_path / "b2")]) == 0
+    second = DiagnosisModel.from_bundle(tmp_path / "b2", device="cpu").network.state_dict()
+    assert second["refiner.net.model.0.conv.weight"].shape[0] == 8  # trained again, new shape
+    assert all(torch.equal(first[k], second[k]) for k in first if not k.startswith("refiner."))
+    del doc["model"]["lesion_refiner"]
+    cfg.write_text(json.dumps(doc))
+    assert main(["train", str(cfg), "--out", str(run), "--resume", "--bundle", str(tmp_path / "b3")]) == 0
+    third = DiagnosisModel.from_bundle(tmp_path / "b3", device="cpu").network
+    assert third.refiner is None
+    assert all(torch.equal(first[k], v) for k, v in third.state_dict().items())
+
+
+def test_a_refiner_with_nothing_to_learn_from_is_refused(tmp_path):
+    from BINDSLib.model.train import load_settings, train
+
+    cfg = _train_config(tmp_path)
+    doc = json.loads(cfg.read_text())
+    doc["train"]["refiner"]["epochs"] = 0
+    cfg.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="epochs is 0"):
+        train(load_settings(cfg), tmp_path / "run", device="cpu")
+    doc["train"]["refiner"]["epochs"] = 2
+    doc["model"]["lesion_refiner"]["modalities"] = ["MG"]  # the studies are ultrasound only
+    cfg.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="no training image of MG"):
+        train(load_settings(cfg), tmp_path / "run", device="cpu", overwrite=True)
 
 
 def test_a_bundle_whose_config_names_a_refiner_needs_its_weights(tmp_path):

@@ -49,7 +49,7 @@ class ImageOutput:
     lesion_mask : uint8, the lesion mask used for the lesion-focused crop: the user's mask
         when one was given (``lesion_mask_source == "user"``), else the predicted lesion
         drawn from ``lesion_probability`` (``lesion_mask_mode``, source ``"predicted"``).
-        With a ``lesion_refiner``, ``lesion_probability`` is the refiner's map (times the
+        With a ``lesion_refiner``, ``lesion_probability`` is the refiner's map (scaled to the
         locator's peak) in a square around the locator's lesion and the locator's elsewhere
         (:mod:`~.refiner`).
     """
@@ -451,7 +451,7 @@ class DiagnosisModel:
                 if key not in mapped:
                     refined = []  # the refiner's map, once known
 
-                    def lesion_map(src=src) -> np.ndarray:
+                    def lesion_map(src=src, refined=refined) -> np.ndarray:
                         lp = to_image_grid(prob, grid, src)  # a new float32 array: clipped in place
                         np.clip(lp, 0.0, 1.0, out=lp)
                         if refined and refined[0] is not None:

@@ -8,10 +8,10 @@ is smooth and loses the lesion's margins. With ``DiagnosisConfig.lesion_refiner`
 ``size`` x ``size`` pixels and draws the lesion again. The refiner is trained on crops that
 hold a lesion, so its map says which pixels belong to the lesion *given* that there is one;
 whether there is one stays the locator's call. Inside the square the lesion probability
-becomes the refiner's map times the locator's peak there (outside it the locator's map
-stays), so the map's maximum - the lesion score that tells normal from abnormal images - is
-the locator's, and the outline is the refiner's (``peak_component`` draws the region where
-the refiner's map passes half its peak, as with no refiner). When the refiner finds no lesion
+becomes the refiner's map scaled so that its peak is the locator's peak there (outside it
+the locator's map stays), so the map's maximum - the lesion score that tells normal from
+abnormal images - is the locator's, and the outline is the refiner's (``peak_component``
+draws the region where the refiner's map passes half its peak, as with no refiner). When the refiner finds no lesion
 in the square (its peak below the lesion threshold) the locator's map is kept.
 
 Training (:func:`train_refiner`, a stage of ``binds train`` after the network's epochs):
@@ -103,10 +103,14 @@ class Box:
         return axis(self.cy, self.hy, shape[0]), axis(self.cx, self.hx, shape[1])
 
 
-def crop(plane: np.ndarray | torch.Tensor, box: Box, size: int) -> torch.Tensor:
+def crop(plane: np.ndarray, box: Box, size: int,
+         value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """``(1, size, size)`` bilinear samples of a 2D plane over ``box`` (zeros outside the plane).
 
     Only the pixels under the box are converted and read (a mammogram is not copied whole).
+    ``value_range``: the pixels are first normalised as ``normalise_intensity`` does (``lo``
+    -> 0, ``hi`` -> 1, clipped), so a crop of the raw image equals the crop of the normalised
+    one (training crops normalised planes).
     """
     h, w = plane.shape
     lin = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1  # -1..1 across the box
@@ -115,8 +119,16 @@ def crop(plane: np.ndarray | torch.Tensor, box: Box, size: int) -> torch.Tensor:
     x0, x1 = max(0, math.floor(xs[0]) - 1), min(w, math.ceil(xs[-1]) + 2)
     if y1 - y0 < 2 or x1 - x0 < 2:  # the box misses the plane (or a 1-pixel sliver of it)
         return torch.zeros(1, size, size)
-    sub = torch.as_tensor(np.ascontiguousarray(plane[y0:y1, x0:x1]) if isinstance(plane, np.ndarray)
-                          else plane[y0:y1, x0:x1], dtype=torch.float32)
+    sub = np.array(plane[y0:y1, x0:x1], dtype=np.float32)  # native byte order, a copy
+    if value_range is not None:
+        lo, hi = value_range
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
+            sub[:] = 0.0  # a flat image: zeros, as normalise_intensity
+        else:
+            sub -= np.float32(lo)
+            sub /= np.float32(hi - lo)
+            np.clip(sub, 0.0, 1.0, out=sub)
+    sub = torch.from_numpy(sub)
     gy = (ys - y0) / (y1 - y0 - 1) * 2 - 1  # align_corners=True: -1 and 1 are the end pixels
     gx = (xs - x0) / (x1 - x0 - 1) * 2 - 1
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].float()
@@ -160,24 +172,24 @@ def refine(refiner: LesionRefiner, plane: np.ndarray, lesion: np.ndarray, probab
            spacing_yx: tuple[float, float], value_range: tuple[float, float],
            threshold: float, device=None) -> Refinement | None:
     """The refined lesion map around the predicted ``lesion`` (2D mask) of ``plane`` (the raw
-    2D image, normalised with ``value_range``): the refiner's map times the peak of the
-    locator's ``probability`` (2D, on the plane's pixels) in the square. ``None``: no predicted
-    lesion, or the refiner finds none in the square (its peak below ``threshold``)."""
+    2D image, normalised with ``value_range``): the refiner's map scaled so that its peak is
+    the peak of the locator's ``probability`` (2D, on the plane's pixels) in the square.
+    ``None``: no predicted lesion, or the refiner finds none in the square (its peak below
+    ``threshold``, or not a finite number)."""
     cfg = refiner.config
     box = Box.around(lesion, spacing_yx, cfg.box_scale, cfg.box_pad)
     if box is None:
         return None
-    lo, hi = value_range
-    x = crop(plane, box, cfg.size)
-    flat = not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo <= 1e-6 * max(1.0, abs(hi))
-    x = torch.zeros_like(x) if flat else ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)  # as normalise_intensity
+    x = crop(plane, box, cfg.size, value_range)
     device = device or next(refiner.parameters()).device
     p = refiner.probability(x[None].to(device))[0, 0]
-    if float(p.max()) < threshold:
+    peak = float(p.max())
+    if not peak >= threshold:  # also NaN
         return None
     pixels, values = paste(p, box, plane.shape)
     values = np.clip(values, 0.0, 1.0, out=values)
-    values *= np.float32(probability[pixels].max())  # the box holds the lesion: not empty
+    # the box holds the locator's lesion (never empty); the refiner's peak becomes its peak
+    values *= np.float32(float(probability[pixels].max()) / peak)
     return Refinement(pixels, values)
 
 
@@ -208,16 +220,21 @@ class RefinerTraining:
 class LesionPlane:
     """One training image for the refiner: normalised 2D plane, its reference lesion mask."""
 
-    plane: torch.Tensor  # float32 (H, W) in [0, 1]
-    mask: torch.Tensor  # float32 (H, W), 0 / 1
+    plane: np.ndarray  # float32 (H, W) in [0, 1]
+    mask: np.ndarray  # uint8 (H, W), 0 / 1
     spacing_yx: tuple[float, float]
     bounds: tuple[int, int, int, int]  # y0, y1, x0, x1 of the lesion (inclusive)
 
 
-def lesion_planes(studies, config, percentiles) -> list[LesionPlane]:
+def lesion_planes(studies, config: RefinerConfig, percentiles,
+                  training: RefinerTraining | None = None) -> list[LesionPlane]:
     """The refiner's training planes of ``studies``: each image of the refiner's modalities
-    with a non-empty reference lesion mask (the frame the network reads)."""
+    with a non-empty reference lesion mask (the frame the network reads), normalised over the
+    whole frame, then cut to the region the largest training box can reach (``training``:
+    its ``scale_range`` and ``jitter``; a mammogram is not kept whole)."""
     from .preprocess import _frame_of, normalise_intensity
+
+    training = training or RefinerTraining()
 
     out = []
     for study in studies:
@@ -229,10 +246,18 @@ def lesion_planes(studies, config, percentiles) -> list[LesionPlane]:
             if not mask.any():
                 continue
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            plane = normalise_intensity(im.voxels[f:f + 1], percentiles)[0]
-            out.append(LesionPlane(torch.from_numpy(plane), torch.from_numpy(mask.astype(np.float32)),
-                                   (im.geometry.spacing_mm[1], im.geometry.spacing_mm[0]),
-                                   (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))))
+            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+            spacing = (im.geometry.spacing_mm[1], im.geometry.spacing_mm[0])
+            reach = Box.of_extent(y0, y1, x0, x1, spacing, training.scale_range[1], config.box_pad)
+            # + the largest centre shift, + 2 pixels for the bilinear neighbours
+            ry = math.ceil(reach.hy + training.jitter * (y1 - y0 + 1)) + 2
+            rx = math.ceil(reach.hx + training.jitter * (x1 - x0 + 1)) + 2
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            sy = slice(max(0, cy - ry), min(mask.shape[0], cy + ry + 1))
+            sx = slice(max(0, cx - rx), min(mask.shape[1], cx + rx + 1))
+            plane = normalise_intensity(im.voxels[f:f + 1], percentiles)[0][sy, sx].copy()
+            out.append(LesionPlane(plane, mask[sy, sx].astype(np.uint8), spacing,
+                                   (y0 - sy.start, y1 - sy.start, x0 - sx.start, x1 - sx.start)))
     return out
 
 
@@ -304,8 +329,8 @@ def _crop_dice(refiner: LesionRefiner, item: LesionPlane) -> float:
     box = Box.of_extent(y0, y1, x0, x1, item.spacing_yx, cfg.box_scale, cfg.box_pad)
     device = next(refiner.parameters()).device
     p = refiner.probability(crop(item.plane, box, cfg.size)[None].to(device))[0, 0]
-    pixels, values = paste(p, box, tuple(item.plane.shape))
-    pred = np.zeros(tuple(item.plane.shape), bool)
+    pixels, values = paste(p, box, item.plane.shape)
+    pred = np.zeros(item.plane.shape, bool)
     pred[pixels] = values >= 0.5
-    ref = item.mask.numpy() > 0
+    ref = item.mask > 0
     return float(2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1))

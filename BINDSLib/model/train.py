@@ -616,14 +616,14 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
             bar.update(parts["loss"])
         bar.close()
         if rt.main and epoch >= settings.epochs - settings.average_epochs:
-            average, n_averaged = _update_average(average, n_averaged, net.state_dict())
+            average, n_averaged = _update_average(average, n_averaged, _network_state(net))
         row = {"epoch": epoch + 1, "phase": phase.name, "lr": lr}
         row.update({("train_loss" if key == "loss" else f"train_{key}"): v / max(1, steps) for key, v in sums.items()})
         if rt.main:
             if val_samples:
                 row.update(_validate(net, val_samples, y_val, loss_fn, rt.device, settings, phase))
             row["seconds"] = round(time.perf_counter() - te, 1)
-            state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+            state = {"model": _network_state(net), "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch + 1, "settings_sha256": digest}
             if average is not None:
                 state.update(average=average, n_averaged=n_averaged)
@@ -653,7 +653,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         refiner_metrics = None
         if net.refiner is not None:
             refiner_metrics = _refiner_stage(net.refiner, settings, train_samples, val_samples,
-                                             rt.device, run_dir / "checkpoints" / "refiner.pt", digest)
+                                             rt.device, run_dir / "checkpoints" / "refiner.pt")
         trained = tuple(m for m in MODALITIES if any(m in s.prepared.inputs for s in train_samples))
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
@@ -669,9 +669,17 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     return result
 
 
+def _network_state(net) -> dict:
+    """The weights the network's epochs train: all but the lesion refiner's (trained in its
+    own stage, kept in ``checkpoints/refiner.pt``)."""
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("refiner.")}
+
+
 def _load_network_state(net, state: dict) -> None:
-    """Load a checkpoint's weights; a checkpoint written before a ``lesion_refiner`` was added
-    to the model config lacks only the refiner's (trained afterwards in its own stage)."""
+    """Load a checkpoint's network weights. The refiner's are not taken from it (an older
+    checkpoint may hold its untrained ones, of another shape): the refiner stage trains or
+    loads them, so adding, changing or removing a ``lesion_refiner`` still resumes the run."""
+    state = {k: v for k, v in state.items() if not k.startswith("refiner.")}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes differ: the model config changed since
@@ -683,13 +691,29 @@ def _load_network_state(net, state: dict) -> None:
                          f"{', ...' if len(bad) > 5 else ''})")
 
 
+def refiner_digest(settings: TrainSettings) -> str:
+    """What the refiner stage depends on: its settings, the data, the split and the intensity
+    normalisation (not the network's, which it does not read)."""
+    cfg = settings.model
+    doc = {"lesion_refiner": cfg.to_json()["lesion_refiner"], "percentiles": list(cfg.intensity_percentiles),
+           "refiner": dataclasses.asdict(settings.refiner), "data": list(settings.data), "seed": settings.seed,
+           "validation_fraction": settings.validation_fraction}
+    return hashlib.sha256(json_dumps(doc).encode()).hexdigest()
+
+
 def _refiner_stage(refiner, settings: TrainSettings, train_samples, val_samples, device,
-                   path: Path, digest: str) -> dict:
+                   path: Path) -> dict:
     """Train the lesion refiner on the training studies' images (their own resolution, read
-    again from the data sources), or load it from ``path`` when a run with the same settings
-    already trained it; returns its metrics (also stored in ``path``)."""
+    again from the data sources), or load it from ``path`` when this run already trained it
+    with the same settings (:func:`refiner_digest`); returns its metrics (also stored in
+    ``path``).
+
+    Raises ``InputError`` when there is nothing to train it on (no reference lesion in the
+    refined modalities, or ``refiner.epochs`` 0): an untrained refiner would draw noise.
+    """
     from .refiner import lesion_planes, train_refiner
 
+    digest = refiner_digest(settings)
     if path.exists():
         state = _load_checkpoint(path)
         if state.get("settings_sha256") == digest:
@@ -707,10 +731,15 @@ def _refiner_stage(refiner, settings: TrainSettings, train_samples, val_samples,
     for task in _tasks(settings.data, settings.base_dir):
         for st, _ in _task_studies(task, cfg):  # only the planes are kept, not the studies
             if st.study_id in train_ids or st.study_id in val_ids:
-                planes = lesion_planes([st], rc, cfg.intensity_percentiles)
+                planes = lesion_planes([st], rc, cfg.intensity_percentiles, settings.refiner)
                 (train_planes if st.study_id in train_ids else val_planes).extend(planes)
     log.info("lesion refiner: %d training and %d validation lesion images (%s), read in %.0f s",
              len(train_planes), len(val_planes), "+".join(rc.modalities), time.perf_counter() - t0)
+    if not train_planes or not settings.refiner.epochs:
+        why = (f"no training image of {'/'.join(rc.modalities)} has a reference lesion mask"
+               if not train_planes else "train.refiner.epochs is 0")
+        raise InputError(f"the model config has a lesion_refiner but it cannot be trained ({why}); "
+                         "remove lesion_refiner or fix the data, then --resume the run")
     metrics = train_refiner(refiner, train_planes, settings.refiner, _seed(settings.seed, "refiner"),
                             device, val_planes)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
