@@ -235,7 +235,6 @@ def lesion_planes(studies, config: RefinerConfig, percentiles,
     from .preprocess import _frame_of, normalise_intensity
 
     training = training or RefinerTraining()
-
     out = []
     for study in studies:
         for im in study.images:
