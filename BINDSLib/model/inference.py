@@ -449,21 +449,20 @@ class DiagnosisModel:
             for src in inp.sources[slot]:
                 key = (src.shape, src.geometry, src.frame)
                 if key not in mapped:
-                    refined = []  # the refiner's map, once known
-
-                    def lesion_map(src=src, refined=refined) -> np.ndarray:
+                    def lesion_map(src=src, refinement=None) -> np.ndarray:
                         lp = to_image_grid(prob, grid, src)  # a new float32 array: clipped in place
                         np.clip(lp, 0.0, 1.0, out=lp)
-                        if refined and refined[0] is not None:
-                            refined[0].apply(lp[src.frame or 0])
+                        if refinement is not None:
+                            refinement.apply(lp[src.frame or 0])
                         return lp
 
                     lp = lesion_map()  # for the mask; mapped again if it is read (same values)
+                    refinement = None
                     if refiner is not None and m in refiner.config.modalities:
-                        refined.append(self._refine(refiner, study.image(src.label), src, lp, thr))
-                        if refined[0] is not None:
-                            refined[0].apply(lp[src.frame or 0])
-                    mapped[key] = (LazyArray(lesion_map), float(lp.max()),
+                        refinement = self._refine(refiner, study.image(src.label), src, lp, thr)
+                        if refinement is not None:
+                            refinement.apply(lp[src.frame or 0])
+                    mapped[key] = (LazyArray(lambda src=src, r=refinement: lesion_map(src, r)), float(lp.max()),
                                    to_image_grid(sal_map, grid, src),
                                    predicted_lesion_mask(lp, thr, self.config.lesion_mask_mode))
                     del lp

@@ -191,8 +191,7 @@ class DiagnosisNetwork(nn.Module):
 
     def parameters_of_network(self):
         """The parameters trained by the network's epochs (all but the refiner's)."""
-        skip = set() if self.refiner is None else {id(p) for p in self.refiner.parameters()}
-        return [p for p in self.parameters() if id(p) not in skip]
+        return [p for name, p in self.named_parameters() if not name.startswith("refiner.")]
 
     def fold_batch_norm(self) -> "DiagnosisNetwork":
         """Fold every BatchNorm that directly follows a convolution into it (inference only).

@@ -112,29 +112,24 @@ def crop(plane: np.ndarray, box: Box, size: int,
     -> 0, ``hi`` -> 1, clipped), so a crop of the raw image equals the crop of the normalised
     one (training crops normalised planes).
     """
+    from .crops import crop as crop_boxes
+    from .preprocess import normalise_intensity
+
     h, w = plane.shape
-    lin = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1  # -1..1 across the box
-    ys, xs = box.cy + lin * box.hy, box.cx + lin * box.hx
-    y0, y1 = max(0, math.floor(ys[0]) - 1), min(h, math.ceil(ys[-1]) + 2)
-    x0, x1 = max(0, math.floor(xs[0]) - 1), min(w, math.ceil(xs[-1]) + 2)
-    if y1 - y0 < 2 or x1 - x0 < 2:  # the box misses the plane (or a 1-pixel sliver of it)
+    # the pixels the samples read (the box + 1 pixel); samples outside the plane are 0
+    y0, y1 = max(0, math.floor(box.cy - box.hy) - 1), min(h, math.ceil(box.cy + box.hy) + 2)
+    x0, x1 = max(0, math.floor(box.cx - box.hx) - 1), min(w, math.ceil(box.cx + box.hx) + 2)
+    if y1 - y0 < 1 or x1 - x0 < 1:  # the box misses the plane
         return torch.zeros(1, size, size)
-    sub = np.array(plane[y0:y1, x0:x1], dtype=np.float32)  # native byte order, a copy
-    if value_range is not None:
-        lo, hi = value_range
-        if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
-            sub[:] = 0.0  # a flat image: zeros, as normalise_intensity
-        else:
-            sub -= np.float32(lo)
-            sub /= np.float32(hi - lo)
-            np.clip(sub, 0.0, 1.0, out=sub)
-    sub = torch.from_numpy(sub)
-    gy = (ys - y0) / (y1 - y0 - 1) * 2 - 1  # align_corners=True: -1 and 1 are the end pixels
-    gx = (xs - x0) / (x1 - x0 - 1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].float()
-    # samples outside the sub-array are outside the plane too (it spans the box + 1 pixel)
-    out = F.grid_sample(sub[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0]
+    sub = plane[y0:y1, x0:x1]
+    # float32 copies in native byte order (the percentiles are unused with a value_range)
+    sub = (np.array(sub, dtype=np.float32) if value_range is None
+           else normalise_intensity(sub, (0.0, 100.0), value_range))
+    # the box in crops.crop's normalised coordinates of the sub-array (x, y order)
+    sh, sw = y1 - y0, x1 - x0
+    centre = torch.tensor([[2 * (box.cx - x0 + 0.5) / sw - 1, 2 * (box.cy - y0 + 0.5) / sh - 1]], dtype=torch.float64)
+    half = torch.tensor([[2 * box.hx / sw, 2 * box.hy / sh]], dtype=torch.float64)
+    return crop_boxes(torch.from_numpy(sub)[None, None], centre, half, (size, size))[0]
 
 
 def paste(probability: torch.Tensor, box: Box, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray]:
