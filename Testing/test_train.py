@@ -195,3 +195,21 @@ def test_validation_dice_scores_the_thresholded_lesion_map():
     # images without a reference mask (or with an empty one) are not scored
     batch["US_mask_given"] = torch.tensor([[True], [False]])
     assert _lesion_dice({"US": enc}, batch, 0.5) == pytest.approx([2 / 3])
+
+
+def test_shipped_diagnosis_configs_load_and_match_their_bundles():
+    from pathlib import Path
+
+    from BINDSLib.model.config import DiagnosisConfig
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(f for f in (root / "configs").glob("*.json") if not f.name.startswith("risk-"))
+    assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0"}
+    for f in files:
+        settings = load_settings(f)
+        bundle = root / "Resources" / "Models" / settings.bundle["name"]
+        if bundle.is_dir():  # a shipped bundle is what its config trains
+            meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+            assert DiagnosisConfig.from_json(meta["binds"]["model_config"]) == settings.model, f.name
+    lite = load_settings(root / "configs" / "mg-mias-lite0.json")
+    assert lite.model.locator_mg.arch == "efficientnet_lite0" and lite.pretrained == {"MG": "imagenet"}

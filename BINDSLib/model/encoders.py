@@ -2,6 +2,8 @@
 
 * :class:`Backbone` - the stages of a MONAI ``ResNet`` (``spatial_dims`` 2 or 3) returning
   the multi-scale feature maps.
+* :func:`make_backbone` - that ``Backbone``, or for ``arch: efficientnet_lite0`` the 2D
+  :class:`~BINDSLib.model.efficientnet.EfficientNetLite0` (strides 4, 8, 16, 32).
 * :class:`LesionLocator` - backbone + a feature-pyramid head (summed, or a U-Net-like
   top-down decoder): a lesion logit map at the input resolution, the last feature map (for
   alignment and saliency) and a pooled context vector of the whole image.
@@ -21,6 +23,17 @@ from ..fusedconv import channels_last, conv_act, eligible
 from .config import EncoderConfig
 
 
+def make_backbone(spatial_dims: int, in_channels: int, config: EncoderConfig) -> nn.Module:
+    """The backbone ``config.arch`` names: a multi-scale feature extractor with ``channels``."""
+    if config.arch == "efficientnet_lite0":
+        if spatial_dims != 2:
+            raise ValueError("efficientnet_lite0 is a 2D backbone")
+        from .efficientnet import EfficientNetLite0
+
+        return EfficientNetLite0(in_channels, config.frozen_blocks)
+    return Backbone(spatial_dims, in_channels, config)
+
+
 class Backbone(nn.Module):
     """MONAI ``ResNet`` stages (basic blocks) as a multi-scale feature extractor.
 
@@ -28,6 +41,9 @@ class Backbone(nn.Module):
     ``monai.networks.nets.resnet18``. Input ``(N, C, *spatial)``; output the feature maps of
     the four stages, strides 2, 4, 8, 16 (x2 with ``max_pool``).
     """
+
+    #: Grad-CAM's target layer, under the backbone
+    cam_layer = "net.layer4"
 
     def __init__(self, spatial_dims: int, in_channels: int, config: EncoderConfig):
         super().__init__()
@@ -226,7 +242,7 @@ class LesionLocator(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, config: EncoderConfig):
         super().__init__()
-        self.backbone = Backbone(spatial_dims, in_channels, config)
+        self.backbone = make_backbone(spatial_dims, in_channels, config)
         conv = Conv[Conv.CONV, spatial_dims]
         c = self.backbone.channels
         self.head_level = config.head_level
@@ -280,8 +296,8 @@ class CropClassifier(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, config: EncoderConfig):
         super().__init__()
-        self.backbone = Backbone(spatial_dims, in_channels, config)
-        self.out_channels = config.channels[-1]
+        self.backbone = make_backbone(spatial_dims, in_channels, config)
+        self.out_channels = self.backbone.channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _pool(self.backbone(x)[-1])

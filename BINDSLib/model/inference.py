@@ -195,7 +195,8 @@ class DiagnosisModel:
 
         self.device = torch.device(device or default_device())
         self.network = network.to(self.device).eval()
-        self.network.use_channels_last(two_d=self.device.type == "cuda", three_d=True)
+        self.network.use_channels_last(two_d=self.device.type == "cuda" or self.network.config.channels_last_2d,
+                                       three_d=True)
         self.config: DiagnosisConfig = network.config
         self.metadata = dict(metadata or {})
         self.summary = dict(summary or {})

@@ -63,7 +63,7 @@ def gradcam_saliency(branch: ModalityBranch, images: torch.Tensor, prototype: to
     from monai.visualize import GradCAM
 
     wrapper = _AlignmentScore(branch, prototype).to(images.device)
-    cam = GradCAM(nn_module=wrapper, target_layers="locator.backbone.net.layer4")
+    cam = GradCAM(nn_module=wrapper, target_layers=f"locator.backbone.{branch.locator.backbone.cam_layer}")
     with torch.enable_grad():
         out = cam(x=images.detach().float().requires_grad_(True), class_idx=0)
     return out.detach()

@@ -99,6 +99,7 @@ class TrainSettings:
     flush_denormal: bool = False
     average_epochs: int = 0
     refiner: RefinerTraining = RefinerTraining()
+    pretrained: dict = field(default_factory=dict)
     bundle: dict = field(default_factory=dict)
     document: dict = field(default_factory=dict)
 
@@ -162,7 +163,38 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         raise ValueError(f"average_epochs must be between 0 and the {s.epochs} epochs of the phases")
     if not 0.0 <= s.validation_fraction < 1.0:
         raise ValueError("validation_fraction must be in [0, 1)")
+    for m, source in s.pretrained.items():
+        locator = s.model.locator_mg if m == "MG" and s.model.locator_mg is not None else s.model.locator_2d
+        if m not in ("MG", "US") or not isinstance(source, str):
+            raise ValueError(f'pretrained maps "MG" or "US" to "imagenet" or a weights file, not {m!r}: {source!r}')
+        if locator.arch != "efficientnet_lite0":
+            raise ValueError(f"pretrained {m}: its locator must have arch 'efficientnet_lite0' (the "
+                             f"weights that can be loaded), not {locator.arch!r}")
     return s
+
+
+def pretrained_sources(settings: TrainSettings) -> dict[str, str]:
+    """``settings.pretrained`` with file paths resolved against the config's folder."""
+    return {m: src if src == "imagenet" else str(settings.base_dir / src)
+            for m, src in settings.pretrained.items()}
+
+
+def load_pretrained(net, settings: TrainSettings) -> dict[str, dict]:
+    """Start each locator named in ``settings.pretrained`` from its weights (see
+    :func:`~BINDSLib.model.efficientnet.load_imagenet_weights`); returns what the bundle
+    records of them."""
+    from .efficientnet import IMAGENET_PACKAGE, load_imagenet_weights
+
+    record = {}
+    for m, source in pretrained_sources(settings).items():
+        digest = load_imagenet_weights(net.branches[m].locator.backbone, source)
+        record[m] = {"encoder": f"{m} lesion locator", "architecture": "EfficientNet-Lite0",
+                     "weights": "ImageNet" if source == "imagenet" else Path(source).name,
+                     "sha256": digest}
+        if source == "imagenet":
+            record[m].update({"package": f"{IMAGENET_PACKAGE}==0.1.0", "license": "Apache-2.0"})
+        log.info("%s locator starts from %s (SHA-256 %s)", m, record[m]["weights"], digest)
+    return record
 
 
 def load_settings(path: str | os.PathLike) -> TrainSettings:
@@ -525,10 +557,12 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     if rt.main:
         write_case_list(run_dir / "validation_cases.csv", val_samples)
 
-    net = DiagnosisNetwork(cfg).to(rt.device)
+    net = DiagnosisNetwork(cfg)
+    pretrained = load_pretrained(net, settings)
+    net = net.to(rt.device)
     cuda = rt.device.type == "cuda"
     if settings.channels_last:
-        net.use_channels_last(two_d=cuda, three_d=True)
+        net.use_channels_last(two_d=cuda or cfg.channels_last_2d, three_d=True)
     params = [p for p in net.parameters_of_network() if p.requires_grad]  # the refiner: own stage
     opt = torch.optim.AdamW(params, lr=settings.phases[0].lr, weight_decay=settings.weight_decay)
     amp_ctx, amp_dtype = _autocast(rt.device, settings.amp)
@@ -658,7 +692,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
                          overwrite, reproduce, len(train_samples), trained, with_subtype,
-                         refiner_metrics)
+                         refiner_metrics, pretrained)
         if tb is not None:
             tb.close()
     if rt.distributed:
@@ -885,7 +919,7 @@ def _tensorboard(run_dir: Path):
 def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
             bundle_path, overwrite: bool, reproduce: str, n_train: int,
             modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True,
-            refiner_metrics: dict | None = None) -> dict:
+            refiner_metrics: dict | None = None, pretrained: dict | None = None) -> dict:
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
     ``modalities`` it was trained on)."""
     from ..bundle import save_bundle
@@ -917,7 +951,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
-                            subtype_trained)
+                            subtype_trained, pretrained)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -935,8 +969,9 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
 def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
                     n_validation: int, modalities: tuple[str, ...] = MODALITIES,
-                    subtype_trained: bool = True) -> dict:
-    """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md)."""
+                    subtype_trained: bool = True, pretrained: dict | None = None) -> dict:
+    """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
+    ``pretrained``: :func:`load_pretrained`'s record of the weights training started from."""
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
@@ -971,7 +1006,10 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                      "alignment": settings.alignment, "loss_weights": dataclasses.asdict(settings.loss_weights),
                      "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size,
                      "average_epochs": settings.average_epochs,
+                     **({"pretrained": pretrained} if pretrained else {}),
                      **({"refiner": dataclasses.asdict(settings.refiner)} if cfg.lesion_refiner else {})},
         "intended_use": "research; not for clinical use",
         "version": str(settings.bundle.get("version", "0.1.0")),
+        # a bundle that misses its validation targets says so in every report it makes
+        **({"caution": str(settings.bundle["caution"])} if settings.bundle.get("caution") else {}),
     }
