@@ -186,6 +186,9 @@ def test_pretrained_setting_errors_are_clear(tmp_path, capsys):
     doc = _train_doc(tmp_path, {"MR": "imagenet"})
     with pytest.raises(ValueError, match='"MG" or "US"'):
         parse_settings(doc, tmp_path)
+    doc = _train_doc(tmp_path, ["imagenet"])
+    with pytest.raises(ValueError, match="must be an object"):
+        parse_settings(doc, tmp_path)
     doc = _train_doc(tmp_path, {"MG": "nowhere.pth"})
     (tmp_path / "config.json").write_text(json.dumps(doc))
     assert main(["train", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]) == EXIT_INPUT

@@ -163,10 +163,12 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         raise ValueError(f"average_epochs must be between 0 and the {s.epochs} epochs of the phases")
     if not 0.0 <= s.validation_fraction < 1.0:
         raise ValueError("validation_fraction must be in [0, 1)")
+    if not isinstance(s.pretrained, dict):
+        raise ValueError('train.pretrained must be an object, e.g. {"MG": "imagenet"}')
     for m, source in s.pretrained.items():
-        locator = s.model.locator_mg if m == "MG" and s.model.locator_mg is not None else s.model.locator_2d
         if m not in ("MG", "US") or not isinstance(source, str):
             raise ValueError(f'pretrained maps "MG" or "US" to "imagenet" or a weights file, not {m!r}: {source!r}')
+        locator = s.model.locator_mg if m == "MG" and s.model.locator_mg is not None else s.model.locator_2d
         if locator.arch != "efficientnet_lite0":
             raise ValueError(f"pretrained {m}: its locator must have arch 'efficientnet_lite0' (the "
                              f"weights that can be loaded), not {locator.arch!r}")
