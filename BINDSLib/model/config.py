@@ -318,8 +318,9 @@ class DiagnosisConfig:
     @property
     def channels_last_2d(self) -> bool:
         """Whether the 2D branches should run channels-last on the CPU too: an EfficientNet
-        locator (depthwise convolutions) trains about 1.7x faster so on 2 cores (measured with
-        its first 3 blocks frozen, batches of 8 at 448 x 320); the ResNets gain nothing."""
+        locator (depthwise convolutions) trains 1.3-1.7x faster so on 2 cores (a step on a
+        batch of 8 at 448 x 320: 1.7x with every block trained, 1.3x with the first 3 frozen);
+        the ResNets gain nothing."""
         return any(c is not None and c.arch == "efficientnet_lite0" for c in (self.locator_2d, self.locator_mg))
 
     # -- JSON form -------------------------------------------------------------------------
