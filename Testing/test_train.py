@@ -211,5 +211,6 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
         if bundle.is_dir():  # a shipped bundle is what its config trains
             meta = json.loads((bundle / "configs" / "metadata.json").read_text())
             assert DiagnosisConfig.from_json(meta["binds"]["model_config"]) == settings.model, f.name
+            assert meta["binds"].get("caution") == settings.bundle.get("caution"), f.name
     lite = load_settings(root / "configs" / "mg-mias-lite0.json")
     assert lite.model.locator_mg.arch == "efficientnet_lite0" and lite.pretrained == {"MG": "imagenet"}
