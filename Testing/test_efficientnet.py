@@ -195,3 +195,15 @@ def test_pretrained_setting_errors_are_clear(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nowhere.pth: no such weights file" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "bundle").exists()
+
+
+def test_gradcam_reads_the_efficientnet_head():
+    from BINDSLib.model.saliency import gradcam_saliency
+
+    torch.manual_seed(5)
+    net = DiagnosisNetwork(tiny_config(locator_mg=LITE))
+    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
+    cam = gradcam_saliency(net.branches["MG"], torch.rand(2, 1, 64, 48), net.pathology.prototype_malignant)
+    assert cam.shape == (2, 1, 64, 48) and torch.isfinite(cam).all()
+    assert float(cam.max()) > 0.0  # the hooked layer had gradients, not an empty map
+    assert not net.branches["MG"].locator.backbone._head_act._forward_hooks  # hooks stay on a copy

@@ -315,13 +315,21 @@ class DiagnosisConfig:
         if not 0.0 < self.lesion_threshold < 1.0:
             raise ValueError("lesion_threshold must be in (0, 1)")
 
+    def locator_for(self, modality: str) -> EncoderConfig:
+        """The locator settings of ``modality``'s branch (``locator_mg`` for MG when set)."""
+        if modality == "MR":
+            return self.locator_3d
+        if modality == "MG" and self.locator_mg is not None:
+            return self.locator_mg
+        return self.locator_2d
+
     @property
     def channels_last_2d(self) -> bool:
         """Whether the 2D branches should run channels-last on the CPU too: an EfficientNet
         locator (depthwise convolutions) trains 1.3-1.7x faster so on 2 cores (a step on a
         batch of 8 at 448 x 320: 1.7x with every block trained, 1.3x with the first 3 frozen);
         the ResNets gain nothing."""
-        return any(c is not None and c.arch == "efficientnet_lite0" for c in (self.locator_2d, self.locator_mg))
+        return any(self.locator_for(m).arch == "efficientnet_lite0" for m in ("MG", "US"))
 
     # -- JSON form -------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -150,9 +150,10 @@ def load_imagenet_weights(backbone: EfficientNetLite0, source: str | os.PathLike
     each colour channel, moves into the stem (weight x 2, bias = -sum of the weights): a grey
     plane in [0, 1] then gives exactly the features of the same plane as an RGB image.
     """
-    path = imagenet_weights_file() if str(source) == "imagenet" else Path(source)
-    if expected_sha256 is None and str(source) == "imagenet":
-        expected_sha256 = IMAGENET_SHA256
+    if str(source) == "imagenet":
+        path, expected_sha256 = imagenet_weights_file(), expected_sha256 or IMAGENET_SHA256
+    else:
+        path = Path(source)
     if not path.is_file():
         raise InputError("no such weights file", path)
     digest = sha256_file(path)

@@ -80,10 +80,7 @@ class ModalityBranch(nn.Module):
         self.spatial_dims = dims
         self.crop_size = {"MG": config.mg_crop, "US": config.us_crop, "MR": config.mr_crop}[modality]
         self.config = config
-        locator_config = config.locator_3d if dims == 3 else config.locator_2d
-        if modality == "MG" and config.locator_mg is not None:
-            locator_config = config.locator_mg
-        self.locator = LesionLocator(dims, cin, locator_config)
+        self.locator = LesionLocator(dims, cin, config.locator_for(modality))
         if config.lesion_prior is not None:
             p = float(config.lesion_prior)
             nn.init.constant_(self.locator.head[-1].bias, math.log(p / (1.0 - p)))

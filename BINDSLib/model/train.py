@@ -168,7 +168,7 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
     for m, source in s.pretrained.items():
         if m not in ("MG", "US") or not isinstance(source, str):
             raise ValueError(f'pretrained maps "MG" or "US" to "imagenet" or a weights file, not {m!r}: {source!r}')
-        locator = s.model.locator_mg if m == "MG" and s.model.locator_mg is not None else s.model.locator_2d
+        locator = s.model.locator_for(m)
         if locator.arch != "efficientnet_lite0":
             raise ValueError(f"pretrained {m}: its locator must have arch 'efficientnet_lite0' (the "
                              f"weights that can be loaded), not {locator.arch!r}")
