@@ -374,6 +374,8 @@ def resultSummaryHtml(report: dict) -> str:
         f"(operating point {report['threshold']:.3f})",
         f"Recommendation: <b>{report['recommendation']}</b>",
     ]
+    if report.get("finding_probability") is not None:
+        lines.append(f"Finding probability (abnormal vs normal): {report['finding_probability']:.3f}")
     if report.get("subtype"):
         p = report["subtype_probabilities"][report["subtype"]]
         lines.append(f"Most likely subtype: {report['subtype'].replace('_', ' ')} ({p:.2f})")

@@ -19,6 +19,7 @@ Output folder of one study::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -136,8 +137,10 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
         progress(n, 4, message)
         mods = [m.value for m in _stage_modalities(present, n)]
         pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods, **reuse)
+        finding = float(getattr(pred, "finding_probability", float("nan")))
         stages.append(StageResult(n, mods, float(pred.malignancy_probability),
-                                  dict(pred.subtype_probabilities), dict(pred.contributions)))
+                                  dict(pred.subtype_probabilities), dict(pred.contributions),
+                                  finding if math.isfinite(finding) else None))
         preds.append(pred)
 
     if has_stage1:
@@ -293,6 +296,8 @@ def _write_summary(path: Path, study: Study, shown, pred, final: StageResult, th
 
     lines = [f"stage {final.stage}  malignancy probability {final.malignancy_probability:.3f}"
              f"  (threshold {threshold:.3f})  -> {rec}"]
+    if final.finding_probability is not None:
+        lines.append(f"finding probability (abnormal vs normal) {final.finding_probability:.3f}")
     if final.subtype_probabilities:
         lines.append("subtype: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
                                              for k, v in final.subtype_probabilities.items()))

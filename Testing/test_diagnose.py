@@ -97,6 +97,10 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, diagnosis_bundle,
     assert (out / "summary.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert rows[0]["user_lesion_masks"] == us.label and rows[0]["model"] == "random-demo"
+    # the finding probability (abnormal vs normal) of the final stage, in the report and the table
+    assert 0.0 < report["finding_probability"] < 1.0
+    assert report["finding_probability"] == report["stages"][-1]["finding_probability"]
+    assert float(rows[0]["finding_probability"]) == pytest.approx(report["finding_probability"], abs=1e-6)
 
 
 def test_same_input_gives_byte_identical_outputs(tmp_path, diagnosis_bundle, study_dir):

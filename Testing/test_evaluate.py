@@ -30,23 +30,28 @@ def tiny_bundle(tmp_path_factory):
                        version="0", description="test", task="test")
 
 
-def _row(i, diagnosis, p, subtype=""):
+def _row(i, diagnosis, p, subtype="", finding=None):
     return {"study_id": f"s{i}", "diagnosis": diagnosis,
             "malignant": {"malignant": 1.0, "benign": 0.0, "normal": 0.0}[diagnosis],
             "subtype": subtype, "malignancy_probability": p, "lesion_score": p,
+            "finding_probability": p if finding is None else finding,
             **{f"p_{s}": (0.7 if s == (subtype or "luminal_a") else 0.1)
                for s in ("luminal_a", "luminal_b", "her2_enriched", "triple_negative")}}
 
 
 def test_compute_metrics_known_values():
-    rows = [_row(0, "benign", 0.1), _row(1, "benign", 0.6), _row(2, "malignant", 0.4, "luminal_a"),
-            _row(3, "malignant", 0.9, "triple_negative"), _row(4, "normal", 0.05),
-            _row(5, "normal", 0.2)]
+    rows = [_row(0, "benign", 0.1, finding=0.8), _row(1, "benign", 0.6, finding=0.5),
+            _row(2, "malignant", 0.4, "luminal_a", finding=0.9),
+            _row(3, "malignant", 0.9, "triple_negative", finding=0.7), _row(4, "normal", 0.05, finding=0.3),
+            _row(5, "normal", 0.2, finding=0.45)]
     m = compute_metrics(rows, threshold=0.5, n_bootstrap=50)
     assert m["n"] == 6 and m["n_malignant"] == 2 and m["n_benign"] == 2 and m["n_normal"] == 2
     assert m["auc"] == pytest.approx(0.75)  # malignant vs benign only
-    # abnormal (4) vs normal (2): every abnormal case scores above both normals except 0.1 < 0.2
-    assert m["auc_abnormal"] == pytest.approx(7 / 8)
+    # abnormal (4) vs normal (2) by the finding probability: every abnormal case above both normals
+    assert m["auc_abnormal"] == pytest.approx(1.0)
+    # by the malignancy probability: every abnormal case above both normals except 0.1 < 0.2
+    assert m["auc_abnormal_malignancy"] == pytest.approx(7 / 8)
+    assert m["auc_abnormal_ci95"][0] <= 1.0 and len(m["auc_abnormal_malignancy_ci95"]) == 2
     assert m["sensitivity"] == 0.5 and m["specificity"] == pytest.approx(3 / 4)
     assert m["subtype_macro_auc"] == pytest.approx(1.0)
     assert len(m["auc_ci95"]) == 2

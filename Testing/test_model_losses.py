@@ -10,7 +10,7 @@ import torch
 
 from BINDSLib.model.data import StudyDataset, collate, make_sample, modality_keep
 from BINDSLib.model.losses import (
-    DiagnosisLoss, alignment_loss, contrastive_alignment_loss, cosine_power_loss,
+    DiagnosisLoss, LossWeights, alignment_loss, contrastive_alignment_loss, cosine_power_loss,
 )
 from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.model.pathology import (
@@ -144,3 +144,43 @@ def test_lesion_prior_sets_the_locators_starting_probability():
         assert torch.allclose(torch.sigmoid(net.branches[m].locator.head[-1].bias), torch.tensor(0.01))
     with pytest.raises(ValueError, match="lesion_prior"):
         tiny_config(lesion_prior=1.5)
+
+
+def test_finding_term_is_the_study_level_bce_of_the_largest_image_finding_logit():
+    from BINDSLib.model.data import study_abnormal
+    from BINDSLib.model.network import finding_logits, study_max
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    net = DiagnosisNetwork(cfg)
+    studies = [make_case(0, True, ("MG", "US")), make_case(1, None, ("US",)), make_case(2, False, ("MG",))]
+    samples = [make_sample(s, cfg) for s in studies]
+    assert [s.abnormal for s in samples] == [1.0, 0.0, 1.0]
+    assert [study_abnormal(s) for s in studies] == [1.0, 0.0, 1.0]
+    batch = collate([StudyDataset(samples)[i] for i in range(3)])
+    assert batch["abnormal"].tolist() == [1.0, 0.0, 1.0]
+    out = net(batch)
+    _, parts = DiagnosisLoss()(out, batch, fusion=True)
+    assert "finding" not in parts  # weight 0 (the default): not computed
+    loss = DiagnosisLoss(LossWeights(finding=1.0), finding_cell=cfg.finding_cell, finding_topk=cfg.finding_topk)
+    _, parts = loss(out, batch, fusion=False)
+    expected = []
+    for m, e in out["encodings"].items():
+        f = study_max(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk), e.index[:, 0], 3)
+        rows = [b for b in range(3) if bool(batch[f"{m}_present"][b].any())]
+        # the largest logit over the study's images of that modality (MG: four views)
+        for b in rows:
+            sel = e.index[:, 0] == b
+            assert float(f[b]) == pytest.approx(float(
+                finding_logits(e.lesion_logits[sel], cfg.finding_cell, cfg.finding_topk).max()))
+        expected.append(torch.nn.functional.binary_cross_entropy_with_logits(
+            f[rows], batch["abnormal"][rows]))
+    assert parts["finding"] == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    # an unknown label is left out, not counted as normal
+    batch["abnormal"][1] = float("nan")
+    _, parts_nan = loss(out, batch, fusion=False)
+    us = out["encodings"]["US"]
+    f_us = study_max(finding_logits(us.lesion_logits, cfg.finding_cell, cfg.finding_topk), us.index[:, 0], 3)
+    mg_term = expected[list(out["encodings"]).index("MG")]
+    us_term = torch.nn.functional.binary_cross_entropy_with_logits(f_us[[0]], batch["abnormal"][[0]])
+    assert parts_nan["finding"] == pytest.approx(float((mg_term + us_term) / 2), rel=1e-5)

@@ -154,7 +154,8 @@ def test_channels_last_gives_the_same_prediction(model):
     assert after.malignancy_probability == pytest.approx(before, abs=1e-5)
 
 
-@pytest.mark.parametrize("level,stride,width,convs", [(1, 4, 16, 1), (0, 2, 16, 1), (1, 4, 24, 3)])
+@pytest.mark.parametrize("level,stride,width,convs", [(1, 4, 16, 1), (0, 2, 16, 1), (1, 4, 24, 3),
+                                                     (2, 8, 16, 1)])
 def test_locator_head_resolution_width_and_depth(level, stride, width, convs):
     from BINDSLib.model.config import EncoderConfig
     from BINDSLib.model.encoders import LesionLocator
@@ -169,12 +170,12 @@ def test_locator_head_resolution_width_and_depth(level, stride, width, convs):
     assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in loc.head) == convs
     assert logits.shape[2:] == (32, 48) and feats.shape[2:] == (2, 3)
     with pytest.raises(ValueError, match="head_level"):
-        EncoderConfig(head_level=2)
+        EncoderConfig(head_level=3)
     with pytest.raises(ValueError, match="head_channels"):
         EncoderConfig(head_convs=0)
 
 
-@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("level", [0, 1, 2])
 def test_unet_decoder_merges_every_level_from_coarse_to_fine(level):
     from BINDSLib.model.config import EncoderConfig
     from BINDSLib.model.encoders import LesionLocator
@@ -186,7 +187,7 @@ def test_unet_decoder_merges_every_level_from_coarse_to_fine(level):
     for m in loc.merge:
         m.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape[1:])))
     logits, feats, _ = loc(torch.randn(2, 1, 32, 48))
-    finest = 2 if level == 0 else 4
+    finest = 2 ** (level + 1)  # the stride of the finest stage in the head
     assert seen == [(8, 32 // s, 48 // s) for s in (8, 4, 2) if s >= finest]
     assert logits.shape == (2, 1, 32, 48) and feats.shape[2:] == (2, 3)
     logits.square().mean().backward()
@@ -390,3 +391,45 @@ def test_collate_share_takes_the_arrays_of_one_study(model):
     two = collate([item, item], share=True)
     assert not np.shares_memory(two["MR_images"].numpy(), prep.inputs["MR"].images)
     assert torch.equal(two["MR_images"][1], copied["MR_images"][0])
+
+
+def test_finding_logits_pool_cells_and_average_the_largest():
+    from BINDSLib.model.network import finding_logits, study_max
+
+    x = torch.full((2, 1, 32, 32), -4.0)
+    x[0, 0, :16, :16] = 2.0  # one whole 16-pixel cell at 2
+    x[0, 0, 16:24, 16:32] = 6.0  # half of another cell at 6: that cell averages 1
+    got = finding_logits(x, cell=16, topk=2)
+    assert got[0].item() == pytest.approx((2.0 + 1.0) / 2)
+    assert got[1].item() == pytest.approx(-4.0)  # a flat map is its own value
+    assert finding_logits(x, cell=16, topk=1)[0].item() == pytest.approx(2.0)
+    # k larger than the number of cells, cells larger than the map, 3D maps
+    assert finding_logits(x, cell=64, topk=9)[0].item() == pytest.approx(float(x[0].mean()))
+    v = torch.zeros((1, 1, 4, 8, 8))
+    v[0, 0, 1, 2, 3] = 64.0
+    assert finding_logits(v, cell=4, topk=1).item() == pytest.approx(64.0 / (4 * 4 * 4))
+    # the study maximum keeps the gradient of the winning row only
+    vals = torch.tensor([1.0, 3.0, 2.0, 5.0], requires_grad=True)
+    out = study_max(vals, torch.tensor([0, 0, 2, 2]), 3)
+    assert out[0].item() == 3.0 and out[2].item() == 5.0 and out[1].item() == float("-inf")
+    out[[0, 2]].sum().backward()
+    assert vals.grad.tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_prediction_finding_probability_is_the_largest_image_finding_logit(model):
+    from BINDSLib.model.network import finding_logits
+
+    study = make_case(5, True, ("MG", "US"))
+    pred = model.predict(study, saliency="none")
+    cfg = model.config
+    batch = _batch(study, cfg)
+    with torch.inference_mode():
+        enc = model.network.encode(batch)
+    best = max(float(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
+               for e in enc.values())
+    assert pred.finding_probability == pytest.approx(1 / (1 + np.exp(-best)), rel=1e-5)
+    assert pred.to_json()["finding_probability"] == pred.finding_probability
+    # restricted to one modality, only its images count
+    us_only = model.predict(study, modalities=("US",), saliency="none")
+    us_best = float(finding_logits(enc["US"].lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
+    assert us_only.finding_probability == pytest.approx(1 / (1 + np.exp(-us_best)), rel=1e-5)

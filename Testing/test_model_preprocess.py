@@ -177,3 +177,68 @@ def test_one_view_bundle_keeps_the_preferred_view_then_marked_images_first():
     assert _mg_labels(two) == ["MG_L_MLO", "MG_R_MLO"]
     with pytest.raises(ValueError, match="not mammography views"):
         tiny_config(mg_views=("LATERAL",))
+
+
+def _film(rows=200, cols=160, lesion=(100, 50, 8)):
+    """A film-like mammogram: dark background, the breast a half-disc at the left edge, a
+    bright film label far from it at the top right, a lesion disc inside the breast."""
+    rr, cc = np.mgrid[:rows, :cols]
+    plane = np.zeros((rows, cols), np.float32)
+    breast = ((rr - 100) / 80.0) ** 2 + (cc / 90.0) ** 2 <= 1
+    plane[breast] = 0.5
+    plane[8:18, 140:152] = 1.0  # the film label
+    r, c, rad = lesion
+    disc = (rr - r) ** 2 + (cc - c) ** 2 <= rad ** 2
+    plane[disc] = 0.8
+    return plane, disc
+
+
+def test_breast_box_keeps_the_breast_and_drops_labels_and_background():
+    from BINDSLib.model.preprocess import BREAST_MARGIN, breast_box
+
+    plane, _ = _film()
+    r0, r1, c0, c1 = breast_box(plane)
+    mr, mc = round(BREAST_MARGIN * 200), round(BREAST_MARGIN * 160)
+    # the breast spans rows 20-180 and columns 0-90; the label (columns 140-151) is left out
+    assert (r0, r1, c0) == (20 - mr, 181 + mr, 0)
+    assert c1 == 91 + mc and c1 < 140
+    assert breast_box(np.zeros((50, 40), np.float32)) is None  # blank
+    speck = np.zeros((100, 100), np.float32)
+    speck[10:13, 10:13] = 1.0
+    assert breast_box(speck) is None  # too small to be a breast: use the whole image
+    # a large film is searched on a subsample, with the box scaled back to full resolution
+    big = np.kron(plane, np.ones((8, 8), np.float32))
+    b0, b1, d0, d1 = breast_box(big)
+    assert abs(b0 - 8 * 20 + round(BREAST_MARGIN * 1600)) <= 8 and abs(d1 - 8 * 91 - round(BREAST_MARGIN * 1280)) <= 8
+
+
+def test_breast_fitted_grid_is_finer_and_maps_back_exactly():
+    from BINDSLib.study import Image, Modality, Role, Study
+
+    plane, disc = _film()
+    geom = Geometry((0.4, 0.4, 1.0), (10.0, -5.0, 0.0))
+    study = Study("film", [Image(plane[None] * 1000, geom, Role(Modality.MG, laterality="L", view="MLO"),
+                                 lesion_mask=disc[None].astype(np.uint8))])
+    cfg_image = tiny_config(mg_size=(96, 64), mg_max_views=1)
+    cfg_breast = tiny_config(mg_size=(96, 64), mg_max_views=1, mg_fit="breast")
+    whole = prepare_study(study, cfg_image, use_reference_masks=True).inputs["MG"]
+    fitted = prepare_study(study, cfg_breast, use_reference_masks=True).inputs["MG"]
+    g_whole, g_fit = whole.grids[0], fitted.grids[0]
+    # the breast (about 160 x 91 pixels of 200 x 160) gets the grid: a finer spacing
+    assert g_fit.geometry.spacing_mm[0] < 0.85 * g_whole.geometry.spacing_mm[0]
+    # the reference lesion lands where it is in physical space, and maps back onto itself
+    src = fitted.sources[0][0]
+    on_model = fitted.masks[0, 0][None].astype(np.float32)
+    err = np.linalg.norm(_centroid_lps(on_model, g_fit.geometry) - _centroid_lps(disc[None], geom))
+    assert err < 0.2
+    back = to_image_grid(on_model, g_fit, src) >= 0.5
+    assert back.shape == (1, 200, 160)
+    assert (back[0] != disc).sum() <= 0.25 * disc.sum()
+    # outside the fitted box nothing comes back (the label's corner stays 0)
+    ones = to_image_grid(np.ones(g_fit.shape, np.float32), g_fit, src)
+    assert ones[0, 8:18, 140:152].max() == 0.0 and ones[0, 100, 40] == pytest.approx(1.0)
+
+
+def test_breast_box_must_lie_in_the_image():
+    with pytest.raises(ValueError, match="not inside"):
+        plane_grid((1, 20, 20), Geometry(), (32, 32), box=(0, 25, 0, 10))

@@ -63,7 +63,7 @@ def make_report(labels, probabilities, user=()):
                           float(salient_mask(label).sum()), probabilities[label]) for label in labels]
     stages = [StageResult(1, ["MG"], 0.4, {}, {"MG": 1.0}),
               StageResult(2, ["MG", "MR"], 0.87, {"luminal_a": 0.1, "luminal_b": 0.6, "her2_enriched": 0.2,
-                                                   "triple_negative": 0.1}, {"MG": 0.3, "MR": 0.7})]
+                                                   "triple_negative": 0.1}, {"MG": 0.3, "MR": 0.7}, 0.93)]
     return DiagnosisReport(
         study_id="s-1", patient_id="anon-000000000001", study_date="2024-01-02", synthetic=True, stage=2,
         stages=stages, malignancy_probability=0.87, subtype_probabilities=stages[-1].subtype_probabilities,
@@ -176,6 +176,7 @@ def test_report_table_and_subject_hierarchy(scene, images, loaded):
     assert rows[1:1 + len(report_table_rows(report))] == report_table_rows(report)
     assert ("Stage", "2") in rows and ("Recommendation", "biopsy") in rows
     assert ("Malignancy probability", "0.870") in rows and ("Contribution MR", "0.700") in rows
+    assert ("Finding probability (abnormal vs normal)", "0.930") in rows  # the final stage's
     assert ("Subtype luminal b", "0.600") in rows and ("Most likely subtype", "luminal b") in rows
     assert ("Intended use", "Research use only; not for clinical use.") in rows
     table = results.table.GetTable()

@@ -61,12 +61,14 @@ def _config(tmp_path, epochs=(1, 2), modality_sets=(("US", "MR"), ("MG", "US")),
 
 
 def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
-    cfg = _config(tmp_path, epochs=(1, 1))
+    cfg = _config(tmp_path, epochs=(1, 1), loss_weights={"finding": 1.0})
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run)]) == 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["phase"] for r in rows] == ["unimodal", "multimodal"]
     assert all(float(r["train_loss"]) > 0 for r in rows)
+    # the finding term (abnormal vs normal) is trained and scored on the split
+    assert all(float(r["train_finding"]) > 0 for r in rows) and all(r["val_auc_finding"] for r in rows)
     assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)  # validation lesions have masks
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "train.log").is_file()
     model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
@@ -173,6 +175,12 @@ def test_config_errors_are_clear(tmp_path):
         parse_settings({"model": {"colour": 1}, "data": [{"synthetic": {}}]})
     s = parse_settings({"model": {"preset": "paper"}, "data": {"dataset": "x"}})
     assert s.model.embed_dim == 512 and s.model.locator_2d.channels[-1] == 512
+    with pytest.raises(ValueError, match="mg_fit must be one of"):
+        parse_settings({"model": {"mg_fit": "whole"}, "data": {"dataset": "x"}})
+    with pytest.raises(ValueError, match="finding_cell and finding_topk"):
+        parse_settings({"model": {"finding_topk": 0}, "data": {"dataset": "x"}})
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        parse_settings({"data": {"dataset": "x"}, "train": {"loss_weights": {"findings": 1}}})
     with pytest.raises(InputError, match="not found"):
         load_settings(tmp_path / "missing.json")
 

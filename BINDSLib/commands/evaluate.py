@@ -120,7 +120,10 @@ def summary(m: dict) -> str:
     lines = [f"n={m['n']} (malignant {m['n_malignant']}, benign {m['n_benign']}, normal {m['n_normal']})",
              f"AUC malignant vs benign {f(m.get('auc'))} (95% CI {f(ci[0])}-{f(ci[1])})"]
     if "auc_abnormal" in m:
-        lines.append(f"AUC abnormal vs normal {f(m['auc_abnormal'])}")
+        aci = m.get("auc_abnormal_ci95") or [None, None]
+        lines.append(f"AUC abnormal vs normal {f(m['auc_abnormal'])} (95% CI {f(aci[0])}-{f(aci[1])}; "
+                     f"finding probability), {f(m.get('auc_abnormal_malignancy'))} by the malignancy "
+                     "probability")
     lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "
                  f"specificity {f(m.get('specificity'))}; ECE {f(m.get('ece'))}")
     br = m.get("biopsy_reduction", {})

@@ -43,6 +43,8 @@ MG_VIEW_CODES = ("CC", "MLO", "other")
 SIDES = ("L", "R", "unknown")
 
 _PRESETS = ("demo", "paper")
+#: What a mammogram's model grid covers (``DiagnosisConfig.mg_fit``).
+MG_FITS = ("image", "breast")
 
 
 def _tuple(v, n: int | None, name: str, kind=int) -> tuple:
@@ -71,7 +73,9 @@ class EncoderConfig:
     head_level : lesion locators only: the finest backbone stage whose features enter the
         pyramid head that draws the lesion map: ``1`` (default; stride 4 without max-pooling)
         or ``0`` (stride 2: sharper lesion outlines, at about 4x the head's cost - fine in
-        2D, costly for the 3D locator on a full MRI grid).
+        2D, costly for the 3D locator on a full MRI grid) or ``2`` (stride 8: a coarse map of
+        the deeper stages only). EfficientNet-Lite0's stages are one level coarser (levels 0,
+        1, 2 at strides 4, 8, 16).
     head_channels, head_convs : lesion locators only: width of the pyramid head and its number
         of 3x3 convolution + norm + ReLU layers (default 16 and 1: a light head; a wider, deeper
         one gives the lesion outline more capacity of its own).
@@ -119,8 +123,8 @@ class EncoderConfig:
         object.__setattr__(self, "channels", _tuple(self.channels, 4, "channels"))
         if min(self.layers) < 1 or min(self.channels) < 1:
             raise ValueError("encoder layers and channels must be positive")
-        if self.head_level not in (0, 1):
-            raise ValueError(f"head_level must be 0 or 1, not {self.head_level!r}")
+        if self.head_level not in (0, 1, 2):
+            raise ValueError(f"head_level must be 0, 1 or 2, not {self.head_level!r}")
         if self.head_channels < 1 or self.head_convs < 1:
             raise ValueError("head_channels and head_convs must be positive")
         if self.head_refine < 0:
@@ -201,6 +205,9 @@ class DiagnosisConfig:
     mg_crop, us_crop, mr_crop : size of the lesion-focused crop fed to the classifier encoder.
     mg_max_views, us_max_images : slots per study (extra images are ignored, with a note;
         images with a lesion mask are kept first).
+    mg_fit : what a mammogram's model grid covers: ``"image"`` (default, the whole image) or
+        ``"breast"`` (the breast's bounding box, :func:`~.preprocess.breast_box`: on film or
+        with a wide detector the breast then fills the grid, at a finer spacing).
     mg_views : MG views to keep first when a study has more than ``mg_max_views``, most
         preferred first (``("MLO",)`` for a bundle trained on MLO views only); empty: slot
         order (L before R, CC before MLO).
@@ -237,6 +244,10 @@ class DiagnosisConfig:
         lesion" instead of 0.5, which a from-scratch locator otherwise spends its first
         hundreds of steps unlearning. ``None`` (default): PyTorch's default initialisation.
         Only training depends on it.
+    finding_cell, finding_topk : the image-level finding score (abnormal vs normal; reported
+        as ``finding_probability``) is the mean of the ``finding_topk`` largest cells of the
+        lesion logit map averaged over ``finding_cell``-pixel cells
+        (:func:`~.network.finding_logits`); trained when ``train.loss_weights.finding`` > 0.
     lesion_refiner : a :class:`RefinerConfig` (JSON: its fields, ``{}`` for the defaults) to
         redraw the predicted lesion of 2D images at the image's own resolution, trained in a
         stage of its own after the network (``train.refiner``); ``None`` (default): the
@@ -253,6 +264,7 @@ class DiagnosisConfig:
     mg_max_views: int = 4
     us_max_images: int = 2
     mg_views: tuple[str, ...] = ()
+    mg_fit: str = "image"
     locator_2d: EncoderConfig = field(default_factory=EncoderConfig)
     locator_3d: EncoderConfig = field(default_factory=lambda: EncoderConfig(stem_kernel=3))
     classifier_2d: EncoderConfig = field(default_factory=EncoderConfig)
@@ -275,6 +287,8 @@ class DiagnosisConfig:
     lesion_mask_mode: str = "threshold"
     lesion_prior: float | None = None
     lesion_refiner: RefinerConfig | None = None
+    finding_cell: int = 16
+    finding_topk: int = 4
 
     def __post_init__(self):
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
@@ -312,6 +326,10 @@ class DiagnosisConfig:
             raise ValueError("lesion_prior must be in (0, 1) or null")
         if self.lesion_mask_mode not in ("threshold", "peak_component"):
             raise ValueError("lesion_mask_mode must be 'threshold' or 'peak_component'")
+        if int(self.finding_cell) < 1 or int(self.finding_topk) < 1:
+            raise ValueError("finding_cell and finding_topk must be >= 1")
+        if self.mg_fit not in MG_FITS:
+            raise ValueError(f"mg_fit must be one of {MG_FITS}, not {self.mg_fit!r}")
         if not 0.0 < self.lesion_threshold < 1.0:
             raise ValueError("lesion_threshold must be in (0, 1)")
 

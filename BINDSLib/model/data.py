@@ -44,6 +44,14 @@ def study_labels(study: Study) -> tuple[float, int]:
     return malignant, (SUBTYPES.index(st.value) if st is not None else -1)
 
 
+def study_abnormal(study: Study) -> float:
+    """1.0 when the study has a finding (benign or malignant, or a pathology record), 0.0 when
+    it is normal, NaN when unknown."""
+    if study.diagnosis is None:
+        return 1.0 if study.pathology is not None else math.nan
+    return float(study.diagnosis is not Diagnosis.NORMAL)
+
+
 def holdout_ok(study: Study) -> bool:
     """Whether ``study`` may go to a held-out split: not when it belongs to a BUSI duplicate
     group whose frames carry conflicting labels (``label_conflict`` = 1)."""
@@ -73,6 +81,8 @@ class Sample:
     #: False for studies that must never be held out (BUSI ``label_conflict`` groups: their
     #: near-duplicates carry different labels, so they would make a validation label noisy)
     holdout_ok: bool = True
+    #: 1.0 the study has a finding, 0.0 normal, NaN unknown (:func:`study_abnormal`)
+    abnormal: float = math.nan
 
 
 def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = None) -> Sample:
@@ -88,7 +98,8 @@ def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = 
                     study.study_id, wsi.shape, config.wsi_dim)
         wsi = None
     return Sample(study.study_id, prepared, malignant, subtype, path,
-                  wsi if config.wsi_dim else None, group_of(study), holdout_ok(study))
+                  wsi if config.wsi_dim else None, group_of(study), holdout_ok(study),
+                  study_abnormal(study))
 
 
 def _seed(*parts) -> int:
@@ -154,7 +165,8 @@ class StudyDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
-        item: dict = {"malignant": s.malignant, "subtype": s.subtype, "pathology": s.pathology,
+        item: dict = {"malignant": s.malignant, "abnormal": s.abnormal, "subtype": s.subtype,
+                      "pathology": s.pathology,
                       "wsi": s.wsi, "index": i}
         for m, inp in s.prepared.inputs.items():
             images = inp.images.astype(np.float32)
@@ -234,6 +246,7 @@ def collate(items: list[dict], wsi_dim: int = 0, share: bool = False) -> dict[st
                       f"{m}_channels": channels})
     if items and "malignant" in items[0]:
         batch["malignant"] = torch.tensor([it["malignant"] for it in items], dtype=torch.float32)
+        batch["abnormal"] = torch.tensor([it.get("abnormal", math.nan) for it in items], dtype=torch.float32)
         batch["subtype"] = torch.tensor([it["subtype"] for it in items], dtype=torch.long)
         batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
         path = torch.zeros((bsz, len(FEATURE_NAMES)), dtype=torch.float32)

@@ -2,10 +2,13 @@
 
 Writes to the output folder:
 
-* ``metrics.json`` (schema ``binds.diagnosis_evaluation`` v1): ``n`` and class counts; ``auc``
+* ``metrics.json`` (schema ``binds.diagnosis_evaluation`` v2): ``n`` and class counts; ``auc``
   (malignant vs benign) with ``auc_ci95`` (stratified bootstrap); with normal cases also
-  ``auc_malignant_vs_rest`` and ``auc_abnormal`` (abnormal vs normal, by the malignancy
-  probability) and ``auc_abnormal_lesion_score`` (by the highest lesion probability);
+  ``auc_malignant_vs_rest``, ``auc_abnormal`` with ``auc_abnormal_ci95`` (abnormal - benign or
+  malignant - vs normal, by the finding probability: the model's answer to "is there a
+  finding?"), ``auc_abnormal_malignancy`` (the same by the malignancy probability; version 1
+  called this ``auc_abnormal``) and ``auc_abnormal_lesion_score`` (by the highest lesion
+  probability);
   ``sensitivity``, ``specificity`` and ``threshold`` at the bundle's operating point
   (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
@@ -44,7 +47,7 @@ from .metrics import finite_json
 log = logging.getLogger(__name__)
 
 SCHEMA = "binds.diagnosis_evaluation"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _lesion_reference(image) -> np.ndarray | None:
@@ -99,6 +102,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
                "malignant": malignant, "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
                "malignancy_probability": pred.malignancy_probability,
+               "finding_probability": pred.finding_probability,
                "predicted_malignant": int(pred.malignancy_probability >= model.threshold),
                "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
         row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})
@@ -145,9 +149,13 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
         ya, pa = y[labelled].astype(int), p[labelled]
         m["auc_malignant_vs_rest"] = auc(pa, ya)
         abnormal = (diag[labelled] != "normal").astype(int)
-        m["auc_abnormal"] = auc(pa, abnormal)
-        m["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pa, abnormal, n=n_bootstrap, seed=seed,
+        pf = np.array([r["finding_probability"] for r in rows], dtype=float)[labelled]
+        m["auc_abnormal"] = auc(pf, abnormal)
+        m["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf, abnormal, n=n_bootstrap, seed=seed,
                                                    stratify=abnormal))
+        m["auc_abnormal_malignancy"] = auc(pa, abnormal)
+        m["auc_abnormal_malignancy_ci95"] = list(bootstrap_ci(auc, pa, abnormal, n=n_bootstrap, seed=seed,
+                                                              stratify=abnormal))
         ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
         m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)

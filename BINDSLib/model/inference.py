@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ class Prediction:
     threshold : the bundle's operating threshold; uncertainty_band : (low, high) of stage 1.
     timings_s : seconds by part (preprocess, encoders, fusion, saliency, mapping, total).
     notes : images ignored and similar remarks. model : the bundle summary (name, version, hash).
+    finding_probability : probability that the study shows a finding at all (benign or
+        malignant vs normal): the sigmoid of the largest image-level finding logit of the used
+        modalities (:func:`~.network.finding_logits`; not temperature-calibrated). The score
+        for "abnormal vs normal"; the malignancy probability answers "malignant or not".
     """
 
     study_id: str
@@ -130,6 +135,7 @@ class Prediction:
     timings_s: dict[str, float]
     notes: list[str] = field(default_factory=list)
     model: dict = field(default_factory=dict)
+    finding_probability: float = float("nan")
 
     @property
     def lesion_probability(self) -> dict[str, np.ndarray]:
@@ -159,6 +165,7 @@ class Prediction:
             "study_id": self.study_id,
             "malignancy_probability": self.malignancy_probability,
             "malignancy_logit": self.malignancy_logit,
+            "finding_probability": self.finding_probability,
             "subtype_probabilities": self.subtype_probabilities,
             "modalities": list(self.modalities),
             "modality_probabilities": self.modality_probabilities,
@@ -302,6 +309,7 @@ class DiagnosisModel:
         """
         import torch
 
+        from .network import finding_logits
         from .preprocess import PreparedStudy, to_image_grid
         from .saliency import METHODS, alignment_saliency, gradcam_saliency
 
@@ -383,6 +391,9 @@ class DiagnosisModel:
             if enc_flip is not None:
                 merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
+            cfg = self.config
+            finding = max(float(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
+                          for e in enc.values())
             lap("fusion")
             proto = net.pathology.prototype_malignant
             sal = {}
@@ -417,7 +428,8 @@ class DiagnosisModel:
             modalities=used, modality_probabilities=aux, contributions=contributions,
             contribution_deltas=deltas,
             images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
-            timings_s=timings, notes=list(prepared.notes), model=self.summary)
+            timings_s=timings, notes=list(prepared.notes), model=self.summary,
+            finding_probability=0.5 * (1.0 + math.tanh(finding / 2.0)))  # sigmoid, no overflow
 
     def _autocast(self):
         import contextlib

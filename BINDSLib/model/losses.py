@@ -4,6 +4,10 @@
   counts as not malignant) and on each modality's auxiliary logit;
 * subtype: cross-entropy on studies with a known molecular subtype;
 * lesion localisation: MONAI ``DiceCELoss`` (sigmoid) on images with a known mask;
+* finding (abnormal vs normal; weight 0 by default): binary cross-entropy of each modality's
+  study-level finding logit - the largest :func:`~.network.finding_logits` of its images -
+  against "the study has a finding" (benign or malignant; normal = 0), so that the lesion map
+  also learns from images whose finding has no outline;
 * radiology-pathology alignment (:func:`alignment_loss`), studies with pathology only:
   ``"cosine3"`` - BINDS's ``(1 - cos)^3`` - or ``"contrastive"`` (InfoNCE with soft targets
   from pathology-pathology similarity, so identical records are not false negatives).
@@ -75,6 +79,7 @@ class LossWeights:
     alignment: float = 0.1
     background: float = 0.05
     pathology: float = 0.5
+    finding: float = 0.0
 
     @classmethod
     def from_json(cls, d: dict) -> "LossWeights":
@@ -96,13 +101,16 @@ class DiagnosisLoss(nn.Module):
     """All training losses; ``forward(outputs, batch, fusion=True)`` -> ``(total, parts)``.
 
     ``batch`` needs ``malignant (B,)`` float (NaN unknown), ``subtype (B,)`` long (-1 unknown),
-    ``pathology_present (B,)`` bool. With ``fusion=False`` (per-modality phase) the fused
+    ``pathology_present (B,)`` bool, and for the finding term ``abnormal (B,)`` float (NaN
+    unknown). With ``fusion=False`` (per-modality phase) the fused
     malignancy/subtype/alignment terms are left out.
     """
 
     def __init__(self, weights: LossWeights = LossWeights(), alignment: str = "cosine3",
-                 temperature: float = 0.1, pos_weight: float = 1.0, segmentation: str = "dicece"):
+                 temperature: float = 0.1, pos_weight: float = 1.0, segmentation: str = "dicece",
+                 finding_cell: int = 16, finding_topk: int = 4):
         super().__init__()
+        self.finding_cell, self.finding_topk = finding_cell, finding_topk
         from monai.losses import DiceCELoss, DiceFocalLoss
 
         if alignment not in ALIGNMENTS:
@@ -143,6 +151,16 @@ class DiagnosisLoss(nn.Module):
                 target = batch[f"{m}_masks"][b, s][given].float()
                 seg.append(self.segmentation(e.lesion_logits[given].float(), target))
         parts["segmentation"] = torch.stack(seg).mean() if seg else zero
+        if w.finding and "abnormal" in batch:
+            from .network import finding_logits, study_max
+
+            bsz = malignant.shape[0]
+            found = []
+            for e in encs.values():
+                f = study_max(finding_logits(e.lesion_logits, self.finding_cell, self.finding_topk),
+                              e.index[:, 0], bsz)
+                found.append(_bce(f[e.aux_present], batch["abnormal"][e.aux_present], 1.0))
+            parts["finding"] = torch.stack(found).mean() if found else zero
         align, back = [], []
         if has_path is not None and "pathology_embedding" in outputs:
             z = outputs["pathology_embedding"]

@@ -69,6 +69,29 @@ class ModalityEncoding:
     has_lesion: torch.Tensor
 
 
+def finding_logits(lesion_logits: torch.Tensor, cell: int, topk: int) -> torch.Tensor:
+    """Image-level *finding* logit ``(N,)`` from lesion logit maps ``(N, 1, *spatial)``.
+
+    Multiple-instance pooling: the map is averaged over cells of ``cell`` pixels a side
+    (fewer along an axis shorter than that) and the ``topk`` largest cells are averaged. An
+    image with a finding needs a few confident cells, a normal one none: trained on image
+    labels (``loss_weights.finding``) this teaches the locator from images without an outline
+    too; untrained, it is a smoothed maximum of the lesion map.
+    """
+    spatial = lesion_logits.shape[2:]
+    kernel = tuple(max(1, min(int(cell), int(n))) for n in spatial)
+    pool = F.avg_pool3d if len(spatial) == 3 else F.avg_pool2d
+    cells = pool(lesion_logits.float(), kernel, stride=kernel).flatten(1)
+    return cells.topk(min(int(topk), cells.shape[1]), 1).values.mean(1)
+
+
+def study_max(values: torch.Tensor, study: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per study ``(batch_size,)``, the maximum of ``values (N,)`` over its rows (``study (N,)``
+    holds each row's study); ``-inf`` for a study without rows."""
+    out = torch.full((batch_size,), -math.inf, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, study, values, "amax", include_self=False)
+
+
 class ModalityBranch(nn.Module):
     """Locator + crop classifier + token projection + auxiliary head of one modality."""
 

@@ -8,7 +8,9 @@ physical space (separable linear passes between parallel grids, SimpleITK otherw
 :func:`resample`), so it overlays exactly in Slicer.
 
 * MG and US images become ``(1, rows, cols)`` planes of ``mg_size`` / ``us_size``: isotropic
-  in-plane spacing, aspect kept, the image centred and padded with 0. Mammograms are oriented
+  in-plane spacing, aspect kept, the image centred and padded with 0 (with ``mg_fit:
+  "breast"`` a mammogram's grid is fitted to the breast's bounding box instead, :func:`breast_box`:
+  the background, labels and markers are cut off and the breast gets more of the grid). Mammograms are oriented
   canonically (chest wall at the left edge: right breasts mirrored, and an image stored
   mirrored is detected by its brighter side) by a model grid whose column axis is reversed;
   mapping back undoes it. A multi-frame image (cine, tomosynthesis) contributes one frame
@@ -157,6 +159,46 @@ def chest_wall_on_right(plane: np.ndarray, laterality: str | None) -> bool:
     return flip
 
 
+#: Breast: pixels above this share of the normalised range (0 background, 1 the upper
+#: percentile), the largest connected region of them.
+BREAST_THRESHOLD = 0.1
+#: A breast region smaller than this share of the image is not trusted (the whole image is used).
+BREAST_MIN_FRACTION = 0.05
+#: Margin added around the breast's bounding box, as a share of the image's side.
+BREAST_MARGIN = 0.02
+
+
+def breast_box(plane: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(row0, row1, col0, col1)`` (half-open) of the breast in a normalised
+    mammogram ``(rows, cols)`` (:func:`normalise_intensity`), with a margin.
+
+    The breast is the largest connected region above :data:`BREAST_THRESHOLD`: film labels,
+    markers and scanner borders, smaller and apart from it, are left out. Found on a copy
+    subsampled to at most ~512 pixels a side. ``None`` when no region covers
+    :data:`BREAST_MIN_FRACTION` of the image (a blank or unusual image: use all of it).
+    """
+    import SimpleITK as sitk
+
+    rows, cols = plane.shape
+    step = max(1, int(np.ceil(max(rows, cols) / 512)))
+    small = np.ascontiguousarray(plane[::step, ::step] > BREAST_THRESHOLD, dtype=np.uint8)
+    if not small.any():
+        return None
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(small)),
+                                   sortByObjectSize=True)
+    largest = sitk.GetArrayViewFromImage(labels) == 1
+    if largest.sum() < BREAST_MIN_FRACTION * small.size:
+        return None
+    rr = np.flatnonzero(largest.any(1))
+    cc = np.flatnonzero(largest.any(0))
+    mr, mc = int(round(BREAST_MARGIN * rows)), int(round(BREAST_MARGIN * cols))
+    r0 = max(0, int(rr[0]) * step - mr)
+    r1 = min(rows, (int(rr[-1]) + 1) * step + mr)
+    c0 = max(0, int(cc[0]) * step - mc)
+    c1 = min(cols, (int(cc[-1]) + 1) * step + mc)
+    return r0, r1, c0, c1
+
+
 # -- grids -------------------------------------------------------------------------------
 
 def frame_geometry(geometry: Geometry, frame: int) -> Geometry:
@@ -166,15 +208,17 @@ def frame_geometry(geometry: Geometry, frame: int) -> Geometry:
 
 
 def plane_grid(shape: tuple[int, int, int], geometry: Geometry, size: tuple[int, int],
-               mirror: bool = False) -> ModelGrid:
+               mirror: bool = False, box: tuple[int, int, int, int] | None = None) -> ModelGrid:
     """Model grid ``(1, *size)`` for a 1-slice image: isotropic in-plane, aspect kept, centred.
 
     Parameters
     ----------
     shape : ``(1, rows, cols)`` of the image. geometry : its geometry.
     size : ``(H, W)`` of the model grid. mirror : reverse the column axis (mirrored view).
+    box : ``(row0, row1, col0, col1)`` (half-open pixel ranges): fit the grid to that part of
+        the image instead of the whole of it (:func:`breast_box`); the rest is cut off.
     """
-    return _centred_grid(shape, geometry, (1, *size), mirror, stretch_slices=False)
+    return _centred_grid(shape, geometry, (1, *size), mirror, stretch_slices=False, box=box)
 
 
 def volume_grid(shape: tuple[int, int, int], geometry: Geometry,
@@ -184,13 +228,20 @@ def volume_grid(shape: tuple[int, int, int], geometry: Geometry,
     return _centred_grid(shape, geometry, size, False, stretch_slices=True)
 
 
-def _centred_grid(shape, geometry: Geometry, size, mirror: bool, stretch_slices: bool) -> ModelGrid:
+def _centred_grid(shape, geometry: Geometry, size, mirror: bool, stretch_slices: bool,
+                  box: tuple[int, int, int, int] | None = None) -> ModelGrid:
     d, r, c = shape
+    r0, c0 = 0, 0
+    if box is not None:
+        r0, r1, c0, c1 = (int(v) for v in box)
+        if not (0 <= r0 < r1 <= r and 0 <= c0 < c1 <= c):
+            raise ValueError(f"box {box} is not inside an image of {r} x {c} pixels")
+        r, c = r1 - r0, c1 - c0
     sd, sh, sw = size
     sx, sy, sz = geometry.spacing_mm
     s = max(c * sx / sw, r * sy / sh)
     s_slice = (d * sz / sd) if stretch_slices else sz
-    centre = geometry.index_to_lps(((c - 1) / 2.0, (r - 1) / 2.0, (d - 1) / 2.0))
+    centre = geometry.index_to_lps((c0 + (c - 1) / 2.0, r0 + (r - 1) / 2.0, (d - 1) / 2.0))
     flip = np.diag([-1.0 if mirror else 1.0, 1.0, 1.0])
     direction = geometry.direction_matrix @ flip
     half = np.array([(sw - 1) / 2.0 * s, (sh - 1) / 2.0 * s, (sd - 1) / 2.0 * s_slice])
@@ -479,7 +530,8 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
                                     config.intensity_percentiles)
         mirror = modality == "MG" and chest_wall_on_right(plane[0], im.role.laterality)
         geom = im.geometry if frame is None else frame_geometry(im.geometry, frame)
-        grid = plane_grid(plane.shape, geom, size, mirror=mirror)
+        box = breast_box(plane[0]) if modality == "MG" and config.mg_fit == "breast" else None
+        grid = plane_grid(plane.shape, geom, size, mirror=mirror, box=box)
         arr[i, 0] = resample(plane, geom, grid.shape, grid.geometry)[0]
         if im.label in masks:
             mk[i, 0] = to_model_grid(masks[im.label].astype(np.float32), src, grid)[0] >= 0.5

@@ -405,16 +405,21 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
     the predicted lesion, never from the reference masks the samples carry.
 
     Returns ``{"logit": (N,), "subtype": (N, 4) probabilities, "aux": {m: (N,)},
-    "combinations": {"MG+US": (N,), ...}}``; NaN where a study lacks the modalities.
+    "finding": (N,), "combinations": {"MG+US": (N,), ...}}``; NaN where a study lacks the
+    modalities. ``finding``: the study's finding logit (largest over its images,
+    :func:`~.network.finding_logits`).
     """
     import torch
 
     from .data import StudyDataset, collate
+    from .network import finding_logits, study_max
 
     ds = StudyDataset(samples, augment=False)
     n = len(samples)
     res = {"logit": np.full(n, np.nan), "subtype": np.full((n, len(SUBTYPES)), np.nan),
-           "aux": {m: np.full(n, np.nan) for m in MODALITIES}, "combinations": {}}
+           "aux": {m: np.full(n, np.nan) for m in MODALITIES}, "finding": np.full(n, np.nan),
+           "combinations": {}}
+    cfg = network.config
     was_training = network.training
     network.eval()
     with torch.inference_mode():
@@ -425,9 +430,16 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
             out = network.fuse(enc, batch)
             res["logit"][idx] = out["malignancy_logit"].float().cpu().numpy()
             res["subtype"][idx] = torch.softmax(out["subtype_logits"].float(), 1).cpu().numpy()
+            found = None
             for m, e in enc.items():
                 sel = e.aux_present.cpu().numpy()
                 res["aux"][m][np.asarray(idx)[sel]] = e.aux_logit.float().cpu().numpy()[sel]
+                f = study_max(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk),
+                              e.index[:, 0], len(idx))
+                found = f if found is None else torch.maximum(found, f)
+            if found is not None:
+                f = found.cpu().numpy()
+                res["finding"][idx] = np.where(np.isfinite(f), f, np.nan)
             if combinations:
                 have = {m: batch[f"{m}_present"].any(1) if f"{m}_present" in batch else
                         torch.zeros(len(idx), dtype=torch.bool, device=device) for m in MODALITIES}
@@ -483,8 +495,8 @@ def settings_digest(settings: TrainSettings) -> str:
 
 METRIC_COLUMNS = ("epoch", "phase", "lr", "seconds", "train_loss", "train_malignancy",
                   "train_auxiliary", "train_subtype", "train_segmentation", "train_alignment",
-                  "train_background", "train_pathology", "val_loss", "val_auc", "val_auc_MG",
-                  "val_auc_US", "val_auc_MR", "val_dice")
+                  "train_background", "train_pathology", "train_finding", "val_loss", "val_auc",
+                  "val_auc_MG", "val_auc_US", "val_auc_MR", "val_auc_finding", "val_dice")
 
 
 def _lr_at(settings: TrainSettings, phase: Phase, t: float) -> float:
@@ -591,7 +603,8 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[rt.device.index] if cuda else None, find_unused_parameters=True)
     loss_fn = DiagnosisLoss(settings.loss_weights, settings.alignment,
-                            settings.alignment_temperature, settings.pos_weight, settings.segmentation_loss)
+                            settings.alignment_temperature, settings.pos_weight, settings.segmentation_loss,
+                            cfg.finding_cell, cfg.finding_topk)
     train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg)
     sampler = None
     if rt.distributed:
@@ -853,6 +866,7 @@ def _validate(net, val_samples, y_val, loss_fn, device, settings, phase) -> dict
            "val_dice": float(np.mean(dice)) if dice else math.nan}
     for m in MODALITIES:
         row[f"val_auc_{m}"] = _auc_of(pred["aux"][m], y_val)
+    row["val_auc_finding"] = _auc_of(pred["finding"], [s.abnormal for s in val_samples])
     return row
 
 
@@ -944,6 +958,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             "validation_ece": ece(p, y),
             "validation_auc_by_combination": {k: _auc_of(v, y_val) for k, v in pred["combinations"].items()},
             "validation_auc_by_modality_head": {m: _auc_of(pred["aux"][m], y_val) for m in MODALITIES},
+            "validation_auc_finding": _auc_of(pred["finding"], [s.abnormal for s in val_samples]),
         })
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0

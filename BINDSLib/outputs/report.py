@@ -15,7 +15,7 @@ REPORT_SCHEMA_VERSION = 1
 
 RESULT_COLUMNS = (
     "study_id", "patient_id", "study_date", "stage", "modalities", "malignancy_probability",
-    "stage1_probability", "stage2_probability", "threshold", "recommendation", "subtype",
+    "finding_probability", "stage1_probability", "stage2_probability", "threshold", "recommendation", "subtype",
     "subtype_probability", "user_lesion_masks", "model", "model_version",
 )
 
@@ -29,6 +29,8 @@ class StageResult:
     malignancy_probability: float
     subtype_probabilities: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
+    #: probability that the study shows a finding at all (abnormal vs normal); None: not given
+    finding_probability: float | None = None
 
 
 @dataclass
@@ -75,17 +77,25 @@ class DiagnosisReport:
         d = asdict(self)
         d["uncertainty_band"] = list(self.uncertainty_band)
         d["subtype"] = self.subtype
+        d["finding_probability"] = self.finding_probability
         return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION,
                 "intended_use": "Research use only; not for clinical use.", **d}
+
+    @property
+    def finding_probability(self) -> float | None:
+        """The final stage's finding probability (abnormal vs normal), None when not given."""
+        return self.stages[-1].finding_probability if self.stages else None
 
     def result_row(self) -> dict:
         by_stage = {s.stage: s.malignancy_probability for s in self.stages}
         final = self.stages[-1]
+        finding = self.finding_probability
         return {
             "study_id": self.study_id, "patient_id": self.patient_id or "",
             "study_date": self.study_date or "", "stage": self.stage,
             "modalities": "+".join(final.modalities),
             "malignancy_probability": f"{self.malignancy_probability:.6f}",
+            "finding_probability": "" if finding is None else f"{finding:.6f}",
             "stage1_probability": "" if 1 not in by_stage else f"{by_stage[1]:.6f}",
             "stage2_probability": "" if 2 not in by_stage else f"{by_stage[2]:.6f}",
             "threshold": f"{self.threshold:.6f}", "recommendation": self.recommendation,
@@ -109,6 +119,8 @@ def report_table_rows(report: dict) -> list[tuple[str, str]]:
     """(quantity, value) rows of a report for a two-column table (Slicer table node, PNG)."""
     rows = [("Stage", str(report["stage"])),
             ("Malignancy probability", f"{report['malignancy_probability']:.3f}")]
+    if report.get("finding_probability") is not None:
+        rows.append(("Finding probability (abnormal vs normal)", f"{report['finding_probability']:.3f}"))
     for s in report["stages"]:
         rows.append((f"Stage {s['stage']} probability ({'+'.join(s['modalities'])})",
                      f"{s['malignancy_probability']:.3f}"))
