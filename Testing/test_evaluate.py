@@ -147,4 +147,13 @@ def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
     m = json.loads((out / "metrics.json").read_text())
     assert m["layout"] == "mini-mias" and m["n"] == 9
     assert m["auc_abnormal"] is not None and m["auc"] is not None
+    # auc_abnormal ranks the studies by the finding probability predictions.csv records
+    from BINDSLib.model.metrics import auc
+
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    finding = [float(r["finding_probability"]) for r in rows]
+    assert all(0.0 < f < 1.0 for f in finding)
+    assert m["auc_abnormal"] == pytest.approx(auc(finding, [r["diagnosis"] != "normal" for r in rows]), abs=1e-6)
+    assert m["auc_abnormal_malignancy"] == pytest.approx(
+        auc([float(r["malignancy_probability"]) for r in rows], [r["diagnosis"] != "normal" for r in rows]), abs=1e-5)
     assert m["n_pointing_game"] >= 1  # finding circles count as the lesion

@@ -212,7 +212,8 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
 
     root = Path(__file__).resolve().parents[1]
     files = sorted(f for f in (root / "configs").glob("*.json") if not f.name.startswith("risk-"))
-    assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0"}
+    assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0", "mg-mias-finding",
+                                       "mg-mias-finding-e1"}
     for f in files:
         settings = load_settings(f)
         bundle = root / "Resources" / "Models" / settings.bundle["name"]
@@ -222,3 +223,5 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
             assert meta["binds"].get("caution") == settings.bundle.get("caution"), f.name
     lite = load_settings(root / "configs" / "mg-mias-lite0.json")
     assert lite.model.locator_mg.arch == "efficientnet_lite0" and lite.pretrained == {"MG": "imagenet"}
+    finding = load_settings(root / "configs" / "mg-mias-finding.json")
+    assert finding.model.mg_fit == "breast" and finding.loss_weights.finding == 1.0

@@ -1,9 +1,9 @@
 """The shipped real-image bundles still give the predictions docs/VALIDATION.md records.
 
 docs/VALIDATION.md holds, between ``<!-- rescore:begin -->`` and ``<!-- rescore:end -->``, a
-table of a few shared images with the malignancy probability and the lesion Dice (predicted
-mask against the reference mask; ``-`` without one) ``binds evaluate`` wrote for them (its
-``predictions.csv``). This test re-scores those images from ../shared/data with the bundle
+table of a few shared images with the malignancy probability, the finding probability
+(abnormal vs normal) and the lesion Dice (predicted mask against the reference mask; ``-``
+without one) ``binds evaluate`` wrote for them (its ``predictions.csv``). This test re-scores those images from ../shared/data with the bundle
 named in each row, through the same ``DiagnosisModel.predict`` as ``binds evaluate``, and checks
 the recorded values. It skips when ../shared/data or the bundle is absent.
 
@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "docs" / "VALIDATION.md"
 BEGIN, END = "<!-- rescore:begin -->", "<!-- rescore:end -->"
-HEADER = "| bundle | dataset | case | label | malignancy probability | lesion Dice |"
+HEADER = "| bundle | dataset | case | label | malignancy probability | finding probability | lesion Dice |"
 #: Absolute tolerances: the same weights and inputs on another CPU (other oneDNN kernels);
 #: a mask edge pixel that flips moves a Dice by ~1e-3.
 TOLERANCE = 5e-4
@@ -40,18 +40,18 @@ def recorded_rows(text: str) -> list[dict]:
     rows = []
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 6 or cells[0] in ("bundle", "") or set(cells[0]) <= {"-", " "}:
+        if len(cells) != 7 or cells[0] in ("bundle", "") or set(cells[0]) <= {"-", " "}:
             continue
         rows.append({"bundle": cells[0].strip("`"), "dataset": cells[1], "case": cells[2].strip("`"),
-                     "label": cells[3], "probability": float(cells[4]),
-                     "dice": None if cells[5] == "-" else float(cells[5])})
+                     "label": cells[3], "probability": float(cells[4]), "finding": float(cells[5]),
+                     "dice": None if cells[6] == "-" else float(cells[6])})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [HEADER, "|---|---|---|---|---|---|"]
+    lines = [HEADER, "|---|---|---|---|---|---|---|"]
     lines += [f"| `{r['bundle']}` | {r['dataset']} | `{r['case']}` | {r['label']} | {r['probability']:.6f} | "
-              f"{'-' if r['dice'] is None else format(r['dice'], '.4f')} |" for r in rows]
+              f"{r['finding']:.6f} | {'-' if r['dice'] is None else format(r['dice'], '.4f')} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -66,7 +66,8 @@ def pick_rows(bundle: str, dataset: str, predictions_csv: Path, per_label: int =
             count[label] = count.get(label, 0) + 1
             dice = float(r["lesion_dice"]) if r.get("lesion_dice") not in (None, "", "nan") else None
             out.append({"bundle": bundle, "dataset": dataset, "case": r["study_id"], "label": label,
-                        "probability": float(r["malignancy_probability"]), "dice": dice})
+                        "probability": float(r["malignancy_probability"]),
+                        "finding": float(r["finding_probability"]), "dice": dice})
     return out
 
 
@@ -88,9 +89,9 @@ def write_table(specs: list[str]) -> None:
 
 def test_the_table_parser_reads_what_the_writer_writes():
     rows = [{"bundle": "b", "dataset": "busi", "case": "benign_001", "label": "benign", "probability": 0.123456,
-             "dice": 0.8125},
+             "finding": 0.9, "dice": 0.8125},
             {"bundle": "b", "dataset": "busi", "case": "normal_001", "label": "normal", "probability": 0.5,
-             "dice": None}]
+             "finding": 0.012345, "dice": None}]
     assert recorded_rows(f"x\n{BEGIN}\n{table(rows)}\n{END}\ny") == rows
 
 
@@ -130,6 +131,9 @@ def test_shipped_bundle_reproduces_the_recorded_predictions(bundle, dataset, sha
         p = pred.malignancy_probability
         assert abs(p - r["probability"]) <= TOLERANCE, (
             f"{bundle} on {r['case']}: {p:.6f}, the report records {r['probability']:.6f}")
+        f = pred.finding_probability
+        assert abs(f - r["finding"]) <= TOLERANCE, (
+            f"{bundle} on {r['case']}: finding probability {f:.6f}, the report records {r['finding']:.6f}")
         # the lesion outline (the ultrasound bundle's refiner draws it) against the reference
         scored = [dice(pred.images[im.label].lesion_mask, im.lesion_mask) for im in study.images
                   if im.lesion_mask is not None and im.lesion_mask.any() and im.label in pred.images]
