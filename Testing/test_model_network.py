@@ -433,3 +433,8 @@ def test_prediction_finding_probability_is_the_largest_image_finding_logit(model
     us_only = model.predict(study, modalities=("US",), saliency="none")
     us_best = float(finding_logits(enc["US"].lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
     assert us_only.finding_probability == pytest.approx(1 / (1 + np.exp(-us_best)), rel=1e-5)
+    # a bundle that calibrated its finding logit divides it by that temperature
+    calibrated = tiny_model({"calibration": {"temperature": 1.0, "finding_temperature": 2.5}})
+    assert calibrated.finding_temperature == 2.5
+    assert calibrated.predict(study, saliency="none").finding_probability == pytest.approx(
+        1 / (1 + np.exp(-best / 2.5)), rel=1e-5)

@@ -74,6 +74,10 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
     meta = model.metadata
     assert meta["kind"] == "diagnosis" and meta["calibration"]["method"] == "temperature"
+    # trained with the finding term: its logit is calibrated on the split too, and used
+    assert 0.05 <= meta["calibration"]["finding_temperature"] <= 20.0
+    assert model.finding_temperature == meta["calibration"]["finding_temperature"]
+    assert meta["outputs"]["finding_probability"] == "calibrated (temperature)"
     assert meta["training_data"]["n_validation"] == 2 and meta["training_data"]["n_train"] == 4
     assert "threshold" in meta["operating_point"]
     assert "binds train" in (run / "bundle" / "docs" / "README.md").read_text()
@@ -87,6 +91,8 @@ def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
     model = DiagnosisModel.from_bundle(tmp_path / "run" / "bundle", device="cpu")
     assert model.metadata["modalities"] == ["US"] and model.modalities == ("US",)
+    # without the finding term its logit is not calibrated: the plain sigmoid
+    assert "finding_temperature" not in model.metadata["calibration"] and model.finding_temperature == 1.0
     pred = model.predict(make_case(9, True, ("MG", "US", "MR")), saliency="none")
     assert pred.modalities == ("US",)
     # these cases carry subtype labels; a bundle trained without any gives no subtype output

@@ -116,8 +116,10 @@ class Prediction:
     notes : images ignored and similar remarks. model : the bundle summary (name, version, hash).
     finding_probability : probability that the study shows a finding at all (benign or
         malignant vs normal): the sigmoid of the largest image-level finding logit of the used
-        modalities (:func:`~.network.finding_logits`; not temperature-calibrated). The score
-        for "abnormal vs normal"; the malignancy probability answers "malignant or not".
+        modalities (:func:`~.network.finding_logits`), divided by the bundle's
+        ``calibration.finding_temperature`` when its training calibrated one (a bundle trained
+        with the finding term), else plain. The score for "abnormal vs normal"; the malignancy
+        probability answers "malignant or not".
     """
 
     study_id: str
@@ -247,6 +249,11 @@ class DiagnosisModel:
     @property
     def temperature(self) -> float:
         return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def finding_temperature(self) -> float:
+        """Temperature of the finding logit (1.0 unless the bundle trained and calibrated it)."""
+        return float(self.metadata.get("calibration", {}).get("finding_temperature", 1.0))
 
     @property
     def threshold(self) -> float:
@@ -429,7 +436,8 @@ class DiagnosisModel:
             contribution_deltas=deltas,
             images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
             timings_s=timings, notes=list(prepared.notes), model=self.summary,
-            finding_probability=0.5 * (1.0 + math.tanh(finding / 2.0)))  # sigmoid, no overflow
+            # sigmoid without overflow
+            finding_probability=0.5 * (1.0 + math.tanh(finding / self.finding_temperature / 2.0)))
 
     def _autocast(self):
         import contextlib

@@ -944,6 +944,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
     metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
     temperature, ops = 1.0, operating_points([], [])
+    finding_temperature = None
     if val_samples:
         pred = predict_samples(net, val_samples, device, settings.batch_size, combinations=True)
         ok = np.isfinite(y_val) & np.isfinite(pred["logit"])
@@ -960,6 +961,10 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             "validation_auc_by_modality_head": {m: _auc_of(pred["aux"][m], y_val) for m in MODALITIES},
             "validation_auc_finding": _auc_of(pred["finding"], [s.abnormal for s in val_samples]),
         })
+        if settings.loss_weights.finding > 0:  # a trained finding logit gets a temperature too
+            ab = np.array([s.abnormal for s in val_samples], dtype=float)
+            okf = np.isfinite(ab) & np.isfinite(pred["finding"])
+            finding_temperature = fit_temperature(pred["finding"][okf], ab[okf].astype(int))
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0
         if sel.sum() >= 2:
@@ -968,7 +973,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
-                            subtype_trained, pretrained)
+                            subtype_trained, pretrained, finding_temperature)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -986,9 +991,12 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
 def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
                     n_validation: int, modalities: tuple[str, ...] = MODALITIES,
-                    subtype_trained: bool = True, pretrained: dict | None = None) -> dict:
+                    subtype_trained: bool = True, pretrained: dict | None = None,
+                    finding_temperature: float | None = None) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
-    ``pretrained``: :func:`load_pretrained`'s record of the weights training started from."""
+    ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
+    ``finding_temperature``: the finding logit's temperature (None: the finding term was not
+    trained, the finding probability stays the plain sigmoid)."""
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
@@ -1009,10 +1017,14 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                         "crops": {"MG": list(cfg.mg_crop), "US": list(cfg.us_crop), "MR": list(cfg.mr_crop)}},
         "classes": {"malignancy": ["not_malignant", "malignant"], "subtype": list(SUBTYPES)},
         "outputs": {"malignancy_probability": "calibrated (temperature)",
+                    "finding_probability": ("calibrated (temperature)" if finding_temperature is not None
+                                            else "sigmoid of the pooled lesion logits (not calibrated)"),
                     "saliency": "max(0, cosine) of projected features with the malignant pathology prototype",
                     "lesion_probability": "per image, on the image grid"},
         "calibration": {"method": "temperature", "temperature": float(temperature),
-                        "fitted_on": "validation split", "n": int(n_validation)},
+                        "fitted_on": "validation split", "n": int(n_validation),
+                        **({"finding_temperature": float(finding_temperature)}
+                           if finding_temperature is not None else {})},
         "operating_point": ops["default"],
         "operating_points": ops,
         "uncertainty_band": list(settings.uncertainty_band),
