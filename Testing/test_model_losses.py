@@ -171,11 +171,11 @@ def test_finding_term_is_the_study_level_bce_of_the_largest_image_finding_logit(
         # the largest logit over the study's images of that modality (MG: four views)
         for b in rows:
             sel = e.index[:, 0] == b
-            assert float(f[b]) == pytest.approx(float(
-                finding_logits(e.lesion_logits[sel], cfg.finding_cell, cfg.finding_topk).max()))
+            assert float(f[b].detach()) == pytest.approx(float(
+                finding_logits(e.lesion_logits[sel], cfg.finding_cell, cfg.finding_topk).max().detach()))
         expected.append(torch.nn.functional.binary_cross_entropy_with_logits(
             f[rows], batch["abnormal"][rows]))
-    assert parts["finding"] == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    assert parts["finding"] == pytest.approx(float(torch.stack(expected).mean().detach()), rel=1e-5)
     # an unknown label is left out, not counted as normal
     batch["abnormal"][1] = float("nan")
     _, parts_nan = loss(out, batch, fusion=False)
@@ -183,4 +183,4 @@ def test_finding_term_is_the_study_level_bce_of_the_largest_image_finding_logit(
     f_us = study_max(finding_logits(us.lesion_logits, cfg.finding_cell, cfg.finding_topk), us.index[:, 0], 3)
     mg_term = expected[list(out["encodings"]).index("MG")]
     us_term = torch.nn.functional.binary_cross_entropy_with_logits(f_us[[0]], batch["abnormal"][[0]])
-    assert parts_nan["finding"] == pytest.approx(float((mg_term + us_term) / 2), rel=1e-5)
+    assert parts_nan["finding"] == pytest.approx(float(((mg_term + us_term) / 2).detach()), rel=1e-5)
