@@ -19,7 +19,6 @@ Output folder of one study::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
@@ -137,10 +136,9 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
         progress(n, 4, message)
         mods = [m.value for m in _stage_modalities(present, n)]
         pred = model.predict(study, lesion_masks=lesion_masks, modalities=mods, **reuse)
-        finding = float(getattr(pred, "finding_probability", float("nan")))
         stages.append(StageResult(n, mods, float(pred.malignancy_probability),
                                   dict(pred.subtype_probabilities), dict(pred.contributions),
-                                  finding if math.isfinite(finding) else None))
+                                  pred.finding_probability))
         preds.append(pred)
 
     if has_stage1:

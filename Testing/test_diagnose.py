@@ -29,7 +29,8 @@ class FakeModel:
     def predict(self, study, lesion_masks=None, modalities=None):
         self.calls.append(tuple(modalities))
         p = self.p2 if "MR" in modalities else self.p1
-        return SimpleNamespace(malignancy_probability=p, subtype_probabilities={}, contributions={})
+        return SimpleNamespace(malignancy_probability=p, subtype_probabilities={}, contributions={},
+                               finding_probability=None)
 
 
 def _study(*mods):

@@ -68,7 +68,7 @@ class Model:
         out = SimpleNamespace(malignancy_probability=0.8, subtype_probabilities={{"luminal_a": 0.7, "luminal_b": 0.3}},
                               contributions={{m: 1.0 / len(modalities) for m in modalities}},
                               lesion_masks={{}}, saliency={{}}, lesion_probability={{}}, images={{}}, timings={{}},
-                              timings_s={{}})
+                              timings_s={{}}, finding_probability=0.9)
         for im in study.images:
             v = im.voxels.astype(np.float32)
             lesion = (lesion_masks or {{}}).get(im.label)

@@ -112,15 +112,12 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
-        n = self.frozen_blocks
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not n):
+        n, grad = self.frozen_blocks, torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and not n):
             x = F.relu6(self._bn0(self._conv_stem(x)))
-            for i, block in enumerate(self._blocks[:n]):
+        for i, block in enumerate(self._blocks):
+            with torch.set_grad_enabled(grad and i >= n):  # frozen blocks: no autograd
                 x = block(x)
-                if i in self.taps:
-                    feats.append(x)
-        for i, block in enumerate(self._blocks[n:], n):
-            x = block(x)
             if i in self.taps:
                 feats.append(x)
         feats.append(self._head_act(self._bn1(self._conv_head(x))))

@@ -118,8 +118,8 @@ class Prediction:
         malignant vs normal): the sigmoid of the largest image-level finding logit of the used
         modalities (:func:`~.network.finding_logits`), divided by the bundle's
         ``calibration.finding_temperature`` when its training calibrated one (a bundle trained
-        with the finding term), else plain. The score for "abnormal vs normal"; the malignancy
-        probability answers "malignant or not".
+        with the finding term), else plain (None only for a Prediction built elsewhere). The
+        score for "abnormal vs normal"; the malignancy probability answers "malignant or not".
     """
 
     study_id: str
@@ -137,7 +137,7 @@ class Prediction:
     timings_s: dict[str, float]
     notes: list[str] = field(default_factory=list)
     model: dict = field(default_factory=dict)
-    finding_probability: float = float("nan")
+    finding_probability: float | None = None
 
     @property
     def lesion_probability(self) -> dict[str, np.ndarray]:
@@ -316,7 +316,7 @@ class DiagnosisModel:
         """
         import torch
 
-        from .network import finding_logits
+        from .network import study_finding_logits
         from .preprocess import PreparedStudy, to_image_grid
         from .saliency import METHODS, alignment_saliency, gradcam_saliency
 
@@ -399,8 +399,8 @@ class DiagnosisModel:
                 merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
             cfg = self.config
-            finding = max(float(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
-                          for e in enc.values())
+            finding = max(float(v[0]) for v in
+                          study_finding_logits(enc, 1, cfg.finding_cell, cfg.finding_topk).values())
             lap("fusion")
             proto = net.pathology.prototype_malignant
             sal = {}

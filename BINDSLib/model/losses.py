@@ -152,15 +152,12 @@ class DiagnosisLoss(nn.Module):
                 seg.append(self.segmentation(e.lesion_logits[given].float(), target))
         parts["segmentation"] = torch.stack(seg).mean() if seg else zero
         if w.finding and "abnormal" in batch:
-            from .network import finding_logits, study_max
+            from .network import study_finding_logits
 
-            bsz = malignant.shape[0]
-            found = []
-            for e in encs.values():
-                f = study_max(finding_logits(e.lesion_logits, self.finding_cell, self.finding_topk),
-                              e.index[:, 0], bsz)
-                found.append(_bce(f[e.aux_present], batch["abnormal"][e.aux_present], 1.0))
-            parts["finding"] = torch.stack(found).mean() if found else zero
+            found = study_finding_logits(encs, malignant.shape[0], self.finding_cell, self.finding_topk)
+            terms = [_bce(found[m][e.aux_present], batch["abnormal"][e.aux_present], 1.0)
+                     for m, e in encs.items()]
+            parts["finding"] = torch.stack(terms).mean() if terms else zero
         align, back = [], []
         if has_path is not None and "pathology_embedding" in outputs:
             z = outputs["pathology_embedding"]

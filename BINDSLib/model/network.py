@@ -92,6 +92,15 @@ def study_max(values: torch.Tensor, study: torch.Tensor, batch_size: int) -> tor
     return out.scatter_reduce(0, study, values, "amax", include_self=False)
 
 
+def study_finding_logits(encodings: dict[str, "ModalityEncoding"], batch_size: int, cell: int,
+                         topk: int) -> dict[str, torch.Tensor]:
+    """Per modality, each study's finding logit ``(batch_size,)``: the largest
+    :func:`finding_logits` of its images of that modality (``-inf`` for a study without one).
+    The one definition the loss, the training's validation and inference use."""
+    return {m: study_max(finding_logits(e.lesion_logits, cell, topk), e.index[:, 0], batch_size)
+            for m, e in encodings.items()}
+
+
 class ModalityBranch(nn.Module):
     """Locator + crop classifier + token projection + auxiliary head of one modality."""
 

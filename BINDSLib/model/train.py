@@ -412,7 +412,7 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
     import torch
 
     from .data import StudyDataset, collate
-    from .network import finding_logits, study_max
+    from .network import study_finding_logits
 
     ds = StudyDataset(samples, augment=False)
     n = len(samples)
@@ -430,15 +430,12 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
             out = network.fuse(enc, batch)
             res["logit"][idx] = out["malignancy_logit"].float().cpu().numpy()
             res["subtype"][idx] = torch.softmax(out["subtype_logits"].float(), 1).cpu().numpy()
-            found = None
             for m, e in enc.items():
                 sel = e.aux_present.cpu().numpy()
                 res["aux"][m][np.asarray(idx)[sel]] = e.aux_logit.float().cpu().numpy()[sel]
-                f = study_max(finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk),
-                              e.index[:, 0], len(idx))
-                found = f if found is None else torch.maximum(found, f)
-            if found is not None:
-                f = found.cpu().numpy()
+            if enc:
+                found = study_finding_logits(enc, len(idx), cfg.finding_cell, cfg.finding_topk)
+                f = torch.stack(list(found.values())).amax(0).cpu().numpy()
                 res["finding"][idx] = np.where(np.isfinite(f), f, np.nan)
             if combinations:
                 have = {m: batch[f"{m}_present"].any(1) if f"{m}_present" in batch else
