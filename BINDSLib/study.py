@@ -469,13 +469,19 @@ class Study:
     description: str | None = None
     #: Free-form dataset attributes kept with the study (e.g. BUSI ``dup_group``), str -> str.
     attributes: dict[str, str] = field(default_factory=dict)
+    #: Images of the same woman given only for comparison (e.g. the other breast's film when
+    #: a dataset makes one study per breast): the diagnosis compares an image's finding score
+    #: with the other breast's (``DiagnosisConfig.bilateral_weight``) but never fuses,
+    #: outlines or reports them. Labels are unique among them, apart from ``images``.
+    comparison: list[Image] = field(default_factory=list)
 
     def __post_init__(self):
         if self.diagnosis is not None:
             self.diagnosis = Diagnosis(self.diagnosis)
-        names = [im.label for im in self.images]
-        if len(set(names)) != len(names):
-            self.images = _unique_names(self.images)
+        for name in ("images", "comparison"):
+            labels = [im.label for im in getattr(self, name)]
+            if len(set(labels)) != len(labels):
+                setattr(self, name, _unique_names(getattr(self, name)))
 
     def add(self, image: Image) -> None:
         self.images.append(image)

@@ -6,6 +6,9 @@ Layout (documented in docs/STUDY_FOLDER.md)::
       study.json
       images/<label>.nrrd      one per image, voxels + geometry (LPS)
       masks/<label>.nrrd       optional lesion mask (uint8, same grid as the image)
+      comparison/<label>.nrrd  optional images given only for comparison (``comparison_images``
+                               in study.json, ``Study.comparison``; their masks under
+                               masks/comparison/)
 
 Writing then reading gives identical voxels and geometry. Folders are written atomically.
 """
@@ -32,6 +35,7 @@ from .threads import thread_map
 SCHEMA = "binds.study"
 SCHEMA_VERSION = 1
 STUDY_JSON = "study.json"
+COMPARISON_DIR = "comparison"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -70,31 +74,7 @@ def study_to_json(study: Study, keep_identifiers: bool = False) -> dict:
     pid = study.patient_id
     if pid is not None and not keep_identifiers and not pid.startswith("anon-"):
         pid = pseudonym(pid)
-    images = []
-    for im in study.images:
-        entry = {
-            "label": im.label,
-            "path": f"images/{im.label}.nrrd",
-            "modality": im.modality.value,
-            "role": im.role.key,
-            "role_detail": im.role.to_json(),
-            "laterality": im.role.laterality,
-            "view": im.role.view,
-            "phase": im.role.phase,
-            "shape": list(im.shape),
-            "geometry": im.geometry.to_json(),
-            "acquisition_date": _date_str(im.acquisition_date),
-        }
-        if im.lesion_mask is not None:
-            entry["lesion_mask"] = f"masks/{im.label}.nrrd"
-        if im.findings:
-            entry["findings"] = [f.to_json() for f in im.findings]
-        src = im.source.to_json()
-        if not keep_identifiers:
-            src.pop("files", None)
-        if src:
-            entry["source"] = src
-        images.append(entry)
+    images = [_image_entry(im, "images", keep_identifiers) for im in study.images]
     doc = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -108,7 +88,37 @@ def study_to_json(study: Study, keep_identifiers: bool = False) -> dict:
         "attributes": {str(k): str(v) for k, v in study.attributes.items()},
         "images": images,
     }
+    if study.comparison:
+        doc["comparison_images"] = [_image_entry(im, COMPARISON_DIR, keep_identifiers)
+                                    for im in study.comparison]
     return doc
+
+
+def _image_entry(im, folder: str, keep_identifiers: bool) -> dict:
+    """The ``study.json`` entry of one image stored under ``folder`` (its mask under ``masks``)."""
+    entry = {
+        "label": im.label,
+        "path": f"{folder}/{im.label}.nrrd",
+        "modality": im.modality.value,
+        "role": im.role.key,
+        "role_detail": im.role.to_json(),
+        "laterality": im.role.laterality,
+        "view": im.role.view,
+        "phase": im.role.phase,
+        "shape": list(im.shape),
+        "geometry": im.geometry.to_json(),
+        "acquisition_date": _date_str(im.acquisition_date),
+    }
+    if im.lesion_mask is not None:
+        entry["lesion_mask"] = f"masks/{im.label}.nrrd" if folder == "images" else f"masks/{folder}/{im.label}.nrrd"
+    if im.findings:
+        entry["findings"] = [f.to_json() for f in im.findings]
+    src = im.source.to_json()
+    if not keep_identifiers:
+        src.pop("files", None)
+    if src:
+        entry["source"] = src
+    return entry
 
 
 def write_study_folder(study: Study, path: str | os.PathLike, overwrite: bool = False,
@@ -118,11 +128,12 @@ def write_study_folder(study: Study, path: str | os.PathLike, overwrite: bool = 
     doc = study_to_json(study, keep_identifiers=keep_identifiers)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
-        for im in study.images:
-            write_nrrd(tmp / "images" / f"{im.label}.nrrd", im.voxels, im.geometry)
-            if im.lesion_mask is not None:
-                (tmp / "masks").mkdir(exist_ok=True)
-                write_nrrd(tmp / "masks" / f"{im.label}.nrrd", im.lesion_mask, im.geometry)
+        for entry, im in zip(doc["images"] + doc.get("comparison_images", []),
+                             study.images + study.comparison):
+            for key, voxels in (("path", im.voxels), ("lesion_mask", im.lesion_mask)):
+                if voxels is not None:
+                    (tmp / entry[key]).parent.mkdir(parents=True, exist_ok=True)
+                    write_nrrd(tmp / entry[key], voxels, im.geometry)
         (tmp / STUDY_JSON).write_text(json_dumps(doc), encoding="utf-8")
     return path
 
@@ -189,16 +200,22 @@ def study_from_json(doc, root: Path, load_voxels: bool = True, json_path: Path |
         )
     except (ValueError, TypeError) as e:
         raise InputError(f"invalid study fields: {e}", jpath) from None
-    labels = set()
-    # the image files are read on a few threads (decompression releases the GIL)
-    images = thread_map(lambda ne: _image_from_entry(ne[1], f"images[{ne[0]}]", root, jpath, load_voxels,
-                                                     reference_masks),
-                        enumerate(images_doc), threads=None if load_voxels else 1)
-    for n, image in enumerate(images):
-        if image.label in labels:
-            raise InputError(f"images[{n}]: duplicate image label {image.label!r}", jpath)
-        labels.add(image.label)
-        study.images.append(image)
+    comparison_doc = doc.get("comparison_images")
+    if comparison_doc is None:
+        comparison_doc = []
+    elif not isinstance(comparison_doc, list):
+        raise InputError("'comparison_images' must be a list", jpath)
+    for key, docs in (("images", images_doc), ("comparison_images", comparison_doc)):
+        labels = set()
+        # the image files are read on a few threads (decompression releases the GIL)
+        images = thread_map(lambda ne: _image_from_entry(ne[1], f"{key}[{ne[0]}]", root, jpath, load_voxels,
+                                                         reference_masks),
+                            enumerate(docs), threads=None if load_voxels else 1)
+        for n, image in enumerate(images):
+            if image.label in labels:
+                raise InputError(f"{key}[{n}]: duplicate image label {image.label!r}", jpath)
+            labels.add(image.label)
+        getattr(study, "images" if key == "images" else "comparison").extend(images)
     return study
 
 

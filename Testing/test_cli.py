@@ -32,7 +32,8 @@ def test_python_m_entry_point():
 def test_inspect_json_on_study_folder(tmp_path, capsys):
     st = Study("s1", [Image(np.zeros((1, 4, 5), np.float32), Geometry((0.1, 0.1, 1)), Role.parse("MG_R_MLO")),
                       Image(np.zeros((3, 4, 5), np.float32), Geometry(), Role.parse("MR_DCE2"))],
-               patient_id="PID-42")
+               patient_id="PID-42",
+               comparison=[Image(np.zeros((1, 4, 5), np.float32), Geometry((0.1, 0.1, 1)), Role.parse("MG_L_MLO"))])
     write_study_folder(st, tmp_path / "s1")
     assert main(["inspect", str(tmp_path / "s1"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -42,8 +43,12 @@ def test_inspect_json_on_study_folder(tmp_path, capsys):
     assert (mg["modality"], mg["role"], mg["laterality"], mg["view"]) == ("MG", "MG_R_MLO", "R", "MLO")
     assert (mr["modality"], mr["phase"], mr["sequence"]) == ("MR", 2, "DCE")
     assert mg["path"].endswith("MG_R_MLO.nrrd")
+    (other,) = s["comparison_images"]  # the other breast, given for comparison only
+    assert other["role"] == "MG_L_MLO" and other["path"].endswith("comparison/MG_L_MLO.nrrd")
     assert main(["inspect", str(tmp_path / "s1")]) == 0
-    assert "MG_R_MLO" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "MG_R_MLO" in text and "(for comparison only)" not in text.split("MG_L_MLO")[0]
+    assert "MG_L_MLO" in text and "(for comparison only)" in text.split("MG_L_MLO")[1]
 
 
 def test_exit_codes_and_one_line_errors(tmp_path, capsys):

@@ -55,6 +55,14 @@ def test_mini_mias_layout_and_finding_circles(shared_data):
     normal = next(s for s in studies.values() if s.diagnosis.value == "normal")
     assert normal.images[0].lesion_mask.sum() == 0
     assert len({s.patient_id for s in studies.values()}) == len(rows) // 2
+    # each film carries the woman's other breast as a comparison image (bilateral comparison)
+    for sid in ("mdb001", "mdb002"):
+        a, b = studies[sid], studies["mdb002" if sid == "mdb001" else "mdb001"]
+        (other,) = a.comparison
+        assert other.role.laterality != a.images[0].role.laterality and other.role == b.images[0].role
+        np.testing.assert_array_equal(other.voxels, b.images[0].voxels)
+        assert other.lesion_mask is None and not other.findings
+    assert all(len(s.comparison) == 1 for s in studies.values())
 
 
 def test_datasets_without_reference_masks(shared_data):

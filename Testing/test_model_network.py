@@ -13,6 +13,7 @@ from BINDSLib.model.data import collate, inputs_item
 from BINDSLib.model.inference import DiagnosisModel
 from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.model.preprocess import prepare_study
+from BINDSLib.study import Study
 from test_model_cases import make_case, tiny_model
 
 
@@ -438,3 +439,67 @@ def test_prediction_finding_probability_is_the_largest_image_finding_logit(model
     assert calibrated.finding_temperature == 2.5
     assert calibrated.predict(study, saliency="none").finding_probability == pytest.approx(
         1 / (1 + np.exp(-best / 2.5)), rel=1e-5)
+
+
+def test_bilateral_offsets_shift_each_image_by_the_other_breast():
+    from BINDSLib.model.network import bilateral_offsets, study_finding_logits
+
+    got = bilateral_offsets(torch.tensor([1.0, float("nan"), -2.0]), weight=0.5, reference=-1.0)
+    assert got.tolist() == pytest.approx([-1.0, 0.0, 0.5])  # -0.5 (c + 1); no other breast: 0
+
+    class Enc:  # the two fields study_finding_logits reads
+        def __init__(self, values, study):
+            self.lesion_logits = torch.tensor(values).view(-1, 1, 1, 1)
+            self.index = torch.tensor([[s, 0] for s in study])
+
+    enc = {"MG": Enc([2.0, 1.0, 0.5], [0, 0, 1])}
+    plain = study_finding_logits(enc, 2, 16, 1)["MG"]
+    assert plain.tolist() == [2.0, 0.5]
+    shifted = study_finding_logits(enc, 2, 16, 1, {"MG": torch.tensor([-3.0, 0.0, 1.0])})["MG"]
+    assert shifted.tolist() == [1.0, 1.5]  # the study maximum is taken after the shift
+
+
+def test_prediction_compares_each_mammogram_with_the_other_breast():
+    """With ``bilateral_weight`` w, an image's finding logit f becomes f - w (c - r): c the other
+    breast's film of the same view (from the study or its comparison images), r the bundle's
+    ``finding_reference``; a film without the other breast keeps f."""
+    from BINDSLib.model.network import finding_logits
+
+    study = make_case(5, True, ("MG",))  # L_CC, L_MLO (with the lesion), R_CC, R_MLO
+    plain = tiny_model()
+    cfg = plain.config
+    prep = prepare_study(study, cfg)
+    with torch.inference_mode():
+        enc = plain.network.encode(collate([inputs_item(prep)]))["MG"]
+    f = finding_logits(enc.lesion_logits, cfg.finding_cell, cfg.finding_topk).tolist()
+    f = {prep.inputs["MG"].sources[int(s)][0].label: v for s, v in zip(enc.index[:, 1].tolist(), f)}
+    assert len(f) == 4
+    w, r = 0.6, -0.7
+    model = tiny_model({"calibration": {"temperature": 1.0, "finding_reference": r}}, bilateral_weight=w)
+    assert model.finding_reference == r
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    other = {"L": "R", "R": "L"}
+    expected = {k: v - w * (f[f"MG_{other[k[3]]}_{k[5:]}"] - r) for k, v in f.items()}
+    pred = model.predict(study, saliency="none")
+    assert pred.finding_probability == pytest.approx(sig(max(expected.values())), rel=1e-4)
+    assert sorted(n for n in pred.notes if "other breast" in n) == [
+        f"{k}: finding score compared with the other breast (MG_{other[k[3]]}_{k[5:]}; bilateral_weight 0.6)"
+        for k in sorted(f)]
+    # one film, the other breast given only for comparison: same view preferred, encoded alone
+    images = {im.label: im for im in study.images}
+    single = Study("one", images=[images["MG_L_MLO"]], comparison=[images["MG_R_CC"], images["MG_R_MLO"]])
+    pred = model.predict(single, saliency="none")
+    assert pred.finding_probability == pytest.approx(sig(expected["MG_L_MLO"]), rel=1e-4)
+    assert list(pred.images) == ["MG_L_MLO"]  # comparison images are never outlined
+    assert any("MG_R_MLO (comparison image)" in n and "MG_R_CC" not in n for n in pred.notes)
+    # another view only: that one; no other breast at all: the plain logit
+    only_cc = Study("cc", images=[images["MG_L_MLO"]], comparison=[images["MG_R_CC"]])
+    assert model.predict(only_cc, saliency="none").finding_probability == pytest.approx(
+        sig(f["MG_L_MLO"] - w * (f["MG_R_CC"] - r)), rel=1e-4)
+    alone = Study("alone", images=[images["MG_L_MLO"], images["MG_L_CC"]])
+    pred = model.predict(alone, saliency="none")
+    assert pred.finding_probability == pytest.approx(sig(max(f["MG_L_MLO"], f["MG_L_CC"])), rel=1e-4)
+    assert not any("other breast" in n for n in pred.notes)
+    # the malignancy probability does not depend on the comparison images
+    assert model.predict(single, saliency="none").malignancy_probability == pytest.approx(
+        model.predict(Study("one", images=[images["MG_L_MLO"]]), saliency="none").malignancy_probability)

@@ -44,6 +44,39 @@ def test_round_trip_identical_voxels_and_geometry(tmp_path):
     assert back.synthetic and back.attributes == {"dup_group": "7"}
 
 
+def test_comparison_images_round_trip_apart_from_the_images(tmp_path):
+    st = make_study()
+    rng = np.random.default_rng(1)
+    other = Image(rng.integers(0, 4096, (1, 30, 20)).astype(np.uint16), Geometry((0.1, 0.1, 1), (5.0, 0.0, 0.0)),
+                  Role.parse("MG_R_CC"), lesion_mask=np.zeros((1, 30, 20), np.uint8))
+    same_label = Image(rng.random((1, 8, 8)).astype(np.float32), Geometry((0.3, 0.3, 1)), Role.parse("MG_L_CC"))
+    st.comparison = [other, same_label]  # a label may repeat one of the study's images
+    write_study_folder(st, tmp_path / "s")
+    doc = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert [e["path"] for e in doc["comparison_images"]] == ["comparison/MG_R_CC.nrrd", "comparison/MG_L_CC.nrrd"]
+    assert doc["comparison_images"][0]["lesion_mask"] == "masks/comparison/MG_R_CC.nrrd"
+    back = read_study_folder(tmp_path / "s")
+    assert [im.label for im in back.images] == [im.label for im in st.images]
+    np.testing.assert_array_equal(back.image("MG_L_CC").voxels, st.images[0].voxels)  # not overwritten
+    assert [im.label for im in back.comparison] == ["MG_R_CC", "MG_L_CC"]
+    for a, b in zip(st.comparison, back.comparison):
+        np.testing.assert_array_equal(a.voxels, b.voxels)
+        assert b.geometry == a.geometry and b.role == a.role
+    np.testing.assert_array_equal(back.comparison[0].lesion_mask, other.lesion_mask)
+    # a study without comparison images writes no such key; a malformed one is refused
+    write_study_folder(make_study(), tmp_path / "plain")
+    assert "comparison_images" not in json.loads((tmp_path / "plain" / "study.json").read_text())
+    assert read_study_folder(tmp_path / "plain").comparison == []
+    doc["comparison_images"] = {"path": "comparison/MG_R_CC.nrrd"}
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="'comparison_images' must be a list"):
+        read_study_folder(tmp_path / "s")
+    doc["comparison_images"] = [{"path": "comparison/MG_R_CC.nrrd", "role": "MG_R_CC"}] * 2
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"comparison_images\[1\]: duplicate image label 'MG_R_CC'"):
+        read_study_folder(tmp_path / "s")
+
+
 def test_identifiers_pseudonymised_unless_asked(tmp_path):
     write_study_folder(make_study(), tmp_path / "a")
     text = (tmp_path / "a" / "study.json").read_text()

@@ -79,6 +79,20 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     assert model.finding_temperature == meta["calibration"]["finding_temperature"]
     assert meta["outputs"]["finding_probability"] == "calibrated (temperature)"
     assert meta["training_data"]["n_validation"] == 2 and meta["training_data"]["n_train"] == 4
+    # the bilateral comparison's reference: the median finding logit of the split's normals
+    val_ids = {r["study_id"] for r in csv.DictReader(open(run / "bundle" / "docs" / "validation_cases.csv"))}
+    from BINDSLib.studyfolder import read_study_folder
+
+    normals = [st for st in (read_study_folder(tmp_path / "studies" / sid) for sid in sorted(val_ids))
+               if st.diagnosis is not None and st.diagnosis.value == "normal"]
+    if normals:
+        t = model.finding_temperature
+        logits = [t * float(np.log(p / (1 - p))) for p in
+                  (model.predict(st, saliency="none").finding_probability for st in normals)]
+        assert meta["calibration"]["finding_reference"] == pytest.approx(float(np.median(logits)), abs=1e-3)
+        assert model.finding_reference == meta["calibration"]["finding_reference"]
+    else:
+        assert "finding_reference" not in meta["calibration"] and model.finding_reference == 0.0
     assert "threshold" in meta["operating_point"]
     assert "binds train" in (run / "bundle" / "docs" / "README.md").read_text()
     assert model.modalities == ("MG", "US", "MR")
@@ -183,6 +197,8 @@ def test_config_errors_are_clear(tmp_path):
     assert s.model.embed_dim == 512 and s.model.locator_2d.channels[-1] == 512
     with pytest.raises(ValueError, match="mg_fit must be one of"):
         parse_settings({"model": {"mg_fit": "whole"}, "data": {"dataset": "x"}})
+    with pytest.raises(ValueError, match=r"bilateral_weight must be in \[0, 1\], not 1.5"):
+        parse_settings({"model": {"bilateral_weight": 1.5}, "data": {"dataset": "x"}})
     with pytest.raises(ValueError, match="finding_cell and finding_topk"):
         parse_settings({"model": {"finding_topk": 0}, "data": {"dataset": "x"}})
     with pytest.raises(ValueError, match="unknown loss weights"):

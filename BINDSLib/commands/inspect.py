@@ -62,6 +62,7 @@ def study_summary(st, keep_identifiers: bool = False) -> dict:
         "synthetic": st.synthetic,
         "modalities": [m.value for m in st.modalities()],
         "images": [image_summary(im) for im in st.images],
+        "comparison_images": [image_summary(im) for im in st.comparison],
     }
 
 
@@ -111,11 +112,12 @@ def print_text(doc: dict) -> None:
         if s["synthetic"]:
             head.append("SYNTHETIC")
         out.write("  " + ", ".join(head) + "\n")
-        for im in s["images"]:
+        for im, comparison in [(i, False) for i in s["images"]] + [(i, True) for i in s["comparison_images"]]:
             sp = "x".join(f"{v:g}" for v in im["spacing_mm"])
             shape = "x".join(str(v) for v in im["shape"])
             extra = " +lesion mask" if im["has_lesion_mask"] else ""
             extra += f" +{im['findings']} finding(s)" if im["findings"] else ""
+            extra += " (for comparison only)" if comparison else ""
             out.write(f"    {im['role']:<14} {im['modality']}  {shape:>14} voxels  {sp} mm"
                       f"  origin {tuple(round(v, 2) for v in im['origin_mm'])}{extra}\n")
             if im["path"]:

@@ -10,7 +10,8 @@ mini-MIAS (``images.csv`` + ``findings.csv``): one study per image (an MLO view)
 ``MG_<laterality>_MLO``, ``patient_id`` the woman (split by it), ``diagnosis`` the worst
 finding, findings as circles (:class:`~BINDSLib.study.Finding`) and a lesion mask drawn from
 the circles that have coordinates (``None`` when an abnormal image has only spread
-calcifications without coordinates).
+calcifications without coordinates). The woman's other-breast film(s) in the folder are
+attached as ``Study.comparison`` (for the bilateral comparison of the finding score).
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         except ValueError as e:
             raise InputError(f"row {n}: {e}", findings_csv) from None
         by_image.setdefault(row["image_id"], []).append(f)
+    rows = []
     for n, row in enumerate(_read_csv(images_csv, MIAS_IMAGE_COLUMNS), start=2):
         diagnosis = _diagnosis(row["label"], images_csv, n)
         try:
@@ -132,19 +134,26 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             spacing = _opt_float(row.get("pixel_spacing_mm"))
         except ValueError as e:
             raise InputError(f"row {n}: {e}", images_csv) from None
+        rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
+    by_woman: dict[str, list] = {}
+    for r in rows:
+        by_woman.setdefault(r[0]["patient"], []).append(r)
+    for row, diagnosis, role, spacing in rows:
         findings = tuple(by_image.get(row["image_id"], ()))
-        image = read_image_file(root / row["image"], role=role,
-                                spacing_mm=None if spacing is None else (spacing, spacing),
-                                findings=findings)
+        image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
         if reference_masks and diagnosis is Diagnosis.NORMAL:
             image.lesion_mask = np.zeros(image.shape, np.uint8)
         elif reference_masks:
             m = disc_mask(image.shape[1:], findings)
             image.lesion_mask = None if m is None else m[None]
+        # the woman's other breast, for the bilateral comparison of the finding score
+        comparison = [read_image_file(root / other["image"], role=other_role, spacing_mm=other_spacing)
+                      for other, _, other_role, other_spacing in by_woman[row["patient"]]
+                      if other_role.laterality != role.laterality]
         attrs = {"dataset": "mini-mias", "tissue": row.get("tissue", "")}
         yield Study(study_id=row["image_id"], images=[image], patient_id=row["patient"],
                     diagnosis=diagnosis, description="mini-MIAS digitised screen-film mammogram",
-                    attributes=attrs)
+                    attributes=attrs, comparison=comparison)
 
 
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:

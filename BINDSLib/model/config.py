@@ -248,6 +248,13 @@ class DiagnosisConfig:
         as ``finding_probability``) is the mean of the ``finding_topk`` largest cells of the
         lesion logit map averaged over ``finding_cell``-pixel cells
         (:func:`~.network.finding_logits`); trained when ``train.loss_weights.finding`` > 0.
+    bilateral_weight : at inference, a mammogram's finding logit ``f`` becomes
+        ``f - bilateral_weight * (c - r)`` where ``c`` is the other breast's finding logit (the
+        mean over that breast's films of the same view, else of any view, from the study's
+        images or its ``comparison`` images) and ``r`` the bundle's
+        ``calibration.finding_reference`` (the logit of a typical unremarkable breast): what
+        both breasts share (density, film, processing) is discounted, as a reader compares
+        left with right. ``0`` (default): off. A mammogram without the other breast keeps ``f``.
     lesion_refiner : a :class:`RefinerConfig` (JSON: its fields, ``{}`` for the defaults) to
         redraw the predicted lesion of 2D images at the image's own resolution, trained in a
         stage of its own after the network (``train.refiner``); ``None`` (default): the
@@ -289,6 +296,7 @@ class DiagnosisConfig:
     lesion_refiner: RefinerConfig | None = None
     finding_cell: int = 16
     finding_topk: int = 4
+    bilateral_weight: float = 0.0
 
     def __post_init__(self):
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
@@ -328,6 +336,8 @@ class DiagnosisConfig:
             raise ValueError("lesion_mask_mode must be 'threshold' or 'peak_component'")
         if int(self.finding_cell) < 1 or int(self.finding_topk) < 1:
             raise ValueError("finding_cell and finding_topk must be >= 1")
+        if not 0.0 <= float(self.bilateral_weight) <= 1.0:
+            raise ValueError(f"bilateral_weight must be in [0, 1], not {self.bilateral_weight!r}")
         if self.mg_fit not in MG_FITS:
             raise ValueError(f"mg_fit must be one of {MG_FITS}, not {self.mg_fit!r}")
         if not 0.0 < self.lesion_threshold < 1.0:

@@ -256,6 +256,12 @@ class DiagnosisModel:
         return float(self.metadata.get("calibration", {}).get("finding_temperature", 1.0))
 
     @property
+    def finding_reference(self) -> float:
+        """The finding logit of a typical unremarkable breast (``calibration.finding_reference``,
+        0.0 when absent): the level the bilateral comparison measures the other breast from."""
+        return float(self.metadata.get("calibration", {}).get("finding_reference", 0.0))
+
+    @property
     def threshold(self) -> float:
         """The default operating threshold on the calibrated probability."""
         return float(self.metadata.get("operating_point", {}).get("threshold", 0.5))
@@ -399,8 +405,9 @@ class DiagnosisModel:
                 merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
             cfg = self.config
+            offsets, bilateral_notes = self._bilateral_offsets(study, work, enc)
             finding = max(float(v[0]) for v in
-                          study_finding_logits(enc, 1, cfg.finding_cell, cfg.finding_topk).values())
+                          study_finding_logits(enc, 1, cfg.finding_cell, cfg.finding_topk, offsets).values())
             lap("fusion")
             proto = net.pathology.prototype_malignant
             sal = {}
@@ -435,9 +442,66 @@ class DiagnosisModel:
             modalities=used, modality_probabilities=aux, contributions=contributions,
             contribution_deltas=deltas,
             images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
-            timings_s=timings, notes=list(prepared.notes), model=self.summary,
+            timings_s=timings, notes=list(prepared.notes) + bilateral_notes, model=self.summary,
             # sigmoid without overflow
             finding_probability=0.5 * (1.0 + math.tanh(finding / self.finding_temperature / 2.0)))
+
+    def _bilateral_offsets(self, study: Study, work: dict, enc: dict) -> tuple[dict, list[str]]:
+        """The bilateral comparison of the mammograms' finding logits
+        (``DiagnosisConfig.bilateral_weight``): per encoded mammogram the shift of its finding
+        logit (:func:`~.network.bilateral_offsets`), and a note naming the films compared."""
+        import torch
+
+        from ..study import Modality
+        from .network import bilateral_offsets, finding_logits
+
+        weight, cfg = float(self.config.bilateral_weight), self.config
+        if weight <= 0 or "MG" not in enc:
+            return {}, []
+        e, w = enc["MG"], work["MG"]
+        own = finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).float().cpu().tolist()
+        sources = w.prepared.inputs["MG"].sources
+        labels = [sources[int(slot)][0].label for slot in e.index[:, 1].tolist()]
+        encoded = dict(zip(labels, own))
+        pool = [(im, False) for im in study.images if im.modality is Modality.MG] + \
+               [(im, True) for im in study.comparison if im.modality is Modality.MG]
+        contra, notes = [], []
+        for label in labels:
+            role = study.image(label).role
+            others = [(o, c) for o, c in pool if role.laterality and o.role.laterality
+                      and o.role.laterality != role.laterality]
+            chosen = [(o, c) for o, c in others if o.role.view == role.view] or others
+            if not chosen:
+                contra.append(math.nan)
+                continue
+            values = [encoded[o.label] if not c and o.label in encoded else self._comparison_logit(o, w)
+                      for o, c in chosen]
+            contra.append(sum(values) / len(values))
+            names = ", ".join(o.label + (" (comparison image)" if c else "" if o.label in encoded
+                                         else " (read for this comparison only)") for o, c in chosen)
+            notes.append(f"{label}: finding score compared with the other breast ({names}; "
+                         f"bilateral_weight {weight:g})")
+        return {"MG": bilateral_offsets(torch.tensor(contra), weight, self.finding_reference)}, notes
+
+    def _comparison_logit(self, image, work: "_ModalityWork") -> float:
+        """The finding logit of ``image`` encoded alone (a film of the other breast that the
+        prediction did not encode), cached in ``work`` for later calls on the same study."""
+        from ..study import Study
+        from .data import collate, inputs_item
+        from .network import finding_logits
+        from .preprocess import prepare_study
+
+        key = id(image)
+        if key not in work.comparison_logits:
+            m, cfg = image.modality.value, self.config
+            prep = prepare_study(Study("comparison", images=[image]), cfg, modalities=(m,))
+            batch = {k: v.to(self.device) for k, v in collate([inputs_item(prep)], share=True).items()}
+            enc = self.network.encode(batch)
+            if cfg.tta_flip:
+                merge_flipped(enc, flip_encodings(self.network, enc, batch))
+            work.comparison_logits[key] = float(
+                finding_logits(enc[m].lesion_logits, cfg.finding_cell, cfg.finding_topk)[0])
+        return work.comparison_logits[key]
 
     def _autocast(self):
         import contextlib
@@ -529,6 +593,8 @@ class _ModalityWork:
     encoding: object = None  # ModalityEncoding, as the encoder gave it
     encoding_flip: object = None  # tta_flip: the mirrored encoding (or the same object)
     images: dict | None = None  # label -> ImageOutput, on the image grids
+    #: id(image) -> finding logit of a film encoded alone for the bilateral comparison
+    comparison_logits: dict = field(default_factory=dict)
 
 
 class PredictionCache:

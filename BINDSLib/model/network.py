@@ -93,12 +93,27 @@ def study_max(values: torch.Tensor, study: torch.Tensor, batch_size: int) -> tor
 
 
 def study_finding_logits(encodings: dict[str, "ModalityEncoding"], batch_size: int, cell: int,
-                         topk: int) -> dict[str, torch.Tensor]:
+                         topk: int, offsets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per modality, each study's finding logit ``(batch_size,)``: the largest
-    :func:`finding_logits` of its images of that modality (``-inf`` for a study without one).
-    The one definition the loss, the training's validation and inference use."""
-    return {m: study_max(finding_logits(e.lesion_logits, cell, topk), e.index[:, 0], batch_size)
-            for m, e in encodings.items()}
+    :func:`finding_logits` of its images of that modality (``-inf`` for a study without one),
+    each image's first shifted by ``offsets[modality] (N,)`` when given (inference's bilateral
+    comparison, :func:`bilateral_offsets`). The one definition the loss, the training's
+    validation and inference use."""
+    out = {}
+    for m, e in encodings.items():
+        f = finding_logits(e.lesion_logits, cell, topk)
+        if offsets and m in offsets:
+            f = f + offsets[m].to(f)
+        out[m] = study_max(f, e.index[:, 0], batch_size)
+    return out
+
+
+def bilateral_offsets(contralateral: torch.Tensor, weight: float, reference: float) -> torch.Tensor:
+    """The shift ``-weight * (c - reference)`` of each image's finding logit given the other
+    breast's finding logit ``c`` (``contralateral (N,)``, NaN where the other breast is not
+    there: no shift). See ``DiagnosisConfig.bilateral_weight``."""
+    shift = -float(weight) * (contralateral.float() - float(reference))
+    return torch.where(torch.isnan(shift), torch.zeros_like(shift), shift)
 
 
 class ModalityBranch(nn.Module):

@@ -941,7 +941,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
     metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
     temperature, ops = 1.0, operating_points([], [])
-    finding_temperature = None
+    finding_temperature = finding_reference = None
     if val_samples:
         pred = predict_samples(net, val_samples, device, settings.batch_size, combinations=True)
         ok = np.isfinite(y_val) & np.isfinite(pred["logit"])
@@ -958,10 +958,13 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             "validation_auc_by_modality_head": {m: _auc_of(pred["aux"][m], y_val) for m in MODALITIES},
             "validation_auc_finding": _auc_of(pred["finding"], [s.abnormal for s in val_samples]),
         })
+        ab = np.array([s.abnormal for s in val_samples], dtype=float)
+        okf = np.isfinite(ab) & np.isfinite(pred["finding"])
         if settings.loss_weights.finding > 0:  # a trained finding logit gets a temperature too
-            ab = np.array([s.abnormal for s in val_samples], dtype=float)
-            okf = np.isfinite(ab) & np.isfinite(pred["finding"])
             finding_temperature = fit_temperature(pred["finding"][okf], ab[okf].astype(int))
+        normal = okf & (ab == 0)
+        if normal.any():  # the level the bilateral comparison measures the other breast from
+            finding_reference = float(np.median(pred["finding"][normal]))
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0
         if sel.sum() >= 2:
@@ -970,7 +973,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
-                            subtype_trained, pretrained, finding_temperature)
+                            subtype_trained, pretrained, finding_temperature, finding_reference)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -989,11 +992,13 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
                     n_validation: int, modalities: tuple[str, ...] = MODALITIES,
                     subtype_trained: bool = True, pretrained: dict | None = None,
-                    finding_temperature: float | None = None) -> dict:
+                    finding_temperature: float | None = None,
+                    finding_reference: float | None = None) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
     ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
     ``finding_temperature``: the finding logit's temperature (None: the finding term was not
-    trained, the finding probability stays the plain sigmoid)."""
+    trained, the finding probability stays the plain sigmoid); ``finding_reference``: the
+    median finding logit of the validation split's normal studies (None: it has none)."""
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
@@ -1015,13 +1020,17 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
         "classes": {"malignancy": ["not_malignant", "malignant"], "subtype": list(SUBTYPES)},
         "outputs": {"malignancy_probability": "calibrated (temperature)",
                     "finding_probability": ("calibrated (temperature)" if finding_temperature is not None
-                                            else "sigmoid of the pooled lesion logits (not calibrated)"),
+                                            else "sigmoid of the pooled lesion logits (not calibrated)")
+                    + ("; each mammogram compared with the other breast (bilateral_weight)"
+                       if cfg.bilateral_weight > 0 else ""),
                     "saliency": "max(0, cosine) of projected features with the malignant pathology prototype",
                     "lesion_probability": "per image, on the image grid"},
         "calibration": {"method": "temperature", "temperature": float(temperature),
                         "fitted_on": "validation split", "n": int(n_validation),
                         **({"finding_temperature": float(finding_temperature)}
-                           if finding_temperature is not None else {})},
+                           if finding_temperature is not None else {}),
+                        **({"finding_reference": float(finding_reference)}
+                           if finding_reference is not None else {})},
         "operating_point": ops["default"],
         "operating_points": ops,
         "uncertainty_band": list(settings.uncertainty_band),
