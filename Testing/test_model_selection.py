@@ -178,3 +178,47 @@ def test_shipped_one_view_mammography_bundle_reads_the_mlo_view_of_a_four_view_e
     assert cfg.mg_max_views == 1 and cfg.mg_views == ("MLO",)  # trained on mini-MIAS MLO films
     kept, notes = select_mg(make_case(0, True, ("MG",)), cfg.mg_max_views, cfg.mg_views)
     assert [im.label for im in kept] == ["MG_L_MLO"] and len(notes) == 3
+    # it reads the more suspicious MLO film, compared with the other breast (1.1.0)
+    assert cfg.mg_select == "finding" and cfg.bilateral_weight == 1.0
+    study = make_case(0, True, ("MG",))
+    suspicion = {"MG_L_CC": 9.0, "MG_L_MLO": -1.0, "MG_R_CC": 0.0, "MG_R_MLO": 2.0}
+    kept, _ = select_mg(study, cfg.mg_max_views, cfg.mg_views, suspicion=suspicion)
+    assert [im.label for im in kept] == ["MG_R_MLO"]  # the preferred view first, then suspicion
+    kept, _ = select_mg(study, cfg.mg_max_views, cfg.mg_views, frozenset({"MG_L_CC"}), suspicion)
+    assert [im.label for im in kept] == ["MG_L_CC"]  # the user's outline first of all
+    kept, _ = select_mg(study, 2, (), suspicion={"MG_R_CC": 1.0, "MG_L_MLO": 3.0})
+    assert [im.label for im in kept] == ["MG_L_MLO", "MG_R_CC"]  # kept in slot order
+
+
+def test_mg_select_finding_reads_the_most_suspicious_film():
+    """``mg_select: "finding"``: a study with more mammograms than slots keeps the film with
+    the highest finding logit encoded alone, compared with the other breast."""
+    import numpy as np
+
+    from BINDSLib.study import Study
+    from test_model_cases import make_case, tiny_model
+
+    full = make_case(4, True, ("MG",))
+    mlo = [im for im in full.images if im.role.view == "MLO"]
+    plain = tiny_model(mg_max_views=4)
+    alone = {im.label: plain.mg_suspicion(Study("x", images=[im]))[im.label] for im in mlo}
+    model = tiny_model({"calibration": {"finding_reference": -0.4}}, mg_max_views=1, mg_select="finding",
+                       bilateral_weight=0.5)
+    study = Study("two", images=list(mlo))
+    got = model.mg_suspicion(study)
+    for lab, other in (("MG_L_MLO", "MG_R_MLO"), ("MG_R_MLO", "MG_L_MLO")):
+        assert got[lab] == pytest.approx(alone[lab] - 0.5 * (alone[other] + 0.4), rel=1e-5)
+    best = max(got, key=got.get)
+    assert best == "MG_R_MLO"  # with these weights: not the film slot order would read
+    pred = model.predict(study, saliency="none")
+    assert list(pred.images) == [best]
+    assert any(n.startswith("mammograms ranked by finding score compared with the other breast: " + best)
+               for n in pred.notes)
+    # the finding probability is the read film's score against the other breast
+    assert pred.finding_probability == pytest.approx(1 / (1 + np.exp(-got[best])), rel=1e-4)
+    # mg_select "order" (the default) reads the first film in slot order, unranked
+    model.config = dataclasses.replace(model.config, mg_select="order")
+    pred = model.predict(study, saliency="none")
+    assert list(pred.images) == ["MG_L_MLO"] and not any("ranked" in n for n in pred.notes)
+    with pytest.raises(ValueError, match="mg_select must be one of"):
+        dataclasses.replace(model.config, mg_select="best")

@@ -45,6 +45,8 @@ SIDES = ("L", "R", "unknown")
 _PRESETS = ("demo", "paper")
 #: What a mammogram's model grid covers (``DiagnosisConfig.mg_fit``).
 MG_FITS = ("image", "breast")
+#: How a study with more mammograms than slots picks them (``DiagnosisConfig.mg_select``).
+MG_SELECTS = ("order", "finding")
 
 
 def _tuple(v, n: int | None, name: str, kind=int) -> tuple:
@@ -211,6 +213,11 @@ class DiagnosisConfig:
     mg_views : MG views to keep first when a study has more than ``mg_max_views``, most
         preferred first (``("MLO",)`` for a bundle trained on MLO views only); empty: slot
         order (L before R, CC before MLO).
+    mg_select : among films of equal preference, ``"order"`` (default) keeps slot order;
+        ``"finding"`` keeps the most suspicious: each film is first encoded alone and ranked by
+        its finding logit (compared with the other breast when ``bilateral_weight`` > 0), so a
+        one-slot bundle reads the breast with the finding, not always the left one. A film the
+        user outlined still comes first.
     locator_2d, locator_3d : backbones of the lesion localisers (feature map, context token,
         lesion probability map). classifier_2d, classifier_3d : backbones encoding the crops.
     locator_mg : the mammography branch's own locator backbone (default ``None``: MG and US
@@ -272,6 +279,7 @@ class DiagnosisConfig:
     us_max_images: int = 2
     mg_views: tuple[str, ...] = ()
     mg_fit: str = "image"
+    mg_select: str = "order"
     locator_2d: EncoderConfig = field(default_factory=EncoderConfig)
     locator_3d: EncoderConfig = field(default_factory=lambda: EncoderConfig(stem_kernel=3))
     classifier_2d: EncoderConfig = field(default_factory=EncoderConfig)
@@ -338,6 +346,8 @@ class DiagnosisConfig:
             raise ValueError("finding_cell and finding_topk must be >= 1")
         if not 0.0 <= float(self.bilateral_weight) <= 1.0:
             raise ValueError(f"bilateral_weight must be in [0, 1], not {self.bilateral_weight!r}")
+        if self.mg_select not in MG_SELECTS:
+            raise ValueError(f"mg_select must be one of {MG_SELECTS}, not {self.mg_select!r}")
         if self.mg_fit not in MG_FITS:
             raise ValueError(f"mg_fit must be one of {MG_FITS}, not {self.mg_fit!r}")
         if not 0.0 < self.lesion_threshold < 1.0:

@@ -405,7 +405,7 @@ class DiagnosisModel:
                 merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
             cfg = self.config
-            offsets, bilateral_notes = self._bilateral_offsets(study, work, enc)
+            offsets, bilateral_notes = self._bilateral_offsets(study, work, enc, cache)
             finding = max(float(v[0]) for v in
                           study_finding_logits(enc, 1, cfg.finding_cell, cfg.finding_topk, offsets).values())
             lap("fusion")
@@ -446,35 +446,30 @@ class DiagnosisModel:
             # sigmoid without overflow
             finding_probability=0.5 * (1.0 + math.tanh(finding / self.finding_temperature / 2.0)))
 
-    def _bilateral_offsets(self, study: Study, work: dict, enc: dict) -> tuple[dict, list[str]]:
+    def _bilateral_offsets(self, study: Study, work: dict, enc: dict,
+                           cache: "PredictionCache") -> tuple[dict, list[str]]:
         """The bilateral comparison of the mammograms' finding logits
         (``DiagnosisConfig.bilateral_weight``): per encoded mammogram the shift of its finding
         logit (:func:`~.network.bilateral_offsets`), and a note naming the films compared."""
         import torch
 
-        from ..study import Modality
         from .network import bilateral_offsets, finding_logits
 
         weight, cfg = float(self.config.bilateral_weight), self.config
         if weight <= 0 or "MG" not in enc:
             return {}, []
-        e, w = enc["MG"], work["MG"]
+        e = enc["MG"]
         own = finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).float().cpu().tolist()
-        sources = w.prepared.inputs["MG"].sources
+        sources = work["MG"].prepared.inputs["MG"].sources
         labels = [sources[int(slot)][0].label for slot in e.index[:, 1].tolist()]
         encoded = dict(zip(labels, own))
-        pool = [(im, False) for im in study.images if im.modality is Modality.MG] + \
-               [(im, True) for im in study.comparison if im.modality is Modality.MG]
         contra, notes = [], []
         for label in labels:
-            role = study.image(label).role
-            others = [(o, c) for o, c in pool if role.laterality and o.role.laterality
-                      and o.role.laterality != role.laterality]
-            chosen = [(o, c) for o, c in others if o.role.view == role.view] or others
+            chosen = other_breast(study, study.image(label))
             if not chosen:
                 contra.append(math.nan)
                 continue
-            values = [encoded[o.label] if not c and o.label in encoded else self._comparison_logit(o, w)
+            values = [encoded[o.label] if not c and o.label in encoded else self._alone_logit(o, cache)
                       for o, c in chosen]
             contra.append(sum(values) / len(values))
             names = ", ".join(o.label + (" (comparison image)" if c else "" if o.label in encoded
@@ -483,25 +478,46 @@ class DiagnosisModel:
                          f"bilateral_weight {weight:g})")
         return {"MG": bilateral_offsets(torch.tensor(contra), weight, self.finding_reference)}, notes
 
-    def _comparison_logit(self, image, work: "_ModalityWork") -> float:
-        """The finding logit of ``image`` encoded alone (a film of the other breast that the
-        prediction did not encode), cached in ``work`` for later calls on the same study."""
+    def mg_suspicion(self, study: Study, cache: "PredictionCache | None" = None) -> dict[str, float]:
+        """Each mammogram's finding logit, encoded alone, compared with the other breast when
+        ``bilateral_weight`` > 0 (``f - w (c - r)``): how ``mg_select: "finding"`` ranks the
+        films of a study that has more than the bundle's slots."""
+        from ..study import Modality
+
+        cache = PredictionCache() if cache is None else cache
+        weight = float(self.config.bilateral_weight)
+        out = {}
+        for im in study.of(Modality.MG):
+            f = self._alone_logit(im, cache)
+            chosen = other_breast(study, im) if weight > 0 else []
+            if chosen:
+                c = sum(self._alone_logit(o, cache) for o, _ in chosen) / len(chosen)
+                f -= weight * (c - self.finding_reference)
+            out[im.label] = f
+        return out
+
+    def _alone_logit(self, image, cache: "PredictionCache") -> float:
+        """The finding logit of ``image`` encoded alone (a film the prediction's slots left
+        out, or a comparison image), kept in ``cache`` for later calls on the same study."""
+        import torch
+
         from ..study import Study
         from .data import collate, inputs_item
         from .network import finding_logits
         from .preprocess import prepare_study
 
         key = id(image)
-        if key not in work.comparison_logits:
+        if key not in cache.alone_logits:
             m, cfg = image.modality.value, self.config
-            prep = prepare_study(Study("comparison", images=[image]), cfg, modalities=(m,))
+            prep = prepare_study(Study("alone", images=[image]), cfg, modalities=(m,))
             batch = {k: v.to(self.device) for k, v in collate([inputs_item(prep)], share=True).items()}
-            enc = self.network.encode(batch)
-            if cfg.tta_flip:
-                merge_flipped(enc, flip_encodings(self.network, enc, batch))
-            work.comparison_logits[key] = float(
-                finding_logits(enc[m].lesion_logits, cfg.finding_cell, cfg.finding_topk)[0])
-        return work.comparison_logits[key]
+            with torch.inference_mode(), self._autocast():
+                enc = self.network.encode(batch)
+                if cfg.tta_flip:
+                    merge_flipped(enc, flip_encodings(self.network, enc, batch))
+                cache.alone_logits[key] = float(
+                    finding_logits(enc[m].lesion_logits, cfg.finding_cell, cfg.finding_topk)[0])
+        return cache.alone_logits[key]
 
     def _autocast(self):
         import contextlib
@@ -584,6 +600,20 @@ class DiagnosisModel:
                       threshold, self.device)
 
 
+def other_breast(study: Study, image) -> list[tuple]:
+    """The films of the other breast to compare mammogram ``image`` with, as ``(film,
+    is_comparison_image)``: the study's and its comparison images' mammograms of the other
+    laterality, those of ``image``'s view when there are any; none when a laterality is
+    unknown."""
+    from ..study import Modality
+
+    lat = image.role.laterality
+    pool = [(im, False) for im in study.images] + [(im, True) for im in study.comparison]
+    others = [(o, c) for o, c in pool if o.modality is Modality.MG and lat and o.role.laterality
+              and o.role.laterality != lat]
+    return [(o, c) for o, c in others if o.role.view == image.role.view] or others
+
+
 @dataclass
 class _ModalityWork:
     """What :meth:`DiagnosisModel.predict` computed for one modality of one study."""
@@ -593,8 +623,6 @@ class _ModalityWork:
     encoding: object = None  # ModalityEncoding, as the encoder gave it
     encoding_flip: object = None  # tta_flip: the mirrored encoding (or the same object)
     images: dict | None = None  # label -> ImageOutput, on the image grids
-    #: id(image) -> finding logit of a film encoded alone for the bilateral comparison
-    comparison_logits: dict = field(default_factory=dict)
 
 
 class PredictionCache:
@@ -609,6 +637,8 @@ class PredictionCache:
     def __init__(self):
         self._owner: tuple = ()
         self.work: dict[str, _ModalityWork] = {}
+        #: id(image) -> finding logit of the image encoded alone (``mg_select``, bilateral)
+        self.alone_logits: dict[int, float] = {}
 
     def prepare(self, model, study: Study, lesion_masks, modalities, saliency) -> dict[str, _ModalityWork]:
         """The work of ``modalities`` in network order, preparing the ones not yet done."""
@@ -621,7 +651,7 @@ class PredictionCache:
         owner = (model, study, lesion_masks, saliency)
         if len(self._owner) != 4 or not all(a is b or (i == 3 and a == b)
                                             for i, (a, b) in enumerate(zip(self._owner, owner))):
-            self._owner, self.work = owner, {}
+            self._owner, self.work, self.alone_logits = owner, {}, {}
         for m in modalities:
             if m in self.work:
                 continue
@@ -629,7 +659,15 @@ class PredictionCache:
                 im.modality.value == m for im in study.images)
             if not has:
                 continue
-            prep = prepare_study(study, model.config, lesion_masks=lesion_masks, modalities=(m,))
+            cfg = model.config
+            suspicion = None
+            if m == "MG" and cfg.mg_select == "finding" and len(study.of("MG")) > cfg.mg_max_views:
+                suspicion = model.mg_suspicion(study, self)
+            prep = prepare_study(study, cfg, lesion_masks=lesion_masks, modalities=(m,), mg_suspicion=suspicion)
+            if suspicion is not None:
+                prep.notes.append("mammograms ranked by finding score" + (
+                    " compared with the other breast" if cfg.bilateral_weight > 0 else "") + ": "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in sorted(suspicion.items(), key=lambda kv: -kv[1])))
             batch = {k: v.to(model.device) for k, v in collate([inputs_item(prep)], share=True).items()}
             prep.inputs[m].images = None  # the batch holds them (the MRI input is ~100 MB)
             fmt = model.network.branches[m].memory_format

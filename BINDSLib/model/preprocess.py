@@ -27,6 +27,7 @@ physical space (separable linear passes between parallel grids, SimpleITK otherw
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -436,12 +437,14 @@ def _keep_first(ims: list[Image], max_n: int, rank) -> tuple[list[Image], list[I
 
 
 def select_mg(study: Study, max_views: int, prefer_views: tuple[str, ...] = (),
-              marked: frozenset[str] = frozenset()) -> tuple[list[Image], list[str]]:
+              marked: frozenset[str] = frozenset(), suspicion: dict[str, float] | None = None
+              ) -> tuple[list[Image], list[str]]:
     """MG images in slot order (L before R, CC before MLO before others), at most ``max_views``.
 
     When the study has more, images with a lesion mask (``marked`` labels: the user's outline
     must be used) are kept first, then views in ``prefer_views`` order (a bundle trained on
-    MLO views only prefers ``("MLO",)``), then slot order.
+    MLO views only prefers ``("MLO",)``), then the higher ``suspicion`` (label -> score;
+    ``DiagnosisConfig.mg_select`` ``"finding"``), then slot order.
     """
     ims = sorted(study.of(Modality.MG),
                  key=lambda im: (_side_index(im.role.laterality), _view_index(im.role.view), im.label))
@@ -449,7 +452,8 @@ def select_mg(study: Study, max_views: int, prefer_views: tuple[str, ...] = (),
 
     def rank(im: Image):
         view = (im.role.view or "").upper()
-        return (im.label not in marked, prefer.index(view) if view in prefer else len(prefer))
+        return (im.label not in marked, prefer.index(view) if view in prefer else len(prefer),
+                -(suspicion or {}).get(im.label, -math.inf))
 
     kept, left = _keep_first(ims, max_views, rank)
     notes = [f"{im.label}: more than {max_views} mammograms; ignored" for im in left]
@@ -602,7 +606,8 @@ class _Masks(dict):
 
 
 def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict | None = None,
-                  modalities=None, use_reference_masks: bool = False) -> PreparedStudy:
+                  modalities=None, use_reference_masks: bool = False,
+                  mg_suspicion: dict[str, float] | None = None) -> PreparedStudy:
     """The network inputs of ``study``.
 
     Parameters
@@ -614,6 +619,8 @@ def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict |
         the lesion-focused crop of that image (for MR: of the whole MR input).
     modalities : modalities to use (default: all present), e.g. ``("MG", "US")``.
     use_reference_masks : also use the study's own ``lesion_mask`` of each image (training).
+    mg_suspicion : label -> score ranking the mammograms when there are more than the slots
+        (:func:`select_mg`; inference with ``mg_select: "finding"``).
 
     Raises
     ------
@@ -636,7 +643,7 @@ def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict |
     notes: list[str] = []
     mask_source: dict[str, str] = {}
     if "MG" in wanted and study.of(Modality.MG):
-        ims, n = select_mg(study, config.mg_max_views, config.mg_views, frozenset(masks))
+        ims, n = select_mg(study, config.mg_max_views, config.mg_views, frozenset(masks), mg_suspicion)
         notes += n
         inputs["MG"] = _plane_input(ims, config.mg_size, "MG", masks, config, mask_source)
     if "US" in wanted and study.of(Modality.US):
