@@ -217,7 +217,7 @@ class DiagnosisConfig:
         ``"finding"`` keeps the most suspicious: each film is first encoded alone and ranked by
         its finding logit (compared with the other breast when ``bilateral_weight`` > 0), so a
         one-slot bundle reads the breast with the finding, not always the left one. A film the
-        user outlined still comes first.
+        user outlined still comes first. Inference only (training fills slots in order).
     locator_2d, locator_3d : backbones of the lesion localisers (feature map, context token,
         lesion probability map). classifier_2d, classifier_3d : backbones encoding the crops.
     locator_mg : the mammography branch's own locator backbone (default ``None``: MG and US
