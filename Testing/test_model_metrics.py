@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from BINDSLib.model.calibration import fit_temperature, operating_points
+from BINDSLib.model.calibration import compare_with_other_breast, fit_temperature, operating_points
 from BINDSLib.model.metrics import (
     auc, biopsy_reduction, bootstrap_ci, dice, ece, finite_json, macro_auc, pointing_hit,
     reliability_bins, roc_points, sensitivity_specificity, threshold_for_sensitivity,
@@ -56,6 +56,18 @@ def test_temperature_recovers_the_true_scale():
     ops = operating_points(1 / (1 + np.exp(-z / 2.5)), y, 0.98)
     assert ops["high_sensitivity"]["sensitivity"] >= 0.98
     assert ops["default"]["criterion"] == "youden"
+
+
+def test_compare_with_other_breast_as_inference_does():
+    films = [("A", "L", "MLO"), ("A", "R", "MLO"), ("A", "R", "CC"), ("B", "L", "MLO"), None,
+             ("C", "L", "CC"), ("C", "R", "MLO"), ("D", "L", "MLO"), ("D", "R", "MLO")]
+    f = [1.0, 3.0, 10.0, 2.0, 5.0, 0.0, 4.0, 7.0, float("nan")]
+    got = compare_with_other_breast(f, films, weight=0.5, reference=-1.0)
+    assert got[0] == pytest.approx(1.0 - 0.5 * (3.0 + 1.0))  # the same view of the other breast
+    assert got[1] == got[2] - 7.0 == pytest.approx(3.0 - 0.5 * (1.0 + 1.0))  # both R films vs L MLO
+    assert got[3] == 2.0 and got[4] == 5.0  # no other breast; not a one-film mammogram
+    assert got[5] == pytest.approx(0.0 - 0.5 * (4.0 + 1.0))  # another view when no same view
+    assert got[7] == 7.0 and np.isnan(got[8])  # a non-finite partner is no partner
 
 
 def test_biopsy_reduction_known_case():

@@ -74,7 +74,7 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
     meta = model.metadata
     assert meta["kind"] == "diagnosis" and meta["calibration"]["method"] == "temperature"
-    # trained with the finding term: its logit is calibrated on the split too, and used
+    # the finding logit is calibrated on the split too, and used
     assert 0.05 <= meta["calibration"]["finding_temperature"] <= 20.0
     assert model.finding_temperature == meta["calibration"]["finding_temperature"]
     assert meta["outputs"]["finding_probability"] == "calibrated (temperature)"
@@ -83,16 +83,21 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     val_ids = {r["study_id"] for r in csv.DictReader(open(run / "bundle" / "docs" / "validation_cases.csv"))}
     from BINDSLib.studyfolder import read_study_folder
 
-    normals = [st for st in (read_study_folder(tmp_path / "studies" / sid) for sid in sorted(val_ids))
-               if st.diagnosis is not None and st.diagnosis.value == "normal"]
-    if normals:
-        t = model.finding_temperature
-        logits = [t * float(np.log(p / (1 - p))) for p in
-                  (model.predict(st, saliency="none").finding_probability for st in normals)]
-        assert meta["calibration"]["finding_reference"] == pytest.approx(float(np.median(logits)), abs=1e-3)
-        assert model.finding_reference == meta["calibration"]["finding_reference"]
-    else:
-        assert "finding_reference" not in meta["calibration"] and model.finding_reference == 0.0
+    t = model.finding_temperature
+    val = [read_study_folder(tmp_path / "studies" / sid) for sid in sorted(val_ids)]
+    logits = [t * float(np.log(p / (1 - p))) for p in
+              (model.predict(st, saliency="none").finding_probability for st in val)]
+    normal = [st.diagnosis is not None and st.diagnosis.value == "normal" for st in val]
+    assert any(normal) and not all(normal)  # the split of this test has both
+    assert meta["calibration"]["finding_reference"] == pytest.approx(
+        float(np.median([z for z, n in zip(logits, normal) if n])), abs=1e-3)
+    assert model.finding_reference == meta["calibration"]["finding_reference"]
+    # the temperature is the one that fits the split's finding logits (bilateral_weight 0)
+    from BINDSLib.model.calibration import fit_temperature
+
+    assert t == pytest.approx(fit_temperature(logits, [0 if n else 1 for n in normal]), rel=1e-2)
+    assert meta["metrics"]["validation_auc_finding"] is not None
+    assert "validation_auc_finding_compared" not in meta["metrics"]
     assert "threshold" in meta["operating_point"]
     assert "binds train" in (run / "bundle" / "docs" / "README.md").read_text()
     assert model.modalities == ("MG", "US", "MR")
@@ -105,8 +110,11 @@ def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
     model = DiagnosisModel.from_bundle(tmp_path / "run" / "bundle", device="cpu")
     assert model.metadata["modalities"] == ["US"] and model.modalities == ("US",)
-    # without the finding term its logit is not calibrated: the plain sigmoid
-    assert "finding_temperature" not in model.metadata["calibration"] and model.finding_temperature == 1.0
+    # without the finding term its logit is still calibrated when the split has normal and
+    # abnormal studies (else the plain sigmoid)
+    val = {r["study_id"] for r in csv.DictReader(open(tmp_path / "run" / "bundle" / "docs" / "validation_cases.csv"))}
+    normal = {"case2", "case5"}  # _config: every third case is normal
+    assert val and ("finding_temperature" in model.metadata["calibration"]) == bool(val & normal and val - normal)
     pred = model.predict(make_case(9, True, ("MG", "US", "MR")), saliency="none")
     assert pred.modalities == ("US",)
     # these cases carry subtype labels; a bundle trained without any gives no subtype output
@@ -247,3 +255,21 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     assert lite.model.locator_mg.arch == "efficientnet_lite0" and lite.pretrained == {"MG": "imagenet"}
     finding = load_settings(root / "configs" / "mg-mias-finding.json")
     assert finding.model.mg_fit == "breast" and finding.loss_weights.finding == 1.0
+
+
+def test_calibration_pairs_the_one_film_mammograms_of_a_woman():
+    """The finding temperature of a bundle with ``bilateral_weight`` is fitted on logits compared
+    with the other breast: the split's one-film mammography studies are paired by woman."""
+    from BINDSLib.model.train import _one_film
+    from BINDSLib.study import Study
+
+    cfg = tiny_config()
+    four = make_case(2, True, ("MG",))
+    films = {im.label: im for im in four.images}
+    one = Study("one", images=[films["MG_R_MLO"]], patient_id="woman-7")
+    sample = make_sample(one, cfg)
+    assert _one_film(sample) == (sample.group, "R", "MLO") and sample.group
+    assert _one_film(make_sample(Study("cc", images=[films["MG_L_CC"]], patient_id="woman-7"), cfg))[1:] == ("L", "CC")
+    assert _one_film(make_sample(four, cfg)) is None  # four films: not one mammogram
+    us = make_case(2, True, ("US",)).images[0]
+    assert _one_film(make_sample(Study("mg+us", images=[films["MG_R_MLO"], us], patient_id="w"), cfg)) is None

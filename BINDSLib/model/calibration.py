@@ -1,4 +1,5 @@
-"""Calibration of the malignancy probability (temperature scaling) and operating points.
+"""Calibration of the malignancy and finding probabilities (temperature scaling) and
+operating points.
 
 ``p = sigmoid(logit / T)``: ``T`` is fitted on a validation (calibration) split by minimising
 the negative log-likelihood; it changes no ranking (AUC is unchanged), only how probabilities
@@ -12,6 +13,29 @@ import math
 import numpy as np
 
 from .metrics import sensitivity_specificity, threshold_for_sensitivity, youden_threshold
+
+
+def compare_with_other_breast(logits, films, weight: float, reference: float) -> np.ndarray:
+    """Finding logits compared with the other breast as at inference
+    (``DiagnosisConfig.bilateral_weight``): ``f - weight * (c - reference)``, ``c`` the mean
+    logit of the same woman's films of the other breast, of the same view when there are any.
+    ``films[i]`` is ``(woman, laterality, view)`` of study ``i``'s single mammogram, or
+    ``None`` for a study that is not one mammogram (left as it is, as is a film without the
+    other breast or with a non-finite logit)."""
+    f = np.asarray(logits, dtype=np.float64)
+    out = f.copy()
+    by_woman: dict = {}
+    for i, film in enumerate(films):
+        if film is not None and np.isfinite(f[i]):
+            by_woman.setdefault(film[0], []).append(i)
+    for i, film in enumerate(films):
+        if film is None or not np.isfinite(f[i]):
+            continue
+        others = [j for j in by_woman[film[0]] if films[j][1] != film[1]]
+        same = [j for j in others if films[j][2] == film[2]] or others
+        if same:
+            out[i] = f[i] - weight * (float(np.mean(f[same])) - reference)
+    return out
 
 
 def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

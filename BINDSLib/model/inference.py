@@ -116,10 +116,11 @@ class Prediction:
     notes : images ignored and similar remarks. model : the bundle summary (name, version, hash).
     finding_probability : probability that the study shows a finding at all (benign or
         malignant vs normal): the sigmoid of the largest image-level finding logit of the used
-        modalities (:func:`~.network.finding_logits`), divided by the bundle's
-        ``calibration.finding_temperature`` when its training calibrated one (a bundle trained
-        with the finding term), else plain (None only for a Prediction built elsewhere). The
-        score for "abnormal vs normal"; the malignancy probability answers "malignant or not".
+        modalities (:func:`~.network.finding_logits`; a mammogram's compared with the other
+        breast when ``bilateral_weight`` > 0), divided by the bundle's
+        ``calibration.finding_temperature`` when its training calibrated one, else plain (None
+        only for a Prediction built elsewhere). The score for "abnormal vs normal"; the
+        malignancy probability answers "malignant or not".
     """
 
     study_id: str

@@ -52,7 +52,9 @@ import numpy as np
 
 from ..errors import InputError, OutputError
 from ..fsutil import atomic_write_json, json_dumps
-from .config import COMBINATIONS, MODALITIES, MR_CHANNELS, SUBTYPES, DiagnosisConfig, preset
+from .config import (
+    COMBINATIONS, MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig, preset,
+)
 from .losses import ALIGNMENTS, LossWeights
 from .refiner import RefinerTraining
 
@@ -936,7 +938,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
     ``modalities`` it was trained on)."""
     from ..bundle import save_bundle
-    from .calibration import fit_temperature, operating_points
+    from .calibration import compare_with_other_breast, fit_temperature, operating_points
     from .metrics import bootstrap_ci, ece, finite_json, macro_auc
 
     metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
@@ -959,12 +961,18 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             "validation_auc_finding": _auc_of(pred["finding"], [s.abnormal for s in val_samples]),
         })
         ab = np.array([s.abnormal for s in val_samples], dtype=float)
-        okf = np.isfinite(ab) & np.isfinite(pred["finding"])
-        if settings.loss_weights.finding > 0:  # a trained finding logit gets a temperature too
-            finding_temperature = fit_temperature(pred["finding"][okf], ab[okf].astype(int))
+        finding = pred["finding"]
+        okf = np.isfinite(ab) & np.isfinite(finding)
         normal = okf & (ab == 0)
         if normal.any():  # the level the bilateral comparison measures the other breast from
-            finding_reference = float(np.median(pred["finding"][normal]))
+            finding_reference = float(np.median(finding[normal]))
+        cfg = settings.model
+        if cfg.bilateral_weight > 0:  # as inference reads it: against the other breast
+            finding = compare_with_other_breast(finding, [_one_film(s) for s in val_samples],
+                                                cfg.bilateral_weight, finding_reference or 0.0)
+            metrics["validation_auc_finding_compared"] = _auc_of(finding, ab)
+        if normal.any() and (okf & (ab == 1)).any():  # the finding probability is calibrated too
+            finding_temperature = fit_temperature(finding[okf], ab[okf].astype(int))
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0
         if sel.sum() >= 2:
@@ -989,6 +997,16 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     return {"bundle": str(path), **metrics}
 
 
+def _one_film(sample) -> tuple | None:
+    """``(woman, laterality, view)`` of a study that is one mammogram of known laterality (for
+    the bilateral comparison in calibration), else None."""
+    inp = sample.prepared.inputs
+    if set(inp) != {"MG"} or inp["MG"].n_slots != 1:
+        return None
+    side = SIDES[int(inp["MG"].side[0])]
+    return None if side not in ("L", "R") else (sample.group, side, MG_VIEW_CODES[int(inp["MG"].view[0])])
+
+
 def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
                     n_validation: int, modalities: tuple[str, ...] = MODALITIES,
                     subtype_trained: bool = True, pretrained: dict | None = None,
@@ -996,9 +1014,11 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                     finding_reference: float | None = None) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
     ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
-    ``finding_temperature``: the finding logit's temperature (None: the finding term was not
-    trained, the finding probability stays the plain sigmoid); ``finding_reference``: the
-    median finding logit of the validation split's normal studies (None: it has none)."""
+    ``finding_temperature``: the finding logit's temperature, fitted on the validation split
+    (compared with the other breast when ``bilateral_weight`` > 0; None: the split lacks normal
+    or abnormal studies, the finding probability stays the plain sigmoid);
+    ``finding_reference``: the median finding logit of the validation split's normal studies
+    (None: it has none)."""
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
