@@ -52,6 +52,10 @@ def test_compute_metrics_known_values():
     # by the malignancy probability: every abnormal case above both normals except 0.1 < 0.2
     assert m["auc_abnormal_malignancy"] == pytest.approx(7 / 8)
     assert m["auc_abnormal_ci95"][0] <= 1.0 and len(m["auc_abnormal_malignancy_ci95"]) == 2
+    # calibration of the finding probability against "abnormal" (1, 1, 1, 1, 0, 0)
+    assert m["brier_finding"] == pytest.approx((0.2**2 + 0.5**2 + 0.1**2 + 0.3**2 + 0.3**2 + 0.45**2) / 6)
+    assert m["brier_finding_base_rate"] == pytest.approx(4 / 6 * 2 / 6)
+    assert m["ece_finding"] == pytest.approx((0.2 + 0.5 + 0.1 + 0.3 + 0.3 + 0.45) / 6)  # one case per bin
     assert m["sensitivity"] == 0.5 and m["specificity"] == pytest.approx(3 / 4)
     assert m["subtype_macro_auc"] == pytest.approx(1.0)
     assert len(m["auc_ci95"]) == 2

@@ -8,7 +8,8 @@ Writes to the output folder:
   malignant - vs normal, by the finding probability: the model's answer to "is there a
   finding?"), ``auc_abnormal_malignancy`` (the same by the malignancy probability; version 1
   called this ``auc_abnormal``) and ``auc_abnormal_lesion_score`` (by the highest lesion
-  probability);
+  probability); ``ece_finding`` and ``brier_finding`` of the finding probability against
+  "abnormal", with ``brier_finding_base_rate`` (the Brier score of always saying the rate);
   ``sensitivity``, ``specificity`` and ``threshold`` at the bundle's operating point
   (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
@@ -158,6 +159,10 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
                                                               stratify=abnormal))
         ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
         m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
+        ok = np.isfinite(pf)  # how well the finding probability matches the finding rate
+        m["ece_finding"] = ece(pf[ok], abnormal[ok])
+        m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2)) if ok.any() else None
+        m["brier_finding_base_rate"] = float(abnormal[ok].mean() * (1 - abnormal[ok].mean())) if ok.any() else None
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})
