@@ -110,7 +110,8 @@ def _image_entry(im, folder: str, keep_identifiers: bool) -> dict:
         "acquisition_date": _date_str(im.acquisition_date),
     }
     if im.lesion_mask is not None:
-        entry["lesion_mask"] = f"masks/{im.label}.nrrd" if folder == "images" else f"masks/{folder}/{im.label}.nrrd"
+        masks = "masks" if folder == "images" else f"masks/{folder}"
+        entry["lesion_mask"] = f"{masks}/{im.label}.nrrd"
     if im.findings:
         entry["findings"] = [f.to_json() for f in im.findings]
     src = im.source.to_json()

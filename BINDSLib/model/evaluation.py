@@ -160,9 +160,11 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
         ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
         m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
         ok = np.isfinite(pf)  # how well the finding probability matches the finding rate
-        m["ece_finding"] = ece(pf[ok], abnormal[ok])
-        m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2)) if ok.any() else None
-        m["brier_finding_base_rate"] = float(abnormal[ok].mean() * (1 - abnormal[ok].mean())) if ok.any() else None
+        if ok.any():
+            rate = float(abnormal[ok].mean())
+            m["ece_finding"] = ece(pf[ok], abnormal[ok])
+            m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2))
+            m["brier_finding_base_rate"] = rate * (1 - rate)
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})

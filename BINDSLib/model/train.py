@@ -1004,7 +1004,9 @@ def _one_film(sample) -> tuple | None:
     if set(inp) != {"MG"} or inp["MG"].n_slots != 1:
         return None
     side = SIDES[int(inp["MG"].side[0])]
-    return None if side not in ("L", "R") else (sample.group, side, MG_VIEW_CODES[int(inp["MG"].view[0])])
+    if side not in ("L", "R"):
+        return None
+    return sample.group, side, MG_VIEW_CODES[int(inp["MG"].view[0])]
 
 
 def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_train: int,
