@@ -22,8 +22,12 @@ def compare_with_other_breast(logits, films, weight: float, reference: float) ->
     ``films[i]`` is ``(woman, laterality, view)`` of study ``i``'s single mammogram, or
     ``None`` for a study that is not one mammogram (left as it is, as is a film without the
     other breast or with a non-finite logit)."""
+    import torch
+
+    from .network import bilateral_offsets
+
     f = np.asarray(logits, dtype=np.float64)
-    out = f.copy()
+    c = np.full_like(f, np.nan)
     by_woman: dict = {}
     for i, film in enumerate(films):
         if film is not None and np.isfinite(f[i]):
@@ -34,8 +38,8 @@ def compare_with_other_breast(logits, films, weight: float, reference: float) ->
         others = [j for j in by_woman[film[0]] if films[j][1] != film[1]]
         same = [j for j in others if films[j][2] == film[2]] or others
         if same:
-            out[i] = f[i] - weight * (float(np.mean(f[same])) - reference)
-    return out
+            c[i] = float(np.mean(f[same]))
+    return f + bilateral_offsets(torch.from_numpy(c), weight, reference).numpy()
 
 
 def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

@@ -483,7 +483,10 @@ class DiagnosisModel:
         """Each mammogram's finding logit, encoded alone, compared with the other breast when
         ``bilateral_weight`` > 0 (``f - w (c - r)``): how ``mg_select: "finding"`` ranks the
         films of a study that has more than the bundle's slots."""
+        import torch
+
         from ..study import Modality
+        from .network import bilateral_offsets
 
         cache = PredictionCache() if cache is None else cache
         weight = float(self.config.bilateral_weight)
@@ -493,7 +496,8 @@ class DiagnosisModel:
             chosen = other_breast(study, im) if weight > 0 else []
             if chosen:
                 c = sum(self._alone_logit(o, cache) for o, _ in chosen) / len(chosen)
-                f -= weight * (c - self.finding_reference)
+                f += float(bilateral_offsets(torch.tensor([c], dtype=torch.float64), weight,
+                                             self.finding_reference)[0])
             out[im.label] = f
         return out
 

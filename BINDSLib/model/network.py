@@ -111,8 +111,10 @@ def study_finding_logits(encodings: dict[str, "ModalityEncoding"], batch_size: i
 def bilateral_offsets(contralateral: torch.Tensor, weight: float, reference: float) -> torch.Tensor:
     """The shift ``-weight * (c - reference)`` of each image's finding logit given the other
     breast's finding logit ``c`` (``contralateral (N,)``, NaN where the other breast is not
-    there: no shift). See ``DiagnosisConfig.bilateral_weight``."""
-    shift = -float(weight) * (contralateral.float() - float(reference))
+    there: no shift). See ``DiagnosisConfig.bilateral_weight``; the one definition inference,
+    the film ranking and calibration use."""
+    c = contralateral if contralateral.is_floating_point() else contralateral.float()
+    shift = -float(weight) * (c - float(reference))
     return torch.where(torch.isnan(shift), torch.zeros_like(shift), shift)
 
 
