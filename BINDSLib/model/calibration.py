@@ -24,7 +24,7 @@ def compare_with_other_breast(logits, films, weight: float, reference: float) ->
     other breast or with a non-finite logit)."""
     import torch
 
-    from .network import bilateral_offsets
+    from .network import bilateral_offsets, other_breast_films
 
     f = np.asarray(logits, dtype=np.float64)
     c = np.full_like(f, np.nan)
@@ -35,8 +35,8 @@ def compare_with_other_breast(logits, films, weight: float, reference: float) ->
     for i, film in enumerate(films):
         if film is None or not np.isfinite(f[i]):
             continue
-        others = [j for j in by_woman[film[0]] if films[j][1] != film[1]]
-        same = [j for j in others if films[j][2] == film[2]] or others
+        group = by_woman[film[0]]
+        same = [group[k] for k in other_breast_films(film[1], film[2], [films[j][1:] for j in group])]
         if same:
             c[i] = float(np.mean(f[same]))
     return f + bilateral_offsets(torch.from_numpy(c), weight, reference).numpy()

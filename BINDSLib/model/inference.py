@@ -611,12 +611,12 @@ def other_breast(study: Study, image) -> list[tuple]:
     laterality, those of ``image``'s view when there are any; none when a laterality is
     unknown."""
     from ..study import Modality
+    from .network import other_breast_films
 
-    lat = image.role.laterality
-    pool = [(im, False) for im in study.images] + [(im, True) for im in study.comparison]
-    others = [(o, c) for o, c in pool if o.modality is Modality.MG and lat and o.role.laterality
-              and o.role.laterality != lat]
-    return [(o, c) for o, c in others if o.role.view == image.role.view] or others
+    pool = [(im, c) for ims, c in ((study.images, False), (study.comparison, True))
+            for im in ims if im.modality is Modality.MG]
+    keys = [(o.role.laterality, o.role.view) for o, _ in pool]
+    return [pool[i] for i in other_breast_films(image.role.laterality, image.role.view, keys)]
 
 
 @dataclass

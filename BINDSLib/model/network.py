@@ -108,6 +108,15 @@ def study_finding_logits(encodings: dict[str, "ModalityEncoding"], batch_size: i
     return out
 
 
+def other_breast_films(laterality: str | None, view: str | None,
+                       films: list[tuple[str | None, str | None]]) -> list[int]:
+    """Indices of the ``films`` (``(laterality, view)`` each) a mammogram of ``laterality`` and
+    ``view`` is compared with: those of the other breast, of the same view when there are any;
+    none when a laterality is unknown. The one pairing rule of inference and calibration."""
+    others = [i for i, (lat, _) in enumerate(films) if laterality and lat and lat != laterality]
+    return [i for i in others if films[i][1] == view] or others
+
+
 def bilateral_offsets(contralateral: torch.Tensor, weight: float, reference: float) -> torch.Tensor:
     """The shift ``-weight * (c - reference)`` of each image's finding logit given the other
     breast's finding logit ``c`` (``contralateral (N,)``, NaN where the other breast is not

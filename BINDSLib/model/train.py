@@ -958,9 +958,9 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             "validation_ece": ece(p, y),
             "validation_auc_by_combination": {k: _auc_of(v, y_val) for k, v in pred["combinations"].items()},
             "validation_auc_by_modality_head": {m: _auc_of(pred["aux"][m], y_val) for m in MODALITIES},
-            "validation_auc_finding": _auc_of(pred["finding"], [s.abnormal for s in val_samples]),
         })
         ab = np.array([s.abnormal for s in val_samples], dtype=float)
+        metrics["validation_auc_finding"] = _auc_of(pred["finding"], ab)
         finding = pred["finding"]
         okf = np.isfinite(ab) & np.isfinite(finding)
         normal = okf & (ab == 0)
