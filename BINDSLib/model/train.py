@@ -29,7 +29,8 @@ Distributed: run under ``torchrun`` (``WORLD_SIZE > 1``) for DistributedDataPara
 GPUs and nodes with no code change (NCCL on CUDA, Gloo on CPU); only rank 0 writes. On CUDA,
 mixed precision (bf16 where supported, else fp16 with loss scaling) and channels-last (on
 CPU channels-last only for the 3D MRI branch, where it makes oneDNN ~10x faster).
-Deterministic on CPU for a given seed, including a resumed run.
+Deterministic on CPU for a given seed and number of threads (``OMP_NUM_THREADS``: another count
+sums in another order, and the runs drift apart), including a resumed run.
 """
 
 from __future__ import annotations
