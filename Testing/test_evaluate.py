@@ -74,6 +74,19 @@ def test_biopsy_analysis_spares_benign_at_full_sensitivity():
     assert "note" in biopsy_analysis(s[:3], y[:3])
 
 
+def test_summary_warns_when_the_test_half_misses_the_target_sensitivity():
+    from BINDSLib.commands.evaluate import summary
+
+    rows = [_row(i, d, p) for i, (d, p) in enumerate(
+        [("benign", 0.1), ("benign", 0.2), ("malignant", 0.8), ("malignant", 0.9), ("normal", 0.1)])]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=10)
+    br = dict(m["biopsy_reduction"], spared_fraction=1.0, spared_fraction_ci95=[1.0, 1.0])
+    met = summary({**m, "biopsy_reduction": dict(br, test_sensitivity=1.0)})
+    short = summary({**m, "biopsy_reduction": dict(br, test_sensitivity=0.76)})
+    assert "test-half sensitivity 1.000" in met and "below the target" not in met
+    assert "test-half sensitivity 0.760 - below the target" in short
+
+
 def test_evaluate_study_folders(tmp_path, tiny_bundle):
     data = tmp_path / "data"
     for i, (mal, mods) in enumerate([(True, ("MG", "US")), (False, ("US",)), (True, ("US", "MR")),

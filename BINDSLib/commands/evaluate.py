@@ -131,8 +131,12 @@ def summary(m: dict) -> str:
     br = m.get("biopsy_reduction", {})
     if "spared_fraction" in br:
         lo, hi = br.get("spared_fraction_ci95", [None, None])
+        sens = br.get("test_sensitivity")
+        short = sens is not None and sens < br["target_sensitivity"]
         lines.append(f"biopsies spared at sensitivity >= {br['target_sensitivity']:g}: "
-                     f"{f(br['spared_fraction'])} of benign lesions (95% CI {f(lo)}-{f(hi)})")
+                     f"{f(br['spared_fraction'])} of benign lesions (95% CI {f(lo)}-{f(hi)}); "
+                     f"test-half sensitivity {f(sens)}"
+                     + (" - below the target: the spared share overstates what is safe" if short else ""))
     for combo, v in (m.get("auc_by_combination") or {}).items():
         lines.append(f"  {combo:<10} n={v['n']:<5} AUC {f(v.get('auc'))}")
     return "\n".join(lines) + "\n"
