@@ -247,3 +247,46 @@ def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict,
             readme += ["## Metrics", "", "```", json_dumps(metrics).strip(), "```", ""]
         (tmp / "docs" / "README.md").write_text("\n".join(readme), encoding="utf-8")
     return path
+
+
+def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict,
+                      operating_points: dict, *, version: str, note: str, command: str = "",
+                      overwrite: bool = False) -> Path:
+    """Write a copy of ``bundle`` with a new ``calibration`` and ``operating_points``
+    (``binds calibrate``): the same weights (same SHA-256, checked), every other file as it
+    is, the metadata's version, changelog and calibration updated, and ``note`` (with the
+    ``command`` that made it) added to docs/README.md. Atomic: nothing is left half-written."""
+    import shutil
+
+    src = Path(bundle.path)
+    meta = json.loads(json_dumps(bundle.metadata))  # a deep copy
+    binds = meta.setdefault("binds", {})
+    previous = {k: v for k, v in binds.get("calibration", {}).items() if k != "previous"}
+    binds["calibration"] = {**calibration, "previous": previous}
+    if operating_points:
+        binds["operating_points"] = operating_points
+        binds["operating_point"] = operating_points.get("default", binds.get("operating_point"))
+    binds["version"] = version
+    if "finding_temperature" in calibration:  # keeps what follows ";" (the bilateral comparison)
+        outputs = binds.setdefault("outputs", {})
+        rest = outputs.get("finding_probability", "").partition(";")[2]
+        outputs["finding_probability"] = "calibrated (temperature)" + (f";{rest}" if rest else "")
+    meta["version"] = version
+    meta["changelog"] = {version: note, **meta.get("changelog", {})}
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        for item in src.iterdir():
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        if sha256_file(tmp / WEIGHTS) != meta["weights_sha256"]:
+            raise ModelError("weights changed while being copied; nothing written", src / WEIGHTS)
+        (tmp / METADATA).write_text(json_dumps(meta), encoding="utf-8")
+        readme = tmp / "docs" / "README.md"
+        readme.parent.mkdir(exist_ok=True)
+        text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {meta.get('name', src.name)}\n"
+        section = [f"## {version}: recalibrated", "", note, ""]
+        if command:
+            section += ["```", command, "```", ""]
+        readme.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section), encoding="utf-8")
+    return Path(path)

@@ -22,7 +22,7 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
-            "models")
+            "calibrate", "models")
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 model bundle problem,
 5 output problem, 6 some items of a batch failed, 130 interrupted.

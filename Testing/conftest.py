@@ -55,6 +55,25 @@ def diagnosis_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A diagnosis bundle of the tiny test network (``test_model_cases.tiny_config``) with fixed
+    random weights and a malignant prototype, calibrated with temperature 1."""
+    import torch
+
+    from BINDSLib.bundle import save_bundle
+    from BINDSLib.model.network import DiagnosisNetwork
+    from test_model_cases import tiny_config
+
+    torch.manual_seed(0)
+    net = DiagnosisNetwork(tiny_config())
+    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
+    binds = {"kind": "diagnosis", "model_config": net.config.to_json(),
+             "operating_point": {"threshold": 0.5}, "calibration": {"temperature": 1.0}}
+    return save_bundle(tmp_path_factory.mktemp("b") / "tiny", net.state_dict(), binds, name="tiny",
+                       version="0", description="test", task="test")
+
+
+@pytest.fixture(scope="session")
 def study_dir(tmp_path_factory):
     from BINDSLib.studyfolder import write_study_folder
     from BINDSLib.synthetic import make_study

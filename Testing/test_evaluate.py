@@ -9,25 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from BINDSLib.bundle import save_bundle
 from BINDSLib.cli import main
 from BINDSLib.model.evaluation import biopsy_analysis, compute_metrics
-from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.studyfolder import write_study_folder
-from test_model_cases import make_case, tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    net = DiagnosisNetwork(tiny_config())
-    net.pathology.prototype_malignant.copy_(torch.randn(net.config.align_dim))
-    binds = {"kind": "diagnosis", "model_config": net.config.to_json(),
-             "operating_point": {"threshold": 0.5}, "calibration": {"temperature": 1.0}}
-    return save_bundle(tmp_path_factory.mktemp("b") / "tiny", net.state_dict(), binds, name="tiny",
-                       version="0", description="test", task="test")
+from test_model_cases import make_case
 
 
 def _row(i, diagnosis, p, subtype="", finding=None):

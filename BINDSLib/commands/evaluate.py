@@ -17,12 +17,7 @@ def register(sub) -> None:
                     "OUT/reliability.png.")
     p.add_argument("--model", default="binds-diagnosis-demo", metavar="BUNDLE",
                    help="diagnosis bundle name or path (default: binds-diagnosis-demo)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="DIR", help="labelled data set folder")
-    src.add_argument("--synthetic", type=int, metavar="N",
-                     help="evaluate on N synthetic studies generated in memory")
-    p.add_argument("--synthetic-seed", type=int, default=1000, metavar="S",
-                   help="seed of the synthetic studies (default 1000; training configs use others)")
+    add_source_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--combinations", action="store_true",
                    help="also report the AUC of every modality combination")
@@ -30,11 +25,6 @@ def register(sub) -> None:
                    help="sensitivity kept by the biopsy-reduction threshold (default 0.98)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
-    p.add_argument("--cases", metavar="CSV", default=None,
-                   help="only the studies listed in CSV (a study_id column, else the first column), "
-                        "e.g. the held-out split a training run wrote: RUN_DIR/validation_cases.csv, "
-                        "also kept in the bundle as docs/validation_cases.csv")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
     p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
     p.add_argument("--given-masks", action="store_true",
                    help="pass each study's reference lesion masks as user masks (lesions localised "
@@ -44,8 +34,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_source_arguments(p) -> None:
+    """The options naming labelled studies (``binds evaluate``, ``binds calibrate``)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="labelled data set folder")
+    src.add_argument("--synthetic", type=int, metavar="N",
+                     help="use N synthetic studies generated in memory")
+    p.add_argument("--synthetic-seed", type=int, default=1000, metavar="S",
+                   help="seed of the synthetic studies (default 1000; training configs use others)")
+    p.add_argument("--cases", metavar="CSV", default=None,
+                   help="only the studies listed in CSV (a study_id column, else the first column), "
+                        "e.g. the held-out split a training run wrote: RUN_DIR/validation_cases.csv, "
+                        "also kept in the bundle as docs/validation_cases.csv")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
+
+
 def run(args: argparse.Namespace) -> int:
-    import itertools
     import sys
     from pathlib import Path
 
@@ -58,7 +62,26 @@ def run(args: argparse.Namespace) -> int:
         raise OutputError("already exists; use --overwrite to replace it", out)
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise InputError("--target-sensitivity must be in (0, 1]")
-    if args.data:
+    studies, source = labelled_studies(args)
+    device = None if args.device == "auto" else args.device
+    model = DiagnosisModel.from_bundle(args.model, device=device)
+    metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
+                       n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
+                       saliency=args.saliency, overwrite=args.overwrite,
+                       given_masks=args.given_masks, extra=source)
+    sys.stdout.write(summary(metrics) + f"results in {out}\n")
+    return 0
+
+
+def labelled_studies(args: argparse.Namespace):
+    """The studies ``--data`` (or ``--synthetic``), ``--cases`` and ``--limit`` name, as a lazy
+    iterator, and a record of where they came from (``binds evaluate``, ``binds calibrate``)."""
+    import itertools
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    if getattr(args, "data", None):
         from ..io.datasets import detect_layout, iter_dataset
 
         data = Path(args.data)
@@ -80,14 +103,7 @@ def run(args: argparse.Namespace) -> int:
         source.update(cases=str(args.cases), n_cases_listed=len(wanted))
     if args.limit:
         studies = itertools.islice(studies, args.limit)
-    device = None if args.device == "auto" else args.device
-    model = DiagnosisModel.from_bundle(args.model, device=device)
-    metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
-                       n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
-                       saliency=args.saliency, overwrite=args.overwrite,
-                       given_masks=args.given_masks, extra=source)
-    sys.stdout.write(summary(metrics) + f"results in {out}\n")
-    return 0
+    return studies, source
 
 
 def read_case_list(path) -> set[str]:

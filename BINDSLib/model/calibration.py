@@ -52,25 +52,61 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) 
     y = np.asarray(labels, dtype=np.float64)
     if z.size == 0 or y.min() == y.max():
         return 1.0
+    return math.exp(_golden(lambda log_t: _nll(z / math.exp(log_t), y), *map(math.log, bounds)))
 
-    def nll(log_t: float) -> float:
+
+def fit_platt(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> tuple[float, float]:
+    """Temperature and bias ``(T, b)`` minimising the binary NLL of ``labels`` under
+    ``sigmoid(logits / T + b)`` (Platt scaling with a positive slope, ``T`` within ``bounds``).
+
+    The NLL is jointly convex in ``(1 / T, b)``: a golden-section search on ``log T`` of the
+    NLL minimised over ``b`` (bisection on its derivative, monotone in ``b``). For a logit
+    whose zero means nothing in itself, such as the pooled lesion logit behind the finding
+    probability. Returns ``(1.0, 0.0)`` when a class is missing.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if z.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+
+    def best_bias(a: np.ndarray) -> float:
+        lo, hi = -60.0, 60.0
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if np.mean(0.5 * (1.0 + np.tanh((a + mid) / 2.0)) - y) > 0:
+                hi = mid
+            else:
+                lo = mid
+        return (lo + hi) / 2
+
+    def profile(log_t: float) -> float:
         a = z / math.exp(log_t)
-        return float(np.mean(np.logaddexp(0.0, a) - y * a))
+        return _nll(a + best_bias(a), y)
 
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    t = math.exp(_golden(profile, *map(math.log, bounds)))
+    return t, best_bias(z / t)
+
+
+def _nll(a: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary NLL of ``y`` under ``sigmoid(a)``."""
+    return float(np.mean(np.logaddexp(0.0, a) - y * a))
+
+
+def _golden(fn, lo: float, hi: float, steps: int = 80) -> float:
+    """The minimiser of a unimodal ``fn`` on ``[lo, hi]`` (golden-section search)."""
     g = (math.sqrt(5) - 1) / 2
     c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = nll(c), nll(d)
-    for _ in range(80):
+    fc, fd = fn(c), fn(d)
+    for _ in range(steps):
         if fc < fd:
             hi, d, fd = d, c, fc
             c = hi - g * (hi - lo)
-            fc = nll(c)
+            fc = fn(c)
         else:
             lo, c, fc = c, d, fd
             d = lo + g * (hi - lo)
-            fd = nll(d)
-    return float(math.exp((lo + hi) / 2))
+            fd = fn(d)
+    return (lo + hi) / 2
 
 
 def operating_points(probabilities, labels, target_sensitivity: float = 0.98) -> dict:
@@ -93,3 +129,62 @@ def operating_points(probabilities, labels, target_sensitivity: float = 0.98) ->
                      "specificity": spec}
     out["high_sensitivity"]["target_sensitivity"] = float(target_sensitivity)
     return out
+
+
+#: What ``binds calibrate`` can refit.
+REFIT_PARTS = ("malignancy", "finding")
+
+
+def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
+          target_sensitivity: float = 0.98) -> tuple[dict, dict, dict]:
+    """Refit a bundle's calibration on predicted, labelled studies (``binds calibrate``).
+
+    ``rows``: one dict per study with ``malignant`` (1/0, NaN unlabelled), ``diagnosis``
+    (``"malignant"``/``"benign"``/``"normal"``), ``malignancy_logit`` and ``finding_logit``
+    (the raw logits :class:`~.inference.Prediction` carries), as ``binds evaluate`` predicts
+    them. ``calibration`` and ``ops``: the bundle's ``calibration`` and ``operating_points``.
+    ``parts``: ``"malignancy"`` refits ``temperature`` and the operating points on malignant vs
+    every other labelled study (as training does); ``"finding"`` refits
+    ``finding_temperature`` and ``finding_bias`` (:func:`fit_platt`: the finding logit, a
+    pooled lesion logit, has no meaningful zero) on abnormal (benign or malignant) vs normal
+    studies. The ``finding_reference`` (the bilateral comparison's level) is kept: it shapes
+    the finding logits being calibrated.
+
+    Returns ``(calibration, operating_points, fitted)``; ``fitted`` names each refitted value
+    with its old and new value and the counts it rests on. A part whose studies lack one of
+    the two classes raises ``ValueError`` (nothing to fit against).
+    """
+    unknown = set(parts) - set(REFIT_PARTS)
+    if unknown or not parts:
+        raise ValueError(f"parts to refit must be among {', '.join(REFIT_PARTS)}")
+    cal, new_ops, fitted = dict(calibration), dict(ops), {}
+    if "malignancy" in parts:
+        z = np.array([r.get("malignancy_logit", math.nan) for r in rows], dtype=np.float64)
+        y = np.array([r.get("malignant", math.nan) for r in rows], dtype=np.float64)
+        ok = np.isfinite(z) & np.isfinite(y)
+        n_pos, n_neg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
+        if not n_pos or not n_neg:
+            raise ValueError(f"the malignancy calibration needs malignant and other labelled studies "
+                             f"(found {n_pos} malignant, {n_neg} other)")
+        t = fit_temperature(z[ok], y[ok].astype(int))
+        new_ops = operating_points(1 / (1 + np.exp(-z[ok] / t)), y[ok].astype(int), target_sensitivity)
+        fitted["temperature"] = {"old": float(calibration.get("temperature", 1.0)), "new": t,
+                                 "n_malignant": n_pos, "n_other": n_neg}
+        fitted["threshold"] = {"old": float(ops.get("default", {}).get("threshold", 0.5)),
+                               "new": new_ops["default"]["threshold"]}
+        cal["temperature"] = t
+    if "finding" in parts:
+        f = np.array([r.get("finding_logit", math.nan) for r in rows], dtype=np.float64)
+        d = np.array([r.get("diagnosis", "") for r in rows])
+        ab = np.isin(d, ["benign", "malignant"])
+        ok = np.isfinite(f) & (ab | (d == "normal"))
+        n_ab, n_normal = int((ok & ab).sum()), int((ok & ~ab).sum())
+        if not n_ab or not n_normal:
+            raise ValueError(f"the finding calibration needs abnormal and normal studies "
+                             f"(found {n_ab} abnormal, {n_normal} normal)")
+        t, b = fit_platt(f[ok], ab[ok].astype(int))
+        counts = {"n_abnormal": n_ab, "n_normal": n_normal}
+        fitted["finding_temperature"] = {"old": calibration.get("finding_temperature"), "new": t, **counts}
+        fitted["finding_bias"] = {"old": calibration.get("finding_bias"), "new": b, **counts}
+        cal.update(finding_temperature=t, finding_bias=b)
+    return cal, new_ops, fitted

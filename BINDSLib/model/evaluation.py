@@ -17,8 +17,9 @@ Writes to the output folder:
   ``auc_by_combination`` with ``--combinations``.
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
-* ``predictions.csv`` - one row per study, with its ``lesion_dice`` and ``pointing_hit`` (mean
-  over its images with a reference lesion; blank without one).
+* ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
+  ``finding_logit``, its ``lesion_dice`` and ``pointing_hit`` (mean over its images with a
+  reference lesion; blank without one).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
 Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a
@@ -104,6 +105,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                "malignant": malignant, "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
                "malignancy_probability": pred.malignancy_probability,
                "finding_probability": pred.finding_probability,
+               "malignancy_logit": pred.malignancy_logit, "finding_logit": pred.finding_logit,
                "predicted_malignant": int(pred.malignancy_probability >= model.threshold),
                "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
         row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})

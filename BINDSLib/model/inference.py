@@ -118,9 +118,12 @@ class Prediction:
         malignant vs normal): the sigmoid of the largest image-level finding logit of the used
         modalities (:func:`~.network.finding_logits`; a mammogram's compared with the other
         breast when ``bilateral_weight`` > 0), divided by the bundle's
-        ``calibration.finding_temperature`` when its training calibrated one, else plain (None
-        only for a Prediction built elsewhere). The score for "abnormal vs normal"; the
+        ``calibration.finding_temperature`` and shifted by its ``finding_bias`` when its
+        training or ``binds calibrate`` fitted them, else plain (None only for a Prediction
+        built elsewhere). The score for "abnormal vs normal"; the
         malignancy probability answers "malignant or not".
+    finding_logit : that finding logit before the temperature (``binds calibrate`` refits the
+        temperature from it).
     """
 
     study_id: str
@@ -139,6 +142,7 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     model: dict = field(default_factory=dict)
     finding_probability: float | None = None
+    finding_logit: float | None = None
 
     @property
     def lesion_probability(self) -> dict[str, np.ndarray]:
@@ -169,6 +173,7 @@ class Prediction:
             "malignancy_probability": self.malignancy_probability,
             "malignancy_logit": self.malignancy_logit,
             "finding_probability": self.finding_probability,
+            "finding_logit": self.finding_logit,
             "subtype_probabilities": self.subtype_probabilities,
             "modalities": list(self.modalities),
             "modality_probabilities": self.modality_probabilities,
@@ -255,6 +260,12 @@ class DiagnosisModel:
     def finding_temperature(self) -> float:
         """Temperature of the finding logit (1.0 unless the bundle trained and calibrated it)."""
         return float(self.metadata.get("calibration", {}).get("finding_temperature", 1.0))
+
+    @property
+    def finding_bias(self) -> float:
+        """Added to the finding logit after the temperature (``calibration.finding_bias``, fitted
+        by ``binds calibrate``; 0.0 when absent)."""
+        return float(self.metadata.get("calibration", {}).get("finding_bias", 0.0))
 
     @property
     def finding_reference(self) -> float:
@@ -445,7 +456,9 @@ class DiagnosisModel:
             images=images, combination_probabilities=combos, threshold=self.threshold, uncertainty_band=self.uncertainty_band,
             timings_s=timings, notes=list(prepared.notes) + bilateral_notes, model=self.summary,
             # sigmoid without overflow
-            finding_probability=0.5 * (1.0 + math.tanh(finding / self.finding_temperature / 2.0)))
+            finding_probability=0.5 * (1.0 + math.tanh((finding / self.finding_temperature
+                                                        + self.finding_bias) / 2.0)),
+            finding_logit=finding)
 
     def _bilateral_offsets(self, study: Study, work: dict, enc: dict,
                            cache: "PredictionCache") -> tuple[dict, list[str]]:

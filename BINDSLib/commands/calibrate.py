@@ -1,0 +1,88 @@
+"""``binds calibrate``: refit a diagnosis bundle's calibration on labelled studies."""
+
+from __future__ import annotations
+
+import argparse
+
+from .evaluate import add_source_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "calibrate", help="refit a diagnosis bundle's calibration on labelled studies (new bundle)",
+        description="Predict every labelled study of DIR (the layouts of binds evaluate) with "
+                    "BUNDLE and write OUT, a copy of BUNDLE with the same weights and a refitted "
+                    "calibration: the malignancy temperature and operating points (malignant vs "
+                    "every other labelled study; --target-sensitivity sets the high-sensitivity "
+                    "point) and the finding temperature (abnormal vs normal). The data should be "
+                    "held out from training, e.g. the bundle's docs/validation_cases.csv or a "
+                    "site's own cases; score the result on other cases with binds evaluate.")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="diagnosis bundle name or path")
+    add_source_arguments(p)
+    p.add_argument("--out", required=True, metavar="OUT", help="the new bundle's folder")
+    p.add_argument("--fit", choices=("all", "malignancy", "finding"), default="all",
+                   help="what to refit: both probabilities (default), or one of them (the other "
+                        "keeps the bundle's calibration)")
+    p.add_argument("--version", default=None, metavar="V",
+                   help="the new bundle's version (default: the old one with its last number + 1)")
+    p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
+                   help="sensitivity of the high-sensitivity operating point (default 0.98)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=run)
+
+
+def next_version(version: str) -> str:
+    """``"1.4.0"`` -> ``"1.4.1"``; a version not ending in a number gets ``".1"`` appended."""
+    head, _, last = version.rpartition(".")
+    if last.isdigit():
+        return f"{head}.{int(last) + 1}" if head else str(int(last) + 1)
+    return f"{version}.1"
+
+
+def run(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from ..bundle import save_recalibrated
+    from ..errors import InputError, OutputError
+    from ..model.calibration import REFIT_PARTS, refit
+    from ..model.evaluation import predict_dataset
+    from ..model.inference import DiagnosisModel
+    from .evaluate import labelled_studies
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise OutputError("already exists; use --overwrite to replace it", out)
+    if not 0.0 < args.target_sensitivity <= 1.0:
+        raise InputError("--target-sensitivity must be in (0, 1]")
+    studies, source = labelled_studies(args)
+    device = None if args.device == "auto" else args.device
+    model = DiagnosisModel.from_bundle(args.model, device=device)
+    bundle = model.bundle
+    rows, _, _ = predict_dataset(model, studies, saliency="none")
+    where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
+    if not rows:
+        raise InputError(f"no study {bundle.name} can read in {where}")
+    parts = REFIT_PARTS if args.fit == "all" else (args.fit,)
+    binds = bundle.binds
+    try:
+        calibration, ops, fitted = refit(rows, binds.get("calibration", {}), binds.get("operating_points", {}),
+                                         parts, args.target_sensitivity)
+    except ValueError as e:
+        raise InputError(f"{where}: {e}") from None
+    calibration.update(fitted_on=f"binds calibrate: {where}", n=len(rows))
+    version = args.version or next_version(bundle.version)
+    changes = "; ".join(f"{k} {_f(v['old'])} -> {_f(v['new'])}" for k, v in fitted.items())
+    note = (f"Recalibrated from {bundle.name} {bundle.version} (same weights) on {len(rows)} "
+            f"studies of {where} with binds calibrate: {changes}.")
+    command = "binds " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.own_process else ""
+    save_recalibrated(bundle, out, calibration, ops, version=version, note=note, command=command,
+                      overwrite=args.overwrite)
+    sys.stdout.write(f"{note}\nbundle {bundle.name} {version} written to {out}\n")
+    return 0
+
+
+def _f(v) -> str:
+    return "none" if v is None else f"{v:.4g}"
