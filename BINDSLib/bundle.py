@@ -284,7 +284,11 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
         (tmp / METADATA).write_text(json_dumps(meta), encoding="utf-8")
         readme = tmp / "docs" / "README.md"
         readme.parent.mkdir(exist_ok=True)
-        text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {meta.get('name', src.name)}\n"
+        name = meta.get("name", src.name)
+        text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {name}\n"
+        title = f"# {name} {bundle.version}\n"
+        if text.startswith(title):  # the title names the version
+            text = f"# {name} {version}\n" + text[len(title):]
         section = [f"## {version}: recalibrated", "", note, ""]
         if command:
             section += ["```", command, "```", ""]

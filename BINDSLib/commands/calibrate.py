@@ -14,9 +14,9 @@ def register(sub) -> None:
                     "BUNDLE and write OUT, a copy of BUNDLE with the same weights and a refitted "
                     "calibration: the malignancy temperature and operating points (malignant vs "
                     "every other labelled study; --target-sensitivity sets the high-sensitivity "
-                    "point) and the finding temperature (abnormal vs normal). The data should be "
-                    "held out from training, e.g. the bundle's docs/validation_cases.csv or a "
-                    "site's own cases; score the result on other cases with binds evaluate.")
+                    "point) and the finding temperature and bias (abnormal vs normal). The data "
+                    "should be held out from training, e.g. the bundle's docs/validation_cases.csv "
+                    "or a site's own cases; score the result on other cases with binds evaluate.")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="diagnosis bundle name or path")
     add_source_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT", help="the new bundle's folder")
@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no study {bundle.name} can read in {where}")
     parts = REFIT_PARTS if args.fit == "all" else (args.fit,)
     binds = bundle.binds
+    ops = binds.get("operating_points") or ({"default": binds["operating_point"]} if "operating_point" in binds
+                                            else {})
     try:
-        calibration, ops, fitted = refit(rows, binds.get("calibration", {}), binds.get("operating_points", {}),
-                                         parts, args.target_sensitivity)
+        calibration, ops, fitted = refit(rows, binds.get("calibration", {}), ops, parts, args.target_sensitivity)
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None
     calibration.update(fitted_on=f"binds calibrate: {where}", n=len(rows))

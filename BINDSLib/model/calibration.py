@@ -167,7 +167,8 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
             raise ValueError(f"the malignancy calibration needs malignant and other labelled studies "
                              f"(found {n_pos} malignant, {n_neg} other)")
         t = fit_temperature(z[ok], y[ok].astype(int))
-        new_ops = operating_points(1 / (1 + np.exp(-z[ok] / t)), y[ok].astype(int), target_sensitivity)
+        p = 0.5 * (1.0 + np.tanh(z[ok] / t / 2.0))  # the sigmoid, without overflow
+        new_ops = operating_points(p, y[ok].astype(int), target_sensitivity)
         fitted["temperature"] = {"old": float(calibration.get("temperature", 1.0)), "new": t,
                                  "n_malignant": n_pos, "n_other": n_neg}
         fitted["threshold"] = {"old": float(ops.get("default", {}).get("threshold", 0.5)),
