@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ModelError
+from .errors import ModelError, OutputError
 from .fsutil import atomic_dir, json_dumps
 
 METADATA = Path("configs") / "metadata.json"
@@ -249,6 +249,12 @@ def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict,
     return path
 
 
+def check_copy_target(bundle_path: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse to write a copy of a bundle inside the bundle itself (it would copy itself)."""
+    if Path(bundle_path).resolve() in Path(path).resolve().parents:
+        raise OutputError("is inside the bundle it copies; choose a folder outside it", path)
+
+
 def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict,
                       operating_points: dict, *, version: str, note: str, command: str = "",
                       overwrite: bool = False) -> Path:
@@ -259,6 +265,7 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
     import shutil
 
     src = Path(bundle.path)
+    check_copy_target(src, path)
     meta = json.loads(json_dumps(bundle.metadata))  # a deep copy
     binds = meta.setdefault("binds", {})
     previous = {k: v for k, v in binds.get("calibration", {}).items() if k != "previous"}

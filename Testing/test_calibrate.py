@@ -115,6 +115,9 @@ def test_calibrate_writes_a_recalibrated_copy(tmp_path, tiny_bundle):
         return float(np.mean(np.logaddexp(0, a) - ab * a))
     assert nll(cal["finding_bias"]) <= min(nll(cal["finding_bias"] + 0.3), nll(cal["finding_bias"] - 0.3))
     assert main(args) == 5  # exists: --overwrite needed
+    inside = out / "docs" / "again"
+    assert main(["calibrate", "--model", str(out), "--data", str(data), "--out", str(inside)]) == 5
+    assert not inside.exists() and sorted(p.name for p in (out / "docs").iterdir()) == ["README.md"]
 
 
 def test_calibrate_refuses_data_without_both_classes(tmp_path, tiny_bundle, capsys):

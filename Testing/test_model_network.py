@@ -434,11 +434,15 @@ def test_prediction_finding_probability_is_the_largest_image_finding_logit(model
     us_only = model.predict(study, modalities=("US",), saliency="none")
     us_best = float(finding_logits(enc["US"].lesion_logits, cfg.finding_cell, cfg.finding_topk).max())
     assert us_only.finding_probability == pytest.approx(1 / (1 + np.exp(-us_best)), rel=1e-5)
-    # a bundle that calibrated its finding logit divides it by that temperature
+    # a bundle that calibrated its finding logit divides it by that temperature, adds the bias
     calibrated = tiny_model({"calibration": {"temperature": 1.0, "finding_temperature": 2.5}})
-    assert calibrated.finding_temperature == 2.5
+    assert calibrated.finding_temperature == 2.5 and calibrated.finding_bias == 0.0
     assert calibrated.predict(study, saliency="none").finding_probability == pytest.approx(
         1 / (1 + np.exp(-best / 2.5)), rel=1e-5)
+    platt = tiny_model({"calibration": {"temperature": 1.0, "finding_temperature": 2.5, "finding_bias": 0.7}})
+    got = platt.predict(study, saliency="none")
+    assert got.finding_logit == pytest.approx(best, rel=1e-5)
+    assert got.finding_probability == pytest.approx(1 / (1 + np.exp(-(best / 2.5 + 0.7))), rel=1e-5)
 
 
 def test_bilateral_offsets_shift_each_image_by_the_other_breast():

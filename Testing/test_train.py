@@ -83,19 +83,23 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     val_ids = {r["study_id"] for r in csv.DictReader(open(run / "bundle" / "docs" / "validation_cases.csv"))}
     from BINDSLib.studyfolder import read_study_folder
 
-    t = model.finding_temperature
     val = [read_study_folder(tmp_path / "studies" / sid) for sid in sorted(val_ids)]
-    logits = [t * float(np.log(p / (1 - p))) for p in
-              (model.predict(st, saliency="none").finding_probability for st in val)]
+    preds = [model.predict(st, saliency="none") for st in val]
+    logits = [p.finding_logit for p in preds]
     normal = [st.diagnosis is not None and st.diagnosis.value == "normal" for st in val]
     assert any(normal) and not all(normal)  # the split of this test has both
     assert meta["calibration"]["finding_reference"] == pytest.approx(
         float(np.median([z for z, n in zip(logits, normal) if n])), abs=1e-3)
     assert model.finding_reference == meta["calibration"]["finding_reference"]
-    # the temperature is the one that fits the split's finding logits (bilateral_weight 0)
-    from BINDSLib.model.calibration import fit_temperature
+    # the temperature and bias are those that fit the split's finding logits (bilateral_weight 0)
+    from BINDSLib.model.calibration import fit_platt
 
-    assert t == pytest.approx(fit_temperature(logits, [0 if n else 1 for n in normal]), rel=1e-2)
+    t, b = model.finding_temperature, model.finding_bias
+    assert (t, b) == (meta["calibration"]["finding_temperature"], meta["calibration"]["finding_bias"])
+    want_t, want_b = fit_platt(logits, [0 if n else 1 for n in normal])
+    assert t == pytest.approx(want_t, rel=1e-2) and b == pytest.approx(want_b, rel=1e-2, abs=1e-2)
+    for p, z in zip(preds, logits):
+        assert p.finding_probability == pytest.approx(1 / (1 + np.exp(-(z / t + b))), rel=1e-6)
     assert meta["metrics"]["validation_auc_finding"] is not None
     assert "validation_auc_finding_compared" not in meta["metrics"]
     assert "threshold" in meta["operating_point"]

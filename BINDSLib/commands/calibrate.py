@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from ..bundle import save_recalibrated
+    from ..bundle import check_copy_target, save_recalibrated
     from ..errors import InputError, OutputError
     from ..model.calibration import REFIT_PARTS, refit
     from ..model.evaluation import predict_dataset
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     model = DiagnosisModel.from_bundle(args.model, device=device)
     bundle = model.bundle
+    check_copy_target(bundle.path, out)  # before the predictions, not after
     rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
     if not rows:

@@ -939,12 +939,12 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
     ``modalities`` it was trained on)."""
     from ..bundle import save_bundle
-    from .calibration import compare_with_other_breast, fit_temperature, operating_points
+    from .calibration import compare_with_other_breast, fit_platt, fit_temperature, operating_points
     from .metrics import bootstrap_ci, ece, finite_json, macro_auc
 
     metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
     temperature, ops = 1.0, operating_points([], [])
-    finding_temperature = finding_reference = None
+    finding_temperature = finding_bias = finding_reference = None
     if val_samples:
         pred = predict_samples(net, val_samples, device, settings.batch_size, combinations=True)
         ok = np.isfinite(y_val) & np.isfinite(pred["logit"])
@@ -973,7 +973,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
                                                 cfg.bilateral_weight, finding_reference or 0.0)
             metrics["validation_auc_finding_compared"] = _auc_of(finding, ab)
         if normal.any() and (okf & (ab == 1)).any():  # the finding probability is calibrated too
-            finding_temperature = fit_temperature(finding[okf], ab[okf].astype(int))
+            finding_temperature, finding_bias = fit_platt(finding[okf], ab[okf].astype(int))
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0
         if sel.sum() >= 2:
@@ -982,7 +982,8 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
-                            subtype_trained, pretrained, finding_temperature, finding_reference)
+                            subtype_trained, pretrained, finding_temperature, finding_reference,
+                            finding_bias)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -1014,10 +1015,12 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                     n_validation: int, modalities: tuple[str, ...] = MODALITIES,
                     subtype_trained: bool = True, pretrained: dict | None = None,
                     finding_temperature: float | None = None,
-                    finding_reference: float | None = None) -> dict:
+                    finding_reference: float | None = None,
+                    finding_bias: float | None = None) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
     ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
-    ``finding_temperature``: the finding logit's temperature, fitted on the validation split
+    ``finding_temperature``, ``finding_bias``: the finding logit's Platt scaling
+    (``sigmoid(f / T + b)``, :func:`~.calibration.fit_platt`), fitted on the validation split
     (compared with the other breast when ``bilateral_weight`` > 0; None: the split lacks normal
     or abnormal studies, the finding probability stays the plain sigmoid);
     ``finding_reference``: the median finding logit of the validation split's normal studies
@@ -1052,6 +1055,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                         "fitted_on": "validation split", "n": int(n_validation),
                         **({"finding_temperature": float(finding_temperature)}
                            if finding_temperature is not None else {}),
+                        **({"finding_bias": float(finding_bias)} if finding_bias is not None else {}),
                         **({"finding_reference": float(finding_reference)}
                            if finding_reference is not None else {})},
         "operating_point": ops["default"],
