@@ -31,6 +31,14 @@ def test_fit_platt_recovers_temperature_and_bias():
     t0, b0 = fit_platt(z, y0)
     assert b0 == pytest.approx(0.0, abs=0.06) and t0 == pytest.approx(fit_temperature(z, y0), rel=0.03)
     assert fit_platt(z[:5], np.ones(5)) == (1.0, 0.0)  # one class: nothing to fit
+    # separable labels: Platt's smoothed targets keep the fit finite, no step at the boundary
+    zs = np.r_[rng.normal(-6, 1, 20), rng.normal(6, 1, 10)]
+    ys = np.r_[np.zeros(20), np.ones(10)].astype(int)
+    ts, bs = fit_platt(zs, ys)
+    assert 0.05 < ts < 20.0 and abs(bs) < 5
+    p = _sigmoid(zs / ts + bs)
+    assert p[ys == 1].mean() == pytest.approx(11 / 12, abs=0.03) and p[ys == 0].mean() == pytest.approx(1 / 22, abs=0.03)
+    assert fit_temperature(zs, ys) == pytest.approx(0.05, rel=1e-3)  # the plain fit runs to its bound
 
 
 def _rows():

@@ -56,18 +56,23 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) 
 
 
 def fit_platt(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> tuple[float, float]:
-    """Temperature and bias ``(T, b)`` minimising the binary NLL of ``labels`` under
-    ``sigmoid(logits / T + b)`` (Platt scaling with a positive slope, ``T`` within ``bounds``).
+    """Temperature and bias ``(T, b)`` of Platt scaling, ``sigmoid(logits / T + b)`` (positive
+    slope, ``T`` within ``bounds``), for a logit whose zero means nothing in itself, such as
+    the pooled lesion logit behind the finding probability.
 
-    The NLL is jointly convex in ``(1 / T, b)``: a golden-section search on ``log T`` of the
-    NLL minimised over ``b`` (bisection on its derivative, monotone in ``b``). For a logit
-    whose zero means nothing in itself, such as the pooled lesion logit behind the finding
-    probability. Returns ``(1.0, 0.0)`` when a class is missing.
+    Platt's (1999) fit: the NLL against the smoothed targets ``(n1 + 1) / (n1 + 2)`` for the
+    positives and ``1 / (n0 + 2)`` for the negatives rather than 1 and 0, so that a small or
+    separable calibration set gives a finite, moderate fit instead of a step. The NLL is
+    jointly convex in ``(1 / T, b)``: a golden-section search on ``log T`` of the NLL
+    minimised over ``b`` (bisection on its derivative, monotone in ``b``). Returns
+    ``(1.0, 0.0)`` when a class is missing.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if z.size == 0 or y.min() == y.max():
         return 1.0, 0.0
+    n1 = float((y == 1).sum())
+    y = np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (y.size - n1 + 2))
 
     def best_bias(a: np.ndarray) -> float:
         lo, hi = -60.0, 60.0
