@@ -43,23 +43,14 @@ def next_version(version: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
-    from pathlib import Path
 
     from ..bundle import check_copy_target, save_recalibrated
-    from ..errors import InputError, OutputError
+    from ..errors import InputError
     from ..model.calibration import REFIT_PARTS, refit
     from ..model.evaluation import predict_dataset
-    from ..model.inference import DiagnosisModel
-    from .evaluate import labelled_studies
+    from .evaluate import prepare
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OutputError("already exists; use --overwrite to replace it", out)
-    if not 0.0 < args.target_sensitivity <= 1.0:
-        raise InputError("--target-sensitivity must be in (0, 1]")
-    studies, source = labelled_studies(args)
-    device = None if args.device == "auto" else args.device
-    model = DiagnosisModel.from_bundle(args.model, device=device)
+    out, studies, source, model = prepare(args)
     bundle = model.bundle
     check_copy_target(bundle.path, out)  # before the predictions, not after
     rows, _, _ = predict_dataset(model, studies, saliency="none")

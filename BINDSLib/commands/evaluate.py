@@ -51,10 +51,25 @@ def add_source_arguments(p) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+
+    from ..model.evaluation import evaluate
+
+    out, studies, source, model = prepare(args)
+    metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
+                       n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
+                       saliency=args.saliency, overwrite=args.overwrite,
+                       given_masks=args.given_masks, extra=source)
+    sys.stdout.write(summary(metrics) + f"results in {out}\n")
+    return 0
+
+
+def prepare(args: argparse.Namespace):
+    """What ``binds evaluate`` and ``binds calibrate`` start from, checked before any work:
+    ``(out, studies, source, model)`` - the output path (absent, or ``--overwrite``), the
+    studies (:func:`labelled_studies`), where they came from, and the loaded bundle."""
     from pathlib import Path
 
     from ..errors import InputError, OutputError
-    from ..model.evaluation import evaluate
     from ..model.inference import DiagnosisModel
 
     out = Path(args.out)
@@ -63,14 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise InputError("--target-sensitivity must be in (0, 1]")
     studies, source = labelled_studies(args)
-    device = None if args.device == "auto" else args.device
-    model = DiagnosisModel.from_bundle(args.model, device=device)
-    metrics = evaluate(model, studies, out, target_sensitivity=args.target_sensitivity,
-                       n_bootstrap=args.bootstrap, seed=args.seed, combinations=args.combinations,
-                       saliency=args.saliency, overwrite=args.overwrite,
-                       given_masks=args.given_masks, extra=source)
-    sys.stdout.write(summary(metrics) + f"results in {out}\n")
-    return 0
+    model = DiagnosisModel.from_bundle(args.model, device=None if args.device == "auto" else args.device)
+    return out, studies, source, model
 
 
 def labelled_studies(args: argparse.Namespace):
