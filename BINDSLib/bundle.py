@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ModelError, OutputError
+from .errors import InputError, ModelError, OutputError
 from .fsutil import atomic_dir, json_dumps
 
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.pt"
 INTENDED_USE = "Research use only; not for clinical use."
+#: ``binds.outputs.finding_probability`` of a bundle whose finding probability is calibrated.
+FINDING_CALIBRATED = "calibrated (Platt: temperature and bias)"
 
 
 def repo_resources() -> Path:
@@ -250,22 +252,35 @@ def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict,
 
 
 def check_copy_target(bundle_path: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Refuse to write a copy of a bundle inside the bundle itself (it would copy itself)."""
-    if Path(bundle_path).resolve() in Path(path).resolve().parents:
+    """Refuse to write a copy of a bundle inside the bundle itself (it would copy itself) or
+    into a folder holding it (``--overwrite`` would delete the bundle and all beside it). The
+    bundle's own folder is allowed: the copy replaces it atomically."""
+    src, out = Path(bundle_path).resolve(), Path(path).resolve()
+    if src in out.parents:
         raise OutputError("is inside the bundle it copies; choose a folder outside it", path)
+    if out in src.parents:
+        raise OutputError(f"holds the bundle it copies ({bundle_path}); name the new bundle's own "
+                          "folder, e.g. a subfolder of it", path)
+
+
+def check_new_version(bundle: Bundle, version: str) -> None:
+    """Refuse a version the bundle already is or had (its changelog entry would be lost)."""
+    if version == bundle.version or version in bundle.metadata.get("changelog", {}):
+        raise InputError(f"version {version} is already in the changelog of {bundle.name}; "
+                         "choose a new one", bundle.path)
 
 
 def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict,
-                      operating_points: dict, *, version: str, note: str, command: str = "",
+                      operating_points: dict | None, *, version: str, note: str, command: str = "",
                       overwrite: bool = False) -> Path:
-    """Write a copy of ``bundle`` with a new ``calibration`` and ``operating_points``
-    (``binds calibrate``): the same weights (same SHA-256, checked), every other file as it
-    is, the metadata's version, changelog and calibration updated, and ``note`` (with the
-    ``command`` that made it) added to docs/README.md. Atomic: nothing is left half-written."""
-    import shutil
-
+    """Write a copy of ``bundle`` with a new ``calibration`` and, unless None,
+    ``operating_points`` (``binds calibrate``): the same weights (same SHA-256, checked), every
+    other file as it is, the metadata's version, changelog and calibration updated, and
+    ``note`` (with the ``command`` that made it) added to docs/README.md. Atomic: nothing is
+    left half-written; a failed copy is an :class:`OutputError` naming ``path``."""
     src = Path(bundle.path)
     check_copy_target(src, path)
+    check_new_version(bundle, version)
     meta = json.loads(json_dumps(bundle.metadata))  # a deep copy
     binds = meta.setdefault("binds", {})
     previous = {k: v for k, v in binds.get("calibration", {}).items() if k != "previous"}
@@ -277,9 +292,20 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
     if "finding_temperature" in calibration:  # keeps what follows ";" (the bilateral comparison)
         outputs = binds.setdefault("outputs", {})
         rest = outputs.get("finding_probability", "").partition(";")[2]
-        outputs["finding_probability"] = "calibrated (temperature)" + (f";{rest}" if rest else "")
+        outputs["finding_probability"] = FINDING_CALIBRATED + (f";{rest}" if rest else "")
     meta["version"] = version
-    meta["changelog"] = {version: note, **meta.get("changelog", {})}
+    meta["changelog"] = {**meta.get("changelog", {}), version: note}
+    try:
+        _write_copy(src, path, meta, version, bundle.version, note, command, overwrite)
+    except OSError as e:
+        raise OutputError(f"cannot write the bundle: {e.strerror or e}", path) from None
+    return Path(path)
+
+
+def _write_copy(src: Path, path, meta: dict, version: str, old_version: str, note: str,
+                command: str, overwrite: bool) -> None:
+    import shutil
+
     with atomic_dir(path, overwrite=overwrite) as tmp:
         for item in src.iterdir():
             if item.is_dir():
@@ -293,11 +319,12 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
         readme.parent.mkdir(exist_ok=True)
         name = meta.get("name", src.name)
         text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {name}\n"
-        title = f"# {name} {bundle.version}\n"
+        title = f"# {name} {old_version}\n"
         if text.startswith(title):  # the title names the version
             text = f"# {name} {version}\n" + text[len(title):]
-        section = [f"## {version}: recalibrated", "", note, ""]
+        section = [f"## {version}: recalibrated", "", note, "",
+                   "Metrics recorded by training (the metadata's `metrics`, any listed above) were "
+                   "computed with the calibration this one replaced.", ""]
         if command:
             section += ["```", command, "```", ""]
         readme.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section), encoding="utf-8")
-    return Path(path)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 
 import numpy as np
 import pytest
 
-from BINDSLib.bundle import load_bundle, sha256_file
+from BINDSLib.bundle import FINDING_CALIBRATED, load_bundle, sha256_file
 from BINDSLib.cli import main
 from BINDSLib.commands.calibrate import next_version
-from BINDSLib.model.calibration import fit_platt, fit_temperature, operating_points, refit
+from BINDSLib.model.calibration import MissingClassError, fit_platt, fit_temperature, operating_points, refit
 from BINDSLib.studyfolder import write_study_folder
 from test_model_cases import make_case
 
@@ -47,10 +48,16 @@ def _rows():
     for i, d in enumerate(["malignant"] * 30 + ["benign"] * 40 + ["normal"] * 20):
         mal = d == "malignant"
         rows.append({"study_id": f"s{i}", "diagnosis": d, "malignant": float(mal),
+                     "abnormal": float(d != "normal"),
                      "malignancy_logit": rng.normal(2.0 if mal else -1.0, 2.0),
                      "finding_logit": rng.normal(6.0 if d != "normal" else 1.0, 3.0)})
-    rows.append({"study_id": "unlabelled", "diagnosis": "", "malignant": math.nan,
+    rows.append({"study_id": "unlabelled", "diagnosis": "", "malignant": math.nan, "abnormal": math.nan,
                  "malignancy_logit": 50.0, "finding_logit": 50.0})
+    # a pathology record but no diagnosis: abnormal (as training counts it), malignancy unknown
+    rows.append({"study_id": "pathology-only", "diagnosis": "", "malignant": math.nan, "abnormal": 1.0,
+                 "malignancy_logit": 3.0, "finding_logit": 7.0})
+    rows.append({"study_id": "no-logit", "diagnosis": "normal", "malignant": 0.0, "abnormal": 0.0,
+                 "malignancy_logit": math.nan, "finding_logit": math.nan})
     return rows
 
 
@@ -59,27 +66,30 @@ def test_refit_fits_each_part_on_its_own_labels():
     old_cal = {"method": "temperature", "temperature": 1.0, "finding_reference": -3.0}
     old_ops = {"default": {"threshold": 0.5, "criterion": "youden"}}
     cal, ops, fitted = refit(rows, old_cal, old_ops)
-    labelled = rows[:-1]
+    labelled = rows[:90]
     z = np.array([r["malignancy_logit"] for r in labelled])
     y = np.array([r["malignant"] for r in labelled]).astype(int)
     assert cal["temperature"] == fit_temperature(z, y)  # malignant vs every other labelled study
-    expected = operating_points(_sigmoid(z / cal["temperature"]), y)
-    assert ops.keys() == expected.keys() == {"default", "high_sensitivity"}
-    for k in expected:  # the same points (the sigmoid computed another way: equal to rounding)
-        assert ops[k]["threshold"] == pytest.approx(expected[k]["threshold"], rel=1e-12)
-        assert {**ops[k], "threshold": 0} == {**expected[k], "threshold": 0}
-    f = np.array([r["finding_logit"] for r in labelled])
-    ab = np.array([r["diagnosis"] != "normal" for r in labelled]).astype(int)
+    # the operating points are those inference reproduces: its probabilities, bit for bit
+    assert ops == operating_points(1.0 / (1.0 + np.exp(-(z / cal["temperature"]))), y)
+    assert set(ops) == {"default", "high_sensitivity"}
+    f = np.array([r["finding_logit"] for r in labelled + rows[91:92]])
+    ab = np.array([r["abnormal"] for r in labelled + rows[91:92]]).astype(int)
     assert (cal["finding_temperature"], cal["finding_bias"]) == fit_platt(f, ab)
     assert cal["finding_reference"] == -3.0  # kept
     assert fitted["temperature"]["old"] == 1.0 and fitted["temperature"]["n_malignant"] == 30
-    assert fitted["finding_bias"]["n_normal"] == 20 and fitted["finding_bias"]["old"] is None
+    assert fitted["temperature"]["n_other"] == 60 and fitted["temperature"]["at_bound"] is False
+    assert fitted["finding_bias"]["n_normal"] == 20 and fitted["finding_bias"]["n_abnormal"] == 71
+    assert fitted["finding_bias"]["old"] is None
     # one part only: the other keeps the bundle's values, operating points included
     cal_f, ops_f, fitted_f = refit(rows, old_cal, old_ops, ("finding",))
     assert cal_f["temperature"] == 1.0 and ops_f == old_ops and set(fitted_f) == {"finding_temperature", "finding_bias"}
     no_normal = [r for r in rows if r["diagnosis"] != "normal"]
-    with pytest.raises(ValueError, match="abnormal and normal studies .found 70 abnormal, 0 normal"):
+    with pytest.raises(MissingClassError, match="abnormal and normal studies .found 71 abnormal, 0 normal") as e:
         refit(no_normal, old_cal, old_ops, ("finding",))
+    assert e.value.part == "finding"
+    with pytest.raises(MissingClassError, match="found 0 malignant, 60 other"):
+        refit([r for r in rows if r["diagnosis"] != "malignant"], old_cal, old_ops, ("malignancy",))
     with pytest.raises(ValueError, match="parts to refit"):
         refit(rows, old_cal, old_ops, ("subtype",))
 
@@ -88,20 +98,32 @@ def test_next_version():
     assert next_version("1.4.0") == "1.4.1" and next_version("2") == "3" and next_version("0.1rc") == "0.1rc.1"
 
 
-def test_calibrate_writes_a_recalibrated_copy(tmp_path, tiny_bundle):
+@pytest.fixture()
+def labelled_folder(tmp_path):
     data = tmp_path / "data"
     for i, mal in enumerate([True, False, True, None, False, None, True, None]):
         write_study_folder(make_case(i, mal, ("US",)), data / f"case{i}")
-    out = tmp_path / "recal"
+    return data
+
+
+def test_calibrate_writes_a_recalibrated_copy(tmp_path, tiny_bundle, labelled_folder):
+    data, out = labelled_folder, tmp_path / "recal"
     args = ["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out)]
     assert main(args) == 0
     old, new = load_bundle(tiny_bundle), load_bundle(out)  # loads: the SHA-256 still matches
     assert new.sha256 == old.sha256 == sha256_file(out / "models" / "model.pt")
-    assert new.version == "1" and new.binds["version"] == "1" and "recalibrated" in new.metadata["changelog"]["1"].lower()
+    note = new.metadata["changelog"]["1"]
+    assert new.version == "1" and new.binds["version"] == "1" and note.startswith("Recalibrated from tiny 0")
+    assert new.metadata["changelog"]["0"] == old.metadata["changelog"]["0"]
     cal = new.binds["calibration"]
-    assert cal["previous"] == old.binds["calibration"] and cal["n"] == 8 and "binds calibrate" in cal["fitted_on"]
+    assert cal["previous"] == old.binds["calibration"]
+    # where each part was fitted, on how many labelled studies (3 malignant / 5 other; 5 / 3)
+    assert cal["n"] == 8 and cal["finding_n"] == 8 and cal["fitted_on"] == cal["finding_fitted_on"]
+    assert cal["fitted_on"] == f"binds calibrate: {data}"
     assert new.binds["operating_point"] == new.binds["operating_points"]["default"]
-    assert new.binds["outputs"]["finding_probability"] == "calibrated (temperature)"
+    assert new.binds["outputs"]["finding_probability"] == FINDING_CALIBRATED
+    # this random network's finding logits hardly differ: the fit runs to its bound, and says so
+    assert cal["finding_temperature"] == pytest.approx(0.05, rel=1e-3) and "barely constrain" in note
     readme = (out / "docs" / "README.md").read_text()
     assert readme.startswith("# tiny 1\n") and "## 1: recalibrated" in readme
     # the new bundle's probabilities follow the fitted calibration
@@ -114,18 +136,56 @@ def test_calibrate_writes_a_recalibrated_copy(tmp_path, tiny_bundle):
             _sigmoid(float(r["malignancy_logit"]) / cal["temperature"]), rel=1e-4)
         assert float(r["finding_probability"]) == pytest.approx(
             _sigmoid(float(r["finding_logit"]) / cal["finding_temperature"] + cal["finding_bias"]), rel=1e-4)
-    # and it minimises the NLL of the labels it was fitted on: any other bias fits worse
+    # fitted on these studies' logits and labels
     f = np.array([float(r["finding_logit"]) for r in rows])
-    ab = np.array([r["diagnosis"] != "normal" for r in rows], float)
-
-    def nll(b):
-        a = f / cal["finding_temperature"] + b
-        return float(np.mean(np.logaddexp(0, a) - ab * a))
-    assert nll(cal["finding_bias"]) <= min(nll(cal["finding_bias"] + 0.3), nll(cal["finding_bias"] - 0.3))
+    ab = np.array([float(r["abnormal"]) for r in rows]).astype(int)
+    assert (cal["finding_temperature"], cal["finding_bias"]) == pytest.approx(fit_platt(f, ab), rel=1e-4)
     assert main(args) == 5  # exists: --overwrite needed
-    inside = out / "docs" / "again"
-    assert main(["calibrate", "--model", str(out), "--data", str(data), "--out", str(inside)]) == 5
-    assert not inside.exists() and sorted(p.name for p in (out / "docs").iterdir()) == ["README.md"]
+
+
+def test_calibrate_one_part_keeps_the_other(tmp_path, tiny_bundle, labelled_folder):
+    finding, malignancy = tmp_path / "finding", tmp_path / "malignancy"
+    base = ["calibrate", "--model", str(tiny_bundle), "--data", str(labelled_folder)]
+    assert main(base + ["--out", str(finding), "--fit", "finding", "--version", "0.f"]) == 0
+    assert main(base + ["--out", str(malignancy), "--fit", "malignancy"]) == 0
+    old = load_bundle(tiny_bundle).binds
+    f, m = load_bundle(finding), load_bundle(malignancy)
+    assert f.version == "0.f" and m.version == "1"
+    # finding only: the malignancy calibration and the operating point as they were
+    assert f.binds["calibration"]["temperature"] == old["calibration"]["temperature"]
+    assert "fitted_on" not in f.binds["calibration"] and "finding_fitted_on" in f.binds["calibration"]
+    assert f.binds["operating_point"] == old["operating_point"] and "operating_points" not in f.binds
+    # malignancy only: no finding calibration appears, the operating points are new
+    assert "finding_temperature" not in m.binds["calibration"] and "finding_probability" not in m.binds.get("outputs", {})
+    assert set(m.binds["operating_points"]) == {"default", "high_sensitivity"}
+    assert m.binds["calibration"]["n"] == 8 and "finding_n" not in m.binds["calibration"]
+
+
+def test_calibrate_in_place_and_refusals(tmp_path, tiny_bundle, labelled_folder, monkeypatch, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_bundle, models / "tiny")
+    (models / "other.txt").write_text("keep me")
+    base = ["calibrate", "--model", str(models / "tiny"), "--data", str(labelled_folder)]
+    # an output holding the bundle (with --overwrite it would delete it), one inside it, an
+    # existing version: refused before any prediction, nothing written
+    import BINDSLib.model.evaluation as evaluation
+
+    def no_prediction(*a, **k):
+        raise AssertionError("predicted before refusing")
+    monkeypatch.setattr(evaluation, "predict_dataset", no_prediction)
+    assert main(base + ["--out", str(models), "--overwrite"]) == 5
+    assert "holds the bundle" in capsys.readouterr().err
+    assert main(base + ["--out", str(models / "tiny" / "docs" / "again")]) == 5
+    assert main(base + ["--out", str(tmp_path / "v0"), "--version", "0"]) == 3
+    assert "version 0 is already in the changelog" in capsys.readouterr().err
+    assert sorted(p.name for p in models.iterdir()) == ["other.txt", "tiny"]
+    assert sorted(p.name for p in (models / "tiny" / "docs").iterdir()) == ["README.md"]
+    assert not (tmp_path / "v0").exists()
+    monkeypatch.undo()
+    # in place: the bundle's own folder, replaced atomically
+    assert main(base + ["--out", str(models / "tiny"), "--overwrite"]) == 0
+    assert load_bundle(models / "tiny").version == "1" and (models / "other.txt").read_text() == "keep me"
+    assert sorted(p.name for p in models.iterdir()) == ["other.txt", "tiny"]
 
 
 def test_calibrate_refuses_data_without_both_classes(tmp_path, tiny_bundle, capsys):
@@ -133,8 +193,8 @@ def test_calibrate_refuses_data_without_both_classes(tmp_path, tiny_bundle, caps
     for i, mal in enumerate([True, False, True]):
         write_study_folder(make_case(i, mal, ("US",)), data / f"case{i}")
     out = tmp_path / "recal"
-    code = main(["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out),
-                 "--fit", "finding"])
+    code = main(["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 3 and str(data) in err and "found 3 abnormal, 0 normal" in err
+    assert "--fit malignancy refits the malignancy probability only" in err
     assert not out.exists() and not any(p.name.startswith(".recal") for p in tmp_path.iterdir())

@@ -77,7 +77,7 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     # the finding logit is calibrated on the split too, and used
     assert 0.05 <= meta["calibration"]["finding_temperature"] <= 20.0
     assert model.finding_temperature == meta["calibration"]["finding_temperature"]
-    assert meta["outputs"]["finding_probability"] == "calibrated (temperature)"
+    assert meta["outputs"]["finding_probability"] == "calibrated (Platt: temperature and bias)"
     assert meta["training_data"]["n_validation"] == 2 and meta["training_data"]["n_train"] == 4
     # the bilateral comparison's reference: the median finding logit of the split's normals
     val_ids = {r["study_id"] for r in csv.DictReader(open(run / "bundle" / "docs" / "validation_cases.csv"))}

@@ -44,15 +44,17 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from ..bundle import check_copy_target, save_recalibrated
+    from ..bundle import check_copy_target, check_new_version, save_recalibrated
     from ..errors import InputError
-    from ..model.calibration import REFIT_PARTS, refit
+    from ..model.calibration import REFIT_PARTS, MissingClassError, refit
     from ..model.evaluation import predict_dataset
     from .evaluate import prepare
 
     out, studies, source, model = prepare(args)
     bundle = model.bundle
+    version = args.version or next_version(bundle.version)
     check_copy_target(bundle.path, out)  # before the predictions, not after
+    check_new_version(bundle, version)
     rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
     if not rows:
@@ -63,16 +65,25 @@ def run(args: argparse.Namespace) -> int:
                                             else {})
     try:
         calibration, ops, fitted = refit(rows, binds.get("calibration", {}), ops, parts, args.target_sensitivity)
-    except ValueError as e:
-        raise InputError(f"{where}: {e}") from None
-    calibration.update(fitted_on=f"binds calibrate: {where}", n=len(rows))
-    version = args.version or next_version(bundle.version)
-    changes = "; ".join(f"{k} {_f(v['old'])} -> {_f(v['new'])}" for k, v in fitted.items())
+    except MissingClassError as e:
+        other = [p for p in parts if p != e.part]
+        hint = f"; --fit {other[0]} refits the {other[0]} probability only" if other else ""
+        raise InputError(f"{where}: {e}{hint}") from None
+    fitted_on = f"binds calibrate: {where}"
+    if "malignancy" in parts:  # where each part was fitted, on how many studies
+        t = fitted["temperature"]
+        calibration.update(fitted_on=fitted_on, n=t["n_malignant"] + t["n_other"])
+    if "finding" in parts:
+        t = fitted["finding_temperature"]
+        calibration.update(finding_fitted_on=fitted_on, finding_n=t["n_abnormal"] + t["n_normal"])
+    changes = "; ".join(f"{k} {_f(v['old'])} -> {_f(v['new'])}"
+                        + (" (at the end of the search range: the data barely constrain it)"
+                           if v.get("at_bound") else "") for k, v in fitted.items())
     note = (f"Recalibrated from {bundle.name} {bundle.version} (same weights) on {len(rows)} "
             f"studies of {where} with binds calibrate: {changes}.")
     command = "binds " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.own_process else ""
-    save_recalibrated(bundle, out, calibration, ops, version=version, note=note, command=command,
-                      overwrite=args.overwrite)
+    save_recalibrated(bundle, out, calibration, ops if "malignancy" in parts else None, version=version,
+                      note=note, command=command, overwrite=args.overwrite)
     sys.stdout.write(f"{note}\nbundle {bundle.name} {version} written to {out}\n")
     return 0
 

@@ -1,9 +1,11 @@
-"""Calibration of the malignancy and finding probabilities (temperature scaling) and
-operating points.
+"""Calibration of the malignancy and finding probabilities and operating points.
 
-``p = sigmoid(logit / T)``: ``T`` is fitted on a validation (calibration) split by minimising
-the negative log-likelihood; it changes no ranking (AUC is unchanged), only how probabilities
-match observed rates. Operating points are thresholds on the calibrated probability.
+Malignancy: ``p = sigmoid(logit / T)`` (temperature scaling). Finding: ``p = sigmoid(f / T +
+b)`` (Platt scaling, :func:`fit_platt`: the finding logit has no meaningful zero). Both are
+fitted on a validation (calibration) split by minimising the negative log-likelihood; a
+monotone map changes no ranking (AUC is unchanged), only how probabilities match observed
+rates. Operating points are thresholds on the calibrated probability. :func:`refit` refits
+them on other cases (``binds calibrate``).
 """
 
 from __future__ import annotations
@@ -140,14 +142,22 @@ def operating_points(probabilities, labels, target_sensitivity: float = 0.98) ->
 REFIT_PARTS = ("malignancy", "finding")
 
 
+class MissingClassError(ValueError):
+    """The studies lack one of the two classes a part of :func:`refit` needs (``part``)."""
+
+    def __init__(self, part: str, message: str):
+        super().__init__(message)
+        self.part = part
+
+
 def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
           target_sensitivity: float = 0.98) -> tuple[dict, dict, dict]:
     """Refit a bundle's calibration on predicted, labelled studies (``binds calibrate``).
 
-    ``rows``: one dict per study with ``malignant`` (1/0, NaN unlabelled), ``diagnosis``
-    (``"malignant"``/``"benign"``/``"normal"``), ``malignancy_logit`` and ``finding_logit``
-    (the raw logits :class:`~.inference.Prediction` carries), as ``binds evaluate`` predicts
-    them. ``calibration`` and ``ops``: the bundle's ``calibration`` and ``operating_points``.
+    ``rows``: one dict per study with ``malignant`` and ``abnormal`` (1/0, NaN unlabelled; as
+    :func:`~.data.study_labels` and :func:`~.data.study_abnormal` give them, the labels
+    training uses), ``malignancy_logit`` and ``finding_logit`` (the raw logits
+    :class:`~.inference.Prediction` carries), as ``binds evaluate`` predicts them. ``calibration`` and ``ops``: the bundle's ``calibration`` and ``operating_points``.
     ``parts``: ``"malignancy"`` refits ``temperature`` and the operating points on malignant vs
     every other labelled study (as training does); ``"finding"`` refits
     ``finding_temperature`` and ``finding_bias`` (:func:`fit_platt`: the finding logit, a
@@ -156,8 +166,10 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
     the finding logits being calibrated.
 
     Returns ``(calibration, operating_points, fitted)``; ``fitted`` names each refitted value
-    with its old and new value and the counts it rests on. A part whose studies lack one of
-    the two classes raises ``ValueError`` (nothing to fit against).
+    with its old and new value, the counts it rests on, and ``at_bound`` when the search
+    ended at an end of its range (the data barely constrain it). A part whose studies lack
+    one of the two classes raises :class:`MissingClassError` (nothing to fit against); unknown
+    ``parts`` a ``ValueError``.
     """
     unknown = set(parts) - set(REFIT_PARTS)
     if unknown or not parts:
@@ -169,28 +181,34 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
         ok = np.isfinite(z) & np.isfinite(y)
         n_pos, n_neg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
         if not n_pos or not n_neg:
-            raise ValueError(f"the malignancy calibration needs malignant and other labelled studies "
-                             f"(found {n_pos} malignant, {n_neg} other)")
+            raise MissingClassError("malignancy", f"the malignancy calibration needs malignant and other "
+                                    f"labelled studies (found {n_pos} malignant, {n_neg} other)")
         t = fit_temperature(z[ok], y[ok].astype(int))
-        p = 0.5 * (1.0 + np.tanh(z[ok] / t / 2.0))  # the sigmoid, without overflow
+        with np.errstate(over="ignore"):  # exactly as inference computes it (DiagnosisModel.probability)
+            p = 1.0 / (1.0 + np.exp(-(z[ok] / t)))
         new_ops = operating_points(p, y[ok].astype(int), target_sensitivity)
         fitted["temperature"] = {"old": float(calibration.get("temperature", 1.0)), "new": t,
-                                 "n_malignant": n_pos, "n_other": n_neg}
+                                 "n_malignant": n_pos, "n_other": n_neg, "at_bound": _at_bound(t)}
         fitted["threshold"] = {"old": float(ops.get("default", {}).get("threshold", 0.5)),
                                "new": new_ops["default"]["threshold"]}
         cal["temperature"] = t
     if "finding" in parts:
         f = np.array([r.get("finding_logit", math.nan) for r in rows], dtype=np.float64)
-        d = np.array([r.get("diagnosis", "") for r in rows])
-        ab = np.isin(d, ["benign", "malignant"])
-        ok = np.isfinite(f) & (ab | (d == "normal"))
-        n_ab, n_normal = int((ok & ab).sum()), int((ok & ~ab).sum())
+        ab = np.array([r.get("abnormal", math.nan) for r in rows], dtype=np.float64)
+        ok = np.isfinite(f) & np.isfinite(ab)
+        n_ab, n_normal = int((ab[ok] == 1).sum()), int((ab[ok] == 0).sum())
         if not n_ab or not n_normal:
-            raise ValueError(f"the finding calibration needs abnormal and normal studies "
-                             f"(found {n_ab} abnormal, {n_normal} normal)")
+            raise MissingClassError("finding", f"the finding calibration needs abnormal and normal studies "
+                                    f"(found {n_ab} abnormal, {n_normal} normal)")
         t, b = fit_platt(f[ok], ab[ok].astype(int))
         counts = {"n_abnormal": n_ab, "n_normal": n_normal}
-        fitted["finding_temperature"] = {"old": calibration.get("finding_temperature"), "new": t, **counts}
+        fitted["finding_temperature"] = {"old": calibration.get("finding_temperature"), "new": t, **counts,
+                                         "at_bound": _at_bound(t)}
         fitted["finding_bias"] = {"old": calibration.get("finding_bias"), "new": b, **counts}
         cal.update(finding_temperature=t, finding_bias=b)
     return cal, new_ops, fitted
+
+
+def _at_bound(t: float, bounds: tuple[float, float] = (0.05, 20.0)) -> bool:
+    """Whether a fitted temperature ended at an end of the search range."""
+    return bool(min(abs(math.log(t / b)) for b in bounds) < 1e-3)

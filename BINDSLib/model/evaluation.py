@@ -43,7 +43,7 @@ import numpy as np
 from ..fsutil import atomic_dir, json_dumps
 from ..study import Diagnosis, Study
 from .config import COMBINATIONS, MODALITIES, SUBTYPES
-from .data import study_labels
+from .data import study_abnormal, study_labels
 from .metrics import finite_json
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         lesion_score = max(o.lesion_probability_max for o in pred.images.values())
         row = {"study_id": study.study_id,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
-               "malignant": malignant, "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
+               "malignant": malignant, "abnormal": study_abnormal(study),
+               "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
                "malignancy_probability": pred.malignancy_probability,
                "finding_probability": pred.finding_probability,
                "malignancy_logit": pred.malignancy_logit, "finding_logit": pred.finding_logit,

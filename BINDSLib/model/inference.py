@@ -122,8 +122,8 @@ class Prediction:
         training or ``binds calibrate`` fitted them, else plain (None only for a Prediction
         built elsewhere). The score for "abnormal vs normal"; the
         malignancy probability answers "malignant or not".
-    finding_logit : that finding logit before the temperature (``binds calibrate`` refits the
-        temperature from it).
+    finding_logit : that finding logit before the calibration (``binds calibrate`` refits the
+        temperature and bias from it).
     """
 
     study_id: str

@@ -1025,6 +1025,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
     or abnormal studies, the finding probability stays the plain sigmoid);
     ``finding_reference``: the median finding logit of the validation split's normal studies
     (None: it has none)."""
+    from ..bundle import FINDING_CALIBRATED
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
@@ -1045,7 +1046,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                         "crops": {"MG": list(cfg.mg_crop), "US": list(cfg.us_crop), "MR": list(cfg.mr_crop)}},
         "classes": {"malignancy": ["not_malignant", "malignant"], "subtype": list(SUBTYPES)},
         "outputs": {"malignancy_probability": "calibrated (temperature)",
-                    "finding_probability": ("calibrated (temperature)" if finding_temperature is not None
+                    "finding_probability": (FINDING_CALIBRATED if finding_temperature is not None
                                             else "sigmoid of the pooled lesion logits (not calibrated)")
                     + ("; each mammogram compared with the other breast (bilateral_weight)"
                        if cfg.bilateral_weight > 0 else ""),
