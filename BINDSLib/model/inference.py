@@ -264,7 +264,7 @@ class DiagnosisModel:
     @property
     def finding_bias(self) -> float:
         """Added to the finding logit after the temperature (``calibration.finding_bias``, fitted
-        by ``binds calibrate``; 0.0 when absent)."""
+        by ``binds train`` and ``binds calibrate``; 0.0 when absent, as in older bundles)."""
         return float(self.metadata.get("calibration", {}).get("finding_bias", 0.0))
 
     @property
