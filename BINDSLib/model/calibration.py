@@ -16,6 +16,9 @@ import numpy as np
 
 from .metrics import sensitivity_specificity, threshold_for_sensitivity, youden_threshold
 
+#: The range searched for a temperature (fit_temperature, fit_platt).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
 
 def compare_with_other_breast(logits, films, weight: float, reference: float) -> np.ndarray:
     """Finding logits compared with the other breast as at inference
@@ -44,7 +47,7 @@ def compare_with_other_breast(logits, films, weight: float, reference: float) ->
     return f + bilateral_offsets(torch.from_numpy(c), weight, reference).numpy()
 
 
-def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(logits, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """Temperature minimising the binary NLL of ``labels`` under ``sigmoid(logits / T)``.
 
     A golden-section search on ``log T`` within ``bounds`` (the NLL is unimodal in ``T`` for
@@ -57,7 +60,7 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) 
     return math.exp(_golden(lambda log_t: _nll(z / math.exp(log_t), y), *map(math.log, bounds)))
 
 
-def fit_platt(logits, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> tuple[float, float]:
+def fit_platt(logits, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> tuple[float, float]:
     """Temperature and bias ``(T, b)`` of Platt scaling, ``sigmoid(logits / T + b)`` (positive
     slope, ``T`` within ``bounds``), for a logit whose zero means nothing in itself, such as
     the pooled lesion logit behind the finding probability.
@@ -176,31 +179,19 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
         raise ValueError(f"parts to refit must be among {', '.join(REFIT_PARTS)}")
     cal, new_ops, fitted = dict(calibration), dict(ops), {}
     if "malignancy" in parts:
-        z = np.array([r.get("malignancy_logit", math.nan) for r in rows], dtype=np.float64)
-        y = np.array([r.get("malignant", math.nan) for r in rows], dtype=np.float64)
-        ok = np.isfinite(z) & np.isfinite(y)
-        n_pos, n_neg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
-        if not n_pos or not n_neg:
-            raise MissingClassError("malignancy", f"the malignancy calibration needs malignant and other "
-                                    f"labelled studies (found {n_pos} malignant, {n_neg} other)")
-        t = fit_temperature(z[ok], y[ok].astype(int))
+        z, y, n_pos, n_neg = _labelled(rows, "malignancy", "malignant", ("malignant", "other labelled"))
+        t = fit_temperature(z, y)
         with np.errstate(over="ignore"):  # exactly as inference computes it (DiagnosisModel.probability)
-            p = 1.0 / (1.0 + np.exp(-(z[ok] / t)))
-        new_ops = operating_points(p, y[ok].astype(int), target_sensitivity)
+            p = 1.0 / (1.0 + np.exp(-(z / t)))
+        new_ops = operating_points(p, y, target_sensitivity)
         fitted["temperature"] = {"old": float(calibration.get("temperature", 1.0)), "new": t,
                                  "n_malignant": n_pos, "n_other": n_neg, "at_bound": _at_bound(t)}
         fitted["threshold"] = {"old": float(ops.get("default", {}).get("threshold", 0.5)),
                                "new": new_ops["default"]["threshold"]}
         cal["temperature"] = t
     if "finding" in parts:
-        f = np.array([r.get("finding_logit", math.nan) for r in rows], dtype=np.float64)
-        ab = np.array([r.get("abnormal", math.nan) for r in rows], dtype=np.float64)
-        ok = np.isfinite(f) & np.isfinite(ab)
-        n_ab, n_normal = int((ab[ok] == 1).sum()), int((ab[ok] == 0).sum())
-        if not n_ab or not n_normal:
-            raise MissingClassError("finding", f"the finding calibration needs abnormal and normal studies "
-                                    f"(found {n_ab} abnormal, {n_normal} normal)")
-        t, b = fit_platt(f[ok], ab[ok].astype(int))
+        f, ab, n_ab, n_normal = _labelled(rows, "finding", "abnormal", ("abnormal", "normal"))
+        t, b = fit_platt(f, ab)
         counts = {"n_abnormal": n_ab, "n_normal": n_normal}
         fitted["finding_temperature"] = {"old": calibration.get("finding_temperature"), "new": t, **counts,
                                          "at_bound": _at_bound(t)}
@@ -209,6 +200,19 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
     return cal, new_ops, fitted
 
 
-def _at_bound(t: float, bounds: tuple[float, float] = (0.05, 20.0)) -> bool:
+def _labelled(rows, part: str, label: str, names: tuple[str, str]):
+    """``(logits, labels, n_positive, n_negative)`` of the rows whose ``{part}_logit`` and
+    ``label`` are finite; :class:`MissingClassError` when either class is missing."""
+    z = np.array([r.get(f"{part}_logit", math.nan) for r in rows], dtype=np.float64)
+    y = np.array([r.get(label, math.nan) for r in rows], dtype=np.float64)
+    ok = np.isfinite(z) & np.isfinite(y)
+    n_pos, n_neg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
+    if not n_pos or not n_neg:
+        raise MissingClassError(part, f"the {part} calibration needs {names[0]} and {names[1]} studies "
+                                      f"(found {n_pos} {names[0]}, {n_neg} {names[1].split()[0]})")
+    return z[ok], y[ok].astype(int), n_pos, n_neg
+
+
+def _at_bound(t: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> bool:
     """Whether a fitted temperature ended at an end of the search range."""
     return bool(min(abs(math.log(t / b)) for b in bounds) < 1e-3)
