@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import numpy as np
@@ -58,6 +59,34 @@ def test_biopsy_analysis_spares_benign_at_full_sensitivity():
     assert r["spared_fraction_ci95"][0] <= r["spared_fraction"] <= r["spared_fraction_ci95"][1]
     assert r["n_calibration"] + r["n_test"] == 300
     assert "note" in biopsy_analysis(s[:3], y[:3])
+
+
+def test_metrics_by_finding_type():
+    """Each finding type is ranked against every normal study, by the finding probability;
+    a study with two types counts for both; studies without types add no entry."""
+    from BINDSLib.commands.evaluate import summary
+
+    spec = [("benign", 0.9, "CIRC", 1.0), ("malignant", 0.4, "CALC;CIRC", 0.0),
+            ("malignant", 0.2, "CALC", math.nan), ("benign", 0.95, "", math.nan),
+            ("normal", 0.3, "", math.nan), ("normal", 0.5, "", math.nan)]
+    rows = []
+    for i, (d, f, types, hit) in enumerate(spec):
+        rows.append(dict(_row(i, d, 0.5, finding=f), findings=types, pointing_hit=hit))
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
+    by = m["by_finding"]
+    assert set(by) == {"CALC", "CIRC"}
+    # CIRC: 0.9 and 0.4 against the normals 0.3 and 0.5 -> 3 of 4 pairs ranked right
+    assert by["CIRC"]["n"] == 2 and by["CIRC"]["auc_abnormal"] == pytest.approx(3 / 4)
+    # CALC: 0.4 and 0.2 against 0.3 and 0.5 -> 1 of 4
+    assert by["CALC"]["n"] == 2 and by["CALC"]["auc_abnormal"] == pytest.approx(1 / 4)
+    assert by["CIRC"]["pointing_game"] == pytest.approx(0.5) and by["CIRC"]["n_pointing_game"] == 2
+    assert by["CALC"]["pointing_game"] == 0.0 and by["CALC"]["n_pointing_game"] == 1
+    assert len(by["CIRC"]["auc_abnormal_ci95"]) == 2
+    assert "by finding type (against all normal): CALC 0.250 (n=2), CIRC 0.750 (n=2)" in summary(m)
+    # no types (ultrasound, study folders without findings): no entry, no line
+    plain = compute_metrics([dict(r, findings="") for r in rows], threshold=0.5, n_bootstrap=20)
+    assert "by_finding" not in plain and "by finding type" not in summary(plain)
+    json.dumps(m, allow_nan=False)
 
 
 def test_summary_warns_when_the_test_half_misses_the_target_sensitivity():
@@ -160,3 +189,12 @@ def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
     assert m["auc_abnormal_malignancy"] == pytest.approx(
         auc([float(r["malignancy_probability"]) for r in rows], [r["diagnosis"] != "normal" for r in rows]), abs=1e-5)
     assert m["n_pointing_game"] >= 1  # finding circles count as the lesion
+    # per finding type: the types predictions.csv records, each against every normal study
+    findings = {r["study_id"]: set(filter(None, r["findings"].split(";"))) for r in rows}
+    assert all(bool(t) == (r["diagnosis"] != "normal") for r, t in zip(rows, findings.values()))
+    normal = [r["diagnosis"] == "normal" for r in rows]
+    for t, v in m["by_finding"].items():
+        keep = [n or t in findings[r["study_id"]] for r, n in zip(rows, normal)]
+        assert v["n"] == sum(keep) - sum(normal)
+        assert v["auc_abnormal"] == pytest.approx(
+            auc([f for f, k in zip(finding, keep) if k], [not n for n, k in zip(normal, keep) if k]), abs=1e-6)

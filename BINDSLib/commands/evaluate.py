@@ -149,6 +149,10 @@ def summary(m: dict) -> str:
         lines.append(f"AUC abnormal vs normal {f(m['auc_abnormal'])} (95% CI {f(aci[0])}-{f(aci[1])}; "
                      f"finding probability), {f(m.get('auc_abnormal_malignancy'))} by the malignancy "
                      "probability")
+        by = m.get("by_finding") or {}
+        if by:
+            lines.append("  by finding type (against all normal): " + ", ".join(
+                f"{t} {f(v.get('auc_abnormal'))} (n={v['n']})" for t, v in by.items()))
         lines.append(f"finding probability: Brier {f(m.get('brier_finding'))} (base rate "
                      f"{f(m.get('brier_finding_base_rate'))}), ECE {f(m.get('ece_finding'))}")
     lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "

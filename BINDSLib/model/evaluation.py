@@ -14,12 +14,15 @@ Writes to the output folder:
   (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
   whose saliency maximum lies in the lesion mask or finding circle); ``biopsy_reduction``;
-  ``auc_by_combination`` with ``--combinations``.
+  ``auc_by_combination`` with ``--combinations``; ``by_finding`` when the studies carry
+  finding types (mini-MIAS's CIRC, SPIC, CALC, ...; ``Finding.abnormality``): per type, its
+  studies against all normal ones (``n``, ``auc_abnormal`` with CI) and their
+  ``pointing_game`` (mean of the studies' ``pointing_hit``).
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
-  ``finding_logit``, its ``lesion_dice`` and ``pointing_hit`` (mean over its images with a
-  reference lesion; blank without one).
+  ``finding_logit``, its finding types (``findings``, ``;``-separated), its ``lesion_dice``
+  and ``pointing_hit`` (mean over its images with a reference lesion; blank without one).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
 Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a
@@ -74,6 +77,12 @@ def reference_masks(study: Study) -> dict[str, np.ndarray]:
             if im.lesion_mask is not None and im.lesion_mask.any()}
 
 
+def finding_types(study: Study) -> str:
+    """The study's finding types (``Finding.abnormality``, e.g. mini-MIAS's CIRC, CALC),
+    sorted and joined by ``;``; empty when it has none."""
+    return ";".join(sorted({f.abnormality for im in study.images for f in im.findings if f.abnormality}))
+
+
 def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                     saliency: str = "alignment", given_masks: bool = False,
                     skipped: list | None = None) -> tuple[list[dict], list[float], list[bool]]:
@@ -103,6 +112,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         row = {"study_id": study.study_id,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
                "malignant": malignant, "abnormal": study_abnormal(study),
+               "findings": finding_types(study),
                "subtype": SUBTYPES[subtype] if subtype >= 0 else "",
                "malignancy_probability": pred.malignancy_probability,
                "finding_probability": pred.finding_probability,
@@ -168,6 +178,9 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
             m["ece_finding"] = ece(pf[ok], abnormal[ok])
             m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2))
             m["brier_finding_base_rate"] = rate * (1 - rate)
+        by = _by_finding(rows, labelled, pf, n_bootstrap, seed)
+        if by:
+            m["by_finding"] = by
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})
@@ -196,6 +209,34 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
                                                         seed=seed, stratify=y[ok].astype(int)))
         m["auc_by_combination"] = by
     return finite_json(m)
+
+
+def _by_finding(rows: list[dict], labelled: np.ndarray, pf: np.ndarray, n_bootstrap: int,
+                seed: int) -> dict:
+    """Per finding type (the rows' ``findings``): the studies with it against every normal
+    study by the finding probability, and their pointing game (mean of their studies'
+    ``pointing_hit``). A study with two types counts for both. Empty without types."""
+    from .metrics import auc, bootstrap_ci
+
+    lab = [r for r, ok in zip(rows, labelled) if ok]
+    normal = np.array([r["diagnosis"] == "normal" for r in lab])
+    types = [set(filter(None, str(r.get("findings") or "").split(";"))) for r in lab]
+    by = {}
+    for t in sorted(set().union(*types)):
+        has = np.array([t in ts and r["diagnosis"] != "normal" for ts, r in zip(types, lab)])
+        if not has.any():
+            continue
+        keep = has | normal
+        y = has[keep].astype(int)
+        entry = {"n": int(has.sum()), "auc_abnormal": auc(pf[keep], y)}
+        if normal.any():
+            entry["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[keep], y, n=n_bootstrap, seed=seed, stratify=y))
+        hits = np.array([r.get("pointing_hit", math.nan) for r, h in zip(lab, has) if h], float)
+        hits = hits[np.isfinite(hits)]
+        if hits.size:
+            entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))
+        by[t] = entry
+    return by
 
 
 def biopsy_analysis(scores, labels, target: float = 0.98, n_bootstrap: int = 1000,
