@@ -247,7 +247,7 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     root = Path(__file__).resolve().parents[1]
     files = sorted(f for f in (root / "configs").glob("*.json") if not f.name.startswith("risk-"))
     assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0", "mg-mias-finding",
-                                       "mg-mias-finding-e1"}
+                                       "mg-mias-finding-e1", "mg-mias-finding-scratch"}
     for f in files:
         settings = load_settings(f)
         bundle = root / "Resources" / "Models" / settings.bundle["name"]
@@ -259,6 +259,14 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     assert lite.model.locator_mg.arch == "efficientnet_lite0" and lite.pretrained == {"MG": "imagenet"}
     finding = load_settings(root / "configs" / "mg-mias-finding.json")
     assert finding.model.mg_fit == "breast" and finding.loss_weights.finding == 1.0
+    # the shipped recipe plus the finding term, nothing else
+    shipped = load_settings(root / "configs" / "mg-mias.json")
+    scratch = load_settings(root / "configs" / "mg-mias-finding-scratch.json")
+    assert scratch.model == shipped.model and scratch.loss_weights.finding == 1.0
+    assert shipped.loss_weights.finding == 0.0
+    raw = [json.loads((root / "configs" / f).read_text()) for f in ("mg-mias.json", "mg-mias-finding-scratch.json")]
+    raw[1]["train"]["loss_weights"].pop("finding")
+    assert raw[0]["train"] == raw[1]["train"] and raw[0]["data"] == raw[1]["data"]
 
 
 def test_calibration_pairs_the_one_film_mammograms_of_a_woman():
