@@ -65,6 +65,43 @@ def test_mini_mias_layout_and_finding_circles(shared_data):
     assert all(len(s.comparison) == 1 for s in studies.values())
 
 
+def test_mini_mias_findings_that_cannot_count_are_named(tmp_path, shared_data, caplog):
+    """A held-out folder whose findings.csv disagrees with images.csv: findings for an image
+    it does not list or for a normal image are ignored, and an abnormal image without a
+    finding row is loaded without a circle; a warning names each image."""
+    src = shared_data / "mini-mias"
+    root = tmp_path / "mias"
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(src / "images.csv")))[:4]  # mdb001-2 benign, mdb003-4 normal
+    assert [r["label"] for r in rows] == ["benign", "benign", "normal", "normal"]
+    for r in rows:
+        shutil.copy(src / r["image"], root / r["image"])
+    with open(root / "images.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    findings = {r["image_id"]: r for r in csv.DictReader(open(src / "findings.csv"))}
+    kept = [findings["mdb001"], dict(findings["mdb001"], image_id="mdb003"), dict(findings["mdb001"], image_id="mdb999")]
+    with open(root / "findings.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(kept[0]))
+        w.writeheader()
+        w.writerows(kept)
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = {s.study_id: s for s in iter_mini_mias(root)}
+    text = caplog.text
+    assert "finding rows for 1 image(s) not in images.csv, ignored: mdb999" in text
+    assert "finding rows for 1 image(s) labelled normal in images.csv, ignored: mdb003" in text
+    assert "no finding row for 1 benign or malignant image(s) (no circle, no finding type): mdb002" in text
+    assert str(root / "findings.csv") in text
+    assert not studies["mdb003"].images[0].findings and studies["mdb003"].images[0].lesion_mask.sum() == 0
+    assert studies["mdb002"].images[0].lesion_mask is None and not studies["mdb002"].images[0].findings
+    assert studies["mdb001"].images[0].findings[0].abnormality == "CIRC"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        list(iter_mini_mias(src))
+    assert caplog.text == ""  # the shared folder is consistent
+
+
 def test_datasets_without_reference_masks(shared_data):
     """Diagnosing a dataset folder (`binds diagnose DIR`) reads no ground truth: the same
     images, no lesion masks."""

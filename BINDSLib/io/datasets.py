@@ -12,11 +12,14 @@ finding, findings as circles (:class:`~BINDSLib.study.Finding`) and a lesion mas
 the circles that have coordinates (``None`` when an abnormal image has only spread
 calcifications without coordinates). The woman's other-breast film(s) in the folder are
 attached as ``Study.comparison`` (for the bilateral comparison of the finding score).
+Finding rows for an image that images.csv does not list, or lists as normal, are ignored, and
+abnormal images without a finding row load without a circle; a warning names those images.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +29,8 @@ import numpy as np
 from ..errors import InputError
 from ..study import Diagnosis, Finding, Role, Study
 from .files import read_image_file, read_mask_file
+
+log = logging.getLogger(__name__)
 
 BUSI_COLUMNS = {"case_id", "label", "image", "mask"}
 MIAS_IMAGE_COLUMNS = {"image_id", "patient", "laterality", "view", "label", "image"}
@@ -135,11 +140,12 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         except ValueError as e:
             raise InputError(f"row {n}: {e}", images_csv) from None
         rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
+    _warn_stray_findings(findings_csv, by_image, rows)
     by_woman: dict[str, list] = {}
     for r in rows:
         by_woman.setdefault(r[0]["patient"], []).append(r)
     for row, diagnosis, role, spacing in rows:
-        findings = tuple(by_image.get(row["image_id"], ()))
+        findings = () if diagnosis is Diagnosis.NORMAL else tuple(by_image.get(row["image_id"], ()))
         image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
         if reference_masks and diagnosis is Diagnosis.NORMAL:
             image.lesion_mask = np.zeros(image.shape, np.uint8)
@@ -154,6 +160,22 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         yield Study(study_id=row["image_id"], images=[image], patient_id=row["patient"],
                     diagnosis=diagnosis, description="mini-MIAS digitised screen-film mammogram",
                     attributes=attrs, comparison=comparison)
+
+
+def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: list) -> None:
+    """Warn about findings.csv rows that cannot count - for an image not in images.csv, or for
+    one labelled normal (both ignored) - and about abnormal images without a finding row (no
+    circle, no finding type)."""
+    listed = {r[0]["image_id"]: r[1] for r in rows}
+    problems = (("finding rows for %d image(s) not in images.csv, ignored", sorted(set(by_image) - set(listed))),
+                ("finding rows for %d image(s) labelled normal in images.csv, ignored",
+                 sorted(i for i in by_image if listed.get(i) is Diagnosis.NORMAL)),
+                ("no finding row for %d benign or malignant image(s) (no circle, no finding type)",
+                 sorted(i for i, d in listed.items() if d is not Diagnosis.NORMAL and i not in by_image)))
+    for what, ids in problems:
+        if ids:
+            log.warning("%s: " + what + ": %s", findings_csv, len(ids),
+                        ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
 
 
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
