@@ -13,6 +13,7 @@ import pytest
 
 from BINDSLib.cli import main
 from BINDSLib.model.evaluation import biopsy_analysis, compute_metrics
+from BINDSLib.model.metrics import wilson_ci
 from BINDSLib.studyfolder import write_study_folder
 from test_model_cases import make_case
 
@@ -82,11 +83,35 @@ def test_metrics_by_finding_type():
     assert by["CIRC"]["pointing_game"] == pytest.approx(0.5) and by["CIRC"]["n_pointing_game"] == 2
     assert by["CALC"]["pointing_game"] == 0.0 and by["CALC"]["n_pointing_game"] == 1
     assert len(by["CIRC"]["auc_abnormal_ci95"]) == 2
+    # one image per study: the per-type pointing game is a proportion with a Wilson interval
+    assert by["CIRC"]["pointing_game_ci95"] == pytest.approx(list(wilson_ci(1, 2)))
+    assert by["CALC"]["pointing_game_ci95"] == pytest.approx([0.0, wilson_ci(0, 1)[1]])
     assert "by finding type (against all normal): CALC 0.250 (n=2), CIRC 0.750 (n=2)" in summary(m)
     # no types (ultrasound, study folders without findings): no entry, no line
     plain = compute_metrics([dict(r, findings="") for r in rows], threshold=0.5, n_bootstrap=20)
     assert "by_finding" not in plain and "by finding type" not in summary(plain)
+    # a study with two images with a reference: a mean, not a proportion, so no interval
+    two = compute_metrics([dict(rows[0], pointing_hit=0.5)] + rows[1:], threshold=0.5, n_bootstrap=20)
+    assert two["by_finding"]["CIRC"]["pointing_game"] == pytest.approx(0.25)
+    assert "pointing_game_ci95" not in two["by_finding"]["CIRC"]
     json.dumps(m, allow_nan=False)
+
+
+def test_dice_and_pointing_game_intervals():
+    from BINDSLib.commands.evaluate import summary
+
+    rows = [_row(i, d, p) for i, (d, p) in enumerate(
+        [("benign", 0.1), ("benign", 0.2), ("malignant", 0.8), ("malignant", 0.9), ("normal", 0.1)])]
+    dices, hits = [0.2, 0.4, 0.6, 0.9], [True, False, True, True]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=200, dices=dices, hits=hits)
+    assert m["lesion_dice"] == pytest.approx(0.525) and m["n_lesion_dice"] == 4
+    lo, hi = m["lesion_dice_ci95"]
+    assert 0.2 <= lo < 0.525 < hi <= 0.9  # a bootstrap of the mean stays within the values
+    assert m["pointing_game"] == 0.75 and m["pointing_game_ci95"] == pytest.approx(list(wilson_ci(3, 4)))
+    text = summary(m)
+    assert f"lesion Dice 0.525 (95% CI {lo:.3f}-{hi:.3f}; n=4)" in text
+    assert "pointing game 0.750 (95% CI {:.3f}-{:.3f}; n=4)".format(*wilson_ci(3, 4)) in text
+    assert "pointing game" not in summary(compute_metrics(rows, threshold=0.5, n_bootstrap=20))
 
 
 def test_summary_warns_when_the_test_half_misses_the_target_sensitivity():

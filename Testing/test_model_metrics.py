@@ -88,6 +88,19 @@ def test_bootstrap_ci_brackets_the_estimate():
     assert lo < auc(s, y) < hi and hi - lo < 0.2
 
 
+def test_wilson_interval_of_a_proportion():
+    from BINDSLib.model.metrics import wilson_ci
+
+    z2 = 1.959963984540054 ** 2
+    # at 0 or n successes the interval is closed-form: [0, z^2 / (n + z^2)] and its mirror
+    assert wilson_ci(0, 10) == (0.0, pytest.approx(z2 / (10 + z2)))
+    assert wilson_ci(10, 10) == (pytest.approx(10 / (10 + z2)), 1.0)
+    lo, hi = wilson_ci(8, 15)  # a pointing game of 8 of 15 images
+    assert lo == pytest.approx(0.3012, abs=1e-4) and hi == pytest.approx(0.7519, abs=1e-4)
+    assert lo < 8 / 15 < hi and wilson_ci(8, 15, level=0.5)[1] < hi
+    assert all(math.isnan(v) for v in wilson_ci(0, 0))
+
+
 def test_dice_pointing_and_json():
     a = np.zeros((1, 4, 4), np.uint8)
     a[0, :2, :2] = 1

@@ -155,6 +155,10 @@ def summary(m: dict) -> str:
                 f"{t} {f(v.get('auc_abnormal'))} (n={v['n']})" for t, v in by.items()))
         lines.append(f"finding probability: Brier {f(m.get('brier_finding'))} (base rate "
                      f"{f(m.get('brier_finding_base_rate'))}), ECE {f(m.get('ece_finding'))}")
+    for key, name in (("lesion_dice", "lesion Dice"), ("pointing_game", "pointing game")):
+        if key in m:
+            lo, hi = m.get(f"{key}_ci95") or [None, None]
+            lines.append(f"{name} {f(m[key])} (95% CI {f(lo)}-{f(hi)}; n={m[f'n_{key}']})")
     lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "
                  f"specificity {f(m.get('specificity'))}; ECE {f(m.get('ece'))}")
     br = m.get("biopsy_reduction", {})

@@ -12,12 +12,14 @@ Writes to the output folder:
   "abnormal", with ``brier_finding_base_rate`` (the Brier score of always saying the rate);
   ``sensitivity``, ``specificity`` and ``threshold`` at the bundle's operating point
   (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
-  exist; ``lesion_dice`` when reference masks exist; ``pointing_game`` (share of lesion images
-  whose saliency maximum lies in the lesion mask or finding circle); ``biopsy_reduction``;
+  exist; ``lesion_dice`` when reference masks exist, with ``lesion_dice_ci95`` (bootstrap over
+  images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
+  mask or finding circle) with ``pointing_game_ci95`` (Wilson score interval); ``biopsy_reduction``;
   ``auc_by_combination`` with ``--combinations``; ``by_finding`` when the studies carry
   finding types (mini-MIAS's CIRC, SPIC, CALC, ...; ``Finding.abnormality``): per type, its
   studies against all normal ones (``n``, ``auc_abnormal`` with CI) and their
-  ``pointing_game`` (mean of the studies' ``pointing_hit``).
+  ``pointing_game`` (mean of the studies' ``pointing_hit``; a Wilson interval when each study
+  has one image with a reference).
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
@@ -146,7 +148,7 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
                     n_bootstrap: int = 1000, seed: int = 0, dices=(), hits=(),
                     combinations: bool = False) -> dict:
     """The metrics of ``metrics.json`` from prediction rows (see module docstring)."""
-    from .metrics import auc, bootstrap_ci, ece, macro_auc, sensitivity_specificity
+    from .metrics import auc, bootstrap_ci, ece, macro_auc, sensitivity_specificity, wilson_ci
 
     diag = np.array([r["diagnosis"] for r in rows])
     p = np.array([r["malignancy_probability"] for r in rows], dtype=float)
@@ -192,9 +194,11 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
         m["n_subtype"] = int((st >= 0).sum())
     if len(dices):
         m["lesion_dice"] = float(np.mean(dices))
+        m["lesion_dice_ci95"] = list(bootstrap_ci(np.mean, np.asarray(dices, float), n=n_bootstrap, seed=seed))
         m["n_lesion_dice"] = len(dices)
     if len(hits):
         m["pointing_game"] = float(np.mean(hits))
+        m["pointing_game_ci95"] = list(wilson_ci(int(np.sum(hits)), len(hits)))
         m["n_pointing_game"] = len(hits)
     m["biopsy_reduction"] = biopsy_analysis(pl, yl, target_sensitivity, n_bootstrap, seed)
     if combinations:
@@ -216,7 +220,7 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, pf: np.ndarray, n_bootst
     """Per finding type (the rows' ``findings``): the studies with it against every normal
     study by the finding probability, and their pointing game (mean of their studies'
     ``pointing_hit``). A study with two types counts for both. Empty without types."""
-    from .metrics import auc, bootstrap_ci
+    from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
     normal = np.array([r["diagnosis"] == "normal" for r in lab])
@@ -235,6 +239,8 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, pf: np.ndarray, n_bootst
         hits = hits[np.isfinite(hits)]
         if hits.size:
             entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))
+            if np.isin(hits, (0.0, 1.0)).all():  # one image per study: a proportion
+                entry["pointing_game_ci95"] = list(wilson_ci(int(hits.sum()), int(hits.size)))
         by[t] = entry
     return by
 

@@ -64,6 +64,22 @@ def bootstrap_ci(statistic, *arrays, n: int = 1000, seed: int = 0, level: float 
     return float(lo), float(hi)
 
 
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (``(nan, nan)`` when n is 0).
+    Unlike a percentile bootstrap it stays informative at 0 or n successes and for small n
+    (e.g. a pointing game over 15 images)."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if successes == 0 else max(0.0, centre - half),
+            1.0 if successes == n else min(1.0, centre + half))
+
+
 def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve: ``(fpr, tpr, thresholds)``, thresholds decreasing; a case is called positive
     when ``score >= threshold``. Starts at (0, 0) with threshold +inf."""
