@@ -247,7 +247,8 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     root = Path(__file__).resolve().parents[1]
     files = sorted(f for f in (root / "configs").glob("*.json") if not f.name.startswith("risk-"))
     assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0", "mg-mias-finding",
-                                       "mg-mias-finding-e1", "mg-mias-finding-scratch"}
+                                       "mg-mias-finding-e1", "mg-mias-finding-scratch",
+                                       "mg-mias-breast-grid"}
     for f in files:
         settings = load_settings(f)
         bundle = root / "Resources" / "Models" / settings.bundle["name"]
@@ -267,6 +268,12 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     raw = [json.loads((root / "configs" / f).read_text()) for f in ("mg-mias.json", "mg-mias-finding-scratch.json")]
     raw[1]["train"]["loss_weights"].pop("finding")
     assert raw[0]["train"] == raw[1]["train"] and raw[0]["data"] == raw[1]["data"]
+    # ... and the shipped recipe on a breast-fitted grid, nothing else
+    grid = json.loads((root / "configs" / "mg-mias-breast-grid.json").read_text())
+    assert grid["model"].pop("mg_fit") == "breast" and grid["model"].pop("mg_size") == [448, 320]
+    shipped_model = dict(raw[0]["model"])
+    shipped_model.pop("mg_size")
+    assert grid["model"] == shipped_model and grid["train"] == raw[0]["train"] and grid["data"] == raw[0]["data"]
 
 
 def test_calibration_pairs_the_one_film_mammograms_of_a_woman():
