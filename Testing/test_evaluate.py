@@ -80,6 +80,19 @@ def test_metrics_by_finding_type():
     assert by["CIRC"]["n"] == 2 and by["CIRC"]["auc_abnormal"] == pytest.approx(3 / 4)
     # CALC: 0.4 and 0.2 against 0.3 and 0.5 -> 1 of 4
     assert by["CALC"]["n"] == 2 and by["CALC"]["auc_abnormal"] == pytest.approx(1 / 4)
+    # an unlabelled study is left out, a normal one counts as normal whatever types it lists
+    unlabelled = dict(_row(9, "normal", 0.5, finding=0.99), diagnosis="", malignant=math.nan,
+                      findings="CIRC;SPIC", pointing_hit=1.0)
+    typed_normal = dict(_row(8, "normal", 0.5, finding=0.1), findings="CIRC", pointing_hit=math.nan)
+    more = compute_metrics([unlabelled] + rows + [typed_normal], threshold=0.5, n_bootstrap=20)["by_finding"]
+    assert set(more) == {"CALC", "CIRC"} and more["CIRC"]["n"] == 2 and more["CALC"]["n"] == 2
+    assert more["CIRC"]["auc_abnormal"] == pytest.approx(5 / 6)  # 0.9, 0.4 vs 0.3, 0.5, 0.1
+    assert more["CALC"]["auc_abnormal"] == pytest.approx(3 / 6)  # 0.4, 0.2 vs 0.3, 0.5, 0.1
+    assert more["CIRC"]["pointing_game"] == pytest.approx(0.5)
+    # without normal studies: no AUC, the pointing game still
+    lesions = compute_metrics([r for r in rows if r["diagnosis"] != "normal"], threshold=0.5,
+                              n_bootstrap=20)["by_finding"]
+    assert "auc_abnormal" not in lesions["CIRC"] and lesions["CIRC"]["pointing_game"] == pytest.approx(0.5)
     assert by["CIRC"]["pointing_game"] == pytest.approx(0.5) and by["CIRC"]["n_pointing_game"] == 2
     assert by["CALC"]["pointing_game"] == 0.0 and by["CALC"]["n_pointing_game"] == 1
     assert len(by["CIRC"]["auc_abnormal_ci95"]) == 2
@@ -218,6 +231,7 @@ def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
     findings = {r["study_id"]: set(filter(None, r["findings"].split(";"))) for r in rows}
     assert all(bool(t) == (r["diagnosis"] != "normal") for r, t in zip(rows, findings.values()))
     normal = [r["diagnosis"] == "normal" for r in rows]
+    assert set(m["by_finding"]) == set().union(*findings.values())
     for t, v in m["by_finding"].items():
         keep = [n or t in findings[r["study_id"]] for r, n in zip(rows, normal)]
         assert v["n"] == sum(keep) - sum(normal)

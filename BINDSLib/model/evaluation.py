@@ -14,12 +14,12 @@ Writes to the output folder:
   (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist, with ``lesion_dice_ci95`` (bootstrap over
   images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
-  mask or finding circle) with ``pointing_game_ci95`` (Wilson score interval); ``biopsy_reduction``;
-  ``auc_by_combination`` with ``--combinations``; ``by_finding`` when the studies carry
-  finding types (mini-MIAS's CIRC, SPIC, CALC, ...; ``Finding.abnormality``): per type, its
-  studies against all normal ones (``n``, ``auc_abnormal`` with CI) and their
-  ``pointing_game`` (mean of the studies' ``pointing_hit``; a Wilson interval when each study
-  has one image with a reference).
+  mask or finding circle) with ``pointing_game_ci95`` (Wilson score interval; both intervals
+  treat the images as independent, as they are with one image per study);
+  ``biopsy_reduction``; ``auc_by_combination`` with ``--combinations``; ``by_finding`` when
+  the studies carry finding types (mini-MIAS's CIRC, SPIC, CALC, ...;
+  ``Finding.abnormality``): per type ``n``, with normal studies its studies' ``auc_abnormal``
+  (with CI) against all normal ones, and their ``pointing_game`` (see :func:`_by_finding`).
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
@@ -180,9 +180,9 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
             m["ece_finding"] = ece(pf[ok], abnormal[ok])
             m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2))
             m["brier_finding_base_rate"] = rate * (1 - rate)
-        by = _by_finding(rows, labelled, pf, n_bootstrap, seed)
-        if by:
-            m["by_finding"] = by
+    by = _by_finding(rows, labelled, n_bootstrap, seed)
+    if by:
+        m["by_finding"] = by
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})
@@ -215,31 +215,35 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
     return finite_json(m)
 
 
-def _by_finding(rows: list[dict], labelled: np.ndarray, pf: np.ndarray, n_bootstrap: int,
-                seed: int) -> dict:
-    """Per finding type (the rows' ``findings``): the studies with it against every normal
-    study by the finding probability, and their pointing game (mean of their studies'
-    ``pointing_hit``). A study with two types counts for both. Empty without types."""
+def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    """Per finding type (the rows' ``findings``) of the labelled abnormal studies: ``n``; with
+    normal studies, ``auc_abnormal`` (with CI) of the type's studies against every normal one
+    by the finding probability (non-finite probabilities left out); and the type's
+    ``pointing_game``, the mean of its studies' ``pointing_hit`` - a hit on any finding of a
+    study counts for each of its types - with a Wilson interval when every study's hit is 0
+    or 1. Empty without types."""
     from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
-    normal = np.array([r["diagnosis"] == "normal" for r in lab])
+    normal = np.array([r["diagnosis"] == "normal" for r in lab], bool)
+    pf = np.array([r.get("finding_probability", math.nan) for r in lab], dtype=float)
     types = [set(filter(None, str(r.get("findings") or "").split(";"))) for r in lab]
     by = {}
     for t in sorted(set().union(*types)):
-        has = np.array([t in ts and r["diagnosis"] != "normal" for ts, r in zip(types, lab)])
+        has = np.array([t in ts and r["diagnosis"] != "normal" for ts, r in zip(types, lab)], bool)
         if not has.any():
             continue
-        keep = has | normal
-        y = has[keep].astype(int)
-        entry = {"n": int(has.sum()), "auc_abnormal": auc(pf[keep], y)}
-        if normal.any():
+        entry: dict = {"n": int(has.sum())}
+        keep = (has | normal) & np.isfinite(pf)
+        if (keep & normal).any() and (keep & has).any():
+            y = has[keep].astype(int)
+            entry["auc_abnormal"] = auc(pf[keep], y)
             entry["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[keep], y, n=n_bootstrap, seed=seed, stratify=y))
         hits = np.array([r.get("pointing_hit", math.nan) for r, h in zip(lab, has) if h], float)
         hits = hits[np.isfinite(hits)]
         if hits.size:
             entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))
-            if np.isin(hits, (0.0, 1.0)).all():  # one image per study: a proportion
+            if np.isin(hits, (0.0, 1.0)).all():  # a proportion of studies
                 entry["pointing_game_ci95"] = list(wilson_ci(int(hits.sum()), int(hits.size)))
         by[t] = entry
     return by
