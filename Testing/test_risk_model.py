@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from BINDSLib.risk.calibration import Calibrator
@@ -20,6 +20,7 @@ TINY = PRESETS["tiny"]
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 3.0), input_scale=st.floats(0.01, 100.0),
        aggregator=st.sampled_from(["transformer", "mean"]))
+@example(seed=12654, scale=1.9581991249536317, input_scale=9.0, aggregator="mean")  # two equal logits
 def test_cumulative_risk_is_monotone_for_random_weights_and_inputs(seed, scale, input_scale, aggregator):
     torch.manual_seed(seed)
     cfg = RiskConfig(**{**TINY.to_json(), "aggregator": aggregator})
@@ -35,8 +36,10 @@ def test_cumulative_risk_is_monotone_for_random_weights_and_inputs(seed, scale, 
     for logits in (out.exam_logits, out.breast_logits[:, 0], out.breast_logits[:, 1]):
         assert torch.isfinite(logits).all()
         assert (torch.diff(logits, dim=-1) >= 0).all()  # softplus may underflow to +0
-        probs = torch.sigmoid(logits.double())
-        assert (torch.diff(probs, dim=-1) >= 0).all()
+        # the risks as inference reports them (not torch.sigmoid: its vectorised and scalar
+        # paths can round two equal logits one ulp apart, depending on their position)
+        probs = Calibrator("none").apply(logits.numpy())
+        assert (np.diff(probs, axis=-1) >= 0).all()
 
 
 @settings(max_examples=50, deadline=None)
