@@ -50,6 +50,24 @@ def test_compute_metrics_known_values():
     json.dumps(m, allow_nan=False)
 
 
+def test_auc_abnormal_leaves_out_studies_without_a_finding_probability():
+    """A NaN finding probability is left out (and counted), not ranked as if it were a score."""
+    from BINDSLib.commands.evaluate import summary
+
+    rows = [_row(0, "benign", 0.5, finding=0.8), _row(1, "malignant", 0.5, finding=0.6),
+            _row(2, "malignant", 0.5, finding=math.nan), _row(3, "normal", 0.5, finding=0.7),
+            _row(4, "normal", 0.5, finding=0.1)]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
+    # 0.8 and 0.6 against 0.7 and 0.1: 3 of 4 pairs; with the NaN scored it would not be 3/4
+    assert m["auc_abnormal"] == pytest.approx(3 / 4)
+    assert m["n_auc_abnormal_left_out"] == 1
+    assert all(math.isfinite(v) for v in m["auc_abnormal_ci95"])
+    assert m["brier_finding"] == pytest.approx((0.2**2 + 0.4**2 + 0.7**2 + 0.1**2) / 4)
+    assert "1 without a finding probability left out" in summary(m)
+    assert "n_auc_abnormal_left_out" not in compute_metrics(rows[:2] + rows[3:], threshold=0.5, n_bootstrap=20)
+    json.dumps(m, allow_nan=False)
+
+
 def test_biopsy_analysis_spares_benign_at_full_sensitivity():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(200), np.ones(100)].astype(int)

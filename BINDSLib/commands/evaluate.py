@@ -148,7 +148,9 @@ def summary(m: dict) -> str:
         aci = m.get("auc_abnormal_ci95") or [None, None]
         lines.append(f"AUC abnormal vs normal {f(m['auc_abnormal'])} (95% CI {f(aci[0])}-{f(aci[1])}; "
                      f"finding probability), {f(m.get('auc_abnormal_malignancy'))} by the malignancy "
-                     "probability")
+                     "probability"
+                     + (f"; {m['n_auc_abnormal_left_out']} without a finding probability left out"
+                        if m.get("n_auc_abnormal_left_out") else ""))
         by = m.get("by_finding") or {}
         if by:
             lines.append("  by finding type (against all normal): " + ", ".join(

@@ -9,9 +9,10 @@ Writes to the output folder:
   finding?"), ``auc_abnormal_malignancy`` (the same by the malignancy probability; version 1
   called this ``auc_abnormal``) and ``auc_abnormal_lesion_score`` (by the highest lesion
   probability); ``ece_finding`` and ``brier_finding`` of the finding probability against
-  "abnormal", with ``brier_finding_base_rate`` (the Brier score of always saying the rate);
-  ``sensitivity``, ``specificity`` and ``threshold`` at the bundle's operating point
-  (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
+  "abnormal", with ``brier_finding_base_rate`` (the Brier score of always saying the rate) -
+  the finding-probability figures leave out studies without one, counted in
+  ``n_auc_abnormal_left_out``; ``sensitivity``, ``specificity`` and ``threshold`` at the
+  bundle's operating point (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist, with ``lesion_dice_ci95`` (bootstrap over
   images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
   mask or finding circle) with ``pointing_game_ci95`` (Wilson score interval; both intervals
@@ -165,17 +166,19 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
         ya, pa = y[labelled].astype(int), p[labelled]
         m["auc_malignant_vs_rest"] = auc(pa, ya)
         abnormal = (diag[labelled] != "normal").astype(int)
-        pf = np.array([r["finding_probability"] for r in rows], dtype=float)[labelled]
-        m["auc_abnormal"] = auc(pf, abnormal)
-        m["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf, abnormal, n=n_bootstrap, seed=seed,
-                                                   stratify=abnormal))
+        pf = np.array([r.get("finding_probability", math.nan) for r in rows], dtype=float)[labelled]
+        ok = np.isfinite(pf)  # a study without a finding probability is left out, and counted
+        m["auc_abnormal"] = auc(pf[ok], abnormal[ok])
+        m["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[ok], abnormal[ok], n=n_bootstrap, seed=seed,
+                                                   stratify=abnormal[ok]))
+        if not ok.all():
+            m["n_auc_abnormal_left_out"] = int((~ok).sum())
         m["auc_abnormal_malignancy"] = auc(pa, abnormal)
         m["auc_abnormal_malignancy_ci95"] = list(bootstrap_ci(auc, pa, abnormal, n=n_bootstrap, seed=seed,
                                                               stratify=abnormal))
         ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
         m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
-        ok = np.isfinite(pf)  # how well the finding probability matches the finding rate
-        if ok.any():
+        if ok.any():  # how well the finding probability matches the finding rate
             rate = float(abnormal[ok].mean())
             m["ece_finding"] = ece(pf[ok], abnormal[ok])
             m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2))
