@@ -68,6 +68,50 @@ def test_auc_abnormal_leaves_out_studies_without_a_finding_probability():
     json.dumps(m, allow_nan=False)
 
 
+def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles():
+    """A film with a circumscribed mass and a spiculated one, the saliency maximum in the first:
+    the study's pointing hit is 1, the CIRC hit 1, the SPIC hit 0 (not a hit by association)."""
+    from types import SimpleNamespace
+
+    from BINDSLib.model.evaluation import predict_dataset
+    from BINDSLib.study import Diagnosis, Finding, Geometry, Image, Role, Study
+
+    def film(label, findings, peak):
+        im = Image(np.zeros((1, 64, 64), np.float32), Geometry(), Role.parse(f"MG_{label}_MLO"), findings=findings)
+        sal = np.zeros((1, 64, 64), np.float32)
+        sal[0, peak[1], peak[0]] = 1.0
+        return im, sal
+
+    circ, spic = Finding("CIRC", "B", 16, 16, 5), Finding("SPIC", "M", 48, 48, 5)
+    cases = {"two": film("L", (circ, spic), (16, 16)),       # hit on the CIRC circle only
+             "one": film("R", (spic,), (48, 47)),             # one type: as the study's hit
+             "none": film("L", (Finding("CALC", "B"),), (5, 5))}  # no circle: no reference
+
+    class Model:
+        threshold, modalities = 0.5, ("MG",)
+
+        def predict(self, study, **kw):
+            im = study.images[0]
+            out = SimpleNamespace(lesion_probability_max=0.5, lesion_mask=np.zeros(im.shape, np.uint8),
+                                  saliency=cases[study.study_id][1])
+            return SimpleNamespace(malignancy_probability=0.5, finding_probability=0.5, malignancy_logit=0.0,
+                                   finding_logit=0.0, modalities=["MG"], subtype_probabilities={},
+                                   contributions={}, combination_probabilities={}, images={im.label: out})
+
+    studies = [Study(k, [im], diagnosis=Diagnosis.MALIGNANT) for k, (im, _) in cases.items()]
+    rows, _, hits = predict_dataset(Model(), studies)
+    by_id = {r["study_id"]: r for r in rows}
+    assert by_id["two"]["pointing_hit"] == 1.0 and hits == [True, True]
+    assert by_id["two"]["pointing_hit_CIRC"] == 1.0 and by_id["two"]["pointing_hit_SPIC"] == 0.0
+    assert by_id["one"]["pointing_hit_SPIC"] == 1.0 and by_id["one"]["findings"] == "SPIC"
+    assert math.isnan(by_id["none"]["pointing_hit"]) and "pointing_hit_CALC" not in by_id["none"]
+    by = compute_metrics(rows, threshold=0.5, n_bootstrap=10)["by_finding"]
+    assert by["CIRC"]["pointing_game"] == 1.0 and by["CIRC"]["n_pointing_game"] == 1
+    # SPIC: missed in "two", hit in "one"; CALC: a type without a circle has no pointing game
+    assert by["SPIC"]["pointing_game"] == 0.5 and by["SPIC"]["n_pointing_game"] == 2
+    assert by["CALC"]["n"] == 1 and "pointing_game" not in by["CALC"]
+
+
 def test_biopsy_analysis_spares_benign_at_full_sensitivity():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(200), np.ones(100)].astype(int)

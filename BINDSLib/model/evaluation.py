@@ -25,7 +25,8 @@ Writes to the output folder:
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
   ``finding_logit``, its finding types (``findings``, ``;``-separated), its ``lesion_dice``
-  and ``pointing_hit`` (mean over its images with a reference lesion; blank without one).
+  and ``pointing_hit`` (mean over its images with a reference lesion; blank without one),
+  and per finding type ``pointing_hit_<type>`` (the same against that type's findings).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
 Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a
@@ -58,12 +59,9 @@ SCHEMA = "binds.diagnosis_evaluation"
 SCHEMA_VERSION = 2
 
 
-def _lesion_reference(image) -> np.ndarray | None:
-    """The reference lesion of an image: its mask, else its finding circles; None if none."""
-    if image.lesion_mask is not None and image.lesion_mask.any():
-        return image.lesion_mask
-    circles = [f for f in image.findings
-               if f.center_col is not None and f.center_row is not None and f.radius_px]
+def _circles(image, findings) -> np.ndarray | None:
+    """The image-shaped mask of the ``findings``' circles that have coordinates; None if none."""
+    circles = [f for f in findings if f.center_col is not None and f.center_row is not None and f.radius_px]
     if not circles:
         return None
     _, rows, cols = image.shape
@@ -72,6 +70,25 @@ def _lesion_reference(image) -> np.ndarray | None:
     for f in circles:
         m |= (rr - f.center_row) ** 2 + (cc - f.center_col) ** 2 <= f.radius_px ** 2
     return np.broadcast_to(m[None], image.shape) if m.any() else None
+
+
+def _lesion_reference(image) -> np.ndarray | None:
+    """The reference lesion of an image: its mask, else its finding circles; None if none."""
+    if image.lesion_mask is not None and image.lesion_mask.any():
+        return image.lesion_mask
+    return _circles(image, image.findings)
+
+
+def _type_references(image, reference: np.ndarray) -> dict[str, np.ndarray]:
+    """Per finding type of the image, the reference its pointing game is scored against: the
+    image's whole ``reference`` when the image has findings of that one type only, else the
+    circles of that type's findings (a type without a circle on an image with other types is
+    left out: its place is unknown)."""
+    types = sorted({f.abnormality for f in image.findings if f.abnormality})
+    if len(types) == 1:
+        return {types[0]: reference}
+    refs = {t: _circles(image, [f for f in image.findings if f.abnormality == t]) for t in types}
+    return {t: r for t, r in refs.items() if r is not None}
 
 
 def reference_masks(study: Study) -> dict[str, np.ndarray]:
@@ -126,20 +143,25 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         row.update({f"contribution_{k}": v for k, v in pred.contributions.items()})
         row.update({f"p_combo_{k}": v for k, v in pred.combination_probabilities.items()})
         rows.append(row)
-        study_dice, study_hits = [], []
+        study_dice, study_hits, type_hits = [], [], {}
         for label, out in pred.images.items():
-            ref = _lesion_reference(study.image(label))
+            image = study.image(label)
+            ref = _lesion_reference(image)
             if ref is None:
                 continue
-            if study.image(label).lesion_mask is not None and not given_masks:
+            if image.lesion_mask is not None and not given_masks:
                 study_dice.append(dice(out.lesion_mask, ref))
             if saliency != "none":
                 study_hits.append(pointing_hit(out.saliency, ref))
+                for t, tref in _type_references(image, ref).items():
+                    type_hits.setdefault(t, []).append(pointing_hit(out.saliency, tref))
         dices += study_dice
         hits += study_hits
-        # per study (mean over its images with a reference lesion; blank without one)
+        # per study (mean over its images with a reference lesion; blank without one), and per
+        # finding type of the study (the by-finding pointing game)
         row["lesion_dice"] = float(np.mean(study_dice)) if study_dice else math.nan
         row["pointing_hit"] = float(np.mean(study_hits)) if study_hits else math.nan
+        row.update({f"pointing_hit_{t}": float(np.mean(h)) for t, h in sorted(type_hits.items())})
         if n % 50 == 0:
             log.info("evaluated %d studies (%.1f s/study)", n, (time.perf_counter() - t0) / n)
     return rows, dices, hits
@@ -222,9 +244,10 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
     """Per finding type (the rows' ``findings``) of the labelled abnormal studies: ``n``; with
     normal studies, ``auc_abnormal`` (with CI) of the type's studies against every normal one
     by the finding probability (non-finite probabilities left out); and the type's
-    ``pointing_game``, the mean of its studies' ``pointing_hit`` - a hit on any finding of a
-    study counts for each of its types - with a Wilson interval when every study's hit is 0
-    or 1. Empty without types."""
+    ``pointing_game``, the mean of its studies' ``pointing_hit_<type>`` (the saliency maximum
+    in that type's circles, see :func:`_type_references`; rows without that column fall back
+    on ``pointing_hit``), with a Wilson interval when every study's hit is 0 or 1. Empty
+    without types."""
     from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
@@ -242,7 +265,8 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
             y = has[keep].astype(int)
             entry["auc_abnormal"] = auc(pf[keep], y)
             entry["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[keep], y, n=n_bootstrap, seed=seed, stratify=y))
-        hits = np.array([r.get("pointing_hit", math.nan) for r, h in zip(lab, has) if h], float)
+        hits = np.array([r.get(f"pointing_hit_{t}", r.get("pointing_hit", math.nan))
+                         for r, h in zip(lab, has) if h], float)
         hits = hits[np.isfinite(hits)]
         if hits.size:
             entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))
