@@ -109,6 +109,38 @@ def test_binds_train_writes_run_bundle_and_metrics(tmp_path):
     assert main(["train", str(cfg), "--out", str(run)]) == 5
 
 
+def test_bilateral_finding_calibration_of_four_view_exams_is_fitted_as_inference_compares(tmp_path):
+    """With ``bilateral_weight``, a validation split of four-film exams (each film compared with
+    the other breast inside its study, which the pairing of one-film studies cannot reproduce)
+    is calibrated on the finding logits inference gives: the Platt fit of those logits."""
+    from BINDSLib.model.calibration import fit_platt
+    from BINDSLib.model.metrics import auc
+    from BINDSLib.studyfolder import read_study_folder
+
+    cfg_path = _config(tmp_path, epochs=(1, 1), modality_sets=(("MG",),))
+    doc = json.loads(cfg_path.read_text())
+    doc["model"]["bilateral_weight"] = 1.0
+    cfg_path.write_text(json.dumps(doc))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(run)]) == 0
+    model = DiagnosisModel.from_bundle(run / "bundle", device="cpu")
+    cal, metrics = model.metadata["calibration"], model.metadata["metrics"]
+    assert metrics["validation_finding_compared_by"] == "inference"
+    val_ids = sorted(r["study_id"] for r in csv.DictReader(open(run / "bundle" / "docs" / "validation_cases.csv")))
+    val = [read_study_folder(tmp_path / "studies" / sid) for sid in val_ids]
+    assert all(len(st.images) == 4 for st in val)  # both breasts in every study
+    preds = [model.predict(st, saliency="none") for st in val]
+    assert all(any("compared with the other breast" in n for n in p.notes) for p in preds)
+    logits = [p.finding_logit for p in preds]
+    labels = [int(st.diagnosis.value != "normal") for st in val]
+    assert 0 < sum(labels) < len(labels)
+    want_t, want_b = fit_platt(logits, labels)
+    # (inference folds the BatchNorms, training's copy does not: equal to float rounding)
+    assert cal["finding_temperature"] == pytest.approx(want_t, rel=1e-4)
+    assert cal["finding_bias"] == pytest.approx(want_b, rel=1e-4, abs=1e-4)
+    assert metrics["validation_auc_finding_compared"] == pytest.approx(auc(logits, labels))
+
+
 def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("US",),))
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0

@@ -969,10 +969,17 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             finding_reference = float(np.median(finding[normal]))
         cfg = settings.model
         if cfg.bilateral_weight > 0:  # as inference reads it: against the other breast
-            finding = compare_with_other_breast(finding, [_one_film(s) for s in val_samples],
-                                                cfg.bilateral_weight, finding_reference or 0.0)
+            films = [_one_film(s) for s in val_samples]
+            if any(f is None and "MG" in s.prepared.inputs for f, s in zip(films, val_samples)):
+                # a study of several films (or of MG and more): only inference itself pairs them
+                finding = _finding_logits_by_inference(net, settings, val_samples, device,
+                                                       finding_reference or 0.0, modalities)
+                metrics["validation_finding_compared_by"] = "inference"
+            else:  # one film per study: paired by woman, as inference pairs a study's comparison images
+                finding = compare_with_other_breast(finding, films, cfg.bilateral_weight, finding_reference or 0.0)
             metrics["validation_auc_finding_compared"] = _auc_of(finding, ab)
-        if normal.any() and (okf & (ab == 1)).any():  # the finding probability is calibrated too
+            okf = np.isfinite(ab) & np.isfinite(finding)
+        if (okf & (ab == 0)).any() and (okf & (ab == 1)).any():  # the finding probability is calibrated too
             finding_temperature, finding_bias = fit_platt(finding[okf], ab[okf].astype(int))
         st = np.array([s.subtype for s in val_samples])
         sel = st >= 0
@@ -997,6 +1004,33 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     log.info("bundle written to %s (validation AUC %s)", path, metrics.get("validation_auc"))
     atomic_write_json(run_dir / "final_metrics.json", metrics)
     return {"bundle": str(path), **metrics}
+
+
+def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, device, reference: float,
+                                 modalities: tuple[str, ...]) -> np.ndarray:
+    """The validation studies' finding logits as inference computes them
+    (:meth:`~.inference.DiagnosisModel.predict`: each mammogram compared with the other breast
+    in its study or its comparison images, the films ``mg_select`` picks), aligned with
+    ``val_samples`` (NaN for a study not found again). For splits with studies of several
+    mammograms, whose pairing :func:`~.calibration.compare_with_other_breast` cannot
+    reproduce; the studies are read again from the data sources, one at a time."""
+    import copy
+
+    from .inference import DiagnosisModel
+
+    model = DiagnosisModel(copy.deepcopy(net), {"calibration": {"finding_reference": float(reference)},
+                                                "modalities": list(modalities)}, str(device))
+    where = {s.study_id: i for i, s in enumerate(val_samples)}
+    out = np.full(len(val_samples), np.nan)
+    for task in _tasks(settings.data, settings.base_dir):
+        for st, _ in _task_studies(task, settings.model):
+            i = where.get(st.study_id)
+            if i is not None and np.isnan(out[i]):
+                f = model.predict(st, saliency="none").finding_logit
+                out[i] = np.nan if f is None else float(f)
+    log.info("validation finding logits compared with the other breast by inference (%d studies)",
+             int(np.isfinite(out).sum()))
+    return out
 
 
 def _one_film(sample) -> tuple | None:
