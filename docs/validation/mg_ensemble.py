@@ -1,0 +1,53 @@
+"""Score-level and map-level ensembles of MG bundles trained on the same split (docs/VALIDATION.md,
+"Ensembling"). Not part of BINDS: an experiment, kept so that its figures can be reproduced.
+
+    python docs/validation/mg_ensemble.py val|full BUNDLE [BUNDLE ...]
+
+For every mini-MIAS study (``val``: the studies of the first bundle's validation_cases.csv;
+``full``: all), each bundle predicts as ``binds evaluate`` does (the other breast attached).
+An ensemble's finding score is the sum of its members' finding logits, each z-scored over the
+studies; its saliency map is the sum of its members' maps, each scaled to [0, 1]. It prints
+abnormal vs normal (AUC) and the pointing game of every member and every combination.
+"""
+
+import csv
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from BINDSLib.io.datasets import iter_mini_mias
+from BINDSLib.model.evaluation import _lesion_reference
+from BINDSLib.model.inference import DiagnosisModel
+from BINDSLib.model.metrics import auc, pointing_hit
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mini-mias"
+
+
+def main(split: str, bundles: list[str]) -> None:
+    cases = Path(bundles[0]) / "docs" / "validation_cases.csv"
+    val = {r["study_id"] for r in csv.DictReader(open(cases))}
+    studies = [s for s in iter_mini_mias(DATA) if split == "full" or s.study_id in val]
+    scores, maps = {}, {}
+    for b in bundles:
+        model = DiagnosisModel.from_bundle(b, device="cpu")
+        f, m = [], []
+        for st in studies:
+            p = model.predict(st, saliency="alignment")
+            s = np.asarray(p.images[st.images[0].label].saliency, np.float32)
+            f.append(p.finding_logit)
+            m.append((s - s.min()) / (np.ptp(s) + 1e-12))
+        scores[b], maps[b] = (np.array(f) - np.mean(f)) / np.std(f), m
+    y = np.array([int(s.diagnosis.value != "normal") for s in studies])
+    refs = [_lesion_reference(s.images[0]) for s in studies]
+    for k in range(1, len(bundles) + 1):
+        for names in itertools.combinations(bundles, k):
+            z = sum(scores[b] for b in names)
+            hits = [pointing_hit(sum(maps[b][i] for b in names), r) for i, r in enumerate(refs) if r is not None]
+            print(f"{split} {' + '.join(names)}: abnormal vs normal {auc(z, y):.3f}, "
+                  f"pointing game {np.mean(hits):.3f} ({sum(hits)}/{len(hits)})", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
