@@ -161,7 +161,10 @@ def test_metrics_by_finding_type():
     # one image per study: the per-type pointing game is a proportion with a Wilson interval
     assert by["CIRC"]["pointing_game_ci95"] == pytest.approx(list(wilson_ci(1, 2)))
     assert by["CALC"]["pointing_game_ci95"] == pytest.approx([0.0, wilson_ci(0, 1)[1]])
-    assert "by finding type (against all normal): CALC 0.250 (n=2), CIRC 0.750 (n=2)" in summary(m)
+    assert ("by finding type: CALC n=2 AUC vs normal 0.250 pointing game 0.00 of 1, "
+            "CIRC n=2 AUC vs normal 0.750 pointing game 0.50 of 2") in summary(m)
+    assert "by finding type: CALC n=2 pointing game 0.00 of 1, CIRC n=2 pointing game 0.50 of 2" in summary(
+        compute_metrics([r for r in rows if r["diagnosis"] != "normal"], threshold=0.5, n_bootstrap=20))
     # no types (ultrasound, study folders without findings): no entry, no line
     plain = compute_metrics([dict(r, findings="") for r in rows], threshold=0.5, n_bootstrap=20)
     assert "by_finding" not in plain and "by finding type" not in summary(plain)

@@ -151,16 +151,18 @@ def summary(m: dict) -> str:
                      "probability"
                      + (f"; {m['n_auc_abnormal_left_out']} without a finding probability left out"
                         if m.get("n_auc_abnormal_left_out") else ""))
-        by = m.get("by_finding") or {}
-        if by:
-            lines.append("  by finding type (against all normal): " + ", ".join(
-                f"{t} {f(v.get('auc_abnormal'))} (n={v['n']})" for t, v in by.items()))
         lines.append(f"finding probability: Brier {f(m.get('brier_finding'))} (base rate "
                      f"{f(m.get('brier_finding_base_rate'))}), ECE {f(m.get('ece_finding'))}")
     for key, name in (("lesion_dice", "lesion Dice"), ("pointing_game", "pointing game")):
         if key in m:
             lo, hi = m.get(f"{key}_ci95") or [None, None]
             lines.append(f"{name} {f(m[key])} (95% CI {f(lo)}-{f(hi)}; n={m[f'n_{key}']})")
+    by = m.get("by_finding") or {}
+    if by:  # AUC against every normal study (with normal studies), pointing game (with circles)
+        lines.append("by finding type: " + ", ".join(
+            f"{t} n={v['n']}" + (f" AUC vs normal {f(v['auc_abnormal'])}" if "auc_abnormal" in v else "")
+            + (f" pointing game {v['pointing_game']:.2f} of {v['n_pointing_game']}" if "pointing_game" in v else "")
+            for t, v in by.items()))
     lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "
                  f"specificity {f(m.get('specificity'))}; ECE {f(m.get('ece'))}")
     br = m.get("biopsy_reduction", {})
