@@ -85,7 +85,8 @@ def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles(
     circ, spic = Finding("CIRC", "B", 16, 16, 5), Finding("SPIC", "M", 48, 48, 5)
     cases = {"two": film("L", (circ, spic), (16, 16)),       # hit on the CIRC circle only
              "one": film("R", (spic,), (48, 47)),             # one type: as the study's hit
-             "none": film("L", (Finding("CALC", "B"),), (5, 5))}  # no circle: no reference
+             "none": film("L", (Finding("CALC", "B"),), (5, 5)),  # no circle: no reference
+             "mixed": film("R", (circ, Finding("CALC", "M")), (16, 16))}  # the CALC has no circle
 
     class Model:
         threshold, modalities = 0.5, ("MG",)
@@ -101,15 +102,18 @@ def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles(
     studies = [Study(k, [im], diagnosis=Diagnosis.MALIGNANT) for k, (im, _) in cases.items()]
     rows, _, hits = predict_dataset(Model(), studies)
     by_id = {r["study_id"]: r for r in rows}
-    assert by_id["two"]["pointing_hit"] == 1.0 and hits == [True, True]
+    assert by_id["two"]["pointing_hit"] == 1.0 and hits == [True, True, True]
     assert by_id["two"]["pointing_hit_CIRC"] == 1.0 and by_id["two"]["pointing_hit_SPIC"] == 0.0
     assert by_id["one"]["pointing_hit_SPIC"] == 1.0 and by_id["one"]["findings"] == "SPIC"
-    assert math.isnan(by_id["none"]["pointing_hit"]) and "pointing_hit_CALC" not in by_id["none"]
+    assert math.isnan(by_id["none"]["pointing_hit"]) and math.isnan(by_id["none"]["pointing_hit_CALC"])
+    # the CIRC circle is hit; the CALC beside it has no place of its own, so no hit of its own
+    assert by_id["mixed"]["pointing_hit"] == 1.0 and by_id["mixed"]["pointing_hit_CIRC"] == 1.0
+    assert math.isnan(by_id["mixed"]["pointing_hit_CALC"])
     by = compute_metrics(rows, threshold=0.5, n_bootstrap=10)["by_finding"]
-    assert by["CIRC"]["pointing_game"] == 1.0 and by["CIRC"]["n_pointing_game"] == 1
+    assert by["CIRC"]["pointing_game"] == 1.0 and by["CIRC"]["n_pointing_game"] == 2
     # SPIC: missed in "two", hit in "one"; CALC: a type without a circle has no pointing game
     assert by["SPIC"]["pointing_game"] == 0.5 and by["SPIC"]["n_pointing_game"] == 2
-    assert by["CALC"]["n"] == 1 and "pointing_game" not in by["CALC"]
+    assert by["CALC"]["n"] == 2 and "pointing_game" not in by["CALC"]
 
 
 def test_biopsy_analysis_spares_benign_at_full_sensitivity():

@@ -161,7 +161,9 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         # finding type of the study (the by-finding pointing game)
         row["lesion_dice"] = float(np.mean(study_dice)) if study_dice else math.nan
         row["pointing_hit"] = float(np.mean(study_hits)) if study_hits else math.nan
-        row.update({f"pointing_hit_{t}": float(np.mean(h)) for t, h in sorted(type_hits.items())})
+        if saliency != "none":  # a type with no reference of its own here has no hit (NaN)
+            row.update({f"pointing_hit_{t}": float(np.mean(type_hits[t])) if t in type_hits else math.nan
+                        for t in filter(None, row["findings"].split(";"))})
         if n % 50 == 0:
             log.info("evaluated %d studies (%.1f s/study)", n, (time.perf_counter() - t0) / n)
     return rows, dices, hits
@@ -245,9 +247,9 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
     normal studies, ``auc_abnormal`` (with CI) of the type's studies against every normal one
     by the finding probability (non-finite probabilities left out); and the type's
     ``pointing_game``, the mean of its studies' ``pointing_hit_<type>`` (the saliency maximum
-    in that type's circles, see :func:`_type_references`; rows without that column fall back
-    on ``pointing_hit``), with a Wilson interval when every study's hit is 0 or 1. Empty
-    without types."""
+    in that type's circles, see :func:`_type_references`; rows without any such column, as
+    older predictions.csv files, fall back on ``pointing_hit``), with a Wilson interval when
+    every study's hit is 0 or 1. Empty without types."""
     from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
@@ -265,8 +267,8 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
             y = has[keep].astype(int)
             entry["auc_abnormal"] = auc(pf[keep], y)
             entry["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[keep], y, n=n_bootstrap, seed=seed, stratify=y))
-        hits = np.array([r.get(f"pointing_hit_{t}", r.get("pointing_hit", math.nan))
-                         for r, h in zip(lab, has) if h], float)
+        hits = np.array([r.get(f"pointing_hit_{t}", math.nan) if any(k.startswith("pointing_hit_") for k in r)
+                         else r.get("pointing_hit", math.nan) for r, h in zip(lab, has) if h], float)
         hits = hits[np.isfinite(hits)]
         if hits.size:
             entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))

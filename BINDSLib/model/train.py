@@ -566,6 +566,13 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     val_samples = [samples[i] for i in val_idx]
     log.info("prepared %d studies in %.0f s: %d training, %d validation", len(samples),
              time.perf_counter() - t0, len(train_samples), len(val_samples))
+    seen: dict[str, int] = {}
+    for s in samples:
+        seen[s.study_id] = seen.get(s.study_id, 0) + 1
+    twice = frozenset(i for i, n in seen.items() if n > 1)
+    if twice:  # validation_cases.csv (binds evaluate --cases) names studies by ID
+        log.warning("%d study ID(s) occur more than once in the data (%s): the validation case list "
+                    "cannot tell those studies apart", len(twice), ", ".join(sorted(twice)[:10]))
     if not train_samples:
         raise InputError("no training studies left after the validation split")
     if rt.main:
@@ -707,7 +714,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
                          overwrite, reproduce, len(train_samples), trained, with_subtype,
-                         refiner_metrics, pretrained)
+                         refiner_metrics, pretrained, twice)
         if tb is not None:
             tb.close()
     if rt.distributed:
@@ -935,9 +942,11 @@ def _tensorboard(run_dir: Path):
 def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
             bundle_path, overwrite: bool, reproduce: str, n_train: int,
             modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True,
-            refiner_metrics: dict | None = None, pretrained: dict | None = None) -> dict:
+            refiner_metrics: dict | None = None, pretrained: dict | None = None,
+            ambiguous_ids: frozenset = frozenset()) -> dict:
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
-    ``modalities`` it was trained on)."""
+    ``modalities`` it was trained on). ``ambiguous_ids``: study IDs that more than one study
+    of the data carries."""
     from ..bundle import save_bundle
     from .calibration import compare_with_other_breast, fit_platt, fit_temperature, operating_points
     from .metrics import bootstrap_ci, ece, finite_json, macro_auc
@@ -970,12 +979,14 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         cfg = settings.model
         if cfg.bilateral_weight > 0:  # as inference reads it: against the other breast
             films = [_one_film(s) for s in val_samples]
-            if any(f is None and "MG" in s.prepared.inputs for f, s in zip(films, val_samples)):
+            both = (okf & (ab == 0)).any() and (okf & (ab == 1)).any()  # else nothing to calibrate
+            if both and any(f is None and "MG" in s.prepared.inputs for f, s in zip(films, val_samples)):
                 # a study of several films (or of MG and more): only inference itself pairs them
                 finding = _finding_logits_by_inference(net, settings, val_samples, device,
-                                                       finding_reference or 0.0, modalities)
+                                                       finding_reference or 0.0, modalities, ambiguous_ids)
                 metrics["validation_finding_compared_by"] = "inference"
             else:  # one film per study: paired by woman, as inference pairs a study's comparison images
+                # (or nothing to calibrate: the AUC only)
                 finding = compare_with_other_breast(finding, films, cfg.bilateral_weight, finding_reference or 0.0)
             metrics["validation_auc_finding_compared"] = _auc_of(finding, ab)
             okf = np.isfinite(ab) & np.isfinite(finding)
@@ -1007,29 +1018,44 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
 
 def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, device, reference: float,
-                                 modalities: tuple[str, ...]) -> np.ndarray:
+                                 modalities: tuple[str, ...], ambiguous_ids=frozenset()) -> np.ndarray:
     """The validation studies' finding logits as inference computes them
     (:meth:`~.inference.DiagnosisModel.predict`: each mammogram compared with the other breast
     in its study or its comparison images, the films ``mg_select`` picks), aligned with
     ``val_samples`` (NaN for a study not found again). For splits with studies of several
     mammograms, whose pairing :func:`~.calibration.compare_with_other_breast` cannot
-    reproduce; the studies are read again from the data sources, one at a time."""
+    reproduce; the studies are read again from the data sources, one at a time, until all are
+    found. Studies whose ID another study of the data carries (``ambiguous_ids``), or that the
+    model cannot read, are left out (NaN) with a warning."""
     import copy
 
     from .inference import DiagnosisModel
 
     model = DiagnosisModel(copy.deepcopy(net), {"calibration": {"finding_reference": float(reference)},
                                                 "modalities": list(modalities)}, str(device))
-    where = {s.study_id: i for i, s in enumerate(val_samples)}
+    ids = [s.study_id for s in val_samples]
+    twice = {i for i in ids if i in ambiguous_ids or ids.count(i) > 1}
+    if twice:  # which of two studies with one ID is which cannot be told when they are read again
+        log.warning("finding calibration: study ID(s) %s occur more than once in the data; left out of "
+                    "the calibration", ", ".join(sorted(twice)[:10]))
+    where = {sid: i for i, sid in enumerate(ids) if sid not in twice}
     out = np.full(len(val_samples), np.nan)
-    for task in _tasks(settings.data, settings.base_dir):
+    for task in _tasks(settings.data, settings.base_dir) if where else ():
         for st, _ in _task_studies(task, settings.model):
-            i = where.get(st.study_id)
-            if i is not None and np.isnan(out[i]):
-                f = model.predict(st, saliency="none").finding_logit
+            i = where.pop(st.study_id, None)
+            if i is not None:
+                try:
+                    f = model.predict(st, saliency="none").finding_logit
+                except InputError as e:  # e.g. only a modality the bundle does not read
+                    log.warning("finding calibration: study %s left out (%s)", st.study_id, e)
+                    continue
                 out[i] = np.nan if f is None else float(f)
-    log.info("validation finding logits compared with the other breast by inference (%d studies)",
-             int(np.isfinite(out).sum()))
+            if not where:
+                break
+        if not where:
+            break
+    log.info("validation finding logits compared with the other breast by inference (%d of %d studies)",
+             int(np.isfinite(out).sum()), len(val_samples))
     return out
 
 

@@ -1,18 +1,19 @@
 """Score-level and map-level ensembles of MG bundles trained on the same split (docs/VALIDATION.md,
 "Ensembling"). Not part of BINDS: an experiment, kept so that its figures can be reproduced.
 
-    python docs/validation/mg_ensemble.py val|full BUNDLE [BUNDLE ...]
+    python docs/validation/mg_ensemble.py val|full BUNDLE [BUNDLE ...] [--data MINI_MIAS]
 
 For every mini-MIAS study (``val``: the studies of the first bundle's validation_cases.csv;
 ``full``: all), each bundle predicts as ``binds evaluate`` does (the other breast attached).
 An ensemble's finding score is the sum of its members' finding logits, each z-scored over the
 studies; its saliency map is the sum of its members' maps, each scaled to [0, 1]. It prints
 abnormal vs normal (AUC) and the pointing game of every member and every combination.
+``--data``: the mini-MIAS folder (default: ../shared/data/mini-mias beside the repository).
 """
 
+import argparse
 import csv
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,10 @@ from BINDSLib.model.metrics import auc, pointing_hit
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mini-mias"
 
 
-def main(split: str, bundles: list[str]) -> None:
+def main(split: str, bundles: list[str], data: Path = DATA) -> None:
     cases = Path(bundles[0]) / "docs" / "validation_cases.csv"
     val = {r["study_id"] for r in csv.DictReader(open(cases))}
-    studies = [s for s in iter_mini_mias(DATA) if split == "full" or s.study_id in val]
+    studies = [s for s in iter_mini_mias(data) if split == "full" or s.study_id in val]
     scores, maps = {}, {}
     for b in bundles:
         model = DiagnosisModel.from_bundle(b, device="cpu")
@@ -50,4 +51,9 @@ def main(split: str, bundles: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    ap = argparse.ArgumentParser(description="Ensembles of MG bundles trained on the same split.")
+    ap.add_argument("split", choices=("val", "full"))
+    ap.add_argument("bundles", nargs="+")
+    ap.add_argument("--data", type=Path, default=DATA)
+    a = ap.parse_args()
+    main(a.split, a.bundles, a.data)
