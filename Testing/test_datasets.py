@@ -149,3 +149,74 @@ def test_unknown_layout(tmp_path):
     assert detect_layout(tmp_path) is None
     with pytest.raises(InputError, match="not a known dataset layout"):
         load_dataset(tmp_path)
+
+
+def _write_csv(path, rows, bom=False):
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _busi_copy(shared_data, root, n=4):
+    src = shared_data / "busi"
+    rows = [r for r in csv.DictReader(open(src / "manifest.csv")) if r["label"] != "normal"][:n]
+    for r in rows:
+        for col in ("image", "mask"):
+            (root / r[col]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / r[col], root / r[col])
+    return rows
+
+
+def test_busi_manifest_problems_are_named(tmp_path, shared_data, caplog):
+    """A spreadsheet's byte-order mark is read; a missing column, a case listed twice and a
+    lesion without a mask are named (the first two refused, the last warned about)."""
+    root = tmp_path / "busi"
+    rows = _busi_copy(shared_data, root)
+    _write_csv(root / "manifest.csv", rows, bom=True)
+    assert detect_layout(root) == "busi"
+    assert [s.study_id for s in iter_busi(root)] == [r["case_id"] for r in rows]
+    _write_csv(root / "manifest.csv", [{k: v for k, v in r.items() if k != "mask"} for r in rows])
+    assert detect_layout(root) == "busi"  # so that the loader says what is missing
+    with pytest.raises(InputError, match=r"manifest.csv: missing column\(s\) \['mask'\]"):
+        load_dataset(root)
+    _write_csv(root / "manifest.csv", rows + [rows[1]])
+    with pytest.raises(InputError, match=rf"manifest.csv: rows 3 and 6: case_id '{rows[1]['case_id']}' is listed twice"):
+        load_dataset(root)
+    _write_csv(root / "manifest.csv", [dict(rows[0], mask=" ")] + rows[1:])
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = load_dataset(root)
+    assert f"no mask for 1 benign or malignant case(s) (left out of the lesion Dice and pointing game): " \
+           f"{rows[0]['case_id']}" in caplog.text
+    assert studies[0].images[0].lesion_mask is None and studies[1].images[0].lesion_mask.any()
+
+
+def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
+    """A byte-order mark is read, finding codes are upper-cased, a patient ID's spaces do not
+    split a woman, a film without a patient is compared with no other film (warned), and an
+    image listed twice or a missing findings.csv are refused."""
+    src = shared_data / "mini-mias"
+    root = tmp_path / "mias"
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(src / "images.csv")))[:4]  # women 1 and 2, both breasts
+    assert len({r["patient"] for r in rows}) == 2
+    for r in rows:
+        shutil.copy(src / r["image"], root / r["image"])
+    findings = [r for r in csv.DictReader(open(src / "findings.csv")) if r["image_id"] in {"mdb001", "mdb002"}]
+    _write_csv(root / "findings.csv", [dict(f, abnormality=f["abnormality"].lower()) for f in findings], bom=True)
+    rows[1]["patient"] += " "
+    rows[2]["patient"] = rows[3]["patient"] = ""
+    _write_csv(root / "images.csv", rows, bom=True)
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = {s.study_id: s for s in load_dataset(root)}
+    assert "no patient for 2 image(s) (not compared with another film): mdb003, mdb004" in caplog.text
+    assert [len(studies[i].comparison) for i in ("mdb001", "mdb002", "mdb003", "mdb004")] == [1, 1, 0, 0]
+    assert studies["mdb002"].patient_id == rows[0]["patient"] and studies["mdb003"].patient_id is None
+    assert {f.abnormality for f in studies["mdb001"].images[0].findings} == {findings[0]["abnormality"].upper()}
+    _write_csv(root / "images.csv", rows + [rows[0]])
+    with pytest.raises(InputError, match=r"images.csv: rows 2 and 6: image_id 'mdb001' is listed twice"):
+        load_dataset(root)
+    (root / "findings.csv").unlink()
+    assert detect_layout(root) == "mini-mias"
+    with pytest.raises(InputError, match=r"findings.csv: not found"):
+        load_dataset(root)

@@ -14,6 +14,12 @@ calcifications without coordinates). The woman's other-breast film(s) in the fol
 attached as ``Study.comparison`` (for the bilateral comparison of the finding score).
 Finding rows for an image that images.csv does not list, or lists as normal, are ignored, and
 abnormal images without a finding row load without a circle; a warning names those images.
+Finding codes are upper-cased. An image without a ``patient`` is compared with no other film
+(a warning names it).
+
+Both: the CSV files are UTF-8, with or without a byte-order mark; an ID listed twice
+(``case_id``, ``image_id``) is refused, naming both rows; BUSI lesions without a mask are
+named in a warning (they count in the AUCs, not in the lesion Dice or pointing game).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ MIAS_FINDING_COLUMNS = {"image_id", "abnormality", "severity", "center_col", "ce
 
 
 def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV file (a byte-order mark, as spreadsheet programs write, is
+    skipped); :class:`InputError` naming the file when it cannot be read or lacks a column."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = required - set(reader.fieldnames or ())
             if missing:
@@ -51,23 +59,28 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
 
 def _csv_columns(path: Path) -> set[str]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             return set(next(csv.reader(f), []))
     except (OSError, UnicodeDecodeError, csv.Error):
         return set()
 
 
 def detect_layout(path: str | os.PathLike) -> str | None:
-    """``"busi"``, ``"mini-mias"``, ``"study-folders"`` or ``None`` for a folder."""
+    """``"busi"``, ``"mini-mias"``, ``"study-folders"`` or ``None`` for a folder. A folder with
+    an ``images.csv`` is taken as mini-MIAS, and one with a ``manifest.csv`` (and neither
+    mini-MIAS nor study folders) as BUSI, so that its loader names what is wrong with it."""
     p = Path(path)
     if not p.is_dir():
         return None
-    if (p / "manifest.csv").is_file() and BUSI_COLUMNS <= _csv_columns(p / "manifest.csv"):
+    manifest = p / "manifest.csv"
+    if manifest.is_file() and BUSI_COLUMNS <= _csv_columns(manifest):
         return "busi"
-    if (p / "images.csv").is_file() and (p / "findings.csv").is_file():
+    if (p / "images.csv").is_file():
         return "mini-mias"
     if any((d / "study.json").is_file() for d in sorted(p.iterdir()) if d.is_dir()):
         return "study-folders"
+    if manifest.is_file():
+        return "busi"
     return None
 
 
@@ -83,11 +96,18 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
     (``reference_masks=False``: the lesion masks left unread)."""
     root = Path(root)
     manifest = root / "manifest.csv"
-    for n, row in enumerate(_read_csv(manifest, BUSI_COLUMNS), start=2):
+    rows = _read_csv(manifest, BUSI_COLUMNS)
+    _check_unique(manifest, [r["case_id"] for r in rows], "case_id")
+    unmasked = [r["case_id"] for r in rows if not (r.get("mask") or "").strip()
+                and (r.get("label") or "").strip().lower() in ("benign", "malignant")]
+    if reference_masks and unmasked:
+        log.warning("%s: no mask for %d benign or malignant case(s) (left out of the lesion Dice and "
+                    "pointing game): %s", manifest, len(unmasked), _some(unmasked))
+    for n, row in enumerate(rows, start=2):
         diagnosis = _diagnosis(row["label"], manifest, n)
         image = read_image_file(root / row["image"], role=Role.parse("US"))
         mask = None
-        if reference_masks and row.get("mask"):
+        if reference_masks and (row.get("mask") or "").strip():
             mask = read_mask_file(root / row["mask"], image.shape)
         elif reference_masks and diagnosis is Diagnosis.NORMAL:
             mask = np.zeros(image.shape, np.uint8)
@@ -113,6 +133,20 @@ def disc_mask(shape_rows_cols: tuple[int, int], findings) -> np.ndarray | None:
     return mask if any_circle else None
 
 
+def _check_unique(path: Path, ids: list[str], column: str) -> None:
+    """:class:`InputError` naming the first ``column`` value that two rows of ``path`` share
+    (and their rows): a study counted twice would bias every figure."""
+    first: dict[str, int] = {}
+    for n, i in enumerate(ids, start=2):
+        if i in first:
+            raise InputError(f"rows {first[i]} and {n}: {column} {i!r} is listed twice", path)
+        first[i] = n
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
+
+
 def _opt_float(v: str | None) -> float | None:
     return None if v is None or v.strip() == "" else float(v)
 
@@ -122,17 +156,22 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     (``reference_masks=False``: no lesion masks drawn from the finding circles)."""
     root = Path(root)
     images_csv, findings_csv = root / "images.csv", root / "findings.csv"
+    if not findings_csv.is_file():
+        raise InputError("not found: a mini-MIAS folder holds images.csv and findings.csv (one row "
+                         "per finding; only its header when there is none)", findings_csv)
     by_image: dict[str, list[Finding]] = {}
     for n, row in enumerate(_read_csv(findings_csv, MIAS_FINDING_COLUMNS), start=2):
         try:
-            f = Finding(abnormality=row["abnormality"], severity=row.get("severity") or None,
+            f = Finding(abnormality=row["abnormality"].strip().upper(), severity=row.get("severity") or None,
                         center_col=_opt_float(row["center_col"]), center_row=_opt_float(row["center_row"]),
                         radius_px=_opt_float(row["radius"]))
         except ValueError as e:
             raise InputError(f"row {n}: {e}", findings_csv) from None
         by_image.setdefault(row["image_id"], []).append(f)
     rows = []
-    for n, row in enumerate(_read_csv(images_csv, MIAS_IMAGE_COLUMNS), start=2):
+    listed = _read_csv(images_csv, MIAS_IMAGE_COLUMNS)
+    _check_unique(images_csv, [r["image_id"] for r in listed], "image_id")
+    for n, row in enumerate(listed, start=2):
         diagnosis = _diagnosis(row["label"], images_csv, n)
         try:
             role = Role.parse(f"MG_{row['laterality']}_{row['view']}")
@@ -143,7 +182,10 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     _warn_stray_findings(findings_csv, by_image, rows)
     by_woman: dict[str, list] = {}
     for r in rows:
-        by_woman.setdefault(r[0]["patient"], []).append(r)
+        by_woman.setdefault(r[0]["patient"].strip(), []).append(r)
+    if by_woman.get(""):  # an unknown woman: no other breast, no split group of her own
+        log.warning("%s: no patient for %d image(s) (not compared with another film): %s", images_csv,
+                    len(by_woman[""]), _some([r[0]["image_id"] for r in by_woman[""]]))
     for row, diagnosis, role, spacing in rows:
         findings = () if diagnosis is Diagnosis.NORMAL else tuple(by_image.get(row["image_id"], ()))
         image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
@@ -153,11 +195,12 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             m = disc_mask(image.shape[1:], findings)
             image.lesion_mask = None if m is None else m[None]
         # the woman's other breast, for the bilateral comparison of the finding score
+        woman = row["patient"].strip()
         comparison = [read_image_file(root / other["image"], role=other_role, spacing_mm=other_spacing)
-                      for other, _, other_role, other_spacing in by_woman[row["patient"]]
+                      for other, _, other_role, other_spacing in (by_woman[woman] if woman else ())
                       if other_role.laterality != role.laterality]
         attrs = {"dataset": "mini-mias", "tissue": row.get("tissue", "")}
-        yield Study(study_id=row["image_id"], images=[image], patient_id=row["patient"],
+        yield Study(study_id=row["image_id"], images=[image], patient_id=woman or None,
                     diagnosis=diagnosis, description="mini-MIAS digitised screen-film mammogram",
                     attributes=attrs, comparison=comparison)
 
@@ -174,8 +217,7 @@ def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: li
                  sorted(i for i, d in listed.items() if d is not Diagnosis.NORMAL and i not in by_image)))
     for what, ids in problems:
         if ids:
-            log.warning("%s: " + what + ": %s", findings_csv, len(ids),
-                        ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
+            log.warning("%s: " + what + ": %s", findings_csv, len(ids), _some(ids))
 
 
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
