@@ -96,7 +96,8 @@ def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles(
             out = SimpleNamespace(lesion_probability_max=0.5, lesion_mask=np.zeros(im.shape, np.uint8),
                                   saliency=cases[study.study_id][1])
             return SimpleNamespace(malignancy_probability=0.5, finding_probability=0.5, malignancy_logit=0.0,
-                                   finding_logit=0.0, modalities=["MG"], subtype_probabilities={},
+                                   finding_logit=0.0, finding_compared=None, modalities=["MG"],
+                                   subtype_probabilities={},
                                    contributions={}, combination_probabilities={}, images={im.label: out})
 
     studies = [Study(k, [im], diagnosis=Diagnosis.MALIGNANT) for k, (im, _) in cases.items()]
@@ -114,6 +115,20 @@ def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles(
     # SPIC: missed in "two", hit in "one"; CALC: a type without a circle has no pointing game
     assert by["SPIC"]["pointing_game"] == 0.5 and by["SPIC"]["n_pointing_game"] == 2
     assert by["CALC"]["n"] == 2 and "pointing_game" not in by["CALC"]
+
+
+def test_mammograms_scored_without_the_other_breast_are_counted_and_named():
+    from BINDSLib.commands.evaluate import summary
+
+    rows = [dict(_row(i, d, 0.5, finding=f), finding_compared=c) for i, (d, f, c) in enumerate(
+        [("benign", 0.8, 1), ("malignant", 0.6, 0), ("normal", 0.3, 1), ("normal", 0.2, 1), ("normal", 0.1, "")])]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=10)
+    assert m["n_finding_compared"] == 3 and m["n_finding_not_compared"] == 1
+    assert "note: 1 of 4 mammography studies scored alone, without a film of the other breast" in summary(m)
+    plain = compute_metrics([dict(r, finding_compared="") for r in rows], threshold=0.5, n_bootstrap=10)
+    assert "n_finding_not_compared" not in plain and "other breast" not in summary(plain)
+    everyone = compute_metrics([dict(r, finding_compared=1) for r in rows], threshold=0.5, n_bootstrap=10)
+    assert everyone["n_finding_not_compared"] == 0 and "note:" not in summary(everyone)
 
 
 def test_biopsy_analysis_spares_benign_at_full_sensitivity():

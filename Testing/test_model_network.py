@@ -486,6 +486,8 @@ def test_prediction_compares_each_mammogram_with_the_other_breast():
     expected = {k: v - w * (f[f"MG_{other[k[3]]}_{k[5:]}"] - r) for k, v in f.items()}
     pred = model.predict(study, saliency="none")
     assert pred.finding_probability == pytest.approx(sig(max(expected.values())), rel=1e-4)
+    assert pred.finding_compared is True and pred.to_json()["finding_compared"] is True
+    assert plain.predict(study, saliency="none").finding_compared is None  # no comparison to make
     assert sorted(n for n in pred.notes if "other breast" in n) == [
         f"{k}: finding score compared with the other breast (MG_{other[k[3]]}_{k[5:]}; bilateral_weight 0.6)"
         for k in sorted(f)]
@@ -495,6 +497,7 @@ def test_prediction_compares_each_mammogram_with_the_other_breast():
     pred = model.predict(single, saliency="none")
     assert pred.finding_probability == pytest.approx(sig(expected["MG_L_MLO"]), rel=1e-4)
     assert list(pred.images) == ["MG_L_MLO"]  # comparison images are never outlined
+    assert pred.finding_compared is True
     assert any("MG_R_MLO (comparison image)" in n and "MG_R_CC" not in n for n in pred.notes)
     # another view only: that one; no other breast at all: the plain logit
     only_cc = Study("cc", images=[images["MG_L_MLO"]], comparison=[images["MG_R_CC"]])
@@ -503,7 +506,10 @@ def test_prediction_compares_each_mammogram_with_the_other_breast():
     alone = Study("alone", images=[images["MG_L_MLO"], images["MG_L_CC"]])
     pred = model.predict(alone, saliency="none")
     assert pred.finding_probability == pytest.approx(sig(max(f["MG_L_MLO"], f["MG_L_CC"])), rel=1e-4)
-    assert not any("other breast" in n for n in pred.notes)
+    assert not any("score compared with the other breast" in n for n in pred.notes) and pred.finding_compared is False
+    assert sorted(n for n in pred.notes if "not compared" in n) == [
+        f"{k}: finding score not compared with the other breast (no film of it in the study or its comparison images)"
+        for k in ("MG_L_CC", "MG_L_MLO")]
     # the malignancy probability does not depend on the comparison images
     assert model.predict(single, saliency="none").malignancy_probability == pytest.approx(
         model.predict(Study("one", images=[images["MG_L_MLO"]]), saliency="none").malignancy_probability)

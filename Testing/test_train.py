@@ -130,7 +130,7 @@ def test_bilateral_finding_calibration_of_four_view_exams_is_fitted_as_inference
     val = [read_study_folder(tmp_path / "studies" / sid) for sid in val_ids]
     assert all(len(st.images) == 4 for st in val)  # both breasts in every study
     preds = [model.predict(st, saliency="none") for st in val]
-    assert all(any("compared with the other breast" in n for n in p.notes) for p in preds)
+    assert all(p.finding_compared for p in preds)
     logits = [p.finding_logit for p in preds]
     labels = [int(st.diagnosis.value != "normal") for st in val]
     assert 0 < sum(labels) < len(labels)

@@ -131,6 +131,8 @@ def test_shipped_bundle_reproduces_the_recorded_predictions(bundle, dataset, sha
         p = pred.malignancy_probability
         assert abs(p - r["probability"]) <= TOLERANCE, (
             f"{bundle} on {r['case']}: {p:.6f}, the report records {r['probability']:.6f}")
+        # the MG bundle reads every mini-MIAS film against the woman's other film (the folder has both)
+        assert pred.finding_compared is (True if model.config.bilateral_weight > 0 else None), r["case"]
         f = pred.finding_probability
         assert abs(f - r["finding"]) <= TOLERANCE, (
             f"{bundle} on {r['case']}: finding probability {f:.6f}, the report records {r['finding']:.6f}")

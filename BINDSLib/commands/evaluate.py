@@ -153,6 +153,11 @@ def summary(m: dict) -> str:
                         if m.get("n_auc_abnormal_left_out") else ""))
         lines.append(f"finding probability: Brier {f(m.get('brier_finding'))} (base rate "
                      f"{f(m.get('brier_finding_base_rate'))}), ECE {f(m.get('ece_finding'))}")
+    if m.get("n_finding_not_compared"):
+        n_mg = m["n_finding_not_compared"] + m.get("n_finding_compared", 0)
+        lines.append(f"note: {m['n_finding_not_compared']} of {n_mg} mammography studies scored alone, without "
+                     "a film of the other breast to compare with (finding_compared 0 in predictions.csv); "
+                     "the bundle's finding probability expects the comparison")
     for key, name in (("lesion_dice", "lesion Dice"), ("pointing_game", "pointing game")):
         if key in m:
             lo, hi = m.get(f"{key}_ci95") or [None, None]

@@ -11,7 +11,10 @@ Writes to the output folder:
   probability); ``ece_finding`` and ``brier_finding`` of the finding probability against
   "abnormal", with ``brier_finding_base_rate`` (the Brier score of always saying the rate) -
   the finding-probability figures leave out studies without one, counted in
-  ``n_auc_abnormal_left_out``; ``sensitivity``, ``specificity`` and ``threshold`` at the
+  ``n_auc_abnormal_left_out``; with a bundle that compares each mammogram with the other
+  breast, ``n_finding_compared`` and ``n_finding_not_compared`` (studies with a mammogram
+  that had no film of the other breast, scored alone); ``sensitivity``, ``specificity`` and
+  ``threshold`` at the
   bundle's operating point (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
   exist; ``lesion_dice`` when reference masks exist, with ``lesion_dice_ci95`` (bootstrap over
   images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
@@ -24,7 +27,8 @@ Writes to the output folder:
   With ``given_masks`` the reference lesion masks are passed as user masks (lesions localised
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
-  ``finding_logit``, its finding types (``findings``, ``;``-separated), its ``lesion_dice``
+  ``finding_logit``, ``finding_compared`` (1/0: every mammogram compared with the other
+  breast or not; blank when the bundle makes no comparison), its finding types (``findings``, ``;``-separated), its ``lesion_dice``
   and ``pointing_hit`` (mean over its images with a reference lesion; blank without one),
   and per finding type ``pointing_hit_<type>`` (the same against that type's findings).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
@@ -137,6 +141,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                "malignancy_probability": pred.malignancy_probability,
                "finding_probability": pred.finding_probability,
                "malignancy_logit": pred.malignancy_logit, "finding_logit": pred.finding_logit,
+               "finding_compared": "" if pred.finding_compared is None else int(pred.finding_compared),
                "predicted_malignant": int(pred.malignancy_probability >= model.threshold),
                "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
         row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})
@@ -207,6 +212,10 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
             m["ece_finding"] = ece(pf[ok], abnormal[ok])
             m["brier_finding"] = float(np.mean((pf[ok] - abnormal[ok]) ** 2))
             m["brier_finding_base_rate"] = rate * (1 - rate)
+    compared = [r.get("finding_compared", "") for r in rows]
+    if any(v in (0, 1) for v in compared):  # a bundle comparing each mammogram with the other breast
+        m["n_finding_compared"] = sum(1 for v in compared if v == 1)
+        m["n_finding_not_compared"] = sum(1 for v in compared if v == 0)
     by = _by_finding(rows, labelled, n_bootstrap, seed)
     if by:
         m["by_finding"] = by

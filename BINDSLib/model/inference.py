@@ -124,6 +124,9 @@ class Prediction:
         malignancy probability answers "malignant or not".
     finding_logit : that finding logit before the calibration (``binds calibrate`` refits the
         temperature and bias from it).
+    finding_compared : with ``bilateral_weight`` > 0 and mammograms read, whether every one of
+        them was compared with the other breast (False: at least one had no film of the other
+        breast in the study or its comparison images and was scored alone); None otherwise.
     """
 
     study_id: str
@@ -143,6 +146,7 @@ class Prediction:
     model: dict = field(default_factory=dict)
     finding_probability: float | None = None
     finding_logit: float | None = None
+    finding_compared: bool | None = None
 
     @property
     def lesion_probability(self) -> dict[str, np.ndarray]:
@@ -174,6 +178,7 @@ class Prediction:
             "malignancy_logit": self.malignancy_logit,
             "finding_probability": self.finding_probability,
             "finding_logit": self.finding_logit,
+            "finding_compared": self.finding_compared,
             "subtype_probabilities": self.subtype_probabilities,
             "modalities": list(self.modalities),
             "modality_probabilities": self.modality_probabilities,
@@ -417,7 +422,7 @@ class DiagnosisModel:
                 merge_flipped(enc, enc_flip)
             aux = {m: float(self.probability(float(e.aux_logit[0]))) for m, e in enc.items()}
             cfg = self.config
-            offsets, bilateral_notes = self._bilateral_offsets(study, work, enc, cache)
+            offsets, bilateral_notes, compared = self._bilateral_offsets(study, work, enc, cache)
             finding = max(float(v[0]) for v in
                           study_finding_logits(enc, 1, cfg.finding_cell, cfg.finding_topk, offsets).values())
             lap("fusion")
@@ -458,20 +463,22 @@ class DiagnosisModel:
             # sigmoid without overflow
             finding_probability=0.5 * (1.0 + math.tanh((finding / self.finding_temperature
                                                         + self.finding_bias) / 2.0)),
-            finding_logit=finding)
+            finding_logit=finding, finding_compared=compared)
 
     def _bilateral_offsets(self, study: Study, work: dict, enc: dict,
-                           cache: "PredictionCache") -> tuple[dict, list[str]]:
+                           cache: "PredictionCache") -> tuple[dict, list[str], bool | None]:
         """The bilateral comparison of the mammograms' finding logits
         (``DiagnosisConfig.bilateral_weight``): per encoded mammogram the shift of its finding
-        logit (:func:`~.network.bilateral_offsets`), and a note naming the films compared."""
+        logit (:func:`~.network.bilateral_offsets`), a note naming the films compared, and
+        whether every mammogram was compared (``Prediction.finding_compared``; None without a
+        comparison to make)."""
         import torch
 
         from .network import bilateral_offsets, finding_logits
 
         weight, cfg = float(self.config.bilateral_weight), self.config
         if weight <= 0 or "MG" not in enc:
-            return {}, []
+            return {}, [], None
         e = enc["MG"]
         own = finding_logits(e.lesion_logits, cfg.finding_cell, cfg.finding_topk).float().cpu().tolist()
         sources = work["MG"].prepared.inputs["MG"].sources
@@ -482,6 +489,8 @@ class DiagnosisModel:
             chosen = other_breast(study, study.image(label))
             if not chosen:
                 contra.append(math.nan)
+                notes.append(f"{label}: finding score not compared with the other breast (no film of it in "
+                             "the study or its comparison images)")
                 continue
             values = [encoded[o.label] if not c and o.label in encoded else self._alone_logit(o, cache)
                       for o, c in chosen]
@@ -490,7 +499,8 @@ class DiagnosisModel:
                                          else " (read for this comparison only)") for o, c in chosen)
             notes.append(f"{label}: finding score compared with the other breast ({names}; "
                          f"bilateral_weight {weight:g})")
-        return {"MG": bilateral_offsets(torch.tensor(contra), weight, self.finding_reference)}, notes
+        return ({"MG": bilateral_offsets(torch.tensor(contra), weight, self.finding_reference)}, notes,
+                all(not math.isnan(c) for c in contra))
 
     def mg_suspicion(self, study: Study, cache: "PredictionCache | None" = None) -> dict[str, float]:
         """Each mammogram's finding logit, encoded alone, compared with the other breast when
