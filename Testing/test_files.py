@@ -107,3 +107,23 @@ def test_load_files_with_roles_and_role_assignments(tmp_path):
 def test_load_missing_path(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load(tmp_path / "nope")
+
+
+def _png_gray_alpha(path, rows=4, cols=5):
+    """A valid PNG of colour type 4 (gray + alpha, 8 bits), written by hand."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + bytes([i * 10, 255] * cols) for i in range(rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", cols, rows, 8, 4, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_png_of_gray_and_alpha_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "US_L.png"
+    _png_gray_alpha(path)
+    with pytest.raises(InputError, match=r"US_L.png: not a readable image \(unsupported pixel layout .*save it "
+                                         r"as grayscale or RGB\)"):
+        read_image_file(path)

@@ -109,6 +109,8 @@ def itk_reason(e: Exception) -> str:
     line = line.split("ERROR:", 1)[-1].strip()
     if "Unable to determine ImageIO reader" in line:
         return "unknown or damaged image format"
+    if "Unknown PixelType" in line:  # e.g. a PNG of gray + alpha, which ITK cannot read
+        return f"unsupported pixel layout ({line}; a PNG of gray + alpha is one): save it as grayscale or RGB"
     return line[:200]
 
 
