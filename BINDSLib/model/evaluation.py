@@ -14,10 +14,9 @@ Writes to the output folder:
   ``n_auc_abnormal_left_out``; with a bundle that compares each mammogram with the other
   breast, ``n_finding_compared`` and ``n_finding_not_compared`` (studies with a mammogram
   that had no film of the other breast, scored alone); ``sensitivity``, ``specificity`` and
-  ``threshold`` at the
-  bundle's operating point (malignant vs all other labelled cases); ``ece``; ``subtype_macro_auc`` when subtype labels
-  exist; ``lesion_dice`` when reference masks exist, with ``lesion_dice_ci95`` (bootstrap over
-  images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
+  ``threshold`` at the bundle's operating point (malignant vs all other labelled cases);
+  ``ece``; ``subtype_macro_auc`` when subtype labels exist; ``lesion_dice`` when reference
+  masks exist, with ``lesion_dice_ci95`` (bootstrap over images); ``pointing_game`` (share of lesion images whose saliency maximum lies in the lesion
   mask or finding circle) with ``pointing_game_ci95`` (Wilson score interval; both intervals
   treat the images as independent, as they are with one image per study);
   ``biopsy_reduction``; ``auc_by_combination`` with ``--combinations``; ``by_finding`` when
@@ -28,9 +27,9 @@ Writes to the output folder:
   by a reader); ``lesion_dice`` is then left out.
 * ``predictions.csv`` - one row per study, with its raw ``malignancy_logit`` and
   ``finding_logit``, ``finding_compared`` (1/0: every mammogram compared with the other
-  breast or not; blank when the bundle makes no comparison), its finding types (``findings``, ``;``-separated), its ``lesion_dice``
-  and ``pointing_hit`` (mean over its images with a reference lesion; blank without one),
-  and per finding type ``pointing_hit_<type>`` (the same against that type's findings).
+  breast or not; blank when the bundle makes no comparison), its finding types
+  (``findings``, ``;``-separated), its ``lesion_dice`` and ``pointing_hit`` (mean over its
+  images with a reference lesion; blank without one), and per finding type ``pointing_hit_<type>`` (the same against that type's findings).
 * ``roc.png``, ``reliability.png`` (see :mod:`.plots`).
 
 Biopsy reduction: the benign and malignant lesions are split (stratified, seeded) into a

@@ -527,6 +527,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     OutputError
         when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
     """
+    import collections
     import random
 
     import torch
@@ -566,9 +567,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     val_samples = [samples[i] for i in val_idx]
     log.info("prepared %d studies in %.0f s: %d training, %d validation", len(samples),
              time.perf_counter() - t0, len(train_samples), len(val_samples))
-    seen: dict[str, int] = {}
-    for s in samples:
-        seen[s.study_id] = seen.get(s.study_id, 0) + 1
+    seen = collections.Counter(s.study_id for s in samples)
     twice = frozenset(i for i, n in seen.items() if n > 1)
     if twice:  # validation_cases.csv (binds evaluate --cases) names studies by ID
         log.warning("%d study ID(s) occur more than once in the data (%s): the validation case list "
@@ -1027,6 +1026,7 @@ def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, devi
     reproduce; the studies are read again from the data sources, one at a time, until all are
     found. Studies whose ID another study of the data carries (``ambiguous_ids``), or that the
     model cannot read, are left out (NaN) with a warning."""
+    import collections
     import copy
 
     from .inference import DiagnosisModel
@@ -1034,7 +1034,7 @@ def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, devi
     model = DiagnosisModel(copy.deepcopy(net), {"calibration": {"finding_reference": float(reference)},
                                                 "modalities": list(modalities)}, str(device))
     ids = [s.study_id for s in val_samples]
-    twice = {i for i in ids if i in ambiguous_ids or ids.count(i) > 1}
+    twice = {i for i, n in collections.Counter(ids).items() if n > 1 or i in ambiguous_ids}
     if twice:  # which of two studies with one ID is which cannot be told when they are read again
         log.warning("finding calibration: study ID(s) %s occur more than once in the data; left out of "
                     "the calibration", ", ".join(sorted(twice)[:10]))
@@ -1048,7 +1048,7 @@ def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, devi
                     f = model.predict(st, saliency="none").finding_logit
                 except InputError as e:  # e.g. only a modality the bundle does not read
                     log.warning("finding calibration: study %s left out (%s)", st.study_id, e)
-                    continue
+                    f = None
                 out[i] = np.nan if f is None else float(f)
             if not where:
                 break
