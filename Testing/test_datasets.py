@@ -216,6 +216,12 @@ def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
     _write_csv(root / "images.csv", rows + [rows[0]])
     with pytest.raises(InputError, match=r"images.csv: rows 2 and 6: image_id 'mdb001' is listed twice"):
         load_dataset(root)
+    # a circle outside its film: coordinates for another image size (the 1024-pixel release?)
+    _write_csv(root / "images.csv", rows)
+    _write_csv(root / "findings.csv", [dict(findings[0], center_col="700")] + findings[1:])
+    with pytest.raises(InputError, match=r"findings.csv: the CIRC circle of mdb001 \(column 700, row 299.5\) "
+                                         r"lies outside its 512 x 512 image"):
+        load_dataset(root)
     (root / "findings.csv").unlink()
     assert detect_layout(root) == "mini-mias"
     with pytest.raises(InputError, match=r"findings.csv: not found"):

@@ -224,7 +224,7 @@ def test_summary_warns_when_the_test_half_misses_the_target_sensitivity():
     assert "test-half sensitivity 0.760 - below the target" in short
 
 
-def test_evaluate_study_folders(tmp_path, tiny_bundle):
+def test_evaluate_study_folders(tmp_path, tiny_bundle, capsys):
     data = tmp_path / "data"
     for i, (mal, mods) in enumerate([(True, ("MG", "US")), (False, ("US",)), (True, ("US", "MR")),
                                      (False, ("MG", "US", "MR")), (None, ("MG",)), (True, ("MG",))]):
@@ -244,6 +244,13 @@ def test_evaluate_study_folders(tmp_path, tiny_bundle):
     for png in ("roc.png", "reliability.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert main(args) == 5  # exists: --overwrite needed
+    # two study folders carrying one study ID would count one study twice: refused, nothing written
+    twin = make_case(0, True, ("MG", "US"))
+    write_study_folder(twin, data / "case0-copy")
+    assert main(["evaluate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(tmp_path / "twin"),
+                 "--bootstrap", "20"]) == 3
+    assert f"study ID '{twin.study_id}' occurs twice in the data" in capsys.readouterr().err
+    assert not (tmp_path / "twin").exists()
 
 
 def _subset(src, dst, csv_name, keep, extra_csv=None):

@@ -15,7 +15,8 @@ attached as ``Study.comparison`` (for the bilateral comparison of the finding sc
 Finding rows for an image that images.csv does not list, or lists as normal, are ignored, and
 abnormal images without a finding row load without a circle; a warning names those images.
 Finding codes are upper-cased. An image without a ``patient`` is compared with no other film
-(a warning names it).
+(a warning names it). A circle whose centre lies outside its image (coordinates for another
+image size) is refused.
 
 Both: the CSV files are UTF-8, with or without a byte-order mark; an ID listed twice
 (``case_id``, ``image_id``) is refused, naming both rows; BUSI lesions without a mask are
@@ -189,6 +190,13 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     for row, diagnosis, role, spacing in rows:
         findings = () if diagnosis is Diagnosis.NORMAL else tuple(by_image.get(row["image_id"], ()))
         image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
+        _, n_rows, n_cols = image.shape
+        for f in findings:  # circles are in pixels of this image: one outside it is a wrong size or row
+            if f.center_col is not None and f.center_row is not None and not (
+                    0 <= f.center_col < n_cols and 0 <= f.center_row < n_rows):
+                raise InputError(f"the {f.abnormality} circle of {row['image_id']} (column {f.center_col:g}, "
+                                 f"row {f.center_row:g}) lies outside its {n_cols} x {n_rows} image",
+                                 findings_csv)
         if reference_masks and diagnosis is Diagnosis.NORMAL:
             image.lesion_mask = np.zeros(image.shape, np.uint8)
         elif reference_masks:

@@ -50,6 +50,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..errors import InputError
 from ..fsutil import atomic_dir, json_dumps
 from ..study import Diagnosis, Study
 from .config import COMBINATIONS, MODALITIES, SUBTYPES
@@ -122,7 +123,11 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
 
     t0 = time.perf_counter()
     readable = set(getattr(model, "modalities", MODALITIES))
+    seen: set[str] = set()
     for n, study in enumerate(studies, 1):
+        if study.study_id in seen:  # it would be counted twice (e.g. two study folders with one ID)
+            raise InputError(f"study ID {study.study_id!r} occurs twice in the data; give each study its own ID")
+        seen.add(study.study_id)
         if not any(im.modality.value in readable for im in study.images):
             log.warning("study %s: no %s image for this model; left out", study.study_id, "/".join(sorted(readable)))
             if skipped is not None:
@@ -341,8 +346,6 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     left_out: list[str] = []
     rows, dices, hits = predict_dataset(model, studies, combinations, saliency, given_masks, left_out)
     if not rows:
-        from ..errors import InputError
-
         raise InputError("no studies to evaluate")
     metrics = compute_metrics(rows, model.threshold, target_sensitivity, n_bootstrap, seed,
                               dices, hits, combinations)
