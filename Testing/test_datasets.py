@@ -222,7 +222,31 @@ def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
     with pytest.raises(InputError, match=r"findings.csv: the CIRC circle of mdb001 \(column 700, row 299.5\) "
                                          r"lies outside its 512 x 512 image"):
         load_dataset(root)
+    assert len(list(iter_dataset(root, reference_masks=False))) == 4  # diagnosing needs no circles
+    _write_csv(root / "findings.csv", [dict(findings[0], center_col="512", image_id=" mdb001 ")] + findings[1:])
+    edge = {s.study_id: s for s in load_dataset(root)}["mdb001"]  # on the edge: inside; IDs stripped
+    assert edge.images[0].findings[0].center_col == 512 and edge.images[0].lesion_mask.any()
     (root / "findings.csv").unlink()
     assert detect_layout(root) == "mini-mias"
     with pytest.raises(InputError, match=r"findings.csv: not found"):
         load_dataset(root)
+
+
+def test_layout_of_folders_with_stray_csv_files(tmp_path):
+    """A folder of study folders stays one when it also holds an images.csv or a manifest.csv
+    of its own; a CSV names a layout only when its columns are that layout's."""
+    from BINDSLib.studyfolder import write_study_folder
+    from test_model_cases import make_case
+
+    write_study_folder(make_case(0, True, ("US",)), tmp_path / "case0")
+    (tmp_path / "images.csv").write_text("file,comment\na.png,x\n")
+    (tmp_path / "manifest.csv").write_text("woman,history\nw1,history.json\n")
+    assert detect_layout(tmp_path) == "study-folders"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_text("woman,history\nw1,history.json\n")
+    assert detect_layout(other) is None
+    (other / "manifest.csv").write_text("case_id,label,image\nc1,benign,images/c1.png\n")
+    assert detect_layout(other) == "busi"  # meant as BUSI: the loader names the missing column
+    with pytest.raises(InputError, match=r"missing column\(s\) \['mask'\]"):
+        load_dataset(other)

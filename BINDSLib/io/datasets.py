@@ -16,9 +16,10 @@ Finding rows for an image that images.csv does not list, or lists as normal, are
 abnormal images without a finding row load without a circle; a warning names those images.
 Finding codes are upper-cased. An image without a ``patient`` is compared with no other film
 (a warning names it). A circle whose centre lies outside its image (coordinates for another
-image size) is refused.
+image size) is refused when the reference masks are read.
 
-Both: the CSV files are UTF-8, with or without a byte-order mark; an ID listed twice
+Both: the CSV files are UTF-8, with or without a byte-order mark, their names and values
+stripped of surrounding spaces; an ID listed twice
 (``case_id``, ``image_id``) is refused, naming both rows; BUSI lesions without a mask are
 named in a warning (they count in the AUCs, not in the lesion Dice or pointing game).
 """
@@ -46,14 +47,16 @@ MIAS_FINDING_COLUMNS = {"image_id", "abnormality", "severity", "center_col", "ce
 
 def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV file (a byte-order mark, as spreadsheet programs write, is
-    skipped); :class:`InputError` naming the file when it cannot be read or lacks a column."""
+    skipped), names and values stripped of surrounding spaces; :class:`InputError` naming the
+    file when it cannot be read or lacks a column."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            missing = required - set(reader.fieldnames or ())
+            names = [(n or "").strip() for n in reader.fieldnames or ()]
+            missing = required - set(names)
             if missing:
                 raise InputError(f"missing column(s) {sorted(missing)}", path)
-            return list(reader)
+            return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read CSV: {e}", path) from None
 
@@ -61,26 +64,29 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
 def _csv_columns(path: Path) -> set[str]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            return set(next(csv.reader(f), []))
+            return {c.strip() for c in next(csv.reader(f), [])}
     except (OSError, UnicodeDecodeError, csv.Error):
         return set()
 
 
 def detect_layout(path: str | os.PathLike) -> str | None:
-    """``"busi"``, ``"mini-mias"``, ``"study-folders"`` or ``None`` for a folder. A folder with
-    an ``images.csv`` is taken as mini-MIAS, and one with a ``manifest.csv`` (and neither
-    mini-MIAS nor study folders) as BUSI, so that its loader names what is wrong with it."""
+    """``"busi"``, ``"mini-mias"``, ``"study-folders"`` or ``None`` for a folder. A folder that
+    is none of them but whose ``images.csv`` (``image_id``, ``patient``) or ``manifest.csv``
+    (``case_id``) says what it was meant to be is taken as that layout, so that its loader
+    names what is missing (``findings.csv``, a column)."""
     p = Path(path)
     if not p.is_dir():
         return None
-    manifest = p / "manifest.csv"
+    manifest, images = p / "manifest.csv", p / "images.csv"
     if manifest.is_file() and BUSI_COLUMNS <= _csv_columns(manifest):
         return "busi"
-    if (p / "images.csv").is_file():
+    if images.is_file() and (p / "findings.csv").is_file():
         return "mini-mias"
     if any((d / "study.json").is_file() for d in sorted(p.iterdir()) if d.is_dir()):
         return "study-folders"
-    if manifest.is_file():
+    if images.is_file() and {"image_id", "patient"} <= _csv_columns(images):
+        return "mini-mias"
+    if manifest.is_file() and "case_id" in _csv_columns(manifest):
         return "busi"
     return None
 
@@ -183,7 +189,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     _warn_stray_findings(findings_csv, by_image, rows)
     by_woman: dict[str, list] = {}
     for r in rows:
-        by_woman.setdefault(r[0]["patient"].strip(), []).append(r)
+        by_woman.setdefault(r[0]["patient"], []).append(r)
     if by_woman.get(""):  # an unknown woman: no other breast, no split group of her own
         log.warning("%s: no patient for %d image(s) (not compared with another film): %s", images_csv,
                     len(by_woman[""]), _some([r[0]["image_id"] for r in by_woman[""]]))
@@ -191,9 +197,9 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         findings = () if diagnosis is Diagnosis.NORMAL else tuple(by_image.get(row["image_id"], ()))
         image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
         _, n_rows, n_cols = image.shape
-        for f in findings:  # circles are in pixels of this image: one outside it is a wrong size or row
+        for f in findings if reference_masks else ():  # circles in pixels of this image (edges included)
             if f.center_col is not None and f.center_row is not None and not (
-                    0 <= f.center_col < n_cols and 0 <= f.center_row < n_rows):
+                    0 <= f.center_col <= n_cols and 0 <= f.center_row <= n_rows):
                 raise InputError(f"the {f.abnormality} circle of {row['image_id']} (column {f.center_col:g}, "
                                  f"row {f.center_row:g}) lies outside its {n_cols} x {n_rows} image",
                                  findings_csv)
@@ -203,7 +209,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             m = disc_mask(image.shape[1:], findings)
             image.lesion_mask = None if m is None else m[None]
         # the woman's other breast, for the bilateral comparison of the finding score
-        woman = row["patient"].strip()
+        woman = row["patient"]
         comparison = [read_image_file(root / other["image"], role=other_role, spacing_mm=other_spacing)
                       for other, _, other_role, other_spacing in (by_woman[woman] if woman else ())
                       if other_role.laterality != role.laterality]
