@@ -26,28 +26,41 @@ from BINDSLib.model.metrics import auc, pointing_hit
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mini-mias"
 
 
+def studies_of(split: str, bundle, data: Path) -> list:
+    """The mini-MIAS studies of ``split``: ``val``, those of the bundle's validation_cases.csv;
+    ``full``, all."""
+    val = {r["study_id"] for r in csv.DictReader(open(Path(bundle) / "docs" / "validation_cases.csv"))}
+    return [s for s in iter_mini_mias(data) if split == "full" or s.study_id in val]
+
+
+def read(model, study) -> tuple[float, np.ndarray]:
+    """The study's finding logit and its film's saliency map scaled to [0, 1]."""
+    p = model.predict(study, saliency="alignment")
+    s = np.asarray(p.images[study.images[0].label].saliency, np.float32)
+    return p.finding_logit, (s - s.min()) / (np.ptp(s) + 1e-12)
+
+
+def report(split: str, studies: list, scores: dict, maps: dict, combinations) -> None:
+    """Print abnormal vs normal and the pointing game of each combination (a tuple of keys of
+    ``scores`` (N,) and ``maps`` (N maps)): scores summed, maps summed."""
+    y = np.array([int(s.diagnosis.value != "normal") for s in studies])
+    refs = [_lesion_reference(s.images[0]) for s in studies]
+    for names in combinations:
+        z = sum(np.asarray(scores[k]) for k in names)
+        hits = [pointing_hit(sum(maps[k][i] for k in names), r) for i, r in enumerate(refs) if r is not None]
+        print(f"{split} {' + '.join(map(str, names))}: abnormal vs normal {auc(z, y):.3f}, "
+              f"pointing game {np.mean(hits):.3f} ({sum(hits)}/{len(hits)})", flush=True)
+
+
 def main(split: str, bundles: list[str], data: Path = DATA) -> None:
-    cases = Path(bundles[0]) / "docs" / "validation_cases.csv"
-    val = {r["study_id"] for r in csv.DictReader(open(cases))}
-    studies = [s for s in iter_mini_mias(data) if split == "full" or s.study_id in val]
+    studies = studies_of(split, bundles[0], data)
     scores, maps = {}, {}
     for b in bundles:
         model = DiagnosisModel.from_bundle(b, device="cpu")
-        f, m = [], []
-        for st in studies:
-            p = model.predict(st, saliency="alignment")
-            s = np.asarray(p.images[st.images[0].label].saliency, np.float32)
-            f.append(p.finding_logit)
-            m.append((s - s.min()) / (np.ptp(s) + 1e-12))
-        scores[b], maps[b] = (np.array(f) - np.mean(f)) / np.std(f), m
-    y = np.array([int(s.diagnosis.value != "normal") for s in studies])
-    refs = [_lesion_reference(s.images[0]) for s in studies]
-    for k in range(1, len(bundles) + 1):
-        for names in itertools.combinations(bundles, k):
-            z = sum(scores[b] for b in names)
-            hits = [pointing_hit(sum(maps[b][i] for b in names), r) for i, r in enumerate(refs) if r is not None]
-            print(f"{split} {' + '.join(names)}: abnormal vs normal {auc(z, y):.3f}, "
-                  f"pointing game {np.mean(hits):.3f} ({sum(hits)}/{len(hits)})", flush=True)
+        f, maps[b] = zip(*(read(model, st) for st in studies))
+        scores[b] = (np.array(f) - np.mean(f)) / np.std(f)
+    report(split, studies, scores, maps,
+           [c for k in range(1, len(bundles) + 1) for c in itertools.combinations(bundles, k)])
 
 
 if __name__ == "__main__":

@@ -13,15 +13,12 @@ their maps, each scaled to [0, 1]. Prints abnormal vs normal (AUC) and the point
 
 import argparse
 import copy
-import csv
 from pathlib import Path
 
 import numpy as np
+from mg_ensemble import read, report, studies_of  # beside this script
 
-from BINDSLib.io.datasets import iter_mini_mias
-from BINDSLib.model.evaluation import _lesion_reference
 from BINDSLib.model.inference import DiagnosisModel
-from BINDSLib.model.metrics import auc, pointing_hit
 
 ROOT = Path(__file__).resolve().parents[2]
 GAMMAS = (1.0, 0.8, 1.25)
@@ -41,24 +38,12 @@ def with_gamma(study, g: float):
 
 
 def main(split: str, bundle: Path, data: Path) -> None:
-    val = {r["study_id"] for r in csv.DictReader(open(bundle / "docs" / "validation_cases.csv"))}
-    studies = [s for s in iter_mini_mias(data) if split == "full" or s.study_id in val]
+    studies = studies_of(split, bundle, data)
     model = DiagnosisModel.from_bundle(bundle, device="cpu")
-    scores = {g: [] for g in GAMMAS}
-    maps = {g: [] for g in GAMMAS}
-    for st in studies:
-        for g in GAMMAS:
-            p = model.predict(st if g == 1.0 else with_gamma(st, g), saliency="alignment")
-            s = np.asarray(p.images[st.images[0].label].saliency, np.float32)
-            scores[g].append(p.finding_logit)
-            maps[g].append((s - s.min()) / (np.ptp(s) + 1e-12))
-    y = np.array([int(s.diagnosis.value != "normal") for s in studies])
-    refs = [_lesion_reference(s.images[0]) for s in studies]
-    for names in [(g,) for g in GAMMAS] + [GAMMAS]:
-        z = sum(np.array(scores[g]) for g in names)
-        hits = [pointing_hit(sum(maps[g][i] for g in names), r) for i, r in enumerate(refs) if r is not None]
-        print(f"{split} gamma {' + '.join(f'{g:g}' for g in names)}: abnormal vs normal {auc(z, y):.3f}, "
-              f"pointing game {np.mean(hits):.3f} ({sum(hits)}/{len(hits)})", flush=True)
+    scores, maps = {}, {}
+    for g in GAMMAS:
+        scores[g], maps[g] = zip(*(read(model, st if g == 1.0 else with_gamma(st, g)) for st in studies))
+    report(f"{split} gamma", studies, scores, maps, [(g,) for g in GAMMAS] + [GAMMAS])
 
 
 if __name__ == "__main__":
