@@ -115,6 +115,10 @@ def test_pointing_game_by_finding_type_scores_each_type_against_its_own_circles(
     # SPIC: missed in "two", hit in "one"; CALC: a type without a circle has no pointing game
     assert by["SPIC"]["pointing_game"] == 0.5 and by["SPIC"]["n_pointing_game"] == 2
     assert by["CALC"]["n"] == 2 and "pointing_game" not in by["CALC"]
+    from BINDSLib.errors import InputError
+
+    with pytest.raises(InputError, match="study ID 'two' occurs twice in the data"):
+        predict_dataset(Model(), studies + studies[:1])
 
 
 def test_mammograms_scored_without_the_other_breast_are_counted_and_named():
@@ -249,7 +253,7 @@ def test_evaluate_study_folders(tmp_path, tiny_bundle, capsys):
     write_study_folder(twin, data / "case0-copy")
     assert main(["evaluate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(tmp_path / "twin"),
                  "--bootstrap", "20"]) == 3
-    assert f"study ID '{twin.study_id}' occurs twice in the data" in capsys.readouterr().err
+    assert f"case0-copy: study ID '{twin.study_id}' is also that of case0" in capsys.readouterr().err
     assert not (tmp_path / "twin").exists()
 
 

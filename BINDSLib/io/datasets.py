@@ -235,12 +235,25 @@ def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: li
 
 
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
-    """Every ``*/study.json`` folder directly under ``root`` (sorted by name)."""
+    """Every ``*/study.json`` folder directly under ``root`` (sorted by name). Two folders with
+    one study ID are refused before any is read (a study would count twice)."""
+    import json
+
     from ..studyfolder import read_study_folder
 
-    for d in sorted(Path(root).iterdir()):
-        if d.is_dir() and (d / "study.json").is_file():
-            yield read_study_folder(d, reference_masks=reference_masks)
+    folders = [d for d in sorted(Path(root).iterdir()) if d.is_dir() and (d / "study.json").is_file()]
+    first: dict[str, Path] = {}
+    for d in folders:
+        try:
+            doc = json.loads((d / "study.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # read_study_folder names the problem when it reaches this folder
+        sid = str(doc.get("study_id") or d.name) if isinstance(doc, dict) else d.name
+        if sid in first:
+            raise InputError(f"study ID {sid!r} is also that of {first[sid].name}: give each study its own ID", d)
+        first[sid] = d
+    for d in folders:
+        yield read_study_folder(d, reference_masks=reference_masks)
 
 
 def iter_dataset(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
