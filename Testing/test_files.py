@@ -127,3 +127,18 @@ def test_a_png_of_gray_and_alpha_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(InputError, match=r"US_L.png: not a readable image \(unsupported pixel layout .*save it "
                                          r"as grayscale or RGB\)"):
         read_image_file(path)
+
+
+def test_a_jpeg_mask_is_thresholded_at_half_its_maximum(tmp_path):
+    """JPEG compression leaves faint non-zero values around a mask's edges: they are not lesion."""
+    from BINDSLib.io.files import read_mask_file
+
+    rr, cc = np.ogrid[:64, :64]
+    disc = ((rr - 32) ** 2 + (cc - 30) ** 2 <= 12 ** 2).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(disc * 255), str(tmp_path / "mask.jpg"))
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.jpg")))
+    assert ((raw > 0) & (disc == 0)).sum() > 20  # the artefacts the rule is for
+    got = read_mask_file(tmp_path / "mask.jpg", (1, 64, 64))[0]
+    assert (got != disc).sum() <= 6
+    sitk.WriteImage(sitk.GetImageFromArray(disc), str(tmp_path / "mask.png"))  # lossless: any non-zero
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "mask.png", (1, 64, 64))[0], disc)

@@ -155,7 +155,9 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
 
 
 def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:
-    """A binary mask (any non-zero voxel is lesion) that must match ``shape``."""
+    """A binary mask that must match ``shape``: any non-zero voxel is lesion, except in a JPEG
+    file, whose lossy compression leaves faint values around the edges: there a voxel above
+    half the mask's maximum is lesion."""
     path = Path(path)
     reader = read_image_info(path)
     try:
@@ -165,4 +167,7 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.n
     voxels, _ = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
+    if suffix_of(path) in (".jpg", ".jpeg"):
+        return (voxels > 0.5 * float(voxels.max())).astype(np.uint8) if voxels.max() > 0 else \
+            np.zeros(voxels.shape, np.uint8)
     return (voxels > 0).astype(np.uint8)
