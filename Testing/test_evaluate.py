@@ -147,6 +147,11 @@ def test_biopsy_analysis_spares_benign_at_full_sensitivity():
     assert "note" in biopsy_analysis(s[:3], y[:3])
 
 
+def _hits(types: str, hit: float) -> dict:
+    """A study's pointing-hit columns as predict_dataset writes them, one hit for all its types."""
+    return {"pointing_hit": hit, **{f"pointing_hit_{t}": hit for t in filter(None, types.split(";"))}}
+
+
 def test_metrics_by_finding_type():
     """Each finding type is ranked against every normal study, by the finding probability;
     a study with two types counts for both; studies without types add no entry."""
@@ -157,7 +162,7 @@ def test_metrics_by_finding_type():
             ("normal", 0.3, "", math.nan), ("normal", 0.5, "", math.nan)]
     rows = []
     for i, (d, f, types, hit) in enumerate(spec):
-        rows.append(dict(_row(i, d, 0.5, finding=f), findings=types, pointing_hit=hit))
+        rows.append(dict(_row(i, d, 0.5, finding=f), findings=types, **_hits(types, hit)))
     m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
     by = m["by_finding"]
     assert set(by) == {"CALC", "CIRC"}
@@ -167,8 +172,8 @@ def test_metrics_by_finding_type():
     assert by["CALC"]["n"] == 2 and by["CALC"]["auc_abnormal"] == pytest.approx(1 / 4)
     # an unlabelled study is left out, a normal one counts as normal whatever types it lists
     unlabelled = dict(_row(9, "normal", 0.5, finding=0.99), diagnosis="", malignant=math.nan,
-                      findings="CIRC;SPIC", pointing_hit=1.0)
-    typed_normal = dict(_row(8, "normal", 0.5, finding=0.1), findings="CIRC", pointing_hit=math.nan)
+                      findings="CIRC;SPIC", **_hits("CIRC;SPIC", 1.0))
+    typed_normal = dict(_row(8, "normal", 0.5, finding=0.1), findings="CIRC", **_hits("CIRC", math.nan))
     more = compute_metrics([unlabelled] + rows + [typed_normal], threshold=0.5, n_bootstrap=20)["by_finding"]
     assert set(more) == {"CALC", "CIRC"} and more["CIRC"]["n"] == 2 and more["CALC"]["n"] == 2
     assert more["CIRC"]["auc_abnormal"] == pytest.approx(5 / 6)  # 0.9, 0.4 vs 0.3, 0.5, 0.1
@@ -192,7 +197,7 @@ def test_metrics_by_finding_type():
     plain = compute_metrics([dict(r, findings="") for r in rows], threshold=0.5, n_bootstrap=20)
     assert "by_finding" not in plain and "by finding type" not in summary(plain)
     # a study with two images with a reference: a mean, not a proportion, so no interval
-    two = compute_metrics([dict(rows[0], pointing_hit=0.5)] + rows[1:], threshold=0.5, n_bootstrap=20)
+    two = compute_metrics([dict(rows[0], **_hits("CIRC", 0.5))] + rows[1:], threshold=0.5, n_bootstrap=20)
     assert two["by_finding"]["CIRC"]["pointing_game"] == pytest.approx(0.25)
     assert "pointing_game_ci95" not in two["by_finding"]["CIRC"]
     json.dumps(m, allow_nan=False)

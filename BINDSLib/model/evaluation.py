@@ -260,9 +260,8 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
     normal studies, ``auc_abnormal`` (with CI) of the type's studies against every normal one
     by the finding probability (non-finite probabilities left out); and the type's
     ``pointing_game``, the mean of its studies' ``pointing_hit_<type>`` (the saliency maximum
-    in that type's circles, see :func:`_type_references`; rows without any such column, as
-    older predictions.csv files, fall back on ``pointing_hit``), with a Wilson interval when
-    every study's hit is 0 or 1. Empty without types."""
+    in that type's circles, see :func:`_type_references`), with a Wilson interval when every
+    study's hit is 0 or 1. Empty without types."""
     from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
@@ -280,8 +279,7 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
             y = has[keep].astype(int)
             entry["auc_abnormal"] = auc(pf[keep], y)
             entry["auc_abnormal_ci95"] = list(bootstrap_ci(auc, pf[keep], y, n=n_bootstrap, seed=seed, stratify=y))
-        hits = np.array([r.get(f"pointing_hit_{t}", math.nan) if any(k.startswith("pointing_hit_") for k in r)
-                         else r.get("pointing_hit", math.nan) for r, h in zip(lab, has) if h], float)
+        hits = np.array([r.get(f"pointing_hit_{t}", math.nan) for r, h in zip(lab, has) if h], float)
         hits = hits[np.isfinite(hits)]
         if hits.size:
             entry.update(pointing_game=float(hits.mean()), n_pointing_game=int(hits.size))
