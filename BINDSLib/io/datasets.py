@@ -105,8 +105,7 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
     manifest = root / "manifest.csv"
     rows = _read_csv(manifest, BUSI_COLUMNS)
     _check_unique(manifest, [r["case_id"] for r in rows], "case_id")
-    unmasked = [r["case_id"] for r in rows if not (r.get("mask") or "").strip()
-                and (r.get("label") or "").strip().lower() in ("benign", "malignant")]
+    unmasked = [r["case_id"] for r in rows if not r["mask"] and r["label"].lower() in ("benign", "malignant")]
     if reference_masks and unmasked:
         log.warning("%s: no mask for %d benign or malignant case(s) (left out of the lesion Dice and "
                     "pointing game): %s", manifest, len(unmasked), _some(unmasked))
@@ -114,7 +113,7 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
         diagnosis = _diagnosis(row["label"], manifest, n)
         image = read_image_file(root / row["image"], role=Role.parse("US"))
         mask = None
-        if reference_masks and (row.get("mask") or "").strip():
+        if reference_masks and row["mask"]:
             mask = read_mask_file(root / row["mask"], image.shape)
         elif reference_masks and diagnosis is Diagnosis.NORMAL:
             mask = np.zeros(image.shape, np.uint8)

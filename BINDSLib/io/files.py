@@ -167,7 +167,5 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.n
     voxels, _ = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
-    if suffix_of(path) in (".jpg", ".jpeg"):
-        return (voxels > 0.5 * float(voxels.max())).astype(np.uint8) if voxels.max() > 0 else \
-            np.zeros(voxels.shape, np.uint8)
-    return (voxels > 0).astype(np.uint8)
+    lossy = suffix_of(path) in (".jpg", ".jpeg")
+    return (voxels > (0.5 * float(voxels.max()) if lossy else 0)).astype(np.uint8)

@@ -1024,9 +1024,9 @@ def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, devi
     ``val_samples`` (NaN for a study not found again). For splits with studies of several
     mammograms, whose pairing :func:`~.calibration.compare_with_other_breast` cannot
     reproduce; the studies are read again from the data sources, one at a time, until all are
-    found. Studies whose ID another study of the data carries (``ambiguous_ids``), or that the
-    model cannot read, are left out (NaN) with a warning."""
-    import collections
+    found. Studies whose ID another study of the data carries (``ambiguous_ids``, as
+    :func:`train` finds them), or that the model cannot read, are left out (NaN) with a
+    warning."""
     import copy
 
     from .inference import DiagnosisModel
@@ -1034,7 +1034,7 @@ def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, devi
     model = DiagnosisModel(copy.deepcopy(net), {"calibration": {"finding_reference": float(reference)},
                                                 "modalities": list(modalities)}, str(device))
     ids = [s.study_id for s in val_samples]
-    twice = {i for i, n in collections.Counter(ids).items() if n > 1 or i in ambiguous_ids}
+    twice = set(ids) & ambiguous_ids
     if twice:  # which of two studies with one ID is which cannot be told when they are read again
         log.warning("finding calibration: study ID(s) %s occur more than once in the data; left out of "
                     "the calibration", ", ".join(sorted(twice)[:10]))
