@@ -141,25 +141,39 @@ def test_bilateral_finding_calibration_of_four_view_exams_is_fitted_as_inference
     assert metrics["validation_auc_finding_compared"] == pytest.approx(auc(logits, labels))
 
 
-def test_finding_reread_matches_inference_and_leaves_out_what_it_cannot_match(tmp_path, caplog):
+def test_finding_reread_matches_inference_and_leaves_out_what_it_cannot_read(tmp_path, caplog):
     """The re-read of the validation studies for the finding calibration predicts each as
-    inference does; a study whose ID another study carries, or that the model cannot read,
-    is left out (NaN) with a warning instead of stopping training at its end."""
+    inference does; a study the model cannot read is left out (NaN) with a warning instead of
+    stopping training at its end."""
     from BINDSLib.model.train import _finding_logits_by_inference, load_samples
     from BINDSLib.studyfolder import read_study_folder
 
     settings = load_settings(_config(tmp_path, epochs=(1, 1), modality_sets=(("MG",),)))
     samples = load_samples(settings.data, settings.model, settings.base_dir, 1)[:3]
     net = DiagnosisNetwork(settings.model)
-    got = _finding_logits_by_inference(net, settings, samples, "cpu", 0.5, ("MG",),
-                                       frozenset({samples[0].study_id}))
-    assert np.isnan(got[0]) and "occur more than once" in caplog.text
+    got = _finding_logits_by_inference(net, settings, samples, "cpu", 0.5, ("MG",))
     model = DiagnosisModel(net, {"calibration": {"finding_reference": 0.5}, "modalities": ["MG"]}, "cpu")
-    for i in (1, 2):
+    for i in range(3):
         want = model.predict(read_study_folder(tmp_path / "studies" / samples[i].study_id), saliency="none")
         assert got[i] == pytest.approx(want.finding_logit, abs=1e-5)
     unreadable = _finding_logits_by_inference(net, settings, samples, "cpu", 0.5, ("US",))
     assert np.isnan(unreadable).all() and f"study {samples[1].study_id} left out" in caplog.text
+
+
+def test_train_refuses_a_study_id_that_two_sources_carry(tmp_path):
+    """A data source listed twice (or two sources sharing an ID) would put one study on both
+    sides of the split and make the validation case list ambiguous: refused before training,
+    naming the ID and both places."""
+    cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("MG",),))
+    doc = json.loads(cfg.read_text())
+    doc["data"] = [{"folders": "studies"}, {"folders": "studies", "limit": 2}]
+    cfg.write_text(json.dumps(doc))
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match=r"study ID 'case0' occurs more than once .*studies.case0.*"
+                                         r"studies.case0.*own ID"):
+        train(load_settings(cfg), run)
+    assert not (run / "checkpoints").exists() and not (run / "validation_cases.csv").exists()
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run2")]) == 3
 
 
 def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):

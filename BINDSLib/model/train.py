@@ -324,10 +324,25 @@ def load_samples(sources, config: DiagnosisConfig, base_dir: Path = Path("."), w
             chunks = list(ex.map(functools.partial(_run_task, config=config), tasks, chunksize=4))
     else:
         chunks = [_run_task(t, config) for t in tasks]
+    first: dict[str, tuple] = {}
+    for task, chunk in zip(tasks, chunks):
+        for s in chunk:
+            if s.study_id in first:  # a study read twice could fall on both sides of the split
+                raise InputError(f"study ID {s.study_id!r} occurs more than once in the training data "
+                                 f"({_task_source(first[s.study_id])}; {_task_source(task)}): each "
+                                 "study needs its own ID (a data source listed twice?)")
+            first[s.study_id] = task
     samples = [s for c in chunks for s in c]
     if not samples:
         raise InputError("the data sources hold no usable studies")
     return samples
+
+
+def _task_source(task: tuple) -> str:
+    """Where the studies of a :func:`_tasks` task come from, for messages."""
+    if task[0] == "synthetic":
+        return f"synthetic case of seed {task[1]}"
+    return f"{'dataset' if task[0] == 'dataset' else 'study folder'} {task[1]}"
 
 
 # -- distributed / device ----------------------------------------------------------------
@@ -527,7 +542,6 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     OutputError
         when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
     """
-    import collections
     import random
 
     import torch
@@ -567,11 +581,6 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     val_samples = [samples[i] for i in val_idx]
     log.info("prepared %d studies in %.0f s: %d training, %d validation", len(samples),
              time.perf_counter() - t0, len(train_samples), len(val_samples))
-    seen = collections.Counter(s.study_id for s in samples)
-    twice = frozenset(i for i, n in seen.items() if n > 1)
-    if twice:  # validation_cases.csv (binds evaluate --cases) names studies by ID
-        log.warning("%d study ID(s) occur more than once in the data (%s): the validation case list "
-                    "cannot tell those studies apart", len(twice), ", ".join(sorted(twice)[:10]))
     if not train_samples:
         raise InputError("no training studies left after the validation split")
     if rt.main:
@@ -713,7 +722,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
                          overwrite, reproduce, len(train_samples), trained, with_subtype,
-                         refiner_metrics, pretrained, twice)
+                         refiner_metrics, pretrained)
         if tb is not None:
             tb.close()
     if rt.distributed:
@@ -941,11 +950,9 @@ def _tensorboard(run_dir: Path):
 def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
             bundle_path, overwrite: bool, reproduce: str, n_train: int,
             modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True,
-            refiner_metrics: dict | None = None, pretrained: dict | None = None,
-            ambiguous_ids: frozenset = frozenset()) -> dict:
+            refiner_metrics: dict | None = None, pretrained: dict | None = None) -> dict:
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
-    ``modalities`` it was trained on). ``ambiguous_ids``: study IDs that more than one study
-    of the data carries."""
+    ``modalities`` it was trained on)."""
     from ..bundle import save_bundle
     from .calibration import compare_with_other_breast, fit_platt, fit_temperature, operating_points
     from .metrics import bootstrap_ci, ece, finite_json, macro_auc
@@ -982,7 +989,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
             if both and any(f is None and "MG" in s.prepared.inputs for f, s in zip(films, val_samples)):
                 # a study of several films (or of MG and more): only inference itself pairs them
                 finding = _finding_logits_by_inference(net, settings, val_samples, device,
-                                                       finding_reference or 0.0, modalities, ambiguous_ids)
+                                                       finding_reference or 0.0, modalities)
                 metrics["validation_finding_compared_by"] = "inference"
             else:  # one film per study: paired by woman, as inference pairs a study's comparison images
                 # (or nothing to calibrate: the AUC only)
@@ -1017,28 +1024,22 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
 
 
 def _finding_logits_by_inference(net, settings: TrainSettings, val_samples, device, reference: float,
-                                 modalities: tuple[str, ...], ambiguous_ids=frozenset()) -> np.ndarray:
+                                 modalities: tuple[str, ...]) -> np.ndarray:
     """The validation studies' finding logits as inference computes them
     (:meth:`~.inference.DiagnosisModel.predict`: each mammogram compared with the other breast
     in its study or its comparison images, the films ``mg_select`` picks), aligned with
     ``val_samples`` (NaN for a study not found again). For splits with studies of several
     mammograms, whose pairing :func:`~.calibration.compare_with_other_breast` cannot
     reproduce; the studies are read again from the data sources, one at a time, until all are
-    found. Studies whose ID another study of the data carries (``ambiguous_ids``, as
-    :func:`train` finds them), or that the model cannot read, are left out (NaN) with a
-    warning."""
+    found (study IDs are unique: :func:`load_samples`). Studies the model cannot read are
+    left out (NaN) with a warning."""
     import copy
 
     from .inference import DiagnosisModel
 
     model = DiagnosisModel(copy.deepcopy(net), {"calibration": {"finding_reference": float(reference)},
                                                 "modalities": list(modalities)}, str(device))
-    ids = [s.study_id for s in val_samples]
-    twice = set(ids) & ambiguous_ids
-    if twice:  # which of two studies with one ID is which cannot be told when they are read again
-        log.warning("finding calibration: study ID(s) %s occur more than once in the data; left out of "
-                    "the calibration", ", ".join(sorted(twice)[:10]))
-    where = {sid: i for i, sid in enumerate(ids) if sid not in twice}
+    where = {s.study_id: i for i, s in enumerate(val_samples)}
     out = np.full(len(val_samples), np.nan)
     for task in _tasks(settings.data, settings.base_dir) if where else ():
         for st, _ in _task_studies(task, settings.model):
