@@ -29,6 +29,23 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise OutputError("already exists; use --overwrite to replace it", path)
 
 
+def check_not_input(path: str | os.PathLike, inputs) -> None:
+    """Refuse an output ``path`` that is one of the command's ``inputs`` (files or folders;
+    None entries are skipped) or a folder holding one: writing it would replace (with
+    ``--overwrite``, delete) the input. An output inside an input folder is allowed."""
+    out = Path(path).resolve()
+    for p in inputs:
+        if p is None:
+            continue
+        src = Path(p).resolve()
+        if out == src:
+            raise OutputError("is an input of this command; writing the output there would replace "
+                              "the input: choose another output", path)
+        if out in src.parents:
+            raise OutputError(f"holds an input of this command ({p}); replacing it would delete the "
+                              "input: choose another output, e.g. a new subfolder", path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
     path = Path(path)
     _check_target(path, overwrite)
@@ -62,12 +79,14 @@ def atomic_write_json(path: str | os.PathLike, obj, overwrite: bool = True) -> P
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=()) -> Iterator[Path]:
     """Build a folder under a temporary sibling name; rename it to ``path`` on success.
 
-    On an exception the temporary folder is removed and ``path`` is untouched.
+    On an exception the temporary folder is removed and ``path`` is untouched. ``inputs``: the
+    command's input paths, which ``path`` may neither be nor hold (:func:`check_not_input`).
     """
     path = Path(path)
+    check_not_input(path, inputs)
     _check_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))

@@ -80,11 +80,48 @@ def test_flags_for_high_and_rising_risk(exams, tmp_path, capsys):
     b = tiny_bundle(tmp_path / "high", calibration=high)
     out = tmp_path / "out"
     assert main(["risk", *map(str, exams), "--model", str(b), "--out", str(out),
-                 "--rise-threshold", "-1"]) == 0
+                 "--rise-threshold", "0"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [f["code"] for f in report["flags"]] == ["consider_supplemental_mri", "rising_risk"]
-    assert report["thresholds"]["rise_2y"] == -1
+    rising = report["trajectory"]["change_last_years"] >= 0  # any rise reaches a threshold of 0
+    assert [f["code"] for f in report["flags"]] == ["consider_supplemental_mri"] + ["rising_risk"] * rising
+    assert report["thresholds"]["rise_2y"] == 0
     assert "consider supplemental MRI (NCCN 2026)" in capsys.readouterr().out
+
+
+def test_an_output_that_is_or_holds_an_input_is_refused_and_the_input_kept(bundle, tmp_path):
+    exam = write_study_folder(make_exam(5, dt.date(2020, 1, 1)), tmp_path / "exams" / "exam")
+    before = sorted(p.relative_to(exam) for p in exam.rglob("*"))
+    for out in (exam, exam.parent):  # the exam itself, the folder holding it
+        assert main(["risk", str(exam), "--model", str(bundle), "--out", str(out), "--overwrite"]) == 5
+        assert sorted(p.relative_to(exam) for p in exam.rglob("*")) == before
+    assert main(["risk", str(exam), "--model", str(bundle), "--out", str(exam / "risk")]) == 0  # inside: fine
+
+
+def test_exams_given_twice_or_without_a_standard_view_are_refused_naming_the_folder(exams, bundle, tmp_path, capsys):
+    from BINDSLib.study import Image, Modality, Role, Study
+
+    out = str(tmp_path / "o")
+    assert main(["risk", str(exams[0]), str(exams[1]), str(exams[0]), "--model", str(bundle), "--out", out]) == 3
+    assert f"is also given as {exams[0]}" in capsys.readouterr().err
+    hist = write_history(ExamHistory("W-1", [make_exam(i, dt.date(2018 + i, 1, 1), study_id=f"h{i}")
+                                             for i in range(2)]), tmp_path / "woman")
+    copy = write_study_folder(make_exam(1, dt.date(2019, 1, 1), study_id="h1"), tmp_path / "h1-copy")
+    assert main(["risk", str(hist), str(copy), "--model", str(bundle), "--out", out]) == 3
+    assert "exam h1 of 2019-01-01 is also given as" in capsys.readouterr().err
+    im = make_exam(3).images[0]  # a mammogram without a view
+    folder = write_study_folder(Study("noview", [Image(im.voxels, im.geometry, Role(Modality.MG, laterality="L"))],
+                                      study_date=dt.date(2020, 1, 1)), tmp_path / "noview")
+    assert main(["risk", str(folder), "--model", str(bundle), "--out", out]) == 3
+    assert f"{folder}: holds no standard mammography view" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option", [["--threshold", "1.7"], ["--threshold", "nan"], ["--rise-threshold", "-1"],
+                                    ["--window-years", "0"], ["--window-years", "inf"], ["--device", "gpu0"]])
+def test_out_of_range_options_are_usage_errors(exams, bundle, tmp_path, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["risk", str(exams[0]), "--model", str(bundle), "--out", str(tmp_path / "o"), *option])
+    assert e.value.code == 2 and option[0] in capsys.readouterr().err
 
 
 def test_undated_exams_are_refused(bundle, tmp_path):

@@ -89,6 +89,8 @@ def test_failures_are_listed_not_fatal(tmp_path, bundle, capsys):
     assert len(scores) == 10 and [int(r["manifest_row"]) for r in scores] == [1, 2, 3, 5, 6, 7, 9, 10, 11, 12]
     fails = read_rows(out / "failures.csv")
     assert [r["manifest_row"] for r in fails] == ["4", "8"] and "not found" in fails[0]["error"]
+    # the errors name neither the exam's path nor its IDs (only with --keep-identifiers)
+    assert fails[0]["error"] == "InputError: <exam>: exam not found" and fails[0]["path"] == ""
     # pseudonymised by default, per-breast columns, the masked view noted
     assert all(r["exam_id"].startswith("anon-") and r["woman_id"].startswith("anon-") for r in scores)
     assert "EX0" not in (out / "scores.csv").read_text()
@@ -103,6 +105,50 @@ def test_failures_are_listed_not_fatal(tmp_path, bundle, capsys):
     # another model in the same folder is refused
     other = tiny_bundle(tmp_path / "other", seed=9)
     assert main(["cohort", str(manifest), "--out", str(out), "--model", str(other)]) == 5
+
+
+def test_failure_messages_hide_the_exams_paths_and_ids_unless_kept(tmp_path, bundle):
+    from BINDSLib.cli import main
+    from BINDSLib.study import Image, Modality, Role, Study
+
+    im = make_exam(0).images[0]  # an exam whose only mammogram has no view: fails after reading
+    write_study_folder(Study("ACC-77", [Image(im.voxels, im.geometry, Role(Modality.MG, laterality="L"))],
+                             patient_id="Jane Doe"), tmp_path / "jane-2020", keep_identifiers=True)
+    (tmp_path / "m.csv").write_text("exam_id,path,woman_id\nE-1,jane-2020,W-9\nE-2,gone/jane-2021,W-9\n")
+    for keep, out in ((False, tmp_path / "anon"), (True, tmp_path / "kept")):
+        main(["cohort", str(tmp_path / "m.csv"), "--out", str(out), "--model", str(bundle), "--workers", "0",
+              *(["--keep-identifiers"] if keep else [])])
+        errors = [r["error"] for r in read_rows(out / "failures.csv")]
+        assert len(errors) == 2 and "no standard mammography view" in errors[0] and "not found" in errors[1]
+        text = "".join(errors)
+        if keep:
+            assert "ACC-77" in text and "gone/jane-2021" in text
+        else:
+            assert errors == ["InputError: exam <id> has no standard mammography view (needs MG images with "
+                              "laterality L/R and view CC/MLO)", "InputError: <exam>: exam not found"]
+
+
+def test_a_resumed_folder_merges_only_the_current_manifest_in_its_order(tmp_path, bundle):
+    from BINDSLib.cli import main
+    from BINDSLib.study import pseudonym
+
+    manifest = write_cohort(tmp_path, 8)
+    out = tmp_path / "out"
+    assert main(["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--workers", "0"]) == 0
+    full = {r["exam_id"]: r for r in read_rows(out / "scores.csv")}
+    lines = manifest.read_text().splitlines()
+    sub = tmp_path / "sub.csv"  # three of the exams, in reverse order, plus a new one
+    sub.write_text("\n".join([lines[0], lines[6], lines[2], lines[1], "NEW1,study0,W9,"]) + "\n")
+    assert main(["cohort", str(sub), "--out", str(out), "--model", str(bundle), "--workers", "0"]) == 0
+    rows = read_rows(out / "scores.csv")
+    assert [r["manifest_row"] for r in rows] == ["1", "2", "3", "4"]
+    ids = [r["exam_id"] for r in rows]
+    assert ids == [pseudonym(e) for e in ("EX0005", "EX0001", "EX0000", "NEW1")]  # the new manifest's order
+    assert all(full[i]["risk_5y"] == r["risk_5y"] for i, r in zip(ids[:3], rows))  # reused, not re-scored
+    assert ids[3] not in full
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["n_scored"] == 4
 
 
 def test_killed_midway_and_rerun_scores_each_exam_exactly_once(tmp_path, bundle):

@@ -8,6 +8,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from BINDSLib.errors import InputError
 from BINDSLib.risk.calibration import Calibrator
 from BINDSLib.risk.config import PRESETS, RiskConfig, load_config_file, preset
 from BINDSLib.risk.network import AdditiveHazard, RiskNetwork
@@ -116,7 +117,7 @@ def test_missing_views_are_masked_with_a_warning(tmp_path):
     assert risk.views_present == ("L-CC", "L-MLO")
     assert any("missing view(s) R-CC, R-MLO" in w for w in risk.warnings)
     assert len(risk.cumulative_risk) == 5 and all(np.diff(risk.cumulative_risk) >= 0)
-    with pytest.raises(ValueError, match="no standard mammography view"):
+    with pytest.raises(InputError, match="no standard mammography view"):
         model.score_exam(make_exam(5, drop=[("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]))
 
 

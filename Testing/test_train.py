@@ -176,6 +176,23 @@ def test_train_refuses_a_study_id_that_two_sources_carry(tmp_path):
     assert main(["train", str(cfg), "--out", str(tmp_path / "run2")]) == 3
 
 
+def test_bundle_and_run_folders_are_checked_before_training(tmp_path):
+    """A --bundle that is (or holds) the data or the run folder would delete it when written;
+    an existing --bundle without --overwrite would fail only after training: all refused at
+    once, before any run file is written, and the data is kept."""
+    cfg = str(_config(tmp_path, epochs=(1, 1), modality_sets=(("MG",),)))
+    data = tmp_path / "studies"
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "a-file").write_text("")
+    for args in (["--bundle", str(data), "--overwrite"], ["--bundle", str(tmp_path), "--overwrite"],
+                 ["--bundle", str(tmp_path / "run"), "--overwrite"], ["--bundle", str(tmp_path / "taken")]):
+        assert main(["train", cfg, "--out", str(tmp_path / "run"), *args]) == 5, args
+        assert not (tmp_path / "run").exists()
+    assert main(["train", cfg, "--out", str(tmp_path / "a-file")]) == 5
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
 def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("US",),))
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import device_name
 from .evaluate import add_source_arguments
 
 
@@ -27,7 +28,7 @@ def register(sub) -> None:
                    help="the new bundle's version (default: the old one with its last number + 1)")
     p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
                    help="sensitivity of the high-sensitivity operating point (default 0.98)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=run)
 

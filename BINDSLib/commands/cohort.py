@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from . import device_name
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="exams per batch (default 8)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="loader worker processes (default: min(8, CPU cores); 0 loads in-process)")
-    p.add_argument("--device", default="auto",
+    p.add_argument("--device", default="auto", type=device_name,
                    help="auto (cuda:LOCAL_RANK when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv",
                    help="merged output format (parquet needs pyarrow)")
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         extra = {"model": settings["model"], "world_size": world, "n_manifest": len(rows)}
         if summary is not None:
             extra["last_run_rank0"] = summary.to_json()
-        merged = merge_results(out, years, fmt=args.format, extra_summary=extra)
+        merged = merge_results(out, years, fmt=args.format, extra_summary=extra, manifest=rows,
+                               keep_identifiers=args.keep_identifiers)
     finally:
         if group:
             group.destroy_process_group()

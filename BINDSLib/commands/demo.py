@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import device_name
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--diagnosis", choices=("benign", "malignant"), default="malignant",
                    help="the synthetic lesion's truth (default malignant)")
     p.add_argument("--model", default="binds-diagnosis-demo", metavar="BUNDLE", help="model bundle")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import device_name
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "auto"
@@ -31,7 +33,7 @@ def register(sub) -> None:
                         "images of the study's modality (ultrasound first) for real ones "
                         "(see 'binds models')")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (GPU when present), cpu, cuda or cuda:N")
     p.add_argument("--stage", choices=("auto", "1", "2"), default="auto",
                    help="auto: add MRI only when stage 1 is uncertain; 1: US/MG only; 2: full path")
     p.add_argument("--lesion-mask", action="append", default=[], metavar="LABEL=FILE",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import device_name
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--given-masks", action="store_true",
                    help="pass each study's reference lesion masks as user masks (lesions localised "
                         "by a reader, as when drawn in Slicer) instead of the predicted lesions")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=run)
 

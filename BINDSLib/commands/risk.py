@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import device_name, positive_number, probability
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,14 +23,14 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
     p.add_argument("--model", default="binds-risk-demo", metavar="BUNDLE",
                    help="risk bundle name or path (default: binds-risk-demo)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--rise-threshold", type=float, default=None, metavar="P",
+    p.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--rise-threshold", type=probability, default=None, metavar="P",
                    help="flag a rise of the 5-year risk over the last 2 years of at least P "
                         "(absolute probability; default from the bundle, 0.005 = 0.5 points)")
-    p.add_argument("--threshold", type=float, default=None, metavar="P",
+    p.add_argument("--threshold", type=probability, default=None, metavar="P",
                    help="5-year risk at which supplemental MRI is suggested (default from the "
                         "bundle: 0.017, NCCN 2026)")
-    p.add_argument("--window-years", type=float, default=2.0, metavar="Y",
+    p.add_argument("--window-years", type=positive_number, default=2.0, metavar="Y",
                    help="look-back window of the recent change (default 2 years)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep study and patient IDs in the outputs (default: pseudonyms)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import InputError
-    from ..fsutil import atomic_dir, json_dumps
+    from ..fsutil import atomic_dir, check_not_input, json_dumps
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
+    check_not_input(out, args.exams)
     if out.exists() and not args.overwrite:
         from ..errors import OutputError
 
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     breast = {side: [None if r.breast_risk[side] is None else r.breast_risk[side][-1] for r in risks]
               for side in ("L", "R")}
     plot = plot_trajectory([d or _today() for d in dates], five, thresholds["supplemental_mri_5y"], breast)
-    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+    with atomic_dir(out, overwrite=args.overwrite, inputs=args.exams) as tmp:
         (tmp / "report.json").write_text(json_dumps(report), encoding="utf-8")
         (tmp / "risk.csv").write_text(exams_csv(risks), encoding="utf-8")
         write_png(tmp / "trajectory.png", plot)
@@ -116,20 +119,30 @@ def _read_exams(paths):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..risk.preprocess import load_exam
+    from ..risk.preprocess import load_exam, select_views
     from ..studyfolder import read_history
 
-    studies, women = [], set()
+    studies, women, where = [], set(), {}
     for p in paths:
         p = Path(p)
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
-            studies += list(h.exams)
+            exams = list(h.exams)
             women.add(h.woman_id)
         else:
-            studies.append(load_exam(p))
+            exams = [load_exam(p)]
+        for st in exams:
+            if all(im is None for im in select_views(st)[0]):
+                raise InputError("holds no standard mammography view (needs MG images with "
+                                 "laterality L/R and view CC/MLO)", p / st.study_id if len(exams) > 1 else p)
+            key = (st.study_id, st.study_date)
+            if key in where:  # one exam given twice would count twice in the trajectory
+                raise InputError(f"exam {st.study_id} of {st.study_date or 'no date'} is also given "
+                                 f"as {where[key]}", p)
+            where[key] = p
+        studies += exams
     if not studies:
-        raise InputError("no exams given")
+        raise InputError("no exams given", paths[0] if paths else None)
     return studies, women
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import device_name
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an existing run folder / replace an existing --bundle")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.set_defaults(func=run)
 
 

@@ -532,6 +532,29 @@ def _autocast(device, enabled: bool):
     return contextlib.nullcontext(), None
 
 
+def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: bool, overwrite: bool) -> None:
+    """What :func:`train` checks before it writes or trains (the data sources must exist too)."""
+    from ..fsutil import check_not_input
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError("is a file, not a run folder", run_dir)
+    if (run_dir / "checkpoints" / "last.pt").exists() and not resume and not overwrite:
+        raise OutputError("holds a previous run; use --resume to continue it or --overwrite "
+                          "to start again", run_dir)
+    inputs = [t[1] for t in _tasks(settings.data, settings.base_dir) if t[0] != "synthetic"]
+    inputs += [settings.base_dir / s["manifest"] for s in settings.data if "manifest" in s]
+    inputs += [w for w in pretrained_sources(settings).values() if w != "imagenet"]
+    # the bundle replaces its folder (the default, RUN_DIR/bundle, is always replaced)
+    bundle = Path(bundle_path or run_dir / "bundle")
+    if bundle.resolve() == run_dir.resolve():
+        raise OutputError("is the run folder; the bundle needs a folder of its own (default "
+                          "RUN_DIR/bundle)", bundle)
+    check_not_input(bundle, inputs + [run_dir])
+    if bundle_path is not None and Path(bundle_path).exists() and not overwrite:
+        raise OutputError("already exists; use --overwrite to replace it (checked before "
+                          "training, not after)", bundle_path)
+
+
 def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool = False,
           device: str | None = None, bundle_path: str | os.PathLike | None = None,
           overwrite: bool = False, reproduce: str = "") -> dict:
@@ -540,7 +563,9 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     Raises
     ------
     OutputError
-        when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
+        when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set,
+        when ``bundle_path`` exists without ``overwrite``, or when it is (or holds) the run
+        folder or a data source - all checked before any training.
     """
     import random
 
@@ -555,9 +580,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if rt.main:
-        if ckpt_path.exists() and not resume and not overwrite:
-            raise OutputError("holds a previous run; use --resume to continue it or --overwrite "
-                              "to start again", run_dir)
+        _check_outputs(settings, run_dir, bundle_path, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class ExamDataset:
                 "exam_date": row.exam_date, "patient_id": None}
         try:
             study = load_exam(row.path)
+            item["ids"] = [study.study_id, study.patient_id]  # kept out of failures.csv's errors
             prepared = prepare_exam(study, self.config)
             item.update(images=prepared.images, view_mask=prepared.view_mask,
                         warnings=prepared.warnings, exam_date=row.exam_date or study.study_date,
@@ -292,6 +294,19 @@ def _public_id(value: str | None, keep_identifiers: bool) -> str:
     return value if keep_identifiers or value.startswith("anon-") else pseudonym(value)
 
 
+def _public_error(error: str, row: ManifestRow, ids: Sequence[str | None], keep_identifiers: bool) -> str:
+    """``error`` as failures.csv shows it: without ``keep_identifiers`` the exam's path becomes
+    ``<exam>`` (a file inside it stays named relative to it) and its IDs - the manifest's and
+    the study's own - become ``<id>``."""
+    if keep_identifiers:
+        return error
+    found = [(t, "<exam>") for t in (row.path_text, str(row.path), str(row.path.resolve()))]
+    found += [(t, "<id>") for t in (row.exam_id, row.woman_id, *ids)]
+    for text, repl in sorted({(t, r) for t, r in found if t}, key=lambda f: -len(f[0])):
+        error = re.sub(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", repl, error)
+    return error
+
+
 def run_settings(model, keep_identifiers: bool) -> dict:
     return {"schema": RUN_SCHEMA, "schema_version": 1,
             "model": {k: model.bundle_summary.get(k) for k in ("name", "version", "weights_sha256")},
@@ -357,7 +372,7 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
     start = last_log = time.monotonic()
     try:
         for batch in loader:
-            failed = [(todo[it["index"]], it["error"]) for it in batch["failed"]]
+            failed = [(todo[it["index"]], it["error"], it.get("ids", ())) for it in batch["failed"]]
             out_rows = []
             if batch["ok"]:
                 try:
@@ -375,16 +390,17 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
                 for it, pred in zip(batch["ok"], preds):
                     row = todo[it["index"]]
                     if isinstance(pred, str):
-                        failed.append((row, pred))
+                        failed.append((row, pred, ()))
                         continue
                     out_rows.append(_result_row(row, it, pred, years, keep_identifiers))
             scores.append(out_rows)
+            public = [_public_error(err, r, ids, keep_identifiers) for r, err, ids in failed]
             failures.append([{"manifest_row": r.row, "exam_id": _public_id(r.exam_id, keep_identifiers),
                               "path": r.path_text if keep_identifiers else "",
-                              "error": err} for r, err in failed])
-            for r, err in failed:
-                log.warning("exam in manifest row %d failed: %s", r.row, err)
-                summary.failures.append({"manifest_row": r.row, "error": err})
+                              "error": err} for (r, _, _), err in zip(failed, public)])
+            for (r, err, _), shown in zip(failed, public):
+                log.warning("exam in manifest row %d failed: %s", r.row, err)  # the user's own log
+                summary.failures.append({"manifest_row": r.row, "error": shown})
             summary.n_scored += len(out_rows)
             summary.n_failed += len(failed)
             now = time.monotonic()
@@ -427,29 +443,42 @@ def _result_row(row: ManifestRow, item: dict, pred, years, keep_identifiers: boo
 
 
 def merge_results(out_dir: str | os.PathLike, years: Sequence[int], fmt: str = "csv",
-                  extra_summary: dict | None = None) -> dict:
+                  extra_summary: dict | None = None, manifest: Sequence[ManifestRow] | None = None,
+                  keep_identifiers: bool = False) -> dict:
     """Merge every rank's part files into ``scores.csv``/``.parquet`` and ``failures.csv``.
 
     Each exam appears once (its first scored row), in manifest order; failures of exams that
-    were later scored are dropped. Returns the summary written to ``summary.json``.
+    were later scored are dropped. With ``manifest`` (the run's, read with the run's
+    ``keep_identifiers``) only its exams are merged, numbered by its rows: an output folder
+    resumed with a shorter, longer or reordered manifest gives that manifest's table. Returns
+    the summary written to ``summary.json``.
     """
     out_dir = Path(out_dir)
+    wanted = None if manifest is None else {_public_id(m.exam_id, keep_identifiers): m.row for m in manifest}
     first: dict[str, dict] = {}
-    n_dup = 0
+    n_dup = n_other = 0
     for part in sorted((out_dir / PARTS).glob("scores-rank*.csv")):
         for r in _read_part(part):
-            if r["exam_id"] in first:
+            if wanted is not None and r["exam_id"] not in wanted:
+                n_other += 1
+            elif r["exam_id"] in first:
                 n_dup += 1
-                continue
-            first[r["exam_id"]] = r
+            else:
+                first[r["exam_id"]] = r
     if n_dup:
         log.warning("%d duplicate score row(s) in the part files were dropped", n_dup)
-    rows = sorted(first.values(), key=lambda r: int(r["manifest_row"]))
+    if n_other:
+        log.warning("%d exam(s) scored by earlier runs in %s are not in this manifest: left out of "
+                    "the merged table", n_other, out_dir)
     fails: dict[str, dict] = {}
     for part in sorted((out_dir / PARTS).glob("failures-rank*.csv")):
         for r in _read_part(part):
-            if r["exam_id"] not in first:
+            if r["exam_id"] not in first and (wanted is None or r["exam_id"] in wanted):
                 fails[r["exam_id"]] = r  # the latest failure of an exam never scored
+    if wanted is not None:  # numbered as this manifest numbers them
+        for r in (*first.values(), *fails.values()):
+            r["manifest_row"] = str(wanted[r["exam_id"]])
+    rows = sorted(first.values(), key=lambda r: int(r["manifest_row"]))
     columns = result_columns(years)
     if fmt == "parquet":
         _write_parquet(out_dir / "scores.parquet", rows, columns, years)

@@ -149,12 +149,14 @@ def prepare_exam(study: Study, config: RiskConfig) -> PreparedExam:
 
     Raises
     ------
-    ValueError
+    InputError
         when the study holds none of the four standard views.
     """
+    from ..errors import InputError
+
     chosen, warnings = select_views(study)
     if all(im is None for im in chosen):
-        raise ValueError(f"exam {study.study_id} has no standard mammography view "
+        raise InputError(f"exam {study.study_id} has no standard mammography view "
                          "(needs MG images with laterality L/R and view CC/MLO)")
     h, w = config.input_size
     images = np.zeros((len(STANDARD_VIEWS), 1, h, w), dtype=np.float32)
