@@ -95,7 +95,9 @@ class Bundle:
 
 
 def list_bundles(kind: str | None = None) -> list[Path]:
-    """Bundle folders on the search path (optionally of one ``kind``), first occurrence wins."""
+    """Bundle folders on the search path (optionally of one ``kind``), first occurrence wins.
+    A bundle whose metadata cannot be read is listed whatever ``kind`` asks for: reading it
+    again (:func:`read_metadata`) says what is wrong."""
     found: dict[str, Path] = {}
     for root in search_path():
         if not root.is_dir():
@@ -106,10 +108,10 @@ def list_bundles(kind: str | None = None) -> list[Path]:
                 continue
             if kind is not None:
                 try:
-                    if json.loads(meta.read_text()).get("binds", {}).get("kind") != kind:
+                    if read_metadata(d).get("binds", {}).get("kind") != kind:
                         continue
-                except (OSError, json.JSONDecodeError):
-                    continue
+                except ModelError:
+                    pass  # listed: whoever reads it says what is wrong
             found[d.name] = d
     return list(found.values())
 
@@ -139,8 +141,14 @@ def read_metadata(path: Path) -> dict:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"invalid metadata JSON: {e}", meta_path) from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("weights_sha256"), str):
+    if not isinstance(meta, dict):
+        raise ModelError(f"metadata is a JSON {type(meta).__name__}, not an object", meta_path)
+    if not isinstance(meta.get("weights_sha256"), str):
         raise ModelError("metadata has no 'weights_sha256': cannot verify the weights", meta_path)
+    for key, types in (("binds", dict), ("name", str), ("version", (str, int, float))):
+        if key in meta and not isinstance(meta[key], types):
+            raise ModelError(f"metadata '{key}' is a JSON {type(meta[key]).__name__}, not "
+                             f"{'an object' if types is dict else 'a string'}", meta_path)
     return meta
 
 
@@ -165,7 +173,7 @@ def load_bundle(name_or_path: str | os.PathLike, kind: str | None = None) -> Bun
                          "refusing to load", wpath)
     try:
         state = torch.load(wpath, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"refusing to load: not a plain weights file ({first})", wpath) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):

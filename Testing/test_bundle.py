@@ -63,11 +63,45 @@ def test_pickle_with_code_is_never_executed(bundle, tmp_path):
     (lambda b: (b / "configs" / "metadata.json").write_text("{"), "invalid metadata JSON"),
     (lambda b: (b / "configs" / "metadata.json").write_text("{}"), "no 'weights_sha256'"),
     (lambda b: (b / "models" / "model.pt").unlink(), "weights file"),
+    (lambda b: _edit_metadata(b, lambda m: [m]), "metadata is a JSON list, not an object"),
+    (lambda b: _edit_metadata(b, lambda m: {**m, "binds": "diagnosis"}), "'binds' is a JSON str, not an object"),
+    (lambda b: _edit_metadata(b, lambda m: {**m, "version": [1]}), "'version' is a JSON list, not a string"),
+    (lambda b: _truncate_weights(b), "not a plain weights file"),
 ])
 def test_broken_bundles(bundle, damage, message):
     damage(bundle)
     with pytest.raises(ModelError, match=message):
         load_bundle(bundle)
+
+
+def _edit_metadata(bundle, edit):
+    path = bundle / "configs" / "metadata.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _truncate_weights(bundle):
+    """A cut-short model.pt whose SHA-256 the metadata records (a copy cut by a full disk)."""
+    w = bundle / "models" / "model.pt"
+    w.write_bytes(w.read_bytes()[:100])
+    _edit_metadata(bundle, lambda m: {**m, "weights_sha256": sha256_file(w)})
+
+
+def test_a_broken_bundle_on_the_search_path_does_not_stop_the_others(bundle, tmp_path, monkeypatch, capsys):
+    from BINDSLib.cli import main
+    from BINDSLib.model.selection import installed_bundles
+
+    path = tmp_path / "models"
+    for name, edit in (("listed", lambda m: [m]), ("textual", lambda m: {**m, "binds": "diagnosis"})):
+        (path / name / "configs").mkdir(parents=True)
+        (path / name / "configs" / "metadata.json").write_text(json.dumps(edit({"weights_sha256": "0"})))
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(path))
+    found = {b.path.name for b in installed_bundles()}  # the broken two are left out, with a warning
+    assert "binds-diagnosis-demo" in found and not found & {"listed", "textual"}
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "listed" in out and "metadata is a JSON list" in out and "textual" in out
+    assert main(["models", "--verify"]) == 4
 
 
 def test_find_by_name_on_search_path(bundle, monkeypatch, tmp_path):

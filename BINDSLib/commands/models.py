@@ -19,14 +19,14 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bundle import list_bundles, load_bundle, read_metadata, search_path
-    from ..errors import BindsError
+    from ..errors import EXIT_MODEL, BindsError
     from ..model.selection import bundle_info
 
     rows = []
     for path in list_bundles():
         try:
             meta = read_metadata(path)
-            row = {"name": meta.get("name", path.name), "version": meta.get("version"),
+            row = {"name": meta.get("name", path.name), "folder": path.name, "version": meta.get("version"),
                    "kind": meta.get("binds", {}).get("kind"), "path": str(path),
                    "weights_sha256": meta["weights_sha256"]}
             if row["kind"] == "diagnosis":  # what --model auto uses to choose
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                 load_bundle(path)
                 row["verified"] = True
         except BindsError as e:
-            row = {"name": path.name, "path": str(path), "error": str(e)}
+            row = {"name": path.name, "folder": path.name, "path": str(path), "error": str(e)}
         rows.append(row)
     if args.json:
         json.dump({"search_path": [str(p) for p in search_path()], "bundles": rows}, sys.stdout, indent=2)
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             status = r.get("error") or ("verified" if r.get("verified") else r["weights_sha256"][:12])
             reads = (f"  {'+'.join(r['modalities'])}, {r['training_data']} training data"
                      if "modalities" in r else "")
-            sys.stdout.write(f"{r['name']:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} "
+            # --model takes the folder's name (or its path)
+            name = r["folder"] + ("" if r["name"] == r["folder"] else f" ({r['name']})")
+            sys.stdout.write(f"{name:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} "
                              f"{status}{reads}\n")
-    return 1 if any("error" in r for r in rows) and args.verify else 0
+    return EXIT_MODEL if any("error" in r for r in rows) and args.verify else 0
