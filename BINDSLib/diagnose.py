@@ -49,6 +49,8 @@ class DiagnoseOptions:
     keep_identifiers: bool = False
     overwrite: bool = False
     summary_png: bool = True
+    #: the command's input files and folders: an output folder may neither be nor hold one
+    inputs: tuple = ()
 
 
 def resolve_device(device: str) -> str:
@@ -202,7 +204,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
                      f"uncertainty band {band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it"
                      if options.stage == "auto" else "stage 2 forced (--stage 2)")
     t1 = time.perf_counter()
-    with atomic_dir(out_dir, overwrite=options.overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=options.overwrite, inputs=options.inputs) as tmp:
         from .studyfolder import write_nrrd
 
         images = []

@@ -29,6 +29,41 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise OutputError("already exists; use --overwrite to replace it", path)
 
 
+#: what a folder BINDS wrote holds at its top (any one of these patterns): ``--overwrite``
+#: replaces only such folders (or empty ones), never a folder of the user's
+OUTPUT_SIGNS = ("report.json", "results.csv", "metrics.json", "study.json", "history.json",
+                "configs/metadata.json", "[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm")
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
+    """Check, before any work, that the folder ``path`` can be written as a command's output
+    (:class:`OutputError` otherwise): it is not one of the ``inputs`` and holds none
+    (:func:`check_not_input`); it is neither the current folder nor holds it; it is not a
+    file; it exists only with ``overwrite``, and then is empty or a folder BINDS wrote
+    (:data:`OUTPUT_SIGNS`); its parent can be written. Returns the absolute path."""
+    given = path
+    path = Path(path).resolve()
+    if path.parent == path:
+        raise OutputError("is the root folder; choose a folder to write", given)
+    check_not_input(given, inputs)
+    here = Path.cwd().resolve()
+    if path == here or path in here.parents:  # the folder is replaced: the shell would be left nowhere
+        raise OutputError("is the current folder or holds it; name a new folder, e.g. --out results", given)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError("is a file, not a folder: choose a folder name", given)
+        if not overwrite:
+            raise OutputError("already exists; use --overwrite to replace it", given)
+        if any(path.iterdir()) and not any(any(path.glob(sign)) for sign in OUTPUT_SIGNS):
+            raise OutputError("holds files BINDS did not write (no report, study or bundle in it); "
+                              "--overwrite replaces only BINDS outputs: choose another folder or "
+                              "empty it yourself", given)
+    ancestor = next(p for p in path.parents if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot be written: no permission to write in {ancestor}", given)
+    return path
+
+
 def check_not_input(path: str | os.PathLike, inputs) -> None:
     """Refuse an output ``path`` that is one of the command's ``inputs`` (files or folders;
     None entries are skipped) or a folder holding one: writing it would replace (with
@@ -83,27 +118,42 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=()) -> I
     """Build a folder under a temporary sibling name; rename it to ``path`` on success.
 
     On an exception the temporary folder is removed and ``path`` is untouched. ``inputs``: the
-    command's input paths, which ``path`` may neither be nor hold (:func:`check_not_input`).
+    command's input paths, which ``path`` may neither be nor hold; the checks of
+    :func:`check_output_dir` apply. An operating-system error while creating or renaming the
+    folder is an :class:`OutputError` naming ``path``.
     """
-    path = Path(path)
-    check_not_input(path, inputs)
-    _check_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    given = path
+    path = check_output_dir(path, overwrite, inputs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    except OSError as e:
+        raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
-        if path.exists():
-            if not overwrite:
-                raise OutputError("appeared while writing; use --overwrite to replace it", path)
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if path.exists() and not overwrite:
+            raise OutputError("appeared while writing; use --overwrite to replace it", given)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:  # the rename into place (what the block wrote raised its own errors above)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder left by an earlier replacement, if any."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

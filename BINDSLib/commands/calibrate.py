@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from ..bundle import check_copy_target, check_new_version, save_recalibrated
+    from ..bundle import check_new_version, save_recalibrated
     from ..errors import InputError
     from ..model.calibration import REFIT_PARTS, MissingClassError, refit
     from ..model.evaluation import predict_dataset
@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     out, studies, source, model = prepare(args)
     bundle = model.bundle
     version = args.version or next_version(bundle.version)
-    check_copy_target(bundle.path, out)  # before the predictions, not after
     check_new_version(bundle, version)
     rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")

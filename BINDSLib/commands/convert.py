@@ -32,7 +32,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError, OutputError
+    from ..errors import InputError
+    from ..fsutil import check_output_dir
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
     from .diagnose import _safe_name
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     targets = [out] if len(studies) == 1 else [out / _safe_name(st.study_id) for st in studies]
     if len({str(t).casefold() for t in targets}) != len(targets):  # also on case-insensitive disks
         raise InputError("two studies have the same study ID; convert them separately")
-    for t in targets:
-        if t.exists() and not args.overwrite:
-            raise OutputError("output folder exists; use --overwrite to replace it", t)
+    inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
+    for t in targets:  # all checked before any is written
+        check_output_dir(t, args.overwrite, inputs)
     for st, t in zip(studies, targets):
         write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
         sys.stdout.write(f"{t}\n")

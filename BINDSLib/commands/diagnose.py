@@ -97,6 +97,7 @@ def load_source(kind: str, value) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import InputError
+    from ..fsutil import check_output_dir
     from ..memory import configure_malloc
 
     if getattr(args, "own_process", False):
@@ -109,16 +110,19 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not file:
             raise InputError(f"expected LABEL=FILE, got {item!r} (e.g. US_L=edited.seg.nrrd)")
         masks[key] = file
+    inputs = tuple(masks.values()) + tuple(
+        p for kind, value in sources for p in ([value] if kind == "path" else [f for f, _ in value]))
     options = DiagnoseOptions(stage=args.stage, device=resolve_device(args.device),
                               keep_identifiers=args.keep_identifiers, overwrite=args.overwrite,
-                              summary_png=not args.no_summary)
+                              summary_png=not args.no_summary, inputs=inputs)
     model = ModelPicker(args.model, options.device)
     out = Path(args.out)
     single = len(sources) == 1
     if single:
         studies = load_source(*sources[0])
         single = len(studies) == 1
-    if single:
+    if single:  # checked now, not after the diagnosis
+        check_output_dir(out, options.overwrite, inputs)
         if masks and len(studies) != 1:
             raise InputError("--lesion-mask needs exactly one study")
         progress(0, 4, f"read study {studies[0].study_id}")
@@ -171,12 +175,19 @@ def run_batch(model, sources, out: Path, options) -> int:
     import csv
 
     from ..diagnose import diagnose_study, is_finished, remove_stale
-    from ..errors import EXIT_PARTIAL, BindsError
-    from ..fsutil import atomic_write_text
+    from ..errors import EXIT_PARTIAL, BindsError, OutputError
+    from ..fsutil import atomic_write_text, check_not_input
     from ..outputs.report import results_csv
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputError("is a file, not a folder: choose a folder name", out)
+    check_not_input(out, options.inputs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot be written: {e.strerror or e}", out) from None
     failures: list[tuple[str, str]] = []
+    written: dict[str, str] = {}  # output folder -> the source whose study it holds (this run)
     done = skipped = 0
     total = len(sources)
     for n, (kind, value) in enumerate(sources, start=1):
@@ -190,6 +201,13 @@ def run_batch(model, sources, out: Path, options) -> int:
             continue
         for st in studies:
             target = out / _safe_name(st.study_id)
+            key = str(target).casefold()  # one folder also on case-insensitive disks
+            if key in written:
+                failures.append((name, f"study ID {st.study_id!r} is also that of a study of "
+                                       f"{written[key]}: each study needs its own ID (its output folder)"))
+                log.error("%s: %s", name, failures[-1][1])
+                continue
+            written[key] = name
             remove_stale(target)
             if is_finished(target) and not options.overwrite:
                 skipped += 1

@@ -71,12 +71,18 @@ def prepare(args: argparse.Namespace):
     studies (:func:`labelled_studies`), where they came from, and the loaded bundle."""
     from pathlib import Path
 
-    from ..errors import InputError, OutputError
+    from ..bundle import check_copy_target, find_bundle
+    from ..errors import InputError
+    from ..fsutil import check_output_dir
     from ..model.inference import DiagnosisModel
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OutputError("already exists; use --overwrite to replace it", out)
+    inputs = [getattr(args, "data", None), getattr(args, "cases", None)]
+    if getattr(args, "command", "evaluate") == "evaluate":
+        inputs.append(find_bundle(args.model))
+    else:  # calibrate writes a bundle: it may replace the one it recalibrates, not a folder holding it
+        check_copy_target(find_bundle(args.model), out)
+    check_output_dir(out, args.overwrite, inputs)
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise InputError("--target-sensitivity must be in (0, 1]")
     studies, source = labelled_studies(args)

@@ -1,0 +1,81 @@
+"""Output folders: ``--overwrite`` replaces only what BINDS wrote, never an input, the current
+folder or a file; problems are OutputErrors named before any work."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from BINDSLib.cli import main
+from BINDSLib.errors import OutputError
+from BINDSLib.fsutil import atomic_dir, check_output_dir
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else b"") for p in root.rglob("*"))
+
+
+def test_overwrite_replaces_binds_outputs_and_empty_folders_only(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "report.json").write_text("{}")
+    with atomic_dir(out, overwrite=True) as tmp:  # a BINDS output: replaced
+        (tmp / "report.json").write_text('{"new": 1}')
+    assert (out / "report.json").read_text() == '{"new": 1}'
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty", overwrite=True) as tmp:
+        (tmp / "study.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="holds files BINDS did not write"):
+        with atomic_dir(mine, overwrite=True) as tmp:
+            raise AssertionError("not reached")
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+@pytest.mark.parametrize("where", ["file", "input", "holds-input", "cwd", "cwd-parent", "root"])
+def test_outputs_that_would_destroy_something_are_refused(tmp_path, monkeypatch, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "image.png").write_bytes(b"x")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    target = {"file": tmp_path / "a-file", "input": data / "image.png", "holds-input": data,
+              "cwd": ".", "cwd-parent": "..", "root": "/"}[where]
+    before = _tree(tmp_path)
+    with pytest.raises(OutputError) as e:
+        with atomic_dir(target, overwrite=True, inputs=[data / "image.png"]):
+            raise AssertionError("not reached")
+    assert str(target) in str(e.value)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_parent_is_named_before_any_work(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="no permission to write in"):
+            check_output_dir(ro / "out", overwrite=False)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_convert_and_diagnose_refuse_to_replace_their_inputs(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)),
+                    str(folder / "us.png"))
+    (folder / "other.txt").write_text("keep")
+    before = _tree(tmp_path)
+    for cmd in ("convert", "diagnose"):
+        rc = main([cmd, "--role", f"US_L={folder / 'us.png'}", "--out", str(folder), "--overwrite"])
+        assert rc == 5 and _tree(tmp_path) == before, cmd
