@@ -18,6 +18,28 @@ from typing import Iterator
 from .errors import OutputError
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogate escapes) as U+FFFD, so
+    that it can be written to a UTF-8 file."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def sitk_path(path: str | os.PathLike, output: bool = False) -> str:
+    """``path`` as SimpleITK takes it. A name with bytes that are not UTF-8 (from another
+    system's encoding) would abort the whole process inside ITK: an :class:`InputError` (or
+    :class:`OutputError` for an ``output``) naming the path instead."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        from .errors import InputError
+
+        raise (OutputError if output else InputError)(
+            "the name holds bytes that are not UTF-8 text, which SimpleITK cannot open: rename "
+            "the file or folder", printable(text)) from None
+    return text
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

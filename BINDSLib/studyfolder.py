@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fsutil import atomic_dir, json_dumps
+from .fsutil import atomic_dir, json_dumps, sitk_path
 from .study import (
     Diagnosis, ExamHistory, Finding, Geometry, Image, Pathology, Role, SourceInfo, Study,
     parse_date, pseudonym,
@@ -49,7 +49,7 @@ def write_nrrd(path: Path, voxels: np.ndarray, geometry: Geometry) -> None:
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     geometry.apply_to_sitk(img)
-    sitk.WriteImage(img, str(path), useCompression=True)
+    sitk.WriteImage(img, sitk_path(path, output=True), useCompression=True)
 
 
 def read_volume(path: Path):
@@ -62,7 +62,7 @@ def read_volume(path: Path):
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
     try:
-        return sitk.ReadImage(str(path))
+        return sitk.ReadImage(sitk_path(path))
     except RuntimeError as e:
         from .io.files import itk_reason
 

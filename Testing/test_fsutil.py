@@ -79,3 +79,28 @@ def test_convert_and_diagnose_refuse_to_replace_their_inputs(tmp_path):
     for cmd in ("convert", "diagnose"):
         rc = main([cmd, "--role", f"US_L={folder / 'us.png'}", "--out", str(folder), "--overwrite"])
         assert rc == 5 and _tree(tmp_path) == before, cmd
+
+
+def test_a_file_name_that_is_not_utf8_is_an_input_error_not_an_abort(tmp_path, capsys):
+    """ITK aborts the whole process (std::logic_error) on such a name; a batch goes on."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from BINDSLib.studyfolder import write_study_folder
+    from test_model_cases import make_case
+
+    if os.path.supports_unicode_filenames or os.name != "posix":
+        pytest.skip("needs byte file names (POSIX)")
+    bad = tmp_path / os.fsdecode(b"caf\xe9.png")
+    sitk.WriteImage(sitk.GetImageFromArray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)),
+                    str(tmp_path / "ok.png"))
+    os.rename(tmp_path / "ok.png", bad)
+    assert main(["diagnose", "--role", f"US_L={bad}", "--out", str(tmp_path / "o1"), "--no-summary"]) == 3
+    assert "not UTF-8" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    batch = tmp_path / "batch"
+    write_study_folder(make_case(0, True, ("US",)), batch / "good")
+    os.rename(write_study_folder(make_case(1, True, ("US",)), batch / "z"), batch / os.fsdecode(b"z\xe9"))
+    assert main(["diagnose", str(batch), "--out", str(tmp_path / "o2"), "--no-summary", "--model",
+                 "binds-diagnosis-demo"]) == 6
+    failures = (tmp_path / "o2" / "failures.csv").read_text(encoding="utf-8")
+    assert "not UTF-8" in failures and len((tmp_path / "o2" / "results.csv").read_text().splitlines()) == 2

@@ -48,7 +48,9 @@ def register(sub) -> None:
 
 def progress(done: int, total: int, message: str) -> None:
     """One machine-readable progress line on stderr (the Slicer module parses it)."""
-    sys.stderr.write(f"PROGRESS {done}/{total} {message}\n")
+    from ..fsutil import printable
+
+    sys.stderr.write(f"PROGRESS {done}/{total} {printable(message)}\n")
     sys.stderr.flush()
 
 
@@ -176,7 +178,7 @@ def run_batch(model, sources, out: Path, options) -> int:
 
     from ..diagnose import diagnose_study, is_finished, remove_stale
     from ..errors import EXIT_PARTIAL, BindsError, OutputError
-    from ..fsutil import atomic_write_text, check_not_input
+    from ..fsutil import atomic_write_text, check_not_input, printable
     from ..outputs.report import results_csv
 
     if out.exists() and not out.is_dir():
@@ -226,7 +228,8 @@ def run_batch(model, sources, out: Path, options) -> int:
             with open(rpath, newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
     atomic_write_text(out / "results.csv", results_csv(rows))
-    atomic_write_text(out / "failures.csv", _csv_text(["source", "error"], failures))
+    atomic_write_text(out / "failures.csv", _csv_text(["source", "error"],
+                                                      [(printable(a), printable(b)) for a, b in failures]))
     sys.stdout.write(f"{done} diagnosed, {skipped} already done, {len(failures)} failed; results in {out}\n")
     return EXIT_PARTIAL if failures else 0
 

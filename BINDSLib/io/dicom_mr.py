@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..fsutil import sitk_path
 from ..study import Geometry, Image, Role, SourceInfo
 from .dicom_common import (
     Skipped, check_pixel_size, decode, dicom_date, dicom_time_s, frames_of, modality_lut,
@@ -355,7 +356,7 @@ def read_sitk(vol: MRVolume) -> np.ndarray:
     import SimpleITK as sitk
 
     _check_not_truncated(vol)
-    names = [str(s.file.path) for s in vol.slices]
+    names = [sitk_path(s.file.path) for s in vol.slices]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..fsutil import sitk_path
 from ..study import Geometry, Image, Role, SourceInfo
 
 #: File endings read through SimpleITK, with geometry.
@@ -91,7 +92,7 @@ def read_image_info(path: Path):
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(sitk_path(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:

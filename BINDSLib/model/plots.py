@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import sitk_path
+
 log = logging.getLogger(__name__)
 
 SIZE = 400
@@ -138,5 +140,5 @@ def _dot(c: np.ndarray, x: float, y: float, colour, radius: int = 4) -> None:
 def _write(canvas: np.ndarray, path: Path) -> Path:
     import SimpleITK as sitk
 
-    sitk.WriteImage(sitk.GetImageFromArray(canvas, isVector=True), str(path))
+    sitk.WriteImage(sitk.GetImageFromArray(canvas, isVector=True), sitk_path(path, output=True))
     return Path(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..fsutil import sitk_path
 from ..study import Geometry
 
 #: Slicer terminology context (shipped in Resources/Terminology/BINDS.term.json).
@@ -106,7 +107,7 @@ def write_seg_nrrd(path: str | os.PathLike, masks: dict[str, np.ndarray], geomet
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part.nrrd")
     try:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        sitk.WriteImage(img, sitk_path(tmp, output=True), useCompression=True)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
