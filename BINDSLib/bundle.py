@@ -139,7 +139,7 @@ def read_metadata(path: Path) -> dict:
         raise ModelError(f"not a model bundle: {METADATA} is missing", path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelError(f"invalid metadata JSON: {e}", meta_path) from None
     if not isinstance(meta, dict):
         raise ModelError(f"metadata is a JSON {type(meta).__name__}, not an object", meta_path)

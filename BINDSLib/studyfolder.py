@@ -162,9 +162,11 @@ def read_study_folder(path: str | os.PathLike, load_voxels: bool = True,
     if not jpath.is_file():
         raise InputError(f"not a study folder (no {STUDY_JSON})", root)
     try:
-        doc = json.loads(jpath.read_text(encoding="utf-8"))
+        doc = json.loads(jpath.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"invalid JSON: {e}", jpath) from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", jpath) from None
     return study_from_json(doc, root, load_voxels=load_voxels, json_path=jpath,
                            reference_masks=reference_masks)
 
@@ -339,11 +341,11 @@ def read_history(path: str | os.PathLike, load_voxels: bool = True,
     if not jpath.is_file():
         raise InputError("not an exam-history folder (no history.json)", path)
     try:
-        doc = json.loads(jpath.read_text(encoding="utf-8"))
+        doc = json.loads(jpath.read_text(encoding="utf-8-sig"))
         exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels,
                                    reference_masks)
                  for e in doc["exams"]]
         return ExamHistory(doc["woman_id"], exams, parse_date(doc.get("cancer_date")),
                            parse_date(doc.get("followup_end")))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise InputError(f"invalid history file: {e}", jpath) from None
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"invalid history file: {e or 'nested too deeply'}", jpath) from None

@@ -183,6 +183,14 @@ def test_busi_manifest_problems_are_named(tmp_path, shared_data, caplog):
     _write_csv(root / "manifest.csv", rows + [rows[1]])
     with pytest.raises(InputError, match=rf"manifest.csv: rows 3 and 6: case_id '{rows[1]['case_id']}' is listed twice"):
         load_dataset(root)
+    text = "\n".join(";".join(r.values()) for r in [dict(zip(rows[0], rows[0])), *rows])
+    (root / "manifest.csv").write_text(text)  # a spreadsheet's "CSV" with semicolons
+    with pytest.raises(InputError, match=r"manifest.csv: columns are separated by ';' or tabs"):
+        load_dataset(root)
+    _write_csv(root / "manifest.csv", [dict(rows[0], case_id=rows[0]["case_id"] + "\xe9")] + rows[1:])
+    (root / "manifest.csv").write_bytes((root / "manifest.csv").read_text().encode("latin-1"))
+    with pytest.raises(InputError, match=r"manifest.csv: cannot read CSV: 'utf-8' codec"):
+        load_dataset(root)  # named, not "no DICOM images found"
     _write_csv(root / "manifest.csv", [dict(rows[0], mask=" ")] + rows[1:])
     with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
         studies = load_dataset(root)
@@ -216,6 +224,10 @@ def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
     _write_csv(root / "images.csv", rows + [rows[0]])
     with pytest.raises(InputError, match=r"images.csv: rows 2 and 6: image_id 'mdb001' is listed twice"):
         load_dataset(root)
+    for bad in ("0", "nan", "-0.4"):
+        _write_csv(root / "images.csv", [dict(rows[0], pixel_spacing_mm=bad)] + rows[1:])
+        with pytest.raises(InputError, match=rf"images.csv: row 2: pixel_spacing_mm '{bad}' is not a positive"):
+            load_dataset(root)
     # a circle outside its film: coordinates for another image size (the 1024-pixel release?)
     _write_csv(root / "images.csv", rows)
     _write_csv(root / "findings.csv", [dict(findings[0], center_col="700")] + findings[1:])

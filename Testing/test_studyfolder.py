@@ -225,3 +225,16 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+def test_study_json_with_a_byte_order_mark_is_read_and_deep_nesting_refused(tmp_path):
+    from test_model_cases import make_case
+
+    folder = write_study_folder(make_case(0, True, ("US",)), tmp_path / "s")
+    jpath = folder / "study.json"
+    text = jpath.read_text(encoding="utf-8")
+    jpath.write_text(text, encoding="utf-8-sig")  # as some editors save it
+    assert read_study_folder(folder).study_id == json.loads(text)["study_id"]
+    jpath.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(InputError, match="study.json: invalid JSON: nested too deeply"):
+        read_study_folder(folder)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -54,6 +55,8 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
             reader = csv.DictReader(f)
             names = [(n or "").strip() for n in reader.fieldnames or ()]
             missing = required - set(names)
+            if missing and len(names) == 1 and any(sep in names[0] for sep in ";\t"):
+                raise InputError("columns are separated by ';' or tabs: save it as comma-separated CSV", path)
             if missing:
                 raise InputError(f"missing column(s) {sorted(missing)}", path)
             return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
@@ -61,12 +64,15 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
         raise InputError(f"cannot read CSV: {e}", path) from None
 
 
-def _csv_columns(path: Path) -> set[str]:
+def _csv_columns(path: Path) -> set[str] | None:
+    """The column names of a CSV file; None when it is not a UTF-8 CSV with commas (its loader
+    then says why)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            return {c.strip() for c in next(csv.reader(f), [])}
+            names = {c.strip() for c in next(csv.reader(f), [])}
     except (OSError, UnicodeDecodeError, csv.Error):
-        return set()
+        return None
+    return None if len(names) == 1 and any(sep in next(iter(names)) for sep in ";\t") else names
 
 
 def detect_layout(path: str | os.PathLike) -> str | None:
@@ -78,16 +84,16 @@ def detect_layout(path: str | os.PathLike) -> str | None:
     if not p.is_dir():
         return None
     manifest, images = p / "manifest.csv", p / "images.csv"
-    if manifest.is_file() and BUSI_COLUMNS <= _csv_columns(manifest):
+    if manifest.is_file() and BUSI_COLUMNS <= (_csv_columns(manifest) or set()):
         return "busi"
     if images.is_file() and (p / "findings.csv").is_file():
         return "mini-mias"
     if any((d / "study.json").is_file() for d in sorted(p.iterdir()) if d.is_dir()):
         return "study-folders"
-    if images.is_file() and {"image_id", "patient"} <= _csv_columns(images):
+    if images.is_file() and {"image_id", "patient"} <= (_csv_columns(images) or set()):
         return "mini-mias"
-    if manifest.is_file() and "case_id" in _csv_columns(manifest):
-        return "busi"
+    if manifest.is_file() and "case_id" in (_csv_columns(manifest) or {"case_id"}):
+        return "busi"  # (or a manifest that cannot be read: its loader names the file and why)
     return None
 
 
@@ -184,6 +190,9 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             spacing = _opt_float(row.get("pixel_spacing_mm"))
         except ValueError as e:
             raise InputError(f"row {n}: {e}", images_csv) from None
+        if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
+            raise InputError(f"row {n}: pixel_spacing_mm {row['pixel_spacing_mm']!r} is not a positive "
+                             "number of millimetres", images_csv)
         rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
     _warn_stray_findings(findings_csv, by_image, rows)
     by_woman: dict[str, list] = {}
@@ -244,8 +253,8 @@ def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) ->
     first: dict[str, Path] = {}
     for d in folders:
         try:
-            doc = json.loads((d / "study.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+            doc = json.loads((d / "study.json").read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             continue  # read_study_folder names the problem when it reaches this folder
         sid = str(doc.get("study_id") or d.name) if isinstance(doc, dict) else d.name
         if sid in first:

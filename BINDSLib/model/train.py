@@ -218,7 +218,7 @@ def load_settings(path: str | os.PathLike) -> TrainSettings:
         else:
             doc = json.loads(text)
         return parse_settings(doc, path.parent)
-    except (json.JSONDecodeError, ValueError, TypeError) as e:
+    except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
         raise InputError(f"invalid training config: {e}", path) from None
 
 
