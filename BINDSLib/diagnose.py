@@ -28,8 +28,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import InputError, OutputError
-from .fsutil import atomic_dir, json_dumps
+from .errors import InputError
+from .fsutil import atomic_dir, check_output_dir, json_dumps
 from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
 from .study import Modality, Study, pseudonym
@@ -90,7 +90,7 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
                 raise InputError(f"no 'lesion' segment (has {', '.join(segs)})", p)
             out[im.label] = seg.mask
         else:
-            out[im.label] = read_mask_file(p, im.shape)
+            out[im.label] = read_mask_file(p, im.shape, im.geometry)
     return out
 
 
@@ -171,11 +171,14 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     ``progress(done, total, message)`` reports the steps (read, stage 1, stage 2, write).
     ``model_notes`` go into the report's notes (e.g. why ``--model auto`` chose the bundle)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not options.overwrite:
-        raise OutputError("output folder exists; use --overwrite to replace it", out_dir)
+    check_output_dir(out_dir, options.overwrite, options.inputs)  # before the work, not after
     t0 = time.perf_counter()
     warnings = check_study(study)
     user_masks = load_lesion_masks(study, lesion_mask_files or {})
+    for label, mask in user_masks.items():
+        if not mask.any():
+            warnings.append(f"the lesion mask given for {label} is empty: no lesion is outlined on that image")
+            log.warning("study %s: %s", study.study_id, warnings[-1])
     band = tuple(model.uncertainty_band)
     threshold = float(model.threshold)
     t_read = time.perf_counter() - t0

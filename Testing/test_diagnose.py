@@ -2,6 +2,7 @@
 atomic writes and clear errors."""
 
 import csv
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -102,6 +103,33 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, diagnosis_bundle,
     assert 0.0 < report["finding_probability"] < 1.0
     assert report["finding_probability"] == report["stages"][-1]["finding_probability"]
     assert float(rows[0]["finding_probability"]) == pytest.approx(report["finding_probability"], abs=1e-6)
+
+
+def test_user_lesion_masks_off_the_image_grid_are_refused_and_empty_ones_noted(tmp_path, diagnosis_bundle,
+                                                                               study_dir, capsys):
+    from BINDSLib.outputs.segmentation import write_seg_nrrd
+
+    study = read_study_folder(study_dir)
+    us = next(im for im in study.images if im.modality.value == "US")
+    mask = np.zeros(us.shape, np.uint8)
+    mask[0, 20:31, 40:57] = 1
+    shifted = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, (5.0, 0, 0))))
+    img = sitk.GetImageFromArray(mask)
+    shifted.apply_to_sitk(img)  # the right shape on another grid: would outline the wrong pixels
+    sitk.WriteImage(img, str(tmp_path / "shifted.nrrd"))
+    far = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, (1000.0, 0, 0))))
+    write_seg_nrrd(tmp_path / "far.seg.nrrd", {"lesion": mask}, far)  # another image's outline
+    base = ["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--device", "cpu", "--no-summary"]
+    for name, message in (("shifted.nrrd", "mask grid (spacing"), ("far.seg.nrrd", "does not overlap its image")):
+        assert main(base + ["--out", str(tmp_path / f"out-{name}"), "--lesion-mask", f"{us.label}={tmp_path / name}"]) == 3
+        assert message in capsys.readouterr().err and not (tmp_path / f"out-{name}").exists()
+    img = sitk.GetImageFromArray(np.zeros_like(mask))
+    us.geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "empty.nrrd"))
+    out = tmp_path / "out"
+    assert main(base + ["--out", str(out), "--lesion-mask", f"{us.label}={tmp_path / 'empty.nrrd'}"]) == 0
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert f"the lesion mask given for {us.label} is empty: no lesion is outlined on that image" in notes
 
 
 def test_same_input_gives_byte_identical_outputs(tmp_path, diagnosis_bundle, study_dir):

@@ -99,7 +99,6 @@ def load_source(kind: str, value) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import InputError
-    from ..fsutil import check_output_dir
     from ..memory import configure_malloc
 
     if getattr(args, "own_process", False):
@@ -123,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if single:
         studies = load_source(*sources[0])
         single = len(studies) == 1
-    if single:  # checked now, not after the diagnosis
-        check_output_dir(out, options.overwrite, inputs)
+    if single:
         if masks and len(studies) != 1:
             raise InputError("--lesion-mask needs exactly one study")
         progress(0, 4, f"read study {studies[0].study_id}")

@@ -51,6 +51,19 @@ def suffix_of(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def same_grid(a: Geometry, b: Geometry) -> bool:
+    """Whether two geometries place a grid alike: spacing within 0.1 %, origin within a
+    hundredth of a voxel, direction within 1e-4."""
+    sa, sb = np.asarray(a.spacing_mm), np.asarray(b.spacing_mm)
+    return bool(np.allclose(sa, sb, rtol=1e-3, atol=0)
+                and np.all(np.abs(np.subtract(a.origin_mm, b.origin_mm)) <= 0.01 * np.minimum(sa, sb))
+                and np.allclose(a.direction, b.direction, atol=1e-4))
+
+
+def _mm(values, sep: str) -> str:
+    return sep.join(f"{float(v):g}" for v in values)
+
+
 def check_finite(voxels: np.ndarray, path) -> None:
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         n = int((~np.isfinite(voxels)).sum())
@@ -155,18 +168,30 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
         raise InputError(str(e), path) from None
 
 
-def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:
+#: file formats that record where their grid lies (spacing, origin, direction)
+PLACED_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
+                   geometry: Geometry | None = None) -> np.ndarray:
     """A binary mask that must match ``shape``: any non-zero voxel is lesion, except in a JPEG
     file, whose lossy compression leaves faint values around the edges: there a voxel above
-    half the mask's maximum is lesion."""
+    half the mask's maximum is lesion. A mask in a format that records its grid
+    (:data:`PLACED_FORMATS`) must also lie on the image's ``geometry`` when it is given (a
+    mask of another grid with the same shape would be read onto the wrong pixels)."""
     path = Path(path)
     reader = read_image_info(path)
     try:
         img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"cannot decode mask ({itk_reason(e)})", path) from None
-    voxels, _ = sitk_to_voxels(img, path)
+    voxels, grid = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
+    if geometry is not None and suffix_of(path) in PLACED_FORMATS and not same_grid(grid, geometry):
+        raise InputError(f"mask grid (spacing {_mm(grid.spacing_mm, ' x ')} mm, origin "
+                         f"({_mm(grid.origin_mm, ', ')}) mm) differs from its image's (spacing "
+                         f"{_mm(geometry.spacing_mm, ' x ')} mm, origin ({_mm(geometry.origin_mm, ', ')}) mm): "
+                         "resample the mask onto the image", path)
     lossy = suffix_of(path) in (".jpg", ".jpeg")
     return (voxels > (0.5 * float(voxels.max()) if lossy else 0)).astype(np.uint8)

@@ -154,6 +154,7 @@ def read_seg_nrrd(path: str | os.PathLike, reference: Geometry, shape: tuple[int
     layers = [sitk.VectorIndexSelectionCast(img, c, sitk.sitkInt32) for c in range(ncomp)] if ncomp > 1 \
         else [sitk.Cast(img, sitk.sitkInt32)]
     out: dict[str, SegmentData] = {}
+    outside = []  # segments with voxels in the file but none on the reference grid
     for n in range(n_segments):
         get = lambda k, d=None: img.GetMetaData(f"Segment{n}_{k}") if f"Segment{n}_{k}" in keys else d  # noqa: E731
         try:
@@ -168,6 +169,8 @@ def read_seg_nrrd(path: str | os.PathLike, reference: Geometry, shape: tuple[int
         mask = sitk.GetArrayFromImage(on_ref).astype(np.uint8)
         if mask.ndim == 2:
             mask = mask[None]
+        if not mask.any() and sitk.GetArrayViewFromImage(binary).any():
+            outside.append(get("Name") or get("ID") or f"segment{n}")
         color = None
         if get("Color"):
             try:
@@ -176,4 +179,7 @@ def read_seg_nrrd(path: str | os.PathLike, reference: Geometry, shape: tuple[int
                 color = None
         sid = get("ID") or f"segment{n}"
         out[sid] = SegmentData(sid, get("Name") or sid, mask, color)
+    if outside and not any(s.mask.any() for s in out.values()):
+        raise InputError(f"the segmentation does not overlap its image (segments {', '.join(outside)} lie "
+                         "outside it): is it another image's?", path)
     return out
