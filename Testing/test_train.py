@@ -303,6 +303,49 @@ def test_config_errors_are_clear(tmp_path):
         load_settings(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"train": {"batch_size": "2"}}, r"train.batch_size must be a whole number, not '2'"),
+    ({"train": {"seed": 1.5}}, r"train.seed must be a whole number, not 1.5"),
+    ({"train": {"amp": "yes"}}, r"train.amp must be true or false"),
+    ({"train": {"batch_size": 0}}, r"train.batch_size must be at least 1, not 0"),
+    ({"train": {"modality_dropout": 1.5}}, r"train.modality_dropout must be at least 0.0 and at most 1.0"),
+    ({"train": {"validation_fraction": "0.2"}}, r"train.validation_fraction must be a finite number"),
+    ({"train": {"phases": [{"name": "a", "epochs": 1, "lr": "fast"}]}}, r"train.phases\[0\].lr must be a finite"),
+    ({"train": {"phases": [{"name": "a", "epochs": 1, "lr": -1}]}}, r"train.phases\[0\].lr must be above 0"),
+    ({"train": {"phases": [{"name": "a", "epochs": "3", "lr": 1e-3}]}}, r"train.phases\[0\].epochs must be a whole"),
+    ({"train": {"phases": [{"name": "a", "epochz": 3, "lr": 1e-3}]}}, r"train.phases\[0\] needs name, epochs and lr"),
+    ({"data": [{"synthetic": {"n": 4}, "limt": 3}]}, r"unknown key\(s\) \['limt'\]"),
+    ({"data": [{"synthetic": {"n": 4, "sed": 3}}]}, r"unknown synthetic option\(s\) \['sed'\]"),
+    ({"data": [{"dataset": 3}]}, r"dataset must be a path"),
+    ({"data": [{"dataset": "x", "limit": 0}]}, r"limit must be at least 1"),
+    ({"bundle": {"nmae": "x"}}, r"bundle must be an object of texts with the keys"),
+])
+def test_config_types_ranges_and_keys_are_checked_before_any_work(change, message):
+    doc = {"model": {"preset": "demo"}, "data": [{"synthetic": {"n": 4}}], **change}
+    with pytest.raises(ValueError, match=message):
+        parse_settings(doc)
+
+
+def test_resume_refuses_other_data_or_network_and_warns_of_an_empty_split(tmp_path, caplog):
+    cfg = _config(tmp_path, epochs=(1, 0), modality_sets=(("US",),))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    first = (run / "config.json").read_text()
+    doc = json.loads(cfg.read_text())
+    for key, value in (("data", [{"folders": "studies", "limit": 5}]), ("model", {**doc["model"], "embed_dim": 32})):
+        other = tmp_path / f"other-{key}.json"
+        other.write_text(json.dumps({**doc, key: value}))
+        with pytest.raises(InputError, match=f"this run was started with another {key}"):
+            train(load_settings(other), run, resume=True)
+        assert (run / "config.json").read_text() == first  # refused before anything is written
+    doc["train"]["validation_fraction"] = 0.0
+    cfg.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="BINDSLib.model.train"):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "run0")]) == 0
+    assert "no validation studies (validation_fraction 0 of 6 studies): the bundle will not be calibrated" \
+        in caplog.text
+
+
 def test_validation_dice_scores_the_thresholded_lesion_map():
     from types import SimpleNamespace
 

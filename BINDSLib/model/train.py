@@ -123,6 +123,58 @@ _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSettings)} - {"model", "d
                                                                      "bundle", "document"}
 
 
+_TRAIN_TYPES = {f.name: f.type for f in dataclasses.fields(TrainSettings) if f.type in ("int", "float", "bool", "str")}
+#: (setting, (lower bound, inclusive), upper bound or None)
+_TRAIN_RANGES = (("batch_size", (1, True), None), ("num_workers", (0, True), None),
+                 ("data_workers", (0, True), None), ("weight_decay", (0.0, True), None),
+                 ("grad_clip", (0.0, True), None), ("warmup_epochs", (0.0, True), None),
+                 ("modality_dropout", (0.0, True), 1.0), ("crop_from_prediction", (0.0, True), 1.0),
+                 ("alignment_temperature", (0.0, False), None), ("pos_weight", (0.0, False), None),
+                 ("target_sensitivity", (0.0, False), 1.0), ("seed", (0, True), None))
+_BUNDLE_KEYS = {"name", "version", "description", "caution"}
+_SOURCE_KINDS = ("synthetic", "dataset", "folders", "manifest")
+
+
+def _check_type(where: str, value, kind: str | None) -> None:
+    """``ValueError`` naming the setting when ``value`` is not of the JSON ``kind`` (int, float,
+    bool, str; None: not checked here). A whole number is a float too; true/false is neither."""
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}.get(kind)
+    if ok is not None and not ok(value):
+        want = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "a text"}[kind]
+        raise ValueError(f"{where} must be {want}, not {value!r}")
+
+
+def _check_source(src: dict) -> None:
+    """``ValueError`` naming what is wrong with one ``data`` source of a config."""
+    kinds = [k for k in _SOURCE_KINDS if k in src]
+    if len(kinds) != 1:
+        raise ValueError(f"data source {src} must have exactly one of synthetic, dataset, folders, manifest")
+    unknown = set(src) - {kinds[0], "limit"}
+    if unknown:
+        raise ValueError(f"data source {src}: unknown key(s) {sorted(unknown)} (a source has its kind and "
+                         "optionally limit)")
+    if "limit" in src:
+        _check_type("data limit", src["limit"], "int")
+        if src["limit"] < 1:
+            raise ValueError(f"data source {src}: limit must be at least 1")
+    if kinds[0] == "synthetic":
+        import inspect
+
+        from ..synthetic import make_study
+
+        opts = src["synthetic"]
+        if not isinstance(opts, dict):
+            raise ValueError(f'data source {src}: synthetic takes options, e.g. {{"n": 600, "seed": 1}}')
+        known = {"n", "seed"} | set(inspect.signature(make_study).parameters) - {"study_id"}
+        if set(opts) - known:
+            raise ValueError(f"data source {src}: unknown synthetic option(s) {sorted(set(opts) - known)}; "
+                             f"known: {sorted(known)}")
+    elif not isinstance(src[kinds[0]], str):
+        raise ValueError(f"data source {src}: {kinds[0]} must be a path")
+
+
 def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
     """:class:`TrainSettings` from a config document; ``ValueError`` names what is wrong."""
     if not isinstance(doc, dict):
@@ -139,15 +191,36 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         raise ValueError('"data" must name at least one source, e.g. {"synthetic": {"n": 600}}, '
                          '{"dataset": "path"}, {"folders": "path"} or {"manifest": "file.csv"}')
     for d in data:
-        kinds = set(d) & {"synthetic", "dataset", "folders", "manifest"}
-        if len(kinds) != 1:
-            raise ValueError(f"data source {d} must have exactly one of synthetic, dataset, folders, manifest")
-    t = dict(doc.get("train", {}))
+        _check_source(d)
+    bundle = doc.get("bundle", {})
+    if not isinstance(bundle, dict) or set(bundle) - _BUNDLE_KEYS \
+            or not all(isinstance(v, str) for v in bundle.values()):
+        raise ValueError(f"bundle must be an object of texts with the keys {sorted(_BUNDLE_KEYS)}, not {bundle!r}")
+    t = doc.get("train", {})
+    if not isinstance(t, dict):
+        raise ValueError("train must be an object of settings")
+    t = dict(t)
     bad = set(t) - _TRAIN_KEYS
     if bad:
         raise ValueError(f"unknown train settings {sorted(bad)}; known: {sorted(_TRAIN_KEYS)}")
+    for key, value in t.items():
+        _check_type(f"train.{key}", value, _TRAIN_TYPES.get(key))
     if "phases" in t:
-        t["phases"] = tuple(Phase(**p) for p in t["phases"])
+        if not isinstance(t["phases"], list) or not all(isinstance(p, dict) for p in t["phases"]):
+            raise ValueError('train.phases must be a list of objects, e.g. [{"name": "unimodal", "epochs": 2, '
+                             '"lr": 0.002, "fusion": false}]')
+        phases = []
+        for n, ph in enumerate(t["phases"]):
+            unknown = set(ph) - {"name", "epochs", "lr", "fusion"}
+            if unknown or not {"name", "epochs", "lr"} <= set(ph):
+                raise ValueError(f"train.phases[{n}] needs name, epochs and lr (and may have fusion), not {sorted(ph)}")
+            for key, kind in (("name", "str"), ("epochs", "int"), ("lr", "float"), ("fusion", "bool")):
+                if key in ph:
+                    _check_type(f"train.phases[{n}].{key}", ph[key], kind)
+            if ph["lr"] <= 0:
+                raise ValueError(f"train.phases[{n}].lr must be above 0, not {ph['lr']!r}")
+            phases.append(Phase(**ph))
+        t["phases"] = tuple(phases)
     if "loss_weights" in t:
         t["loss_weights"] = LossWeights.from_json(t["loss_weights"])
     if "uncertainty_band" in t:
@@ -156,8 +229,13 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         if not isinstance(t["refiner"], dict):
             raise ValueError('train.refiner must be an object, e.g. {"epochs": 60}')
         t["refiner"] = RefinerTraining(**t["refiner"])
-    s = TrainSettings(model=model, data=tuple(data), base_dir=Path(base_dir), bundle=dict(doc.get("bundle", {})),
+    s = TrainSettings(model=model, data=tuple(data), base_dir=Path(base_dir), bundle=dict(bundle),
                       document=doc, **t)
+    for key, low, high in _TRAIN_RANGES:
+        value = getattr(s, key)
+        if not (low[0] <= value if low[1] else low[0] < value) or (high is not None and value > high):
+            raise ValueError(f"train.{key} must be {'at least' if low[1] else 'above'} {low[0]}"
+                             f"{'' if high is None else f' and at most {high}'}, not {value!r}")
     if s.alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}")
     if not s.phases or any(p.epochs < 0 for p in s.phases) or s.epochs < 1:
@@ -541,6 +619,8 @@ def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: 
     if (run_dir / "checkpoints" / "last.pt").exists() and not resume and not overwrite:
         raise OutputError("holds a previous run; use --resume to continue it or --overwrite "
                           "to start again", run_dir)
+    if resume and (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "config.json").is_file():
+        _check_resumable(settings, run_dir / "config.json")
     inputs = [t[1] for t in _tasks(settings.data, settings.base_dir) if t[0] != "synthetic"]
     inputs += [settings.base_dir / s["manifest"] for s in settings.data if "manifest" in s]
     inputs += [w for w in pretrained_sources(settings).values() if w != "imagenet"]
@@ -553,6 +633,29 @@ def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: 
     if bundle_path is not None and Path(bundle_path).exists() and not overwrite:
         raise OutputError("already exists; use --overwrite to replace it (checked before "
                           "training, not after)", bundle_path)
+
+
+def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
+    """Refuse to resume a run with other data, another split or another network than it was
+    started with (the weights and the held-out split would not belong to the bundle's
+    record). Other settings may change on a resume (more epochs, weight averaging, the
+    lesion refiner), with a warning when they do."""
+    try:
+        old_doc = json.loads(config_path.read_text(encoding="utf-8"))
+        old = parse_settings(old_doc["document"], settings.base_dir)
+        old_model = dict(old_doc["model"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: cannot compare with the run's first config (%s); resuming", config_path, e)
+        return
+    new_model = settings.model.to_json()
+    for m in (old_model, new_model):
+        m.pop("lesion_refiner", None)  # trained on its own after the network: may change
+    changed = [name for name, a, b in (("data", old.data, settings.data), ("seed", old.seed, settings.seed),
+                                       ("validation_fraction", old.validation_fraction, settings.validation_fraction),
+                                       ("model", json_dumps(old_model), json_dumps(new_model))) if a != b]
+    if changed:
+        raise InputError(f"this run was started with another {', '.join(changed)}; --resume continues a run "
+                         "with the same ones (use --overwrite to start again, or another --out)", config_path)
 
 
 def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool = False,
@@ -604,6 +707,10 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     val_samples = [samples[i] for i in val_idx]
     log.info("prepared %d studies in %.0f s: %d training, %d validation", len(samples),
              time.perf_counter() - t0, len(train_samples), len(val_samples))
+    if not val_samples:
+        log.warning("no validation studies (validation_fraction %g of %d studies): the bundle will not "
+                    "be calibrated (temperature 1, threshold 0.5) and has no validation metrics",
+                    settings.validation_fraction, len(samples))
     if not train_samples:
         raise InputError("no training studies left after the validation split")
     if rt.main:
