@@ -198,3 +198,27 @@ def test_calibrate_refuses_data_without_both_classes(tmp_path, tiny_bundle, caps
     assert code == 3 and str(data) in err and "found 3 abnormal, 0 normal" in err
     assert "--fit malignancy refits the malignancy probability only" in err
     assert not out.exists() and not any(p.name.startswith(".recal") for p in tmp_path.iterdir())
+    # malignant studies alone: neither part can be fitted, and no other --fit is suggested
+    malignant = tmp_path / "malignant"
+    for i in (0, 2):
+        write_study_folder(make_case(i, True, ("US",)), malignant / f"case{i}")
+    assert main(["calibrate", "--model", str(tiny_bundle), "--data", str(malignant), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "calibration needs" in err and "--fit" not in err
+
+
+def test_case_lists_naming_studies_the_data_lacks(tmp_path, tiny_bundle, labelled_folder, capsys, caplog):
+    cases = tmp_path / "cases.csv"
+    cases.write_text("study_id\ncase0\ncase1\ncase3\nnot-there\n")
+    base = ["calibrate", "--model", str(tiny_bundle), "--data", str(labelled_folder), "--cases", str(cases)]
+    with caplog.at_level("WARNING"):
+        assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert f"{cases}: 1 of the 4 listed studies are not in {labelled_folder}: not-there" in caplog.text
+    assert load_bundle(tmp_path / "a").binds["calibration"]["n"] == 3
+    cases.write_text("study_id\nx1\nx2\n")
+    assert main(base + ["--out", str(tmp_path / "b")]) == 3
+    assert f"none of the 2 studies listed in {cases} is in {labelled_folder}" in capsys.readouterr().err
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--out", str(tmp_path / "c"), "--limit", bad])
+        assert e.value.code == 2

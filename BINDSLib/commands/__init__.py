@@ -36,3 +36,14 @@ def positive_number(text: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return v

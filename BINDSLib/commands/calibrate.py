@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     check_new_version(bundle, version)
     rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
+    if not rows and source.get("n_cases_not_found") == source.get("n_cases_listed"):
+        raise InputError(f"none of the {source['n_cases_listed']} studies listed in {source['cases']} is in "
+                         f"{source['data']}")
     if not rows:
         raise InputError(f"no study {bundle.name} can read in {where}")
     parts = REFIT_PARTS if args.fit == "all" else (args.fit,)
@@ -67,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         calibration, ops, fitted = refit(rows, binds.get("calibration", {}), ops, parts, args.target_sensitivity)
     except MissingClassError as e:
         other = [p for p in parts if p != e.part]
+        try:  # suggest the other part only when these studies can calibrate it
+            other = [p for p in other if refit(rows, binds.get("calibration", {}), ops, (p,), args.target_sensitivity)]
+        except MissingClassError:
+            other = []
         hint = f"; --fit {other[0]} refits the {other[0]} probability only" if other else ""
         raise InputError(f"{where}: {e}{hint}") from None
     fitted_on = f"binds calibrate: {where}"

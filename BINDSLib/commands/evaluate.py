@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import device_name
+from . import device_name, positive_int
 
 
 def register(sub) -> None:
@@ -48,7 +48,7 @@ def add_source_arguments(p) -> None:
                    help="only the studies listed in CSV (a study_id column, else the first column), "
                         "e.g. the held-out split a training run wrote: RUN_DIR/validation_cases.csv, "
                         "also kept in the bundle as docs/validation_cases.csv")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N studies")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N studies")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,11 +116,29 @@ def labelled_studies(args: argparse.Namespace):
         source = {"data": f"synthetic n={n} seed={args.synthetic_seed}", "layout": "synthetic"}
     if args.cases:
         wanted = read_case_list(Path(args.cases))
-        studies = (st for st in studies if st.study_id in wanted)
+        studies = _listed(studies, wanted, source)
         source.update(cases=str(args.cases), n_cases_listed=len(wanted))
     if args.limit:
         studies = itertools.islice(studies, args.limit)
     return studies, source
+
+
+def _listed(studies, wanted: set[str], source: dict):
+    """The ``studies`` whose ID is ``wanted``. Once all are read, the listed IDs not found are
+    counted in ``source["n_cases_not_found"]`` and named in a warning."""
+    import logging
+
+    seen = set()
+    for st in studies:
+        if st.study_id in wanted:
+            seen.add(st.study_id)
+            yield st
+    missing = sorted(wanted - seen)
+    source["n_cases_not_found"] = len(missing)
+    if missing:
+        logging.getLogger(__name__).warning(
+            "%s: %d of the %d listed studies are not in %s: %s%s", source["cases"], len(missing), len(wanted),
+            source["data"], ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
 
 
 def read_case_list(path) -> set[str]:
