@@ -129,6 +129,9 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
     if stage == "1" and not has_stage1:
         raise InputError(f"--stage 1 needs ultrasound or mammography; study {study.study_id} has "
                          f"only {', '.join(m.value for m in present)}")
+    if stage == "2" and not has_mr:
+        raise InputError(f"--stage 2 needs MRI the model reads; study {study.study_id} has "
+                         f"{', '.join(m.value for m in present)} (use --stage auto or 1)")
     stages: list[StageResult] = []
     preds = []
     # stage 2 reuses stage 1's mammography / ultrasound work (same results: per-modality encoders)

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .io.files import PICTURE_SUFFIXES, suffix_of
 from .study import Image, Modality, Study
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,12 @@ def breast_side(voxels2d: np.ndarray) -> str:
     return "left" if img[:, :half].sum() >= img[:, img.shape[1] - half:].sum() else "right"
 
 
+#: the smallest image side (pixels) BINDS diagnoses
+MIN_SIDE = 16
+#: below this share of pixels differing from an image's most common value, it is nearly blank
+NEAR_BLANK = 0.001
+
+
 def check_study(study: Study) -> list[str]:
     """Raise :class:`InputError` on unusable images; return warnings for suspicious ones."""
     warnings: list[str] = []
@@ -64,9 +72,22 @@ def check_study(study: Study) -> list[str]:
         v = im.voxels
         if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
             raise InputError(f"{im.label} has NaN or infinite voxels", _where(im))
+        rows, cols = im.shape[-2:]
+        if min(rows, cols) < MIN_SIDE:
+            raise InputError(f"{im.label} is {rows} x {cols} pixels: too small to diagnose (at least "
+                             f"{MIN_SIDE} x {MIN_SIDE})", _where(im))
         if v.max() == v.min():
-            raise InputError(f"{im.label} is a constant image (every voxel {v.flat[0]!r}): "
+            raise InputError(f"{im.label} is a constant image (every voxel {v.flat[0].item()!r}): "
                              "nothing to analyse", _where(im))
+        sample = v.ravel()[:: max(1, v.size // 1_000_000)]
+        varied = 1.0 - np.unique(sample, return_counts=True)[1].max() / sample.size
+        if varied < NEAR_BLANK:
+            warnings.append(f"{im.label} is nearly blank ({100 * varied:.2g} % of its pixels differ from the "
+                            "most common value): its result means little")
+        files = im.source.files if im.source is not None else ()
+        if files and suffix_of(Path(files[0])) in PICTURE_SUFFIXES and im.geometry.spacing_mm[:2] == (1.0, 1.0):
+            warnings.append(f"{im.label} is a picture file without a pixel size ({Path(files[0]).name}): 1 mm "
+                            "pixels assumed, so its lesion sizes are in pixels, not millimetres")
     mg_roles = Counter(im.role.key for im in study.images if im.modality is Modality.MG)
     dup = sorted(k for k, n in mg_roles.items() if n > 1)
     if dup:

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from BINDSLib.cli import main
 from BINDSLib.diagnose import run_stages
+from BINDSLib.errors import InputError
 from BINDSLib.outputs.segmentation import read_seg_nrrd
 from BINDSLib.study import Geometry, Image, Role, Study
 from BINDSLib.studyfolder import read_study_folder, write_study_folder
@@ -59,6 +60,13 @@ def test_two_stage_logic(p1, stage, mods, expect_calls):
     stages, _ = run_stages(model, _study(*mods), stage, (0.02, 0.98), {})
     assert model.calls == expect_calls
     assert stages[-1].stage == (2 if "MR" in expect_calls[-1] else 1)
+
+
+def test_a_forced_stage_without_its_modalities_is_refused():
+    with pytest.raises(InputError, match=r"--stage 2 needs MRI the model reads; study s has MG, US \(use --stage auto or 1\)"):
+        run_stages(FakeModel(0.5), _study("US", "MG"), "2", (0.02, 0.98), {})
+    with pytest.raises(InputError, match=r"--stage 1 needs ultrasound or mammography"):
+        run_stages(FakeModel(0.5), _study("MR"), "1", (0.02, 0.98), {})
 
 
 # -- outputs ----------------------------------------------------------------------------------

@@ -64,6 +64,25 @@ def test_wrong_dimensionality_and_constant_images_refused():
     flat = Image(np.random.default_rng(0).random((1, 8, 8)), Geometry(), Role.parse("MR_T2"))
     with pytest.raises(InputError, match="single 2D slice"):
         check_study(Study("s", [flat]))
-    const = Image(np.ones((1, 8, 8)), Geometry(), Role.parse("US_L"))
-    with pytest.raises(InputError, match="constant image"):
+    const = Image(np.full((1, 32, 32), 7, np.uint8), Geometry(), Role.parse("US_L"))
+    with pytest.raises(InputError, match=r"constant image \(every voxel 7\)"):
         check_study(Study("s", [const]))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2), (1, 1, 5000), (1, 15, 400)])
+def test_images_too_small_to_diagnose_are_refused(shape):
+    tiny = Image(np.random.default_rng(0).random(shape), Geometry(), Role.parse("US_L"))
+    with pytest.raises(InputError, match=rf"US_L is {shape[1]} x {shape[2]} pixels: too small"):
+        check_study(Study("s", [tiny]))
+
+
+def test_nearly_blank_images_and_pictures_without_a_pixel_size_are_noted():
+    blank = np.zeros((1, 600, 500), np.uint8)
+    blank[0, 300, 200] = 255  # one bright pixel
+    us = Image(blank, Geometry(), Role.parse("US_L"), source=SourceInfo(files=("/data/scan.png",)))
+    notes = check_study(Study("s", [us]))
+    assert any(n.startswith("US_L is nearly blank") for n in notes)
+    assert any("US_L is a picture file without a pixel size (scan.png): 1 mm pixels assumed" in n for n in notes)
+    textured = np.random.default_rng(0).integers(0, 255, (1, 60, 50)).astype(np.uint8)
+    placed = Image(textured, Geometry((0.1, 0.1, 1)), Role.parse("US_L"), source=SourceInfo(files=("/d/scan.png",)))
+    assert check_study(Study("s", [placed])) == []  # a known pixel size, a real picture
