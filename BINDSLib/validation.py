@@ -53,7 +53,7 @@ def breast_side(voxels2d: np.ndarray) -> str:
 
 
 #: the smallest image side (pixels) BINDS diagnoses
-MIN_SIDE = 16
+MIN_SIDE = 8
 #: below this share of pixels differing from an image's most common value, it is nearly blank
 NEAR_BLANK = 0.001
 

@@ -329,12 +329,16 @@ def test_a_refiner_added_after_training_is_trained_on_resume(tmp_path):
     assert {k for k in refined if not k.startswith("refiner.")} == set(plain)
     assert all(torch.equal(plain[k], refined[k]) for k in plain)  # the network is the same
     assert any(k.startswith("refiner.") for k in refined)
-    # a checkpoint that lacks other weights is refused, naming them
+    # another network than the run's is refused (before the checkpoint is read); without the
+    # run's config.json to compare with, the checkpoint's weights that do not fit are named
     doc["model"]["embed_dim"] = 32
     cfg.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match="does not fit"):
-        from BINDSLib.model.train import load_settings, train
+    from BINDSLib.model.train import load_settings, train
 
+    with pytest.raises(InputError, match="this run was started with another model"):
+        train(load_settings(cfg), run, resume=True, device="cpu", bundle_path=tmp_path / "b3")
+    (run / "config.json").unlink()
+    with pytest.raises(InputError, match="does not fit"):
         train(load_settings(cfg), run, resume=True, device="cpu", bundle_path=tmp_path / "b3")
 
 
