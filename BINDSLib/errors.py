@@ -44,6 +44,13 @@ class BindsError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class UsageError(BindsError):
+    """The command line is wrong in a way argparse cannot see (a malformed ``ROLE=FILE``, an
+    option that needs one study given a batch): exit code 2, like argparse's own errors."""
+
+    exit_code = EXIT_USAGE
+
+
 class InputError(BindsError):
     """An input file or folder cannot be used (the message names the file and the reason)."""
 

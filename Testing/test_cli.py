@@ -58,3 +58,19 @@ def test_exit_codes_and_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["inspect"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["diagnose", "--out", "o"],                                   # no study
+    ["diagnose", "--role", "US_L", "--out", "o"],                 # ROLE=FILE without '='
+    ["convert", "--out", "o"],                                    # nothing to convert
+    ["diagnose", "x", "--lesion-mask", "US_L", "--out", "o"],     # LABEL=FILE without '='
+    ["cohort", "m.csv", "--out", "o", "--batch-size", "0"],
+])
+def test_command_line_mistakes_argparse_cannot_see_are_usage_errors(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("exam_id,path\nE1,e1\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"binds {argv[0]}: error:")
+    assert not (tmp_path / "o").exists()

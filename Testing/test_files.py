@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BINDSLib.errors import InputError
+from BINDSLib.errors import InputError, UsageError
 from BINDSLib.io.files import read_image_file, to_grayscale
 from BINDSLib.io.loader import load, load_files, parse_role_assignments
 from BINDSLib.study import Geometry, Role
@@ -98,7 +98,7 @@ def test_load_files_with_roles_and_role_assignments(tmp_path):
     res = load_files(pairs)
     (st,) = res.studies
     assert [im.label for im in st.images] == ["US_L", "MR_DCE1"]
-    with pytest.raises(InputError, match="ROLE=FILE"):
+    with pytest.raises(UsageError, match="ROLE=FILE"):
         parse_role_assignments(["US_L"])
     with pytest.raises(InputError, match="unknown role"):
         parse_role_assignments([f"XX={a}"])

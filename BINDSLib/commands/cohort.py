@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from ..errors import EXIT_PARTIAL, InputError
+    from ..errors import EXIT_PARTIAL, UsageError
     from ..fsutil import json_dumps
     from ..risk.cohort import dist_env, merge_results, prepare_output, read_manifest, run_settings, score_cohort
     from ..risk.inference import RiskModel
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:  # progress lines (exams/s, ETA) are shown unless --quiet
         logging.getLogger("BINDSLib.risk.cohort").setLevel(logging.INFO)
     if args.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     rows = read_manifest(args.manifest)
     out = Path(args.out)
     rank, world, local_rank = dist_env()
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     if workers < 0:
-        raise InputError("--workers must be 0 or more")
+        raise UsageError("--workers must be 0 or more")
 
     device = args.device
     if device == "auto":

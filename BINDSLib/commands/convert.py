@@ -32,7 +32,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError
+    from ..errors import InputError, UsageError
     from ..fsutil import check_output_dir
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(load_files(parse_role_assignments(args.role)))
     results += [load(p) for p in args.paths]
     if not results:
-        raise InputError("give at least one PATH or --role ROLE=FILE")
+        raise UsageError("give at least one PATH or --role ROLE=FILE")
     studies = [st for r in results for st in r.studies]
     for r in results:
         for sk in r.skipped:

@@ -58,7 +58,7 @@ def collect_sources(args) -> list[tuple[str, object]]:
     """(kind, value) items to load lazily: ("path", Path) or ("files", [(path, role)])."""
     import csv
 
-    from ..errors import InputError
+    from ..errors import InputError, UsageError
     from ..io.datasets import detect_layout
     from ..io.loader import parse_role_assignments
     from ..studyfolder import is_study_folder
@@ -82,7 +82,7 @@ def collect_sources(args) -> list[tuple[str, object]]:
         else:
             sources.append(("path", p))
     if not sources:
-        raise InputError("give at least one STUDY or --role ROLE=FILE")
+        raise UsageError("give at least one STUDY or --role ROLE=FILE")
     return sources
 
 
@@ -98,7 +98,7 @@ def load_source(kind: str, value) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..memory import configure_malloc
 
     if getattr(args, "own_process", False):
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     for item in args.lesion_mask:
         key, sep, file = item.partition("=")
         if not sep or not file:
-            raise InputError(f"expected LABEL=FILE, got {item!r} (e.g. US_L=edited.seg.nrrd)")
+            raise UsageError(f"expected LABEL=FILE, got {item!r} (e.g. US_L=edited.seg.nrrd)")
         masks[key] = file
     inputs = tuple(masks.values()) + tuple(
         p for kind, value in sources for p in ([value] if kind == "path" else [f for f, _ in value]))
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         single = len(studies) == 1
     if single:
         if masks and len(studies) != 1:
-            raise InputError("--lesion-mask needs exactly one study")
+            raise UsageError("--lesion-mask needs exactly one study")
         progress(0, 4, f"read study {studies[0].study_id}")
         chosen, notes = model(studies[0])
         report = diagnose_study(chosen, studies[0], out, options, masks, progress=progress,
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                          f"outputs in {out}\n")
         return 0
     if masks:
-        raise InputError("--lesion-mask applies to one study, not a batch")
+        raise UsageError("--lesion-mask applies to one study, not a batch")
     return run_batch(model, sources, out, options)
 
 

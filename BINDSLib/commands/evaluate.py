@@ -72,7 +72,7 @@ def prepare(args: argparse.Namespace):
     from pathlib import Path
 
     from ..bundle import check_copy_target, find_bundle
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..fsutil import check_output_dir
     from ..model.inference import DiagnosisModel
 
@@ -84,7 +84,7 @@ def prepare(args: argparse.Namespace):
         check_copy_target(find_bundle(args.model), out)
     check_output_dir(out, args.overwrite, inputs)
     if not 0.0 < args.target_sensitivity <= 1.0:
-        raise InputError("--target-sensitivity must be in (0, 1]")
+        raise UsageError("--target-sensitivity must be in (0, 1]")
     studies, source = labelled_studies(args)
     model = DiagnosisModel.from_bundle(args.model, device=None if args.device == "auto" else args.device)
     return out, studies, source, model

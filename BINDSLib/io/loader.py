@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..study import Role, Study
 from .dicom_common import Skipped
 from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, suffix_of
@@ -121,7 +121,7 @@ def parse_role_assignments(items: Sequence[str]) -> list[tuple[Path, Role]]:
     for item in items:
         role_key, sep, file = item.partition("=")
         if not sep or not file:
-            raise InputError(f"expected ROLE=FILE, got {item!r} (e.g. US_L=lesion.png)")
+            raise UsageError(f"expected ROLE=FILE, got {item!r} (e.g. US_L=lesion.png)")
         try:
             out.append((Path(file), Role.parse(role_key)))
         except ValueError as e:
