@@ -119,6 +119,15 @@ def test_missing_views_are_masked_with_a_warning(tmp_path):
     assert len(risk.cumulative_risk) == 5 and all(np.diff(risk.cumulative_risk) >= 0)
     with pytest.raises(InputError, match="no standard mammography view"):
         model.score_exam(make_exam(5, drop=[("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]))
+    # a blank or tiny view has nothing to read: scored as missing, not as an image
+    exam = make_exam(6)
+    blank, tiny = exam.images[2], exam.images[3]  # R-CC, R-MLO
+    blank.voxels = np.zeros_like(blank.voxels)
+    tiny.voxels = tiny.voxels[:, :6, :5].copy()
+    risk = model.score_exam(exam)
+    assert risk.views_present == ("L-CC", "L-MLO") and risk.breast_risk["R"] is None
+    assert any(f"{blank.label} is constant: left out" in w for w in risk.warnings)
+    assert any(f"{tiny.label} is 6 x 5 pixels: left out" in w for w in risk.warnings)
 
 
 def test_bundle_round_trip_gives_the_network_outputs_and_pseudonymises(tmp_path):

@@ -309,7 +309,7 @@ def _accept(p: Path, skipped: list[Skipped], seen_sops: dict[str, Path]) -> Dico
         return None
     ds = read_header(p)
     if isinstance(ds, Skipped):
-        (log.debug if ds.reason == "not DICOM" else log.warning)("skipped %s: %s", p, ds.reason)
+        log.debug("skipped %s: %s", p, ds.reason)  # the caller reports Skipped
         skipped.append(ds)
         return None
     meta_sop = text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")

@@ -241,7 +241,7 @@ def select_presentation(files) -> tuple[list, list[Skipped]]:
                 reason = (f"For Processing only: the {name} view has no For Presentation image; "
                           "BINDS needs the For Presentation image (export it from the PACS or "
                           "the modality)")
-            log.warning("skipped %s: %s", f.path, reason)
+            log.debug("skipped %s: %s", f.path, reason)  # the caller reports Skipped
             skipped.append(Skipped(str(f.path), reason))
     return kept, skipped
 
@@ -255,7 +255,7 @@ def read_mg_series(series_list) -> tuple[list[Image], list[Skipped]]:
         try:
             im = read_mg_image(f.path, f.header)
         except InputError as e:
-            log.warning("skipped %s: %s", f.path, e.reason)
+            log.debug("skipped %s: %s", f.path, e.reason)
             skipped.append(Skipped(str(f.path), e.reason))
             continue
         if im.role.view is None or im.role.laterality is None:

@@ -166,6 +166,6 @@ def read_us_series(series_list) -> tuple[list[Image], list[Skipped]]:
             try:
                 images.append(read_us_image(f.path, f.header))
             except InputError as e:
-                log.warning("skipped %s: %s", f.path, e.reason)
+                log.debug("skipped %s: %s", f.path, e.reason)  # the caller reports Skipped
                 skipped.append(Skipped(str(f.path), e.reason))
     return images, skipped

@@ -144,6 +144,10 @@ def prepare_view(voxels: np.ndarray, laterality: str, config: RiskConfig) -> np.
     return normalise_intensity(frame, config.intensity_percentiles)[None]
 
 
+#: a view with a shorter side (pixels) is left out as missing
+MIN_VIEW_SIDE = 8
+
+
 def prepare_exam(study: Study, config: RiskConfig) -> PreparedExam:
     """The network input of ``study`` (see module docstring).
 
@@ -155,6 +159,14 @@ def prepare_exam(study: Study, config: RiskConfig) -> PreparedExam:
     from ..errors import InputError
 
     chosen, warnings = select_views(study)
+    for i, im in enumerate(chosen):  # a view with nothing to read is a missing view
+        if im is None:
+            continue
+        rows, cols = im.voxels.shape[-2:]
+        if min(rows, cols) < MIN_VIEW_SIDE or im.voxels.max() == im.voxels.min():
+            what = f"{rows} x {cols} pixels" if min(rows, cols) < MIN_VIEW_SIDE else "constant"
+            warnings.append(f"{im.label} is {what}: left out, as a missing view")
+            chosen[i] = None
     if all(im is None for im in chosen):
         raise InputError(f"exam {study.study_id} has no standard mammography view "
                          "(needs MG images with laterality L/R and view CC/MLO)")
@@ -205,6 +217,8 @@ def load_exam(path) -> Study:
     else:
         result = load(path, reference_masks=False)
         studies, skipped = result.studies, result.skipped
+    for sk in skipped:  # e.g. a For Processing view: the exam is scored without it
+        log.warning("skipped %s: %s", sk.path, sk.reason)
     studies = [s for s in studies if s.of(Modality.MG)]
     if not studies:
         why = f" ({len(skipped)} file(s) skipped)" if skipped else ""
