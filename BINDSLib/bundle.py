@@ -96,9 +96,11 @@ class Bundle:
 
 def list_bundles(kind: str | None = None) -> list[Path]:
     """Bundle folders on the search path (optionally of one ``kind``), first occurrence wins.
-    A bundle whose metadata cannot be read is listed whatever ``kind`` asks for: reading it
-    again (:func:`read_metadata`) says what is wrong."""
+    With ``kind``, a bundle whose metadata cannot be read is listed (last) when no readable
+    bundle of its name is found: reading it again (:func:`read_metadata`) says what is wrong,
+    and it does not hide a good copy further down the search path."""
     found: dict[str, Path] = {}
+    broken: dict[str, Path] = {}
     for root in search_path():
         if not root.is_dir():
             continue
@@ -111,9 +113,10 @@ def list_bundles(kind: str | None = None) -> list[Path]:
                     if read_metadata(d).get("binds", {}).get("kind") != kind:
                         continue
                 except ModelError:
-                    pass  # listed: whoever reads it says what is wrong
+                    broken.setdefault(d.name, d)
+                    continue
             found[d.name] = d
-    return list(found.values())
+    return list(found.values()) + [d for name, d in broken.items() if name not in found]
 
 
 def find_bundle(name_or_path: str | os.PathLike) -> Path:

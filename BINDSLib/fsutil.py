@@ -54,7 +54,8 @@ def _check_target(path: Path, overwrite: bool) -> None:
 #: what a folder BINDS wrote holds at its top (any one of these patterns): ``--overwrite``
 #: replaces only such folders (or empty ones), never a folder of the user's
 OUTPUT_SIGNS = ("report.json", "results.csv", "metrics.json", "study.json", "history.json",
-                "configs/metadata.json", "[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm")
+                "configs/metadata.json", "[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm",
+                "*/study.json")  # (the last: study folders binds convert or phantom wrote)
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
@@ -68,8 +69,11 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Pat
     if path.parent == path:
         raise OutputError("is the root folder; choose a folder to write", given)
     check_not_input(given, inputs)
-    here = Path.cwd().resolve()
-    if path == here or path in here.parents:  # the folder is replaced: the shell would be left nowhere
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was removed: nothing to protect
+        here = None
+    if here is not None and (path == here or path in here.parents):  # replaced: the shell left nowhere
         raise OutputError("is the current folder or holds it; name a new folder, e.g. --out results", given)
     if path.exists():
         if not path.is_dir():

@@ -97,6 +97,11 @@ def test_a_broken_bundle_on_the_search_path_does_not_stop_the_others(bundle, tmp
     monkeypatch.setenv("BINDS_MODEL_PATH", str(path))
     found = {b.path.name for b in installed_bundles()}  # the broken two are left out, with a warning
     assert "binds-diagnosis-demo" in found and not found & {"listed", "textual"}
+    # a broken copy first on the path does not hide the good one of the same name
+    (path / "binds-diagnosis-demo" / "configs").mkdir(parents=True)
+    (path / "binds-diagnosis-demo" / "configs" / "metadata.json").write_text("{")
+    demo = [b.path for b in installed_bundles() if b.path.name == "binds-diagnosis-demo"]
+    assert len(demo) == 1 and demo[0].parent != path
     capsys.readouterr()
     assert main(["models"]) == 0
     out = capsys.readouterr().out

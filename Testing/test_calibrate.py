@@ -182,8 +182,10 @@ def test_calibrate_in_place_and_refusals(tmp_path, tiny_bundle, labelled_folder,
     assert sorted(p.name for p in (models / "tiny" / "docs").iterdir()) == ["README.md"]
     assert not (tmp_path / "v0").exists()
     monkeypatch.undo()
-    # in place: the bundle's own folder, replaced atomically
-    assert main(base + ["--out", str(models / "tiny"), "--overwrite"]) == 0
+    # in place: the bundle's own folder, replaced atomically, also with its own case list
+    cases = models / "tiny" / "docs" / "validation_cases.csv"
+    cases.write_text("study_id\n" + "".join(f"case{i}\n" for i in range(8)))
+    assert main(base + ["--cases", str(cases), "--out", str(models / "tiny"), "--overwrite"]) == 0
     assert load_bundle(models / "tiny").version == "1" and (models / "other.txt").read_text() == "keep me"
     assert sorted(p.name for p in models.iterdir()) == ["other.txt", "tiny"]
 

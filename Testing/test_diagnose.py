@@ -131,6 +131,9 @@ def test_user_lesion_masks_off_the_image_grid_are_refused_and_empty_ones_noted(t
     for name, message in (("shifted.nrrd", "mask grid (spacing"), ("far.seg.nrrd", "does not overlap its image")):
         assert main(base + ["--out", str(tmp_path / f"out-{name}"), "--lesion-mask", f"{us.label}={tmp_path / name}"]) == 3
         assert message in capsys.readouterr().err and not (tmp_path / f"out-{name}").exists()
+    unset = tmp_path / "unset.nrrd"  # a mask saved without its grid: taken as drawn on the image's
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(unset))
+    assert main(base + ["--out", str(tmp_path / "out-unset"), "--lesion-mask", f"{us.label}={unset}"]) == 0
     img = sitk.GetImageFromArray(np.zeros_like(mask))
     us.geometry.apply_to_sitk(img)
     sitk.WriteImage(img, str(tmp_path / "empty.nrrd"))

@@ -253,6 +253,16 @@ def test_evaluate_study_folders(tmp_path, tiny_bundle, capsys):
     for png in ("roc.png", "reliability.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert main(args) == 5  # exists: --overwrite needed
+    # the bundle evaluated, or the data, is never the output (--overwrite would delete it)
+    import shutil as _sh
+
+    bundle = _sh.copytree(tiny_bundle, tmp_path / "bundle")
+    before = sorted(p.name for p in bundle.rglob("*"))
+    for out_dir in (bundle, data):
+        assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(out_dir),
+                     "--overwrite", "--bootstrap", "20"]) == 5
+        assert "is an input of this command" in capsys.readouterr().err
+    assert sorted(p.name for p in bundle.rglob("*")) == before and (data / "case0" / "study.json").is_file()
     # two study folders carrying one study ID would count one study twice: refused, nothing written
     twin = make_case(0, True, ("MG", "US"))
     write_study_folder(twin, data / "case0-copy")

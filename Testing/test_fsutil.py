@@ -38,20 +38,46 @@ def test_overwrite_replaces_binds_outputs_and_empty_folders_only(tmp_path):
 
 @pytest.mark.parametrize("where", ["file", "input", "holds-input", "cwd", "cwd-parent", "root"])
 def test_outputs_that_would_destroy_something_are_refused(tmp_path, monkeypatch, where):
+    # the input is a study folder inside an earlier output: both look like BINDS outputs, so
+    # only their being inputs (or the current folder) protects them
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "image.png").write_bytes(b"x")
+    (data / "study").mkdir(parents=True)
+    (data / "study" / "study.json").write_text("{}")
+    (data / "report.json").write_text("{}")
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "report.json").write_text("{}")
     monkeypatch.chdir(tmp_path / "work")
-    target = {"file": tmp_path / "a-file", "input": data / "image.png", "holds-input": data,
+    target = {"file": tmp_path / "a-file", "input": data / "study", "holds-input": data,
               "cwd": ".", "cwd-parent": "..", "root": "/"}[where]
     before = _tree(tmp_path)
     with pytest.raises(OutputError) as e:
-        with atomic_dir(target, overwrite=True, inputs=[data / "image.png"]):
+        with atomic_dir(target, overwrite=True, inputs=[data / "study"]):
             raise AssertionError("not reached")
     assert str(target) in str(e.value)
     assert _tree(tmp_path) == before
+
+
+def test_a_removed_current_folder_does_not_stop_a_write(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "study.json").write_text("{}")
+    assert (tmp_path / "out" / "study.json").is_file()
+
+
+def test_a_folder_of_study_folders_binds_wrote_can_be_replaced(tmp_path):
+    from BINDSLib.studyfolder import write_study_folder
+    from test_model_cases import make_case
+
+    out = tmp_path / "converted"
+    for i in range(2):
+        write_study_folder(make_case(i, True, ("US",)), out / f"case{i}")
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "study.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["study.json"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

@@ -184,9 +184,12 @@ def test_bundle_and_run_folders_are_checked_before_training(tmp_path):
     data = tmp_path / "studies"
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     (tmp_path / "taken").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
     (tmp_path / "a-file").write_text("")
     for args in (["--bundle", str(data), "--overwrite"], ["--bundle", str(tmp_path), "--overwrite"],
-                 ["--bundle", str(tmp_path / "run"), "--overwrite"], ["--bundle", str(tmp_path / "taken")]):
+                 ["--bundle", str(tmp_path / "run"), "--overwrite"], ["--bundle", str(tmp_path / "taken")],
+                 ["--bundle", str(tmp_path / "mine"), "--overwrite"]):
         assert main(["train", cfg, "--out", str(tmp_path / "run"), *args]) == 5, args
         assert not (tmp_path / "run").exists()
     assert main(["train", cfg, "--out", str(tmp_path / "a-file")]) == 5
@@ -338,6 +341,13 @@ def test_resume_refuses_other_data_or_network_and_warns_of_an_empty_split(tmp_pa
         with pytest.raises(InputError, match=f"this run was started with another {key}"):
             train(load_settings(other), run, resume=True)
         assert (run / "config.json").read_text() == first  # refused before anything is written
+    # a run started by an older BINDS, whose config.json lacks model settings added since (at
+    # their defaults now), resumes
+    old = json.loads(first)
+    for key in ("bilateral_weight", "finding_topk", "mg_select"):
+        old["model"].pop(key)
+    (run / "config.json").write_text(json.dumps(old))
+    assert main(["train", str(cfg), "--out", str(run), "--resume"]) == 0
     doc["train"]["validation_fraction"] = 0.0
     cfg.write_text(json.dumps(doc))
     with caplog.at_level("WARNING", logger="BINDSLib.model.train"):

@@ -176,12 +176,11 @@ def run_batch(model, sources, out: Path, options) -> int:
 
     from ..diagnose import diagnose_study, is_finished, remove_stale
     from ..errors import EXIT_PARTIAL, BindsError, OutputError
-    from ..fsutil import atomic_write_text, check_not_input, printable
+    from ..fsutil import atomic_write_text, printable
     from ..outputs.report import results_csv
 
     if out.exists() and not out.is_dir():
         raise OutputError("is a file, not a folder: choose a folder name", out)
-    check_not_input(out, options.inputs)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

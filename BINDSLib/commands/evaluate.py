@@ -77,11 +77,14 @@ def prepare(args: argparse.Namespace):
     from ..model.inference import DiagnosisModel
 
     out = Path(args.out)
+    bundle = find_bundle(args.model)
     inputs = [getattr(args, "data", None), getattr(args, "cases", None)]
     if getattr(args, "command", "evaluate") == "evaluate":
-        inputs.append(find_bundle(args.model))
+        inputs.append(bundle)
     else:  # calibrate writes a bundle: it may replace the one it recalibrates, not a folder holding it
-        check_copy_target(find_bundle(args.model), out)
+        check_copy_target(bundle, out)
+        if inputs[1] and bundle.resolve() in Path(inputs[1]).resolve().parents:
+            inputs[1] = None  # the bundle's own case list, read before the bundle is replaced
     check_output_dir(out, args.overwrite, inputs)
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise UsageError("--target-sensitivity must be in (0, 1]")

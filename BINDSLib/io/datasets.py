@@ -92,8 +92,11 @@ def detect_layout(path: str | os.PathLike) -> str | None:
         return "study-folders"
     if images.is_file() and {"image_id", "patient"} <= (_csv_columns(images) or set()):
         return "mini-mias"
-    if manifest.is_file() and "case_id" in (_csv_columns(manifest) or {"case_id"}):
-        return "busi"  # (or a manifest that cannot be read: its loader names the file and why)
+    cols = _csv_columns(manifest) if manifest.is_file() else set()
+    if cols is None and (p / "images").is_dir():
+        return "busi"  # a manifest beside images/ that cannot be read: its loader says why
+    if cols and "case_id" in cols:
+        return "busi"
     return None
 
 

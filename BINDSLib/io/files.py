@@ -178,7 +178,8 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
     file, whose lossy compression leaves faint values around the edges: there a voxel above
     half the mask's maximum is lesion. A mask in a format that records its grid
     (:data:`PLACED_FORMATS`) must also lie on the image's ``geometry`` when it is given (a
-    mask of another grid with the same shape would be read onto the wrong pixels)."""
+    mask of another grid with the same shape would be read onto the wrong pixels); one whose
+    grid was left unset (1 mm, origin 0, no rotation) is taken as drawn on the image's."""
     path = Path(path)
     reader = read_image_info(path)
     try:
@@ -188,7 +189,8 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
     voxels, grid = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
-    if geometry is not None and suffix_of(path) in PLACED_FORMATS and not same_grid(grid, geometry):
+    placed = suffix_of(path) in PLACED_FORMATS and not same_grid(grid, Geometry())  # not left unset
+    if geometry is not None and placed and not same_grid(grid, geometry):
         raise InputError(f"mask grid (spacing {_mm(grid.spacing_mm, ' x ')} mm, origin "
                          f"({_mm(grid.origin_mm, ', ')}) mm) differs from its image's (spacing "
                          f"{_mm(geometry.spacing_mm, ' x ')} mm, origin ({_mm(geometry.origin_mm, ', ')}) mm): "

@@ -612,7 +612,7 @@ def _autocast(device, enabled: bool):
 
 def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: bool, overwrite: bool) -> None:
     """What :func:`train` checks before it writes or trains (the data sources must exist too)."""
-    from ..fsutil import check_not_input
+    from ..fsutil import check_output_dir
 
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError("is a file, not a run folder", run_dir)
@@ -629,10 +629,7 @@ def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: 
     if bundle.resolve() == run_dir.resolve():
         raise OutputError("is the run folder; the bundle needs a folder of its own (default "
                           "RUN_DIR/bundle)", bundle)
-    check_not_input(bundle, inputs + [run_dir])
-    if bundle_path is not None and Path(bundle_path).exists() and not overwrite:
-        raise OutputError("already exists; use --overwrite to replace it (checked before "
-                          "training, not after)", bundle_path)
+    check_output_dir(bundle, overwrite or bundle_path is None, inputs + [run_dir])
 
 
 def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
@@ -643,7 +640,7 @@ def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
     try:
         old_doc = json.loads(config_path.read_text(encoding="utf-8"))
         old = parse_settings(old_doc["document"], settings.base_dir)
-        old_model = dict(old_doc["model"])
+        old_model = DiagnosisConfig.from_json(old_doc["model"]).to_json()  # later fields at their defaults
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("%s: cannot compare with the run's first config (%s); resuming", config_path, e)
         return

@@ -301,7 +301,7 @@ def _public_error(error: str, row: ManifestRow, ids: Sequence[str | None], keep_
     if keep_identifiers:
         return error
     found = [(t, "<exam>") for t in (row.path_text, str(row.path), str(row.path.resolve()))]
-    found += [(t, "<id>") for t in (row.exam_id, row.woman_id, *ids)]
+    found += [(t, "<id>") for t in (row.exam_id, row.woman_id, *ids) if t and len(t) >= 3]  # "1": row numbers
     for text, repl in sorted({(t, r) for t, r in found if t}, key=lambda f: -len(f[0])):
         error = re.sub(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", repl, error)
     return error
