@@ -16,34 +16,26 @@ def device_name(text: str) -> str:
     return text
 
 
+def _number(text: str, convert, ok, what: str):
+    try:
+        v = convert(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v
+
+
 def probability(text: str) -> float:
     """argparse type of an absolute probability in [0, 1] (0.017, not 1.7 %)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1] (e.g. 0.017 for 1.7 %)")
-    return v
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1] (e.g. 0.017 for 1.7 %)")
 
 
 def positive_number(text: str) -> float:
     """argparse type of a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
-    return v
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a number above 0")
 
 
 def positive_int(text: str) -> int:
     """argparse type of a whole number >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return v
+    return _number(text, int, lambda v: v >= 1, "a whole number of at least 1")
