@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import InputError
-    from ..fsutil import atomic_dir, check_not_input, json_dumps
+    from ..fsutil import atomic_dir, check_output_dir, json_dumps
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
@@ -51,11 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
-    check_not_input(out, args.exams)
-    if out.exists() and not args.overwrite:
-        from ..errors import OutputError
-
-        raise OutputError("already exists; use --overwrite to replace it", out)
+    check_output_dir(out, args.overwrite, args.exams)  # before the scoring, not after
     studies, woman_ids = _read_exams(args.exams)
     if len(studies) > 1 and any(s.study_date is None for s in studies):
         bad = [s.study_id for s in studies if s.study_date is None]
@@ -133,8 +129,8 @@ def _read_exams(paths):
             exams = [load_exam(p)]
         for st in exams:
             if all(im is None for im in select_views(st)[0]):
-                raise InputError("holds no standard mammography view (needs MG images with "
-                                 "laterality L/R and view CC/MLO)", p / st.study_id if len(exams) > 1 else p)
+                raise InputError(f"{'exam ' + st.study_id + ' ' if len(exams) > 1 else ''}holds no standard "
+                                 "mammography view (needs MG images with laterality L/R and view CC/MLO)", p)
             key = (st.study_id, st.study_date)
             if key in where:  # one exam given twice would count twice in the trajectory
                 raise InputError(f"exam {st.study_id} of {st.study_date or 'no date'} is also given "
