@@ -79,7 +79,7 @@ def check_study(study: Study) -> list[str]:
         if v.max() == v.min():
             raise InputError(f"{im.label} is a constant image (every voxel {v.flat[0].item()!r}): "
                              "nothing to analyse", _where(im))
-        sample = v.ravel()[:: max(1, v.size // 1_000_000)]
+        sample = v.reshape(-1)[:: max(1, v.size // 100_000)]  # ~100k voxels: a cheap count
         varied = 1.0 - np.unique(sample, return_counts=True)[1].max() / sample.size
         if varied < NEAR_BLANK:
             warnings.append(f"{im.label} is nearly blank ({100 * varied:.2g} % of its pixels differ from the "
