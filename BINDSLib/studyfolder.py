@@ -345,7 +345,12 @@ def read_history(path: str | os.PathLike, load_voxels: bool = True,
         exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels,
                                    reference_masks)
                  for e in doc["exams"]]
+        for e, st in zip(doc["exams"], exams):  # which date would the trajectory believe?
+            listed = parse_date(e.get("study_date"))
+            if listed is not None and st.study_date is not None and listed != st.study_date:
+                raise ValueError(f"{e['study_folder']} is dated {listed} here but {st.study_date} in its "
+                                 "study.json")
         return ExamHistory(doc["woman_id"], exams, parse_date(doc.get("cancer_date")),
                            parse_date(doc.get("followup_end")))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError, RecursionError) as e:
-        raise InputError(f"invalid history file: {e or 'nested too deeply'}", jpath) from None
+        raise InputError(f"invalid history file: {e}", jpath) from None

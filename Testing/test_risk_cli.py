@@ -13,7 +13,8 @@ from BINDSLib.cli import main
 from BINDSLib.risk.calibration import Calibrator
 from BINDSLib.risk.report import plot_trajectory, write_png
 from BINDSLib.study import ExamHistory
-from BINDSLib.studyfolder import write_history, write_study_folder
+from BINDSLib.errors import InputError
+from BINDSLib.studyfolder import read_history, write_history, write_study_folder
 from test_risk_support import make_exam, tiny_bundle
 
 
@@ -72,6 +73,13 @@ def test_keep_identifiers_and_history_folder(exams, bundle, tmp_path):
     assert main(["risk", str(hpath), "--model", str(bundle), "--out", str(out), "--keep-identifiers"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert len(report["exams"]) == 3 and {e["exam_id"] for e in report["exams"]} == {"ACC-0", "ACC-1", "ACC-2"}
+    # history.json and an exam's study.json disagreeing on its date: refused, naming both dates
+    doc = json.loads((hpath / "history.json").read_text())
+    doc["exams"][1]["study_date"] = "2020-04-01"
+    (hpath / "history.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"history.json: invalid history file: .* is dated 2020-04-01 here but "
+                                         r"2020-03-01 in its study.json"):
+        read_history(hpath)
 
 
 def test_flags_for_high_and_rising_risk(exams, tmp_path, capsys):
