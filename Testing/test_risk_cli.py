@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from BINDSLib.cli import main
+from BINDSLib.errors import InputError
 from BINDSLib.risk.calibration import Calibrator
 from BINDSLib.risk.report import plot_trajectory, write_png
 from BINDSLib.study import ExamHistory
-from BINDSLib.errors import InputError
 from BINDSLib.studyfolder import read_history, write_history, write_study_folder
 from test_risk_support import make_exam, tiny_bundle
 
