@@ -86,3 +86,16 @@ def test_the_private_package_folder_goes_first_on_sys_path(tmp_path):
             "import pydicom; print('PYDICOM', pydicom.__version__)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "PYDICOM 99.0-private" in out.stdout, out.stderr
+
+
+def test_a_view_given_twice_is_written_with_a_warning_that_diagnose_will_refuse_it(tmp_path, caplog):
+    import SimpleITK as sitk
+
+    for name in ("a.png", "b.png"):
+        pixels = (np.random.default_rng(len(name) + ord(name[0])).random((40, 30)) * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(tmp_path / name))
+    with caplog.at_level("WARNING"):
+        assert main(["convert", "--role", f"MG_L_CC={tmp_path / 'a.png'}", "--role", f"MG_L_CC={tmp_path / 'b.png'}",
+                     "--out", str(tmp_path / "study")]) == 0
+    assert "holds the view MG_L_CC 2 times" in caplog.text and "binds diagnose refuses such a study" in caplog.text
+    assert (tmp_path / "study" / "study.json").is_file()

@@ -58,6 +58,15 @@ def run(args: argparse.Namespace) -> int:
     for t in targets:  # all checked before any is written
         check_output_dir(t, args.overwrite, inputs)
     for st, t in zip(studies, targets):
+        views: dict[str, list[str]] = {}
+        for im in st.images:
+            if im.modality.value == "MG":
+                views.setdefault(im.role.key, []).append(im.label)
+        for key, labels in views.items():
+            if len(labels) > 1:  # written, as given, but not diagnosable as it is
+                logging.getLogger(__name__).warning(
+                    "study %s holds the view %s %d times (%s): binds diagnose refuses such a study; keep one",
+                    st.study_id, key, len(labels), ", ".join(labels))
         write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
         sys.stdout.write(f"{t}\n")
     return 0
