@@ -43,6 +43,10 @@ def repo_resources() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources"
 
 
+#: what a bundle folder holds (``--overwrite`` replaces only a bundle with a bundle)
+BUNDLE_SIGNS = (METADATA.as_posix(),)
+
+
 def user_model_dir() -> Path:
     return Path(os.environ.get("BINDS_USER_MODELS", Path.home() / ".binds" / "models"))
 
@@ -226,7 +230,7 @@ def save_bundle(path: str | os.PathLike, state_dict: dict, binds_metadata: dict,
     except ImportError:  # pragma: no cover - monai is a dependency
         monai_version = "unknown"
     path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, signs=BUNDLE_SIGNS) as tmp:
         (tmp / "models").mkdir()
         (tmp / "configs").mkdir()
         (tmp / "docs").mkdir()
@@ -317,7 +321,7 @@ def _write_copy(src: Path, path, meta: dict, version: str, old_version: str, not
                 command: str, overwrite: bool) -> None:
     import shutil
 
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, signs=BUNDLE_SIGNS) as tmp:
         for item in src.iterdir():
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)

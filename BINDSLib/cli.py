@@ -13,12 +13,13 @@ stderr; ``--debug`` prints the traceback too.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
@@ -79,12 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"binds {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:  # a bug: one line, plus the traceback with --debug
-        if args.debug:
-            log.exception("internal error")
-        print(f"binds {args.command}: internal error: {type(e).__name__}: {e} "
-              "(re-run with --debug for the traceback and please report it)", file=sys.stderr)
-        return EXIT_INTERNAL
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            return _internal_error(args, e)
+        # a path the file system cannot hold, wherever it was first touched: bad input
+        print(f"binds {args.command}: error: {e.filename}: the name is too long for the file system",
+              file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as e:
+        return _internal_error(args, e)
+
+
+def _internal_error(args, e: Exception) -> int:
+    """A bug: one line, plus the traceback with --debug."""
+    if args.debug:
+        log.exception("internal error")
+    print(f"binds {args.command}: internal error: {type(e).__name__}: {e} "
+          "(re-run with --debug for the traceback and please report it)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

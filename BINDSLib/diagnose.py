@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import InputError
-from .fsutil import atomic_dir, check_output_dir, json_dumps
+from .fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
 from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
 from .study import Modality, Study, pseudonym
@@ -174,7 +174,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     ``progress(done, total, message)`` reports the steps (read, stage 1, stage 2, write).
     ``model_notes`` go into the report's notes (e.g. why ``--model auto`` chose the bundle)."""
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, options.overwrite, options.inputs)  # before the work, not after
+    check_output_dir(out_dir, options.overwrite, options.inputs, REPORT_SIGNS)  # before the work
     t0 = time.perf_counter()
     warnings = check_study(study)
     user_masks = load_lesion_masks(study, lesion_mask_files or {})
@@ -210,7 +210,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
                      f"uncertainty band {band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it"
                      if options.stage == "auto" else "stage 2 forced (--stage 2)")
     t1 = time.perf_counter()
-    with atomic_dir(out_dir, overwrite=options.overwrite, inputs=options.inputs) as tmp:
+    with atomic_dir(out_dir, overwrite=options.overwrite, inputs=options.inputs, signs=REPORT_SIGNS) as tmp:
         from .studyfolder import write_nrrd
 
         images = []

@@ -52,23 +52,38 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 #: what a folder BINDS wrote holds at its top (any one of these patterns): ``--overwrite``
-#: replaces only such folders (or empty ones), never a folder of the user's
+#: replaces only such folders (or empty ones), never a folder of the user's. A writer passes
+#: the signs of its own kind of output (``signs``), so that one command never replaces another
+#: command's output (a risk report never replaces a study folder or a bundle).
 OUTPUT_SIGNS = ("report.json", "results.csv", "metrics.json", "study.json", "history.json",
-                "configs/metadata.json", "[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm",
-                "*/study.json")  # (the last: study folders binds convert or phantom wrote)
+                "configs/metadata.json", "[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm")
+REPORT_SIGNS = ("report.json",)
+STUDY_SIGNS = ("study.json",)
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
+def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=OUTPUT_SIGNS,
+                     within=()) -> Path:
     """Check, before any work, that the folder ``path`` can be written as a command's output
     (:class:`OutputError` otherwise): it is not one of the ``inputs`` and holds none
     (:func:`check_not_input`); it is neither the current folder nor holds it; it is not a
-    file; it exists only with ``overwrite``, and then is empty or a folder BINDS wrote
-    (:data:`OUTPUT_SIGNS`); its parent can be written. Returns the absolute path."""
+    file; its name is UTF-8 text; it exists only with ``overwrite``, and then is empty or a
+    folder of the kind the writer writes (``signs``, by default any BINDS output:
+    :data:`OUTPUT_SIGNS`); its parent can be written. ``within``: input folders read as a
+    whole (a dataset), which the output may not even lie inside. Returns the absolute path."""
     given = path
-    path = Path(path).resolve()
+    sitk_path(path, output=True)  # a name that is not UTF-8 fails at once, not after the work
+    try:
+        path = Path(path).resolve()
+        _ = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
     if path.parent == path:
         raise OutputError("is the root folder; choose a folder to write", given)
     check_not_input(given, inputs)
+    for folder in within:
+        if folder is not None and Path(folder).resolve() in path.parents:
+            raise OutputError(f"lies inside {folder}, which this command reads whole: write outputs "
+                              "outside it", given)
     try:
         here = Path.cwd().resolve()
     except OSError:  # the current folder was removed: nothing to protect
@@ -80,9 +95,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Pat
             raise OutputError("is a file, not a folder: choose a folder name", given)
         if not overwrite:
             raise OutputError("already exists; use --overwrite to replace it", given)
-        if any(path.iterdir()) and not any(any(path.glob(sign)) for sign in OUTPUT_SIGNS):
-            raise OutputError("holds files BINDS did not write (no report, study or bundle in it); "
-                              "--overwrite replaces only BINDS outputs: choose another folder or "
+        if any(path.iterdir()) and not any(any(path.glob(sign)) for sign in signs):
+            raise OutputError(f"is not an output of this kind (it holds no {' or '.join(signs)}); "
+                              "--overwrite replaces only such outputs: choose another folder or "
                               "empty it yourself", given)
     ancestor = next(p for p in path.parents if p.exists())
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
@@ -140,16 +155,17 @@ def atomic_write_json(path: str | os.PathLike, obj, overwrite: bool = True) -> P
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=()) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
+               signs=OUTPUT_SIGNS) -> Iterator[Path]:
     """Build a folder under a temporary sibling name; rename it to ``path`` on success.
 
     On an exception the temporary folder is removed and ``path`` is untouched. ``inputs``: the
     command's input paths, which ``path`` may neither be nor hold; the checks of
-    :func:`check_output_dir` apply. An operating-system error while creating or renaming the
+    :func:`check_output_dir` apply (``signs``: what an output of this kind holds). An operating-system error while creating or renaming the
     folder is an :class:`OutputError` naming ``path``.
     """
     given = path
-    path = check_output_dir(path, overwrite, inputs)
+    path = check_output_dir(path, overwrite, inputs, signs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))

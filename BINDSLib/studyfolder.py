@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fsutil import atomic_dir, json_dumps, sitk_path
+from .fsutil import STUDY_SIGNS, atomic_dir, json_dumps, sitk_path
 from .study import (
     Diagnosis, ExamHistory, Finding, Geometry, Image, Pathology, Role, SourceInfo, Study,
     parse_date, pseudonym,
@@ -127,7 +127,7 @@ def write_study_folder(study: Study, path: str | os.PathLike, overwrite: bool = 
     """Write ``study`` as a study folder at ``path`` (atomically). Returns ``path``."""
     path = Path(path)
     doc = study_to_json(study, keep_identifiers=keep_identifiers)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, signs=STUDY_SIGNS) as tmp:
         (tmp / "images").mkdir()
         for entry, im in zip(doc["images"] + doc.get("comparison_images", []),
                              study.images + study.comparison):
@@ -319,7 +319,7 @@ def _reconcile_geometry(file_geom: Geometry, entry: dict, path: Path, shape) -> 
 def write_history(history: ExamHistory, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """A woman's exams as ``path/<date>_<study_id>/`` study folders plus ``history.json``."""
     path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, signs=("history.json",)) as tmp:
         entries = []
         for s in history.exams:
             name = f"{s.study_date.isoformat()}_{s.study_id}"

@@ -29,7 +29,7 @@ def test_overwrite_replaces_binds_outputs_and_empty_folders_only(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="holds files BINDS did not write"):
+    with pytest.raises(OutputError, match="is not an output of this kind"):
         with atomic_dir(mine, overwrite=True) as tmp:
             raise AssertionError("not reached")
     assert (mine / "notes.txt").read_text() == "keep me"
@@ -68,16 +68,21 @@ def test_a_removed_current_folder_does_not_stop_a_write(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "study.json").is_file()
 
 
-def test_a_folder_of_study_folders_binds_wrote_can_be_replaced(tmp_path):
+def test_each_writer_replaces_only_its_own_kind_of_output(tmp_path):
+    """A report never replaces a study folder, a history or a bundle (one typo in --out away)."""
+    from BINDSLib.fsutil import REPORT_SIGNS, STUDY_SIGNS
     from BINDSLib.studyfolder import write_study_folder
     from test_model_cases import make_case
 
-    out = tmp_path / "converted"
-    for i in range(2):
-        write_study_folder(make_case(i, True, ("US",)), out / f"case{i}")
-    with atomic_dir(out, overwrite=True) as tmp:
+    study = write_study_folder(make_case(0, True, ("US",)), tmp_path / "study")
+    before = _tree(study)
+    with pytest.raises(OutputError, match="is not an output of this kind \\(it holds no report.json\\)"):
+        with atomic_dir(study, overwrite=True, signs=REPORT_SIGNS):
+            raise AssertionError("not reached")
+    assert _tree(study) == before
+    with atomic_dir(study, overwrite=True, signs=STUDY_SIGNS) as tmp:  # a study folder by a study folder
         (tmp / "study.json").write_text("{}")
-    assert sorted(p.name for p in out.iterdir()) == ["study.json"]
+    assert (study / "study.json").read_text() == "{}"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
@@ -130,3 +135,47 @@ def test_a_file_name_that_is_not_utf8_is_an_input_error_not_an_abort(tmp_path, c
                  "binds-diagnosis-demo"]) == 6
     failures = (tmp_path / "o2" / "failures.csv").read_text(encoding="utf-8")
     assert "not UTF-8" in failures and len((tmp_path / "o2" / "results.csv").read_text().splitlines()) == 2
+
+
+def test_outputs_never_replace_a_bundle_a_dataset_study_or_a_user_folder(tmp_path, capsys):
+    """The second sweep's data losses: --out naming the bundle a command reads, a study inside
+    the --data it evaluates, a folder phantom did not write; and phantom leaving earlier cases."""
+    import shutil
+
+    from BINDSLib.studyfolder import write_study_folder
+    from test_model_cases import make_case
+
+    data = tmp_path / "data"
+    for i, mal in enumerate((True, False, None)):
+        write_study_folder(make_case(i, mal, ("US",)), data / f"case{i}")
+    from BINDSLib.bundle import find_bundle
+
+    bundle = shutil.copytree(find_bundle("binds-diagnosis-demo"), tmp_path / "bundle")
+    before = _tree(tmp_path)
+    for argv in (["diagnose", str(data / "case0"), "--model", str(bundle), "--out", str(bundle)],
+                 ["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(data / "case1")]):
+        assert main([*argv, "--overwrite"]) == 5, argv
+    assert "lies inside" in capsys.readouterr().err and _tree(tmp_path) == before
+    mine = tmp_path / "mine"  # a dataset-like folder of the user's
+    mine.mkdir()
+    (mine / "manifest.csv").write_text("case_id\n")
+    assert main(["phantom", "--out", str(mine), "--cases", "1", "--overwrite"]) == 5
+    assert (mine / "manifest.csv").read_text() == "case_id\n" and len(list(mine.iterdir())) == 1
+    ph = tmp_path / "ph"
+    assert main(["phantom", "--out", str(ph), "--cases", "2"]) == 0
+    assert main(["phantom", "--out", str(ph), "--cases", "1", "--overwrite", "--seed", "3"]) == 0
+    assert sorted(p.name for p in ph.iterdir()) == ["case-0000", "manifest.csv"]  # no case-0001 left
+
+
+def test_a_name_too_long_for_the_file_system_is_bad_input(tmp_path, capsys):
+    long = tmp_path / ("x" * 300)
+    assert main(["inspect", str(long)]) == 3
+    assert "the name is too long" in capsys.readouterr().err
+    assert main(["phantom", "--out", str(long), "--cases", "1"]) == 5
+
+
+def test_demo_checks_its_model_and_output_before_writing(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["demo", "--model", "binds-us-busi", "--out", str(out)]) == 2  # reads no MRI
+    assert "the demo runs both stages, with MRI" in capsys.readouterr().err and not out.exists()
+    assert main(["demo", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 4 and not out.exists()

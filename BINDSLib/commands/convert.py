@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..errors import InputError, UsageError
-    from ..fsutil import check_output_dir
+    from ..fsutil import STUDY_SIGNS, check_output_dir
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
     from .diagnose import _safe_name
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("two studies have the same study ID; convert them separately")
     inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
     for t in targets:  # all checked before any is written
-        check_output_dir(t, args.overwrite, inputs)
+        check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
     for st, t in zip(studies, targets):
         views: dict[str, list[str]] = {}
         for im in st.images:

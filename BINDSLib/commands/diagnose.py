@@ -97,7 +97,9 @@ def load_source(kind: str, value) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bundle import find_bundle, list_bundles
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
+    from ..model.selection import AUTO
     from ..errors import UsageError
     from ..memory import configure_malloc
 
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         masks[key] = file
     inputs = tuple(masks.values()) + tuple(
         p for kind, value in sources for p in ([value] if kind == "path" else [f for f, _ in value]))
+    # and the bundles it may read: an output never replaces one
+    inputs += tuple(list_bundles()) + (() if args.model == AUTO else (find_bundle(args.model),))
     options = DiagnoseOptions(stage=args.stage, device=resolve_device(args.device),
                               keep_identifiers=args.keep_identifiers, overwrite=args.overwrite,
                               summary_png=not args.no_summary, inputs=inputs)

@@ -71,21 +71,24 @@ def prepare(args: argparse.Namespace):
     studies (:func:`labelled_studies`), where they came from, and the loaded bundle."""
     from pathlib import Path
 
-    from ..bundle import check_copy_target, find_bundle
+    from ..bundle import BUNDLE_SIGNS, check_copy_target, find_bundle
     from ..errors import UsageError
     from ..fsutil import check_output_dir
     from ..model.inference import DiagnosisModel
 
     out = Path(args.out)
     bundle = find_bundle(args.model)
-    inputs = [getattr(args, "data", None), getattr(args, "cases", None)]
+    data = getattr(args, "data", None)
+    inputs = [data, getattr(args, "cases", None)]
     if getattr(args, "command", "evaluate") == "evaluate":
         inputs.append(bundle)
+        signs = ("metrics.json",)
     else:  # calibrate writes a bundle: it may replace the one it recalibrates, not a folder holding it
         check_copy_target(bundle, out)
         if inputs[1] and bundle.resolve() in Path(inputs[1]).resolve().parents:
             inputs[1] = None  # the bundle's own case list, read before the bundle is replaced
-    check_output_dir(out, args.overwrite, inputs)
+        signs = BUNDLE_SIGNS
+    check_output_dir(out, args.overwrite, inputs, signs, within=[data])
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise UsageError("--target-sensitivity must be in (0, 1]")
     studies, source = labelled_studies(args)

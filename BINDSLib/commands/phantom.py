@@ -27,14 +27,18 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
+    from ..errors import UsageError
+    from ..fsutil import atomic_dir
     from ..synthetic import write_phantoms
 
     if args.cases < 1:
-        raise InputError("--cases must be at least 1")
-    paths = write_phantoms(args.out, cases=args.cases, seed=args.seed,
-                           longitudinal=args.longitudinal, size=args.size,
-                           overwrite=args.overwrite, dicom=args.dicom)
+        raise UsageError("--cases must be at least 1")
+    # built whole and renamed into place: an --overwrite leaves no case of an earlier run, and
+    # replaces only a folder of phantoms
+    signs = ("case-[0-9][0-9][0-9][0-9]/study.json", "woman-[0-9][0-9][0-9][0-9]/history.json")
+    with atomic_dir(args.out, overwrite=args.overwrite, signs=signs) as tmp:
+        paths = write_phantoms(tmp, cases=args.cases, seed=args.seed, longitudinal=args.longitudinal,
+                               size=args.size, overwrite=True, dicom=args.dicom)
     kind = "women" if args.longitudinal else "studies"
     sys.stdout.write(f"wrote {len(paths)} synthetic {kind} to {args.out}\n")
     return 0

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from ..bundle import find_bundle
     from ..errors import InputError
-    from ..fsutil import atomic_dir, check_output_dir, json_dumps
+    from ..fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
-    check_output_dir(out, args.overwrite, args.exams)  # before the scoring, not after
+    inputs = [*args.exams, find_bundle(args.model)]  # the bundle too: never replaced by a report
+    check_output_dir(out, args.overwrite, inputs, REPORT_SIGNS)  # before the scoring, not after
     studies, woman_ids = _read_exams(args.exams)
     if len(studies) > 1 and any(s.study_date is None for s in studies):
         bad = [s.study_id for s in studies if s.study_date is None]
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     breast = {side: [None if r.breast_risk[side] is None else r.breast_risk[side][-1] for r in risks]
               for side in ("L", "R")}
     plot = plot_trajectory([d or _today() for d in dates], five, thresholds["supplemental_mri_5y"], breast)
-    with atomic_dir(out, overwrite=args.overwrite, inputs=args.exams) as tmp:
+    with atomic_dir(out, overwrite=args.overwrite, inputs=inputs, signs=REPORT_SIGNS) as tmp:
         (tmp / "report.json").write_text(json_dumps(report), encoding="utf-8")
         (tmp / "risk.csv").write_text(exams_csv(risks), encoding="utf-8")
         write_png(tmp / "trajectory.png", plot)

@@ -350,7 +350,7 @@ def write_study_dicom(study: Study, out_dir: str | os.PathLike, overwrite: bool 
     writer = _Writer(study, keep_identifiers)
     build = {Modality.MG: writer.mg, Modality.US: writer.us, Modality.MR: writer.mr}
     out = Path(out_dir)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, signs=("[0-9][0-9]_*/IM[0-9][0-9][0-9][0-9].dcm",)) as tmp:
         for n, im in enumerate(_series_order(study), start=1):
             folder = tmp / f"{n:02d}_{im.label}"
             folder.mkdir()

@@ -355,7 +355,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     p = np.array([r["malignancy_probability"] for r in rows])
     y = np.array([r["malignant"] for r in rows], float)
     lesion = np.isin([r["diagnosis"] for r in rows], ["benign", "malignant"]) & np.isfinite(y)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, signs=("metrics.json",)) as tmp:
         (tmp / "metrics.json").write_text(json_dumps(metrics), encoding="utf-8")
         write_predictions_csv(tmp / "predictions.csv", rows)
         curves = {}

@@ -612,6 +612,7 @@ def _autocast(device, enabled: bool):
 
 def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: bool, overwrite: bool) -> None:
     """What :func:`train` checks before it writes or trains (the data sources must exist too)."""
+    from ..bundle import BUNDLE_SIGNS
     from ..fsutil import check_output_dir
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -629,7 +630,7 @@ def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: 
     if bundle.resolve() == run_dir.resolve():
         raise OutputError("is the run folder; the bundle needs a folder of its own (default "
                           "RUN_DIR/bundle)", bundle)
-    check_output_dir(bundle, overwrite or bundle_path is None, inputs + [run_dir])
+    check_output_dir(bundle, overwrite or bundle_path is None, inputs + [run_dir], BUNDLE_SIGNS)
 
 
 def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
