@@ -228,6 +228,19 @@ def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
         _write_csv(root / "images.csv", [dict(rows[0], pixel_spacing_mm=bad)] + rows[1:])
         with pytest.raises(InputError, match=rf"images.csv: row 2: pixel_spacing_mm '{bad}' is not a positive"):
             load_dataset(root)
+    _write_csv(root / "images.csv", [dict(rows[0], image_id="")] + rows[1:])
+    with pytest.raises(InputError, match=r"images.csv: row 2: image_id is empty"):
+        load_dataset(root)
+    _write_csv(root / "images.csv", rows)
+    _write_csv(root / "findings.csv", [dict(findings[0], radius="-5")] + findings[1:])
+    with pytest.raises(InputError, match=r"findings.csv: row 2: radius '-5' is not a positive number of pixels"):
+        load_dataset(root)
+    _write_csv(root / "findings.csv", [dict(findings[0], abnormality="BLOB")] + findings[1:])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        load_dataset(root)
+    assert "abnormality 'BLOB' is none of CALC" in caplog.text
+    _write_csv(root / "findings.csv", findings)
     # a circle outside its film: coordinates for another image size (the 1024-pixel release?)
     _write_csv(root / "images.csv", rows)
     _write_csv(root / "findings.csv", [dict(findings[0], center_col="700")] + findings[1:])

@@ -235,6 +235,13 @@ def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, dia
     assert main(args) == 6
     assert "2 already done" in capsys.readouterr().out
     assert {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/report.json")} == done
+    # a later batch of one study into the same folder: its tables hold that study only
+    one = ["diagnose", str(root / "b"), str(root / "b"), "--model", str(diagnosis_bundle), "--out", str(out),
+           "--stage", "1"]
+    assert main(one) == 6  # the same study given twice: one failure, named so
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 1 and rows[0]["study_id"] == read_study_folder(root / "b").study_id
+    assert "was given twice" in open(out / "failures.csv").read()
 
 
 def _write(path: Path, text: str) -> Path:

@@ -206,8 +206,9 @@ def run_batch(model, sources, out: Path, options) -> int:
             target = out / _safe_name(st.study_id)
             key = str(target).casefold()  # one folder also on case-insensitive disks
             if key in written:
-                failures.append((name, f"study ID {st.study_id!r} is also that of a study of "
-                                       f"{written[key]}: each study needs its own ID (its output folder)"))
+                again = "was given twice" if written[key] == name else f"is also that of a study of {written[key]}"
+                failures.append((name, f"study ID {st.study_id!r} {again}: each study needs its own ID "
+                                       "(its output folder)"))
                 log.error("%s: %s", name, failures[-1][1])
                 continue
             written[key] = name
@@ -224,8 +225,8 @@ def run_batch(model, sources, out: Path, options) -> int:
                 log.error("study %s: %s", st.study_id, e)
         progress(n, total, name)
     rows = []
-    for rpath in sorted(out.glob("*/results.csv")):
-        if is_finished(rpath.parent):
+    for rpath in sorted(out.glob("*/results.csv")):  # this run's studies (done now or before)
+        if str(rpath.parent).casefold() in written and is_finished(rpath.parent):
             with open(rpath, newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
     atomic_write_text(out / "results.csv", results_csv(rows))

@@ -148,11 +148,18 @@ def disc_mask(shape_rows_cols: tuple[int, int], findings) -> np.ndarray | None:
     return mask if any_circle else None
 
 
+#: mini-MIAS finding codes (calcification, circumscribed, spiculated, ill-defined mass,
+#: architectural distortion, asymmetry)
+MIAS_ABNORMALITIES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
+
+
 def _check_unique(path: Path, ids: list[str], column: str) -> None:
     """:class:`InputError` naming the first ``column`` value that two rows of ``path`` share
     (and their rows): a study counted twice would bias every figure."""
     first: dict[str, int] = {}
     for n, i in enumerate(ids, start=2):
+        if not i:
+            raise InputError(f"row {n}: {column} is empty", path)
         if i in first:
             raise InputError(f"rows {first[i]} and {n}: {column} {i!r} is listed twice", path)
         first[i] = n
@@ -182,6 +189,11 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
                         radius_px=_opt_float(row["radius"]))
         except ValueError as e:
             raise InputError(f"row {n}: {e}", findings_csv) from None
+        if f.radius_px is not None and not f.radius_px > 0:
+            raise InputError(f"row {n}: radius {row['radius']!r} is not a positive number of pixels", findings_csv)
+        if f.abnormality not in MIAS_ABNORMALITIES:
+            log.warning("%s: row %d: abnormality %r is none of %s (kept as given)", findings_csv, n,
+                        f.abnormality, ", ".join(MIAS_ABNORMALITIES))
         by_image.setdefault(row["image_id"], []).append(f)
     rows = []
     listed = _read_csv(images_csv, MIAS_IMAGE_COLUMNS)
@@ -196,6 +208,8 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
             raise InputError(f"row {n}: pixel_spacing_mm {row['pixel_spacing_mm']!r} is not a positive "
                              "number of millimetres", images_csv)
+        if spacing is not None and not 0.01 <= spacing <= 5.0:  # films are digitised at 0.05-1 mm
+            log.warning("%s: row %d: pixel_spacing_mm %g is implausible for a mammogram", images_csv, n, spacing)
         rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
     _warn_stray_findings(findings_csv, by_image, rows)
     by_woman: dict[str, list] = {}
