@@ -60,7 +60,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available (use --device auto or cpu)")
+        raise InputError(f"--device {device} was asked for but no CUDA GPU is available (use --device auto or cpu)")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise InputError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
     return device

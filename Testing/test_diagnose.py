@@ -290,3 +290,14 @@ def test_views_beyond_what_the_model_takes_are_noted_not_a_crash(tmp_path):
     ignored = [n for n in report.notes if n.endswith("ignored")]
     assert len(ignored) == 3 and report.images[0].label not in " ".join(ignored)
     assert "model caution: a test model" in report.notes
+
+
+def test_batch_csv_with_a_byte_order_mark_and_one_without_rows(tmp_path, diagnosis_bundle, study_dir, capsys):
+    listing = tmp_path / "batch.csv"
+    listing.write_text(f"path\n{study_dir}\n", encoding="utf-8-sig")  # as a spreadsheet saves it
+    out = tmp_path / "out"
+    assert main(["diagnose", str(listing), "--model", str(diagnosis_bundle), "--out", str(out), "--no-summary"]) == 0
+    assert (out / "report.json").is_file()  # one study: diagnosed as such
+    listing.write_text("path\n")
+    assert main(["diagnose", str(listing), "--model", str(diagnosis_bundle), "--out", str(tmp_path / "o2")]) == 3
+    assert "the batch CSV lists no study" in capsys.readouterr().err

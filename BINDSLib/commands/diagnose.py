@@ -50,7 +50,7 @@ def progress(done: int, total: int, message: str) -> None:
     """One machine-readable progress line on stderr (the Slicer module parses it)."""
     from ..fsutil import printable
 
-    sys.stderr.write(f"PROGRESS {done}/{total} {printable(message)}\n")
+    sys.stderr.write(f"PROGRESS {done}/{total} {printable(message).replace(chr(10), ' ')}\n")
     sys.stderr.flush()
 
 
@@ -70,12 +70,14 @@ def collect_sources(args) -> list[tuple[str, object]]:
         p = Path(s)
         if p.is_file() and p.suffix.lower() == ".csv":
             try:
-                with open(p, newline="", encoding="utf-8") as f:
+                with open(p, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark
                     rows = list(csv.DictReader(f))
             except (OSError, UnicodeDecodeError, csv.Error) as e:
                 raise InputError(f"cannot read CSV: {e}", p) from None
             if rows and "path" not in rows[0]:
                 raise InputError("a batch CSV needs a 'path' column", p)
+            if not rows:
+                raise InputError("the batch CSV lists no study (a 'path' column, one row per study)", p)
             sources += [("path", (p.parent / r["path"]).resolve()) for r in rows]
         elif p.is_dir() and not is_study_folder(p) and detect_layout(p) == "study-folders":
             sources += [("path", d) for d in sorted(p.iterdir()) if is_study_folder(d)]

@@ -326,8 +326,10 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("exists and is not a folder", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not run_json.is_file():
-        raise OutputError("folder is not empty and holds no cohort run (run.json); choose a new "
-                          "--out or use --overwrite", out_dir)
+        raise OutputError("folder is not empty and holds no cohort run (run.json): choose a new --out"
+                          + ("" if overwrite else " or use --overwrite")
+                          + (" (--overwrite removes a cohort run's files only, not the others here)"
+                             if overwrite else ""), out_dir)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     if run_json.is_file():
         try:
