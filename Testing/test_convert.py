@@ -99,3 +99,22 @@ def test_a_view_given_twice_is_written_with_a_warning_that_diagnose_will_refuse_
                      "--out", str(tmp_path / "study")]) == 0
     assert "holds the view MG_L_CC 2 times" in caplog.text and "binds diagnose refuses such a study" in caplog.text
     assert (tmp_path / "study" / "study.json").is_file()
+
+
+def test_image_files_named_after_their_roles_are_one_study(tmp_path):
+    import SimpleITK as sitk
+
+    from BINDSLib.studyfolder import read_study_folder as read
+
+    case = tmp_path / "case"
+    case.mkdir()
+    names = ("MG_L_CC", "MG_L_MLO", "MG_R_CC", "MG_R_MLO")
+    for k, name in enumerate(names):
+        pixels = (np.random.default_rng(k).random((40, 30)) * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(case / f"{name}.png"))
+    files = [str(case / f"{n}.png") for n in names]
+    assert main(["convert", *files, "--out", str(tmp_path / "one")]) == 0
+    assert sorted(im.label for im in read(tmp_path / "one").images) == sorted(names)
+    assert main(["diagnose", *files, "--out", str(tmp_path / "dx"), "--no-summary", "--model",
+                 "binds-diagnosis-demo"]) == 0
+    assert (tmp_path / "dx" / "report.json").is_file()  # one study, not four clashing ones

@@ -34,14 +34,19 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, UsageError
     from ..fsutil import STUDY_SIGNS, check_output_dir
+    from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
     from .diagnose import _safe_name
 
     results = []
-    if args.role:
-        results.append(load_files(parse_role_assignments(args.role)))
-    results += [load(p) for p in args.paths]
+    # image files given together are one study (roles from --role or their names), as in diagnose
+    files = list(parse_role_assignments(args.role)) if args.role else []
+    files += [(Path(p), None) for p in args.paths
+              if Path(p).is_file() and suffix_of(Path(p)) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
+    if files:
+        results.append(load_files(files))
+    results += [load(p) for p in args.paths if (Path(p), None) not in files]
     if not results:
         raise UsageError("give at least one PATH or --role ROLE=FILE")
     studies = [st for r in results for st in r.studies]
@@ -53,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     targets = [out] if len(studies) == 1 else [out / _safe_name(st.study_id) for st in studies]
     if len({str(t).casefold() for t in targets}) != len(targets):  # also on case-insensitive disks
-        raise InputError("two studies have the same study ID; convert them separately")
+        names = [t.name.casefold() for t in targets]
+        twice = sorted({st.study_id for st, n in zip(studies, names) if names.count(n) > 1})
+        raise InputError(f"studies {', '.join(twice)} would share an output folder (the same study ID); "
+                         "convert them separately")
     inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
     for t in targets:  # all checked before any is written
         check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)

@@ -60,15 +60,17 @@ def collect_sources(args) -> list[tuple[str, object]]:
 
     from ..errors import InputError, UsageError
     from ..io.datasets import detect_layout
+    from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
     from ..io.loader import parse_role_assignments
     from ..studyfolder import is_study_folder
 
     sources: list[tuple[str, object]] = []
-    if args.role:
-        sources.append(("files", parse_role_assignments(args.role)))
+    files = list(parse_role_assignments(args.role)) if args.role else []
     for s in args.studies:
         p = Path(s)
-        if p.is_file() and p.suffix.lower() == ".csv":
+        if p.is_file() and suffix_of(p) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+            files.append((p, None))  # image files given together are one study (roles from names)
+        elif p.is_file() and p.suffix.lower() == ".csv":
             try:
                 with open(p, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark
                     rows = list(csv.DictReader(f))
@@ -83,6 +85,8 @@ def collect_sources(args) -> list[tuple[str, object]]:
             sources += [("path", d) for d in sorted(p.iterdir()) if is_study_folder(d)]
         else:
             sources.append(("path", p))
+    if files:
+        sources.insert(0, ("files", files))
     if not sources:
         raise UsageError("give at least one STUDY or --role ROLE=FILE")
     return sources
@@ -101,9 +105,9 @@ def load_source(kind: str, value) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..bundle import find_bundle, list_bundles
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
-    from ..model.selection import AUTO
     from ..errors import UsageError
     from ..memory import configure_malloc
+    from ..model.selection import AUTO
 
     if getattr(args, "own_process", False):
         configure_malloc()  # diagnosis only: it would slow risk scoring's large activations
