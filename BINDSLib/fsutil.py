@@ -74,7 +74,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
     sitk_path(path, output=True)  # a name that is not UTF-8 fails at once, not after the work
     try:
         path = Path(path).resolve()
-        _ = path.exists()
+        path.exists()  # raises on a name the file system cannot hold
     except OSError as e:  # e.g. a name longer than the file system allows
         raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
     if path.parent == path:
@@ -161,8 +161,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
 
     On an exception the temporary folder is removed and ``path`` is untouched. ``inputs``: the
     command's input paths, which ``path`` may neither be nor hold; the checks of
-    :func:`check_output_dir` apply (``signs``: what an output of this kind holds). An operating-system error while creating or renaming the
-    folder is an :class:`OutputError` naming ``path``.
+    :func:`check_output_dir` apply (``signs``: what an output of this kind holds). An
+    operating-system error while creating or renaming the folder is an :class:`OutputError`
+    naming ``path``.
     """
     given = path
     path = check_output_dir(path, overwrite, inputs, signs)
