@@ -49,8 +49,9 @@ class DiagnoseOptions:
     keep_identifiers: bool = False
     overwrite: bool = False
     summary_png: bool = True
-    #: the command's input files and folders: an output folder may neither be nor hold one
-    inputs: tuple = ()
+    #: the command's input files and folders (paths or a :class:`~BINDSLib.fsutil.Inputs`): an
+    #: output folder may neither be nor hold one
+    inputs: object = ()
 
 
 def resolve_device(device: str) -> str:

@@ -105,21 +105,35 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
     return path
 
 
+class Inputs:
+    """A command's input files and folders (None entries skipped), resolved once: what an
+    output may neither be nor hold (:func:`check_not_input`). A batch checks every study's
+    output against all of its inputs, so each check is a lookup, not a walk of the file system."""
+
+    def __init__(self, paths=()):
+        self.given: dict[Path, object] = {}  # resolved -> as given (for messages)
+        self.held: dict[Path, object] = {}  # every folder above an input -> that input
+        for p in paths:
+            if p is None:
+                continue
+            src = Path(p).resolve()
+            self.given.setdefault(src, p)
+            for folder in src.parents:
+                self.held.setdefault(folder, p)
+
+
 def check_not_input(path: str | os.PathLike, inputs) -> None:
-    """Refuse an output ``path`` that is one of the command's ``inputs`` (files or folders;
-    None entries are skipped) or a folder holding one: writing it would replace (with
+    """Refuse an output ``path`` that is one of the command's ``inputs`` (an :class:`Inputs`, or
+    paths; None entries are skipped) or a folder holding one: writing it would replace (with
     ``--overwrite``, delete) the input. An output inside an input folder is allowed."""
+    inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
     out = Path(path).resolve()
-    for p in inputs:
-        if p is None:
-            continue
-        src = Path(p).resolve()
-        if out == src:
-            raise OutputError("is an input of this command; writing the output there would replace "
-                              "the input: choose another output", path)
-        if out in src.parents:
-            raise OutputError(f"holds an input of this command ({p}); replacing it would delete the "
-                              "input: choose another output, e.g. a new subfolder", path)
+    if out in inputs.given:
+        raise OutputError("is an input of this command; writing the output there would replace "
+                          "the input: choose another output", path)
+    if out in inputs.held:
+        raise OutputError(f"holds an input of this command ({inputs.held[out]}); replacing it would "
+                          "delete the input: choose another output, e.g. a new subfolder", path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import find_bundle, list_bundles
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import UsageError
+    from ..fsutil import Inputs
     from ..memory import configure_malloc
     from ..model.selection import AUTO
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     inputs += tuple(list_bundles()) + (() if args.model == AUTO else (find_bundle(args.model),))
     options = DiagnoseOptions(stage=args.stage, device=resolve_device(args.device),
                               keep_identifiers=args.keep_identifiers, overwrite=args.overwrite,
-                              summary_png=not args.no_summary, inputs=inputs)
+                              summary_png=not args.no_summary, inputs=Inputs(inputs))
     model = ModelPicker(args.model, options.device)
     out = Path(args.out)
     single = len(sources) == 1
