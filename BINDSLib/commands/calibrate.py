@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model.evaluation import predict_dataset
     from .evaluate import prepare
 
-    out, studies, source, model = prepare(args)
+    out, studies, source, model = prepare(args, writes_bundle=True)
     bundle = model.bundle
     version = args.version or next_version(bundle.version)
     check_new_version(bundle, version)

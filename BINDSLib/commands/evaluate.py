@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare(args: argparse.Namespace):
-    """What ``binds evaluate`` and ``binds calibrate`` start from, checked before any work:
-    ``(out, studies, source, model)`` - the output path (absent, or ``--overwrite``), the
-    studies (:func:`labelled_studies`), where they came from, and the loaded bundle."""
+def prepare(args: argparse.Namespace, writes_bundle: bool = False):
+    """What ``binds evaluate`` and ``binds calibrate`` (``writes_bundle``: its output is the
+    recalibrated bundle) start from, checked before any work: ``(out, studies, source,
+    model)`` - the output path (absent, or ``--overwrite``), the studies
+    (:func:`labelled_studies`), where they came from, and the loaded bundle."""
     from pathlib import Path
 
     from ..bundle import BUNDLE_SIGNS, check_copy_target, find_bundle
@@ -80,14 +81,14 @@ def prepare(args: argparse.Namespace):
     bundle = find_bundle(args.model)
     data = getattr(args, "data", None)
     inputs = [data, getattr(args, "cases", None)]
-    if getattr(args, "command", "evaluate") == "evaluate":
-        inputs.append(bundle)
-        signs = ("metrics.json",)
-    else:  # calibrate writes a bundle: it may replace the one it recalibrates, not a folder holding it
+    if writes_bundle:  # it may replace the bundle it recalibrates, not a folder holding it
         check_copy_target(bundle, out)
         if inputs[1] and bundle.resolve() in Path(inputs[1]).resolve().parents:
             inputs[1] = None  # the bundle's own case list, read before the bundle is replaced
         signs = BUNDLE_SIGNS
+    else:
+        inputs.append(bundle)
+        signs = ("metrics.json",)
     check_output_dir(out, args.overwrite, inputs, signs, within=[data])
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise UsageError("--target-sensitivity must be in (0, 1]")
