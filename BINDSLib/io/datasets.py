@@ -55,7 +55,7 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
             reader = csv.DictReader(f)
             names = [(n or "").strip() for n in reader.fieldnames or ()]
             missing = required - set(names)
-            if missing and len(names) == 1 and any(sep in names[0] for sep in ";\t"):
+            if missing and _other_separator(names):
                 raise InputError("columns are separated by ';' or tabs: save it as comma-separated CSV", path)
             if missing:
                 raise InputError(f"missing column(s) {sorted(missing)}", path)
@@ -69,10 +69,15 @@ def _csv_columns(path: Path) -> set[str] | None:
     then says why)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            names = {c.strip() for c in next(csv.reader(f), [])}
+            names = [c.strip() for c in next(csv.reader(f), [])]
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
-    return None if len(names) == 1 and any(sep in next(iter(names)) for sep in ";\t") else names
+    return None if _other_separator(names) else set(names)
+
+
+def _other_separator(names: list[str]) -> bool:
+    """Whether a header read as one column was written with semicolons or tabs."""
+    return len(names) == 1 and any(sep in names[0] for sep in ";\t")
 
 
 def detect_layout(path: str | os.PathLike) -> str | None:
