@@ -229,7 +229,7 @@ _STUDY_FIELDS = {
 _IMAGE_FIELDS = {
     "path": (str,), "label": (str,), "role": (str,), "role_detail": (dict,), "modality": (str,),
     "findings": (list,), "source": (dict,), "acquisition_date": (str,), "lesion_mask": (str,),
-    "geometry": (dict,), "shape": (list,),
+    "geometry": (dict,), "shape": (list,), "laterality": (str,), "view": (str,), "phase": (int,),
 }
 
 
@@ -256,6 +256,15 @@ def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: b
             raise ValueError("needs a 'role' (e.g. MG_L_CC)")
         if entry.get("modality") is not None and entry["modality"] != role.modality.value:
             raise ValueError(f"modality {entry['modality']!r} contradicts role {role.key}")
+        # the copies beside role_detail must agree with it: a hand edit of one would be ignored
+        if entry.get("role_detail") is not None and entry.get("role") is not None \
+                and Role.parse(entry["role"]).key != role.key:
+            raise ValueError(f"role {entry['role']!r} contradicts role_detail ({role.key}); edit both")
+        for key in ("laterality", "view", "phase"):  # (a copy the role has no value for is not read)
+            given, held = entry.get(key), getattr(role, key)
+            if given is not None and held is not None and str(given).upper() != str(held).upper():
+                raise ValueError(f"{key} {entry[key]!r} contradicts role {role.key} "
+                                 f"({key} {getattr(role, key)!r}); edit both")
         findings = tuple(Finding.from_json(f) for f in entry.get("findings") or [])
         source = SourceInfo.from_json(entry.get("source") or {})
         acq = parse_date(entry.get("acquisition_date"))

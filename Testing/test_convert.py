@@ -118,3 +118,68 @@ def test_image_files_named_after_their_roles_are_one_study(tmp_path):
     assert main(["diagnose", *files, "--out", str(tmp_path / "dx"), "--no-summary", "--model",
                  "binds-diagnosis-demo"]) == 0
     assert (tmp_path / "dx" / "report.json").is_file()  # one study, not four clashing ones
+
+
+def test_a_folder_of_role_named_image_files_is_one_study(tmp_path, capsys):
+    """The folder of the files (no DICOM in it) reads as the files given together; a file whose
+    name is not a role is skipped with the reason, not fatal."""
+    import SimpleITK as sitk
+
+    case = tmp_path / "case"
+    case.mkdir()
+    for k, name in enumerate(("MG_L_CC", "MG_L_MLO", "notes")):
+        pixels = (np.random.default_rng(k).random((40, 30)) * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(case / f"{name}.png"))
+    res = load(case)
+    (study,) = res.studies
+    assert study.study_id == "case" and sorted(im.label for im in study.images) == ["MG_L_CC", "MG_L_MLO"]
+    assert [(s.path, "the name is not a role" in s.reason) for s in res.skipped] == [(str(case / "notes.png"), True)]
+    assert main(["inspect", str(case)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 study, 2 image(s), 1 skipped") and "notes.png: not read" in out
+    # none named after a role: the message says what to do, not "no DICOM images found"
+    (case / "MG_L_CC.png").rename(case / "left.png")
+    (case / "MG_L_MLO.png").rename(case / "left2.png")
+    assert main(["inspect", str(case)]) == 3
+    assert "none of its 3 image file(s) is named after a role" in capsys.readouterr().err
+
+
+def test_several_studies_replace_the_whole_output_folder(tmp_path, capsys):
+    """--overwrite of a folder of study folders leaves no study of the earlier run, and never
+    replaces a folder that holds anything else."""
+    assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
+    assert main(["phantom", "--out", str(tmp_path / "two"), "--cases", "2", "--seed", "5"]) == 0
+    out = tmp_path / "sf"
+    assert main(["convert", str(tmp_path / "three"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "case-0002"]
+    assert main(["convert", str(tmp_path / "two"), "--out", str(out)]) == 5  # exists: --overwrite needed
+    assert main(["convert", str(tmp_path / "two"), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001"]
+    assert read_study_folder(out / "case-0000").study_id == "case-0000"
+    assert all(read_study_folder(out / n).synthetic for n in ("case-0000", "case-0001"))
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "three"), "--out", str(out), "--overwrite"]) == 5
+    assert "holds 'notes.txt', which is not a study folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "notes.txt"]
+
+
+def test_an_interrupted_conversion_of_several_studies_leaves_nothing(tmp_path, monkeypatch):
+    import BINDSLib.studyfolder as sf
+
+    assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
+    real, calls = sf.write_study_folder, []
+
+    def write_then_fail(study, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(study, path, **kw)
+
+    monkeypatch.setattr(sf, "write_study_folder", write_then_fail)
+    try:
+        main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf")])
+    except KeyboardInterrupt:
+        pass
+    assert len(calls) == 2 and not (tmp_path / "sf").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -170,3 +170,18 @@ def test_dicom_exams_score_like_their_study_folders(bundle, tmp_path):
     b = model.score_exam(load_exam(dicom))
     assert b.views_present == a.views_present and b.exam_date == a.exam_date
     assert np.allclose(a.cumulative_risk, b.cumulative_risk, atol=1e-4)
+
+
+def test_a_folder_of_women_is_refused_pointing_to_one_woman_and_to_cohort(bundle, tmp_path, capsys):
+    """binds phantom --longitudinal's folder holds many women; risk scores one."""
+    women = tmp_path / "women"
+    for w in range(2):
+        write_history(ExamHistory(f"W-{w}", [make_exam(2 * w + i, dt.date(2018 + i, 1, 1), study_id=f"w{w}e{i}")
+                                             for i in range(2)]), women / f"woman-{w}")
+    (women / "manifest.csv").write_text("woman,study_folder,exam_date\n")
+    assert main(["risk", str(women), "--model", str(bundle), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert "holds the exam histories of 2 women (woman-0, woman-1)" in err
+    assert f"give her folder (e.g. {women / 'woman-0'})" in err and f"binds cohort {women / 'manifest.csv'}" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["risk", str(women / "woman-1"), "--model", str(bundle), "--out", str(tmp_path / "o")]) == 0

@@ -60,11 +60,17 @@ def test_manifest_is_checked(tmp_path):
     (row,) = read_manifest(m)
     assert (row.exam_id, row.woman_id, row.exam_date) == ("w1/2019-01-02_e1", "w1", dt.date(2019, 1, 2))
     m.write_text("exam_id,path\nA,a\nA,b\n")
-    with pytest.raises(InputError, match="repeats row 1"):
+    with pytest.raises(InputError, match="line 3: exam_id 'A' repeats line 2"):
         read_manifest(m)
     m.write_text("exam_id,path,exam_date\nA,a,2020-13-40\n")
-    with pytest.raises(InputError, match="row 1"):
+    with pytest.raises(InputError, match="line 2"):
         read_manifest(m)
+    # blank lines: messages name the file's line, outputs number the exams (manifest_row)
+    m.write_text("exam_id,path,exam_date\n\nA,a,2020-01-02\n\n\nB,b,2020-13-40\n")
+    with pytest.raises(InputError, match="line 6:"):
+        read_manifest(m)
+    m.write_text("exam_id,path\n\nA,a\n\nB,b\n")
+    assert [(r.row, r.line) for r in read_manifest(m)] == [(1, 3), (2, 5)]
     m.write_text("exam_id,path,exam_date\nA,sub/a,2020-01-02\n")
     (row,) = read_manifest(m)
     assert row.path == tmp_path / "sub" / "a" and row.exam_date == dt.date(2020, 1, 2)

@@ -132,6 +132,12 @@ def _doc(tmp_path):
     (lambda d: d["images"][0].update(path="images/missing.nrrd"), "file not found"),
     (lambda d: d["images"][1].update(label="MG_L_CC"), "duplicate image label"),
     (lambda d: d["images"][0].update(modality="US"), "contradicts role"),
+    # the copies beside role_detail: a hand edit of one alone would be ignored
+    (lambda d: d["images"][0].update(laterality="R"), "laterality 'R' contradicts role MG_L_CC"),
+    (lambda d: d["images"][0].update(view="MLO"), "view 'MLO' contradicts role MG_L_CC"),
+    (lambda d: d["images"][0].update(role="MG_R_CC"), "role 'MG_R_CC' contradicts role_detail"),
+    (lambda d: d["images"][0].update(laterality=1), "'laterality' must be str"),
+    (lambda d: d["images"][2].update(phase=1), "phase 1 contradicts role MR_DCE2"),
     (lambda d: d.update(diagnosis="maybe"), "invalid study fields"),
 ])
 def test_bad_study_json_gives_clear_error(tmp_path, mutate, message):
@@ -238,3 +244,46 @@ def test_study_json_with_a_byte_order_mark_is_read_and_deep_nesting_refused(tmp_
     jpath.write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(InputError, match="study.json: invalid JSON: nested too deeply"):
         read_study_folder(folder)
+
+
+def test_copies_of_the_role_that_agree_or_say_nothing_are_accepted(tmp_path):
+    doc = _doc(tmp_path)
+    assert doc["images"][0]["role"] == "MG_L_CC"
+    doc["images"][0].update(laterality="l", view="cc", phase=3)  # case; a phase the role has none of
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    assert read_study_folder(tmp_path / "s").images[0].role.key == "MG_L_CC"
+
+
+def test_a_folder_of_studies_and_histories_reads_them_all_and_names_what_it_left(tmp_path, caplog):
+    """Study folders and women's exam histories side by side are all read; a DICOM folder or
+    image file beside them is listed as skipped (it was read silently as nothing before)."""
+    import datetime as dt
+
+    from BINDSLib.cli import main
+    from BINDSLib.io.loader import load
+    from BINDSLib.study import ExamHistory
+    from BINDSLib.studyfolder import write_history
+
+    root = tmp_path / "batch"
+    write_study_folder(make_study(), root / "s1")
+    exams = []
+    for i in range(2):
+        st = make_study()
+        st.study_id, st.study_date = f"exam-{i}", dt.date(2020 + i, 1, 1)
+        exams.append(st)
+    write_history(ExamHistory("W-1", exams), root / "woman")
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--dicom"]) == 0
+    (tmp_path / "ph" / "case-0000-dicom").rename(root / "dicom")
+    (root / "extra.nrrd").write_bytes(b"")
+    (root / "notes.csv").write_text("not an image\n")
+    res = load(root)
+    assert sorted(s.study_id for s in res.studies) == ["exam-0", "exam-1", "study-1"]
+    assert sorted((s.path, "give this folder on its own" in s.reason or "give this file on its own" in s.reason)
+                  for s in res.skipped) == [(str(root / "dicom"), True), (str(root / "extra.nrrd"), True)]
+    # a diagnose batch of that folder diagnoses every study and exam, and says what it skipped
+    out = tmp_path / "dx"
+    with caplog.at_level("WARNING"):
+        code = main(["diagnose", str(root), "--out", str(out), "--no-summary", "--model", "binds-diagnosis-demo"])
+    assert code == 0, caplog.text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["exam-0", "exam-1", "study-1"]
+    assert f"skipped {root / 'dicom'}: not read" in caplog.text

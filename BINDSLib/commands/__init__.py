@@ -39,3 +39,13 @@ def positive_number(text: str) -> float:
 def positive_int(text: str) -> int:
     """argparse type of a whole number >= 1."""
     return _number(text, int, lambda v: v >= 1, "a whole number of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a whole number >= 0."""
+    return _number(text, int, lambda v: v >= 0, "a whole number of at least 0")
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type of a finite number >= 0."""
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a number of at least 0")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import device_name
+from . import device_name, non_negative_number
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="keep exam and woman IDs (default: pseudonyms)")
     p.add_argument("--merge-only", action="store_true",
                    help="only merge the part files of earlier runs into the output table")
-    p.add_argument("--progress-every", type=float, default=10.0, metavar="S",
+    p.add_argument("--progress-every", type=non_negative_number, default=10.0, metavar="S",
                    help="seconds between progress log lines (default 10)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard earlier results in --out and start again")

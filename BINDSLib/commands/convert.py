@@ -25,15 +25,20 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep patient IDs in study.json (default: pseudonyms)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing study folders")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (a study folder, or a folder of "
+                                                           "study folders, replaced whole)")
     p.set_defaults(func=run)
+
+
+#: a folder of study folders: what ``--overwrite`` replaces when several studies are converted
+FOLDER_SIGNS = ("*/study.json",)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError, UsageError
-    from ..fsutil import STUDY_SIGNS, check_output_dir
+    from ..errors import InputError, OutputError, UsageError
+    from ..fsutil import STUDY_SIGNS, atomic_dir, check_output_dir
     from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
@@ -63,9 +68,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"studies {', '.join(twice)} would share an output folder (the same study ID); "
                          "convert them separately")
     inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
-    for t in targets:  # all checked before any is written
-        check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
-    for st, t in zip(studies, targets):
+    if len(studies) == 1:
+        check_output_dir(out, args.overwrite, inputs, STUDY_SIGNS)  # before any is written
+    else:  # several: one folder of study folders, replaced whole (no study of an earlier run left)
+        check_output_dir(out, args.overwrite, inputs, FOLDER_SIGNS)
+        strays = [e.name for e in sorted(out.iterdir()) if not e.name.startswith(".")
+                  and not (e / "study.json").is_file()] if out.is_dir() else []
+        if strays:
+            raise OutputError(f"holds {strays[0]!r}, which is not a study folder; --overwrite replaces only "
+                              "a folder of study folders: choose another folder or empty it yourself", out)
+    for st in studies:
         views: dict[str, list[str]] = {}
         for im in st.images:
             if im.modality.value == "MG":
@@ -75,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
                 logging.getLogger(__name__).warning(
                     "study %s holds the view %s %d times (%s): binds diagnose refuses such a study; keep one",
                     st.study_id, key, len(labels), ", ".join(labels))
-        write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
+    if len(studies) == 1:
+        write_study_folder(studies[0], out, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
+    else:
+        with atomic_dir(out, overwrite=args.overwrite, inputs=inputs, signs=FOLDER_SIGNS) as tmp:
+            for st, t in zip(studies, targets):
+                write_study_folder(st, tmp / t.name, keep_identifiers=args.keep_identifiers)
+    for t in targets:
         sys.stdout.write(f"{t}\n")
     return 0

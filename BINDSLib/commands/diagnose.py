@@ -59,10 +59,8 @@ def collect_sources(args) -> list[tuple[str, object]]:
     import csv
 
     from ..errors import InputError, UsageError
-    from ..io.datasets import detect_layout
     from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
-    from ..io.loader import parse_role_assignments
-    from ..studyfolder import is_study_folder
+    from ..io.loader import collection, parse_role_assignments
 
     sources: list[tuple[str, object]] = []
     files = list(parse_role_assignments(args.role)) if args.role else []
@@ -81,8 +79,10 @@ def collect_sources(args) -> list[tuple[str, object]]:
             if not rows:
                 raise InputError("the batch CSV lists no study (a 'path' column, one row per study)", p)
             sources += [("path", (p.parent / r["path"]).resolve()) for r in rows]
-        elif p.is_dir() and not is_study_folder(p) and detect_layout(p) == "study-folders":
-            sources += [("path", d) for d in sorted(p.iterdir()) if is_study_folder(d)]
+        elif (found := collection(p)) is not None:  # each study folder and woman's history a source
+            for sk in found.skipped:
+                log.warning("skipped %s: %s", sk.path, sk.reason)
+            sources += [("path", d) for d in sorted(found.studies + found.histories)]
         else:
             sources.append(("path", p))
     if files:

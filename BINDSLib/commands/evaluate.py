@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import device_name, positive_int
+from . import device_name, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -25,7 +25,8 @@ def register(sub) -> None:
                    help="also report the AUC of every modality combination")
     p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
                    help="sensitivity kept by the biopsy-reduction threshold (default 0.98)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+                   help="bootstrap replicates (0: no confidence intervals)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
     p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
     p.add_argument("--given-masks", action="store_true",

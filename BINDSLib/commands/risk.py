@@ -117,12 +117,21 @@ def _read_exams(paths):
     from pathlib import Path
 
     from ..errors import InputError
+    from ..io.loader import collection
     from ..risk.preprocess import load_exam, select_views
     from ..studyfolder import read_history
 
     studies, women, where = [], set(), {}
     for p in paths:
         p = Path(p)
+        found = collection(p)
+        if found is not None and found.histories:  # a cohort folder (binds phantom --longitudinal)
+            names = ", ".join(h.name for h in found.histories[:3]) + (", ..." if len(found.histories) > 3 else "")
+            cohort = (f", or score them all with binds cohort {p / 'manifest.csv'}"
+                      if (p / "manifest.csv").is_file() else "")
+            raise InputError(f"holds the exam histories of {len(found.histories)} "
+                             f"wom{'a' if len(found.histories) == 1 else 'e'}n ({names}); binds "
+                             f"risk scores one woman: give her folder (e.g. {found.histories[0]}){cohort}", p)
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
             exams = list(h.exams)

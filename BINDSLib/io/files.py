@@ -128,6 +128,16 @@ def itk_reason(e: Exception) -> str:
     return line[:200]
 
 
+def role_from_name(path: str | os.PathLike) -> Role | None:
+    """The role a file's name gives (``MG_L_CC.png``, ``MR_DCE1.nii.gz``), or None."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    try:
+        return Role.parse(path.name[: -len(suffix)] if suffix else path.name)
+    except ValueError:
+        return None
+
+
 def read_image_file(path: str | os.PathLike, role: Role | None = None,
                     spacing_mm: tuple[float, float] | None = None, **image_kwargs) -> Image:
     """Read one plain image file as an :class:`Image`.
@@ -142,12 +152,10 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
         raise InputError(f"unsupported file type {suffix!r} (supported: "
                          f"{', '.join(VOLUME_SUFFIXES + PICTURE_SUFFIXES)}, or DICOM)", path)
     if role is None:
-        stem = path.name[: -len(suffix)] if suffix else path.name
-        try:
-            role = Role.parse(stem)
-        except ValueError:
+        role = role_from_name(path)
+        if role is None:
             raise InputError("the image's role is unknown: give it (e.g. --role US_L or "
-                             "MG_L_CC=file.png) or name the file after its role", path) from None
+                             "MG_L_CC=file.png) or name the file after its role", path)
     reader = read_image_info(path)
     try:
         img = reader.Execute()

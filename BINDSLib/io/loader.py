@@ -6,8 +6,9 @@ input                                  read as
 folder with ``study.json``             one study folder
 folder with ``history.json``           a woman's exams (one study per exam)
 BUSI / mini-MIAS layout                labelled studies (:mod:`.datasets`)
-folder of study folders                every study folder in it
+folder of study / history folders      every study and exam in it (other entries skipped)
 any other folder, or a DICOM file      DICOM, indexed recursively (:mod:`.dicom`)
+folder of image files, no DICOM        one study, roles from file names
 NRRD / NIfTI / MHA / PNG / JPEG files  one study, roles from ``roles`` or file names
 =====================================  ============================================
 
@@ -25,7 +26,7 @@ from typing import Mapping, Sequence
 from ..errors import InputError, UsageError
 from ..study import Role, Study
 from .dicom_common import Skipped
-from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, suffix_of
+from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, role_from_name, suffix_of
 
 
 @dataclass
@@ -63,15 +64,75 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
         role = (roles or {}).get(p.name) or (roles or {}).get(str(p))
         return load_files([(p, role)])
     from ..studyfolder import is_study_folder, read_history, read_study_folder
-    from .datasets import detect_layout, iter_dataset
+    from .datasets import detect_layout, iter_dataset, iter_study_folders
 
     if is_study_folder(p):
         return LoadResult([read_study_folder(p, reference_masks=reference_masks)])
     if (p / "history.json").is_file():
         return LoadResult(list(read_history(p, reference_masks=reference_masks).exams))
+    folders = collection(p)
+    if folders is not None:
+        result = LoadResult(skipped=folders.skipped)
+        if folders.studies:  # the study folders, their IDs checked for repeats
+            result.studies += iter_study_folders(p, reference_masks=reference_masks)
+        for h in folders.histories:
+            result.studies += read_history(h, reference_masks=reference_masks).exams
+        return result
     if detect_layout(p) is not None:
         return LoadResult(list(iter_dataset(p, reference_masks=reference_masks)))
-    return _load_dicom(None, p)
+    try:
+        return _load_dicom(None, p)
+    except InputError:
+        pictures = [f for f in _entries(p) if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
+        if not pictures:
+            raise
+    # a folder of image files, no DICOM: one study, as when the files are given together
+    named = [(f, (roles or {}).get(f.name) or role_from_name(f)) for f in pictures]
+    if all(role is None for _, role in named):
+        raise InputError(f"no DICOM images, and none of its {len(pictures)} image file(s) is named "
+                         "after a role (e.g. MG_L_CC.png, US_L.png): give them with --role ROLE=FILE", p)
+    result = load_files([(f, role) for f, role in named if role is not None], study_id=p.name)
+    result.skipped += [Skipped(str(f), "not read: the name is not a role (e.g. MG_L_CC.png); give it with "
+                                       "--role ROLE=FILE") for f, role in named if role is None]
+    return result
+
+
+@dataclass
+class Collection:
+    """A folder holding study folders and/or exam-history folders (one woman's exams each)."""
+
+    studies: list[Path]
+    histories: list[Path]
+    skipped: list[Skipped]
+
+
+def _entries(p: Path) -> list[Path]:
+    return [e for e in sorted(p.iterdir()) if not e.name.startswith(".")]
+
+
+def collection(path: str | os.PathLike) -> Collection | None:
+    """The study and exam-history folders directly in ``path``, and the images beside them that
+    are not read (DICOM or image files, other folders), or None when it holds neither kind or
+    is a dataset layout (BUSI, mini-MIAS) or a study or history folder itself."""
+    from ..studyfolder import is_study_folder
+    from .datasets import detect_layout
+
+    p = Path(path)
+    if not p.is_dir() or is_study_folder(p) or (p / "history.json").is_file():
+        return None
+    if detect_layout(p) not in (None, "study-folders"):
+        return None
+    found = Collection([], [], [])
+    for e in _entries(p):
+        if e.is_dir() and is_study_folder(e):
+            found.studies.append(e)
+        elif e.is_dir() and (e / "history.json").is_file():
+            found.histories.append(e)
+        elif e.is_dir() or is_dicom_file(e) or suffix_of(e) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+            found.skipped.append(Skipped(str(e), f"not read: {p.name} is read as a folder of study folders "
+                                                 f"and exam histories; give this {'folder' if e.is_dir() else 'file'}"
+                                                 " on its own"))
+    return found if found.studies or found.histories else None
 
 
 def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:

@@ -62,7 +62,8 @@ ALIASES = {"path": ("study_folder",), "woman_id": ("woman",)}
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One exam of the manifest. ``row`` is the 1-based data row (header excluded)."""
+    """One exam of the manifest. ``row`` is the 1-based data row (header and blank lines
+    excluded: ``manifest_row`` in the outputs); ``line`` is its line in the file (header = 1)."""
 
     row: int
     exam_id: str
@@ -70,6 +71,7 @@ class ManifestRow:
     woman_id: str | None = None
     exam_date: _dt.date | None = None
     path_text: str = ""
+    line: int = 0
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
@@ -99,20 +101,21 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     rows, seen = [], {}
     base = path.parent
     for n, raw in enumerate(reader, start=1):
+        line = reader.line_num  # the file's line (header = line 1; blank lines counted), for messages
         rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         p = rec.get(names["path"], "")
         eid = rec.get(names["exam_id"], "") if names["exam_id"] else p
         if not eid or not p:
-            raise InputError(f"row {n}: exam_id and path must not be empty", path)
+            raise InputError(f"line {line}: exam_id and path must not be empty", path)
         if eid in seen:
-            raise InputError(f"row {n}: exam_id {eid!r} repeats row {seen[eid]}", path)
-        seen[eid] = n
+            raise InputError(f"line {line}: exam_id {eid!r} repeats line {seen[eid]}", path)
+        seen[eid] = line
         try:
             date = parse_date(rec.get(names["exam_date"] or "", "") or None)
         except ValueError as e:
-            raise InputError(f"row {n}: {e}", path) from None
+            raise InputError(f"line {line}: {e}", path) from None
         rows.append(ManifestRow(n, eid, (base / p) if not Path(p).is_absolute() else Path(p),
-                                rec.get(names["woman_id"] or "", "") or None, date, p))
+                                rec.get(names["woman_id"] or "", "") or None, date, p, line))
     if not rows:
         raise InputError("manifest has no exams", path)
     return rows
@@ -401,7 +404,7 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
                               "path": r.path_text if keep_identifiers else "",
                               "error": err} for (r, _, _), err in zip(failed, public)])
             for (r, err, _), shown in zip(failed, public):
-                log.warning("exam in manifest row %d failed: %s", r.row, err)  # the user's own log
+                log.warning("exam in manifest row %d (line %d) failed: %s", r.row, r.line, err)  # the user's own log
                 summary.failures.append({"manifest_row": r.row, "error": shown})
             summary.n_scored += len(out_rows)
             summary.n_failed += len(failed)
