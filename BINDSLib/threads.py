@@ -8,8 +8,11 @@ is not using at that moment. Results and errors are those of the plain loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
@@ -49,3 +52,32 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = N
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
         malloc_trim()  # what the workers freed in their own arenas
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold back Ctrl-C (SIGINT) while the block runs, and raise it (``KeyboardInterrupt``) after.
+
+    For starting DataLoader workers: forking runs Python's at-fork hooks (logging's lock release),
+    and a ``KeyboardInterrupt`` raised inside one is printed as "Exception ignored" and lost - the
+    run went on as if Ctrl-C had not been pressed. A no-op outside the main thread or where Ctrl-C
+    does not raise ``KeyboardInterrupt`` (ignored, or handled by the caller)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+def ignore_ctrl_c(_worker_id: int = 0) -> None:
+    """In a DataLoader worker: leave Ctrl-C to the main process. Ctrl-C reaches the terminal's
+    whole process group; the main process stops the run and shuts its workers down, while a
+    worker handling it would print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import datetime as dt
 import os
 import signal
@@ -217,3 +218,32 @@ def test_two_ranks_score_their_shares_and_rank0_merges(tmp_path, bundle):
     assert {int(r["manifest_row"]) % 2 for r in r0} == {1} and {int(r["manifest_row"]) % 2 for r in r1} == {0}
     merged = read_rows(out / "scores.csv")
     assert [int(r["manifest_row"]) for r in merged] == list(range(1, 31))
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process():
+    """Ctrl-C goes to every process of the terminal's group; a loader worker must not print
+    its own KeyboardInterrupt traceback after the main process's one-line "interrupted"."""
+    code = ("import os, signal, time\n"
+            "from BINDSLib.risk.cohort import _worker_init\n"
+            "_worker_init(0)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(0.2)\n"
+            "print('still running')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "still running\n", out.stderr
+
+
+def test_a_run_stopped_while_setting_up_its_folder_can_be_started_again(tmp_path, monkeypatch):
+    import BINDSLib.risk.cohort as cohort
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    settings = {"model": "m", "keep_identifiers": False}
+    with monkeypatch.context() as m:
+        m.setattr(cohort, "atomic_write_json", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            cohort.prepare_output(tmp_path / "out", settings, overwrite=False)
+    cohort.prepare_output(tmp_path / "out", settings, overwrite=False)  # not "holds no cohort run"
+    assert json.loads((tmp_path / "out" / "run.json").read_text()) == settings
+    assert (tmp_path / "out" / cohort.PARTS).is_dir()

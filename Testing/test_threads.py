@@ -146,3 +146,30 @@ def test_dataloader_workers_use_no_extra_threads(monkeypatch):
     names = list(torch.utils.data.DataLoader(_Names(), batch_size=None, num_workers=1))
     assert all(len(set(n)) == 1 and not n[0].startswith("binds-work") for n in names)
     assert any(n.startswith("binds-work") for n in _Names()[0])  # in the main process they do
+
+
+def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost():
+    """Forking DataLoader workers runs at-fork hooks where a KeyboardInterrupt would be printed
+    as "Exception ignored" and lost; held back, it stops the run as soon as the workers exist."""
+    import os
+    import signal
+
+    from BINDSLib.threads import ctrl_c_deferred
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs signal handlers between bytecodes
+                reached.append(1)
+    assert len(reached) == 1000  # the block ran to its end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ctrl_c_deferred():  # no Ctrl-C: nothing raised
+        pass
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # a process that ignores Ctrl-C (a background job) keeps ignoring it
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError
 from ..fsutil import atomic_write_json, json_dumps
+from ..threads import ctrl_c_deferred, ignore_ctrl_c
 from .config import (
     COMBINATIONS, MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig, preset,
 )
@@ -770,7 +771,8 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
                             sampler=sampler, num_workers=settings.num_workers,
                             collate_fn=functools.partial(collate, wsi_dim=cfg.wsi_dim),
                             generator=torch.Generator().manual_seed(_seed(seed, "shuffle", epoch)),
-                            drop_last=len(train_ds) > settings.batch_size, pin_memory=cuda)
+                            drop_last=len(train_ds) > settings.batch_size, pin_memory=cuda,
+                            worker_init_fn=ignore_ctrl_c if settings.num_workers else None)
         rng = np.random.default_rng(_seed(seed, "dropout", epoch, rt.rank))
         model.train()
         sums: dict[str, float] = {}
@@ -778,7 +780,9 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         bar = _Progress(steps, f"epoch {epoch + 1}/{settings.epochs} ({phase.name})", rt.main)
         te = time.perf_counter()
         lr = phase.lr
-        for step, batch in enumerate(loader):
+        with ctrl_c_deferred():  # not lost while the workers start
+            batches = iter(loader)
+        for step, batch in enumerate(batches):
             lr = _lr_at(settings, phase, k + step / max(1, steps))
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -192,10 +192,13 @@ def collate_exams(items: list[dict]) -> dict:
     return batch
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(worker_id: int) -> None:
     import torch
 
+    from ..threads import ignore_ctrl_c
+
     torch.set_num_threads(1)
+    ignore_ctrl_c(worker_id)
 
 
 # -- append-only part files ----------------------------------------------------------------------
@@ -333,7 +336,6 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
                           + ("" if overwrite else " or use --overwrite")
                           + (" (--overwrite removes a cohort run's files only, not the others here)"
                              if overwrite else ""), out_dir)
-    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     if run_json.is_file():
         try:
             old = json.loads(run_json.read_text(encoding="utf-8"))
@@ -343,8 +345,9 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
             raise OutputError("holds a run with another model or settings (see run.json); resume with "
                               "the same --model and --keep-identifiers, choose a new --out, or use "
                               "--overwrite", out_dir)
-    else:
+    else:  # first, so that a run stopped at any point leaves a folder that it can resume
         atomic_write_json(run_json, settings)
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
 
 
 def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model, *,
@@ -356,6 +359,8 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
     """
     import torch
     from torch.utils.data import DataLoader
+
+    from ..threads import ctrl_c_deferred
 
     out_dir = Path(out_dir)
     years = list(model.config.years)
@@ -375,8 +380,10 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
                         worker_init_fn=_worker_init if num_workers else None,
                         prefetch_factor=2 if num_workers else None)
     start = last_log = time.monotonic()
+    with ctrl_c_deferred():  # not lost while the workers start
+        batches = iter(loader)
     try:
-        for batch in loader:
+        for batch in batches:
             failed = [(todo[it["index"]], it["error"], it.get("ids", ())) for it in batch["failed"]]
             out_rows = []
             if batch["ok"]:
