@@ -108,6 +108,8 @@ class Role:
             raise ValueError(f"laterality must be one of {LATERALITIES}, not {self.laterality!r}")
         if self.view is not None and self.view not in MG_VIEWS:
             raise ValueError(f"view must be one of {MG_VIEWS}, not {self.view!r}")
+        if self.clock_position is not None and not 1 <= self.clock_position < 13:
+            raise ValueError(f"clock position {self.clock_position:g}h is not on the clock face (1h to 12h)")
         if self.modality is Modality.MR:
             if self.sequence is None:
                 raise ValueError("an MR role needs a sequence (T1_PRE, DCE, T2, DWI, ADC)")
@@ -151,6 +153,8 @@ class Role:
     @classmethod
     def parse(cls, key: str) -> "Role":
         """Inverse of :attr:`key` (case-insensitive); raises ``ValueError`` on an unknown key."""
+        if not isinstance(key, str):
+            raise ValueError(f"a role is text such as MG_L_CC, not {type(key).__name__}")
         m = cls._KEY_RE.match(key.strip())
         if not m:
             raise ValueError(

@@ -183,3 +183,30 @@ def test_an_interrupted_conversion_of_several_studies_leaves_nothing(tmp_path, m
         pass
     assert len(calls) == 2 and not (tmp_path / "sf").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_role_named_folders_name_what_they_leave_and_where_the_images_are(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    def picture(path, seed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (np.random.default_rng(seed).random((40, 30)) * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(path))
+
+    case = tmp_path / "case"
+    picture(case / "US_L.png", 0)
+    picture(case / "US_L_2.png", 1)  # a study folder's label of a second US_L image
+    picture(case / "more" / "MG_L_CC.png", 2)
+    res = load(case)
+    (study,) = res.studies
+    assert sorted(im.role.key for im in study.images) == ["US_L", "US_L"]
+    assert [(s.path, "read without its subfolders" in s.reason) for s in res.skipped] == [(str(case / "more"), True)]
+    # one folder per patient: the message points to them instead of "no DICOM images found"
+    patients = tmp_path / "patients"
+    picture(patients / "p1" / "MG_L_CC.png", 3)
+    picture(patients / "p2" / "MG_R_CC.png", 4)
+    assert main(["inspect", str(patients)]) == 3
+    assert "image files named after roles are in its subfolder(s) p1, p2: give each such folder" in \
+        capsys.readouterr().err
+    assert main(["inspect", str(patients / "p1"), str(patients / "p2")]) == 0
+    assert capsys.readouterr().out.startswith("2 studies, 2 image(s), 0 skipped")

@@ -275,3 +275,95 @@ def test_layout_of_folders_with_stray_csv_files(tmp_path):
     assert detect_layout(other) == "busi"  # meant as BUSI: the loader names the missing column
     with pytest.raises(InputError, match=r"missing column\(s\) \['mask'\]"):
         load_dataset(other)
+
+
+def _mias_copy(shared_data, root, n=4):
+    src = shared_data / "mini-mias"
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(src / "images.csv")))[:n]
+    for r in rows:
+        shutil.copy(src / r["image"], root / r["image"])
+    ids = {r["image_id"] for r in rows}
+    findings = [f for f in csv.DictReader(open(src / "findings.csv")) if f["image_id"] in ids]
+    return rows, findings
+
+
+def test_a_curated_mini_mias_folder_reads_as_a_spreadsheet_writes_it(tmp_path, shared_data, caplog):
+    """What a held-out set's curator may write: rows emptied to commas, a Windows path, no
+    severity column; and the problems named by row and column: a finding with only part of a
+    circle (warned: no circle), a decimal comma, a blank laterality, a missing image (refused
+    before any film is read)."""
+    root = tmp_path / "mias"
+    rows, findings = _mias_copy(shared_data, root)
+    assert findings[0]["image_id"] == "mdb001" and findings[0]["center_col"]
+    _write_csv(root / "findings.csv", [{k: v for k, v in f.items() if k != "severity"} for f in findings])
+    windows = [dict(rows[0], image=rows[0]["image"].replace("/", "\\"))] + rows[1:]
+    _write_csv(root / "images.csv", windows)
+    with open(root / "images.csv", "a") as f:
+        f.write(",,,,,,,\n,,,,,,,\n")
+    studies = load_dataset(root)
+    assert [s.study_id for s in studies] == [r["image_id"] for r in rows]
+    assert studies[0].images[0].lesion_mask.any()
+    _write_csv(root / "findings.csv", [dict(findings[0], radius="")] + findings[1:])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = load_dataset(root)
+    assert ("row 2: the CIRC finding of mdb001 has center_col and center_row but not radius: kept without a "
+            "circle") in caplog.text
+    assert studies[0].images[0].lesion_mask is None
+    _write_csv(root / "findings.csv", findings)
+    blank = [dict(rows[0]), dict(rows[1])] + [{k: "" for k in rows[0]}] + [dict(rows[2], pixel_spacing_mm="0,4")]
+    _write_csv(root / "images.csv", blank)
+    with pytest.raises(InputError, match=r"images.csv: row 5: pixel_spacing_mm '0,4' is not a number "
+                                         r"\(write decimals with a point: 0.4\)"):
+        load_dataset(root)  # row 5: the blank row 4 is counted as the file's line
+    _write_csv(root / "images.csv", [dict(rows[0], laterality="")] + rows[1:])
+    with pytest.raises(InputError, match=r"images.csv: row 2: laterality '' and view 'MLO' are not a mammogram's"):
+        load_dataset(root)
+    (root / rows[3]["image"]).unlink()
+    (root / rows[2]["image"]).unlink()
+    _write_csv(root / "images.csv", rows)
+    with pytest.raises(InputError, match=rf"images.csv: row 4: image '{rows[2]['image']}': file not found in {root} "
+                                         r"\(and 1 more listed file\(s\) missing\)"):
+        next(iter_dataset(root))  # before the first study is read
+
+
+def test_a_curated_busi_folder_names_empty_and_missing_masks(tmp_path, shared_data, caplog):
+    """An all-zero mask of a lesion case is warned about (it cannot count in Dice or the
+    pointing game); a normal case's missing mask file is taken as empty; a lesion case's missing
+    mask is refused before any image is read."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "busi"
+    rows = _busi_copy(shared_data, root)
+    src = shared_data / "busi"
+    normal = next(r for r in csv.DictReader(open(src / "manifest.csv")) if r["label"] == "normal")
+    shutil.copy(src / normal["image"], root / normal["image"])
+    rows.append(normal)  # its mask file is not copied
+    empty = sitk.ReadImage(str(root / rows[0]["mask"])) * 0
+    sitk.WriteImage(empty, str(root / rows[0]["mask"]))
+    _write_csv(root / "manifest.csv", rows)
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = load_dataset(root)
+    assert f"row 2: the mask of {rows[0]['label']} case {rows[0]['case_id']} is empty" in caplog.text
+    assert f"the mask file of 1 normal case(s) is missing (taken as empty): {normal['case_id']}" in caplog.text
+    assert not studies[-1].images[0].lesion_mask.any()
+    (root / rows[1]["mask"]).unlink()
+    with pytest.raises(InputError, match=rf"manifest.csv: row 3: mask '{rows[1]['mask']}': file not found"):
+        next(iter_dataset(root))
+    assert len(list(iter_dataset(root, reference_masks=False))) == len(rows)  # diagnosing needs no mask
+
+
+def test_hidden_folders_beside_study_folders_are_not_studies(tmp_path):
+    """A ``.NAME.XXXX.part`` folder left by a killed run (a copy of a study) neither counts as a
+    study nor clashes with the study it copies."""
+    from BINDSLib.io.loader import load
+    from BINDSLib.studyfolder import write_study_folder
+    from test_model_cases import make_case
+
+    write_study_folder(make_case(0, True, ("US",)), tmp_path / "case0")
+    write_study_folder(make_case(1, False, ("US",)), tmp_path / "case1")
+    shutil.copytree(tmp_path / "case0", tmp_path / ".case0.k3j2x9.part")
+    assert detect_layout(tmp_path) == "study-folders"
+    assert sorted(s.study_id for s in load_dataset(tmp_path)) == sorted(s.study_id for s in load(tmp_path).studies)
+    assert len(load_dataset(tmp_path)) == 2

@@ -347,3 +347,27 @@ def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
         assert v["n"] == sum(keep) - sum(normal)
         assert v["auc_abnormal"] == pytest.approx(
             auc([f for f, k in zip(finding, keep) if k], [not n for n, k in zip(normal, keep) if k]), abs=1e-6)
+
+
+def test_model_auto_is_the_bundle_diagnose_would_pick(tmp_path, shared_data):
+    """The default --model auto: the real-image bundle of the data's modality (before, the
+    synthetic demo bundle was evaluated on real images without a word); named in metrics.json."""
+    src = shared_data / "mini-mias"
+    root = tmp_path / "mias"
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(src / "images.csv")))[:2]
+    for r in rows:
+        shutil.copy(src / r["image"], root / r["image"])
+    with open(root / "images.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "findings.csv").write_text("image_id,abnormality,center_col,center_row,radius\n")
+    assert main(["evaluate", "--data", str(root), "--bootstrap", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["model"]["name"] == "binds-mg-mias" and m["n"] == 2
+    assert m["model_choice"].startswith("auto: binds-mg-mias (real MG images")
+    assert main(["evaluate", "--synthetic", "2", "--bootstrap", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "syn")]) == 0
+    assert json.loads((tmp_path / "syn" / "metrics.json").read_text())["model"]["name"] == "binds-diagnosis-demo"

@@ -185,3 +185,11 @@ def test_a_folder_of_women_is_refused_pointing_to_one_woman_and_to_cohort(bundle
     assert f"give her folder (e.g. {women / 'woman-0'})" in err and f"binds cohort {women / 'manifest.csv'}" in err
     assert not (tmp_path / "o").exists()
     assert main(["risk", str(women / "woman-1"), "--model", str(bundle), "--out", str(tmp_path / "o")]) == 0
+    # a folder holding one woman's history is hers; beside study folders it is named
+    (tmp_path / "one").mkdir()
+    (women / "woman-0").rename(tmp_path / "one" / "woman-0")
+    assert main(["risk", str(tmp_path / "one"), "--model", str(bundle), "--out", str(tmp_path / "o1")]) == 0
+    assert json.loads((tmp_path / "o1" / "report.json").read_text())["trajectory"]["n_exams"] == 2
+    write_study_folder(make_exam(9, dt.date(2021, 1, 1)), tmp_path / "one" / "other")
+    assert main(["risk", str(tmp_path / "one"), "--model", str(bundle), "--out", str(tmp_path / "o2")]) == 3
+    assert "holds the exam histories of 1 woman (woman-0) and 1 study folder(s)" in capsys.readouterr().err

@@ -250,7 +250,10 @@ def test_removing_the_lesion_segment_counts_as_an_edit(scene, images, loaded):
     seg = results.segmentations["MG_L_CC"]
     seg.GetSegmentation().RemoveSegment("lesion")
     assert res.isLesionEdited(seg)
-    assert res.lesionMasksForReassessment(scene, images) == {}  # nothing to pass: no mask left
+    # re-assessed as "no lesion on this image", as if every voxel had been erased
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MG_L_CC"] and masks["MG_L_CC"].shape == lesion_mask("MG_L_CC").shape
+    assert not masks["MG_L_CC"].any()
 
 
 def test_a_new_run_never_overwrites_an_edited_segmentation(scene, images, loaded, tmp_path):

@@ -29,10 +29,17 @@ def test_role_parse_fields_and_case():
     assert Role.parse("MR_DCE3").phase == 3
 
 
-@pytest.mark.parametrize("bad", ["CT", "MG_X_CC", "MG_L_FOO", "MR_DCE0", "MR_FLAIR", "US_L_CC", ""])
+@pytest.mark.parametrize("bad", ["CT", "MG_X_CC", "MG_L_FOO", "MR_DCE0", "MR_FLAIR", "US_L_CC", "",
+                                 "US_R_13h", "US_R_0h", None, 7])
 def test_role_parse_rejects_unknown(bad):
     with pytest.raises(ValueError):
         Role.parse(bad)
+
+
+def test_clock_positions_are_on_the_clock_face():
+    assert Role.parse("US_R_12.5h").clock_position == 12.5 and Role.parse("US_L_1h").clock_position == 1
+    with pytest.raises(ValueError, match="not on the clock face"):
+        Role(Modality.US, clock_position=0.5)
 
 
 def test_role_validation():

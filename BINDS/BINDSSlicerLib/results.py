@@ -257,8 +257,12 @@ def lesionMasksForReassessment(scene, imageNodesByLabel):
         for node in reversed(outputNodes(scene, "segmentation", image)):
             if isLesionEdited(node) or node.GetAttribute(LESION_SOURCE_ATTRIBUTE) == "user":
                 mask = currentLesionMask(node)
-                if mask is not None:
-                    masks[label] = mask
+                if mask is None:  # the Lesion segment was deleted: no lesion, as if every voxel were erased
+                    import numpy as np
+
+                    dims = image.GetImageData().GetDimensions()
+                    mask = np.zeros((dims[2], dims[1], dims[0]), np.uint8)
+                masks[label] = mask
                 break
     return masks
 
@@ -340,9 +344,13 @@ class DiagnosisResults:
 
 def readReport(outputFolder):
     path = os.path.join(outputFolder, "report.json")
-    with open(path, encoding="utf-8") as f:
-        report = json.load(f)
-    if report.get("schema") != "binds.report":
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the report ({e})") from None
+    if not isinstance(report, dict) or report.get("schema") != "binds.report":
+        report = report if isinstance(report, dict) else {}
         raise ValueError(f"{path}: not a BINDS report (schema {report.get('schema')!r})")
     return report
 
@@ -398,11 +406,14 @@ def loadDiagnosisResults(scene, outputFolder, imageNodesByLabel, studyItem=None)
     :class:`DiagnosisResults`.
     """
     report = readReport(outputFolder)
-    images = [imageNodesByLabel[e["label"]] for e in report.get("images", []) if e["label"] in imageNodesByLabel]
-    missing = [e["label"] for e in report.get("images", []) if e["label"] not in imageNodesByLabel]
-    if missing:
-        raise ValueError(f"{outputFolder}: outputs for images that are not in the scene: {', '.join(missing)}")
-    kept = removeOutdatedOutputs(scene, images)
+    gone = [label for label, node in imageNodesByLabel.items() if node is None or node.GetScene() is not scene]
+    missing = [e["label"] for e in report.get("images", []) if imageNodesByLabel.get(e["label"]) is None]
+    if gone or missing:  # before anything of an earlier run is removed: all or nothing
+        raise ValueError(f"{outputFolder}: outputs for images that are not in the scene: "
+                         f"{', '.join(sorted(set(gone + missing)))}")
+    # every input of this run, not only the images it has outputs for: a stage-1 run after a
+    # stage-2 one leaves no MR output of the earlier run beside a report that does not list it
+    kept = removeOutdatedOutputs(scene, list(imageNodesByLabel.values()))
     runIndex = nextRunIndex(scene)
     if not studyItem:
         studyItem = sc.ensureStudyItem(scene, list(imageNodesByLabel.values()))
@@ -500,35 +511,35 @@ def _writeWithStorageNode(scene, node, storageClass, path):
 
 
 def exportResults(scene, folder, tables=None):
-    """Write the current BINDS outputs of the scene to ``folder``.
+    """Write the newest BINDS run of the scene to ``folder``.
 
-    Per image: its newest segmentation as ``<label>.seg.nrrd`` (as edited, if it was) and any
-    older edited one as ``<label>_edited_run<k>.seg.nrrd``, its newest saliency map as
-    ``<label>_saliency.nrrd``; the newest report as ``report.json`` and ``report.csv``.
-    Returns the written paths.
+    The newest run's outputs: per image its segmentation as ``<label>.seg.nrrd`` (as edited, if
+    it was) and its saliency map as ``<label>_saliency.nrrd``, its report as ``report.json`` and
+    ``report.csv``; and every edited segmentation of an earlier run, kept by the newer runs, as
+    ``<label>_edited_run<k>.seg.nrrd``. Unedited outputs of earlier runs are not written: the
+    report would not list them. Returns the written paths.
     """
     os.makedirs(folder, exist_ok=True)
     written = []
-    newestSeg, newestSal = {}, {}
-    for node in outputNodes(scene, "segmentation"):
-        label = node.GetAttribute(LABEL_ATTRIBUTE)
-        previous = newestSeg.get(label)
-        if previous is not None and isLesionEdited(previous):
-            path = os.path.join(folder, f"{label}_edited_run{previous.GetAttribute(RUN_ATTRIBUTE)}.seg.nrrd")
-            _writeWithStorageNode(scene, previous, "vtkMRMLSegmentationStorageNode", path)
-            written.append(path)
-        newestSeg[label] = node
-    for node in outputNodes(scene, "saliency"):
-        newestSal[node.GetAttribute(LABEL_ATTRIBUTE)] = node
-    for label, node in newestSeg.items():
-        path = os.path.join(folder, f"{label}.seg.nrrd")
+    reports = tables if tables is not None else outputNodes(scene, "report")
+    segmentations, saliency = outputNodes(scene, "segmentation"), outputNodes(scene, "saliency")
+    runs = [int(n.GetAttribute(RUN_ATTRIBUTE) or 0) for n in (reports or segmentations + saliency)]
+    newest = str(max(runs)) if runs else None
+    for node in segmentations:
+        label, run = node.GetAttribute(LABEL_ATTRIBUTE), node.GetAttribute(RUN_ATTRIBUTE)
+        if run == newest:
+            path = os.path.join(folder, f"{label}.seg.nrrd")
+        elif isLesionEdited(node):
+            path = os.path.join(folder, f"{label}_edited_run{run}.seg.nrrd")
+        else:
+            continue
         _writeWithStorageNode(scene, node, "vtkMRMLSegmentationStorageNode", path)
         written.append(path)
-    for label, node in newestSal.items():
-        path = os.path.join(folder, f"{label}_saliency.nrrd")
-        _writeWithStorageNode(scene, node, "vtkMRMLVolumeArchetypeStorageNode", path)
-        written.append(path)
-    reports = tables if tables is not None else outputNodes(scene, "report")
+    for node in saliency:
+        if node.GetAttribute(RUN_ATTRIBUTE) == newest:
+            path = os.path.join(folder, f"{node.GetAttribute(LABEL_ATTRIBUTE)}_saliency.nrrd")
+            _writeWithStorageNode(scene, node, "vtkMRMLVolumeArchetypeStorageNode", path)
+            written.append(path)
     if reports:
         table = reports[-1]
         reportText = table.GetAttribute(REPORT_JSON_ATTRIBUTE)

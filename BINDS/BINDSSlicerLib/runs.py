@@ -63,12 +63,25 @@ class _Run:
         self._onFinished = onFinished
         from . import install
 
-        self.process = proc.BackgroundProcess(
-            proc.bindsCommand(subcommand, arguments, self.python), cwd=root,
-            env=proc.processEnvironment(root, self.baseEnvironment, install.privatePathsIfAny()),
-            onProgress=onProgress, onLog=onLog, onFinished=self._processFinished)
-        self.process.start()
+        try:
+            self.process = proc.BackgroundProcess(
+                proc.bindsCommand(subcommand, arguments, self.python), cwd=root,
+                env=proc.processEnvironment(root, self.baseEnvironment, install.privatePathsIfAny()),
+                onProgress=onProgress, onLog=onLog, onFinished=self._processFinished)
+            self.process.start()
+        except BaseException:  # e.g. the launcher is missing: no copy of the images is left behind
+            self.process = None
+            self.discard()
+            raise
         return self
+
+    def _prepared(self, prepare):
+        """``prepare()``, removing the run folder (copies of the patient's images) if it fails."""
+        try:
+            return prepare()
+        except BaseException:
+            self.discard()
+            raise
 
     def _processFinished(self, result):
         if result.succeeded:
@@ -76,12 +89,16 @@ class _Run:
                 self.load()
             except Exception as e:  # noqa: BLE001 - reported to the user like a process error
                 logging.exception("BINDS: loading the outputs failed")
-                self.error, self.errorDetails = f"loading the outputs failed: {e}", result.details
+                self.error, self.errorDetails = f"loading the outputs failed: {self.describe(str(e))}", result.details
         else:
-            self.error, self.errorDetails = result.message, result.details
+            self.error, self.errorDetails = self.describe(result.message), result.details
         self.cleanup()
         if self._onFinished:
             self._onFinished(self)
+
+    def describe(self, message):
+        """A message of the process in the user's terms (a run may name its temporary files)."""
+        return message
 
     @property
     def finished(self):
@@ -96,6 +113,8 @@ class _Run:
 
     def wait(self, timeout=None):
         """Block until the run ends (headless use); returns self."""
+        if self.process is None:
+            raise RuntimeError("the run was not started (start() failed or was not called)")
         self.process.wait(timeout)
         return self
 
@@ -109,10 +128,17 @@ class _Run:
     def cleanup(self):
         pass
 
+    def discard(self):
+        """Remove everything the run wrote (it did not start)."""
+        folder = getattr(self, "runFolder", None)
+        if folder and os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
 
 class ConvertRun(_Run):
     """``binds convert`` of a DICOM folder, study folder, dataset or image folder, then its
-    studies are added to the scene (volume nodes with roles, lesion masks as segmentations).
+    studies are added to the scene (volume nodes with their roles, one subject hierarchy study
+    each; reference lesion masks are not loaded).
 
     DICOM is read in the separate process with BINDS' own pydicom (which may be newer than the
     one Slicer's DICOM module uses: see :mod:`.install`), and the GUI stays responsive.
@@ -134,7 +160,7 @@ class ConvertRun(_Run):
         return [self.path, "--out", self.outputFolder, "--keep-identifiers"]
 
     def start(self, onProgress=None, onLog=None, onFinished=None):
-        return self._start("convert", self.prepare(), onProgress, onLog, onFinished)
+        return self._start("convert", self._prepared(self.prepare), onProgress, onLog, onFinished)
 
     def load(self):
         requireBINDSLib()
@@ -176,6 +202,7 @@ class DiagnosisRun(_Run):
         self.summary = summary
         self.runFolder = self.studyFolder = self.outputFolder = None
         self.nodeIDByLabel = {}
+        self.nodeNames = {}  # image label -> volume name when the run started
         self.lesionMaskFiles = {}
         self.results = None
 
@@ -183,22 +210,31 @@ class DiagnosisRun(_Run):
         return {label: self.scene.GetNodeByID(nodeID) for label, nodeID in self.nodeIDByLabel.items()}
 
     def prepare(self):
-        """Write the study folder (and edited lesion masks). Returns the ``binds diagnose`` arguments."""
+        """Check the inputs, then write the study folder (and edited lesion masks). Returns the
+        ``binds diagnose`` arguments. Nothing is written when a check fails."""
         requireBINDSLib()
         if not self.nodesWithRoles:
             raise ValueError("no volume has a role: assign roles to the images to diagnose "
                              "(or load a study / a synthetic sample)")
+        sc.checkOneStudy(self.scene, self.nodesWithRoles)
         info = sc.studyInfo(self.scene, self.nodesWithRoles[0][0])
-        self.runFolder = newRunFolder(self.workFolder, "diagnose")
-        self.studyFolder = os.path.join(self.runFolder, "study")
-        self.outputFolder = os.path.join(self.runFolder, "output")
-        _, self.nodeIDByLabel = sc.writeStudyFolder(self.nodesWithRoles, self.studyFolder, info["study_id"],
-                                                    info["study_date"], info["patient_id"])
+        study, self.nodeIDByLabel = sc.studyFromVolumeNodes(self.nodesWithRoles, info["study_id"],
+                                                            info["study_date"], info["patient_id"])
+        names = {node.GetID(): node.GetName() for node, _ in self.nodesWithRoles}
+        self.nodeNames = {label: names[nodeID] for label, nodeID in self.nodeIDByLabel.items()}  # for messages
+        masks = {}
         if self.useEditedLesions:
             masks = res.lesionMasksForReassessment(self.scene, self.imageNodesByLabel())
             if not masks:
                 raise ValueError("no lesion was edited: edit a 'Lesion' segment in the Segment Editor "
                                  "first, or use Apply")
+        from BINDSLib.studyfolder import write_study_folder
+
+        self.runFolder = newRunFolder(self.workFolder, "diagnose")
+        self.studyFolder = os.path.join(self.runFolder, "study")
+        self.outputFolder = os.path.join(self.runFolder, "output")
+        write_study_folder(study, self.studyFolder)
+        if masks:
             self.lesionMaskFiles = res.writeLesionMaskFiles(masks, self.imageNodesByLabel(),
                                                             os.path.join(self.runFolder, "masks"))
         return proc.diagnoseArguments(self.studyFolder, self.outputFolder, self.model, self.device, self.stage,
@@ -206,11 +242,30 @@ class DiagnosisRun(_Run):
 
     def start(self, onProgress=None, onLog=None, onFinished=None):
         """Prepare and start; ``onFinished(run)`` is called when outputs are loaded or it failed."""
-        return self._start("diagnose", self.prepare(), onProgress, onLog, onFinished)
+        return self._start("diagnose", self._prepared(self.prepare), onProgress, onLog, onFinished)
 
     def load(self):
-        studyItem = sc.ensureStudyItem(self.scene, [node for node, _ in self.nodesWithRoles])
-        self.results = res.loadDiagnosisResults(self.scene, self.outputFolder, self.imageNodesByLabel(), studyItem)
+        images = self.imageNodesByLabel()
+        gone = [self.nodeNames.get(label, label) for label, node in images.items() if node is None]
+        if gone:  # checked before anything of earlier runs is removed
+            raise ValueError(f"{', '.join(repr(n) for n in gone)} {'was' if len(gone) == 1 else 'were'} "
+                             "removed from the scene during the run; the results were not loaded: run again")
+        studyItem = sc.ensureStudyItem(self.scene, list(images.values()))
+        self.results = res.loadDiagnosisResults(self.scene, self.outputFolder, images, studyItem)
+
+    def describe(self, message):
+        """Image files of the temporary study folder named by their volumes: the user never saw
+        those files, which are deleted by now."""
+        if not self.studyFolder:
+            return message
+        for label, name in sorted(self.nodeNames.items(), key=lambda item: -len(item[0])):
+            for folder in ("images", "masks"):
+                message = message.replace(os.path.join(self.studyFolder, folder, f"{label}.nrrd"),
+                                          f"volume '{name}' ({label})")
+            message = message.replace(os.path.join(self.runFolder, "masks", f"{label}_lesion.nrrd"),
+                                      f"the edited lesion of '{name}' ({label})")
+        return message.replace(os.path.join(self.studyFolder, "study.json"), "the study") \
+                      .replace(self.studyFolder, "the study")
 
     def cleanup(self):
         for folder in (self.studyFolder, os.path.join(self.runFolder or "", "masks")):
@@ -229,7 +284,7 @@ class RiskRun(_Run):
         self.workFolder = workFolder
         self.model, self.device = model, device
         self.name = name
-        self.outputFolder = None
+        self.runFolder = self.outputFolder = None
         self.results = None
 
     def prepare(self):
@@ -238,12 +293,12 @@ class RiskRun(_Run):
         missing = [p for p in self.examFolders if not os.path.exists(p)]
         if missing:
             raise ValueError(f"exam folder not found: {', '.join(missing)}")
-        runFolder = newRunFolder(self.workFolder, "risk")
-        self.outputFolder = os.path.join(runFolder, "output")
+        self.runFolder = newRunFolder(self.workFolder, "risk")
+        self.outputFolder = os.path.join(self.runFolder, "output")
         return proc.riskArguments(self.examFolders, self.outputFolder, self.model, self.device)
 
     def start(self, onProgress=None, onLog=None, onFinished=None):
-        return self._start("risk", self.prepare(), onProgress, onLog, onFinished)
+        return self._start("risk", self._prepared(self.prepare), onProgress, onLog, onFinished)
 
     def load(self):
         self.results = riskres.loadRiskResults(self.scene, self.outputFolder, self.name)

@@ -23,6 +23,10 @@ Node attributes written here (saved with the scene)
 ``BINDS.Role``       role key of an input volume (``MG_L_CC``, ``US_R_10h``, ``MR_DCE2``...);
                      empty or absent: the volume is not used.
 ``BINDS.Synthetic``  ``1`` on volumes of a synthetic teaching case.
+``BINDS.AcquisitionDate``  ``YYYY-MM-DD`` of an input volume, when known.
+
+Study items of the subject hierarchy that BINDS creates carry ``BINDS.StudyID`` and
+``BINDS.StudyDate`` (the study's own ID and date, written again into the next run's study folder).
 """
 
 import os
@@ -33,6 +37,8 @@ import vtk
 ROLE_ATTRIBUTE = "BINDS.Role"
 SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
 ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
+STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
+STUDY_DATE_ATTRIBUTE = "BINDS.StudyDate"
 
 #: diag(-1, -1, 1): LPS <-> RAS (its own inverse).
 _FLIP = (-1.0, -1.0, 1.0)
@@ -187,14 +193,45 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     roleKey = roleKey or volumeRole(volumeNode)
     if not roleKey:
         raise ValueError(f"volume '{volumeNode.GetName()}' has no role; assign one first")
+    date = volumeNode.GetAttribute(ACQUISITION_DATE_ATTRIBUTE)
+    try:
+        date = parse_date(date or None)
+    except ValueError:
+        raise ValueError(f"volume '{volumeNode.GetName()}': its attribute {ACQUISITION_DATE_ATTRIBUTE} "
+                         f"{date!r} is not a date (YYYY-MM-DD): correct or remove it") from None
     uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
     return Image(
         voxelsFromVolumeNode(volumeNode),
         geometryFromVolumeNode(volumeNode),
         Role.parse(roleKey),
-        acquisition_date=parse_date(volumeNode.GetAttribute(ACQUISITION_DATE_ATTRIBUTE)),
+        acquisition_date=date,
         source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName()),
     )
+
+
+def checkOneStudy(scene, nodesWithRoles):
+    """Refuse (``ValueError``, naming the volumes) inputs that cannot make one study: volumes
+    under two studies of the subject hierarchy (two patients or exams loaded into one scene),
+    or two mammograms with one view (BINDS reads one image per view)."""
+    sh = subjectHierarchy(scene)
+    byStudy = {}
+    for node, _ in nodesWithRoles:
+        item = studyItemOf(scene, node)
+        if item:
+            byStudy.setdefault(item, []).append(node.GetName())
+    if len(byStudy) > 1:
+        listed = "; ".join(f"'{sh.GetItemName(item)}': {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                           for item, names in byStudy.items())
+        raise ValueError(f"the volumes with a role belong to {len(byStudy)} studies ({listed}); BINDS "
+                         "diagnoses one study at a time: clear the roles of the other studies' volumes")
+    views = {}
+    for node, role in nodesWithRoles:
+        if role.upper().startswith("MG_"):
+            views.setdefault(role.upper(), []).append(node.GetName())
+    for role, names in views.items():
+        if len(names) > 1:
+            raise ValueError(f"{len(names)} volumes have the role {role} ({', '.join(repr(n) for n in names)}): "
+                             "BINDS reads one mammogram per view; clear the role of the others")
 
 
 def studyFromVolumeNodes(nodesWithRoles, studyId, studyDate=None, patientId=None, synthetic=None):
@@ -234,6 +271,10 @@ def addStudyToScene(scene, study, patientName=None):
     item of the subject hierarchy. Returns the volume nodes by image label."""
     patientItem = createSubjectItem(scene, patientName or study.patient_id or "BINDS patient")
     studyItem = createStudyItem(scene, patientItem, studyItemName(study))
+    sh = subjectHierarchy(scene)  # the study's own ID and date, which a new run writes again
+    sh.SetItemAttribute(studyItem, STUDY_ID_ATTRIBUTE, study.study_id)
+    if study.study_date is not None:
+        sh.SetItemAttribute(studyItem, STUDY_DATE_ATTRIBUTE, study.study_date.isoformat())
     nodes = {}
     for image in study.images:
         node = addVolumeFromVoxels(scene, image.voxels, image.geometry, image.label)
@@ -345,8 +386,9 @@ def studyInfo(scene, volumeNode):
     studyItem = studyItemOf(scene, volumeNode)
     if studyItem:
         uid = sh.GetItemUID(studyItem, "DICOM")
-        info["study_id"] = _safeId(uid or sh.GetItemName(studyItem)) or info["study_id"]
-        date = sh.GetItemAttribute(studyItem, "DICOM.StudyDate")
+        given = uid or sh.GetItemAttribute(studyItem, STUDY_ID_ATTRIBUTE) or sh.GetItemName(studyItem)
+        info["study_id"] = _safeId(given) or info["study_id"]
+        date = sh.GetItemAttribute(studyItem, "DICOM.StudyDate") or sh.GetItemAttribute(studyItem, STUDY_DATE_ATTRIBUTE)
         info["study_date"] = _isoDate(date)
         patientItem = sh.GetItemParent(studyItem)
         if patientItem and patientItem != sh.GetSceneItemID():
@@ -355,8 +397,19 @@ def studyInfo(scene, volumeNode):
 
 
 def _isoDate(value):
+    """``YYYY-MM-DD`` of a DICOM (``20190301``) or ISO date; None when absent or not a real date
+    (an anonymiser's ``00000000``): the study is then undated, as BINDS allows."""
+    import datetime
+    import logging
+
     digits = "".join(ch for ch in (value or "") if ch.isdigit())
-    return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}" if len(digits) >= 8 else None
+    if len(digits) < 8:
+        return None
+    try:
+        return datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8])).isoformat()
+    except ValueError:
+        logging.warning("BINDS: study date %r is not a date; the study is taken as undated", value)
+        return None
 
 
 def _safeId(text):

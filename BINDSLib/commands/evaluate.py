@@ -17,8 +17,10 @@ def register(sub) -> None:
                     "bundle's operating point, ECE, subtype macro-AUC, lesion Dice, saliency "
                     "pointing game, biopsy reduction), OUT/predictions.csv, OUT/roc.png and "
                     "OUT/reliability.png.")
-    p.add_argument("--model", default="binds-diagnosis-demo", metavar="BUNDLE",
-                   help="diagnosis bundle name or path (default: binds-diagnosis-demo)")
+    p.add_argument("--model", default="auto", metavar="BUNDLE",
+                   help="diagnosis bundle name or path, or auto (default): the bundle binds diagnose "
+                        "--model auto picks for the first study (synthetic: binds-diagnosis-demo; "
+                        "BUSI: binds-us-busi; mini-MIAS: binds-mg-mias)")
     add_source_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--combinations", action="store_true",
@@ -71,15 +73,21 @@ def prepare(args: argparse.Namespace, writes_bundle: bool = False):
     recalibrated bundle) start from, checked before any work: ``(out, studies, source,
     model)`` - the output path (absent, or ``--overwrite``), the studies
     (:func:`labelled_studies`), where they came from, and the loaded bundle."""
+    import itertools
+    import logging
     from pathlib import Path
 
-    from ..bundle import BUNDLE_SIGNS, check_copy_target, find_bundle
-    from ..errors import UsageError
+    from ..bundle import BUNDLE_SIGNS, check_copy_target, find_bundle, list_bundles
+    from ..errors import InputError, UsageError
     from ..fsutil import check_output_dir
     from ..model.inference import DiagnosisModel
+    from ..model.selection import AUTO, choose_bundle
 
     out = Path(args.out)
-    bundle = find_bundle(args.model)
+    auto = args.model == AUTO
+    if auto and writes_bundle:
+        raise UsageError("--model auto: name the bundle to recalibrate")
+    bundle = None if auto else find_bundle(args.model)
     data = getattr(args, "data", None)
     inputs = [data, getattr(args, "cases", None)]
     if writes_bundle:  # it may replace the bundle it recalibrates, not a folder holding it
@@ -88,13 +96,24 @@ def prepare(args: argparse.Namespace, writes_bundle: bool = False):
             inputs[1] = None  # the bundle's own case list, read before the bundle is replaced
         signs = BUNDLE_SIGNS
     else:
-        inputs.append(bundle)
+        inputs += [bundle] if bundle is not None else list_bundles()  # auto: any it may pick
         signs = ("metrics.json",)
     check_output_dir(out, args.overwrite, inputs, signs, within=[data])
     if not 0.0 < args.target_sensitivity <= 1.0:
         raise UsageError("--target-sensitivity must be in (0, 1]")
     studies, source = labelled_studies(args)
-    model = DiagnosisModel.from_bundle(args.model, device=None if args.device == "auto" else args.device)
+    if auto:  # the bundle diagnose --model auto would read the first study with
+        first = next(studies, None)
+        if first is None:
+            raise InputError("no studies to evaluate", data)
+        studies = itertools.chain([first], studies)
+        choice = choose_bundle(first)
+        bundle = choice.bundle.path
+        source["model_choice"] = f"auto: {choice.bundle.name} ({choice.reason}; chosen for the first study)"
+        logging.getLogger(__name__).info("model chosen automatically: %s (%s)", choice.bundle.name, choice.reason)
+        if choice.warning:
+            logging.getLogger(__name__).warning("%s", choice.warning)
+    model = DiagnosisModel.from_bundle(bundle, device=None if args.device == "auto" else args.device)
     return out, studies, source, model
 
 

@@ -125,13 +125,17 @@ def _read_exams(paths):
     for p in paths:
         p = Path(p)
         found = collection(p)
-        if found is not None and found.histories:  # a cohort folder (binds phantom --longitudinal)
-            names = ", ".join(h.name for h in found.histories[:3]) + (", ..." if len(found.histories) > 3 else "")
+        if found is not None and len(found.histories) == 1 and not found.studies:
+            p = found.histories[0]  # a folder holding one woman's history: hers
+        elif found is not None and found.histories:  # a cohort folder (binds phantom --longitudinal)
+            n = len(found.histories)
+            names = ", ".join(h.name for h in found.histories[:3]) + (", ..." if n > 3 else "")
+            beside = f" and {len(found.studies)} study folder(s)" if found.studies else ""
             cohort = (f", or score them all with binds cohort {p / 'manifest.csv'}"
-                      if (p / "manifest.csv").is_file() else "")
-            raise InputError(f"holds the exam histories of {len(found.histories)} "
-                             f"wom{'a' if len(found.histories) == 1 else 'e'}n ({names}); binds "
-                             f"risk scores one woman: give her folder (e.g. {found.histories[0]}){cohort}", p)
+                      if (p / "manifest.csv").is_file() and n > 1 else "")
+            raise InputError(f"holds the exam histories of {n} wom{'a' if n == 1 else 'e'}n ({names}){beside}; "
+                             f"binds risk scores one woman's exams: give her folder "
+                             f"(e.g. {found.histories[0]}){cohort}", p)
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
             exams = list(h.exams)

@@ -43,13 +43,21 @@ log = logging.getLogger(__name__)
 
 BUSI_COLUMNS = {"case_id", "label", "image", "mask"}
 MIAS_IMAGE_COLUMNS = {"image_id", "patient", "laterality", "view", "label", "image"}
-MIAS_FINDING_COLUMNS = {"image_id", "abnormality", "severity", "center_col", "center_row", "radius"}
+MIAS_FINDING_COLUMNS = {"image_id", "abnormality", "center_col", "center_row", "radius"}  # severity optional
 
 
-def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
+class _Row(dict):
+    """A CSV row (column -> text stripped of surrounding spaces) and its ``line`` in the file
+    (header = line 1), for messages."""
+
+    line = 0
+
+
+def _read_csv(path: Path, required: set[str]) -> list[_Row]:
     """The rows of a UTF-8 CSV file (a byte-order mark, as spreadsheet programs write, is
-    skipped), names and values stripped of surrounding spaces; :class:`InputError` naming the
-    file when it cannot be read or lacks a column."""
+    skipped), names and values stripped of surrounding spaces; blank rows (also ``,,,`` as a
+    spreadsheet saves an emptied row) are left out. :class:`InputError` naming the file when it
+    cannot be read or lacks a column."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -59,9 +67,35 @@ def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
                 raise InputError("columns are separated by ';' or tabs: save it as comma-separated CSV", path)
             if missing:
                 raise InputError(f"missing column(s) {sorted(missing)}", path)
-            return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+            rows = []
+            for raw in reader:
+                row = _Row({k.strip(): (v or "").strip() for k, v in raw.items() if k is not None})
+                if any(row.values()):
+                    row.line = reader.line_num
+                    rows.append(row)
+            return rows
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read CSV: {e}", path) from None
+
+
+def _listed_file(root: Path, text: str) -> Path:
+    """The file a CSV cell names, relative to the dataset folder; a path written on Windows
+    (``images\\mdb001.png``) is read with ``/`` when that is the file that exists."""
+    path = root / text
+    if "\\" in text and not path.exists() and (root / text.replace("\\", "/")).exists():
+        return root / text.replace("\\", "/")
+    return path
+
+
+def _check_files(csv_path: Path, root: Path, rows: list[_Row], columns: tuple[str, ...]) -> None:
+    """:class:`InputError` before any study is read when a listed file is missing (naming the
+    first and counting the others): a held-out set fails at once, not after its other studies."""
+    missing = [(row.line, c, row[c]) for row in rows for c in columns
+               if row.get(c) and not _listed_file(root, row[c]).is_file()]
+    if missing:
+        line, column, text = missing[0]
+        more = f" (and {len(missing) - 1} more listed file(s) missing)" if len(missing) > 1 else ""
+        raise InputError(f"row {line}: {column} {text!r}: file not found in {root}{more}", csv_path)
 
 
 def _csv_columns(path: Path) -> set[str] | None:
@@ -93,7 +127,7 @@ def detect_layout(path: str | os.PathLike) -> str | None:
         return "busi"
     if images.is_file() and (p / "findings.csv").is_file():
         return "mini-mias"
-    if any((d / "study.json").is_file() for d in sorted(p.iterdir()) if d.is_dir()):
+    if any((d / "study.json").is_file() for d in _visible(p) if d.is_dir()):
         return "study-folders"
     if images.is_file() and {"image_id", "patient"} <= (_csv_columns(images) or set()):
         return "mini-mias"
@@ -118,19 +152,31 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
     root = Path(root)
     manifest = root / "manifest.csv"
     rows = _read_csv(manifest, BUSI_COLUMNS)
-    _check_unique(manifest, [r["case_id"] for r in rows], "case_id")
+    _check_unique(manifest, rows, "case_id")
+    for row in rows:
+        _diagnosis(row["label"], manifest, row.line)
+    normal = [r for r in rows if r["label"].lower() == "normal"]
+    lost = [r for r in normal if r["mask"] and not _listed_file(root, r["mask"]).is_file()]
+    if reference_masks and lost:  # a normal case's mask is empty anyway
+        log.warning("%s: the mask file of %d normal case(s) is missing (taken as empty): %s", manifest,
+                    len(lost), _some([r["case_id"] for r in lost]))
+    _check_files(manifest, root, [r for r in rows if r not in lost] if reference_masks else rows,
+                 ("image", "mask") if reference_masks else ("image",))
     unmasked = [r["case_id"] for r in rows if not r["mask"] and r["label"].lower() in ("benign", "malignant")]
     if reference_masks and unmasked:
         log.warning("%s: no mask for %d benign or malignant case(s) (left out of the lesion Dice and "
                     "pointing game): %s", manifest, len(unmasked), _some(unmasked))
-    for n, row in enumerate(rows, start=2):
-        diagnosis = _diagnosis(row["label"], manifest, n)
-        image = read_image_file(root / row["image"], role=Role.parse("US"))
+    for row in rows:
+        diagnosis = _diagnosis(row["label"], manifest, row.line)
+        image = read_image_file(_listed_file(root, row["image"]), role=Role.parse("US"))
         mask = None
-        if reference_masks and row["mask"]:
-            mask = read_mask_file(root / row["mask"], image.shape)
-        elif reference_masks and diagnosis is Diagnosis.NORMAL:
+        if reference_masks and diagnosis is Diagnosis.NORMAL:
             mask = np.zeros(image.shape, np.uint8)
+        elif reference_masks and row["mask"]:
+            mask = read_mask_file(_listed_file(root, row["mask"]), image.shape)
+            if not mask.any():
+                log.warning("%s: row %d: the mask of %s case %s is empty (left out of the lesion Dice and "
+                            "pointing game)", manifest, row.line, diagnosis.value, row["case_id"])
         image.lesion_mask = mask
         attrs = {k: row[k] for k in ("dup_group", "label_conflict", "lesions") if row.get(k) not in (None, "")}
         attrs["pixel_spacing_known"] = "0"
@@ -158,11 +204,12 @@ def disc_mask(shape_rows_cols: tuple[int, int], findings) -> np.ndarray | None:
 MIAS_ABNORMALITIES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
 
 
-def _check_unique(path: Path, ids: list[str], column: str) -> None:
+def _check_unique(path: Path, rows: list[_Row], column: str) -> None:
     """:class:`InputError` naming the first ``column`` value that two rows of ``path`` share
     (and their rows): a study counted twice would bias every figure."""
     first: dict[str, int] = {}
-    for n, i in enumerate(ids, start=2):
+    for row in rows:
+        i, n = row[column], row.line
         if not i:
             raise InputError(f"row {n}: {column} is empty", path)
         if i in first:
@@ -178,6 +225,15 @@ def _opt_float(v: str | None) -> float | None:
     return None if v is None or v.strip() == "" else float(v)
 
 
+def _number(row: _Row, column: str, path: Path) -> float | None:
+    """A numeric cell (None when blank or absent), or :class:`InputError` naming row and column."""
+    try:
+        return _opt_float(row.get(column))
+    except ValueError:
+        hint = " (write decimals with a point: 0.4)" if "," in row[column] else ""
+        raise InputError(f"row {row.line}: {column} {row[column]!r} is not a number{hint}", path) from None
+
+
 def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
     """Studies of a mini-MIAS folder (``images.csv``, ``findings.csv``, ``images/``)
     (``reference_masks=False``: no lesion masks drawn from the finding circles)."""
@@ -187,29 +243,39 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         raise InputError("not found: a mini-MIAS folder holds images.csv and findings.csv (one row "
                          "per finding; only its header when there is none)", findings_csv)
     by_image: dict[str, list[Finding]] = {}
-    for n, row in enumerate(_read_csv(findings_csv, MIAS_FINDING_COLUMNS), start=2):
+    for row in _read_csv(findings_csv, MIAS_FINDING_COLUMNS):
+        n = row.line
         try:
             f = Finding(abnormality=row["abnormality"].strip().upper(), severity=row.get("severity") or None,
-                        center_col=_opt_float(row["center_col"]), center_row=_opt_float(row["center_row"]),
-                        radius_px=_opt_float(row["radius"]))
+                        center_col=_number(row, "center_col", findings_csv),
+                        center_row=_number(row, "center_row", findings_csv),
+                        radius_px=_number(row, "radius", findings_csv))
         except ValueError as e:
             raise InputError(f"row {n}: {e}", findings_csv) from None
         if f.radius_px is not None and not f.radius_px > 0:
             raise InputError(f"row {n}: radius {row['radius']!r} is not a positive number of pixels", findings_csv)
+        given = [c for c in ("center_col", "center_row", "radius") if row[c]]
+        if 0 < len(given) < 3:  # all three make a circle; none: calcifications spread over the breast
+            log.warning("%s: row %d: the %s finding of %s has %s but not %s: kept without a circle (left out "
+                        "of the lesion Dice and pointing game)", findings_csv, n, f.abnormality, row["image_id"],
+                        " and ".join(given), " and ".join(c for c in ("center_col", "center_row", "radius")
+                                                          if c not in given))
         if f.abnormality not in MIAS_ABNORMALITIES:
             log.warning("%s: row %d: abnormality %r is none of %s (kept as given)", findings_csv, n,
                         f.abnormality, ", ".join(MIAS_ABNORMALITIES))
         by_image.setdefault(row["image_id"], []).append(f)
     rows = []
     listed = _read_csv(images_csv, MIAS_IMAGE_COLUMNS)
-    _check_unique(images_csv, [r["image_id"] for r in listed], "image_id")
-    for n, row in enumerate(listed, start=2):
+    _check_unique(images_csv, listed, "image_id")
+    for row in listed:
+        n = row.line
         diagnosis = _diagnosis(row["label"], images_csv, n)
         try:
             role = Role.parse(f"MG_{row['laterality']}_{row['view']}")
-            spacing = _opt_float(row.get("pixel_spacing_mm"))
-        except ValueError as e:
-            raise InputError(f"row {n}: {e}", images_csv) from None
+        except ValueError:
+            raise InputError(f"row {n}: laterality {row['laterality']!r} and view {row['view']!r} are not a "
+                             "mammogram's (laterality L or R; view CC, MLO, ML, LM or XCCL)", images_csv) from None
+        spacing = _number(row, "pixel_spacing_mm", images_csv)
         if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
             raise InputError(f"row {n}: pixel_spacing_mm {row['pixel_spacing_mm']!r} is not a positive "
                              "number of millimetres", images_csv)
@@ -217,6 +283,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             log.warning("%s: row %d: pixel_spacing_mm %g is implausible for a mammogram", images_csv, n, spacing)
         rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
     _warn_stray_findings(findings_csv, by_image, rows)
+    _check_files(images_csv, root, listed, ("image",))
     by_woman: dict[str, list] = {}
     for r in rows:
         by_woman.setdefault(r[0]["patient"], []).append(r)
@@ -225,7 +292,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
                     len(by_woman[""]), _some([r[0]["image_id"] for r in by_woman[""]]))
     for row, diagnosis, role, spacing in rows:
         findings = () if diagnosis is Diagnosis.NORMAL else tuple(by_image.get(row["image_id"], ()))
-        image = read_image_file(root / row["image"], role=role, spacing_mm=spacing, findings=findings)
+        image = read_image_file(_listed_file(root, row["image"]), role=role, spacing_mm=spacing, findings=findings)
         _, n_rows, n_cols = image.shape
         for f in findings if reference_masks else ():  # circles in pixels of this image (edges included)
             if f.center_col is not None and f.center_row is not None and not (
@@ -240,7 +307,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
             image.lesion_mask = None if m is None else m[None]
         # the woman's other breast, for the bilateral comparison of the finding score
         woman = row["patient"]
-        comparison = [read_image_file(root / other["image"], role=other_role, spacing_mm=other_spacing)
+        comparison = [read_image_file(_listed_file(root, other["image"]), role=other_role, spacing_mm=other_spacing)
                       for other, _, other_role, other_spacing in (by_woman[woman] if woman else ())
                       if other_role.laterality != role.laterality]
         attrs = {"dataset": "mini-mias", "tissue": row.get("tissue", "")}
@@ -264,6 +331,12 @@ def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: li
             log.warning("%s: " + what + ": %s", findings_csv, len(ids), _some(ids))
 
 
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` by name, without hidden ones (``.name``: among them the
+    ``.NAME.XXXX.part`` folders a killed BINDS run leaves)."""
+    return [e for e in sorted(folder.iterdir()) if not e.name.startswith(".")]
+
+
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
     """Every ``*/study.json`` folder directly under ``root`` (sorted by name). Two folders with
     one study ID are refused before any is read (a study would count twice)."""
@@ -271,7 +344,7 @@ def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) ->
 
     from ..studyfolder import read_study_folder
 
-    folders = [d for d in sorted(Path(root).iterdir()) if d.is_dir() and (d / "study.json").is_file()]
+    folders = [d for d in _visible(Path(root)) if d.is_dir() and (d / "study.json").is_file()]
     first: dict[str, Path] = {}
     for d in folders:
         try:

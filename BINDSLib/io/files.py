@@ -129,13 +129,19 @@ def itk_reason(e: Exception) -> str:
 
 
 def role_from_name(path: str | os.PathLike) -> Role | None:
-    """The role a file's name gives (``MG_L_CC.png``, ``MR_DCE1.nii.gz``), or None."""
+    """The role a file's name gives (``MG_L_CC.png``, ``MR_DCE1.nii.gz``; ``US_L_2.nrrd``, the
+    label of a second ``US_L`` image in a study folder, is ``US_L``), or None."""
+    import re
+
     path = Path(path)
     suffix = suffix_of(path)
-    try:
-        return Role.parse(path.name[: -len(suffix)] if suffix else path.name)
-    except ValueError:
-        return None
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    for candidate in (stem, re.sub(r"_\d+$", "", stem)):
+        try:
+            return Role.parse(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 def read_image_file(path: str | os.PathLike, role: Role | None = None,

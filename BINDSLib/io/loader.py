@@ -82,18 +82,27 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
         return LoadResult(list(iter_dataset(p, reference_masks=reference_masks)))
     try:
         return _load_dicom(None, p)
-    except InputError:
-        pictures = [f for f in _entries(p) if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
-        if not pictures:
-            raise
+    except InputError as e:
+        nothing = e
     # a folder of image files, no DICOM: one study, as when the files are given together
+    pictures = [f for f in _entries(p) if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
     named = [(f, (roles or {}).get(f.name) or role_from_name(f)) for f in pictures]
-    if all(role is None for _, role in named):
-        raise InputError(f"no DICOM images, and none of its {len(pictures)} image file(s) is named "
-                         "after a role (e.g. MG_L_CC.png, US_L.png): give them with --role ROLE=FILE", p)
+    folders = [d for d in _entries(p) if d.is_dir()]
+    if not any(role for _, role in named):
+        below = [d.name for d in folders if any(role_from_name(f) for f in _entries(d) if f.is_file())]
+        if below:  # e.g. one folder per patient
+            raise InputError(f"no DICOM images; image files named after roles are in its subfolder(s) "
+                             f"{', '.join(below[:5])}{' ...' if len(below) > 5 else ''}: give each such folder "
+                             "(one study each)", p)
+        if pictures:
+            raise InputError(f"no DICOM images, and none of its {len(pictures)} image file(s) is named after a "
+                             "role (e.g. MG_L_CC.png, US_L.png): give them with --role ROLE=FILE", p)
+        raise nothing
     result = load_files([(f, role) for f, role in named if role is not None], study_id=p.name)
     result.skipped += [Skipped(str(f), "not read: the name is not a role (e.g. MG_L_CC.png); give it with "
                                        "--role ROLE=FILE") for f, role in named if role is None]
+    result.skipped += [Skipped(str(d), "not read: a folder of image files is one study, read without its "
+                                       "subfolders; give this folder on its own") for d in folders]
     return result
 
 
