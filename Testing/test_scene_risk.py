@@ -190,3 +190,22 @@ def test_real_risk_run_end_to_end(scene, tmp_path):
     expected = [100 * e["cumulative_risk"]["5"] for e in results.report["exams"]]
     assert five == pytest.approx(expected)
     assert column(results.thresholdTable, "Threshold (%)") == pytest.approx([1.7, 1.7])
+
+
+def test_one_undated_exam_is_plotted_today_and_several_are_refused_before_any_node(scene, tmp_path):
+    """binds risk scores a single exam without a date (an anonymised DICOM exam); its results
+    load, plotted at today's date as trajectory.png does. Undated exams among several (which
+    binds risk refuses) fail before any node is added."""
+    report = write_risk_outputs(tmp_path / "one")
+    report["exams"] = [dict(report["exams"][0], exam_date=None)]
+    (tmp_path / "one" / "report.json").write_text(json.dumps(report))
+    results = rr.loadRiskResults(scene, tmp_path / "one")
+    today = rr.decimalYear(datetime.date.today().isoformat())
+    assert column(results.trajectoryTable, "Exam date (year)") == [pytest.approx(today)]
+    before = scene.GetNumberOfNodes()
+    report = write_risk_outputs(tmp_path / "three")
+    report["exams"][1]["exam_date"] = None
+    (tmp_path / "three" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="without a date cannot be plotted: anon-e1"):
+        rr.loadRiskResults(scene, tmp_path / "three")
+    assert scene.GetNumberOfNodes() == before

@@ -138,6 +138,9 @@ def loadRiskResults(scene, outputFolder, name="BINDS risk", parentItem=None):
     exams = report.get("exams", [])
     if not exams:
         raise ValueError(f"{outputFolder}: the risk report has no exams")
+    undated = [e.get("exam_id", "") for e in exams if not e.get("exam_date")]
+    if undated and len(exams) > 1:  # before any node is added: all or nothing
+        raise ValueError(f"{outputFolder}: exam(s) without a date cannot be plotted: {', '.join(undated)}")
     horizon = horizonYears(report)
     results = RiskResults(report)
     results.folderItem = sc.createFolder(scene, parentItem, name)
@@ -150,10 +153,8 @@ def loadRiskResults(scene, outputFolder, name="BINDS risk", parentItem=None):
     examTable.SetLocked(True)
     results.examTable = examTable
 
-    undated = [e.get("exam_id", "") for e in exams if not e.get("exam_date")]
-    if undated:
-        raise ValueError(f"{outputFolder}: exam(s) without a date cannot be plotted: {', '.join(undated)}")
-    x = [decimalYear(e["exam_date"]) for e in exams]
+    # one undated exam (binds risk scores it alone): plotted today, as binds risk's trajectory.png
+    x = [decimalYear(e.get("exam_date") or datetime.date.today().isoformat()) for e in exams]
     riskColumn = f"{horizon}-year risk (%)"
     columns = [("Exam date (year)", x), (riskColumn, [100 * _risk(e["cumulative_risk"], horizon) for e in exams])]
     breastColumns = {}
