@@ -36,6 +36,8 @@ WEIGHTS = Path("models") / "model.pt"
 INTENDED_USE = "Research use only; not for clinical use."
 #: ``binds.outputs.finding_probability`` of a bundle whose finding probability is calibrated.
 FINDING_CALIBRATED = "calibrated (Platt: temperature and bias)"
+#: ``binds.outputs.malignancy_probability`` of a bundle whose temperature was fitted
+MALIGNANCY_CALIBRATED = "calibrated (temperature)"
 
 
 def repo_resources() -> Path:
@@ -300,9 +302,11 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
     binds = meta.setdefault("binds", {})
     previous = {k: v for k, v in binds.get("calibration", {}).items() if k != "previous"}
     binds["calibration"] = {**calibration, "previous": previous}
-    if operating_points:
+    if operating_points:  # the malignancy part was refitted
         binds["operating_points"] = operating_points
         binds["operating_point"] = operating_points.get("default", binds.get("operating_point"))
+        binds["calibration"]["method"] = "temperature"
+        binds.setdefault("outputs", {})["malignancy_probability"] = MALIGNANCY_CALIBRATED
     binds["version"] = version
     if "finding_temperature" in calibration:  # keeps what follows ";" (the bilateral comparison)
         outputs = binds.setdefault("outputs", {})

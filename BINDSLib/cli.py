@@ -81,12 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"binds {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        if e.errno != errno.ENAMETOOLONG:
-            return _internal_error(args, e)
-        # a path the file system cannot hold, wherever it was first touched: bad input
-        print(f"binds {args.command}: error: {e.filename}: the name is too long for the file system",
-              file=sys.stderr)
-        return EXIT_INPUT
+        if args.debug:
+            log.exception("error")
+        if e.errno == errno.ENAMETOOLONG:  # a path the file system cannot hold, wherever first touched
+            print(f"binds {args.command}: error: {e.filename}: the name is too long for the file system",
+                  file=sys.stderr)
+            return EXIT_INPUT
+        if e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None:
+            # outputs are checked for permission before the work: what is refused late is read
+            print(f"binds {args.command}: error: {e.filename}: permission denied (cannot read it)",
+                  file=sys.stderr)
+            return EXIT_INPUT
+        return _internal_error(args, e)
     except Exception as e:
         return _internal_error(args, e)
 

@@ -114,3 +114,27 @@ def test_find_by_name_on_search_path(bundle, monkeypatch, tmp_path):
     assert find_bundle("b") == bundle
     with pytest.raises(ModelError, match="not found"):
         find_bundle("no-such-bundle")
+
+
+def test_verify_loads_each_bundle_as_its_command_does(tiny_bundle, monkeypatch, tmp_path, capsys):
+    """--verify checks what diagnose would refuse: metadata it cannot use, or no kind at all,
+    not only the weights' hash."""
+    import shutil
+
+    from BINDSLib.cli import main
+
+    path = tmp_path / "models"
+    for name, edit in (("good", lambda b: None), ("bad-band", lambda b: b.update(uncertainty_band=[0.9, 0.1])),
+                       ("no-kind", lambda b: b.pop("kind"))):
+        shutil.copytree(tiny_bundle, path / name)
+        meta_path = path / name / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        edit(meta["binds"])
+        meta_path.write_text(json.dumps(meta))
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(path))
+    capsys.readouterr()
+    assert main(["models", "--verify", "--json"]) == 4
+    rows = {r["folder"]: r for r in json.loads(capsys.readouterr().out)["bundles"]}
+    assert rows["good"]["verified"] is True
+    assert "uncertainty_band must be [low, high] with 0 <= low <= high <= 1" in rows["bad-band"]["error"]
+    assert "binds.kind is None: neither a diagnosis nor a risk bundle" in rows["no-kind"]["error"]

@@ -74,3 +74,18 @@ def test_command_line_mistakes_argparse_cannot_see_are_usage_errors(argv, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"binds {argv[0]}: error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_that_cannot_be_read_is_named_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    """Outputs are checked for permission before the work, so a permission error met later is
+    an input that cannot be read: exit 3 naming it (a /proc link, another user's folder)."""
+    import errno
+
+    import BINDSLib.io.loader as loader
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/other-user/study")
+
+    monkeypatch.setattr(loader, "load", denied)
+    assert main(["inspect", str(tmp_path)]) == 3
+    assert capsys.readouterr().err == "binds inspect: error: /data/other-user/study: permission denied (cannot read it)\n"

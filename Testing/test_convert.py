@@ -144,45 +144,46 @@ def test_a_folder_of_role_named_image_files_is_one_study(tmp_path, capsys):
     assert "none of its 3 image file(s) is named after a role" in capsys.readouterr().err
 
 
-def test_several_studies_replace_the_whole_output_folder(tmp_path, capsys):
-    """--overwrite of a folder of study folders leaves no study of the earlier run, and never
-    replaces a folder that holds anything else."""
+def test_several_studies_join_a_folder_of_study_folders_batch_by_batch(tmp_path, caplog):
+    """A folder of study folders grows one conversion at a time: a study already there is
+    refused without --overwrite (before anything is written) and replaced with it; the other
+    studies of earlier conversions are kept, and said to be."""
     assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
     assert main(["phantom", "--out", str(tmp_path / "two"), "--cases", "2", "--seed", "5"]) == 0
     out = tmp_path / "sf"
+    out.mkdir()  # an empty folder made beforehand
     assert main(["convert", str(tmp_path / "three"), "--out", str(out)]) == 0
+    before = (out / "case-0002" / "study.json").read_text()
+    assert main(["convert", str(tmp_path / "two"), "--out", str(out)]) == 5  # case-0000 is there
     assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "case-0002"]
-    assert main(["convert", str(tmp_path / "two"), "--out", str(out)]) == 5  # exists: --overwrite needed
-    assert main(["convert", str(tmp_path / "two"), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001"]
-    assert read_study_folder(out / "case-0000").study_id == "case-0000"
-    assert all(read_study_folder(out / n).synthetic for n in ("case-0000", "case-0001"))
-    (out / "notes.txt").write_text("mine")
-    capsys.readouterr()
-    assert main(["convert", str(tmp_path / "three"), "--out", str(out), "--overwrite"]) == 5
-    assert "holds 'notes.txt', which is not a study folder" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "notes.txt"]
+    with caplog.at_level("WARNING"):
+        assert main(["convert", str(tmp_path / "two"), "--out", str(out), "--overwrite"]) == 0
+    assert "also holds 1 study folder(s) of earlier conversions, kept: case-0002" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "case-0002"]
+    assert (out / "case-0002" / "study.json").read_text() == before
+    two = {s.study_id: s for s in load(tmp_path / "two").studies}
+    _same(two["case-0000"], read_study_folder(out / "case-0000"))
 
 
-def test_an_interrupted_conversion_of_several_studies_leaves_nothing(tmp_path, monkeypatch):
+def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypatch):
     import BINDSLib.studyfolder as sf
 
     assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
-    real, calls = sf.write_study_folder, []
+    real, calls = sf.write_nrrd, []
 
-    def write_then_fail(study, path, **kw):
-        calls.append(path)
-        if len(calls) == 2:
+    def write_then_stop(*a, **k):  # stopped while writing the second study's images
+        calls.append(a)
+        if len(calls) == 40:
             raise KeyboardInterrupt
-        return real(study, path, **kw)
+        return real(*a, **k)
 
-    monkeypatch.setattr(sf, "write_study_folder", write_then_fail)
-    try:
-        main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf")])
-    except KeyboardInterrupt:
-        pass
-    assert len(calls) == 2 and not (tmp_path / "sf").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.setattr(sf, "write_nrrd", write_then_stop)
+    assert main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf")]) == 130  # interrupted
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "sf").iterdir()] == ["case-0000"]  # no half-written study
+    _same(load(tmp_path / "three" / "case-0000").studies[0], read_study_folder(tmp_path / "sf" / "case-0000"))
+    assert main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf"), "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sf").iterdir()) == ["case-0000", "case-0001", "case-0002"]
 
 
 def test_role_named_folders_name_what_they_leave_and_where_the_images_are(tmp_path, capsys):

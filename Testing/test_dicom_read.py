@@ -697,3 +697,29 @@ def test_file_without_preamble_or_meta_is_read(tmp_path, pydicom_test_files):
     assert skipped == [] and study.images[0].label == "MR_T2"
     expected = pydicom.dcmread(pydicom_test_files / "MR_small.dcm").pixel_array
     np.testing.assert_array_equal(study.images[0].voxels[0], expected)
+
+
+def test_an_entry_that_cannot_be_resolved_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    """os.path.realpath raises for a link the user may not follow (/proc/1/cwd); the walk lists
+    it as skipped and goes on instead of stopping with an internal error."""
+    import os
+
+    from BINDSLib.io import dicom_index
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("x")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "two.txt").write_text("y")
+    real = os.path.realpath
+
+    def realpath(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)) in ("locked", "two.txt"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom_index.os.path, "realpath", realpath)
+    skipped = []
+    found = [p.name for p in dicom_index.iter_files(tmp_path, skipped)]
+    assert found == ["one.txt"]
+    assert sorted((os.path.basename(s.path), s.reason) for s in skipped) == [
+        ("locked", "cannot read (Permission denied)"), ("two.txt", "cannot read (Permission denied)")]

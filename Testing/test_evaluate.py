@@ -371,3 +371,21 @@ def test_model_auto_is_the_bundle_diagnose_would_pick(tmp_path, shared_data):
     assert main(["evaluate", "--synthetic", "2", "--bootstrap", "0", "--device", "cpu",
                  "--out", str(tmp_path / "syn")]) == 0
     assert json.loads((tmp_path / "syn" / "metrics.json").read_text())["model"]["name"] == "binds-diagnosis-demo"
+
+
+def test_model_auto_names_the_studies_another_bundle_would_read(tmp_path, caplog):
+    """A folder mixing synthetic and real studies is scored with the first study's bundle; the
+    studies diagnose --model auto would give to another bundle are counted and named."""
+    synthetic = make_case(0, True, ("US",))
+    synthetic.study_id, synthetic.synthetic = "a-synthetic", True
+    real = make_case(1, False, ("US",))
+    real.study_id, real.synthetic = "b-real", False
+    for st in (synthetic, real):
+        write_study_folder(st, tmp_path / "data" / st.study_id)
+    with caplog.at_level("WARNING"):
+        assert main(["evaluate", "--data", str(tmp_path / "data"), "--bootstrap", "0", "--device", "cpu",
+                     "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["model"]["name"] == "binds-diagnosis-demo" and m["n_model_choice_differs"] == 1
+    assert "1 studies would be read by another bundle than binds-diagnosis-demo" in caplog.text
+    assert "b-real" in caplog.text

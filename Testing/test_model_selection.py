@@ -222,3 +222,26 @@ def test_mg_select_finding_reads_the_most_suspicious_film():
     assert list(pred.images) == ["MG_L_MLO"] and not any("ranked" in n for n in pred.notes)
     with pytest.raises(ValueError, match="mg_select must be one of"):
         dataclasses.replace(model.config, mg_select="best")
+
+
+def test_auto_passes_over_a_bundle_whose_weights_do_not_load(diagnosis_bundle, tmp_path, monkeypatch, studies,
+                                                           caplog):
+    """A damaged copy first on the search path (weights changed since their SHA-256 was
+    written) is passed over with a warning; the next bundle that fits reads the study."""
+    models = tmp_path / "models"
+    models.mkdir()
+    _us_only_bundle(diagnosis_bundle, models)
+    broken = models / "test-us-broken"
+    shutil.copytree(models / "test-us-real", broken)
+    meta = json.loads((broken / "configs" / "metadata.json").read_text())
+    meta["name"] = "test-us-broken"
+    (broken / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with open(broken / "models" / "model.pt", "ab") as f:
+        f.write(b"changed")
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(models))
+    real = write_study_folder(dataclasses.replace(_real(studies["us"]), study_id="real-us"), tmp_path / "real")
+    with caplog.at_level("WARNING"):
+        assert main(["diagnose", str(real), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-summary"]) == 0
+    assert "ignoring bundle test-us-broken for --model auto:" in caplog.text
+    assert "weights do not match the SHA-256" in caplog.text
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["model"]["name"] == "test-us-real"

@@ -70,7 +70,7 @@ def test_manifest_is_checked(tmp_path):
     m.write_text("exam_id,path,exam_date\n\nA,a,2020-01-02\n\n\nB,b,2020-13-40\n")
     with pytest.raises(InputError, match="line 6:"):
         read_manifest(m)
-    m.write_text("exam_id,path\n\nA,a\n\nB,b\n")
+    m.write_text("exam_id,path\n\nA,a,extra cell\n,\nB,b\n")  # blank line, emptied row, a cell too many
     assert [(r.row, r.line) for r in read_manifest(m)] == [(1, 3), (2, 5)]
     m.write_text("exam_id,path,exam_date\nA,sub/a,2020-01-02\n")
     (row,) = read_manifest(m)
@@ -247,3 +247,54 @@ def test_a_run_stopped_while_setting_up_its_folder_can_be_started_again(tmp_path
     cohort.prepare_output(tmp_path / "out", settings, overwrite=False)  # not "holds no cohort run"
     assert json.loads((tmp_path / "out" / "run.json").read_text()) == settings
     assert (tmp_path / "out" / cohort.PARTS).is_dir()
+
+
+def test_a_resume_whose_manifest_changed_an_exam_is_refused(tmp_path, bundle, capsys):
+    """An exam already scored but now listed with another path, woman or date would be merged
+    with its stale scores: the resume is refused naming the manifest line. Part files of an
+    earlier BINDS (no source column) still resume."""
+    from BINDSLib.cli import main
+
+    manifest = write_cohort(tmp_path, 6)
+    out = tmp_path / "out"
+    run = ["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--workers", "0"]
+    assert main(run) == 0
+    lines = manifest.read_text().splitlines()
+    assert lines[3] == "EX0002,study2,W0,"
+    for changed in ("EX0002,study2,W7,", "EX0002,study4,W0,", "EX0002,study2,W0,2019-01-01"):
+        manifest.write_text("\n".join(lines[:3] + [changed] + lines[4:]) + "\n")
+        capsys.readouterr()
+        assert main(run) == 3, changed
+        err = capsys.readouterr().err
+        assert "1 exam(s) already scored in" in err
+        assert "listed with another path, woman or date (manifest line(s) 4)" in err
+    assert main(run + ["--overwrite"]) == 0
+    assert read_rows(out / "scores.csv")[2]["exam_date"] == "2019-01-01"
+    # part files of an earlier BINDS, without the source column: resumed as before
+    part = out / "parts" / "scores-rank0.csv"
+    rows = read_rows(part)
+    columns = [c for c in rows[0] if c != "source"]
+    part.write_text(",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows[:4]))
+    assert main(run) == 0
+    assert len(read_rows(out / "scores.csv")) == 6
+
+
+def test_parquet_without_pyarrow_is_refused_before_scoring(tmp_path, bundle, monkeypatch, capsys):
+    import builtins
+
+    from BINDSLib.cli import main
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    manifest = write_cohort(tmp_path, 2)
+    capsys.readouterr()
+    assert main(["cohort", str(manifest), "--out", str(tmp_path / "out"), "--model", str(bundle),
+                 "--format", "parquet"]) == 2
+    assert "--format parquet needs pyarrow" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing scored, nothing written

@@ -209,3 +209,10 @@ def test_one_undated_exam_is_plotted_today_and_several_are_refused_before_any_no
     with pytest.raises(ValueError, match="without a date cannot be plotted: anon-e1"):
         rr.loadRiskResults(scene, tmp_path / "three")
     assert scene.GetNumberOfNodes() == before
+
+
+def test_the_default_name_carries_the_woman_so_two_women_are_told_apart(scene, tmp_path):
+    write_risk_outputs(tmp_path / "out")
+    results = rr.loadRiskResults(scene, tmp_path / "out")
+    assert results.chart.GetName() == "BINDS risk anon-woman trajectory chart"
+    assert results.examTable.GetName() == "BINDS risk anon-woman exams"

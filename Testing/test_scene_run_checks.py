@@ -27,21 +27,31 @@ def _run(scene, work, python, **kw):
     return runs.DiagnosisRun(scene, sc.assignedVolumes(scene), str(work), python=python, summary=False, **kw)
 
 
-def _case(scene, study_id, seed, labels=("MG_R_CC",)):
+def _case(scene, study_id, seed, labels=("MG_R_CC",), patient="woman-1"):
     rng = np.random.default_rng(seed)
     images = [Image(rng.integers(0, 1000, size=(1, 20, 16)).astype(np.uint16), GEOMS["MG_R_CC"], Role.parse(label))
               for label in labels]
-    return sc.addStudyToScene(scene, Study(study_id, images=images, study_date=dt.date(2023, 4, 19)))
+    return sc.addStudyToScene(scene, Study(study_id, images=images, study_date=dt.date(2023, 4, 19),
+                                           patient_id=patient))
 
 
-def test_volumes_of_two_studies_are_refused_before_anything_is_written(tmp_path, fake_python):
+def test_volumes_of_two_patients_are_refused_before_anything_is_written(tmp_path, fake_python):
     scene = slicer.vtkMRMLScene()
-    _case(scene, "case-a", 0)
-    _case(scene, "case-b", 1, labels=("US_R",))
-    with pytest.raises(ValueError, match=r"belong to 2 studies \('Study case-a \(2023-04-19\)': MG_R_CC; "
-                                         r"'Study case-b \(2023-04-19\)': US_R\)"):
+    _case(scene, "case-a", 0, patient="woman-1")
+    _case(scene, "case-b", 1, labels=("US_R",), patient="woman-2")
+    with pytest.raises(ValueError, match=r"belong to 2 patients \('woman-1': MG_R_CC; 'woman-2': US_R\)"):
         _run(scene, tmp_path / "work", fake_python).start()
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_one_patients_studies_are_diagnosed_together(tmp_path, fake_python):
+    """A woman's mammography and ultrasound are usually two DICOM studies: they are combined."""
+    scene = slicer.vtkMRMLScene()
+    _case(scene, "mammography", 0)
+    _case(scene, "ultrasound", 1, labels=("US_R",))
+    run = _run(scene, tmp_path / "work", fake_python).start().wait(timeout=60)
+    assert run.error is None, run.errorDetails
+    assert set(run.results.segmentations) == {"MG_R_CC", "US_R"}
 
 
 def test_two_mammograms_with_one_view_are_refused_naming_them(tmp_path, fake_python):
@@ -94,14 +104,25 @@ def test_a_stage_1_run_after_a_stage_2_one_leaves_no_stale_mr_output_and_export_
     first = _run(scene, tmp_path / "work", fake_python, stage="2").start().wait(timeout=60)
     assert first.error is None, first.errorDetails
     assert set(first.results.segmentations) == {"MG_R_CC", "MR_DCE1"}
+    export = tmp_path / "export"
+    res.exportResults(scene, str(export))
+    assert (export / "MR_DCE1.seg.nrrd").is_file()
+    (export / "my notes.txt").write_text("kept")
     second = _run(scene, tmp_path / "work", fake_python, stage="1").start().wait(timeout=60)
     assert second.error is None, second.errorDetails
     assert set(second.results.segmentations) == {"MG_R_CC"}
     assert res.outputNodes(scene, image=nodes["MR_DCE1"]) == []  # the stage-2 MR outputs are gone
-    written = sorted(Path(p).name for p in res.exportResults(scene, str(tmp_path / "export")))
+    # exported again to the same folder: the newest run only, the user's file kept
+    written = sorted(Path(p).name for p in res.exportResults(scene, str(export)))
     assert written == ["MG_R_CC.seg.nrrd", "MG_R_CC_saliency.nrrd", "report.csv", "report.json"]
-    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert sorted(p.name for p in export.iterdir()) == sorted(written + [res.EXPORT_MANIFEST, "my notes.txt"])
+    report = json.loads((export / "report.json").read_text())
     assert report["stage"] == 1 and [e["label"] for e in report["images"]] == ["MG_R_CC"]
+    # a folder exported to by an earlier BINDS (no manifest) is cleared of its export files too
+    (export / res.EXPORT_MANIFEST).unlink()
+    (export / "MR_DCE1.seg.nrrd").write_text("old export")
+    res.exportResults(scene, str(export))
+    assert not (export / "MR_DCE1.seg.nrrd").exists() and (export / "my notes.txt").read_text() == "kept"
 
 
 def test_an_input_removed_during_the_run_fails_cleanly_and_keeps_the_earlier_results(
@@ -133,6 +154,11 @@ def test_a_deleted_lesion_segment_is_reassessed_as_no_lesion(scene_with_case, fa
     assert list(run.lesionMaskFiles) == ["MR_DCE1"]
     voxels = sitk.GetArrayFromImage(sitk.ReadImage(run.lesionMaskFiles["MR_DCE1"]))
     assert voxels.shape == slicer.util.arrayFromVolume(nodes["MR_DCE1"]).shape and not voxels.any()
+    # and the whole re-assessment: the model is given "no lesion" on that image
+    again = _run(scene, tmp_path / "work", fake_python, stage="2", useEditedLesions=True).start().wait(timeout=60)
+    assert again.error is None, again.errorDetails
+    assert again.results.report["user_lesion_masks"] == ["MR_DCE1"]
+    assert not res.segmentMask(again.results.segmentations["MR_DCE1"], "lesion", nodes["MR_DCE1"]).any()
 
 
 def test_the_study_id_and_date_of_a_loaded_study_go_into_the_next_run(scene_with_case):

@@ -287,3 +287,35 @@ def test_a_folder_of_studies_and_histories_reads_them_all_and_names_what_it_left
     assert code == 0, caplog.text
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["exam-0", "exam-1", "study-1"]
     assert f"skipped {root / 'dicom'}: not read" in caplog.text
+
+
+def test_a_study_id_repeated_across_histories_is_refused_and_a_dicom_folder_is_not_opened_twice(
+        tmp_path, monkeypatch):
+    import datetime as dt
+    import shutil
+
+    import BINDSLib.io.loader as loader
+    from BINDSLib.cli import main
+    from BINDSLib.study import ExamHistory
+    from BINDSLib.studyfolder import write_history
+
+    exams = []
+    for i in range(2):
+        st = make_study()
+        st.study_id, st.study_date = f"exam-{i}", dt.date(2020 + i, 1, 1)
+        exams.append(st)
+    root = tmp_path / "women"
+    write_history(ExamHistory("W-1", exams), root / "woman-a")
+    shutil.copytree(root / "woman-a", root / "woman-a copy")  # the same woman twice
+    with pytest.raises(InputError, match=r"study ID 'exam-0' of an exam of woman-a copy is also that of an "
+                                         r"exam of woman-a"):
+        loader.load(root)
+    # a plain DICOM folder is no collection: its files are not opened to say so
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--dicom"]) == 0
+    flat = tmp_path / "flat"  # every file in one folder, as a PACS export may be
+    flat.mkdir()
+    for n, f in enumerate(sorted((tmp_path / "ph" / "case-0000-dicom").rglob("*.dcm"))):
+        shutil.copy(f, flat / f"{n:04d}.dcm")
+    opened = []
+    monkeypatch.setattr(loader, "is_dicom_file", lambda p: opened.append(p) or True)
+    assert loader.collection(flat) is None and opened == []

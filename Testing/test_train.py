@@ -429,3 +429,62 @@ def test_calibration_pairs_the_one_film_mammograms_of_a_woman():
     assert _one_film(make_sample(four, cfg)) is None  # four films: not one mammogram
     us = make_case(2, True, ("US",)).images[0]
     assert _one_film(make_sample(Study("mg+us", images=[films["MG_R_MLO"], us], patient_id="w"), cfg)) is None
+
+
+def test_a_bundle_says_what_it_was_trained_on_and_what_was_not_calibrated(tmp_path, caplog):
+    """Synthetic study folders make a synthetic bundle (which --model auto never gives real
+    images to), whatever the data source is called; a validation split of one class leaves the
+    malignancy probability uncalibrated, and the metadata and a warning say so."""
+    folders = tmp_path / "studies"
+    for i in range(5):
+        st = make_case(i, True, ("US",))
+        st.synthetic = True
+        write_study_folder(st, folders / f"case{i}")
+    doc = {"model": tiny_config().to_json(), "data": [{"folders": "studies"}],
+           "train": {"seed": 3, "batch_size": 2, "validation_fraction": 0.4, "data_workers": 1,
+                     "phases": [{"name": "unimodal", "epochs": 1, "lr": 0.003, "fusion": False}]},
+           "bundle": {"name": "tiny-test", "version": "0.0.1"}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    with caplog.at_level("WARNING"):
+        assert main(["train", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]) == 0
+    assert "the validation split holds only malignant studies: the malignancy probability is not calibrated" \
+        in caplog.text
+    meta = json.loads((tmp_path / "run" / "bundle" / "configs" / "metadata.json").read_text())["binds"]
+    assert meta["training_data"]["synthetic"] is True
+    assert meta["calibration"]["method"] == "none" and meta["calibration"]["fitted_on"] is None
+    assert meta["outputs"]["malignancy_probability"] == "sigmoid of the malignancy logit (not calibrated)"
+
+
+@pytest.mark.parametrize("band", [[0.1, 0.2, 0.3], [0.5], [0.9, 0.1], [-5, 7], "0.1"])
+def test_a_malformed_uncertainty_band_is_refused_in_the_config_and_in_a_bundle(band, tmp_path, tiny_bundle, capsys):
+    doc = json.loads(_config(tmp_path).read_text())
+    doc["train"]["uncertainty_band"] = band
+    with pytest.raises(ValueError, match="train.uncertainty_band must be"):
+        parse_settings(doc, tmp_path)
+    import shutil
+
+    from BINDSLib.errors import ModelError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["binds"]["uncertainty_band"] = band
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="invalid bundle metadata: uncertainty_band must be"):
+        DiagnosisModel.from_bundle(bundle, device="cpu")
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
+    """The weights would be those of the longer run, the bundle's record the shorter one."""
+    cfg = _config(tmp_path, epochs=(1, 2), modality_sets=(("US",),))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    first = (run / "config.json").read_text()
+    doc = json.loads(cfg.read_text())
+    doc["train"]["phases"][1]["epochs"] = 1
+    shorter = tmp_path / "shorter.json"
+    shorter.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="the checkpoint is at epoch 3, past the 2 epochs of this config"):
+        train(load_settings(shorter), run, resume=True)
+    assert (run / "config.json").read_text() == first  # refused before anything is written

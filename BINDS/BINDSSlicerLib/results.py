@@ -517,9 +517,11 @@ def exportResults(scene, folder, tables=None):
     it was) and its saliency map as ``<label>_saliency.nrrd``, its report as ``report.json`` and
     ``report.csv``; and every edited segmentation of an earlier run, kept by the newer runs, as
     ``<label>_edited_run<k>.seg.nrrd``. Unedited outputs of earlier runs are not written: the
-    report would not list them. Returns the written paths.
+    report would not list them. The files of an earlier export to ``folder`` are removed first
+    (:data:`EXPORT_MANIFEST` lists them); other files there are kept. Returns the written paths.
     """
     os.makedirs(folder, exist_ok=True)
+    _removePreviousExport(folder)
     written = []
     reports = tables if tables is not None else outputNodes(scene, "report")
     segmentations, saliency = outputNodes(scene, "segmentation"), outputNodes(scene, "saliency")
@@ -550,7 +552,43 @@ def exportResults(scene, folder, tables=None):
         path = os.path.join(folder, "report.csv")
         sc.writeTextFile(path, _csvText(tableRows(table), ("quantity", "value")))
         written.append(path)
+    sc.writeTextFile(os.path.join(folder, EXPORT_MANIFEST),
+                     json.dumps({"files": sorted(os.path.basename(p) for p in written)}, indent=2) + "\n")
     return written
+
+
+#: the files an export wrote, which the next export to the same folder removes first
+EXPORT_MANIFEST = "binds-export.json"
+
+
+def _removePreviousExport(folder):
+    """Remove what an earlier export wrote to ``folder`` (listed in its manifest; for an export
+    without one, the file names exports use beside a BINDS ``report.json``), so that a folder
+    exported to again holds one run, not a stage-2 run's MR files beside a stage-1 report. Other
+    files are left alone."""
+    import glob
+
+    names = []
+    manifest = os.path.join(folder, EXPORT_MANIFEST)
+    if os.path.isfile(manifest):
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                names = [n for n in json.load(f).get("files", []) if isinstance(n, str)]
+        except (OSError, ValueError, AttributeError):
+            names = []
+    else:
+        try:
+            with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
+                isReport = json.load(f).get("schema") == "binds.report"
+        except (OSError, ValueError, AttributeError):
+            isReport = False
+        if isReport:
+            names = ["report.json", "report.csv"] + [os.path.basename(p) for pattern in ("*.seg.nrrd", "*_saliency.nrrd")
+                                                     for p in glob.glob(os.path.join(glob.escape(folder), pattern))]
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.basename(name) == name and os.path.isfile(path):  # a bare file name, nothing else
+            os.remove(path)
 
 
 def _csvText(rows, header):

@@ -129,7 +129,11 @@ class RiskResults:
         return [flag.get("message", "") for flag in self.report.get("flags", [])]
 
 
-def loadRiskResults(scene, outputFolder, name="BINDS risk", parentItem=None):
+#: the name of a risk run's nodes; the woman's (pseudonymous) ID is added to it
+DEFAULT_NAME = "BINDS risk"
+
+
+def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     """Load a ``binds risk`` output folder as table and plot nodes under a subject hierarchy
     folder (under ``parentItem`` when given). Returns the :class:`RiskResults`."""
     from .results import setTableRows
@@ -143,6 +147,8 @@ def loadRiskResults(scene, outputFolder, name="BINDS risk", parentItem=None):
         raise ValueError(f"{outputFolder}: exam(s) without a date cannot be plotted: {', '.join(undated)}")
     horizon = horizonYears(report)
     results = RiskResults(report)
+    if name == DEFAULT_NAME and report.get("woman_id"):  # two women in one scene are told apart
+        name = f"{name} {report['woman_id']}"
     results.folderItem = sc.createFolder(scene, parentItem, name)
 
     examTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} exams")

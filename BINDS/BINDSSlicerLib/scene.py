@@ -210,27 +210,32 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
 
 
 def checkOneStudy(scene, nodesWithRoles):
-    """Refuse (``ValueError``, naming the volumes) inputs that cannot make one study: volumes
-    under two studies of the subject hierarchy (two patients or exams loaded into one scene),
-    or two mammograms with one view (BINDS reads one image per view)."""
+    """Refuse (``ValueError``, naming the volumes) inputs that cannot make one study: volumes of
+    two patients in the subject hierarchy (two women loaded into one scene), or two mammograms
+    of one view (BINDS reads one image per view). Studies of one patient may be combined: a
+    woman's mammography, ultrasound and MRI are usually separate DICOM studies."""
     sh = subjectHierarchy(scene)
-    byStudy = {}
+    patientLevel = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient()
+    byPatient = {}
     for node, _ in nodesWithRoles:
-        item = studyItemOf(scene, node)
-        if item:
-            byStudy.setdefault(item, []).append(node.GetName())
-    if len(byStudy) > 1:
-        listed = "; ".join(f"'{sh.GetItemName(item)}': {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-                           for item, names in byStudy.items())
-        raise ValueError(f"the volumes with a role belong to {len(byStudy)} studies ({listed}); BINDS "
-                         "diagnoses one study at a time: clear the roles of the other studies' volumes")
+        item = sh.GetItemByDataNode(node)
+        patient = sh.GetItemAncestorAtLevel(item, patientLevel) if item else 0
+        if patient:
+            key = sh.GetItemAttribute(patient, "DICOM.PatientID") or sh.GetItemName(patient)
+            byPatient.setdefault(key, []).append(node.GetName())
+    if len(byPatient) > 1:
+        listed = "; ".join(f"'{key}': {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                           for key, names in byPatient.items())
+        raise ValueError(f"the volumes with a role belong to {len(byPatient)} patients ({listed}); BINDS "
+                         "diagnoses one patient's study at a time: clear the roles of the other patients' volumes")
     views = {}
     for node, role in nodesWithRoles:
-        if role.upper().startswith("MG_"):
-            views.setdefault(role.upper(), []).append(node.GetName())
-    for role, names in views.items():
+        key = role.strip().upper()
+        if key == "MG" or key.startswith("MG_"):
+            views.setdefault(key, []).append(node.GetName())
+    for key, names in views.items():
         if len(names) > 1:
-            raise ValueError(f"{len(names)} volumes have the role {role} ({', '.join(repr(n) for n in names)}): "
+            raise ValueError(f"{len(names)} volumes have the role {key} ({', '.join(repr(n) for n in names)}): "
                              "BINDS reads one mammogram per view; clear the role of the others")
 
 

@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("BINDSLib.risk.cohort").setLevel(logging.INFO)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.format == "parquet":  # before the scoring, not after it
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow (pip install pyarrow), or use --format csv") from None
     rows = read_manifest(args.manifest)
     out = Path(args.out)
     rank, world, local_rank = dist_env()

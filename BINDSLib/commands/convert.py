@@ -25,20 +25,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep patient IDs in study.json (default: pseudonyms)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output (a study folder, or a folder of "
-                                                           "study folders, replaced whole)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing study folders (several studies: those of "
+                                                           "the same IDs; other study folders in --out are kept)")
     p.set_defaults(func=run)
-
-
-#: a folder of study folders: what ``--overwrite`` replaces when several studies are converted
-FOLDER_SIGNS = ("*/study.json",)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError, OutputError, UsageError
-    from ..fsutil import STUDY_SIGNS, atomic_dir, check_output_dir
+    from ..errors import InputError, UsageError
+    from ..fsutil import STUDY_SIGNS, check_output_dir
     from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
@@ -68,15 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"studies {', '.join(twice)} would share an output folder (the same study ID); "
                          "convert them separately")
     inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
-    if len(studies) == 1:
-        check_output_dir(out, args.overwrite, inputs, STUDY_SIGNS)  # before any is written
-    else:  # several: one folder of study folders, replaced whole (no study of an earlier run left)
-        check_output_dir(out, args.overwrite, inputs, FOLDER_SIGNS)
-        strays = [e.name for e in sorted(out.iterdir()) if not e.name.startswith(".")
-                  and not (e / "study.json").is_file()] if out.is_dir() else []
-        if strays:
-            raise OutputError(f"holds {strays[0]!r}, which is not a study folder; --overwrite replaces only "
-                              "a folder of study folders: choose another folder or empty it yourself", out)
+    for t in targets:  # all checked before any is written
+        check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
     for st in studies:
         views: dict[str, list[str]] = {}
         for im in st.images:
@@ -87,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
                 logging.getLogger(__name__).warning(
                     "study %s holds the view %s %d times (%s): binds diagnose refuses such a study; keep one",
                     st.study_id, key, len(labels), ", ".join(labels))
-    if len(studies) == 1:
-        write_study_folder(studies[0], out, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
-    else:
-        with atomic_dir(out, overwrite=args.overwrite, inputs=inputs, signs=FOLDER_SIGNS) as tmp:
-            for st, t in zip(studies, targets):
-                write_study_folder(st, tmp / t.name, keep_identifiers=args.keep_identifiers)
-    for t in targets:
+    for st, t in zip(studies, targets):  # each study written whole (atomically), then named
+        write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
         sys.stdout.write(f"{t}\n")
+    if len(studies) > 1:  # a folder of study folders grows by batches: earlier ones are kept
+        written = {t.name for t in targets}
+        others = [d.name for d in sorted(out.iterdir()) if (d / "study.json").is_file() and d.name not in written]
+        if others:
+            logging.getLogger(__name__).warning("%s also holds %d study folder(s) of earlier conversions, kept: %s",
+                                             out, len(others), ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
     return 0

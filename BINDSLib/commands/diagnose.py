@@ -156,6 +156,7 @@ class ModelPicker:
     def __init__(self, name: str, device: str):
         self.name, self.device = name, device
         self._loaded: dict[str, object] = {}
+        self._broken: set[str] = set()  # bundles --model auto found unloadable
         from ..model.selection import AUTO
 
         if name != AUTO:  # a named bundle that is missing or tampered with fails at once
@@ -170,16 +171,25 @@ class ModelPicker:
         return self._loaded[key]
 
     def __call__(self, study) -> tuple[object, tuple[str, ...]]:
-        from ..model.selection import AUTO, choose_bundle
+        from ..errors import ModelError
+        from ..model.selection import AUTO, choose_bundle, installed_bundles
 
         if self.name != AUTO:
             return self._load(self.name), ()
-        choice = choose_bundle(study)
+        while True:  # a bundle whose weights fail to load is passed over, with a warning, once
+            bundles = [b for b in installed_bundles() if str(b.path) not in self._broken]
+            choice = choose_bundle(study, bundles)
+            try:
+                model = self._load(choice.bundle.path)
+                break
+            except ModelError as e:
+                self._broken.add(str(choice.bundle.path))
+                log.warning("ignoring bundle %s for --model auto: %s", choice.bundle.name, e)
         notes = [f"model chosen automatically: {choice.bundle.name} ({choice.reason})"]
         if choice.warning:
             log.warning("study %s: %s", study.study_id, choice.warning)
             notes.append(choice.warning)
-        return self._load(choice.bundle.path), tuple(notes)
+        return model, tuple(notes)
 
 
 def run_batch(model, sources, out: Path, options) -> int:

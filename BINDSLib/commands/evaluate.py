@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
                    help="sensitivity kept by the biopsy-reduction threshold (default 0.98)")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
-                   help="bootstrap replicates (0: no confidence intervals)")
+                   help="bootstrap replicates (0: no bootstrap intervals; the pointing game's "
+                        "Wilson interval needs none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
     p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
     p.add_argument("--given-masks", action="store_true",
@@ -81,7 +82,7 @@ def prepare(args: argparse.Namespace, writes_bundle: bool = False):
     from ..errors import InputError, UsageError
     from ..fsutil import check_output_dir
     from ..model.inference import DiagnosisModel
-    from ..model.selection import AUTO, choose_bundle
+    from ..model.selection import AUTO, choose_bundle, installed_bundles
 
     out = Path(args.out)
     auto = args.model == AUTO
@@ -106,13 +107,14 @@ def prepare(args: argparse.Namespace, writes_bundle: bool = False):
         first = next(studies, None)
         if first is None:
             raise InputError("no studies to evaluate", data)
-        studies = itertools.chain([first], studies)
-        choice = choose_bundle(first)
+        bundles = installed_bundles()
+        choice = choose_bundle(first, bundles)
         bundle = choice.bundle.path
         source["model_choice"] = f"auto: {choice.bundle.name} ({choice.reason}; chosen for the first study)"
         logging.getLogger(__name__).info("model chosen automatically: %s (%s)", choice.bundle.name, choice.reason)
         if choice.warning:
             logging.getLogger(__name__).warning("%s", choice.warning)
+        studies = _same_choice(itertools.chain([first], studies), choice.bundle, bundles, source)
     model = DiagnosisModel.from_bundle(bundle, device=None if args.device == "auto" else args.device)
     return out, studies, source, model
 
@@ -148,6 +150,33 @@ def labelled_studies(args: argparse.Namespace):
     if args.limit:
         studies = itertools.islice(studies, args.limit)
     return studies, source
+
+
+def _same_choice(studies, chosen, bundles, source: dict):
+    """The ``studies``, passed on; once all are read, those that ``--model auto`` would give to
+    another bundle than the ``chosen`` one (a folder mixing ultrasound and mammography) are
+    counted in ``source["n_model_choice_differs"]`` and named in a warning: one bundle scores
+    them all."""
+    import logging
+
+    from ..errors import ModelError
+    from ..model.selection import choose_bundle
+
+    other = []
+    for st in studies:
+        try:
+            differs = choose_bundle(st, bundles).bundle.path != chosen.path
+        except ModelError:
+            differs = True
+        if differs:
+            other.append(st.study_id)
+        yield st
+    source["n_model_choice_differs"] = len(other)
+    if other:
+        logging.getLogger(__name__).warning(
+            "%d studies would be read by another bundle than %s under diagnose --model auto, and were scored "
+            "with it: %s%s; evaluate them apart, or name the bundle with --model", len(other), chosen.name,
+            ", ".join(other[:10]), " ..." if len(other) > 10 else "")
 
 
 def _listed(studies, wanted: set[str], source: dict):

@@ -12,14 +12,14 @@ def register(sub) -> None:
                        description="List model bundles on the search path ($BINDS_MODEL_PATH, "
                                    "~/.binds/models, the shipped Resources/Models) and verify "
                                    "their weights' SHA-256 with --verify.")
-    p.add_argument("--verify", action="store_true", help="load each bundle and check its hash")
+    p.add_argument("--verify", action="store_true", help="load each bundle as diagnose or risk does: its hash, network and metadata")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bundle import list_bundles, load_bundle, read_metadata, search_path
-    from ..errors import EXIT_MODEL, BindsError
+    from ..errors import EXIT_MODEL, BindsError, ModelError
     from ..model.selection import bundle_info
 
     rows = []
@@ -33,8 +33,18 @@ def run(args: argparse.Namespace) -> int:
                 info = bundle_info(path, meta)
                 row["modalities"] = list(info.modalities)
                 row["training_data"] = "synthetic" if info.synthetic else "real"
-            if args.verify:
-                load_bundle(path)
+            if args.verify:  # loaded as diagnose or risk load it: weights, network and metadata
+                if row["kind"] == "diagnosis":
+                    from ..model.inference import DiagnosisModel
+
+                    DiagnosisModel.from_bundle(path, device="cpu")
+                elif row["kind"] == "risk":
+                    from ..risk.inference import RiskModel
+
+                    RiskModel.from_bundle(path, device="cpu")
+                else:
+                    load_bundle(path)
+                    raise ModelError(f"binds.kind is {row['kind']!r}: neither a diagnosis nor a risk bundle", path)
                 row["verified"] = True
         except BindsError as e:
             row = {"name": path.name, "folder": path.name, "path": str(path), "error": str(e)}

@@ -140,18 +140,25 @@ def iter_files(root: Path, skipped: list[Skipped]):
     def onerror(err: OSError) -> None:
         skipped.append(Skipped(str(err.filename), f"cannot list folder ({err.strerror or err})"))
 
+    def real(path) -> str | None:  # None: cannot be resolved (a /proc link of another user)
+        try:
+            return os.path.realpath(path)
+        except OSError as e:
+            skipped.append(Skipped(str(path), f"cannot read ({e.strerror or e})"))
+            return None
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
+        here = real(dirpath)
+        if here is None or here in seen_dirs:
             dirnames[:] = []
             continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs)
+        seen_dirs.add(here)
+        below = {d: real(os.path.join(dirpath, d)) for d in dirnames}
+        dirnames[:] = sorted(d for d, r in below.items() if r is not None and r not in seen_dirs)
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            rp = os.path.realpath(p)
-            if rp in seen_files:
+            rp = real(p)
+            if rp is None or rp in seen_files:
                 continue
             if not os.path.isfile(rp):
                 if not os.path.exists(rp):

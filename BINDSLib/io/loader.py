@@ -73,10 +73,18 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
     folders = collection(p)
     if folders is not None:
         result = LoadResult(skipped=folders.skipped)
-        if folders.studies:  # the study folders, their IDs checked for repeats
-            result.studies += iter_study_folders(p, reference_masks=reference_masks)
-        for h in folders.histories:
-            result.studies += read_history(h, reference_masks=reference_masks).exams
+        where: dict[str, str] = {}  # study ID -> what holds it, for the message
+        if folders.studies:  # the study folders, their IDs checked for repeats among them
+            for st in iter_study_folders(p, reference_masks=reference_masks):
+                where[st.study_id] = "a study folder here"
+                result.studies.append(st)
+        for h in folders.histories:  # and against every exam of the histories
+            for st in read_history(h, reference_masks=reference_masks).exams:
+                if st.study_id in where:  # a study would count twice
+                    raise InputError(f"study ID {st.study_id!r} of an exam of {h.name} is also that of "
+                                     f"{where[st.study_id]}: give each study its own ID", p)
+                where[st.study_id] = f"an exam of {h.name}"
+                result.studies.append(st)
         return result
     if detect_layout(p) is not None:
         return LoadResult(list(iter_dataset(p, reference_masks=reference_masks)))
@@ -98,7 +106,8 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
             raise InputError(f"no DICOM images, and none of its {len(pictures)} image file(s) is named after a "
                              "role (e.g. MG_L_CC.png, US_L.png): give them with --role ROLE=FILE", p)
         raise nothing
-    result = load_files([(f, role) for f, role in named if role is not None], study_id=p.name)
+    result = load_files([(f, role) for f, role in named if role is not None],
+                        study_id=Path(os.path.abspath(p)).name)  # "." and ".." name their folder
     result.skipped += [Skipped(str(f), "not read: the name is not a role (e.g. MG_L_CC.png); give it with "
                                        "--role ROLE=FILE") for f, role in named if role is None]
     result.skipped += [Skipped(str(d), "not read: a folder of image files is one study, read without its "
@@ -132,16 +141,22 @@ def collection(path: str | os.PathLike) -> Collection | None:
     if detect_layout(p) not in (None, "study-folders"):
         return None
     found = Collection([], [], [])
+    rest = []
     for e in _entries(p):
         if e.is_dir() and is_study_folder(e):
             found.studies.append(e)
         elif e.is_dir() and (e / "history.json").is_file():
             found.histories.append(e)
-        elif e.is_dir() or is_dicom_file(e) or suffix_of(e) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+        else:
+            rest.append(e)
+    if not (found.studies or found.histories):
+        return None  # (a plain DICOM folder: its files are not opened here)
+    for e in rest:
+        if e.is_dir() or is_dicom_file(e) or suffix_of(e) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
             found.skipped.append(Skipped(str(e), f"not read: {p.name} is read as a folder of study folders "
                                                  f"and exam histories; give this {'folder' if e.is_dir() else 'file'}"
                                                  " on its own"))
-    return found if found.studies or found.histories else None
+    return found
 
 
 def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:
@@ -181,7 +196,7 @@ def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
         images.append(read_image_file(path, role=role))
     if not images:
         raise InputError("no images given")
-    sid = study_id or (first.parent.name if first is not None else "study")
+    sid = study_id or (Path(os.path.abspath(first)).parent.name if first is not None else "") or "study"
     return LoadResult([Study(study_id=sid, images=images)], skipped)
 
 

@@ -83,6 +83,8 @@ class Sample:
     holdout_ok: bool = True
     #: 1.0 the study has a finding, 0.0 normal, NaN unknown (:func:`study_abnormal`)
     abnormal: float = math.nan
+    #: a synthetic study (teaching case, phantom): a bundle trained on one is a synthetic bundle
+    synthetic: bool = False
 
 
 def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = None) -> Sample:
@@ -99,7 +101,7 @@ def make_sample(study: Study, config: DiagnosisConfig, wsi: np.ndarray | None = 
         wsi = None
     return Sample(study.study_id, prepared, malignant, subtype, path,
                   wsi if config.wsi_dim else None, group_of(study), holdout_ok(study),
-                  study_abnormal(study))
+                  study_abnormal(study), bool(study.synthetic))
 
 
 def _seed(*parts) -> int:

@@ -36,6 +36,21 @@ PREDICTION_SCHEMA_VERSION = 1
 DEFAULT_UNCERTAINTY_BAND = (0.02, 0.98)
 
 
+def check_uncertainty_band(value) -> tuple[float, float]:
+    """``(low, high)`` of a stage-1 uncertainty band given as two probabilities with
+    ``0 <= low <= high <= 1``; ``ValueError`` otherwise (an inverted band would turn stage 2 off
+    without a word)."""
+    import math
+
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"uncertainty_band must be two probabilities [low, high], not {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high <= 1.0):
+        raise ValueError(f"uncertainty_band must be [low, high] with 0 <= low <= high <= 1, not {value!r}")
+    return low, high
+
+
 @dataclass
 class ImageOutput:
     """Per-image outputs, each array ``(depth, rows, cols)`` on the image's own grid.
@@ -240,6 +255,13 @@ class DiagnosisModel:
             config = DiagnosisConfig.from_json(bundle.binds["model_config"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"invalid model_config in the bundle metadata: {e}", bundle.path) from None
+        try:  # what every diagnosis reads: refused here, not as an internal error later
+            check_uncertainty_band(bundle.binds.get("uncertainty_band", DEFAULT_UNCERTAINTY_BAND))
+            threshold = float(bundle.binds.get("operating_point", {}).get("threshold", 0.5))
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"operating_point.threshold must be a probability, not {threshold!r}")
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelError(f"invalid bundle metadata: {e}", bundle.path) from None
         # the network takes the loaded tensors, and nothing else holds them: folding and the
         # channels-last layouts below replace them by copies, and the weights are never held twice
         state, bundle.state_dict = bundle.state_dict, {}

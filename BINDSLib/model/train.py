@@ -225,7 +225,12 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
     if "loss_weights" in t:
         t["loss_weights"] = LossWeights.from_json(t["loss_weights"])
     if "uncertainty_band" in t:
-        t["uncertainty_band"] = tuple(float(v) for v in t["uncertainty_band"])
+        from .inference import check_uncertainty_band
+
+        try:
+            t["uncertainty_band"] = check_uncertainty_band(t["uncertainty_band"])
+        except ValueError as e:
+            raise ValueError(f"train.{e}") from None
     if "refiner" in t:
         if not isinstance(t["refiner"], dict):
             raise ValueError('train.refiner must be an object, e.g. {"epochs": 60}')
@@ -655,6 +660,16 @@ def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
     if changed:
         raise InputError(f"this run was started with another {', '.join(changed)}; --resume continues a run "
                          "with the same ones (use --overwrite to start again, or another --out)", config_path)
+    if settings.epochs < old.epochs:  # fewer epochs: is the checkpoint already past them?
+        ckpt = config_path.parent / "checkpoints" / "last.pt"
+        try:
+            done = int(_load_checkpoint(ckpt).get("epoch", 0))
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is named when it is loaded
+            return
+        if done > settings.epochs:
+            raise InputError(f"the checkpoint is at epoch {done}, past the {settings.epochs} epochs of this "
+                             "config: its weights and the bundle's record of the training would disagree; "
+                             "resume with at least as many epochs, or start again with --overwrite", ckpt)
 
 
 def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool = False,
@@ -854,7 +869,8 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
         with_subtype = any(s.subtype >= 0 for s in train_samples)
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
                          overwrite, reproduce, len(train_samples), trained, with_subtype,
-                         refiner_metrics, pretrained)
+                         refiner_metrics, pretrained,
+                         synthetic=any(s.synthetic for s in train_samples + val_samples))
         if tb is not None:
             tb.close()
     if rt.distributed:
@@ -1082,9 +1098,10 @@ def _tensorboard(run_dir: Path):
 def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: Path,
             bundle_path, overwrite: bool, reproduce: str, n_train: int,
             modalities: tuple[str, ...] = MODALITIES, subtype_trained: bool = True,
-            refiner_metrics: dict | None = None, pretrained: dict | None = None) -> dict:
+            refiner_metrics: dict | None = None, pretrained: dict | None = None,
+            synthetic: bool = False) -> dict:
     """Calibrate on the validation split, measure, and write the bundle (which reads only the
-    ``modalities`` it was trained on)."""
+    ``modalities`` it was trained on; ``synthetic``: trained on synthetic studies)."""
     from ..bundle import save_bundle
     from .calibration import compare_with_other_breast, fit_platt, fit_temperature, operating_points
     from .metrics import bootstrap_ci, ece, finite_json, macro_auc
@@ -1092,10 +1109,18 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     metrics: dict = {"n_validation": len(val_samples), "n_train": n_train}
     temperature, ops = 1.0, operating_points([], [])
     finding_temperature = finding_bias = finding_reference = None
+    fitted = False  # the malignancy temperature: needs malignant and other studies in the split
     if val_samples:
         pred = predict_samples(net, val_samples, device, settings.batch_size, combinations=True)
         ok = np.isfinite(y_val) & np.isfinite(pred["logit"])
         z, y = pred["logit"][ok], y_val[ok].astype(int)
+        fitted = bool(y.size) and y.min() != y.max()
+        if not fitted:
+            log.warning("the validation split holds %s: the malignancy probability is not calibrated "
+                        "(temperature 1) and the operating point is a fixed 0.5; calibrate the bundle on "
+                        "labelled studies of both kinds with binds calibrate",
+                        "no labelled study" if not y.size else
+                        ("only malignant studies" if y.min() == 1 else "no malignant study"))
         temperature = fit_temperature(z, y)
         p = 1 / (1 + np.exp(-z / temperature))
         ops = operating_points(p, y, settings.target_sensitivity)
@@ -1139,7 +1164,7 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
     metrics = finite_json(metrics)
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
                             subtype_trained, pretrained, finding_temperature, finding_reference,
-                            finding_bias)
+                            finding_bias, temperature_fitted=fitted, synthetic_studies=synthetic)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -1209,7 +1234,8 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                     subtype_trained: bool = True, pretrained: dict | None = None,
                     finding_temperature: float | None = None,
                     finding_reference: float | None = None,
-                    finding_bias: float | None = None) -> dict:
+                    finding_bias: float | None = None, temperature_fitted: bool = True,
+                    synthetic_studies: bool = False) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
     ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
     ``finding_temperature``, ``finding_bias``: the finding logit's Platt scaling
@@ -1217,12 +1243,14 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
     (compared with the other breast when ``bilateral_weight`` > 0; None: the split lacks normal
     or abnormal studies, the finding probability stays the plain sigmoid);
     ``finding_reference``: the median finding logit of the validation split's normal studies
-    (None: it has none)."""
-    from ..bundle import FINDING_CALIBRATED
+    (None: it has none); ``temperature_fitted``: False when the split could not calibrate the
+    malignancy probability (one class, or no labels); ``synthetic_studies``: some training or
+    validation study was synthetic (``--model auto`` never gives real images to such a bundle)."""
+    from ..bundle import FINDING_CALIBRATED, MALIGNANCY_CALIBRATED
     from .inference import BUNDLE_KIND
 
     cfg = settings.model
-    synthetic = any("synthetic" in d for d in settings.data)
+    synthetic = synthetic_studies or any("synthetic" in d for d in settings.data)
     return {
         "kind": BUNDLE_KIND,
         "model_config": cfg.to_json(),
@@ -1238,15 +1266,17 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
         "input_sizes": {"MG": [1, *cfg.mg_size], "US": [1, *cfg.us_size], "MR": list(cfg.mr_size),
                         "crops": {"MG": list(cfg.mg_crop), "US": list(cfg.us_crop), "MR": list(cfg.mr_crop)}},
         "classes": {"malignancy": ["not_malignant", "malignant"], "subtype": list(SUBTYPES)},
-        "outputs": {"malignancy_probability": "calibrated (temperature)",
+        "outputs": {"malignancy_probability": (MALIGNANCY_CALIBRATED if temperature_fitted else
+                                               "sigmoid of the malignancy logit (not calibrated)"),
                     "finding_probability": (FINDING_CALIBRATED if finding_temperature is not None
                                             else "sigmoid of the pooled lesion logits (not calibrated)")
                     + ("; each mammogram compared with the other breast (bilateral_weight)"
                        if cfg.bilateral_weight > 0 else ""),
                     "saliency": "max(0, cosine) of projected features with the malignant pathology prototype",
                     "lesion_probability": "per image, on the image grid"},
-        "calibration": {"method": "temperature", "temperature": float(temperature),
-                        "fitted_on": "validation split", "n": int(n_validation),
+        "calibration": {"method": "temperature" if temperature_fitted else "none",
+                        "temperature": float(temperature),
+                        "fitted_on": "validation split" if temperature_fitted else None, "n": int(n_validation),
                         **({"finding_temperature": float(finding_temperature)}
                            if finding_temperature is not None else {}),
                         **({"finding_bias": float(finding_bias)} if finding_bias is not None else {}),

@@ -100,11 +100,15 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                          "needs exam_id,path[,woman_id,exam_date]", path)
     rows, seen = [], {}
     base = path.parent
-    for n, raw in enumerate(reader, start=1):
+    n = 0
+    for raw in reader:
         line = reader.line_num  # the file's line (header = line 1; blank lines counted), for messages
-        rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}  # (None: extra cells)
+        if not any(rec.values()):  # a row a spreadsheet emptied to commas
+            continue
         p = rec.get(names["path"], "")
         eid = rec.get(names["exam_id"], "") if names["exam_id"] else p
+        n += 1
         if not eid or not p:
             raise InputError(f"line {line}: exam_id and path must not be empty", path)
         if eid in seen:
@@ -144,6 +148,15 @@ def result_columns(years: Sequence[int]) -> list[str]:
 
 
 FAILURE_COLUMNS = ["manifest_row", "exam_id", "path", "error"]
+#: the part files' extra column: :func:`source_key` of the manifest row an exam was scored from
+SOURCE_COLUMN = "source"
+
+
+def source_key(row: ManifestRow) -> str:
+    """A pseudonym of what the manifest said of an exam (path, woman, date): a resumed run
+    whose manifest says otherwise for an exam already scored is refused, not merged stale."""
+    date = row.exam_date.isoformat() if row.exam_date else ""
+    return pseudonym(f"{row.path_text}\0{row.woman_id or ''}\0{date}")
 
 
 # -- loading in worker processes ---------------------------------------------------------------
@@ -231,13 +244,19 @@ def _read_part(path: Path) -> list[dict]:
 
 
 class AppendOnlyCSV:
-    """A CSV file that only grows; each :meth:`append` is written, flushed and fsync'ed."""
+    """A CSV file that only grows; each :meth:`append` is written, flushed and fsync'ed. A file
+    begun with other columns (an earlier BINDS) keeps its header, and rows are written to it."""
 
     def __init__(self, path: Path, columns: Sequence[str]):
         self.path = path
         self.columns = list(columns)
         _repair_tail(path)
         new = not path.is_file() or path.stat().st_size == 0
+        if not new:
+            with open(path, encoding="utf-8", newline="") as f:
+                header = next(csv.reader(f), None)
+            if header:
+                self.columns = header
         self._f = open(path, "a", encoding="utf-8", newline="")
         if new:
             self._write([dict(zip(self.columns, self.columns))])
@@ -259,12 +278,26 @@ class AppendOnlyCSV:
         self._f.close()
 
 
-def scored_ids(out_dir: Path) -> set[str]:
-    """``exam_id`` of every exam already in any rank's part file."""
-    done: set[str] = set()
+def scored_ids(out_dir: Path) -> dict[str, str]:
+    """``exam_id`` of every exam already in any rank's part file -> its :func:`source_key`
+    (``""`` in part files of an earlier BINDS, which did not record it)."""
+    done: dict[str, str] = {}
     for part in sorted((out_dir / PARTS).glob("scores-rank*.csv")):
-        done.update(r["exam_id"] for r in _read_part(part))
+        for r in _read_part(part):
+            done.setdefault(r["exam_id"], r.get(SOURCE_COLUMN) or "")
     return done
+
+
+def check_resumed_sources(rows: Sequence[ManifestRow], done: dict[str, str], out_dir: Path,
+                          keep_identifiers: bool) -> None:
+    """:class:`InputError` when the manifest gives an exam already scored in ``out_dir`` another
+    path, woman or date than the run that scored it: its scores would be merged stale."""
+    changed = [r for r in rows if done.get(_public_id(r.exam_id, keep_identifiers)) not in (None, "", source_key(r))]
+    if changed:
+        lines = ", ".join(str(r.line) for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
+        raise InputError(f"{len(changed)} exam(s) already scored in {out_dir} are listed with another path, woman "
+                         f"or date (manifest line(s) {lines}): resume with the manifest the run was started "
+                         "with, or score again with --overwrite or a new --out")
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -366,13 +399,14 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
     years = list(model.config.years)
     mine = shard(rows, rank, world_size)
     done = scored_ids(out_dir)
+    check_resumed_sources(rows, done, out_dir, keep_identifiers)
     todo = [r for r in mine if _public_id(r.exam_id, keep_identifiers) not in done]
     summary = CohortSummary(rank, world_size, len(rows), len(mine), len(mine) - len(todo))
     log.info("rank %d/%d: %d exam(s) in shard, %d already scored, %d to score", rank, world_size,
              len(mine), summary.n_already_scored, len(todo))
     if not todo:
         return summary
-    scores = AppendOnlyCSV(out_dir / PARTS / f"scores-rank{rank}.csv", result_columns(years))
+    scores = AppendOnlyCSV(out_dir / PARTS / f"scores-rank{rank}.csv", result_columns(years) + [SOURCE_COLUMN])
     failures = AppendOnlyCSV(out_dir / PARTS / f"failures-rank{rank}.csv", FAILURE_COLUMNS)
     cuda = model.device.type == "cuda"
     loader = DataLoader(ExamDataset(todo, model.config), batch_size=batch_size, shuffle=False,
@@ -380,9 +414,9 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
                         worker_init_fn=_worker_init if num_workers else None,
                         prefetch_factor=2 if num_workers else None)
     start = last_log = time.monotonic()
-    with ctrl_c_deferred():  # not lost while the workers start
-        batches = iter(loader)
     try:
+        with ctrl_c_deferred():  # not lost while the workers start
+            batches = iter(loader)
         for batch in batches:
             failed = [(todo[it["index"]], it["error"], it.get("ids", ())) for it in batch["failed"]]
             out_rows = []
@@ -446,7 +480,7 @@ def _result_row(row: ManifestRow, item: dict, pred, years, keep_identifiers: boo
            "woman_id": _public_id(woman, keep_identifiers),
            "exam_date": date.isoformat() if isinstance(date, _dt.date) else "",
            "views_present": " ".join(item.get("views", ())),
-           "warnings": " | ".join(item.get("warnings", ()))}
+           "warnings": " | ".join(item.get("warnings", ())), SOURCE_COLUMN: source_key(row)}
     for k, y in enumerate(years):
         out[f"risk_{y}y"] = _fmt(exam[k])
         out[f"left_risk_{y}y"] = _fmt(breast[0, k]) if present[0] else ""
