@@ -352,16 +352,11 @@ def test_evaluate_mini_mias_layout(tmp_path, shared_data, tiny_bundle):
 def test_model_auto_is_the_bundle_diagnose_would_pick(tmp_path, shared_data):
     """The default --model auto: the real-image bundle of the data's modality (before, the
     synthetic demo bundle was evaluated on real images without a word); named in metrics.json."""
-    src = shared_data / "mini-mias"
+    from test_datasets import _mias_copy, _write_csv
+
     root = tmp_path / "mias"
-    (root / "images").mkdir(parents=True)
-    rows = list(csv.DictReader(open(src / "images.csv")))[:2]
-    for r in rows:
-        shutil.copy(src / r["image"], root / r["image"])
-    with open(root / "images.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows, _ = _mias_copy(shared_data, root, n=2)
+    _write_csv(root / "images.csv", rows)
     (root / "findings.csv").write_text("image_id,abnormality,center_col,center_row,radius\n")
     assert main(["evaluate", "--data", str(root), "--bootstrap", "0", "--device", "cpu",
                  "--out", str(tmp_path / "ev")]) == 0
