@@ -132,10 +132,12 @@ def test_out_of_range_options_are_usage_errors(exams, bundle, tmp_path, option, 
     assert e.value.code == 2 and option[0] in capsys.readouterr().err
 
 
-def test_undated_exams_are_refused(bundle, tmp_path):
-    a = write_study_folder(make_exam(1, None, study_id="a"), tmp_path / "a")
-    c = write_study_folder(make_exam(2, None, study_id="c"), tmp_path / "c")
+def test_undated_exams_are_refused(bundle, tmp_path, capsys):
+    a = write_study_folder(make_exam(1, None, study_id="ACC-SECRET-1"), tmp_path / "a")
+    c = write_study_folder(make_exam(2, None, study_id="ACC-SECRET-2"), tmp_path / "c")
     assert main(["risk", str(a), str(c), "--model", str(bundle), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert f"2 exam(s) without a date, in {a}, {c}" in err and "SECRET" not in err  # the folders, not the IDs
 
 
 @pytest.mark.parametrize("backend", ["numpy", "matplotlib"])

@@ -54,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inputs = [*args.exams, find_bundle(args.model)]  # the bundle too: never replaced by a report
     check_output_dir(out, args.overwrite, inputs, REPORT_SIGNS)  # before the scoring, not after
-    studies, woman_ids = _read_exams(args.exams)
+    studies, woman_ids, sources = _read_exams(args.exams)
     if len(studies) > 1 and any(s.study_date is None for s in studies):
-        bad = [s.study_id for s in studies if s.study_date is None]
-        raise InputError(f"exam(s) without a date: {', '.join(bad)}; a trajectory needs dated exams")
+        # named by the folders given (the exams' own IDs stay out of messages without --keep-identifiers)
+        bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
+        raise InputError(f"{sum(s.study_date is None for s in studies)} exam(s) without a date, in "
+                         f"{', '.join(bad)}; a trajectory needs dated exams")
     studies.sort(key=lambda s: s.study_date or 0)
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
     anon = {i if i.startswith("anon-") else pseudonym(i) for i in raw_ids}
@@ -113,7 +115,8 @@ def _today():
 
 
 def _read_exams(paths):
-    """Studies of the given exam folders; exam-history folders expand to their exams."""
+    """Studies of the given exam folders (exam-history folders expand to their exams), the
+    women's IDs of the histories, and ``{id(study): the folder given}``."""
     from pathlib import Path
 
     from ..errors import InputError
@@ -121,7 +124,7 @@ def _read_exams(paths):
     from ..risk.preprocess import load_exam, select_views
     from ..studyfolder import read_history
 
-    studies, women, where = [], set(), {}
+    studies, women, where, sources = [], set(), {}, {}
     for p in paths:
         p = Path(p)
         found = collection(p)
@@ -151,10 +154,11 @@ def _read_exams(paths):
                 raise InputError(f"exam {st.study_id} of {st.study_date or 'no date'} is also given "
                                  f"as {where[key]}", p)
             where[key] = p
+            sources[id(st)] = p
         studies += exams
     if not studies:
         raise InputError("no exams given", paths[0] if paths else None)
-    return studies, women
+    return studies, women, sources
 
 
 def _pct(v) -> str:
