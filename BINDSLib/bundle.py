@@ -125,6 +125,20 @@ def list_bundles(kind: str | None = None) -> list[Path]:
     return list(found.values()) + [d for name, d in broken.items() if name not in found]
 
 
+def hidden_bundles() -> list[tuple[Path, Path]]:
+    """``(bundle, the one that hides it)``: bundle folders further down the search path whose
+    folder name an earlier one already has (``--model NAME`` and ``auto`` never see them; a
+    training run's bundle is always ``RUN_DIR/bundle``)."""
+    first = {d.name: d for d in list_bundles()}
+    hidden = []
+    for root in search_path():
+        if root.is_dir():
+            for d in sorted(root.iterdir()):
+                if (d / METADATA).is_file() and d.name in first and first[d.name] != d:
+                    hidden.append((d, first[d.name]))
+    return hidden
+
+
 def find_bundle(name_or_path: str | os.PathLike) -> Path:
     """Resolve a bundle path or a bundle name on the search path."""
     p = Path(name_or_path)

@@ -138,3 +138,19 @@ def test_verify_loads_each_bundle_as_its_command_does(tiny_bundle, monkeypatch, 
     assert rows["good"]["verified"] is True
     assert "uncertainty_band must be [low, high] with 0 <= low <= high <= 1" in rows["bad-band"]["error"]
     assert "binds.kind is None: neither a diagnosis nor a risk bundle" in rows["no-kind"]["error"]
+
+
+def test_a_bundle_hidden_by_another_of_its_folder_name_is_shown(tiny_bundle, monkeypatch, tmp_path, capsys):
+    """Two training runs' bundles (both RUN_DIR/bundle) on BINDS_MODEL_PATH: the second is
+    never used by name or by auto, and binds models says so."""
+    import shutil
+
+    from BINDSLib.cli import main
+
+    for run in ("run1", "run2"):
+        shutil.copytree(tiny_bundle, tmp_path / run / "bundle")
+    monkeypatch.setenv("BINDS_MODEL_PATH", os.pathsep.join(str(tmp_path / r) for r in ("run1", "run2")))
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"not used: {tmp_path / 'run2' / 'bundle'} (its folder name is taken by {tmp_path / 'run1' / 'bundle'}" in out

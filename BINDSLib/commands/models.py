@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle import list_bundles, load_bundle, read_metadata, search_path
+    from ..bundle import hidden_bundles, list_bundles, load_bundle, read_metadata, search_path
     from ..errors import EXIT_MODEL, BindsError, ModelError
     from ..model.selection import bundle_info
 
@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
         except BindsError as e:
             row = {"name": path.name, "folder": path.name, "path": str(path), "error": str(e)}
         rows.append(row)
+    hidden = [{"folder": d.name, "path": str(d), "hidden_by": str(by)} for d, by in hidden_bundles()]
     if args.json:
-        json.dump({"search_path": [str(p) for p in search_path()], "bundles": rows}, sys.stdout, indent=2)
+        json.dump({"search_path": [str(p) for p in search_path()], "bundles": rows, "hidden": hidden},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write("search path:\n" + "".join(f"  {p}\n" for p in search_path()))
@@ -62,4 +64,7 @@ def run(args: argparse.Namespace) -> int:
             name = r["folder"] + ("" if r["name"] == r["folder"] else f" ({r['name']})")
             sys.stdout.write(f"{name:<28} {r.get('kind') or '?':<10} {r.get('version') or '':<8} "
                              f"{status}{reads}\n")
+        for h in hidden:  # e.g. several training runs' RUN_DIR/bundle on BINDS_MODEL_PATH
+            sys.stdout.write(f"not used: {h['path']} (its folder name is taken by {h['hidden_by']}; "
+                             "rename the folder or give its path to --model)\n")
     return EXIT_MODEL if any("error" in r for r in rows) and args.verify else 0
