@@ -19,7 +19,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, BindsError
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, BindsError
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
@@ -88,13 +88,29 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_INPUT
         if e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None:
-            # outputs are checked for permission before the work: what is refused late is read
+            if _under_output(e.filename, args):  # e.g. a resumed run's folder of another user
+                print(f"binds {args.command}: error: {e.filename}: cannot be written (permission denied)",
+                      file=sys.stderr)
+                return EXIT_OUTPUT
             print(f"binds {args.command}: error: {e.filename}: permission denied (cannot read it)",
                   file=sys.stderr)
             return EXIT_INPUT
         return _internal_error(args, e)
     except Exception as e:
         return _internal_error(args, e)
+
+
+def _under_output(filename, args) -> bool:
+    """Whether ``filename`` is, or lies in, one of the command's outputs (``--out``, ``--bundle``)."""
+    import os
+
+    path = os.path.abspath(os.fsdecode(filename))
+    for out in (getattr(args, "out", None), getattr(args, "bundle", None)):
+        if out:
+            out = os.path.abspath(out)
+            if path == out or path.startswith(out.rstrip(os.sep) + os.sep):
+                return True
+    return False
 
 
 def _internal_error(args, e: Exception) -> int:

@@ -89,3 +89,12 @@ def test_a_file_that_cannot_be_read_is_named_not_an_internal_error(tmp_path, mon
     monkeypatch.setattr(loader, "load", denied)
     assert main(["inspect", str(tmp_path)]) == 3
     assert capsys.readouterr().err == "binds inspect: error: /data/other-user/study: permission denied (cannot read it)\n"
+    # refused inside the command's output (a resumed run's folder): an output error
+    import BINDSLib.commands.diagnose as diagnose_command
+
+    def denied_out(args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "parts" / "x.csv"))
+
+    monkeypatch.setattr(diagnose_command, "run", denied_out)
+    assert main(["diagnose", str(tmp_path), "--out", str(tmp_path / "out")]) == 5
+    assert "out/parts/x.csv: cannot be written (permission denied)" in capsys.readouterr().err

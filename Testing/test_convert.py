@@ -163,6 +163,10 @@ def test_several_studies_join_a_folder_of_study_folders_batch_by_batch(tmp_path,
     assert (out / "case-0002" / "study.json").read_text() == before
     two = {s.study_id: s for s in load(tmp_path / "two").studies}
     _same(two["case-0000"], read_study_folder(out / "case-0000"))
+    # several studies are never nested inside a single study's folder
+    assert main(["convert", str(tmp_path / "two"), "--out", str(out / "case-0002"), "--overwrite"]) == 5
+    assert (out / "case-0002" / "study.json").read_text() == before
+    assert not (out / "case-0002" / "case-0000").exists()
 
 
 def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypatch):

@@ -268,15 +268,22 @@ def test_a_resume_whose_manifest_changed_an_exam_is_refused(tmp_path, bundle, ca
         err = capsys.readouterr().err
         assert "1 exam(s) already scored in" in err
         assert "listed with another path, woman or date (manifest line(s) 4)" in err
+    assert main(run + ["--merge-only"]) == 3  # merging alone would merge them stale too
     assert main(run + ["--overwrite"]) == 0
     assert read_rows(out / "scores.csv")[2]["exam_date"] == "2019-01-01"
-    # part files of an earlier BINDS, without the source column: resumed as before
+    # part files of an earlier BINDS, without the source column: resumed, and from then on
+    # the exams scored carry it (the file's header gains the column once)
     part = out / "parts" / "scores-rank0.csv"
     rows = read_rows(part)
     columns = [c for c in rows[0] if c != "source"]
     part.write_text(",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows[:4]))
     assert main(run) == 0
     assert len(read_rows(out / "scores.csv")) == 6
+    after = read_rows(part)
+    assert [bool(r["source"]) for r in after] == [False] * 4 + [True] * 2
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:6] + [lines[6].replace(",W1,", ",W8,")]) + "\n")  # EX0005, re-scored
+    assert main(run) == 3
 
 
 def test_parquet_without_pyarrow_is_refused_before_scoring(tmp_path, bundle, monkeypatch, capsys):

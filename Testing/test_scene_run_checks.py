@@ -27,12 +27,11 @@ def _run(scene, work, python, **kw):
     return runs.DiagnosisRun(scene, sc.assignedVolumes(scene), str(work), python=python, summary=False, **kw)
 
 
-def _case(scene, study_id, seed, labels=("MG_R_CC",), patient="woman-1"):
+def _case(scene, study_id, seed, labels=("MG_R_CC",), patient="woman-1", date=dt.date(2023, 4, 19)):
     rng = np.random.default_rng(seed)
     images = [Image(rng.integers(0, 1000, size=(1, 20, 16)).astype(np.uint16), GEOMS["MG_R_CC"], Role.parse(label))
               for label in labels]
-    return sc.addStudyToScene(scene, Study(study_id, images=images, study_date=dt.date(2023, 4, 19),
-                                           patient_id=patient))
+    return sc.addStudyToScene(scene, Study(study_id, images=images, study_date=date, patient_id=patient))
 
 
 def test_volumes_of_two_patients_are_refused_before_anything_is_written(tmp_path, fake_python):
@@ -44,11 +43,28 @@ def test_volumes_of_two_patients_are_refused_before_anything_is_written(tmp_path
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
+def test_unknown_patients_and_a_prior_exam_are_refused(tmp_path, fake_python):
+    """Two studies whose patient is unknown may be two women; a prior exam is another visit."""
+    scene = slicer.vtkMRMLScene()
+    _case(scene, "case-a", 0, patient=None)
+    _case(scene, "case-b", 1, labels=("US_R",), patient=None)
+    with pytest.raises(ValueError, match=r"belong to 2 patients \('BINDS patient': MG_R_CC; 'BINDS patient': US_R\)"):
+        _run(scene, tmp_path / "work", fake_python).start()
+    scene = slicer.vtkMRMLScene()
+    _case(scene, "prior", 0, labels=("MG_R_CC",), date=dt.date(2021, 4, 1))
+    _case(scene, "current", 1, labels=("MG_L_CC",))
+    with pytest.raises(ValueError, match=r"come from studies 748 days apart \('Study prior \(2021-04-01\)', e.g. "
+                                         r"'MG_R_CC', and 'Study current \(2023-04-19\)', e.g. 'MG_L_CC'\)"):
+        _run(scene, tmp_path / "work", fake_python).start()
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
 def test_one_patients_studies_are_diagnosed_together(tmp_path, fake_python):
-    """A woman's mammography and ultrasound are usually two DICOM studies: they are combined."""
+    """A woman's mammography and ultrasound are usually two DICOM studies, days apart: they are
+    combined, under her patient ID."""
     scene = slicer.vtkMRMLScene()
     _case(scene, "mammography", 0)
-    _case(scene, "ultrasound", 1, labels=("US_R",))
+    _case(scene, "ultrasound", 1, labels=("US_R",), date=dt.date(2023, 5, 2))
     run = _run(scene, tmp_path / "work", fake_python).start().wait(timeout=60)
     assert run.error is None, run.errorDetails
     assert set(run.results.segmentations) == {"MG_R_CC", "US_R"}
@@ -118,11 +134,13 @@ def test_a_stage_1_run_after_a_stage_2_one_leaves_no_stale_mr_output_and_export_
     assert sorted(p.name for p in export.iterdir()) == sorted(written + [res.EXPORT_MANIFEST, "my notes.txt"])
     report = json.loads((export / "report.json").read_text())
     assert report["stage"] == 1 and [e["label"] for e in report["images"]] == ["MG_R_CC"]
-    # a folder exported to by an earlier BINDS (no manifest) is cleared of its export files too
+    # without a manifest (an earlier BINDS's export, a binds diagnose output, the user's own
+    # segmentations) nothing but the files of this export is touched
     (export / res.EXPORT_MANIFEST).unlink()
-    (export / "MR_DCE1.seg.nrrd").write_text("old export")
+    (export / "expert reader.seg.nrrd").write_text("the user's")
     res.exportResults(scene, str(export))
-    assert not (export / "MR_DCE1.seg.nrrd").exists() and (export / "my notes.txt").read_text() == "kept"
+    assert (export / "expert reader.seg.nrrd").read_text() == "the user's"
+    assert (export / "my notes.txt").read_text() == "kept"
 
 
 def test_an_input_removed_during_the_run_fails_cleanly_and_keeps_the_earlier_results(

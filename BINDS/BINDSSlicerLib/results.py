@@ -562,29 +562,16 @@ EXPORT_MANIFEST = "binds-export.json"
 
 
 def _removePreviousExport(folder):
-    """Remove what an earlier export wrote to ``folder`` (listed in its manifest; for an export
-    without one, the file names exports use beside a BINDS ``report.json``), so that a folder
-    exported to again holds one run, not a stage-2 run's MR files beside a stage-1 report. Other
-    files are left alone."""
-    import glob
-
-    names = []
+    """Remove what an earlier export wrote to ``folder``, as its manifest lists it, so that a
+    folder exported to again holds one run, not a stage-2 run's MR files beside a stage-1 report.
+    Nothing else is removed: a folder without a manifest (an export of an earlier BINDS, a
+    ``binds diagnose`` output, the user's own files) is written into as it is."""
     manifest = os.path.join(folder, EXPORT_MANIFEST)
-    if os.path.isfile(manifest):
-        try:
-            with open(manifest, encoding="utf-8") as f:
-                names = [n for n in json.load(f).get("files", []) if isinstance(n, str)]
-        except (OSError, ValueError, AttributeError):
-            names = []
-    else:
-        try:
-            with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
-                isReport = json.load(f).get("schema") == "binds.report"
-        except (OSError, ValueError, AttributeError):
-            isReport = False
-        if isReport:
-            names = ["report.json", "report.csv"] + [os.path.basename(p) for pattern in ("*.seg.nrrd", "*_saliency.nrrd")
-                                                     for p in glob.glob(os.path.join(glob.escape(folder), pattern))]
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            names = [n for n in json.load(f).get("files", []) if isinstance(n, str)]
+    except (OSError, ValueError, AttributeError):
+        return
     for name in names:
         path = os.path.join(folder, name)
         if os.path.basename(name) == name and os.path.isfile(path):  # a bare file name, nothing else

@@ -26,7 +26,8 @@ Node attributes written here (saved with the scene)
 ``BINDS.AcquisitionDate``  ``YYYY-MM-DD`` of an input volume, when known.
 
 Study items of the subject hierarchy that BINDS creates carry ``BINDS.StudyID`` and
-``BINDS.StudyDate`` (the study's own ID and date, written again into the next run's study folder).
+``BINDS.StudyDate`` (the study's own ID and date, written again into the next run's study folder),
+patient items ``BINDS.PatientID`` when the patient is known.
 """
 
 import os
@@ -38,6 +39,7 @@ ROLE_ATTRIBUTE = "BINDS.Role"
 SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
 ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
 STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
+PATIENT_ID_ATTRIBUTE = "BINDS.PatientID"  # on a patient item
 STUDY_DATE_ATTRIBUTE = "BINDS.StudyDate"
 
 #: diag(-1, -1, 1): LPS <-> RAS (its own inverse).
@@ -209,33 +211,62 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     )
 
 
+#: the longest span between the studies of one run: a work-up's mammography, ultrasound and MRI
+#: lie days or weeks apart; a prior exam lies a year or more before the current one
+MAX_STUDY_SPAN_DAYS = 90
+
+
+def _patientKey(sh, patientItem):
+    """Who a subject hierarchy patient item is: its DICOM patient ID, the patient ID BINDS gave
+    it (:func:`addStudyToScene`), else the item itself (two items of unknown patients are two)."""
+    return (sh.GetItemUID(patientItem, "DICOM") or sh.GetItemAttribute(patientItem, "DICOM.PatientID")
+            or sh.GetItemAttribute(patientItem, PATIENT_ID_ATTRIBUTE) or f"item {patientItem}")
+
+
 def checkOneStudy(scene, nodesWithRoles):
     """Refuse (``ValueError``, naming the volumes) inputs that cannot make one study: volumes of
-    two patients in the subject hierarchy (two women loaded into one scene), or two mammograms
-    of one view (BINDS reads one image per view). Studies of one patient may be combined: a
-    woman's mammography, ultrasound and MRI are usually separate DICOM studies."""
+    two patients in the subject hierarchy (two women loaded into one scene, or patients whose ID
+    is unknown), studies more than :data:`MAX_STUDY_SPAN_DAYS` apart (a prior exam beside the
+    current one), or two mammograms of one view (BINDS reads one image per view). Studies of
+    one patient's work-up may be combined: her mammography, ultrasound and MRI are usually
+    separate DICOM studies."""
+    import datetime
+
     sh = subjectHierarchy(scene)
     patientLevel = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient()
-    byPatient = {}
+    byPatient, names, dates = {}, {}, {}
     for node, _ in nodesWithRoles:
         item = sh.GetItemByDataNode(node)
         patient = sh.GetItemAncestorAtLevel(item, patientLevel) if item else 0
         if patient:
-            key = sh.GetItemAttribute(patient, "DICOM.PatientID") or sh.GetItemName(patient)
+            key = _patientKey(sh, patient)
             byPatient.setdefault(key, []).append(node.GetName())
+            names[key] = sh.GetItemName(patient)
+        study = studyItemOf(scene, node)
+        date = _isoDate(sh.GetItemAttribute(study, "DICOM.StudyDate")
+                        or sh.GetItemAttribute(study, STUDY_DATE_ATTRIBUTE)) if study else None
+        if date:
+            dates.setdefault(date, (sh.GetItemName(study), node.GetName()))
     if len(byPatient) > 1:
-        listed = "; ".join(f"'{key}': {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-                           for key, names in byPatient.items())
+        listed = "; ".join(f"'{names[key]}': {', '.join(volumes[:3])}{', ...' if len(volumes) > 3 else ''}"
+                           for key, volumes in byPatient.items())
         raise ValueError(f"the volumes with a role belong to {len(byPatient)} patients ({listed}); BINDS "
                          "diagnoses one patient's study at a time: clear the roles of the other patients' volumes")
+    if dates:
+        first, last = min(dates), max(dates)
+        span = (datetime.date.fromisoformat(last) - datetime.date.fromisoformat(first)).days
+        if span > MAX_STUDY_SPAN_DAYS:
+            raise ValueError(f"the volumes with a role come from studies {span} days apart ('{dates[first][0]}', "
+                             f"e.g. '{dates[first][1]}', and '{dates[last][0]}', e.g. '{dates[last][1]}'): BINDS "
+                             "diagnoses one visit; clear the roles of the earlier exam's volumes")
     views = {}
     for node, role in nodesWithRoles:
         key = role.strip().upper()
         if key == "MG" or key.startswith("MG_"):
             views.setdefault(key, []).append(node.GetName())
-    for key, names in views.items():
-        if len(names) > 1:
-            raise ValueError(f"{len(names)} volumes have the role {key} ({', '.join(repr(n) for n in names)}): "
+    for key, volumes in views.items():
+        if len(volumes) > 1:
+            raise ValueError(f"{len(volumes)} volumes have the role {key} ({', '.join(repr(n) for n in volumes)}): "
                              "BINDS reads one mammogram per view; clear the role of the others")
 
 
@@ -277,6 +308,8 @@ def addStudyToScene(scene, study, patientName=None):
     patientItem = createSubjectItem(scene, patientName or study.patient_id or "BINDS patient")
     studyItem = createStudyItem(scene, patientItem, studyItemName(study))
     sh = subjectHierarchy(scene)  # the study's own ID and date, which a new run writes again
+    if study.patient_id:  # who she is (two studies of hers are one patient's)
+        sh.SetItemAttribute(patientItem, PATIENT_ID_ATTRIBUTE, study.patient_id)
     sh.SetItemAttribute(studyItem, STUDY_ID_ATTRIBUTE, study.study_id)
     if study.study_date is not None:
         sh.SetItemAttribute(studyItem, STUDY_DATE_ATTRIBUTE, study.study_date.isoformat())
@@ -397,7 +430,8 @@ def studyInfo(scene, volumeNode):
         info["study_date"] = _isoDate(date)
         patientItem = sh.GetItemParent(studyItem)
         if patientItem and patientItem != sh.GetSceneItemID():
-            info["patient_id"] = sh.GetItemAttribute(patientItem, "DICOM.PatientID") or None
+            info["patient_id"] = (sh.GetItemAttribute(patientItem, "DICOM.PatientID")
+                                  or sh.GetItemAttribute(patientItem, PATIENT_ID_ATTRIBUTE) or None)
     return info
 
 

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import EXIT_PARTIAL, UsageError
     from ..fsutil import json_dumps
-    from ..risk.cohort import dist_env, merge_results, prepare_output, read_manifest, run_settings, score_cohort
+    from ..risk.cohort import (check_resumed_sources, dist_env, merge_results, prepare_output, read_manifest,
+                               run_settings, score_cohort, scored_ids)
     from ..risk.inference import RiskModel
 
     log = logging.getLogger("binds.cohort")
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         if rank != 0:
             prepare_output(out, settings, overwrite=False)
         summary = None
-        if not args.merge_only:
+        if args.merge_only:  # as a scoring run checks it: stale scores are not merged
+            check_resumed_sources(rows, scored_ids(out), out, args.keep_identifiers)
+        else:
             summary = score_cohort(rows, out, model, rank=rank, world_size=world,
                                    batch_size=args.batch_size, num_workers=workers,
                                    keep_identifiers=args.keep_identifiers,

@@ -33,7 +33,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import InputError, UsageError
+    from ..errors import InputError, OutputError, UsageError
     from ..fsutil import STUDY_SIGNS, check_output_dir
     from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"studies {', '.join(twice)} would share an output folder (the same study ID); "
                          "convert them separately")
     inputs = [*args.paths, *(f for f, _ in parse_role_assignments(args.role or []))]
+    if len(studies) > 1 and (out / "study.json").is_file():  # they would be nested inside that study
+        raise OutputError(f"is a study folder; {len(studies)} studies need a folder of study folders: "
+                          "choose another --out", out)
     for t in targets:  # all checked before any is written
         check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
     for st in studies:

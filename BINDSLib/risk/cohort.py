@@ -245,7 +245,8 @@ def _read_part(path: Path) -> list[dict]:
 
 class AppendOnlyCSV:
     """A CSV file that only grows; each :meth:`append` is written, flushed and fsync'ed. A file
-    begun with other columns (an earlier BINDS) keeps its header, and rows are written to it."""
+    begun without some of the columns (by an earlier BINDS) is rewritten once, atomically, with
+    them (empty in its rows)."""
 
     def __init__(self, path: Path, columns: Sequence[str]):
         self.path = path
@@ -254,8 +255,12 @@ class AppendOnlyCSV:
         new = not path.is_file() or path.stat().st_size == 0
         if not new:
             with open(path, encoding="utf-8", newline="") as f:
-                header = next(csv.reader(f), None)
-            if header:
+                header = next(csv.reader(f), None) or []
+            if set(self.columns) - set(header):
+                columns = header + [c for c in self.columns if c not in header]
+                atomic_write_text(path, _csv_text(_read_part(path), columns))
+                self.columns = columns
+            else:
                 self.columns = header
         self._f = open(path, "a", encoding="utf-8", newline="")
         if new:
