@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INPUT
         if e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None:
             if _under_output(e.filename, args):  # e.g. a resumed run's folder of another user
-                print(f"binds {args.command}: error: {e.filename}: cannot be written (permission denied)",
-                      file=sys.stderr)
+                print(f"binds {args.command}: error: {e.filename}: permission denied in the command's "
+                      "output (who owns it?)", file=sys.stderr)
                 return EXIT_OUTPUT
             print(f"binds {args.command}: error: {e.filename}: permission denied (cannot read it)",
                   file=sys.stderr)
@@ -101,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _under_output(filename, args) -> bool:
-    """Whether ``filename`` is, or lies in, one of the command's outputs (``--out``, ``--bundle``)."""
+    """Whether ``filename`` is, or lies in, one of the command's outputs (``--out``, ``--bundle``;
+    a command that chooses its output itself, as ``train`` its run folder, sets ``args.out``)."""
     import os
 
+    if not isinstance(filename, (str, bytes, os.PathLike)):  # e.g. a file descriptor
+        return False
     path = os.path.abspath(os.fsdecode(filename))
     for out in (getattr(args, "out", None), getattr(args, "bundle", None)):
         if out:

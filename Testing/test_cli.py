@@ -97,4 +97,15 @@ def test_a_file_that_cannot_be_read_is_named_not_an_internal_error(tmp_path, mon
 
     monkeypatch.setattr(diagnose_command, "run", denied_out)
     assert main(["diagnose", str(tmp_path), "--out", str(tmp_path / "out")]) == 5
-    assert "out/parts/x.csv: cannot be written (permission denied)" in capsys.readouterr().err
+    assert "out/parts/x.csv: permission denied in the command's output" in capsys.readouterr().err
+    # binds train chooses its run folder itself when --out is not given
+    import BINDSLib.model.train as train_module
+
+    def denied_run(settings, run_dir, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run_dir / "train.log"))
+
+    monkeypatch.setattr(train_module, "train", denied_run)
+    monkeypatch.setattr(train_module, "load_settings", lambda path: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cfg.json", "--resume"]) == 5
+    assert "out/train/cfg/train.log: permission denied in the command's output" in capsys.readouterr().err

@@ -43,20 +43,28 @@ def test_volumes_of_two_patients_are_refused_before_anything_is_written(tmp_path
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
-def test_unknown_patients_and_a_prior_exam_are_refused(tmp_path, fake_python):
-    """Two studies whose patient is unknown may be two women; a prior exam is another visit."""
+def test_a_prior_exam_is_refused_and_volumes_of_unknown_patients_are_combined(tmp_path, fake_python):
+    """A prior exam is another visit. Volumes loaded from plain files have no patient: run one
+    by one, then together, they are combined (each run put them under a "BINDS patient")."""
     scene = slicer.vtkMRMLScene()
-    _case(scene, "case-a", 0, patient=None)
-    _case(scene, "case-b", 1, labels=("US_R",), patient=None)
-    with pytest.raises(ValueError, match=r"belong to 2 patients \('BINDS patient': MG_R_CC; 'BINDS patient': US_R\)"):
-        _run(scene, tmp_path / "work", fake_python).start()
+    rng = np.random.default_rng(0)
+    loose = {}
+    for label in ("MG_R_CC", "US_R"):
+        loose[label] = sc.addVolumeFromVoxels(scene, rng.integers(0, 1000, size=(1, 20, 16)).astype(np.uint16),
+                                              GEOMS["MG_R_CC"], f"{label} file")
+        sc.setVolumeRole(loose[label], label)
+    for nodes in ([loose["MG_R_CC"]], [loose["US_R"]], list(loose.values())):
+        run = runs.DiagnosisRun(scene, [(n, sc.volumeRole(n)) for n in nodes], str(tmp_path / "work"),
+                                python=fake_python, summary=False).start().wait(timeout=60)
+        assert run.error is None, run.errorDetails
+    assert set(run.results.segmentations) == {"MG_R_CC", "US_R"}
     scene = slicer.vtkMRMLScene()
     _case(scene, "prior", 0, labels=("MG_R_CC",), date=dt.date(2021, 4, 1))
     _case(scene, "current", 1, labels=("MG_L_CC",))
     with pytest.raises(ValueError, match=r"come from studies 748 days apart \('Study prior \(2021-04-01\)', e.g. "
                                          r"'MG_R_CC', and 'Study current \(2023-04-19\)', e.g. 'MG_L_CC'\)"):
-        _run(scene, tmp_path / "work", fake_python).start()
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+        _run(scene, tmp_path / "work2", fake_python).start()
+    assert not (tmp_path / "work2").exists() or not any((tmp_path / "work2").iterdir())
 
 
 def test_one_patients_studies_are_diagnosed_together(tmp_path, fake_python):

@@ -218,18 +218,19 @@ MAX_STUDY_SPAN_DAYS = 90
 
 def _patientKey(sh, patientItem):
     """Who a subject hierarchy patient item is: its DICOM patient ID, the patient ID BINDS gave
-    it (:func:`addStudyToScene`), else the item itself (two items of unknown patients are two)."""
+    it (:func:`addStudyToScene`), or "" when unknown (volumes loaded from plain files, and the
+    "BINDS patient" item a run puts them under)."""
     return (sh.GetItemUID(patientItem, "DICOM") or sh.GetItemAttribute(patientItem, "DICOM.PatientID")
-            or sh.GetItemAttribute(patientItem, PATIENT_ID_ATTRIBUTE) or f"item {patientItem}")
+            or sh.GetItemAttribute(patientItem, PATIENT_ID_ATTRIBUTE) or "")
 
 
 def checkOneStudy(scene, nodesWithRoles):
     """Refuse (``ValueError``, naming the volumes) inputs that cannot make one study: volumes of
-    two patients in the subject hierarchy (two women loaded into one scene, or patients whose ID
-    is unknown), studies more than :data:`MAX_STUDY_SPAN_DAYS` apart (a prior exam beside the
-    current one), or two mammograms of one view (BINDS reads one image per view). Studies of
-    one patient's work-up may be combined: her mammography, ultrasound and MRI are usually
-    separate DICOM studies."""
+    two known patients in the subject hierarchy (two women loaded into one scene), studies more
+    than :data:`MAX_STUDY_SPAN_DAYS` apart (a prior exam beside the current one), or two
+    mammograms of one view (BINDS reads one image per view). Studies of one patient's work-up
+    may be combined: her mammography, ultrasound and MRI are usually separate DICOM studies;
+    volumes of an unknown patient (plain files) join them."""
     import datetime
 
     sh = subjectHierarchy(scene)
@@ -238,8 +239,8 @@ def checkOneStudy(scene, nodesWithRoles):
     for node, _ in nodesWithRoles:
         item = sh.GetItemByDataNode(node)
         patient = sh.GetItemAncestorAtLevel(item, patientLevel) if item else 0
-        if patient:
-            key = _patientKey(sh, patient)
+        key = _patientKey(sh, patient) if patient else ""
+        if key:  # an unknown patient may be anyone's: her volumes are not told apart
             byPatient.setdefault(key, []).append(node.GetName())
             names[key] = sh.GetItemName(patient)
         study = studyItemOf(scene, node)

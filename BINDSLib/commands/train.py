@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     run_dir = Path(args.out) if args.out else Path("out") / "train" / Path(args.config).stem
+    args.out = str(run_dir)  # where the outputs are, for the command's error messages (cli)
     device = None if args.device == "auto" else args.device
     argv = sys.argv[1:]
     reproduce = ("binds " + " ".join(shlex.quote(a) for a in argv[argv.index("train"):])

@@ -151,9 +151,10 @@ def collection(path: str | os.PathLike) -> Collection | None:
             rest.append(e)
     if not (found.studies or found.histories):
         return None  # (a plain DICOM folder: its files are not opened here)
+    name = Path(os.path.abspath(p)).name  # (of "." too)
     for e in rest:
         if e.is_dir() or is_dicom_file(e) or suffix_of(e) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
-            found.skipped.append(Skipped(str(e), f"not read: {p.name} is read as a folder of study folders "
+            found.skipped.append(Skipped(str(e), f"not read: {name} is read as a folder of study folders "
                                                  f"and exam histories; give this {'folder' if e.is_dir() else 'file'}"
                                                  " on its own"))
     return found
