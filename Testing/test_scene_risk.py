@@ -216,3 +216,16 @@ def test_the_default_name_carries_the_woman_so_two_women_are_told_apart(scene, t
     results = rr.loadRiskResults(scene, tmp_path / "out")
     assert results.chart.GetName() == "BINDS risk anon-woman trajectory chart"
     assert results.examTable.GetName() == "BINDS risk anon-woman exams"
+
+
+@pytest.mark.parametrize("edit", [lambda r: r["exams"][1].update(exam_date="2020-07-01T10:00:00"),
+                                  lambda r: r["thresholds"].update(supplemental_mri_5y=None),
+                                  lambda r: r.update(horizon_years="five")])
+def test_a_hand_edited_report_that_cannot_be_read_adds_no_node(scene, tmp_path, edit):
+    report = write_risk_outputs(tmp_path / "out")
+    edit(report)
+    (tmp_path / "out" / "report.json").write_text(json.dumps(report))
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="a value of the risk report cannot be read"):
+        rr.loadRiskResults(scene, tmp_path / "out")
+    assert scene.GetNumberOfNodes() == before
