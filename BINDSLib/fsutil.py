@@ -122,6 +122,12 @@ class Inputs:
                 self.held.setdefault(folder, p)
 
 
+def visible_entries(folder: str | os.PathLike) -> list[Path]:
+    """The entries of ``folder`` by name, without hidden ones (``.name``: among them the
+    ``.NAME.XXXX.part`` folders a killed BINDS run leaves)."""
+    return [e for e in sorted(Path(folder).iterdir()) if not e.name.startswith(".")]
+
+
 def check_not_input(path: str | os.PathLike, inputs) -> None:
     """Refuse an output ``path`` that is one of the command's ``inputs`` (an :class:`Inputs`, or
     paths; None entries are skipped) or a folder holding one: writing it would replace (with

@@ -342,17 +342,23 @@ class DiagnosisResults:
         return [e["label"] for e in entries if e["label"] in self.segmentations]
 
 
-def readReport(outputFolder):
+def readReportFile(outputFolder, schema="binds.report", what="report"):
+    """``outputFolder/report.json`` as a dict of the given ``schema``; ``ValueError`` naming the
+    file when it cannot be read or is another kind of file (diagnosis and risk reports)."""
     path = os.path.join(outputFolder, "report.json")
     try:
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the report ({e})") from None
-    if not isinstance(report, dict) or report.get("schema") != "binds.report":
-        report = report if isinstance(report, dict) else {}
-        raise ValueError(f"{path}: not a BINDS report (schema {report.get('schema')!r})")
+        raise ValueError(f"{path}: cannot read the {what} ({e})") from None
+    found = report.get("schema") if isinstance(report, dict) else None
+    if found != schema:
+        raise ValueError(f"{path}: not a BINDS {what} (schema {found!r})")
     return report
+
+
+def readReport(outputFolder):
+    return readReportFile(outputFolder)
 
 
 def reportRows(report):

@@ -29,15 +29,10 @@ BREAST_COLORS = {"L": (0.42, 0.66, 0.31), "R": (0.9, 0.57, 0.22)}
 
 
 def readRiskReport(outputFolder):
+    from .results import readReportFile
+
+    report = readReportFile(outputFolder, "binds.risk_report", "risk report")
     path = os.path.join(outputFolder, "report.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the risk report ({e})") from None
-    if not isinstance(report, dict) or report.get("schema") != "binds.risk_report":
-        schema = report.get("schema") if isinstance(report, dict) else None
-        raise ValueError(f"{path}: not a BINDS risk report (schema {schema!r})")
     try:  # what the tables and the chart read, checked before any node is added
         for exam in report.get("exams") or []:
             if exam.get("exam_date"):

@@ -36,6 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..fsutil import visible_entries
 from ..study import Diagnosis, Finding, Role, Study
 from .files import read_image_file, read_mask_file
 
@@ -127,7 +128,7 @@ def detect_layout(path: str | os.PathLike) -> str | None:
         return "busi"
     if images.is_file() and (p / "findings.csv").is_file():
         return "mini-mias"
-    if any((d / "study.json").is_file() for d in _visible(p) if d.is_dir()):
+    if any((d / "study.json").is_file() for d in visible_entries(p) if d.is_dir()):
         return "study-folders"
     if images.is_file() and {"image_id", "patient"} <= (_csv_columns(images) or set()):
         return "mini-mias"
@@ -160,7 +161,8 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
     if reference_masks and lost:  # a normal case's mask is empty anyway
         log.warning("%s: the mask file of %d normal case(s) is missing (taken as empty): %s", manifest,
                     len(lost), _some([r["case_id"] for r in lost]))
-    _check_files(manifest, root, [r for r in rows if r not in lost] if reference_masks else rows,
+    unread = {r["case_id"] for r in lost} if reference_masks else set()
+    _check_files(manifest, root, [r for r in rows if r["case_id"] not in unread],
                  ("image", "mask") if reference_masks else ("image",))
     unmasked = [r["case_id"] for r in rows if not r["mask"] and r["label"].lower() in ("benign", "malignant")]
     if reference_masks and unmasked:
@@ -331,12 +333,6 @@ def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: li
             log.warning("%s: " + what + ": %s", findings_csv, len(ids), _some(ids))
 
 
-def _visible(folder: Path) -> list[Path]:
-    """The entries of ``folder`` by name, without hidden ones (``.name``: among them the
-    ``.NAME.XXXX.part`` folders a killed BINDS run leaves)."""
-    return [e for e in sorted(folder.iterdir()) if not e.name.startswith(".")]
-
-
 def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) -> Iterator[Study]:
     """Every ``*/study.json`` folder directly under ``root`` (sorted by name). Two folders with
     one study ID are refused before any is read (a study would count twice)."""
@@ -344,7 +340,7 @@ def iter_study_folders(root: str | os.PathLike, reference_masks: bool = True) ->
 
     from ..studyfolder import read_study_folder
 
-    folders = [d for d in _visible(Path(root)) if d.is_dir() and (d / "study.json").is_file()]
+    folders = [d for d in visible_entries(root) if d.is_dir() and (d / "study.json").is_file()]
     first: dict[str, Path] = {}
     for d in folders:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import InputError, UsageError
+from ..fsutil import visible_entries
 from ..study import Role, Study
 from .dicom_common import Skipped
 from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, role_from_name, suffix_of
@@ -93,11 +94,12 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
     except InputError as e:
         nothing = e
     # a folder of image files, no DICOM: one study, as when the files are given together
-    pictures = [f for f in _entries(p) if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
+    entries = visible_entries(p)
+    pictures = [f for f in entries if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
     named = [(f, (roles or {}).get(f.name) or role_from_name(f)) for f in pictures]
-    folders = [d for d in _entries(p) if d.is_dir()]
+    folders = [d for d in entries if d.is_dir()]
     if not any(role for _, role in named):
-        below = [d.name for d in folders if any(role_from_name(f) for f in _entries(d) if f.is_file())]
+        below = [d.name for d in folders if any(role_from_name(f) for f in visible_entries(d) if f.is_file())]
         if below:  # e.g. one folder per patient
             raise InputError(f"no DICOM images; image files named after roles are in its subfolder(s) "
                              f"{', '.join(below[:5])}{' ...' if len(below) > 5 else ''}: give each such folder "
@@ -124,10 +126,6 @@ class Collection:
     skipped: list[Skipped]
 
 
-def _entries(p: Path) -> list[Path]:
-    return [e for e in sorted(p.iterdir()) if not e.name.startswith(".")]
-
-
 def collection(path: str | os.PathLike) -> Collection | None:
     """The study and exam-history folders directly in ``path``, and the images beside them that
     are not read (DICOM or image files, other folders), or None when it holds neither kind or
@@ -142,7 +140,7 @@ def collection(path: str | os.PathLike) -> Collection | None:
         return None
     found = Collection([], [], [])
     rest = []
-    for e in _entries(p):
+    for e in visible_entries(p):
         if e.is_dir() and is_study_folder(e):
             found.studies.append(e)
         elif e.is_dir() and (e / "history.json").is_file():
