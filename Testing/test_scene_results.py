@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")  # comes with slicer-core
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "BINDS"))
 
@@ -281,6 +282,22 @@ def test_a_new_run_never_overwrites_an_edited_segmentation(scene, images, loaded
     assert second.segmentations["MR_DCE1"].GetAttribute(res.LESION_SOURCE_ATTRIBUTE) == "user"
     np.testing.assert_array_equal(res.lesionMasksForReassessment(scene, images)["MR_DCE1"], edited)
     assert "edited lesions" in sc.subjectHierarchy(scene).GetItemName(second.folderItem)
+
+
+def test_a_new_run_replaces_the_earlier_results_folder(scene, images, loaded, tmp_path):
+    first, _ = loaded
+    write_outputs(tmp_path / "out2")
+    second = res.loadDiagnosisResults(scene, tmp_path / "out2", images)
+    sh = sc.subjectHierarchy(scene)
+    # nothing of the first run was edited: its folder goes with its nodes (headless, the items
+    # of removed nodes stay behind, so the folder never looked empty) and the index moves on
+    ids = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
+    folders = [ids.GetId(i) for i in range(ids.GetNumberOfIds())
+               if sh.GetItemAttribute(ids.GetId(i), res.FOLDER_ATTRIBUTE)]
+    assert folders == [second.folderItem]
+    assert second.runIndex == 2 and sh.GetItemName(second.folderItem) == "BINDS results 2"
+    assert scene.GetNodesByName("BINDS report 1").GetNumberOfItems() == 0
 
 
 def test_export_writes_files_binds_reads_back(scene, images, loaded, tmp_path):

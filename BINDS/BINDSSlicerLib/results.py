@@ -244,9 +244,19 @@ def outputNodes(scene, kind=None, image=None):
     return sorted(found, key=lambda n: int(n.GetAttribute(RUN_ATTRIBUTE) or 0))
 
 
+#: subject hierarchy node attribute: the index of the newest run loaded into the scene
+LAST_RUN_ATTRIBUTE = "BINDS.LastRunIndex"
+
+
 def nextRunIndex(scene):
+    """One more than any run loaded into this scene, including runs whose outputs were since
+    replaced: "BINDS results 2" after "BINDS results 1", never a second "BINDS results 1"."""
     runs = [int(n.GetAttribute(RUN_ATTRIBUTE) or 0) for n in outputNodes(scene)]
-    return max(runs, default=0) + 1
+    try:
+        last = int(sc.subjectHierarchy(scene).GetAttribute(LAST_RUN_ATTRIBUTE) or 0)
+    except ValueError:
+        last = 0
+    return max(runs + [last]) + 1
 
 
 def lesionMasksForReassessment(scene, imageNodesByLabel):
@@ -312,11 +322,27 @@ def removeOutdatedOutputs(scene, images):
                 folders.add(sh.GetItemParent(item))
             scene.RemoveNode(table)
     for folder in folders:
-        children = vtk.vtkIdList()
-        sh.GetItemChildren(folder, children)
-        if sh.GetItemAttribute(folder, FOLDER_ATTRIBUTE) and children.GetNumberOfIds() == 0:
+        if sh.GetItemAttribute(folder, FOLDER_ATTRIBUTE) and not _liveChildren(scene, folder):
             sh.RemoveItem(folder)
     return kept
+
+
+def _liveChildren(scene, item):
+    """The children of a subject hierarchy item, less those whose data node has left the scene.
+
+    Inside Slicer a removed node's item goes with it; headless (slicer-core) nothing removes
+    it, so a results folder would never look empty. A child without a data node (a folder the
+    user made) counts as live.
+    """
+    sh = sc.subjectHierarchy(scene)
+    children = vtk.vtkIdList()
+    sh.GetItemChildren(item, children)
+    live = []
+    for i in range(children.GetNumberOfIds()):
+        node = sh.GetItemDataNode(children.GetId(i))
+        if node is None or node.GetScene() is scene:
+            live.append(children.GetId(i))
+    return live
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +447,7 @@ def loadDiagnosisResults(scene, outputFolder, imageNodesByLabel, studyItem=None)
     # stage-2 one leaves no MR output of the earlier run beside a report that does not list it
     kept = removeOutdatedOutputs(scene, list(imageNodesByLabel.values()))
     runIndex = nextRunIndex(scene)
+    sc.subjectHierarchy(scene).SetAttribute(LAST_RUN_ATTRIBUTE, str(runIndex))
     if not studyItem:
         studyItem = sc.ensureStudyItem(scene, list(imageNodesByLabel.values()))
     folderName = f"BINDS results {runIndex}" + (" (edited lesions)" if report.get("user_lesion_masks") else "")
