@@ -215,3 +215,18 @@ def test_role_named_folders_name_what_they_leave_and_where_the_images_are(tmp_pa
         capsys.readouterr().err
     assert main(["inspect", str(patients / "p1"), str(patients / "p2")]) == 0
     assert capsys.readouterr().out.startswith("2 studies, 2 image(s), 0 skipped")
+
+
+def test_image_files_beside_dicom_ones_are_skipped_with_the_reason(tmp_path):
+    import SimpleITK as sitk
+
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--seed", "4", "--dicom"]) == 0
+    dicom = tmp_path / "ph" / "case-0000-dicom"
+    n_images = len(load(dicom).studies[0].images)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.uint8)), str(dicom / "US_L.png"))
+    (dicom / "readme.txt").write_text("notes")
+    res = load(dicom)
+    assert len(res.studies[0].images) == n_images  # the DICOM study, as before
+    reasons = {s.path: s.reason for s in res.skipped}
+    assert "image files beside DICOM images are not read" in reasons[str(dicom / "US_L.png")]
+    assert reasons[str(dicom / "readme.txt")] == "not DICOM"

@@ -53,6 +53,22 @@ def test_png_needs_a_role(tmp_path):
     assert "scan.png" in str(e.value)
 
 
+def test_role_names_with_an_image_index_and_b_values_written_without_b():
+    from BINDSLib.io.files import role_from_name
+
+    assert role_from_name("MR_DWI_b800_2.nii.gz") == Role.parse("MR_DWI_b800")
+    assert role_from_name("US_L_2.png") == Role.parse("US_L")  # a study folder's second US_L image
+    assert role_from_name("MR_DWI_2.nrrd") == Role.parse("MR_DWI")
+    # a b-value without its "b" is not an 800th DWI image of no b-value
+    assert role_from_name("MR_DWI_800.nii.gz") is None and role_from_name("MR_DWI_1000_2.nrrd") is None
+
+
+def test_a_b_value_written_without_b_is_named_in_the_error(tmp_path):
+    p = _write(tmp_path / "MR_DWI_800.nrrd", np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(InputError, match="role is unknown.*MR_DWI_b800"):
+        read_image_file(p)
+
+
 def test_nan_voxels_refused(tmp_path):
     arr = np.ones((2, 3, 4), np.float32)
     arr[1, 1, 1] = np.nan

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fsutil import sitk_path
-from ..study import Geometry, Image, Role, SourceInfo
+from ..study import Geometry, Image, MRSequence, Role, SourceInfo
 
 #: File endings read through SimpleITK, with geometry.
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -136,12 +136,31 @@ def role_from_name(path: str | os.PathLike) -> Role | None:
     path = Path(path)
     suffix = suffix_of(path)
     stem = path.name[: -len(suffix)] if suffix else path.name
-    for candidate in (stem, re.sub(r"_\d+$", "", stem)):
-        try:
-            return Role.parse(candidate)
-        except ValueError:
-            continue
-    return None
+    try:
+        return Role.parse(stem)
+    except ValueError:
+        pass
+    indexed = re.fullmatch(r"(.+)_(\d+)", stem)
+    if indexed is None:
+        return None
+    try:
+        role = Role.parse(indexed.group(1))
+    except ValueError:
+        return None
+    if role.sequence is MRSequence.DWI and role.b_value is None and int(indexed.group(2)) >= 10:
+        return None  # MR_DWI_800: a b-value written without its "b" (MR_DWI_b800), not a 800th image
+    return role
+
+
+def role_name_hint(path: str | os.PathLike) -> str:
+    """A hint for a file name that is almost a role (``MR_DWI_800``), or ""."""
+    import re
+
+    path = Path(path)
+    suffix = suffix_of(path)
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    found = re.fullmatch(r"(MR_DWI)_(\d+)(_\d+)?", stem, re.IGNORECASE)
+    return f" (a b-value is written with its b: {found.group(1)}_b{found.group(2)})" if found else ""
 
 
 def read_image_file(path: str | os.PathLike, role: Role | None = None,
@@ -161,7 +180,8 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
         role = role_from_name(path)
         if role is None:
             raise InputError("the image's role is unknown: give it (e.g. --role US_L or "
-                             "MG_L_CC=file.png) or name the file after its role", path)
+                             "MG_L_CC=file.png) or name the file after its role"
+                             + role_name_hint(path), path)
     reader = read_image_info(path)
     try:
         img = reader.Execute()

@@ -27,7 +27,8 @@ from ..errors import InputError, UsageError
 from ..fsutil import visible_entries
 from ..study import Role, Study
 from .dicom_common import Skipped
-from .files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, role_from_name, suffix_of
+from .files import (PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, role_from_name, role_name_hint,
+                    suffix_of)
 
 
 @dataclass
@@ -90,9 +91,16 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
     if detect_layout(p) is not None:
         return LoadResult(list(iter_dataset(p, reference_masks=reference_masks)))
     try:
-        return _load_dicom(None, p)
+        result = _load_dicom(None, p)
     except InputError as e:
         nothing = e
+    else:  # image files beside the DICOM ones are not read: say why, not only "not DICOM"
+        for i, sk in enumerate(result.skipped):
+            if sk.reason == "not DICOM" and suffix_of(Path(sk.path)) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+                result.skipped[i] = Skipped(sk.path, "not read: image files beside DICOM images are not "
+                                                     "read with them; give this file on its own or with "
+                                                     "--role ROLE=FILE")
+        return result
     # a folder of image files, no DICOM: one study, as when the files are given together
     entries = visible_entries(p)
     pictures = [f for f in entries if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
@@ -111,7 +119,7 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
     result = load_files([(f, role) for f, role in named if role is not None],
                         study_id=Path(os.path.abspath(p)).name)  # "." and ".." name their folder
     result.skipped += [Skipped(str(f), "not read: the name is not a role (e.g. MG_L_CC.png); give it with "
-                                       "--role ROLE=FILE") for f, role in named if role is None]
+                                       "--role ROLE=FILE" + role_name_hint(f)) for f, role in named if role is None]
     result.skipped += [Skipped(str(d), "not read: a folder of image files is one study, read without its "
                                        "subfolders; give this folder on its own") for d in folders]
     return result
