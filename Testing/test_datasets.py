@@ -81,7 +81,8 @@ def test_mini_mias_findings_that_cannot_count_are_named(tmp_path, shared_data, c
         w.writeheader()
         w.writerows(rows)
     findings = {r["image_id"]: r for r in csv.DictReader(open(src / "findings.csv"))}
-    kept = [findings["mdb001"], dict(findings["mdb001"], image_id="mdb003"), dict(findings["mdb001"], image_id="mdb999")]
+    kept = [findings["mdb001"], dict(findings["mdb001"], image_id="mdb003"), dict(findings["mdb001"], image_id="mdb999"),
+            dict(findings["mdb002"], image_id="MDB002")]  # a spreadsheet's upper-casing
     with open(root / "findings.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(kept[0]))
         w.writeheader()
@@ -91,11 +92,21 @@ def test_mini_mias_findings_that_cannot_count_are_named(tmp_path, shared_data, c
     text = caplog.text
     assert "finding rows for 1 image(s) not in images.csv, ignored: mdb999" in text
     assert "finding rows for 1 image(s) labelled normal in images.csv, ignored: mdb003" in text
-    assert "no finding row for 1 benign or malignant image(s) (no circle, no finding type): mdb002" in text
+    assert "1 image ID(s) differ from images.csv's only in case, matched: MDB002 -> mdb002" in text
     assert str(root / "findings.csv") in text
     assert not studies["mdb003"].images[0].findings and studies["mdb003"].images[0].lesion_mask.sum() == 0
-    assert studies["mdb002"].images[0].lesion_mask is None and not studies["mdb002"].images[0].findings
+    assert studies["mdb002"].images[0].findings[0].abnormality == findings["mdb002"]["abnormality"].upper()
+    assert studies["mdb002"].images[0].lesion_mask.sum() > 0
     assert studies["mdb001"].images[0].findings[0].abnormality == "CIRC"
+    with open(root / "findings.csv", "w", newline="") as f:  # mdb002's row gone
+        w = csv.DictWriter(f, fieldnames=list(kept[0]))
+        w.writeheader()
+        w.writerows(kept[:3])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
+        studies = {s.study_id: s for s in iter_mini_mias(root)}
+    assert "no finding row for 1 benign or malignant image(s) (no circle, no finding type): mdb002" in caplog.text
+    assert studies["mdb002"].images[0].lesion_mask is None and not studies["mdb002"].images[0].findings
     caplog.clear()
     with caplog.at_level("WARNING", logger="BINDSLib.io.datasets"):
         list(iter_mini_mias(src))

@@ -14,7 +14,8 @@ calcifications without coordinates). The woman's other-breast film(s) in the fol
 attached as ``Study.comparison`` (for the bilateral comparison of the finding score).
 Finding rows for an image that images.csv does not list, or lists as normal, are ignored, and
 abnormal images without a finding row load without a circle; a warning names those images.
-Finding codes are upper-cased. An image without a ``patient`` is compared with no other film
+Finding codes are upper-cased; a finding's image ID that differs from one in images.csv only in
+case (``MDB001``) is matched to it, with a warning. An image without a ``patient`` is compared with no other film
 (a warning names it). A circle whose centre lies outside its image (coordinates for another
 image size) is refused when the reference masks are read.
 
@@ -284,6 +285,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         if spacing is not None and not 0.01 <= spacing <= 5.0:  # films are digitised at 0.05-1 mm
             log.warning("%s: row %d: pixel_spacing_mm %g is implausible for a mammogram", images_csv, n, spacing)
         rows.append((row, diagnosis, role, None if spacing is None else (spacing, spacing)))
+    _match_finding_ids(findings_csv, by_image, [r[0]["image_id"] for r in rows])
     _warn_stray_findings(findings_csv, by_image, rows)
     _check_files(images_csv, root, listed, ("image",))
     by_woman: dict[str, list] = {}
@@ -316,6 +318,24 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
         yield Study(study_id=row["image_id"], images=[image], patient_id=woman or None,
                     diagnosis=diagnosis, description="mini-MIAS digitised screen-film mammogram",
                     attributes=attrs, comparison=comparison)
+
+
+def _match_finding_ids(findings_csv: Path, by_image: dict[str, list], ids: list[str]) -> None:
+    """Give findings whose image ID differs from one in images.csv only in case (``MDB001`` for
+    ``mdb001``: a spreadsheet's upper-casing) to that image, in place; an ID that matches
+    several, or none, stays as it is (and is warned about as not in images.csv)."""
+    by_fold: dict[str, list[str]] = {}
+    for i in ids:
+        by_fold.setdefault(i.casefold(), []).append(i)
+    moved = []
+    for key in [k for k in by_image if k not in set(ids)]:
+        same = by_fold.get(key.casefold(), [])
+        if len(same) == 1:
+            by_image.setdefault(same[0], []).extend(by_image.pop(key))
+            moved.append(f"{key} -> {same[0]}")
+    if moved:
+        log.warning("%s: %d image ID(s) differ from images.csv's only in case, matched: %s", findings_csv,
+                    len(moved), _some(moved))
 
 
 def _warn_stray_findings(findings_csv: Path, by_image: dict[str, list], rows: list) -> None:
