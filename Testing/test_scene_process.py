@@ -192,7 +192,12 @@ def test_dependencies_are_installed_only_after_the_user_confirms(monkeypatch, tm
     missing = ["monai>=1.3", "pydicom>=3.0"]
     installed, asked = [], []
     monkeypatch.setattr(install, "torchInstalled", lambda: True)
-    monkeypatch.setattr(install, "missingRequirements", lambda *a, **k: list(missing))
+    monkeypatch.setattr(install, "tooOldTorch", lambda: None)
+
+    def still_missing(requirements=install.REQUIREMENTS, **k):  # reads them as the real one does
+        return [r for r in requirements if install.parseRequirement(r) and r in missing]
+
+    monkeypatch.setattr(install, "missingRequirements", still_missing)
 
     def pip_ensure(requirements, prompt_install=True, requester=None):
         installed.append(([str(r) for r in requirements], prompt_install, requester))
@@ -220,6 +225,44 @@ def test_dependencies_are_installed_only_after_the_user_confirms(monkeypatch, tm
     # nothing missing: no question at all
     assert install.ensureDependencies(confirm=lambda text: pytest.fail("asked although nothing is missing"),
                                       privateFolder=folder)
+    # an older pip_ensure without the keywords gets the requirements only; an error inside
+    # pip_ensure is not taken for an older signature (no second call, no second prompt)
+    calls = []
+
+    def old_pip_ensure(requirements):
+        calls.append([str(r) for r in requirements])
+        missing.remove("monai>=1.3")
+
+    missing[:] = ["monai>=1.3"]
+    monkeypatch.setattr(install, "_pipEnsureFunction", lambda: old_pip_ensure)
+    assert install.ensureDependencies(confirm=lambda text: True, privateFolder=folder) is True
+    assert calls == [["monai>=1.3"]]
+
+    def failing_pip_ensure(requirements, prompt_install=True, requester=None):
+        calls.append("failing")
+        raise TypeError("inside pip")
+
+    missing[:] = ["monai>=1.3"]
+    calls.clear()
+    monkeypatch.setattr(install, "_pipEnsureFunction", lambda: failing_pip_ensure)
+    with pytest.raises(TypeError, match="inside pip"):
+        install.ensureDependencies(confirm=lambda text: True, privateFolder=folder)
+    assert calls == ["failing"]
+
+
+def test_a_too_old_torch_is_named_before_anything_is_installed(monkeypatch, tmp_path):
+    pytest.importorskip("slicer")
+    assert install.tooOldTorch({"torch": "1.13.1+cu117"}.get) == "1.13.1+cu117"
+    assert install.tooOldTorch({"torch": "2.5.1+cu121"}.get) is None
+    assert install.tooOldTorch({}.get) is None
+    monkeypatch.setattr(install, "torchInstalled", lambda: True)
+    monkeypatch.setattr(install, "tooOldTorch", lambda: "1.13.1")
+    with pytest.raises(RuntimeError, match="PyTorch 1.13.1 is installed; BINDS needs PyTorch >=2.2"):
+        install.ensureDependencies(confirm=lambda text: pytest.fail("asked"), privateFolder=str(tmp_path))
+    # reading a study needs no torch: an old one does not matter there
+    monkeypatch.setattr(install, "missingRequirements", lambda *a, **k: [])
+    assert install.ensureDependencies(requirements=install.LOAD_REQUIREMENTS, withTorch=False,
+                                      privateFolder=str(tmp_path))
 
 
 def test_pydicom_in_the_private_folder_counts_and_reaches_only_the_process(tmp_path):

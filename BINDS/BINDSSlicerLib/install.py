@@ -125,6 +125,15 @@ def torchInstalled():
     return importlib.util.find_spec("torch") is not None
 
 
+def tooOldTorch(versionOf=installedVersion):
+    """The installed torch's version when it is older than :data:`TORCH_REQUIREMENT`, else None
+    (also when torch is missing or its version is unknown)."""
+    have = versionOf("torch")
+    if have is None or isSatisfied("torch" + TORCH_REQUIREMENT, lambda name: have):
+        return None
+    return have
+
+
 def describeMissing(missing, needTorch, private=()):
     lines = []
     if needTorch:
@@ -162,6 +171,10 @@ def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None, requ
     """
     import slicer
 
+    if withTorch and torchInstalled() and (old := tooOldTorch()):
+        # another extension's torch: BINDS would fail in its process with an obscure error
+        raise RuntimeError(f"PyTorch {old} is installed; BINDS needs PyTorch {TORCH_REQUIREMENT}. Update it "
+                           "in the PyTorch Utils module (this may need a restart) and try again.")
     folder = privateFolder if privateFolder is not None else privateSitePackages()
     missing = missingRequirements(requirements, privateFolder=folder)
     private = [r for r in missing if parseRequirement(r)[0] in PRIVATE_PACKAGES]
@@ -189,11 +202,16 @@ def ensureDependencies(requester="BINDS", confirm=None, privateFolder=None, requ
         if pipEnsure is not None:
             from packaging.requirements import Requirement
 
-            requirements = [Requirement(r) for r in missing]
-            try:
-                pipEnsure(requirements, prompt_install=False, requester=requester)
-            except TypeError:  # an older signature
-                pipEnsure(requirements)
+            wanted = [Requirement(r) for r in missing]  # (``requirements`` stays strings: checked below)
+            options = {"prompt_install": False, "requester": requester}
+            try:  # an older pip_ensure may lack these keywords (a TypeError raised inside it is not that)
+                import inspect
+
+                parameters = inspect.signature(pipEnsure).parameters
+                options = {k: v for k, v in options.items() if k in parameters}
+            except (TypeError, ValueError):  # no signature to read: pass the requirements only
+                options = {}
+            pipEnsure(wanted, **options)
         else:
             slicer.util.pip_install(missing)
     if private:
