@@ -319,6 +319,18 @@ def test_export_writes_files_binds_reads_back(scene, images, loaded, tmp_path):
     assert csv_lines[0] == "quantity,value" and "Recommendation,biopsy" in csv_lines
 
 
+def test_export_of_a_scene_without_results_keeps_the_earlier_export(scene, images, loaded, tmp_path):
+    written = res.exportResults(scene, tmp_path / "export")
+    before = sorted(p.name for p in (tmp_path / "export").iterdir())
+    empty = slicer.vtkMRMLScene()  # e.g. after File > Close Scene, or before any run
+    with pytest.raises(ValueError, match="no BINDS results in the scene"):
+        res.exportResults(empty, tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == before and all(Path(p).is_file() for p in written)
+    with pytest.raises(ValueError, match="no BINDS results"):
+        res.exportResults(empty, tmp_path / "never-made")
+    assert not (tmp_path / "never-made").exists()
+
+
 def test_outputs_of_images_not_in_the_scene_are_refused(scene, images, tmp_path):
     write_outputs(tmp_path / "out")
     with pytest.raises(ValueError, match="not in the scene"):

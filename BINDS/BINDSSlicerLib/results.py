@@ -552,12 +552,15 @@ def exportResults(scene, folder, tables=None):
     ``<label>_edited_run<k>.seg.nrrd``. Unedited outputs of earlier runs are not written: the
     report would not list them. The files of an earlier export to ``folder`` are removed first
     (:data:`EXPORT_MANIFEST` lists them); other files there are kept. Returns the written paths.
+    A scene without BINDS results is refused (ValueError) before anything in ``folder`` is touched.
     """
+    reports = tables if tables is not None else outputNodes(scene, "report")
+    segmentations, saliency = outputNodes(scene, "segmentation"), outputNodes(scene, "saliency")
+    if not (reports or segmentations or saliency):  # (an earlier export there is not replaced by nothing)
+        raise ValueError("there are no BINDS results in the scene to export: run BINDS first")
     os.makedirs(folder, exist_ok=True)
     _removePreviousExport(folder)
     written = []
-    reports = tables if tables is not None else outputNodes(scene, "report")
-    segmentations, saliency = outputNodes(scene, "segmentation"), outputNodes(scene, "saliency")
     runs = [int(n.GetAttribute(RUN_ATTRIBUTE) or 0) for n in (reports or segmentations + saliency)]
     newest = str(max(runs)) if runs else None
     for node in segmentations:
