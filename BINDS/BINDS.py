@@ -251,13 +251,12 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         table = self.ui.rolesTable
         nodes = bindsScene.volumeNodes(slicer.mrmlScene)
-        # volumes never seen before get a guessed role (a role set by hand, or cleared, is kept)
-        unseen = [node for node in nodes if node.GetAttribute(bindsScene.ROLE_ATTRIBUTE) is None]
-        if unseen:
-            try:
-                self.logic.guessRoles(unseen)
-            except Exception:  # noqa: BLE001 - the user can still set the roles by hand
-                logging.exception("BINDS: could not guess the roles")
+        # volumes never seen before get a guessed role, guessed again with the other guesses (the
+        # DICOM browser adds a DCE series' phases one at a time); a role set by hand is kept
+        try:
+            self.logic.guessNewRoles(nodes)
+        except Exception:  # noqa: BLE001 - the user can still set the roles by hand
+            logging.exception("BINDS: could not guess the roles")
         table.setRowCount(len(nodes))
         choices = [""] + roles.roleChoices()
         for row, node in enumerate(nodes):
@@ -425,6 +424,14 @@ class BINDSLogic(ScriptedLoadableModuleLogic):
         if volumeNodes is None:
             volumeNodes = bindsScene.volumeNodes(slicer.mrmlScene)
         return roles.guessVolumeRoles(volumeNodes, getattr(slicer, "dicomDatabase", None), overwrite)
+
+    def guessNewRoles(self, volumeNodes) -> list:
+        """Guess the roles of volumes that have none yet, with those whose role is still a guess
+        (:func:`BINDSSlicerLib.roles.guessNewVolumeRoles`). Returns the volumes guessed."""
+        if not any(node.GetAttribute(bindsScene.ROLE_ATTRIBUTE) is None for node in volumeNodes):
+            return []  # (nothing new: BINDSLib is not even needed)
+        requireBINDSLib()
+        return roles.guessNewVolumeRoles(volumeNodes, getattr(slicer, "dicomDatabase", None))
 
     def createConvertRun(self, path: str) -> runs.ConvertRun:
         """A ``binds convert`` run that reads a DICOM folder, study folder, dataset or image folder

@@ -119,3 +119,30 @@ def test_roles_are_guessed_and_stored_on_nodes():
     assert sc.volumeRole(unknown) == ""
     guessVolumeRoles([kept], db, overwrite=True)
     assert sc.volumeRole(kept) == "MG_L_CC"
+
+
+def test_series_that_arrive_one_at_a_time_are_guessed_as_a_set():
+    """Slicer's DICOM browser adds a DCE study's series one by one (the roles table refreshes
+    between them): each new one is guessed again with the earlier guesses, so the phases come
+    out in time order as when they are guessed together; a role set by hand stays."""
+    slicer = pytest.importorskip("slicer")
+    from BINDSLib.study import Geometry
+    from BINDSSlicerLib import scene as sc
+    from BINDSSlicerLib.roles import guessNewVolumeRoles
+
+    scene = slicer.vtkMRMLScene()
+    times = {"1.1": "101500", "1.2": "101700", "1.3": "101900"}
+    db = FakeDicomDatabase({uid: {"0008,0060": "MR", "0008,103E": "Ax VIBRANT", "0008,0032": t,
+                                  "0018,1042": "101600"} for uid, t in times.items()})
+    nodes = []
+    for uid in times:
+        node = sc.addVolumeFromVoxels(scene, np.zeros(V3D, np.int16), Geometry(), f"{uid}: Ax VIBRANT")
+        node.SetAttribute("DICOM.instanceUIDs", uid)
+        nodes.append(node)
+        assert guessNewVolumeRoles(nodes, db) == nodes  # the new one and the earlier guesses
+    assert [sc.volumeRole(n) for n in nodes] == ["MR_T1_PRE", "MR_DCE1", "MR_DCE2"]
+    assert guessNewVolumeRoles(nodes, db) == []  # nothing new: nothing guessed
+    sc.setVolumeRole(nodes[2], "MR_DCE3")  # the user's choice is kept from now on
+    late = sc.addVolumeFromVoxels(scene, np.zeros(V3D, np.int16), Geometry(), "T2 TSE")
+    assert guessNewVolumeRoles(nodes + [late], db) == nodes[:2] + [late]
+    assert [sc.volumeRole(n) for n in nodes + [late]] == ["MR_T1_PRE", "MR_DCE1", "MR_DCE3", "MR_T2"]

@@ -227,9 +227,10 @@ def describeVolume(volumeNode, database=None):
 
 
 def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
-    """Assign guessed roles to volume nodes (``BINDS.Role``); a role already set is kept unless
-    ``overwrite``. Returns ``{node ID: role key or None}`` for all given nodes."""
-    from .scene import ROLE_ATTRIBUTE, volumeRole
+    """Assign guessed roles to volume nodes (``BINDS.Role``, marked ``BINDS.RoleGuessed``); a
+    role already set is kept unless ``overwrite``. Returns ``{node ID: role key or None}`` for
+    all given nodes."""
+    from .scene import ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
 
     guessed = guessRoles([describeVolume(node, database) for node in volumeNodes])
     result = {}
@@ -239,8 +240,25 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
             continue
         role = guessed.get(node.GetID())
         node.SetAttribute(ROLE_ATTRIBUTE, role or "")
+        node.SetAttribute(ROLE_GUESSED_ATTRIBUTE, "1")
         result[node.GetID()] = role
     return result
+
+
+def guessNewVolumeRoles(volumeNodes, database=None):
+    """Guess the roles of the volumes among ``volumeNodes`` that have none yet (never seen), together
+    with those whose role is still a guess: the phases of a DCE series are told apart by their
+    order in time, so series that arrive one at a time (Slicer's DICOM browser loads them so)
+    are guessed again as a set. Roles set by hand, or cleared, are kept. Returns the nodes
+    guessed, ``[]`` when none is new."""
+    from .scene import ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE
+
+    if not any(node.GetAttribute(ROLE_ATTRIBUTE) is None for node in volumeNodes):
+        return []
+    again = [node for node in volumeNodes
+             if node.GetAttribute(ROLE_ATTRIBUTE) is None or node.GetAttribute(ROLE_GUESSED_ATTRIBUTE)]
+    guessVolumeRoles(again, database, overwrite=True)
+    return again
 
 
 def roleChoices():

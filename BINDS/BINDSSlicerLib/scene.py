@@ -36,6 +36,7 @@ import slicer
 import vtk
 
 ROLE_ATTRIBUTE = "BINDS.Role"
+ROLE_GUESSED_ATTRIBUTE = "BINDS.RoleGuessed"  # "1": the role is BINDS' guess, not the user's
 SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
 ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
 STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
@@ -166,6 +167,7 @@ def setVolumeRole(volumeNode, roleKey):
 
         roleKey = Role.parse(roleKey).key
     volumeNode.SetAttribute(ROLE_ATTRIBUTE, roleKey or "")
+    volumeNode.RemoveAttribute(ROLE_GUESSED_ATTRIBUTE)  # the user's (or the study's) own
 
 
 def volumeNodes(scene):
