@@ -214,6 +214,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
         self.lastResults = None
+        self.ui.resultLabel.text = ""  # (the closed scene's patient)
         if self.parent.isEntered:
             self.initializeParameterNode()
             self.refreshRolesTable()
@@ -232,10 +233,8 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            with slicer.util.tryWithErrorDisplay(_("Could not list the model bundles.")):
-                widgets.fillModelComboBox(self.ui.modelComboBox, DIAGNOSIS_BUNDLE_KIND, self._parameterNode.modelBundle,
-                                          autoItem=True)
-            widgets.fillDeviceComboBox(self.ui.deviceComboBox, self._parameterNode.device)
+            widgets.fillSettings((self.ui.modelComboBox, self.ui.deviceComboBox), DIAGNOSIS_BUNDLE_KIND,
+                                 self._parameterNode, autoItem=True)
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -333,10 +332,13 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApply(self, useEditedLesions: bool) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start BINDS."), waitCursor=True):
+            run = self.logic.createDiagnosisRun(useEditedLesions)
+            run.checkInputs()  # before anything is installed
             if not install.ensureDependencies():
                 self.ui.statusLabel.text = _("Not run: the Python packages BINDS needs are not installed.")
                 return
-            self.controller.start(self.logic.createDiagnosisRun(useEditedLesions))
+            self.ui.resultLabel.text = ""  # the earlier result is not shown beside this run's progress or error
+            self.controller.start(run)
 
     def onRunSucceeded(self, run) -> None:
         if isinstance(run, runs.ConvertRun):

@@ -124,7 +124,9 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = BINDSRiskLogic()
-        self.controller = widgets.RunController(self.ui.progressBar, self.ui.statusLabel, [self.ui.applyButton],
+        # (exams picked from the DICOM database while a run reads them would replace its inputs)
+        self.controller = widgets.RunController(self.ui.progressBar, self.ui.statusLabel,
+                                                [self.ui.applyButton, self.ui.addFromDicomButton],
                                                 self.ui.cancelButton, self.onRunSucceeded, title="BINDS Risk")
         self.ui.addExamButton.clicked.connect(self.onAddExam)
         self.ui.addFromDicomButton.clicked.connect(self.onAddFromDicom)
@@ -162,6 +164,8 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.lastRun = None  # Export would copy the closed scene's woman's results
+        self.ui.resultLabel.text = ""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -180,9 +184,8 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             # the exam list is also changed by the Sample Data loader: follow the parameter node
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateExamList)
-            with slicer.util.tryWithErrorDisplay(_("Could not list the model bundles.")):
-                widgets.fillModelComboBox(self.ui.modelComboBox, RISK_BUNDLE_KIND, self._parameterNode.modelBundle)
-            widgets.fillDeviceComboBox(self.ui.deviceComboBox, self._parameterNode.device)
+            widgets.fillSettings((self.ui.modelComboBox, self.ui.deviceComboBox), RISK_BUNDLE_KIND,
+                                 self._parameterNode)
         self.updateExamList()
 
     def updateExamList(self, caller=None, event=None) -> None:
@@ -208,8 +211,7 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             patients = list(database.patients())
             if not patients:
                 raise ValueError("the DICOM database holds no patient")
-            names = [f"{database.nameForPatient(p) or p} ({len(database.studiesForPatient(p))} studies)"
-                     for p in patients]
+            names = bindsRisk.patientChoices(database, patients)
             dialog = qt.QInputDialog(self.parent)
             dialog.setWindowTitle(_("BINDS Risk"))
             dialog.setLabelText(_("Patient whose mammography exams to add:"))
@@ -253,10 +255,14 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApply(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start BINDS Risk."), waitCursor=True):
+            run = self.logic.createRiskRun()
+            run.checkInputs()  # before anything is installed
             if not install.ensureDependencies(requester="BINDS Risk"):
                 self.ui.statusLabel.text = _("Not run: the Python packages BINDS needs are not installed.")
                 return
-            self.controller.start(self.logic.createRiskRun())
+            self.ui.resultLabel.text = ""
+            self.lastRun = None
+            self.controller.start(run)
 
     def onRunSucceeded(self, run) -> None:
         self.lastRun = run

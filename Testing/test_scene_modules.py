@@ -215,3 +215,72 @@ def test_risk_self_test_runs_headless_with_the_shipped_bundle(modules, monkeypat
     test.test_ParameterNode()
     test.setUp()
     test.test_WholeFlowOnSyntheticHistory()
+
+
+class _Combo:
+    """Enough of a QComboBox for the fill functions (signals blocked or not)."""
+
+    def __init__(self):
+        self.items, self.blocked, self.currentIndex = [], False, -1
+        self.count = 0
+
+    def blockSignals(self, block):
+        was, self.blocked = self.blocked, block
+        return was
+
+    def clear(self):
+        self.items, self.count = [], 0
+
+    def addItem(self, text, data):
+        self.items.append((text, data))
+        self.count = len(self.items)
+
+    def setItemData(self, *args):
+        pass
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+
+
+def test_panels_open_when_the_model_list_cannot_be_read(modules, monkeypatch):
+    """A model list that fails (an unreadable bundle folder) is shown as an error; the device
+    list is still filled and the model list's signals are not left blocked (the choice would
+    never be saved again)."""
+    import BINDSLib.bundle
+    from BINDSSlicerLib import widgets
+
+    def unreadable(kind=None):
+        raise PermissionError("[Errno 13] Permission denied: '/models'")
+
+    monkeypatch.setattr(BINDSLib.bundle, "list_bundles", unreadable)
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: shown.append(text))
+    models, devices = _Combo(), _Combo()
+    widgets.fillSettings((models, devices), "diagnosis", types.SimpleNamespace(modelBundle="x", device="cpu"))
+    assert shown and "Permission denied" in shown[0]
+    assert not models.blocked and not devices.blocked
+    assert devices.items[devices.currentIndex][1] == "cpu"
+
+
+def test_a_run_that_cannot_start_leaves_nothing_to_cancel(modules):
+    from BINDSSlicerLib import widgets
+
+    class Unstartable:
+        finished = False
+
+        def start(self, **callbacks):
+            raise ValueError("no volume has a role")
+
+        def cancel(self):
+            raise AssertionError("cancelled a run that never started")
+
+    status = types.SimpleNamespace(text="")
+    controller = widgets.RunController(mock.MagicMock(), status, [mock.MagicMock()], mock.MagicMock(), lambda run: None)
+    with pytest.raises(ValueError):
+        controller.start(Unstartable())
+    assert not controller.running
+    controller.cancel()  # e.g. the scene is closed next: nothing to cancel, no "Cancelling..."
+    assert status.text == ""

@@ -167,6 +167,37 @@ def test_exam_folders_from_the_dicom_database(tmp_path):
     assert [f.read_text() for f in files] == ["st2 mg 0", "st2 mg 1"]
 
 
+def test_patients_of_the_dicom_database_are_offered_with_labels_that_pick_one_each():
+    class Database:
+        names = {"p1": "Anonymous", "p2": "Anonymous", "p3": "Doe^Jane", "p4": ""}
+
+        def nameForPatient(self, p):
+            return self.names[p]
+
+        def studiesForPatient(self, p):
+            return ["s"] * (2 if p == "p2" else 1)
+
+    labels = rr.patientChoices(Database(), ["p1", "p2", "p3", "p4"])
+    assert labels == ["Anonymous (1 studies)", "Anonymous (2 studies)", "Doe^Jane (1 studies)", "p4 (1 studies)"]
+    Database.studiesForPatient = lambda self, p: ["s"]  # the same name and count: the key tells them apart
+    labels = rr.patientChoices(Database(), ["p1", "p2", "p3"])
+    assert labels == ["Anonymous (1 studies) [p1]", "Anonymous (1 studies) [p2]", "Doe^Jane (1 studies)"]
+    assert len(set(labels)) == 3
+
+
+def test_a_run_without_inputs_is_refused_before_anything_is_installed_or_written(scene, tmp_path):
+    from BINDSSlicerLib import runs
+
+    run = runs.RiskRun(scene, [], str(tmp_path / "work"))
+    with pytest.raises(ValueError, match="no exam"):
+        run.checkInputs()
+    with pytest.raises(ValueError, match="exam folder not found"):
+        runs.RiskRun(scene, [str(tmp_path / "gone")], str(tmp_path / "work")).checkInputs()
+    with pytest.raises(ValueError, match="no volume has a role"):
+        runs.DiagnosisRun(scene, [], str(tmp_path / "work")).checkInputs()
+    assert not (tmp_path / "work").exists()
+
+
 def test_real_risk_run_end_to_end(scene, tmp_path):
     """The real ``python -m BINDSLib risk`` in the background (tiny bundle of test_risk_support) on
     three dated exams given out of order: the table and the plot follow the exam dates."""

@@ -220,6 +220,14 @@ def showRiskResults(scene, results):
     sc.showTable(scene, results.examTable)
 
 
+def patientChoices(database, patients):
+    """One label per patient of Slicer's DICOM database, for a list to pick from: her name and
+    number of studies, and her database key where names repeat (anonymised exams are often all
+    "Anonymous"), so that every label picks one patient."""
+    labels = [f"{database.nameForPatient(p) or p} ({len(database.studiesForPatient(p))} studies)" for p in patients]
+    return [f"{label} [{p}]" if labels.count(label) > 1 else label for label, p in zip(labels, patients)]
+
+
 def examFoldersFromDicomDatabase(database, patientUID, folder, modality="MG"):
     """One folder per study of a patient in Slicer's DICOM database, holding (links to) the files
     of its ``modality`` series; ``binds risk`` reads each folder as one exam.

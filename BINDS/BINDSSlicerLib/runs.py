@@ -209,13 +209,17 @@ class DiagnosisRun(_Run):
     def imageNodesByLabel(self):
         return {label: self.scene.GetNodeByID(nodeID) for label, nodeID in self.nodeIDByLabel.items()}
 
-    def prepare(self):
-        """Check the inputs, then write the study folder (and edited lesion masks). Returns the
-        ``binds diagnose`` arguments. Nothing is written when a check fails."""
-        requireBINDSLib()
+    def checkInputs(self):
+        """The checks that need nothing installed (run before Python packages are installed)."""
         if not self.nodesWithRoles:
             raise ValueError("no volume has a role: assign roles to the images to diagnose "
                              "(or load a study / a synthetic sample)")
+
+    def prepare(self):
+        """Check the inputs, then write the study folder (and edited lesion masks). Returns the
+        ``binds diagnose`` arguments. Nothing is written when a check fails."""
+        self.checkInputs()
+        requireBINDSLib()
         sc.checkOneStudy(self.scene, self.nodesWithRoles)
         info = sc.studyInfo(self.scene, self.nodesWithRoles[0][0])
         study, self.nodeIDByLabel = sc.studyFromVolumeNodes(self.nodesWithRoles, info["study_id"],
@@ -287,12 +291,16 @@ class RiskRun(_Run):
         self.runFolder = self.outputFolder = None
         self.results = None
 
-    def prepare(self):
+    def checkInputs(self):
+        """The checks that need nothing installed (run before Python packages are installed)."""
         if not self.examFolders:
             raise ValueError("no exam: add a woman's mammography exam folders (or pick her in the DICOM database)")
         missing = [p for p in self.examFolders if not os.path.exists(p)]
         if missing:
             raise ValueError(f"exam folder not found: {', '.join(missing)}")
+
+    def prepare(self):
+        self.checkInputs()
         self.runFolder = newRunFolder(self.workFolder, "risk")
         self.outputFolder = os.path.join(self.runFolder, "output")
         return proc.riskArguments(self.examFolders, self.outputFolder, self.model, self.device)

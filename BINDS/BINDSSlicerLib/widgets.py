@@ -25,24 +25,27 @@ def fillModelComboBox(comboBox, kind, current, extraFolders=(), autoItem=False):
     requireBINDSLib()
     from BINDSLib.bundle import list_bundles
 
+    bundles = list_bundles(kind=kind)  # (may fail: before the list is touched)
     wasBlocked = comboBox.blockSignals(True)
-    comboBox.clear()
-    if autoItem:
-        comboBox.addItem("Automatic (by modality; synthetic or real)", "auto")
-        comboBox.setItemData(0, "synthetic cases: the demo bundle; real images: the bundle trained "
-                                "on real images of their modality", qt.Qt.ToolTipRole)
-    for path in list_bundles(kind=kind):
-        comboBox.addItem(path.name, path.name)
-        comboBox.setItemData(comboBox.count - 1, str(path), qt.Qt.ToolTipRole)
-    for folder in extraFolders:
-        if folder and comboBox.findData(folder) < 0:
-            comboBox.addItem(os.path.basename(os.path.normpath(folder)) + " (folder)", folder)
-            comboBox.setItemData(comboBox.count - 1, folder, qt.Qt.ToolTipRole)
-    if current and comboBox.findData(current) < 0:
-        comboBox.addItem(current, current)
-    index = comboBox.findData(current)
-    comboBox.setCurrentIndex(index if index >= 0 else 0)
-    comboBox.blockSignals(wasBlocked)
+    try:  # signals come back even when filling fails, or the selection would never be saved again
+        comboBox.clear()
+        if autoItem:
+            comboBox.addItem("Automatic (by modality; synthetic or real)", "auto")
+            comboBox.setItemData(0, "synthetic cases: the demo bundle; real images: the bundle trained "
+                                    "on real images of their modality", qt.Qt.ToolTipRole)
+        for path in bundles:
+            comboBox.addItem(path.name, path.name)
+            comboBox.setItemData(comboBox.count - 1, str(path), qt.Qt.ToolTipRole)
+        for folder in extraFolders:
+            if folder and comboBox.findData(folder) < 0:
+                comboBox.addItem(os.path.basename(os.path.normpath(folder)) + " (folder)", folder)
+                comboBox.setItemData(comboBox.count - 1, folder, qt.Qt.ToolTipRole)
+        if current and comboBox.findData(current) < 0:
+            comboBox.addItem(current, current)
+        index = comboBox.findData(current)
+        comboBox.setCurrentIndex(index if index >= 0 else 0)
+    finally:
+        comboBox.blockSignals(wasBlocked)
 
 
 def checkBundleFolder(folder, kind):
@@ -67,12 +70,14 @@ def openUserModelFolder():
 
 def fillDeviceComboBox(comboBox, current):
     wasBlocked = comboBox.blockSignals(True)
-    comboBox.clear()
-    for text, value in DEVICES:
-        comboBox.addItem(text, value)
-    index = comboBox.findData(current or "auto")
-    comboBox.setCurrentIndex(index if index >= 0 else 0)
-    comboBox.blockSignals(wasBlocked)
+    try:
+        comboBox.clear()
+        for text, value in DEVICES:
+            comboBox.addItem(text, value)
+        index = comboBox.findData(current or "auto")
+        comboBox.setCurrentIndex(index if index >= 0 else 0)
+    finally:
+        comboBox.blockSignals(wasBlocked)
 
 
 def showGpuName(comboBox):
@@ -85,6 +90,19 @@ def showGpuName(comboBox):
     item = comboBox.model().item(index)
     if item is not None and not name and install.torchInstalled():
         item.setEnabled(False)
+
+
+def fillSettings(comboBoxes, kind, parameterNode, autoItem=False):
+    """Fill a panel's model and device lists from its parameter node. A model list that cannot
+    be read (BINDSLib missing, an unreadable bundle folder) is shown as an error; the device
+    list and the rest of the panel are set up all the same."""
+    modelComboBox, deviceComboBox = comboBoxes
+    try:
+        fillModelComboBox(modelComboBox, kind, parameterNode.modelBundle, autoItem=autoItem)
+    except Exception as e:  # noqa: BLE001 - shown, not raised: the panel must still open
+        logging.exception("BINDS: could not list the model bundles")
+        slicer.util.errorDisplay(f"Could not list the model bundles: {e}")
+    fillDeviceComboBox(deviceComboBox, parameterNode.device)
 
 
 def chooseFolder(parent, caption, start=""):
@@ -127,6 +145,7 @@ class RunController:
         try:
             run.start(onProgress=self._onProgress, onLog=self._onLog, onFinished=self._onFinished)
         except Exception:
+            self.run = None  # never started: nothing to cancel (or to say "Cancelling..." about)
             self._setRunning(False)
             self.statusLabel.text = ""
             raise
