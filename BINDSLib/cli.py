@@ -6,8 +6,8 @@ Each sub-command lives in its own module under :mod:`BINDSLib.commands` exposing
 ``binds --help`` is instant.
 
 Exit codes: see :mod:`BINDSLib.errors` (0 ok, 2 usage, 3 bad input, 4 model, 5 output,
-6 some batch items failed, 1 internal error, 130 interrupted). On error one line goes to
-stderr; ``--debug`` prints the traceback too.
+6 some batch items failed, 1 internal error, 130 interrupted, 141 standard output closed).
+On error one line goes to stderr; ``--debug`` prints the traceback too.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import logging
 import sys
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, BindsError
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_STDOUT_CLOSED, BindsError
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
             "calibrate", "models")
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 model bundle problem,
-5 output problem, 6 some items of a batch failed, 130 interrupted.
-Research use only; not for clinical use."""
+5 output problem, 6 some items of a batch failed, 130 interrupted, 141 output pipe closed
+(e.g. | head). Research use only; not for clinical use."""
 
 log = logging.getLogger("binds")
 
@@ -71,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # (a reader gone, as in ``| head``, is met here, not at exit)
+        return code
+    except BrokenPipeError as e:
+        if e.filename is not None:  # a file's, not our standard output's
+            return _internal_error(args, e)
+        return _stdout_closed(args)
     except BindsError as e:
         if args.debug:
             log.exception("error")
@@ -114,6 +120,20 @@ def _under_output(filename, args) -> bool:
             if path == out or path.startswith(out.rstrip(os.sep) + os.sep):
                 return True
     return False
+
+
+def _stdout_closed(args) -> int:
+    """The reader of our standard output went away (``binds inspect --json | head``): stop
+    quietly, with the exit status of a process that SIGPIPE ended (128 + 13), as other tools do."""
+    import os
+
+    if args.own_process:  # nothing more reaches the closed pipe, not even at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    return EXIT_STDOUT_CLOSED
 
 
 def _internal_error(args, e: Exception) -> int:

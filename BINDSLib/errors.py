@@ -16,6 +16,7 @@ Exit codes (documented in README.md and ``binds --help``):
 5    output problem (exists without --overwrite, cannot write)
 6    some items of a batch failed (the others finished)
 130  interrupted (Ctrl-C)
+141  the reader of standard output went away (``| head``), as when SIGPIPE ends a process
 ==== ===========================================================
 """
 
@@ -31,6 +32,7 @@ EXIT_MODEL = 4
 EXIT_OUTPUT = 5
 EXIT_PARTIAL = 6
 EXIT_INTERRUPTED = 130
+EXIT_STDOUT_CLOSED = 141
 
 
 class BindsError(Exception):

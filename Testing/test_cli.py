@@ -109,3 +109,20 @@ def test_a_file_that_cannot_be_read_is_named_not_an_internal_error(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(["train", "cfg.json", "--resume"]) == 5
     assert "out/train/cfg/train.log: permission denied in the command's output" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``binds models --json | head -1``: the closed pipe is not an "internal error" (a bug),
+    and nothing is printed about it; the status is SIGPIPE's, as other tools give."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        done = subprocess.run([sys.executable, "-m", "BINDSLib", "models", "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert "internal error" not in done.stderr and "Exception ignored" not in done.stderr
+    assert "BrokenPipe" not in done.stderr
