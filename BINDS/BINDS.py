@@ -188,7 +188,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         if self.controller is not None:
-            self.controller.cancel()
+            self.controller.shutdown()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -470,7 +470,7 @@ class BINDSLogic(ScriptedLoadableModuleLogic):
         while run.poll():
             slicer.app.processEvents()
             if time.monotonic() > deadline:
-                run.cancel()
+                run.stop()
                 raise TimeoutError(f"BINDS did not finish in {timeout} s")
             time.sleep(0.05)
         if run.error:

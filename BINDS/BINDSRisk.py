@@ -143,7 +143,7 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self.controller is not None:
-            self.controller.cancel()
+            self.controller.shutdown()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -352,7 +352,7 @@ class BINDSRiskLogic(ScriptedLoadableModuleLogic):
         while run.poll():
             slicer.app.processEvents()
             if time.monotonic() > deadline:
-                run.cancel()
+                run.stop()
                 raise TimeoutError(f"BINDS Risk did not finish in {timeout} s")
             time.sleep(0.05)
         if run.error:

@@ -217,3 +217,19 @@ def test_a_report_that_is_not_a_json_object_is_a_clear_error(tmp_path):
     (tmp_path / "report.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read the report"):
         res.readReport(str(tmp_path))
+
+
+def test_a_run_stopped_for_good_removes_its_copies_of_the_images(scene_with_case, tmp_path):
+    """When the module is destroyed (Slicer closes) or a scripted wait times out, no timer polls
+    the run any more: stop() cancels it and waits, so it still cleans up its study folder."""
+    if os.name == "nt":
+        pytest.skip("a shell script stands in for PythonSlicer")
+    scene, _ = scene_with_case
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 60\n")
+    slow.chmod(0o755)
+    run = _run(scene, tmp_path / "work", str(slow)).start()
+    assert os.path.isdir(run.studyFolder)
+    run.stop(timeout=20)
+    assert run.cancelled and not os.path.exists(run.studyFolder)
+    run.stop()  # (again: nothing to do)

@@ -122,6 +122,17 @@ class _Run:
         if self.process is not None:
             self.process.cancel()
 
+    def stop(self, timeout=10.0):
+        """Cancel and wait for the end, so that the run cleans up (its copies of the patient's
+        images) when nothing will poll it any more: the application closing, a timed-out wait."""
+        if self.process is None:
+            return
+        self.cancel()
+        try:
+            self.process.wait(timeout)
+        except TimeoutError:
+            logging.warning("BINDS: the cancelled process did not end in %s s", timeout)
+
     def load(self):
         raise NotImplementedError
 

@@ -85,10 +85,13 @@ def showGpuName(comboBox):
     index = comboBox.findData("cuda")
     if index < 0:
         return
+    if not install.torchInstalled():  # nothing to ask yet: PyTorch comes with the first Apply
+        comboBox.setItemText(index, "GPU (CUDA)")
+        return
     name = install.gpuName()
     comboBox.setItemText(index, f"GPU: {name}" if name else "GPU (none found)")
     item = comboBox.model().item(index)
-    if item is not None and not name and install.torchInstalled():
+    if item is not None and not name:
         item.setEnabled(False)
 
 
@@ -155,6 +158,12 @@ class RunController:
         if self.running:
             self.statusLabel.text = "Cancelling..."
             self.run.cancel()
+
+    def shutdown(self):
+        """Stop a run for good (the module is destroyed: no timer will poll it again), so that
+        it still removes its copies of the patient's images."""
+        if self.running:
+            self.run.stop()
 
     def _setRunning(self, running):
         for button in self.startButtons:
