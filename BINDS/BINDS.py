@@ -172,7 +172,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editLesionsButton.clicked.connect(self.onEditLesions)
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.addModelButton.clicked.connect(self.onAddModel)
-        self.ui.openModelsFolderButton.clicked.connect(widgets.openUserModelFolder)
+        self.ui.openModelsFolderButton.clicked.connect(self.onOpenModelsFolder)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
 
@@ -304,7 +304,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStudyLoaded(self, run) -> None:
         self.refreshRolesTable()
         if run.nodes:
-            slicer.util.setSliceViewerLayers(background=run.nodes[0], fit=True)
+            slicer.util.setSliceViewerLayers(background=run.nodes[0], fit=True, rotateToVolumePlane=True)
         self.ui.statusLabel.text = _("Loaded {n} image(s).").format(n=len(run.nodes))
 
     # -- settings -------------------------------------------------------------------------------
@@ -316,6 +316,12 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def onOpenModelsFolder(self) -> None:
+        from BINDSSlicerLib import widgets
+
+        with slicer.util.tryWithErrorDisplay(_("Could not open the models folder.")):
+            widgets.openUserModelFolder()
 
     def onAddModel(self) -> None:
         from BINDSSlicerLib import widgets

@@ -89,14 +89,14 @@ def loadSample(source):
         if kind == "study":
             nodes = loadSyntheticStudy(slicer.mrmlScene, seed, diagnosis)
             first = next(iter(nodes.values()))
-            slicer.util.setSliceViewerLayers(background=first, fit=True)
+            slicer.util.setSliceViewerLayers(background=first, fit=True, rotateToVolumePlane=True)
             return list(nodes.values())
         if kind == "history":
             folder = os.path.join(slicer.app.temporaryPath, "BINDS", f"synthetic-history-{seed}")
             history, exams = writeSyntheticHistory(seed, folder)
             nodes = sc.addStudyToScene(slicer.mrmlScene, history.exams[-1],
                                        patientName=f"Synthetic woman {seed} (SYNTHETIC)")
-            slicer.util.setSliceViewerLayers(background=next(iter(nodes.values())), fit=True)
+            slicer.util.setSliceViewerLayers(background=next(iter(nodes.values())), fit=True, rotateToVolumePlane=True)
             try:
                 import BINDSRisk
 
