@@ -146,3 +146,13 @@ def test_series_that_arrive_one_at_a_time_are_guessed_as_a_set():
     late = sc.addVolumeFromVoxels(scene, np.zeros(V3D, np.int16), Geometry(), "T2 TSE")
     assert guessNewVolumeRoles(nodes + [late], db) == nodes[:2] + [late]
     assert [sc.volumeRole(n) for n in nodes + [late]] == ["MR_T1_PRE", "MR_DCE1", "MR_DCE3", "MR_T2"]
+    # another patient's study, loaded later: guessed by itself, the first study's guesses stay
+    study = sc.createStudyItem(scene, sc.createSubjectItem(scene, "patient 2"), "study 2")
+    for node in nodes[:2]:
+        node.SetAttribute(sc.ROLE_ATTRIBUTE, "MR_DCE4")  # (a guess no longer what it was: untouched below)
+        node.SetAttribute(sc.ROLE_GUESSED_ATTRIBUTE, "1")
+    other = sc.addVolumeFromVoxels(scene, np.zeros(V3D, np.int16), Geometry(), "1.9: Ax VIBRANT")
+    other.SetAttribute("DICOM.instanceUIDs", "1.1")
+    sc.placeUnder(scene, other, study)
+    assert guessNewVolumeRoles(nodes + [late, other], db) == [other]
+    assert [sc.volumeRole(n) for n in nodes[:2]] == ["MR_DCE4", "MR_DCE4"] and sc.volumeRole(other) == "MR_T1_PRE"

@@ -249,16 +249,21 @@ def guessNewVolumeRoles(volumeNodes, database=None):
     """Guess the roles of the volumes among ``volumeNodes`` that have none yet (never seen), together
     with those whose role is still a guess: the phases of a DCE series are told apart by their
     order in time, so series that arrive one at a time (Slicer's DICOM browser loads them so)
-    are guessed again as a set. Roles set by hand, or cleared, are kept. Returns the nodes
-    guessed, ``[]`` when none is new."""
-    from .scene import ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE
+    are guessed again as a set, study by study (subject hierarchy; volumes of no study form one
+    set): another patient's phases are never ordered with them. Roles set by hand, or cleared,
+    are kept. Returns the nodes guessed, ``[]`` when none is new."""
+    from .scene import ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, studyItemOf
 
-    if not any(node.GetAttribute(ROLE_ATTRIBUTE) is None for node in volumeNodes):
-        return []
-    again = [node for node in volumeNodes
-             if node.GetAttribute(ROLE_ATTRIBUTE) is None or node.GetAttribute(ROLE_GUESSED_ATTRIBUTE)]
-    guessVolumeRoles(again, database, overwrite=True)
-    return again
+    studies = {}
+    for node in volumeNodes:
+        if node.GetAttribute(ROLE_ATTRIBUTE) is None or node.GetAttribute(ROLE_GUESSED_ATTRIBUTE):
+            studies.setdefault(studyItemOf(node.GetScene(), node), []).append(node)
+    guessed = []
+    for nodes in studies.values():
+        if any(node.GetAttribute(ROLE_ATTRIBUTE) is None for node in nodes):  # a new one in this study
+            guessVolumeRoles(nodes, database, overwrite=True)
+            guessed += nodes
+    return guessed
 
 
 def roleChoices():
