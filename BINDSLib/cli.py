@@ -59,6 +59,10 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
+    import warnings
+
+    logging.captureWarnings(True)  # a library's warning as one line like ours, not its source line
+    warnings.filterwarnings("ignore", module=r"pydicom\.")  # pydicom logs each warning itself too
 
 
 def main(argv: list[str] | None = None) -> int:

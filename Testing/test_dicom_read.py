@@ -723,3 +723,89 @@ def test_an_entry_that_cannot_be_resolved_is_skipped_with_its_reason(tmp_path, m
     assert found == ["one.txt"]
     assert sorted((os.path.basename(s.path), s.reason) for s in skipped) == [
         ("locked", "cannot read (Permission denied)"), ("two.txt", "cannot read (Permission denied)")]
+
+
+@pytest.fixture(scope="module")
+def phantom_dicom(tmp_path_factory):
+    """One synthetic case as DICOM (4 mammograms, an ultrasound image, MR series)."""
+    from BINDSLib.cli import main
+
+    root = tmp_path_factory.mktemp("phantom-dicom")
+    assert main(["phantom", "--out", str(root / "ph"), "--cases", "1", "--seed", "4", "--dicom"]) == 0
+    return root / "ph" / "case-0000-dicom"
+
+
+def _edited_copy(src, dst, folder_word, edit):
+    """A copy of the DICOM folder ``src`` whose first file under a folder naming ``folder_word``
+    is changed by ``edit(ds)``; returns that file."""
+    shutil.copytree(src, dst)
+    target = sorted(p for p in dst.rglob("*.dcm") if folder_word in p.parent.name)[0]
+    ds = pydicom.dcmread(target)
+    edit(ds)
+    ds.save_as(target)
+    return target
+
+
+def test_one_damaged_mammogram_is_skipped_alone(phantom_dicom, tmp_path):
+    """A file whose reading fails inside pydicom or numpy (not a checked problem) is skipped
+    with its reason; before, every mammogram of the study was skipped with that reason and the
+    diagnosis went on without them."""
+    from BINDSLib.io.loader import load
+
+    def colour(ds):
+        ds.PhotometricInterpretation = "RGB"  # one sample per pixel: pydicom's windowing refuses it
+
+    bad = _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", colour)
+    res = load(tmp_path / "case")
+    (study,) = res.studies
+    assert sorted(im.label for im in study.images if im.modality is Modality.MG) == ["MG_L_CC", "MG_L_MLO", "MG_R_MLO"]
+    assert [(s.path, s.reason.startswith("damaged DICOM data (")) for s in res.skipped] == [(str(bad), True)]
+
+
+def test_an_empty_window_is_no_window_and_a_nearly_square_orientation_is_squared(phantom_dicom, tmp_path):
+    from BINDSLib.io.loader import load
+
+    reference = {im.label: im for im in load(phantom_dicom).studies[0].images}
+
+    def edit(ds):
+        ds.WindowCenter = ""
+        ds.WindowWidth = ""
+        ds.ImageOrientationPatient = [0, 1, 0.0005, 1, 0.0005, 0]  # rounded values, a hair off square
+
+    _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", edit)
+    res = load(tmp_path / "case")
+    assert not res.skipped
+    got = {im.label: im for im in res.studies[0].images}["MG_R_CC"]
+    direction = np.asarray(got.geometry.direction).reshape(3, 3)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(direction[:, 0], [0, 1, 0.0005], atol=1e-6)
+    assert got.voxels.shape == reference["MG_R_CC"].voxels.shape
+
+
+def test_pixel_data_for_more_frames_than_declared_is_refused(phantom_dicom, tmp_path):
+    """Columns halved: the pixel data holds two images' worth; it was read as a 2-frame
+    mammogram without a word."""
+    from BINDSLib.io.loader import load
+
+    def halve(ds):
+        ds.Columns = ds.Columns // 2
+
+    bad = _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", halve)
+    res = load(tmp_path / "case")
+    assert "MG_R_CC" not in {im.label for im in res.studies[0].images}
+    (skip,) = [s for s in res.skipped if s.path == str(bad)]
+    assert "the pixel data holds 2 frames" in skip.reason and "the header 1" in skip.reason
+
+
+def test_pydicom_warnings_while_decoding_name_the_file(phantom_dicom, tmp_path, caplog):
+    from BINDSLib.io.loader import load
+
+    def zero_frames(ds):
+        ds.NumberOfFrames = 0
+
+    bad = _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", zero_frames)
+    with caplog.at_level("WARNING"):
+        res = load(tmp_path / "case")
+    assert "MG_R_CC" in {im.label for im in res.studies[0].images}
+    said = [r.getMessage() for r in caplog.records if "Number of Frames" in r.getMessage()]
+    assert said and all(m.startswith(f"{bad}: ") for m in said)  # once, with the file; not pydicom's own

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from ..study import Image, Modality, Study
-from .dicom_common import Skipped, image_order, text
+from .dicom_common import Skipped, damaged, image_order, text
 from .dicom_index import (
     DicomFile, DicomIndex, DicomSeries, IndexedStudy, index_dicom_files, index_dicom_folder,
 )
@@ -70,10 +70,9 @@ def load_indexed_study(indexed: IndexedStudy) -> tuple[Study | None, list[Skippe
                 got, lost = reader(series)
             except InputError:
                 raise
-            except Exception as e:  # noqa: BLE001 - a damaged file must not stop the others
-                reason = f"damaged DICOM data ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+            except Exception as e:  # noqa: BLE001 - a damaged file must not stop the other modalities
                 log.debug("reader failed", exc_info=True)
-                got, lost = [], [Skipped(str(f.path), reason) for s in series for f in s.files]
+                got, lost = [], [Skipped(str(f.path), damaged(e)) for s in series for f in s.files]
             images.extend(got)
             skipped.extend(lost)
     if not images:

@@ -49,6 +49,28 @@ class Skipped:
         return {"path": self.path, "reason": self.reason}
 
 
+def damaged(e: Exception) -> str:
+    """The skip reason of a file whose reading raised an unexpected error (damaged data)."""
+    first = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"damaged DICOM data ({type(e).__name__}: {first})"
+
+
+def skip_unreadable(path, read, skipped: list[Skipped]):
+    """``read()``, or None with ``path`` added to ``skipped`` (the reason of an
+    :class:`InputError`, or :func:`damaged`): one bad file never takes the other files of its
+    series or study with it."""
+    try:
+        return read()
+    except InputError as e:
+        reason = e.reason
+    except Exception as e:  # noqa: BLE001 - damaged data raises many kinds inside pydicom and numpy
+        log.debug("reading %s failed", path, exc_info=True)
+        reason = damaged(e)
+    log.debug("skipped %s: %s", path, reason)
+    skipped.append(Skipped(str(path), reason))
+    return None
+
+
 def text(ds, keyword: str, default: str = "") -> str:
     """A header value as stripped text (multi-valued elements joined by ``\\``)."""
     value = ds.get(keyword)
@@ -242,9 +264,21 @@ def decode(ds, path) -> tuple[np.ndarray, str]:
     if not any(k in ds for k in PIXEL_KEYWORDS):
         raise InputError("no pixel data: the file looks truncated or damaged", path)
     check_pixel_size(ds, path)
+    import warnings
+
     try:
         decoder = get_decoder(transfer_syntax(ds))
-        arr, meta = decoder.as_array(ds, raw=True)
+        pydicom_log = logging.getLogger("pydicom")  # (it logs each warning too, without the file)
+        level = pydicom_log.level
+        pydicom_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(record=True) as said:  # pydicom's warnings, said with the file
+                warnings.simplefilter("always")
+                arr, meta = decoder.as_array(ds, raw=True)
+        finally:
+            pydicom_log.setLevel(level)
+        for w in said:
+            log.warning("%s: %s", path, str(w.message).splitlines()[0][:300])
     except NotImplementedError as e:
         raise InputError(f"cannot decode pixel data ({str(e)[:200]}); install the decoders with "
                          "'pip install binds[codecs]' (pylibjpeg)", path) from None
@@ -259,6 +293,10 @@ def decode(ds, path) -> tuple[np.ndarray, str]:
     samples = int(number(ds, "SamplesPerPixel") or 1)
     if frames_of(ds) == 1 and arr.ndim == (2 if samples == 1 else 3):
         arr = arr[None]
+    if arr.shape[0] != frames_of(ds):  # pixel data for more frames than the header declares
+        raise InputError(f"the pixel data holds {arr.shape[0]} frames of {text(ds, 'Rows')} x "
+                         f"{text(ds, 'Columns')} pixels, the header {frames_of(ds)} (NumberOfFrames, Rows or "
+                         "Columns wrong?)", path)
     return arr, photometric.upper()
 
 
@@ -313,23 +351,44 @@ def image_order(im) -> tuple:
     return (modality, _MR_ORDER[r.sequence], r.phase or 0, 0, r.b_value or 0.0)
 
 
+def orthonormal_axes(orientation) -> np.ndarray | None:
+    """Orthonormal ``(3, 3)`` matrix whose columns are the row, column and normal directions
+    (LPS) of an ImageOrientationPatient (slightly non-orthogonal or non-unit values, as files
+    written with few digits hold, are corrected), or None when they are not two directions at
+    right angles."""
+    r, c = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(c))):
+        return None
+    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+    if nr < 1e-6 or nc < 1e-6 or abs(np.dot(r, c)) / (nr * nc) > 1e-2:
+        return None
+    r = r / nr
+    c = c - np.dot(c, r) * r
+    c = c / np.linalg.norm(c)
+    return np.column_stack([r, c, np.cross(r, c)])
+
+
 def plane_geometry(ds, spacing_x_mm: float, spacing_y_mm: float, first_col: int = 0,
-                   first_row: int = 0):
+                   first_row: int = 0, path=None):
     """Geometry of a 2D image: ImagePositionPatient / ImageOrientationPatient when the file has
     them (BINDS writes them for mammography and ultrasound; some vendors do), else the pixel
-    grid at the origin with identity direction. ``first_col``/``first_row``: the top-left pixel
-    of a crop, whose position is shifted accordingly."""
+    grid at the origin with identity direction (with a warning naming ``path`` when they are
+    there but unusable). ``first_col``/``first_row``: the top-left pixel of a crop, whose
+    position is shifted accordingly."""
     from ..study import Geometry
 
     ipp = numbers(ds, "ImagePositionPatient", 3)
     iop = numbers(ds, "ImageOrientationPatient", 6)
     if ipp is not None and iop is not None:
-        row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
-        normal = np.cross(row_dir, col_dir)
-        if abs(np.linalg.norm(row_dir) - 1) < 1e-3 and abs(np.linalg.norm(col_dir) - 1) < 1e-3 \
-                and abs(np.dot(row_dir, col_dir)) < 1e-3:
-            origin = np.array(ipp) + row_dir * first_col * spacing_x_mm + col_dir * first_row * spacing_y_mm
-            direction = np.stack([row_dir, col_dir, normal], axis=1)
-            return Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(origin), tuple(direction.ravel()))
+        axes = orthonormal_axes(iop) if np.all(np.isfinite(ipp)) else None
+        if axes is not None:
+            origin = np.array(ipp) + axes[:, 0] * first_col * spacing_x_mm + axes[:, 1] * first_row * spacing_y_mm
+            return Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(origin), tuple(axes.ravel()))
+        log.warning("%s: ImagePositionPatient %s / ImageOrientationPatient %s do not place the image "
+                    "(not two directions at right angles): it is placed at the origin, unrotated",
+                    path or "a file", list(ipp), list(iop))
+    elif ds.get("ImageOrientationPatient") is not None or ds.get("ImagePositionPatient") is not None:
+        log.warning("%s: ImagePositionPatient / ImageOrientationPatient incomplete: the image is placed "
+                    "at the origin, unrotated", path or "a file")
     return Geometry((spacing_x_mm, spacing_y_mm, 1.0), (first_col * spacing_x_mm, first_row * spacing_y_mm, 0.0))
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..study import MG_VIEWS, Image, Modality, Role, SourceInfo
 from .dicom_common import (
-    plane_geometry,
+    plane_geometry, skip_unreadable,
     MG_PROCESSING_SOP, DX_PROCESSING_SOP, Skipped, decode, dicom_date, frames_of, modality_lut,
     number, numbers, read_full, text, to_float32,
 )
@@ -172,7 +172,7 @@ def display_values(arr: np.ndarray, ds) -> np.ndarray:
 
     values = modality_lut(arr, ds)
     voi_lut_used = bool(ds.get("VOILUTSequence")) and "LUTData" in ds.VOILUTSequence[0]
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    has_window = ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
     if voi_lut_used or has_window:
         source = values
         if voi_lut_used and np.array_equal(values, np.round(values)):
@@ -207,7 +207,7 @@ def read_mg_image(path: Path, header) -> Image:
                         sop_instance_uids=tuple(u for u in [text(header, "SOPInstanceUID")] if u),
                         manufacturer=text(header, "Manufacturer") or None,
                         description=text(header, "SeriesDescription") or None)
-    return Image(voxels, plane_geometry(header, sx, sy), mg_role(header), acquisition_date=acq, source=source)
+    return Image(voxels, plane_geometry(header, sx, sy, path=path), mg_role(header), acquisition_date=acq, source=source)
 
 
 def select_presentation(files) -> tuple[list, list[Skipped]]:
@@ -252,11 +252,8 @@ def read_mg_series(series_list) -> tuple[list[Image], list[Skipped]]:
     kept, skipped = select_presentation(files)
     images = []
     for f in kept:
-        try:
-            im = read_mg_image(f.path, f.header)
-        except InputError as e:
-            log.debug("skipped %s: %s", f.path, e.reason)
-            skipped.append(Skipped(str(f.path), e.reason))
+        im = skip_unreadable(f.path, lambda: read_mg_image(f.path, f.header), skipped)
+        if im is None:
             continue
         if im.role.view is None or im.role.laterality is None:
             log.warning("%s: mammogram with unknown %s", f.path,

@@ -21,7 +21,7 @@ from ..fsutil import sitk_path
 from ..study import Geometry, Image, Role, SourceInfo
 from .dicom_common import (
     Skipped, check_pixel_size, decode, dicom_date, dicom_time_s, frames_of, modality_lut,
-    number, numbers, read_full, text, to_float32,
+    number, numbers, orthonormal_axes, read_full, text, to_float32,
 )
 from .dicom_mr_roles import assign_roles, b_value_of, series_skip_reason
 from .files import check_declared_size
@@ -164,15 +164,11 @@ def series_slices(series) -> list[MRSlice]:
 def plane_axes(orientation, path) -> np.ndarray:
     """Orthonormal ``(3, 3)`` matrix whose columns are the row, column and normal directions
     (LPS) of ImageOrientationPatient (slightly non-orthogonal values are corrected)."""
-    r, c = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
-    if nr < 1e-6 or nc < 1e-6 or abs(np.dot(r, c)) / (nr * nc) > 1e-2:
+    axes = orthonormal_axes(orientation)
+    if axes is None:
         raise InputError(f"invalid ImageOrientationPatient {list(orientation)} "
                          "(directions must be unit length and orthogonal)", path)
-    r = r / nr
-    c = c - np.dot(c, r) * r
-    c = c / np.linalg.norm(c)
-    return np.column_stack([r, c, np.cross(r, c)])
+    return axes
 
 
 def _same_orientation(a, b) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..study import Image, Modality, Role, SourceInfo
 from .dicom_common import (
-    plane_geometry,
+    plane_geometry, skip_unreadable,
     Skipped, decode, dicom_date, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .dicom_mg import laterality_from_words, words
@@ -136,13 +136,13 @@ def read_us_image(path: Path, header) -> Image:
     if region is not None:
         voxels = voxels[:, region.y0:region.y1 + 1, region.x0:region.x1 + 1]
         sx, sy = region.spacing_x_mm, region.spacing_y_mm
-        geometry = plane_geometry(header, sx, sy, region.x0, region.y0)
+        geometry = plane_geometry(header, sx, sy, region.x0, region.y0, path=path)
         log.info("%s: cropped to the ultrasound region x %d-%d, y %d-%d (%.3f x %.3f mm pixels)",
                  path, region.x0, region.x1, region.y0, region.y1, sx, sy)
     else:
         sp = numbers(ds, "PixelSpacing", 2)
         sx, sy = (sp[1], sp[0]) if sp and min(sp) > 0 else (1.0, 1.0)
-        geometry = plane_geometry(header, sx, sy)
+        geometry = plane_geometry(header, sx, sy, path=path)
         if not sp:
             log.warning("%s: no ultrasound region in cm and no PixelSpacing; assuming 1 mm pixels", path)
     acq = (dicom_date(text(header, "AcquisitionDate")) or dicom_date(text(header, "ContentDate"))
@@ -163,9 +163,7 @@ def read_us_series(series_list) -> tuple[list[Image], list[Skipped]]:
     images, skipped = [], []
     for s in series_list:
         for f in s.files:
-            try:
-                images.append(read_us_image(f.path, f.header))
-            except InputError as e:
-                log.debug("skipped %s: %s", f.path, e.reason)  # the caller reports Skipped
-                skipped.append(Skipped(str(f.path), e.reason))
+            im = skip_unreadable(f.path, lambda: read_us_image(f.path, f.header), skipped)
+            if im is not None:
+                images.append(im)
     return images, skipped
