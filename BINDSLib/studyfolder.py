@@ -61,6 +61,9 @@ def read_volume(path: Path):
         raise InputError("file not found", path)
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
+    from .io.files import check_data_files
+
+    check_data_files(path)
     try:
         return sitk.ReadImage(sitk_path(path))
     except RuntimeError as e:

@@ -158,3 +158,58 @@ def test_a_jpeg_mask_is_thresholded_at_half_its_maximum(tmp_path):
     assert (got != disc).sum() <= 6
     sitk.WriteImage(sitk.GetImageFromArray(disc), str(tmp_path / "mask.png"))  # lossless: any non-zero
     np.testing.assert_array_equal(read_mask_file(tmp_path / "mask.png", (1, 64, 64))[0], disc)
+
+
+def test_several_values_per_voxel_are_grey_only_for_colour(tmp_path):
+    """RGB(A) pictures and 8-bit RGB volumes (a Slicer export of a colour
+    ultrasound), become grey; a vector of floats (b-values or phases in one file) is refused,
+    not averaged as a colour."""
+    vectors = sitk.GetImageFromArray(np.ones((2, 4, 5, 3), np.float32), isVector=True)
+    sitk.WriteImage(vectors, str(tmp_path / "MR_T2.nrrd"))
+    with pytest.raises(InputError, match="3 values per voxel .* give one grayscale image per file"):
+        read_image_file(tmp_path / "MR_T2.nrrd")
+    two = sitk.GetImageFromArray(np.ones((2, 4, 5, 2), np.float32), isVector=True)
+    sitk.WriteImage(two, str(tmp_path / "MR_ADC.mha"))
+    with pytest.raises(InputError, match="2 values per voxel"):  # was an "internal error"
+        read_image_file(tmp_path / "MR_ADC.mha")
+    rgb = np.zeros((1, 4, 5, 3), np.uint8)
+    rgb[..., 0] = 200
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "US_L.nrrd"))
+    assert read_image_file(tmp_path / "US_L.nrrd").voxels.max() == pytest.approx(0.299 * 200, rel=1e-5)
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 100, 255
+    sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / "US_R.png"))
+    np.testing.assert_allclose(read_image_file(tmp_path / "US_R.png").voxels, np.full((1, 4, 5), 58.7), rtol=1e-5)
+
+
+def test_a_header_never_reads_a_file_outside_its_folder(tmp_path):
+    """A detached NRRD or MetaImage header names its data file: one outside the header's folder
+    (/etc/passwd), a device or a missing file is refused before SimpleITK reads it; one beside
+    it is read."""
+    from BINDSLib.studyfolder import read_volume
+
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "MR_T2.raw").write_bytes(data.tobytes())
+    header = ("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nspacings: 1 1 2\n"
+              "encoding: raw\ndata file: {}\n\n")
+    good = tmp_path / "MR_T2.nhdr"
+    good.write_text(header.format("MR_T2.raw"))
+    np.testing.assert_array_equal(read_image_file(good).voxels, data)
+    for name, target, message in (("etc", "/etc/passwd", "outside the header's folder"),
+                                  ("up", "../MR_T2.raw", "outside the header's folder"),
+                                  ("dev", "/dev/zero", "outside the header's folder"),
+                                  ("gone", "nothere.raw", "missing or not a regular file"),
+                                  ("list", "LIST", "a list or series of files")):
+        sub = tmp_path / name
+        sub.mkdir()
+        (sub / "MR_T2.nhdr").write_text(header.format(target))
+        for read in (read_image_file, read_volume):
+            with pytest.raises(InputError, match=message) as e:
+                read(sub / "MR_T2.nhdr")
+            assert str(sub / "MR_T2.nhdr") in str(e.value)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "MR_T2.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementType = MET_UCHAR\n"
+                                    "ElementDataFile = /etc/passwd\n")
+    with pytest.raises(InputError, match="outside the header's folder"):
+        read_image_file(meta / "MR_T2.mhd")

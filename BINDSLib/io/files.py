@@ -70,6 +70,48 @@ def check_finite(voxels: np.ndarray, path) -> None:
         raise InputError(f"image has {n} NaN or infinite voxel(s)", path)
 
 
+#: header formats whose voxels may lie in another file the header names
+DETACHED_SUFFIXES = (".nhdr", ".mhd", ".mha", ".nrrd")
+_DATA_FILE_FIELD = {".nhdr": ("data file", "datafile"), ".nrrd": ("data file", "datafile"),
+                    ".mhd": ("elementdatafile",), ".mha": ("elementdatafile",)}
+
+
+def check_data_files(path: str | os.PathLike) -> None:
+    """Refuse a NRRD / MetaImage header whose voxels are in a file outside its own folder (an
+    absolute path, ``..``), in something that is not a regular file (a device, a folder), or
+    in a list or numbered series of files: a header must not make BINDS read, and copy into
+    its outputs, any other file of the computer."""
+    path = Path(path)
+    fields = _DATA_FILE_FIELD.get(suffix_of(path))
+    if fields is None:
+        return
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    folder = Path(os.path.abspath(path)).parent
+    for raw in head.split(b"\n"):
+        line = raw.decode("latin-1").strip()
+        if not line and suffix_of(path) in (".nhdr", ".nrrd"):
+            break  # the end of a NRRD header
+        key, sep, value = line.partition("=" if suffix_of(path) in (".mhd", ".mha") else ":")
+        if not sep or key.strip().lower() not in fields:
+            continue
+        value = value.strip()
+        if suffix_of(path) in (".nhdr", ".nrrd") and value.startswith("="):
+            value = value[1:].strip()  # "data file:=" is a key/value pair, not a field; same name
+        if value.upper() == "LOCAL" or (suffix_of(path) == ".nrrd" and not value):
+            return
+        if value.upper().startswith("LIST") or len(value.split()) > 1:
+            raise InputError(f"the header names its voxels as a list or series of files ({value!r}); "
+                             "give the image as one file (e.g. a .nrrd)", path)
+        data = Path(os.path.abspath(folder / value))
+        if os.path.isabs(value) or folder not in data.parents:
+            raise InputError(f"the header's voxels are in {value!r}, outside the header's folder: "
+                             "keep the data file beside its header", path)
+        if not data.is_file():
+            raise InputError(f"the header's data file {value!r} is missing or not a regular file", path)
+        return
+
+
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
     """``(..., 3 or 4)`` RGB(A) to float32 luma (ITU-R BT.601); alpha is ignored."""
     rgb = rgb[..., :3].astype(np.float32)
@@ -86,8 +128,19 @@ def sitk_to_voxels(img, path) -> tuple[np.ndarray, Geometry]:
         geom = Geometry.from_sitk(img)
     except ValueError as e:
         raise InputError(f"invalid geometry: {e}", path) from None
+    components = img.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        # colour pictures (RGB, RGBA) become grey. Several values per voxel in any other form
+        # are several images (b-values, phases, a vector field): averaging them as colours
+        # would be a silent wrong image
+        colour = components in (3, 4) and (suffix_of(Path(path)) in PICTURE_SUFFIXES
+                                            or img.GetPixelID() in (sitk.sitkVectorUInt8, sitk.sitkVectorInt8))
+        if not colour:
+            raise InputError(f"{components} values per voxel ({img.GetPixelIDTypeAsString()}): a vector "
+                             "image or several images in one file; give one grayscale image per file "
+                             "(8-bit RGB is read as grey)", path)
     arr = sitk.GetArrayFromImage(img)
-    if img.GetNumberOfComponentsPerPixel() > 1:
+    if components > 1:
         arr = to_grayscale(arr)
     if arr.ndim == 2:
         arr = arr[None]
@@ -104,6 +157,7 @@ def read_image_info(path: Path):
         raise InputError("file not found", path)
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
+    check_data_files(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(sitk_path(path))
     try:
