@@ -16,6 +16,8 @@ the same mammogram under two roles        error: a view is duplicated
 left and right breasts against the same   warning: laterality may be swapped
   image edge, or one breast's views
   against different edges
+a pixel or slice spacing no breast image  warning: the model resamples by it, so
+  has (:data:`PLAUSIBLE_SPACING_MM`)        its result is likely wrong
 ========================================  =========================================
 """
 
@@ -54,8 +56,26 @@ def breast_side(voxels2d: np.ndarray) -> str:
 
 #: the smallest image side (pixels) BINDS diagnoses
 MIN_SIDE = 8
+#: (in-plane, between slices) spacings in mm that breast images have; outside: warned about.
+#: Films digitised at 0.05 mm to MR slices of several mm; a wrong tag or header is far off.
+PLAUSIBLE_SPACING_MM = {Modality.MG: ((0.01, 5.0), None), Modality.US: ((0.01, 5.0), None),
+                        Modality.MR: ((0.05, 10.0), (0.1, 50.0))}
 #: below this share of pixels differing from an image's most common value, it is nearly blank
 NEAR_BLANK = 0.001
+
+
+def _spacing_warnings(im: Image) -> list[str]:
+    sx, sy, sz = im.geometry.spacing_mm
+    in_plane, between = PLAUSIBLE_SPACING_MM.get(im.modality, (None, None))
+    found = []
+    if in_plane and not (in_plane[0] <= sx <= in_plane[1] and in_plane[0] <= sy <= in_plane[1]):
+        found.append(f"pixel spacing {sx:.4g} x {sy:.4g} mm (expected {in_plane[0]:g}-{in_plane[1]:g})")
+    if between and im.shape[0] > 1 and not between[0] <= sz <= between[1]:
+        found.append(f"slice spacing {sz:.4g} mm (expected {between[0]:g}-{between[1]:g})")
+    if not found:
+        return []
+    return [f"{im.label} ({_where(im)}) has an implausible {' and '.join(found)} for {im.modality.value}: "
+            "check its geometry; the model resamples by it, so its result is likely wrong"]
 
 
 def check_study(study: Study) -> list[str]:
@@ -84,6 +104,7 @@ def check_study(study: Study) -> list[str]:
         if varied < NEAR_BLANK:
             warnings.append(f"{im.label} is nearly blank ({100 * varied:.2g} % of its pixels differ from the "
                             "most common value): its result means little")
+        warnings += _spacing_warnings(im)
         files = im.source.files if im.source is not None else ()
         if files and suffix_of(Path(files[0])) in PICTURE_SUFFIXES and im.geometry.spacing_mm[:2] == (1.0, 1.0):
             warnings.append(f"{im.label} is a picture file without a pixel size ({Path(files[0]).name}): 1 mm "

@@ -809,3 +809,50 @@ def test_pydicom_warnings_while_decoding_name_the_file(phantom_dicom, tmp_path, 
     assert "MG_R_CC" in {im.label for im in res.studies[0].images}
     said = [r.getMessage() for r in caplog.records if "Number of Frames" in r.getMessage()]
     assert said and all(m.startswith(f"{bad}: ") for m in said)  # once, with the file; not pydicom's own
+
+
+def test_mr_spacing_from_any_slice_and_one_position_refused(tmp_path, caplog):
+    """The first slice without PixelSpacing took the whole series to 1 mm pixels without a word;
+    slices that are all at one position (an anonymiser's blanked ImagePositionPatient) became
+    one-slice "volumes" told apart by their order."""
+    paths = write_mr_series(tmp_path / "t2", axis_volume((4, 6, 6)), (0, 0, 0), (1, 0, 0), (0, 1, 0),
+                            (2.5, 2.5, 3.0), SeriesDescription="T2 tse")
+    ds = pydicom.dcmread(paths[0])
+    del ds.PixelSpacing
+    ds.save_as(paths[0])
+    (study,), skipped = load_dicom_folder(tmp_path / "t2")
+    assert not skipped and study.images[0].geometry.spacing_mm == pytest.approx((2.5, 2.5, 3.0))
+    for p in paths:  # now none has one: 1 mm, said
+        ds = pydicom.dcmread(p)
+        if "PixelSpacing" in ds:
+            del ds.PixelSpacing
+        ds.save_as(p)
+    with caplog.at_level("WARNING"):
+        (study,), _ = load_dicom_folder(tmp_path / "t2")
+    assert study.images[0].geometry.spacing_mm[:2] == (1.0, 1.0)
+    assert "no usable PixelSpacing; assuming 1 mm pixels" in caplog.text
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.save_as(p)
+    with pytest.raises(InputError, match=r"all 4 slices are at the same position"):
+        load_dicom_folder(tmp_path / "t2")
+
+
+def test_an_implausible_spacing_is_a_note_of_the_report(tmp_path):
+    """A spacing no breast image has (a wrong tag or header) changes what the model sees: the
+    report says so instead of returning a plausible-looking probability in silence."""
+    from BINDSLib.validation import check_study
+    from BINDSLib.study import Geometry, Image, Role, Study
+
+    rng = np.random.default_rng(0)
+    voxels = rng.random((12, 32, 32)).astype(np.float32)
+    ok = Image(voxels, Geometry((0.8, 0.8, 3.0)), Role.parse("MR_T2"))
+    assert check_study(Study("s", images=[ok])) == []
+    tiny = Image(voxels, Geometry((1e-6, 1e-6, 3.0)), Role.parse("MR_DCE1"))
+    flat = Image(voxels, Geometry((0.8, 0.8, 1e30)), Role.parse("MR_T1_PRE"))
+    us = Image(voxels[:1], Geometry((1e31, 1e31, 1.0)), Role.parse("US_L"))
+    notes = check_study(Study("s", images=[tiny, flat, us]))
+    assert [n.split(" ")[0] for n in notes] == ["MR_DCE1", "MR_T1_PRE", "US_L"]
+    assert "implausible pixel spacing 1e-06 x 1e-06 mm (expected 0.05-10) for MR" in notes[0]
+    assert "implausible slice spacing 1e+30 mm (expected 0.1-50)" in notes[1]

@@ -193,9 +193,10 @@ def check_plane(slices: list[MRSlice], where: str) -> None:
             raise InputError(f"series {where} has slices in {len(kinds)} different orientations "
                              "(a localizer or a multi-plane series); BINDS reads single-orientation "
                              "3D series", path)
-        sp = {tuple(np.round(s.spacing_rc_mm, 4)) for s in slices if s.spacing_rc_mm}
+        sp = {tuple(float(v) for v in np.round(s.spacing_rc_mm, 4)) for s in slices if s.spacing_rc_mm}
         if len(sp) > 1:
-            raise InputError(f"series {where} mixes pixel spacings {sorted(sp)}", path)
+            found = ", ".join(f"{r:g} x {c:g}" for r, c in sorted(sp))
+            raise InputError(f"series {where} mixes pixel spacings (mm, row x column): {found}", path)
 
 
 def _projections(slices: list[MRSlice], normal: np.ndarray) -> np.ndarray:
@@ -225,6 +226,10 @@ def split_volumes(slices: list[MRSlice], where: str) -> tuple[list[list[MRSlice]
         if all(len(g) == n_pos and len({k for k, _ in g}) == n_pos for g in groups.values()):
             return [[s for _, s in groups[v]] for v in sorted(groups)], attr
     counts = Counter(keys)
+    if n_pos == 1:  # nothing to stack: not volumes told apart by order (an anonymiser's blanked position?)
+        raise InputError(f"series {where}: all {len(slices)} slices are at the same position "
+                         "(ImagePositionPatient), and no attribute separates them into volumes; "
+                         "cannot stack them in 3D", slices[0].file.path)
     if len(set(counts.values())) == 1:
         log.warning("series %s: %d volumes told apart only by acquisition order", where, counts[keys[0]])
         ranked: dict = {}
@@ -251,8 +256,14 @@ def stack_geometry(slices: list[MRSlice], where: str) -> tuple[list[MRSlice], Ge
         row, column and normal directions (LPS).
     """
     first = slices[0]
-    sp = first.spacing_rc_mm or numbers(first.file.header, "PixelSpacing", 2)
-    row_mm, col_mm = sp if sp and min(sp) > 0 else (1.0, 1.0)
+    # the spacing the slices share (check_plane: one at most), from any slice that has one
+    sp = next((s.spacing_rc_mm for s in slices if s.spacing_rc_mm and min(s.spacing_rc_mm) > 0), None) or \
+        numbers(first.file.header, "PixelSpacing", 2)
+    if sp and min(sp) > 0:
+        row_mm, col_mm = sp
+    else:
+        row_mm, col_mm = 1.0, 1.0
+        log.warning("series %s (%s): no usable PixelSpacing; assuming 1 mm pixels", where, first.file.path)
     if first.orientation is None or first.position is None:
         if len(slices) > 1:
             raise InputError(f"series {where} cannot be placed in 3D (no ImagePositionPatient)",
