@@ -53,19 +53,13 @@ def write_nrrd(path: Path, voxels: np.ndarray, geometry: Geometry) -> None:
 
 
 def read_volume(path: Path):
-    """Read an image file through SimpleITK; a clear :class:`InputError` if it cannot."""
-    import SimpleITK as sitk
+    """Read an image file through SimpleITK; a clear :class:`InputError` if it cannot (its
+    header checked first: :func:`.io.files.read_image_info`)."""
+    from .io.files import read_image_info
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty (0 bytes)", path)
-    from .io.files import check_data_files
-
-    check_data_files(path)
+    reader = read_image_info(Path(path))
     try:
-        return sitk.ReadImage(sitk_path(path))
+        return reader.Execute()
     except RuntimeError as e:
         from .io.files import itk_reason
 

@@ -213,3 +213,28 @@ def test_a_header_never_reads_a_file_outside_its_folder(tmp_path):
                                     "ElementDataFile = /etc/passwd\n")
     with pytest.raises(InputError, match="outside the header's folder"):
         read_image_file(meta / "MR_T2.mhd")
+
+
+def test_truncated_files_are_refused_not_zero_filled(tmp_path):
+    """SimpleITK reads a raw NRRD or a NIfTI cut short with zeros for the missing voxels, and
+    libjpeg a cut JPEG with grey; each is refused, naming the file."""
+    data = (np.arange(4 * 8 * 8) % 200).astype(np.uint16).reshape(4, 8, 8) + 1
+    for name in ("MR_T2.nii", "MR_ADC.nrrd"):
+        img = sitk.GetImageFromArray(data)
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(tmp_path / name))
+        writer.SetUseCompression(False)
+        writer.Execute(img)
+        np.testing.assert_array_equal(read_image_file(tmp_path / name).voxels, data)  # whole: read
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(raw[: len(raw) - 300])
+        with pytest.raises(InputError, match=r"truncated: the header declares 512 bytes of voxels, the file holds 2\d\d") as e:
+            read_image_file(tmp_path / name)
+        assert name in str(e.value)
+    picture = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(picture), str(tmp_path / "US_L.jpg"))
+    assert read_image_file(tmp_path / "US_L.jpg").shape == (1, 64, 64)
+    raw = (tmp_path / "US_L.jpg").read_bytes()
+    (tmp_path / "US_L.jpg").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="truncated JPEG"):
+        read_image_file(tmp_path / "US_L.jpg")

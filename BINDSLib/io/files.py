@@ -76,30 +76,41 @@ _DATA_FILE_FIELD = {".nhdr": ("data file", "datafile"), ".nrrd": ("data file", "
                     ".mhd": ("elementdatafile",), ".mha": ("elementdatafile",)}
 
 
-def check_data_files(path: str | os.PathLike) -> None:
+def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
     """Refuse a NRRD / MetaImage header whose voxels are in a file outside its own folder (an
     absolute path, ``..``), in something that is not a regular file (a device, a folder), or
     in a list or numbered series of files: a header must not make BINDS read, and copy into
-    its outputs, any other file of the computer."""
+    its outputs, any other file of the computer.
+
+    Returns where uncompressed voxels start, ``(file, byte offset)``, for :func:`check_not_truncated`
+    (None for other formats or compressed data)."""
     path = Path(path)
-    fields = _DATA_FILE_FIELD.get(suffix_of(path))
+    suffix = suffix_of(path)
+    if suffix == ".nii":
+        return path, 352  # (at least: vox_offset is 352 or more)
+    fields = _DATA_FILE_FIELD.get(suffix)
     if fields is None:
-        return
+        return None
+    nrrd = suffix in (".nhdr", ".nrrd")
     with open(path, "rb") as f:
         head = f.read(65536)
     folder = Path(os.path.abspath(path)).parent
+    raw_data, data, offset = True, None, 0
     for raw in head.split(b"\n"):
+        offset += len(raw) + 1
         line = raw.decode("latin-1").strip()
-        if not line and suffix_of(path) in (".nhdr", ".nrrd"):
-            break  # the end of a NRRD header
-        key, sep, value = line.partition("=" if suffix_of(path) in (".mhd", ".mha") else ":")
-        if not sep or key.strip().lower() not in fields:
+        if not line and nrrd:
+            break  # the end of a NRRD header: attached voxels follow
+        key, sep, value = line.partition(":" if nrrd else "=")
+        key, value = key.strip().lower(), value.strip()
+        if nrrd and value.startswith("="):
+            continue  # "key:=value" is a key/value pair, not a field
+        if key in ("encoding", "compresseddata"):
+            raw_data = value.lower() in ("raw", "false")
+        if not sep or key not in fields:
             continue
-        value = value.strip()
-        if suffix_of(path) in (".nhdr", ".nrrd") and value.startswith("="):
-            value = value[1:].strip()  # "data file:=" is a key/value pair, not a field; same name
-        if value.upper() == "LOCAL" or (suffix_of(path) == ".nrrd" and not value):
-            return
+        if value.upper() == "LOCAL":
+            break  # (MetaImage: the voxels follow this line, the header's last)
         if value.upper().startswith("LIST") or len(value.split()) > 1:
             raise InputError(f"the header names its voxels as a list or series of files ({value!r}); "
                              "give the image as one file (e.g. a .nrrd)", path)
@@ -109,7 +120,32 @@ def check_data_files(path: str | os.PathLike) -> None:
                              "keep the data file beside its header", path)
         if not data.is_file():
             raise InputError(f"the header's data file {value!r} is missing or not a regular file", path)
+        offset = 0
+        if not nrrd:
+            break
+    if not raw_data:
+        return None
+    return (data, 0) if data is not None else (path, offset)
+
+
+def check_not_truncated(path: Path, reader, where: tuple[Path, int] | None) -> None:
+    """Refuse an uncompressed image whose file holds fewer bytes than its header declares
+    (SimpleITK fills the missing voxels with zeros without a word)."""
+    import re
+
+    import SimpleITK as sitk
+
+    if where is None:
         return
+    data, offset = where
+    bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    if bits is None:
+        return
+    need = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * int(bits[1]) // 8
+    have = data.stat().st_size - offset
+    if have < need:
+        raise InputError(f"truncated: the header declares {need} bytes of voxels, the file holds "
+                         f"{max(have, 0)}", path)
 
 
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
@@ -157,7 +193,12 @@ def read_image_info(path: Path):
         raise InputError("file not found", path)
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
-    check_data_files(path)
+    where = check_data_files(path)
+    if suffix_of(path) in (".jpg", ".jpeg"):
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            if b"\xff\xd9" not in f.read():  # libjpeg would fill the rest with grey (and say so on stdout)
+                raise InputError("truncated JPEG: no end-of-image marker", path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(sitk_path(path))
     try:
@@ -167,6 +208,7 @@ def read_image_info(path: Path):
     n = int(np.prod(reader.GetSize(), dtype=np.int64))
     ncomp = reader.GetNumberOfComponents()
     check_declared_size(n * ncomp, 8, path)  # worst case: decoded to float64
+    check_not_truncated(path, reader, where)
     return reader
 
 
