@@ -856,3 +856,14 @@ def test_an_implausible_spacing_is_a_note_of_the_report(tmp_path):
     assert [n.split(" ")[0] for n in notes] == ["MR_DCE1", "MR_T1_PRE", "US_L"]
     assert "implausible pixel spacing 1e-06 x 1e-06 mm (expected 0.05-10) for MR" in notes[0]
     assert "implausible slice spacing 1e+30 mm (expected 0.1-50)" in notes[1]
+
+
+def test_empty_pixel_data_is_named_as_such(phantom_dicom, tmp_path):
+    from BINDSLib.io.loader import load
+
+    def empty(ds):
+        ds.PixelData = b""
+
+    bad = _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", empty)
+    (skip,) = [s for s in load(tmp_path / "case").skipped if s.path == str(bad)]
+    assert skip.reason == "no pixel data: the file looks truncated or damaged"  # not a TypeError's words

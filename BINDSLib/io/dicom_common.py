@@ -261,7 +261,7 @@ def decode(ds, path) -> tuple[np.ndarray, str]:
     """
     from pydicom.pixels.decoders.base import get_decoder
 
-    if not any(k in ds for k in PIXEL_KEYWORDS):
+    if not any(k in ds and ds[k].value for k in PIXEL_KEYWORDS):  # absent, or present but empty
         raise InputError("no pixel data: the file looks truncated or damaged", path)
     check_pixel_size(ds, path)
     import warnings
