@@ -6,7 +6,8 @@ Each sub-command lives in its own module under :mod:`BINDSLib.commands` exposing
 ``binds --help`` is instant.
 
 Exit codes: see :mod:`BINDSLib.errors` (0 ok, 2 usage, 3 bad input, 4 model, 5 output,
-6 some batch items failed, 1 internal error, 130 interrupted, 141 standard output closed).
+6 some batch items failed, 1 internal error, 130 interrupted, 141 standard output closed,
+143 terminated).
 On error one line goes to stderr; ``--debug`` prints the traceback too.
 """
 
@@ -19,15 +20,16 @@ import logging
 import sys
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_STDOUT_CLOSED, BindsError
+from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_STDOUT_CLOSED, EXIT_TERMINATED,
+                     BindsError)
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
             "calibrate", "models")
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 model bundle problem,
-5 output problem, 6 some items of a batch failed, 130 interrupted, 141 output pipe closed
-(e.g. | head). Research use only; not for clinical use."""
+5 output problem (also a full or read-only disk), 6 some items of a batch failed,
+130 interrupted, 141 output pipe closed (e.g. | head), 143 terminated (SIGTERM). Research use only; not for clinical use."""
 
 log = logging.getLogger("binds")
 
@@ -65,6 +67,15 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     warnings.filterwarnings("ignore", module=r"pydicom\.")  # pydicom logs each warning itself too
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``), raised where the process is, so that what it was
+    writing is removed as for Ctrl-C (``fsutil.atomic_dir``) instead of left half-written."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,6 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import signal
+
+    if args.own_process:
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    finally:
+        if args.own_process:  # the work is done: a Ctrl-C or SIGTERM while Python shuts down
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # (torch's exit hooks) is no traceback
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _run(args) -> int:
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # (a reader gone, as in ``| head``, is met here, not at exit)
@@ -87,12 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("error")
         print(f"binds {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print(f"binds {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"binds {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
         if args.debug:
             log.exception("error")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # the output's disk, whatever file
+            where = e.filename or getattr(args, "out", None) or ""
+            print(f"binds {args.command}: error: {where}{': ' if where else ''}cannot be written: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return EXIT_OUTPUT
         if e.errno == errno.ENAMETOOLONG:  # a path the file system cannot hold, wherever first touched
             print(f"binds {args.command}: error: {e.filename}: the name is too long for the file system",
                   file=sys.stderr)

@@ -17,6 +17,7 @@ Exit codes (documented in README.md and ``binds --help``):
 6    some items of a batch failed (the others finished)
 130  interrupted (Ctrl-C)
 141  the reader of standard output went away (``| head``), as when SIGPIPE ends a process
+143  terminated (SIGTERM), what was being written removed
 ==== ===========================================================
 """
 
@@ -33,6 +34,7 @@ EXIT_OUTPUT = 5
 EXIT_PARTIAL = 6
 EXIT_INTERRUPTED = 130
 EXIT_STDOUT_CLOSED = 141
+EXIT_TERMINATED = 143
 
 
 class BindsError(Exception):

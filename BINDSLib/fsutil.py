@@ -174,6 +174,38 @@ def atomic_write_json(path: str | os.PathLike, obj, overwrite: bool = True) -> P
     return atomic_write_text(path, json_dumps(obj), overwrite=overwrite)
 
 
+#: the lock file a long-running command holds in its output folder (:func:`output_lock`)
+LOCK_NAME = ".binds.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder ``folder`` (which must exist) while a
+    command that writes many files into it runs (a batch of diagnoses, a cohort, a training
+    run): a second such command on the same folder is refused at once (:class:`OutputError`)
+    instead of removing or interleaving the first one's files. The lock goes with the process
+    (a killed run leaves no stale lock). Where the platform has no ``fcntl`` (Windows), there
+    is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise OutputError(f"cannot be written: {e.strerror or e}", folder) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another {command} is writing into this folder now: wait for it to "
+                              "finish, or choose another --out", folder) from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
                signs=OUTPUT_SIGNS) -> Iterator[Path]:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fsutil import STUDY_SIGNS, atomic_dir, json_dumps, sitk_path
+from .fsutil import STUDY_SIGNS, atomic_dir, json_dumps
+from .io.files import write_image
 from .study import (
     Diagnosis, ExamHistory, Finding, Geometry, Image, Pathology, Role, SourceInfo, Study,
     parse_date, pseudonym,
@@ -49,7 +50,7 @@ def write_nrrd(path: Path, voxels: np.ndarray, geometry: Geometry) -> None:
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     geometry.apply_to_sitk(img)
-    sitk.WriteImage(img, sitk_path(path, output=True), useCompression=True)
+    write_image(img, path, compress=True)
 
 
 def read_volume(path: Path):

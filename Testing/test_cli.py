@@ -126,3 +126,47 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     assert done.returncode == 141, done.stderr
     assert "internal error" not in done.stderr and "Exception ignored" not in done.stderr
     assert "BrokenPipe" not in done.stderr
+
+
+def test_sigterm_removes_what_was_being_written_and_says_so(tmp_path):
+    """kill (a scheduler's SIGTERM) while phantom writes: exit 143, one line, no output and no
+    hidden .part folder left (before, the half-built folder stayed behind, without a word)."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "ph"
+    proc = subprocess.Popen([sys.executable, "-m", "BINDSLib", "phantom", "--out", str(out), "--cases", "40"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ph.*.part")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "phantom finished before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().endswith("binds phantom: terminated") and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".ph.*"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_or_read_only_disk_is_an_output_problem(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import SimpleITK as sitk
+
+    import BINDSLib.commands.phantom as phantom
+    from BINDSLib.errors import OutputError
+    from BINDSLib.io.files import write_image
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ph" / "a.nrrd"))
+
+    monkeypatch.setattr(phantom, "run", full)  # (registered when main builds its parser)
+    assert main(["phantom", "--out", str(tmp_path / "ph")]) == 5
+    assert f"{tmp_path / 'ph' / 'a.nrrd'}: cannot be written: No space left on device" in capsys.readouterr().err
+    # ITK says a failed write in a RuntimeError: an output error naming the file
+    with pytest.raises(OutputError, match="cannot be written") as e:
+        write_image(sitk.Image(4, 4, sitk.sitkUInt8), tmp_path / "no-such-folder" / "x.nrrd")
+    assert "x.nrrd" in str(e.value)
+

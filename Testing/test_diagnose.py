@@ -301,3 +301,51 @@ def test_batch_csv_with_a_byte_order_mark_and_one_without_rows(tmp_path, diagnos
     listing.write_text("path\n")
     assert main(["diagnose", str(listing), "--model", str(diagnosis_bundle), "--out", str(tmp_path / "o2")]) == 3
     assert "the batch CSV lists no study" in capsys.readouterr().err
+
+
+def test_a_second_batch_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, diagnosis_bundle,
+                                                                            study_dir, capsys):
+    """A batch removes the half-written study folders a killed run left; a second batch into
+    the same folder would have removed the first one's live ones (seen: a report listing maps
+    that were not there). The folder's lock refuses the second batch at once."""
+    from BINDSLib.fsutil import output_lock
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    write_study_folder(read_study_folder(study_dir), root / "a")
+    write_study_folder(make_study(12, diagnosis="benign", modalities=("US",)), root / "b")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["diagnose", str(root), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1"]
+    with output_lock(out, "binds diagnose batch"):  # the first batch, still running
+        assert main(args) == 5
+        assert "another binds diagnose batch is writing into this folder now" in capsys.readouterr().err
+        assert not (out / "results.csv").exists()
+    assert main(args) == 0  # once it is done (or killed: the lock goes with the process)
+
+
+def test_a_study_whose_outputs_cannot_be_written_is_a_failure_of_the_batch(tmp_path, diagnosis_bundle, study_dir,
+                                                                           monkeypatch, capsys):
+    import errno
+
+    import BINDSLib.diagnose as dg
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    write_study_folder(read_study_folder(study_dir), root / "a")
+    write_study_folder(make_study(12, diagnosis="benign", modalities=("US",)), root / "b")
+    real = dg.diagnose_study
+
+    def full_disk_for_a(model, st, target, *a, **k):
+        if target.name == "a" or st.study_id == read_study_folder(study_dir).study_id:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target / "x.nrrd"))
+        return real(model, st, target, *a, **k)
+
+    monkeypatch.setattr(dg, "diagnose_study", full_disk_for_a)
+    out = tmp_path / "out"
+    assert main(["diagnose", str(root), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1"]) == 6
+    failures = list(csv.DictReader(open(out / "failures.csv")))
+    assert len(failures) == 1 and "cannot be written: No space left on device" in failures[0]["error"]
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 1  # the other study was diagnosed

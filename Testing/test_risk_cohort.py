@@ -112,6 +112,14 @@ def test_failures_are_listed_not_fatal(tmp_path, bundle, capsys):
     # another model in the same folder is refused
     other = tiny_bundle(tmp_path / "other", seed=9)
     assert main(["cohort", str(manifest), "--out", str(out), "--model", str(other)]) == 5
+    # while a run writes into the folder, a second one (whose --overwrite would empty it) is refused
+    from BINDSLib.fsutil import output_lock
+
+    before = (out / "scores.csv").read_bytes()
+    with output_lock(out, "binds cohort"):
+        assert main(["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--overwrite"]) == 5
+    assert "another binds cohort is writing into this folder now" in capsys.readouterr().err
+    assert (out / "scores.csv").read_bytes() == before and (out / "parts").is_dir()
 
 
 def test_failure_messages_hide_the_exams_paths_and_ids_unless_kept(tmp_path, bundle):

@@ -194,6 +194,13 @@ def test_bundle_and_run_folders_are_checked_before_training(tmp_path):
         assert not (tmp_path / "run").exists()
     assert main(["train", cfg, "--out", str(tmp_path / "a-file")]) == 5
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    # a run folder another training is writing into (both would write its checkpoints)
+    from BINDSLib.fsutil import output_lock
+
+    (tmp_path / "busy").mkdir()
+    with output_lock(tmp_path / "busy", "binds train"):
+        assert main(["train", cfg, "--out", str(tmp_path / "busy")]) == 5
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == [".binds.lock"]
 
 
 def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):

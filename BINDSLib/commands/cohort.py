@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import EXIT_PARTIAL, UsageError
-    from ..fsutil import json_dumps
+    from ..fsutil import json_dumps, output_lock
     from ..risk.cohort import (check_resumed_sources, dist_env, merge_results, prepare_output, read_manifest,
                                run_settings, score_cohort, scored_ids)
     from ..risk.inference import RiskModel
@@ -85,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
         dist.init_process_group(backend="gloo", timeout=datetime.timedelta(days=7))
         group = dist
+    locked = contextlib.ExitStack()
     try:
         if rank == 0:
+            _make_folder(out)
+            locked.enter_context(output_lock(out, "binds cohort"))  # (another run's --overwrite would empty it)
             prepare_output(out, settings, overwrite=args.overwrite)
         if group:
             group.barrier()
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         merged = merge_results(out, years, fmt=args.format, extra_summary=extra, manifest=rows,
                                keep_identifiers=args.keep_identifiers)
     finally:
+        locked.close()
         if group:
             group.destroy_process_group()
 
@@ -124,3 +129,15 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return EXIT_PARTIAL
     return 0
+
+
+def _make_folder(out) -> None:
+    """Create the cohort's output folder (its lock lives in it); a clear exit 5 if it cannot be."""
+    from ..errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot be written: {e.strerror or e}", out) from None

@@ -193,12 +193,10 @@ class ModelPicker:
 
 
 def run_batch(model, sources, out: Path, options) -> int:
-    import csv
-
-    from ..diagnose import diagnose_study, is_finished, remove_stale
-    from ..errors import EXIT_PARTIAL, BindsError, OutputError
-    from ..fsutil import atomic_write_text, printable
-    from ..outputs.report import results_csv
+    """Diagnose every study of ``sources`` into ``out/<study>/``, holding the folder's lock (a
+    second batch into ``out`` would remove this one's half-written studies as stale)."""
+    from ..errors import OutputError
+    from ..fsutil import output_lock
 
     if out.exists() and not out.is_dir():
         raise OutputError("is a file, not a folder: choose a folder name", out)
@@ -206,6 +204,18 @@ def run_batch(model, sources, out: Path, options) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot be written: {e.strerror or e}", out) from None
+    with output_lock(out, "binds diagnose batch"):
+        return _run_batch(model, sources, out, options)
+
+
+def _run_batch(model, sources, out: Path, options) -> int:
+    import csv
+
+    from ..diagnose import diagnose_study, is_finished, remove_stale
+    from ..errors import EXIT_PARTIAL, BindsError
+    from ..fsutil import atomic_write_text, printable
+    from ..outputs.report import results_csv
+
     failures: list[tuple[str, str]] = []
     written: dict[str, str] = {}  # output folder -> the source whose study it holds (this run)
     done = skipped = 0
@@ -240,6 +250,9 @@ def run_batch(model, sources, out: Path, options) -> int:
             except BindsError as e:
                 failures.append((f"{name} (study {st.study_id})", str(e)))
                 log.error("study %s: %s", st.study_id, e)
+            except OSError as e:  # its outputs could not be written (a full disk): the others may be
+                failures.append((f"{name} (study {st.study_id})", f"{target}: cannot be written: {e.strerror or e}"))
+                log.error("study %s: %s", st.study_id, failures[-1][1])
         progress(n, total, name)
     rows = []
     for rpath in sorted(out.glob("*/results.csv")):  # this run's studies (done now or before)

@@ -212,6 +212,19 @@ def read_image_info(path: Path):
     return reader
 
 
+def write_image(img, path: str | os.PathLike, compress: bool = False) -> None:
+    """``SimpleITK.WriteImage``; a write that fails (a full disk, a read-only folder: ITK says so
+    in a RuntimeError) is an :class:`~BINDSLib.errors.OutputError` naming the file."""
+    import SimpleITK as sitk
+
+    from ..errors import OutputError
+
+    try:
+        sitk.WriteImage(img, sitk_path(path, output=True), useCompression=compress)
+    except RuntimeError as e:
+        raise OutputError(f"cannot be written ({itk_reason(e)})", path) from None
+
+
 def itk_reason(e: Exception) -> str:
     """The useful line of a SimpleITK exception, in words a user can act on."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import sitk_path
+from ..io.files import write_image
 
 log = logging.getLogger(__name__)
 
@@ -140,5 +140,5 @@ def _dot(c: np.ndarray, x: float, y: float, colour, radius: int = 4) -> None:
 def _write(canvas: np.ndarray, path: Path) -> Path:
     import SimpleITK as sitk
 
-    sitk.WriteImage(sitk.GetImageFromArray(canvas, isVector=True), sitk_path(path, output=True))
+    write_image(sitk.GetImageFromArray(canvas, isVector=True), path)
     return Path(path)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..fsutil import atomic_write_json, json_dumps
+from ..fsutil import atomic_write_json, json_dumps, output_lock
 from ..threads import ctrl_c_deferred, ignore_ctrl_c
 from .config import (
     COMBINATIONS, MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig, preset,
@@ -682,8 +682,16 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     OutputError
         when ``run_dir`` holds a previous run and neither ``resume`` nor ``overwrite`` is set,
         when ``bundle_path`` exists without ``overwrite``, or when it is (or holds) the run
-        folder or a data source - all checked before any training.
+        folder or a data source - all checked before any training; when another training run
+        is writing into ``run_dir`` (its lock, :func:`..fsutil.output_lock`).
     """
+    with contextlib.ExitStack() as held:
+        return _train(settings, run_dir, resume=resume, device=device, bundle_path=bundle_path,
+                      overwrite=overwrite, reproduce=reproduce, held=held)
+
+
+def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool, device: str | None,
+           bundle_path, overwrite: bool, reproduce: str, held: contextlib.ExitStack) -> dict:
     import random
 
     import torch
@@ -699,6 +707,9 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool =
     if rt.main:
         _check_outputs(settings, run_dir, bundle_path, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(output_lock(run_dir, "binds train"))  # (both runs would write its checkpoints)
+        if (run_dir / "checkpoints" / "last.pt").exists() and not resume and not overwrite:
+            _check_outputs(settings, run_dir, bundle_path, resume, overwrite)  # one that finished first
         handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("BINDSLib").addHandler(handler)

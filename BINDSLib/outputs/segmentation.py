@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..fsutil import sitk_path
+from ..io.files import write_image
 from ..study import Geometry
 
 #: Slicer terminology context (shipped in Resources/Terminology/BINDS.term.json).
@@ -107,7 +107,7 @@ def write_seg_nrrd(path: str | os.PathLike, masks: dict[str, np.ndarray], geomet
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part.nrrd")
     try:
-        sitk.WriteImage(img, sitk_path(tmp, output=True), useCompression=True)
+        write_image(img, tmp, compress=True)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, OutputError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import LOCK_NAME, atomic_write_json, atomic_write_text
 from ..study import parse_date, pseudonym
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
                 p.unlink()
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not run_json.is_file():
+    if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()) and not run_json.is_file():
         raise OutputError("folder is not empty and holds no cohort run (run.json): choose a new --out"
                           + ("" if overwrite else " or use --overwrite")
                           + (" (--overwrite removes a cohort run's files only, not the others here)"

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import __version__
-from ..fsutil import sitk_path
+from ..io.files import write_image
 from .inference import ExamRisk
 from .trajectory import Flag, TrajectoryMetrics
 
@@ -236,5 +236,5 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     arr = np.ascontiguousarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected (rows, cols, 3) RGB, got {arr.shape}")
-    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), sitk_path(path, output=True))
+    write_image(sitk.GetImageFromArray(arr, isVector=True), path)
     return Path(path)
