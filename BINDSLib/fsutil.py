@@ -218,6 +218,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     naming ``path``.
     """
     given = path
+    _restore_hidden_result(Path(path))
     path = check_output_dir(path, overwrite, inputs, signs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +245,20 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
+
+
+def _restore_hidden_result(path: Path) -> None:
+    """Put back ``.NAME.old`` as ``NAME`` when a run was killed between the two renames of a
+    replacement (:func:`atomic_dir`), which left the old result hidden and none in its place.
+    Anything unusual (no name, a name too long, a link) is left to :func:`check_output_dir`."""
+    if not path.name or path.name in (".", ".."):
+        return
+    try:
+        old = path.with_name(f".{path.name}.old")
+        if old.is_dir() and not old.is_symlink() and not os.path.lexists(path):
+            os.replace(old, path)
+    except (OSError, ValueError):
+        return
 
 
 def _remove(path: Path) -> None:

@@ -179,3 +179,18 @@ def test_demo_checks_its_model_and_output_before_writing(tmp_path, capsys):
     assert main(["demo", "--model", "binds-us-busi", "--out", str(out)]) == 2  # reads no MRI
     assert "the demo runs both stages, with MRI" in capsys.readouterr().err and not out.exists()
     assert main(["demo", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 4 and not out.exists()
+
+
+def test_a_result_hidden_by_a_replacement_killed_between_its_renames_comes_back(tmp_path):
+    """``--overwrite`` renames the old result to ``.NAME.old``, then the new one into place; a
+    kill between the two left the old result hidden and none in its place."""
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "report.json").write_text("{}")
+    with pytest.raises(OutputError, match="already exists"):  # back in place: not silently replaced
+        with atomic_dir(tmp_path / "out", signs=("report.json",)):
+            pass
+    assert (tmp_path / "out" / "report.json").read_text() == "{}" and not (tmp_path / ".out.old").exists()
+    with atomic_dir(tmp_path / "out", overwrite=True, signs=("report.json",)) as d:
+        (d / "report.json").write_text('{"new": 1}')
+    assert (tmp_path / "out" / "report.json").read_text() == '{"new": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
