@@ -79,5 +79,8 @@ def ctrl_c_deferred():
 def ignore_ctrl_c(_worker_id: int = 0) -> None:
     """In a DataLoader worker: leave Ctrl-C to the main process. Ctrl-C reaches the terminal's
     whole process group; the main process stops the run and shuts its workers down, while a
-    worker handling it would print a traceback of its own."""
+    worker handling it would print a traceback of its own. SIGTERM (which the main process's
+    DataLoader sends a worker that does not stop in time) ends a worker quietly, as by default:
+    the command's own SIGTERM handler (``cli``) is for the main process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

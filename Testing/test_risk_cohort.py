@@ -239,6 +239,17 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process():
             "print('still running')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout == "still running\n", out.stderr
+    # SIGTERM (the loader's stop for a worker that does not end in time) ends a worker quietly,
+    # also when the command's own handler (raising "terminated" in the main process) was inherited
+    code = ("import os, signal, time\n"
+            "from BINDSLib.cli import _terminate\n"
+            "from BINDSLib.risk.cohort import _worker_init\n"
+            "signal.signal(signal.SIGTERM, _terminate)\n"
+            "_worker_init(0)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -15 and out.stderr == "", out.stderr
 
 
 def test_a_run_stopped_while_setting_up_its_folder_can_be_started_again(tmp_path, monkeypatch):
