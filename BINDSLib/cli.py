@@ -61,10 +61,18 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
+
+
+def _library_warnings_as_log_lines() -> None:
+    """In the ``binds`` process: a library's warning becomes one log line like ours
+    ("WARNING: UserWarning: ..."), not Python's two lines with the library's source line;
+    pydicom's are dropped (it logs each one itself too)."""
     import warnings
 
-    logging.captureWarnings(True)  # a library's warning as one line like ours, not its source line
-    warnings.filterwarnings("ignore", module=r"pydicom\.")  # pydicom logs each warning itself too
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: \
+        f"{category.__name__}: {str(message).splitlines()[0] if str(message) else ''}"
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", module=r"pydicom\.")
 
 
 class Terminated(KeyboardInterrupt):
@@ -87,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import signal
 
-    if args.own_process:
+    if args.own_process:  # (not when BINDSLib's main is called by a caller's Python)
         signal.signal(signal.SIGTERM, _terminate)
+        _library_warnings_as_log_lines()
     try:
         return _run(args)
     finally:
         if args.own_process:  # the work is done: a Ctrl-C or SIGTERM while Python shuts down
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # (torch's exit hooks) is no traceback
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # (torch's exit hooks) ends it at once,
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # without a traceback
 
 
 def _run(args) -> int:
@@ -103,7 +112,7 @@ def _run(args) -> int:
         sys.stdout.flush()  # (a reader gone, as in ``| head``, is met here, not at exit)
         return code
     except BrokenPipeError as e:
-        if e.filename is not None:  # a file's, not our standard output's
+        if e.filename is not None or not _stdout_broken():  # a file's or a child's pipe, not our output
             return _internal_error(args, e)
         return _stdout_closed(args)
     except BindsError as e:
@@ -156,6 +165,19 @@ def _under_output(filename, args) -> bool:
             if path == out or path.startswith(out.rstrip(os.sep) + os.sep):
                 return True
     return False
+
+
+def _stdout_broken() -> bool:
+    """Whether our standard output is a pipe whose reader went away (best effort: True when it
+    cannot be told)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (tests)
+        return True
 
 
 def _stdout_closed(args) -> int:

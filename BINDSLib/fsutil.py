@@ -40,6 +40,11 @@ def sitk_path(path: str | os.PathLike, output: bool = False) -> str:
     return text
 
 
+#: the lock file a long-running command holds in its output folder (:func:`output_lock`); it
+#: does not count as content of the folder
+LOCK_NAME = ".binds.lock"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -95,7 +100,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
             raise OutputError("is a file, not a folder: choose a folder name", given)
         if not overwrite:
             raise OutputError("already exists; use --overwrite to replace it", given)
-        if any(path.iterdir()) and not any(any(path.glob(sign)) for sign in signs):
+        if any(p.name != LOCK_NAME for p in path.iterdir()) and not any(any(path.glob(sign)) for sign in signs):
             raise OutputError(f"is not an output of this kind (it holds no {' or '.join(signs)}); "
                               "--overwrite replaces only such outputs: choose another folder or "
                               "empty it yourself", given)
@@ -172,10 +177,6 @@ def json_dumps(obj) -> str:
 
 def atomic_write_json(path: str | os.PathLike, obj, overwrite: bool = True) -> Path:
     return atomic_write_text(path, json_dumps(obj), overwrite=overwrite)
-
-
-#: the lock file a long-running command holds in its output folder (:func:`output_lock`)
-LOCK_NAME = ".binds.lock"
 
 
 @contextlib.contextmanager

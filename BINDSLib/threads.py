@@ -56,24 +56,28 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = N
 
 @contextlib.contextmanager
 def ctrl_c_deferred():
-    """Hold back Ctrl-C (SIGINT) while the block runs, and raise it (``KeyboardInterrupt``) after.
+    """Hold back Ctrl-C (SIGINT), and SIGTERM where the command raises on it (``cli``), while the
+    block runs, and raise it after (``KeyboardInterrupt``, or what the SIGTERM handler raises).
 
     For starting DataLoader workers: forking runs Python's at-fork hooks (logging's lock release),
     and a ``KeyboardInterrupt`` raised inside one is printed as "Exception ignored" and lost - the
-    run went on as if Ctrl-C had not been pressed. A no-op outside the main thread or where Ctrl-C
-    does not raise ``KeyboardInterrupt`` (ignored, or handled by the caller)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    run went on as if Ctrl-C had not been pressed. A no-op outside the main thread; a signal that
+    is ignored, or handled by default, is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: h for s, h in handlers.items() if callable(h)}  # (not SIG_IGN, SIG_DFL, None)
     held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    for s in handlers:
+        signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, h in handlers.items():
+            signal.signal(s, h)
     if held:
-        raise KeyboardInterrupt
+        handlers[held[0]](held[0], None)  # raises, as it would have in the block
 
 
 def ignore_ctrl_c(_worker_id: int = 0) -> None:

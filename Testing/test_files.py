@@ -1,5 +1,8 @@
 """Plain image files through SimpleITK: geometry kept, roles required, bad files refused."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -238,3 +241,57 @@ def test_truncated_files_are_refused_not_zero_filled(tmp_path):
     (tmp_path / "US_L.jpg").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputError, match="truncated JPEG"):
         read_image_file(tmp_path / "US_L.jpg")
+
+
+def test_header_checks_keep_what_is_legitimate(tmp_path):
+    """The review's cases: a scaled NIfTI (ITK reports float for it), data file names with spaces
+    or starting with "list", a data file named by an absolute path inside the folder, ASCII
+    MetaImage data, a JPEG with bytes after its end; and what must still be refused: a header
+    hiding its data file behind 64 KiB of comments, a link that leads out, a FIFO."""
+    import struct
+
+    data = (np.arange(4 * 5 * 6) % 100).astype(np.int16).reshape(4, 5, 6)
+    hdr = bytearray(348)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, 3, 6, 5, 4, 1, 1, 1, 1)  # dim
+    struct.pack_into("<hh", hdr, 70, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<8f", hdr, 76, 1, 1, 1, 1, 1, 1, 1, 1)  # pixdim
+    struct.pack_into("<f", hdr, 108, 352.0)  # vox_offset
+    struct.pack_into("<ff", hdr, 112, 0.5, 0.0)  # scl_slope, scl_inter
+    hdr[344:348] = b"n+1\0"
+    nii = tmp_path / "MR_T1_PRE.nii"
+    nii.write_bytes(bytes(hdr) + b"\0" * 4 + data.tobytes())
+    np.testing.assert_allclose(read_image_file(nii).voxels, data * 0.5)
+    nii.write_bytes(nii.read_bytes()[:-10])
+    with pytest.raises(InputError, match="truncated: the header declares 240 bytes"):
+        read_image_file(nii)
+
+    raw = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = ("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\n{}data file: {}\n\n")
+    for n, name in enumerate(("my image.raw", "listing.raw", str(tmp_path / "abs.raw"))):
+        (tmp_path / Path(name).name).write_bytes(raw.tobytes())
+        (tmp_path / f"MR_T2_{n}.nhdr").write_text(header.format("", name))
+        np.testing.assert_array_equal(read_image_file(tmp_path / f"MR_T2_{n}.nhdr", role=Role.parse("MR_T2")).voxels, raw)
+    (tmp_path / "US_L.mha").write_text("ObjectType = Image\nNDims = 2\nDimSize = 3 2\nElementType = MET_FLOAT\n"
+                                       "BinaryData = False\nElementDataFile = LOCAL\n1 2 3\n4 5 6\n")
+    np.testing.assert_array_equal(read_image_file(tmp_path / "US_L.mha").voxels, [[[1, 2, 3], [4, 5, 6]]])
+    picture = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(picture), str(tmp_path / "US_R.jpg"))
+    with open(tmp_path / "US_R.jpg", "ab") as f:
+        f.write(b"\0" * 8192)  # e.g. a motion photo's video after the image
+    assert read_image_file(tmp_path / "US_R.jpg").shape == (1, 64, 64)
+
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (tmp_path / "outside.raw").write_bytes(raw.tobytes())
+    (inner / "MR_T2.nhdr").write_text(header.format("# padding\n" * 7000, "../outside.raw"))
+    with pytest.raises(InputError, match="outside the header's folder"):
+        read_image_file(inner / "MR_T2.nhdr")
+    (inner / "link.raw").symlink_to(tmp_path / "outside.raw")
+    (inner / "MR_T2.nhdr").write_text(header.format("", "link.raw"))
+    with pytest.raises(InputError, match="outside the header's folder"):
+        read_image_file(inner / "MR_T2.nhdr")
+    os.mkfifo(inner / "fifo.raw")
+    (inner / "MR_T2.nhdr").write_text(header.format("", "fifo.raw"))
+    with pytest.raises(InputError, match="missing or not a regular file"):
+        read_image_file(inner / "MR_T2.nhdr")

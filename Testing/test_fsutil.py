@@ -194,3 +194,11 @@ def test_a_result_hidden_by_a_replacement_killed_between_its_renames_comes_back(
         (d / "report.json").write_text('{"new": 1}')
     assert (tmp_path / "out" / "report.json").read_text() == '{"new": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_lock_left_in_a_folder_is_not_content(tmp_path):
+    """A batch stopped before writing anything leaves only its lock file: --overwrite still
+    takes the folder as empty (it was refused as "not an output of this kind")."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".binds.lock").write_text("")
+    assert main(["phantom", "--out", str(tmp_path / "out"), "--overwrite", "--cases", "1"]) == 0

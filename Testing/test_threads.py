@@ -173,3 +173,17 @@ def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+    # SIGTERM, where the command raises on it (binds ...: "terminated"), is held back the same way
+    from BINDSLib.cli import Terminated, _terminate
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        reached.clear()
+        with pytest.raises(Terminated):
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    reached.append(1)
+        assert len(reached) == 1000 and signal.getsignal(signal.SIGTERM) is _terminate
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -250,8 +250,8 @@ def _run_batch(model, sources, out: Path, options) -> int:
             except BindsError as e:
                 failures.append((f"{name} (study {st.study_id})", str(e)))
                 log.error("study %s: %s", st.study_id, e)
-            except OSError as e:  # its outputs could not be written (a full disk): the others may be
-                failures.append((f"{name} (study {st.study_id})", f"{target}: cannot be written: {e.strerror or e}"))
+            except OSError as e:  # e.g. its outputs could not be written (a full disk): the others may be
+                failures.append((f"{name} (study {st.study_id})", f"{e.filename or target}: {e.strerror or e}"))
                 log.error("study %s: %s", st.study_id, failures[-1][1])
         progress(n, total, name)
     rows = []

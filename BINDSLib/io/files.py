@@ -76,48 +76,60 @@ _DATA_FILE_FIELD = {".nhdr": ("data file", "datafile"), ".nrrd": ("data file", "
                     ".mhd": ("elementdatafile",), ".mha": ("elementdatafile",)}
 
 
+#: the longest image header read for its data file (ITK reads any; a longer one is refused)
+MAX_HEADER_BYTES = 16 * 2**20
+
+
+def _header_lines(path: Path):
+    """``(line, bytes up to and including it)`` of an image header, read line by line; a header
+    whose field is not found within :data:`MAX_HEADER_BYTES` is refused (a long header must not
+    hide its data file from the check)."""
+    size = 0
+    with open(path, "rb") as f:
+        while raw := f.readline(MAX_HEADER_BYTES + 1 - size):
+            size += len(raw)
+            if size > MAX_HEADER_BYTES:
+                raise InputError(f"the image header is longer than {MAX_HEADER_BYTES // 2**20} MiB", path)
+            yield raw.decode("latin-1").strip(), size
+
+
 def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
     """Refuse a NRRD / MetaImage header whose voxels are in a file outside its own folder (an
-    absolute path, ``..``), in something that is not a regular file (a device, a folder), or
-    in a list or numbered series of files: a header must not make BINDS read, and copy into
-    its outputs, any other file of the computer.
+    absolute path elsewhere, ``..``, a link that leads out), in something that is not a regular
+    file (a device, a folder), or in a list or numbered series of files: a header must not make
+    BINDS read, and copy into its outputs, any other file of the computer.
 
     Returns where uncompressed voxels start, ``(file, byte offset)``, for :func:`check_not_truncated`
-    (None for other formats or compressed data)."""
+    (None for other formats, compressed or text data, and NIfTI, which that reads itself)."""
     path = Path(path)
     suffix = suffix_of(path)
-    if suffix == ".nii":
-        return path, 352  # (at least: vox_offset is 352 or more)
     fields = _DATA_FILE_FIELD.get(suffix)
     if fields is None:
         return None
     nrrd = suffix in (".nhdr", ".nrrd")
-    with open(path, "rb") as f:
-        head = f.read(65536)
-    folder = Path(os.path.abspath(path)).parent
+    folder = Path(os.path.realpath(path)).parent
     raw_data, data, offset = True, None, 0
-    for raw in head.split(b"\n"):
-        offset += len(raw) + 1
-        line = raw.decode("latin-1").strip()
+    for line, offset in _header_lines(path):
         if not line and nrrd:
             break  # the end of a NRRD header: attached voxels follow
         key, sep, value = line.partition(":" if nrrd else "=")
         key, value = key.strip().lower(), value.strip()
         if nrrd and value.startswith("="):
             continue  # "key:=value" is a key/value pair, not a field
-        if key in ("encoding", "compresseddata"):
-            raw_data = value.lower() in ("raw", "false")
+        if key in ("encoding", "compresseddata", "binarydata"):
+            raw_data = value.lower() in ("raw", "false") if key != "binarydata" else value.lower() == "true"
         if not sep or key not in fields:
             continue
         if value.upper() == "LOCAL":
             break  # (MetaImage: the voxels follow this line, the header's last)
-        if value.upper().startswith("LIST") or len(value.split()) > 1:
+        parts = value.split()
+        if parts[0].upper() == "LIST" or ("%" in parts[0] and len(parts) >= 4):
             raise InputError(f"the header names its voxels as a list or series of files ({value!r}); "
                              "give the image as one file (e.g. a .nrrd)", path)
-        data = Path(os.path.abspath(folder / value))
-        if os.path.isabs(value) or folder not in data.parents:
+        data = Path(os.path.realpath(folder / value))  # (the whole value: a name may hold spaces)
+        if folder not in data.parents:
             raise InputError(f"the header's voxels are in {value!r}, outside the header's folder: "
-                             "keep the data file beside its header", path)
+                             "keep the data file in the header's folder", path)
         if not data.is_file():
             raise InputError(f"the header's data file {value!r} is missing or not a regular file", path)
         offset = 0
@@ -135,13 +147,21 @@ def check_not_truncated(path: Path, reader, where: tuple[Path, int] | None) -> N
 
     import SimpleITK as sitk
 
-    if where is None:
+    if suffix_of(path) == ".nii":  # its own header: ITK reports a scaled image's type (float)
+        try:
+            dims = [int(reader.GetMetaData(f"dim[{k}]")) for k in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+            need = int(np.prod(dims, dtype=np.int64)) * int(reader.GetMetaData("bitpix")) // 8
+            where = (path, int(float(reader.GetMetaData("vox_offset"))))
+        except (RuntimeError, ValueError):
+            return
+    elif where is None:
         return
+    else:
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        if bits is None:
+            return
+        need = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * int(bits[1]) // 8
     data, offset = where
-    bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
-    if bits is None:
-        return
-    need = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * int(bits[1]) // 8
     have = data.stat().st_size - offset
     if have < need:
         raise InputError(f"truncated: the header declares {need} bytes of voxels, the file holds "
@@ -196,9 +216,11 @@ def read_image_info(path: Path):
     where = check_data_files(path)
     if suffix_of(path) in (".jpg", ".jpeg"):
         with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            if b"\xff\xd9" not in f.read():  # libjpeg would fill the rest with grey (and say so on stdout)
-                raise InputError("truncated JPEG: no end-of-image marker", path)
+            jpeg = f.read()
+        # the end-of-image marker after the last start of scan (0xFF is never followed by 0xD9 inside
+        # a scan); libjpeg would fill what is missing with grey, and say so on stdout
+        if jpeg.rfind(b"\xff\xd9") < jpeg.rfind(b"\xff\xda"):
+            raise InputError("truncated JPEG: no end-of-image marker after its last scan", path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(sitk_path(path))
     try:
