@@ -179,6 +179,19 @@ def atomic_write_json(path: str | os.PathLike, obj, overwrite: bool = True) -> P
     return atomic_write_text(path, json_dumps(obj), overwrite=overwrite)
 
 
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create the folder a command writes many outputs into (a batch, a cohort); a file in its
+    place, or a folder that cannot be made, is an :class:`OutputError` naming it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError("is a file, not a folder: choose a folder name", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot be written: {e.strerror or e}", folder) from None
+    return folder
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
     """Hold an exclusive lock on the output folder ``folder`` (which must exist) while a

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import EXIT_PARTIAL, UsageError
-    from ..fsutil import json_dumps, output_lock
+    from ..fsutil import json_dumps, make_output_folder, output_lock
     from ..risk.cohort import (check_resumed_sources, dist_env, merge_results, prepare_output, read_manifest,
                                run_settings, score_cohort, scored_ids)
     from ..risk.inference import RiskModel
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     locked = contextlib.ExitStack()
     try:
         if rank == 0:
-            _make_folder(out)
+            make_output_folder(out)
             locked.enter_context(output_lock(out, "binds cohort"))  # (another run's --overwrite would empty it)
             prepare_output(out, settings, overwrite=args.overwrite)
         if group:
@@ -129,15 +129,3 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return EXIT_PARTIAL
     return 0
-
-
-def _make_folder(out) -> None:
-    """Create the cohort's output folder (its lock lives in it); a clear exit 5 if it cannot be."""
-    from ..errors import OutputError
-
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot be written: {e.strerror or e}", out) from None

@@ -195,15 +195,9 @@ class ModelPicker:
 def run_batch(model, sources, out: Path, options) -> int:
     """Diagnose every study of ``sources`` into ``out/<study>/``, holding the folder's lock (a
     second batch into ``out`` would remove this one's half-written studies as stale)."""
-    from ..errors import OutputError
-    from ..fsutil import output_lock
+    from ..fsutil import make_output_folder, output_lock
 
-    if out.exists() and not out.is_dir():
-        raise OutputError("is a file, not a folder: choose a folder name", out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot be written: {e.strerror or e}", out) from None
+    make_output_folder(out)
     with output_lock(out, "binds diagnose batch"):
         return _run_batch(model, sources, out, options)
 
