@@ -69,8 +69,11 @@ def _library_warnings_as_log_lines() -> None:
     pydicom's are dropped (it logs each one itself too)."""
     import warnings
 
-    warnings.formatwarning = lambda message, category, filename, lineno, line=None: \
-        f"{category.__name__}: {str(message).splitlines()[0] if str(message) else ''}"
+    def one_line(message, category, filename, lineno, line=None):
+        first = next((ln.strip() for ln in str(message).splitlines() if ln.strip()), "")
+        return f"{category.__name__}: {first}\n"  # (logging strips the newline; a file= write keeps it)
+
+    warnings.formatwarning = one_line
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", module=r"pydicom\.")
 
@@ -175,7 +178,8 @@ def _stdout_broken() -> bool:
 
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _, event in poller.poll(0))
+        # a pipe whose reader went away: POLLERR (Linux); POLLHUP (a socket's peer gone, BSD pipes)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (tests)
         return True
 

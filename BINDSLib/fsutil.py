@@ -100,6 +100,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
             raise OutputError("is a file, not a folder: choose a folder name", given)
         if not overwrite:
             raise OutputError("already exists; use --overwrite to replace it", given)
+        if _locked(path):
+            raise OutputError("another binds command is writing into this folder now: wait for it to "
+                              "finish, or choose another folder", given)
         if any(p.name != LOCK_NAME for p in path.iterdir()) and not any(any(path.glob(sign)) for sign in signs):
             raise OutputError(f"is not an output of this kind (it holds no {' or '.join(signs)}); "
                               "--overwrite replaces only such outputs: choose another folder or "
@@ -232,7 +235,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     naming ``path``.
     """
     given = path
-    _restore_hidden_result(Path(path))
+    restore_hidden_result(Path(path), signs)
     path = check_output_dir(path, overwrite, inputs, signs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,10 +253,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     try:  # the rename into place (what the block wrote raised its own errors above)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            _remove(old)
+            _discard(old)
             os.replace(path, old)
             os.replace(tmp, path)
-            _remove(old)
+            _discard(old)
         else:
             os.replace(tmp, path)
     except OSError as e:
@@ -261,23 +264,49 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
         raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
 
 
-def _restore_hidden_result(path: Path) -> None:
+def restore_hidden_result(path: Path, signs=OUTPUT_SIGNS) -> None:
     """Put back ``.NAME.old`` as ``NAME`` when a run was killed between the two renames of a
-    replacement (:func:`atomic_dir`), which left the old result hidden and none in its place.
-    Anything unusual (no name, a name too long, a link) is left to :func:`check_output_dir`."""
+    replacement (:func:`atomic_dir`), which left the old result hidden and none in its place;
+    only a whole one (holding one of ``signs``). Anything unusual (no name, a name too long, a
+    link) is left to :func:`check_output_dir`."""
     if not path.name or path.name in (".", ".."):
         return
     try:
         old = path.with_name(f".{path.name}.old")
-        if old.is_dir() and not old.is_symlink() and not os.path.lexists(path):
+        if old.is_dir() and not old.is_symlink() and not os.path.lexists(path) and \
+                any(any(old.glob(sign)) for sign in signs):
             os.replace(old, path)
     except (OSError, ValueError):
         return
 
 
-def _remove(path: Path) -> None:
-    """Remove a file or folder left by an earlier replacement, if any."""
+def _discard(path: Path) -> None:
+    """Remove an old result: first renamed out of the way (a ``.part`` name, which a batch
+    clears), so that a removal cut short never leaves a half-deleted ``.NAME.old`` behind."""
+    if not os.path.lexists(path):
+        return
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
+        doomed = path.with_name(f"{path.name[:-4]}.{os.getpid()}-{os.urandom(4).hex()}.part")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
         path.unlink()
+
+
+def _locked(folder: Path) -> bool:
+    """Whether a running command holds ``folder``'s lock (:func:`output_lock`)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locks
+        return False
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -74,10 +74,17 @@ def ctrl_c_deferred():
     try:
         yield
     finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    if held:
-        handlers[held[0]](held[0], None)  # raises, as it would have in the block
+        block = getattr(signal, "pthread_sigmask", None)  # (none on Windows)
+        if block:  # restored together: a signal between the two must not leave one held forever
+            block(signal.SIG_BLOCK, set(handlers))
+        try:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        finally:
+            if block:
+                block(signal.SIG_UNBLOCK, set(handlers))
+    for s in dict.fromkeys(held):  # each signal held, once, in order (a handler may not raise)
+        handlers[s](s, None)
 
 
 def ignore_ctrl_c(_worker_id: int = 0) -> None:

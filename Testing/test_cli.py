@@ -126,6 +126,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     assert done.returncode == 141, done.stderr
     assert "internal error" not in done.stderr and "Exception ignored" not in done.stderr
     assert "BrokenPipe" not in done.stderr
+    import socket  # the same when standard output is a socket whose peer went away (systemd, sshd)
+
+    mine, theirs = socket.socketpair()
+    theirs.close()
+    try:
+        done = subprocess.run([sys.executable, "-m", "BINDSLib", "models", "--json"], stdout=mine.fileno(),
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        mine.close()
+    assert done.returncode == 141, done.stderr
 
 
 def test_sigterm_removes_what_was_being_written_and_says_so(tmp_path):

@@ -246,8 +246,10 @@ def test_truncated_files_are_refused_not_zero_filled(tmp_path):
 def test_header_checks_keep_what_is_legitimate(tmp_path):
     """The review's cases: a scaled NIfTI (ITK reports float for it), data file names with spaces
     or starting with "list", a data file named by an absolute path inside the folder, ASCII
-    MetaImage data, a JPEG with bytes after its end; and what must still be refused: a header
-    hiding its data file behind 64 KiB of comments, a link that leads out, a FIFO."""
+    MetaImage data, compressed MetaImage data whatever the order of its flags, a JPEG with bytes
+    after its end (also marker-like ones), data files that are links (git-annex, DataLad); and
+    what must still be refused: a header hiding its data file behind 64 KiB of comments, a FIFO
+    or device, an empty data file field."""
     import struct
 
     data = (np.arange(4 * 5 * 6) % 100).astype(np.int16).reshape(4, 5, 6)
@@ -275,11 +277,22 @@ def test_header_checks_keep_what_is_legitimate(tmp_path):
     (tmp_path / "US_L.mha").write_text("ObjectType = Image\nNDims = 2\nDimSize = 3 2\nElementType = MET_FLOAT\n"
                                        "BinaryData = False\nElementDataFile = LOCAL\n1 2 3\n4 5 6\n")
     np.testing.assert_array_equal(read_image_file(tmp_path / "US_L.mha").voxels, [[[1, 2, 3], [4, 5, 6]]])
+    compressed = tmp_path / "MR_ADC.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 20, 30), np.float32)), str(compressed), True)
+    text = compressed.read_bytes()
+    at = text.index(b"CompressedData")
+    line = text[at:text.index(b"\n", at) + 1]
+    compressed.write_bytes(text.replace(line, line + b"BinaryData = True\n", 1))  # after it, not before
+    assert read_image_file(compressed).shape == (10, 20, 30)
     picture = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
     sitk.WriteImage(sitk.GetImageFromArray(picture), str(tmp_path / "US_R.jpg"))
-    with open(tmp_path / "US_R.jpg", "ab") as f:
-        f.write(b"\0" * 8192)  # e.g. a motion photo's video after the image
+    whole = (tmp_path / "US_R.jpg").read_bytes()
+    trailer = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    (tmp_path / "US_R.jpg").write_bytes(whole + trailer + b"\xff\xda\x00\x08" + trailer[:100])  # a video after
     assert read_image_file(tmp_path / "US_R.jpg").shape == (1, 64, 64)
+    (tmp_path / "US_R.jpg").write_bytes(whole[:-40] + b"\xff\xd8\xff\xda")  # cut, then marker-like bytes
+    with pytest.raises(InputError, match="truncated JPEG"):
+        read_image_file(tmp_path / "US_R.jpg")
 
     inner = tmp_path / "inner"
     inner.mkdir()
@@ -287,11 +300,15 @@ def test_header_checks_keep_what_is_legitimate(tmp_path):
     (inner / "MR_T2.nhdr").write_text(header.format("# padding\n" * 7000, "../outside.raw"))
     with pytest.raises(InputError, match="outside the header's folder"):
         read_image_file(inner / "MR_T2.nhdr")
-    (inner / "link.raw").symlink_to(tmp_path / "outside.raw")
+    (inner / "link.raw").symlink_to(tmp_path / "outside.raw")  # an annexed file
     (inner / "MR_T2.nhdr").write_text(header.format("", "link.raw"))
-    with pytest.raises(InputError, match="outside the header's folder"):
-        read_image_file(inner / "MR_T2.nhdr")
+    np.testing.assert_array_equal(read_image_file(inner / "MR_T2.nhdr").voxels, raw)
     os.mkfifo(inner / "fifo.raw")
-    (inner / "MR_T2.nhdr").write_text(header.format("", "fifo.raw"))
-    with pytest.raises(InputError, match="missing or not a regular file"):
+    (inner / "zero.raw").symlink_to("/dev/zero")
+    for name in ("fifo.raw", "zero.raw"):
+        (inner / "MR_T2.nhdr").write_text(header.format("", name))
+        with pytest.raises(InputError, match="missing or not a regular file"):
+            read_image_file(inner / "MR_T2.nhdr")
+    (inner / "MR_T2.nhdr").write_text(header.format("", ""))
+    with pytest.raises(InputError, match="names no data file"):
         read_image_file(inner / "MR_T2.nhdr")

@@ -202,3 +202,23 @@ def test_a_lock_left_in_a_folder_is_not_content(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".binds.lock").write_text("")
     assert main(["phantom", "--out", str(tmp_path / "out"), "--overwrite", "--cases", "1"]) == 0
+
+
+def test_a_folder_a_running_command_holds_is_never_replaced(tmp_path):
+    """A batch that has started but written nothing yet leaves only its lock: --overwrite of
+    that folder by another command waits for no one, so it is refused while the lock is held."""
+    from BINDSLib.fsutil import output_lock
+
+    (tmp_path / "out").mkdir()
+    with output_lock(tmp_path / "out", "binds diagnose batch"):
+        assert main(["phantom", "--out", str(tmp_path / "out"), "--overwrite", "--cases", "1"]) == 5
+    assert main(["phantom", "--out", str(tmp_path / "out"), "--overwrite", "--cases", "1"]) == 0
+
+
+def test_only_a_whole_hidden_result_comes_back(tmp_path):
+    """A removal of .NAME.old cut short left part of it: that is not brought back as a result."""
+    (tmp_path / ".out.old" / "maps").mkdir(parents=True)
+    (tmp_path / ".out.old" / "maps" / "half.nrrd").write_text("")
+    with atomic_dir(tmp_path / "out", signs=("report.json",)) as d:
+        (d / "report.json").write_text("{}")
+    assert (tmp_path / "out" / "report.json").is_file() and not (tmp_path / "out" / "maps").exists()

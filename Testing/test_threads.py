@@ -185,5 +185,15 @@ def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost():
                 for _ in range(1000):
                     reached.append(1)
         assert len(reached) == 1000 and signal.getsignal(signal.SIGTERM) is _terminate
+        # both held, and a SIGTERM handler that only records: the Ctrl-C is not lost behind it
+        seen = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+        assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -207,7 +207,7 @@ def _run_batch(model, sources, out: Path, options) -> int:
 
     from ..diagnose import diagnose_study, is_finished, remove_stale
     from ..errors import EXIT_PARTIAL, BindsError
-    from ..fsutil import atomic_write_text, printable
+    from ..fsutil import REPORT_SIGNS, atomic_write_text, printable, restore_hidden_result
     from ..outputs.report import results_csv
 
     failures: list[tuple[str, str]] = []
@@ -234,6 +234,7 @@ def _run_batch(model, sources, out: Path, options) -> int:
                 continue
             written[key] = name
             remove_stale(target)
+            restore_hidden_result(target, REPORT_SIGNS)  # (an --overwrite killed between its renames)
             if is_finished(target) and not options.overwrite:
                 skipped += 1
                 continue

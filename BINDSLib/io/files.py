@@ -107,8 +107,8 @@ def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
     if fields is None:
         return None
     nrrd = suffix in (".nhdr", ".nrrd")
-    folder = Path(os.path.realpath(path)).parent
-    raw_data, data, offset = True, None, 0
+    folder = Path(os.path.abspath(path)).parent  # as ITK resolves the data file: from the header as named
+    flags, data, offset = {}, None, 0
     for line, offset in _header_lines(path):
         if not line and nrrd:
             break  # the end of a NRRD header: attached voxels follow
@@ -117,16 +117,20 @@ def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
         if nrrd and value.startswith("="):
             continue  # "key:=value" is a key/value pair, not a field
         if key in ("encoding", "compresseddata", "binarydata"):
-            raw_data = value.lower() in ("raw", "false") if key != "binarydata" else value.lower() == "true"
+            flags[key] = value.lower()
         if not sep or key not in fields:
             continue
         if value.upper() == "LOCAL":
             break  # (MetaImage: the voxels follow this line, the header's last)
         parts = value.split()
+        if not parts:
+            raise InputError("the header names no data file", path)
         if parts[0].upper() == "LIST" or ("%" in parts[0] and len(parts) >= 4):
             raise InputError(f"the header names its voxels as a list or series of files ({value!r}); "
                              "give the image as one file (e.g. a .nrrd)", path)
-        data = Path(os.path.realpath(folder / value))  # (the whole value: a name may hold spaces)
+        # the whole value (a name may hold spaces); a link in the folder is followed (git-annex and
+        # DataLad datasets are links), but it must end at a regular file: not a device or a pipe
+        data = Path(os.path.abspath(folder / value))
         if folder not in data.parents:
             raise InputError(f"the header's voxels are in {value!r}, outside the header's folder: "
                              "keep the data file in the header's folder", path)
@@ -135,6 +139,8 @@ def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
         offset = 0
         if not nrrd:
             break
+    raw_data = flags.get("encoding", "raw") == "raw" if nrrd else \
+        flags.get("compresseddata", "false") == "false" and flags.get("binarydata", "true") == "true"
     if not raw_data:
         return None
     return (data, 0) if data is not None else (path, offset)
@@ -204,6 +210,44 @@ def sitk_to_voxels(img, path) -> tuple[np.ndarray, Geometry]:
     return arr, geom
 
 
+def _jpeg_complete(path: Path) -> bool:
+    """Whether a JPEG's first image reaches its end-of-image marker: its segments are walked
+    from the start (each skipped by its length; a scan's coded data up to the next marker), so
+    bytes after the image (a motion photo's video) do not count. A file that is not a JPEG is
+    left to the reader (True)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\xff\xd8":
+        return True
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return True  # not a marker where one must be: damaged, the reader will say so
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xD9:
+            return True
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        elif i + 3 >= n:
+            return False
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            if marker == 0xDA:  # start of scan: coded data up to the next marker (FF 00, RSTn are data)
+                while True:
+                    i = data.find(b"\xff", i)
+                    if i < 0 or i + 1 >= n:
+                        return False
+                    if data[i + 1] == 0x00 or 0xD0 <= data[i + 1] <= 0xD7:
+                        i += 2
+                    elif data[i + 1] == 0xFF:
+                        i += 1
+                    else:
+                        break
+    return False
+
+
 def read_image_info(path: Path):
     """Header only: SimpleITK's ImageFileReader after ReadImageInformation (size checked)."""
     import SimpleITK as sitk
@@ -214,13 +258,9 @@ def read_image_info(path: Path):
     if path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
     where = check_data_files(path)
-    if suffix_of(path) in (".jpg", ".jpeg"):
-        with open(path, "rb") as f:
-            jpeg = f.read()
-        # the end-of-image marker after the last start of scan (0xFF is never followed by 0xD9 inside
-        # a scan); libjpeg would fill what is missing with grey, and say so on stdout
-        if jpeg.rfind(b"\xff\xd9") < jpeg.rfind(b"\xff\xda"):
-            raise InputError("truncated JPEG: no end-of-image marker after its last scan", path)
+    if suffix_of(path) in (".jpg", ".jpeg") and not _jpeg_complete(path):
+        # libjpeg would fill what is missing with grey, and say so on stdout
+        raise InputError("truncated JPEG: the image ends before its end-of-image marker", path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(sitk_path(path))
     try:
