@@ -70,8 +70,7 @@ def check_finite(voxels: np.ndarray, path) -> None:
         raise InputError(f"image has {n} NaN or infinite voxel(s)", path)
 
 
-#: header formats whose voxels may lie in another file the header names
-DETACHED_SUFFIXES = (".nhdr", ".mhd", ".mha", ".nrrd")
+#: the header field naming the data file, of the formats whose voxels may lie in another file
 _DATA_FILE_FIELD = {".nhdr": ("data file", "datafile"), ".nrrd": ("data file", "datafile"),
                     ".mhd": ("elementdatafile",), ".mha": ("elementdatafile",)}
 
@@ -94,10 +93,10 @@ def _header_lines(path: Path):
 
 
 def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
-    """Refuse a NRRD / MetaImage header whose voxels are in a file outside its own folder (an
-    absolute path elsewhere, ``..``, a link that leads out), in something that is not a regular
-    file (a device, a folder), or in a list or numbered series of files: a header must not make
-    BINDS read, and copy into its outputs, any other file of the computer.
+    """Refuse a NRRD / MetaImage header whose voxels are in a file named outside its own folder
+    (an absolute path elsewhere, ``..``), in something that is not a regular file (a device, a
+    pipe, a folder; also at the end of a link), or in a list or numbered series of files: a
+    header must not make BINDS read, and copy into its outputs, any other file of the computer.
 
     Returns where uncompressed voxels start, ``(file, byte offset)``, for :func:`check_not_truncated`
     (None for other formats, compressed or text data, and NIfTI, which that reads itself)."""
@@ -304,9 +303,7 @@ def role_from_name(path: str | os.PathLike) -> Role | None:
     label of a second ``US_L`` image in a study folder, is ``US_L``), or None."""
     import re
 
-    path = Path(path)
-    suffix = suffix_of(path)
-    stem = path.name[: -len(suffix)] if suffix else path.name
+    stem = _stem(path)
     try:
         return Role.parse(stem)
     except ValueError:
@@ -323,14 +320,18 @@ def role_from_name(path: str | os.PathLike) -> Role | None:
     return role
 
 
+def _stem(path: str | os.PathLike) -> str:
+    """A file's name without its image suffix (``.nii.gz`` whole)."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
 def role_name_hint(path: str | os.PathLike) -> str:
     """A hint for a file name that is almost a role (``MR_DWI_800``), or ""."""
     import re
 
-    path = Path(path)
-    suffix = suffix_of(path)
-    stem = path.name[: -len(suffix)] if suffix else path.name
-    found = re.fullmatch(r"(MR_DWI)_(\d+)(_\d+)?", stem, re.IGNORECASE)
+    found = re.fullmatch(r"(MR_DWI)_(\d+)(_\d+)?", _stem(path), re.IGNORECASE)
     return f" (a b-value is written with its b: {found.group(1)}_b{found.group(2)})" if found else ""
 
 
