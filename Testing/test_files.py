@@ -312,3 +312,25 @@ def test_header_checks_keep_what_is_legitimate(tmp_path):
     (inner / "MR_T2.nhdr").write_text(header.format("", ""))
     with pytest.raises(InputError, match="names no data file"):
         read_image_file(inner / "MR_T2.nhdr")
+
+
+def test_a_nifti_voxel_size_of_zero_or_nan_is_said(tmp_path, caplog):
+    """ITK reads pixdim 0 or NaN as 1 mm in silence."""
+    import struct
+
+    data = (np.arange(4 * 5 * 6) % 100 + 1).astype(np.int16).reshape(4, 5, 6)
+    for name, pixdim, said in (("MR_T2.nii", (0.8, 0.8, 3.0), False), ("MR_ADC.nii", (0.0, 0.8, 3.0), True),
+                               ("MR_DCE1.nii", (float("nan"), 0.8, 3.0), True)):
+        hdr = bytearray(348)
+        struct.pack_into("<i", hdr, 0, 348)
+        struct.pack_into("<8h", hdr, 40, 3, 6, 5, 4, 1, 1, 1, 1)
+        struct.pack_into("<hh", hdr, 70, 4, 16)
+        struct.pack_into("<8f", hdr, 76, 1, *pixdim, 1, 1, 1, 1)
+        struct.pack_into("<f", hdr, 108, 352.0)
+        struct.pack_into("<ff", hdr, 112, 1.0, 0.0)
+        hdr[344:348] = b"n+1\0"
+        (tmp_path / name).write_bytes(bytes(hdr) + b"\0" * 4 + data.tobytes())
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="BINDSLib.io.files"):
+            read_image_file(tmp_path / name)
+        assert ("pixdim) " in caplog.text and "is not usable: 1 mm assumed" in caplog.text) == said, name

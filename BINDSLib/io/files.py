@@ -8,6 +8,7 @@ voxels are refused.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from ..errors import InputError
 from ..fsutil import sitk_path
 from ..study import Geometry, Image, MRSequence, Role, SourceInfo
+
+log = logging.getLogger(__name__)
 
 #: File endings read through SimpleITK, with geometry.
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -335,6 +338,25 @@ def role_name_hint(path: str | os.PathLike) -> str:
     return f" (a b-value is written with its b: {found.group(1)}_b{found.group(2)})" if found else ""
 
 
+def _warn_unusable_nifti_spacing(path: Path) -> None:
+    """ITK reads a NIfTI voxel size (pixdim) of 0 or NaN as 1 mm without a word: say so."""
+    import gzip
+    import struct
+
+    try:
+        with (gzip.open if suffix_of(path) == ".nii.gz" else open)(path, "rb") as f:
+            head = f.read(108)
+        order = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+        ndim = max(1, min(3, struct.unpack(order + "h", head[40:42])[0]))
+        pixdim = struct.unpack(order + "8f", head[76:108])[1:1 + ndim]
+    except (OSError, EOFError, struct.error):
+        return  # (a NIfTI-2 or damaged header: the reader has said what it could)
+    bad = [v for v in pixdim if not (np.isfinite(v) and v > 0)]
+    if bad:
+        log.warning("%s: voxel size (pixdim) %s is not usable: 1 mm assumed", path,
+                    " x ".join(f"{v:g}" for v in pixdim))
+
+
 def read_image_file(path: str | os.PathLike, role: Role | None = None,
                     spacing_mm: tuple[float, float] | None = None, **image_kwargs) -> Image:
     """Read one plain image file as an :class:`Image`.
@@ -360,6 +382,8 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
     except RuntimeError as e:
         raise InputError(f"cannot decode image ({itk_reason(e)})", path) from None
     voxels, geom = sitk_to_voxels(img, path)
+    if suffix in (".nii", ".nii.gz") and spacing_mm is None:
+        _warn_unusable_nifti_spacing(path)
     if suffix in PICTURE_SUFFIXES:
         sx, sy = spacing_mm if spacing_mm is not None else (1.0, 1.0)
         geom = Geometry((sx, sy, 1.0))
