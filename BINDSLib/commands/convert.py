@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, OutputError, UsageError
     from ..fsutil import STUDY_SIGNS, check_output_dir
-    from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
+    from ..io.files import IMAGE_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from ..studyfolder import write_study_folder
     from .diagnose import _safe_name
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # image files given together are one study (roles from --role or their names), as in diagnose
     files = list(parse_role_assignments(args.role)) if args.role else []
     files += [(Path(p), None) for p in args.paths
-              if Path(p).is_file() and suffix_of(Path(p)) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
+              if Path(p).is_file() and suffix_of(Path(p)) in IMAGE_SUFFIXES]
     if files:
         results.append(load_files(files))
     results += [load(p) for p in args.paths if (Path(p), None) not in files]

@@ -59,14 +59,14 @@ def collect_sources(args) -> list[tuple[str, object]]:
     import csv
 
     from ..errors import InputError, UsageError
-    from ..io.files import PICTURE_SUFFIXES, VOLUME_SUFFIXES, suffix_of
+    from ..io.files import IMAGE_SUFFIXES, suffix_of
     from ..io.loader import collection, parse_role_assignments
 
     sources: list[tuple[str, object]] = []
     files = list(parse_role_assignments(args.role)) if args.role else []
     for s in args.studies:
         p = Path(s)
-        if p.is_file() and suffix_of(p) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+        if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES:
             files.append((p, None))  # image files given together are one study (roles from names)
         elif p.is_file() and p.suffix.lower() == ".csv":
             try:

@@ -327,8 +327,8 @@ def _match_finding_ids(findings_csv: Path, by_image: dict[str, list], ids: list[
     by_fold: dict[str, list[str]] = {}
     for i in ids:
         by_fold.setdefault(i.casefold(), []).append(i)
-    moved = []
-    for key in [k for k in by_image if k not in set(ids)]:
+    listed, moved = set(ids), []
+    for key in [k for k in by_image if k not in listed]:
         same = by_fold.get(key.casefold(), [])
         if len(same) == 1:
             by_image.setdefault(same[0], []).extend(by_image.pop(key))

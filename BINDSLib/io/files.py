@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: 2D picture formats: no geometry beyond an optional pixel spacing.
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
+#: every plain image file BINDS reads
+IMAGE_SUFFIXES = VOLUME_SUFFIXES + PICTURE_SUFFIXES
 
 #: Largest image (bytes of decoded voxels) BINDS will read; override with BINDS_MAX_IMAGE_BYTES.
 DEFAULT_MAX_IMAGE_BYTES = 4 * 1024**3
@@ -367,9 +369,9 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
     """
     path = Path(path)
     suffix = suffix_of(path)
-    if suffix not in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+    if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"unsupported file type {suffix!r} (supported: "
-                         f"{', '.join(VOLUME_SUFFIXES + PICTURE_SUFFIXES)}, or DICOM)", path)
+                         f"{', '.join(IMAGE_SUFFIXES)}, or DICOM)", path)
     if role is None:
         role = role_from_name(path)
         if role is None:

@@ -27,8 +27,7 @@ from ..errors import InputError, UsageError
 from ..fsutil import visible_entries
 from ..study import Role, Study
 from .dicom_common import Skipped
-from .files import (PICTURE_SUFFIXES, VOLUME_SUFFIXES, read_image_file, role_from_name, role_name_hint,
-                    suffix_of)
+from .files import IMAGE_SUFFIXES, read_image_file, role_from_name, role_name_hint, suffix_of
 
 
 @dataclass
@@ -96,14 +95,14 @@ def load(path: str | os.PathLike, roles: Mapping[str, Role] | None = None,
         nothing = e
     else:  # image files beside the DICOM ones are not read: say why, not only "not DICOM"
         for i, sk in enumerate(result.skipped):
-            if sk.reason == "not DICOM" and suffix_of(Path(sk.path)) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+            if sk.reason == "not DICOM" and suffix_of(Path(sk.path)) in IMAGE_SUFFIXES:
                 result.skipped[i] = Skipped(sk.path, "not read: image files beside DICOM images are not "
                                                      "read with them; give this file on its own or with "
                                                      "--role ROLE=FILE")
         return result
     # a folder of image files, no DICOM: one study, as when the files are given together
     entries = visible_entries(p)
-    pictures = [f for f in entries if f.is_file() and suffix_of(f) in VOLUME_SUFFIXES + PICTURE_SUFFIXES]
+    pictures = [f for f in entries if f.is_file() and suffix_of(f) in IMAGE_SUFFIXES]
     named = [(f, (roles or {}).get(f.name) or role_from_name(f)) for f in pictures]
     folders = [d for d in entries if d.is_dir()]
     if not any(role for _, role in named):
@@ -159,7 +158,7 @@ def collection(path: str | os.PathLike) -> Collection | None:
         return None  # (a plain DICOM folder: its files are not opened here)
     name = Path(os.path.abspath(p)).name  # (of "." too)
     for e in rest:
-        if e.is_dir() or is_dicom_file(e) or suffix_of(e) in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+        if e.is_dir() or is_dicom_file(e) or suffix_of(e) in IMAGE_SUFFIXES:
             found.skipped.append(Skipped(str(e), f"not read: {name} is read as a folder of study folders "
                                                  f"and exam histories; give this {'folder' if e.is_dir() else 'file'}"
                                                  " on its own"))
@@ -198,7 +197,7 @@ def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
                     images.append(im)
             skipped += res.skipped
             continue
-        if suffix_of(path) not in VOLUME_SUFFIXES + PICTURE_SUFFIXES:
+        if suffix_of(path) not in IMAGE_SUFFIXES:
             raise InputError("unsupported file type (give DICOM, NRRD, NIfTI, MHA, PNG or JPEG)", path)
         images.append(read_image_file(path, role=role))
     if not images:
