@@ -141,6 +141,34 @@ def is_study_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / STUDY_JSON).is_file()
 
 
+def holds_study(path: str | os.PathLike, study: Study, keep_identifiers: bool = False) -> bool:
+    """Whether the folder ``path`` is already the study folder :func:`write_study_folder` would
+    write for ``study``: the same ``study.json`` and the same voxels in every image and mask
+    (how ``binds convert`` run again after an interruption tells a study it converted before
+    from another one it must not replace). A folder that cannot be read does not hold it."""
+    import SimpleITK as sitk
+
+    root = Path(path)
+    try:
+        there = json.loads((root / STUDY_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    doc = study_to_json(study, keep_identifiers=keep_identifiers)
+    if there != json.loads(json_dumps(doc)):  # (compared as JSON: tuples are lists there)
+        return False
+    for entry, im in zip(doc["images"] + doc.get("comparison_images", []), study.images + study.comparison):
+        for key, voxels in (("path", im.voxels), ("lesion_mask", im.lesion_mask)):
+            if voxels is None:
+                continue
+            try:
+                held = sitk.GetArrayFromImage(read_volume(root / entry[key]))
+            except InputError:
+                return False
+            if held.dtype != voxels.dtype or held.shape != voxels.shape or not np.array_equal(held, voxels):
+                return False
+    return True
+
+
 def _safe_relpath(root: Path, rel: str, json_path: Path) -> Path:
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:

@@ -32,9 +32,16 @@ def test_dicom_phantom_to_study_folder(tmp_path, capsys):
     _same(direct, read_study_folder(tmp_path / "sf"))
     # an existing output is refused without --overwrite, and left as it was
     before = (tmp_path / "sf" / "study.json").read_text()
-    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf")]) == 5
+    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf")]) == 5  # (pseudonyms: another study.json)
     assert (tmp_path / "sf" / "study.json").read_text() == before
+    # the same conversion again finds its study there: kept as it was, not refused
+    inode = (tmp_path / "sf").stat().st_ino
+    capsys.readouterr()
+    assert main(["convert", str(dicom), "--out", str(tmp_path / "sf"), "--keep-identifiers"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "sf")
+    assert (tmp_path / "sf").stat().st_ino == inode
     assert main(["convert", str(dicom), "--out", str(tmp_path / "sf"), "--overwrite"]) == 0
+    assert (tmp_path / "sf").stat().st_ino != inode
 
 
 def test_several_studies_get_one_folder_each(tmp_path, cbis_cases, capsys):
@@ -148,6 +155,8 @@ def test_several_studies_join_a_folder_of_study_folders_batch_by_batch(tmp_path,
     """A folder of study folders grows one conversion at a time: a study already there is
     refused without --overwrite (before anything is written) and replaced with it; the other
     studies of earlier conversions are kept, and said to be."""
+    from BINDSLib.fsutil import visible_entries
+
     assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
     assert main(["phantom", "--out", str(tmp_path / "two"), "--cases", "2", "--seed", "5"]) == 0
     out = tmp_path / "sf"
@@ -155,12 +164,13 @@ def test_several_studies_join_a_folder_of_study_folders_batch_by_batch(tmp_path,
     assert main(["convert", str(tmp_path / "three"), "--out", str(out)]) == 0
     before = (out / "case-0002" / "study.json").read_text()
     assert main(["convert", str(tmp_path / "two"), "--out", str(out)]) == 5  # case-0000 is there
-    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "case-0002"]
+    assert [p.name for p in visible_entries(out)] == ["case-0000", "case-0001", "case-0002"]
     with caplog.at_level("WARNING"):
         assert main(["convert", str(tmp_path / "two"), "--out", str(out), "--overwrite"]) == 0
     assert "also holds 1 study folder(s) of earlier conversions, kept: case-0002" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == ["case-0000", "case-0001", "case-0002"]
+    assert [p.name for p in visible_entries(out)] == ["case-0000", "case-0001", "case-0002"]
     assert (out / "case-0002" / "study.json").read_text() == before
+    assert sorted(st.study_id for st in load(out).studies) == ["case-0000", "case-0001", "case-0002"]  # (its lock file)
     two = {s.study_id: s for s in load(tmp_path / "two").studies}
     _same(two["case-0000"], read_study_folder(out / "case-0000"))
     # several studies are never nested inside a single study's folder
@@ -169,8 +179,11 @@ def test_several_studies_join_a_folder_of_study_folders_batch_by_batch(tmp_path,
     assert not (out / "case-0002" / "case-0000").exists()
 
 
-def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypatch):
+def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypatch, caplog, capsys):
+    import SimpleITK as sitk
+
     import BINDSLib.studyfolder as sf
+    from BINDSLib.fsutil import LOCK_NAME, visible_entries
 
     assert main(["phantom", "--out", str(tmp_path / "three"), "--cases", "3", "--seed", "2"]) == 0
     real, calls = sf.write_nrrd, []
@@ -184,10 +197,53 @@ def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypat
     monkeypatch.setattr(sf, "write_nrrd", write_then_stop)
     assert main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf")]) == 130  # interrupted
     monkeypatch.undo()
-    assert [p.name for p in (tmp_path / "sf").iterdir()] == ["case-0000"]  # no half-written study
-    _same(load(tmp_path / "three" / "case-0000").studies[0], read_study_folder(tmp_path / "sf" / "case-0000"))
-    assert main(["convert", str(tmp_path / "three"), "--out", str(tmp_path / "sf"), "--overwrite"]) == 0
-    assert sorted(p.name for p in (tmp_path / "sf").iterdir()) == ["case-0000", "case-0001", "case-0002"]
+    sf_dir = tmp_path / "sf"
+    assert visible_entries(sf_dir) == [sf_dir / "case-0000"]  # no half-written study
+    _same(load(tmp_path / "three" / "case-0000").studies[0], read_study_folder(sf_dir / "case-0000"))
+    # the same command again goes on where it stopped: the study written is kept, not refused,
+    # and what a killed run left behind (a hidden .part folder) is removed
+    (sf_dir / ".case-0001.x1y2.part" / "images").mkdir(parents=True)
+    inode = (sf_dir / "case-0000").stat().st_ino
+    with caplog.at_level("WARNING"):
+        assert main(["convert", str(tmp_path / "three"), "--out", str(sf_dir)]) == 0
+    assert "1 of 3 studies were already converted (the same images); kept" in caplog.text
+    assert sorted(p.name for p in sf_dir.iterdir() if p.name != LOCK_NAME) == ["case-0000", "case-0001", "case-0002"]
+    assert (sf_dir / "case-0000").stat().st_ino == inode
+    for st in load(tmp_path / "three").studies:
+        _same(st, read_study_folder(sf_dir / st.study_id))
+    # a study folder whose voxels differ from the study's is not taken for it
+    nrrd = sf_dir / "case-0001" / "images" / "MG_L_CC.nrrd"
+    img = sitk.ReadImage(str(nrrd))
+    img[0, 0, 0] = img[0, 0, 0] + 1
+    sitk.WriteImage(img, str(nrrd), True)
+    assert main(["convert", str(tmp_path / "three"), "--out", str(sf_dir)]) == 5
+    assert "already exists; use --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "three"), "--out", str(sf_dir), "--overwrite"]) == 0
+    _same(load(tmp_path / "three" / "case-0001").studies[0], read_study_folder(sf_dir / "case-0001"))
+
+
+def test_holds_study_compares_the_json_and_every_voxel(tmp_path):
+    from BINDSLib.studyfolder import holds_study, write_study_folder
+
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--cases", "1", "--seed", "3"]) == 0
+    (study,) = load(tmp_path / "ph" / "case-0000").studies
+    write_study_folder(study, tmp_path / "sf")
+    assert holds_study(tmp_path / "sf", study)
+    study.description = "another"  # anything of study.json
+    assert not holds_study(tmp_path / "sf", study)
+    (study,) = load(tmp_path / "ph" / "case-0000").studies
+    assert not holds_study(tmp_path / "nowhere", study)
+    mask_image = next(im for im in study.images if im.lesion_mask is not None)
+    mask_image.lesion_mask = mask_image.lesion_mask.copy()
+    mask_image.lesion_mask[0, 0, 0] ^= 1  # one mask voxel
+    assert not holds_study(tmp_path / "sf", study)
+    mask_image.lesion_mask[0, 0, 0] ^= 1
+    assert holds_study(tmp_path / "sf", study)
+    study.images[0].voxels = study.images[0].voxels.astype(np.float64)  # the same values, another type
+    assert not holds_study(tmp_path / "sf", study)
+    (study,) = load(tmp_path / "ph" / "case-0000").studies
+    (tmp_path / "sf" / "images" / f"{study.images[0].label}.nrrd").write_bytes(b"NRRD0004\n")  # damaged
+    assert not holds_study(tmp_path / "sf", study)
 
 
 def test_role_named_folders_name_what_they_leave_and_where_the_images_are(tmp_path, capsys):

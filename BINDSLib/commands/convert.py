@@ -18,7 +18,10 @@ def register(sub) -> None:
         "convert", help="write study folders from DICOM folders, datasets or image files",
         description="Read PATH (a DICOM folder, a study folder, a dataset layout or image files "
                     "given with --role) and write each study found as a study folder: one study "
-                    "into --out, several into --out/<study_id>/. Prints the folders written.")
+                    "into --out, several into --out/<study_id>/. Prints the study folders. A study "
+                    "folder that already holds the same study (the same study.json and voxels: a "
+                    "conversion run again after an interruption) is kept; any other is replaced "
+                    "only with --overwrite.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="folder or file(s)")
     p.add_argument("--role", action="append", default=[], metavar="ROLE=FILE",
                    help="an image file and its role, e.g. US_L=lesion.png (repeatable)")
@@ -34,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..errors import InputError, OutputError, UsageError
-    from ..fsutil import STUDY_SIGNS, check_output_dir
+    from ..diagnose import remove_stale
+    from ..fsutil import make_output_folder, output_lock
     from ..io.files import IMAGE_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
-    from ..studyfolder import write_study_folder
     from .diagnose import _safe_name
 
     results = []
@@ -67,8 +70,38 @@ def run(args: argparse.Namespace) -> int:
     if len(studies) > 1 and (out / "study.json").is_file():  # they would be nested inside that study
         raise OutputError(f"is a study folder; {len(studies)} studies need a folder of study folders: "
                           "choose another --out", out)
-    for t in targets:  # all checked before any is written
-        check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
+    if len(studies) == 1:
+        return _convert(studies, targets, args, inputs)
+    make_output_folder(out)
+    with output_lock(out, "binds convert"):  # a second conversion into --out would remove this one's .part folders
+        for t in targets:
+            remove_stale(t)  # (a killed conversion's)
+        code = _convert(studies, targets, args, inputs)
+    written = {t.name for t in targets}  # a folder of study folders grows by batches: earlier ones are kept
+    others = [d.name for d in sorted(out.iterdir()) if (d / "study.json").is_file() and d.name not in written]
+    if others:
+        logging.getLogger(__name__).warning("%s also holds %d study folder(s) of earlier conversions, kept: %s",
+                                         out, len(others), ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
+    return code
+
+
+def _convert(studies, targets, args, inputs) -> int:
+    """Write each study to its target folder; one that already holds exactly that study (a
+    conversion run again, e.g. after an interruption) is kept as it is."""
+    import logging
+
+    from ..fsutil import STUDY_SIGNS, check_output_dir, restore_hidden_result
+    from ..studyfolder import holds_study, write_study_folder
+
+    log = logging.getLogger(__name__)
+    done = []
+    for st, t in zip(studies, targets):  # all checked before any is written
+        restore_hidden_result(t, STUDY_SIGNS)  # (an --overwrite killed between its renames)
+        if not args.overwrite and t.is_dir() and holds_study(t, st, args.keep_identifiers):
+            check_output_dir(t, True, inputs, STUDY_SIGNS)  # (still not an input, nor being written now)
+            done.append(t)
+        else:
+            check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
     for st in studies:
         views: dict[str, list[str]] = {}
         for im in st.images:
@@ -76,16 +109,15 @@ def run(args: argparse.Namespace) -> int:
                 views.setdefault(im.role.key, []).append(im.label)
         for key, labels in views.items():
             if len(labels) > 1:  # written, as given, but not diagnosable as it is
-                logging.getLogger(__name__).warning(
-                    "study %s holds the view %s %d times (%s): binds diagnose refuses such a study; keep one",
-                    st.study_id, key, len(labels), ", ".join(labels))
+                log.warning("study %s holds the view %s %d times (%s): binds diagnose refuses such a study; keep one",
+                            st.study_id, key, len(labels), ", ".join(labels))
     for st, t in zip(studies, targets):  # each study written whole (atomically), then named
-        write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
+        if t in done:
+            log.info("study %s: %s already holds it (converted before); kept", st.study_id, t)
+        else:
+            write_study_folder(st, t, overwrite=args.overwrite, keep_identifiers=args.keep_identifiers)
         sys.stdout.write(f"{t}\n")
-    if len(studies) > 1:  # a folder of study folders grows by batches: earlier ones are kept
-        written = {t.name for t in targets}
-        others = [d.name for d in sorted(out.iterdir()) if (d / "study.json").is_file() and d.name not in written]
-        if others:
-            logging.getLogger(__name__).warning("%s also holds %d study folder(s) of earlier conversions, kept: %s",
-                                             out, len(others), ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
+    if done:
+        log.warning("%d of %d studies were already converted (the same images); kept as they were",
+                    len(done), len(studies))
     return 0
