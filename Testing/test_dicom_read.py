@@ -516,6 +516,23 @@ def test_mr_dwi_b_values_split_from_one_series(tmp_path):
     assert [im.label for im in study.images] == ["MR_DWI_b0", "MR_DWI_b800"]
 
 
+def test_mr_b_values_interleaved_at_distinct_positions_are_two_volumes(tmp_path):
+    """b0 and b800 slices that alternate along the normal (each at its own position) are not
+    one volume whose every other slice is b0: each b-value is a stack of its own."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    vols = {0: axis_volume((4, 4, 5), seed=1), 800: axis_volume((4, 4, 5), seed=2)}
+    for b, shift in ((0, 0.0), (800, 1.0)):  # b800 slices 1 mm past each b0 slice, 2 mm apart
+        write_mr_series(tmp_path / f"b{b}", vols[b], (0, 0, shift), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                        study_uid=study_uid, series_uid=series_uid, SeriesDescription="ep2d_diff",
+                        DiffusionBValue=b)
+    (study,), _ = load_dicom_folder(tmp_path)
+    assert [im.label for im in study.images] == ["MR_DWI_b0", "MR_DWI_b800"]
+    for im, b in zip(study.images, (0, 800)):
+        np.testing.assert_array_equal(im.voxels, vols[b])
+        assert im.geometry.spacing_mm[2] == pytest.approx(2.0)
+        assert im.geometry.origin_mm[2] == pytest.approx(0.0 if b == 0 else 1.0)
+
+
 def _enhanced_mr(path: Path, volumes: list[np.ndarray], spacing, origin, row, col,
                  offsets_s, slopes) -> None:
     """Enhanced MR file: volumes[t] (slices, rows, cols) as frames in shuffled order."""

@@ -215,6 +215,12 @@ def split_volumes(slices: list[MRSlice], where: str) -> tuple[list[list[MRSlice]
     keys = [round(p / SAME_POSITION_MM) for p in _projections(slices, normal)]
     n_pos = len(set(keys))
     if n_pos == len(slices):
+        b_values = {s.b_value for s in slices}
+        if len(b_values) > 1 and None not in b_values:  # b-values interleaved at distinct positions:
+            groups = {}  # never one volume (each then checked as a stack of its own)
+            for s in slices:
+                groups.setdefault(s.b_value, []).append(s)
+            return [groups[v] for v in sorted(groups)], "b_value"
         return [slices], None
     for attr in SPLIT_ATTRIBUTES:
         values = [getattr(s, attr) for s in slices]
