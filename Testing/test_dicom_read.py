@@ -533,6 +533,23 @@ def test_mr_b_values_interleaved_at_distinct_positions_are_two_volumes(tmp_path)
         assert im.geometry.origin_mm[2] == pytest.approx(0.0 if b == 0 else 1.0)
 
 
+def test_mr_monochrome1_values_are_read_as_stored(tmp_path, caplog):
+    """MONOCHROME1 is a display instruction: MR values (signal, ADC) are the stored values after
+    the rescale, as pydicom decodes them; SimpleITK would invert the stored bits (~x)."""
+    import pydicom
+
+    vol = axis_volume((3, 4, 5), seed=3)
+    for p in write_mr_series(tmp_path / "t2", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                             SeriesDescription="T2 tse", RescaleSlope=2, RescaleIntercept=-100):
+        ds = pydicom.dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(p)
+    with caplog.at_level("WARNING"):
+        (study,), _ = load_dicom_folder(tmp_path)
+    np.testing.assert_array_equal(study.images[0].voxels, vol * 2.0 - 100)
+    assert "is MONOCHROME1 (high values shown dark): its values are read as stored" in caplog.text
+
+
 def _enhanced_mr(path: Path, volumes: list[np.ndarray], spacing, origin, row, col,
                  offsets_s, slopes) -> None:
     """Enhanced MR file: volumes[t] (slices, rows, cols) as frames in shuffled order."""

@@ -338,9 +338,15 @@ def _needs_pydicom(vol: MRVolume) -> bool:
         return True
     if int(number(hdr, "BitsAllocated") or 16) in (32, 64) and "BitsStored" not in hdr:
         return True  # Float Pixel Data
+    if any(_monochrome1(s.file.header) for s in vol.slices):
+        return True  # (SimpleITK inverts the stored bits, ~x: a T2 becomes negative, an ADC map nonsense)
     rescales = {(number(s.file.header, "RescaleSlope"), number(s.file.header, "RescaleIntercept"))
                 for s in vol.slices}
     return len(rescales) > 1
+
+
+def _monochrome1(ds) -> bool:
+    return text(ds, "PhotometricInterpretation").upper() == "MONOCHROME1"
 
 
 def _check_not_truncated(vol: MRVolume) -> None:
@@ -428,8 +434,13 @@ def read_pydicom(vol: MRVolume) -> np.ndarray:
 
 
 def read_volume(vol: MRVolume) -> np.ndarray:
-    """Voxels of ``vol`` as finite float32 ``(depth, rows, cols)``."""
+    """Voxels of ``vol`` as finite float32 ``(depth, rows, cols)``: the stored values after the
+    modality LUT (signal, or ADC in its unit). MONOCHROME1 ("show high values dark") is a
+    display instruction, which is not applied to MR values (a warning says so)."""
     rows, cols = vol.slices[0].shape
+    if any(_monochrome1(s.file.header) for s in vol.slices):
+        log.warning("series %s is MONOCHROME1 (high values shown dark): its values are read as "
+                    "stored, not inverted", vol.label)
     check_declared_size(rows * cols * len(vol.slices), 8, vol.slices[0].file.path)
     for s in vol.slices:
         check_pixel_size(s.file.header, s.file.path)
