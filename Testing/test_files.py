@@ -334,3 +334,20 @@ def test_a_nifti_voxel_size_of_zero_or_nan_is_said(tmp_path, caplog):
         with caplog.at_level("WARNING", logger="BINDSLib.io.files"):
             read_image_file(tmp_path / name)
         assert ("pixdim) " in caplog.text and "is not usable: 1 mm assumed" in caplog.text) == said, name
+
+
+def test_a_nrrd_in_a_space_that_is_not_a_patient_one_is_said(tmp_path, caplog):
+    """ITK turns RAS into LPS, and reads scanner-xyz or 3D-right-handed as LPS in silence."""
+    (tmp_path / "vox.raw").write_bytes(bytes(range(1, 9)))
+    header = ("NRRD0004\ntype: uint8\ndimension: 3\nspace: {}\nsizes: 2 2 2\n"
+              "space directions: (1,0,0) (0,1,0) (0,0,2)\nspace origin: (10,20,30)\n"
+              "encoding: raw\ndata file: vox.raw\n")
+    for space, said, origin in (("left-posterior-superior", False, (10, 20, 30)),
+                                ("right-anterior-superior", False, (-10, -20, 30)),
+                                ("scanner-xyz", True, (10, 20, 30)), ("3D-right-handed", True, (10, 20, 30))):
+        (tmp_path / "MR_T2.nhdr").write_text(header.format(space))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="BINDSLib.io.files"):
+            im = read_image_file(tmp_path / "MR_T2.nhdr")
+        assert im.geometry.origin_mm == pytest.approx(origin)
+        assert (f"in the NRRD space {space!r}, not a patient one" in caplog.text) == said, space

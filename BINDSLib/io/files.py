@@ -275,7 +275,19 @@ def read_image_info(path: Path):
     ncomp = reader.GetNumberOfComponents()
     check_declared_size(n * ncomp, 8, path)  # worst case: decoded to float64
     check_not_truncated(path, reader, where)
+    _warn_non_anatomical_space(path, reader)
     return reader
+
+
+def _warn_non_anatomical_space(path: Path, reader) -> None:
+    """ITK turns a NRRD in RAS or LAS coordinates into LPS, but reads the other spaces of the
+    format (``scanner-xyz``, ``3D-right-handed``, ...) as LPS without a word: say so."""
+    if reader.HasMetaDataKey("NRRD_space"):
+        space = reader.GetMetaData("NRRD_space")
+        if space not in ("left-posterior-superior", "left-posterior-superior-time"):
+            log.warning("%s: its coordinates are in the NRRD space %r, not a patient one (RAS, LAS "
+                        "or LPS); read as LPS (DICOM patient coordinates): check that results overlay "
+                        "the image", path, space)
 
 
 def write_image(img, path: str | os.PathLike, compress: bool = False) -> None:
