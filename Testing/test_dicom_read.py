@@ -550,6 +550,30 @@ def test_mr_monochrome1_values_are_read_as_stored(tmp_path, caplog):
     assert "is MONOCHROME1 (high values shown dark): its values are read as stored" in caplog.text
 
 
+def test_a_slice_without_series_uid_joins_its_series(tmp_path, caplog):
+    """One slice whose SeriesInstanceUID an anonymiser dropped stays in its series (same folder,
+    series number, description and size) instead of leaving a gap that skips the series."""
+    import pydicom
+
+    vol = axis_volume((5, 4, 4), seed=4)
+    paths = write_mr_series(tmp_path / "t2", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                            SeriesDescription="T2 tse", SeriesNumber=3)
+    ds = pydicom.dcmread(paths[2])
+    del ds.SeriesInstanceUID
+    ds.save_as(paths[2])
+    with caplog.at_level("WARNING"):
+        (study,), skipped = load_dicom_folder(tmp_path)
+    assert skipped == [] and [im.label for im in study.images] == ["MR_T2"]
+    np.testing.assert_array_equal(study.images[0].voxels, vol)
+    assert f"{paths[2]} has no SeriesInstanceUID; read as part of series" in caplog.text
+    # another description: not taken for a slice of that series
+    ds.SeriesDescription = "T2 other"
+    ds.save_as(paths[2])
+    (study,), skipped = load_dicom_folder(tmp_path)
+    assert [s.path for s in skipped] == [str(paths[3])] and "inconsistent slice spacing" in skipped[0].reason
+    assert [im.shape[0] for im in study.images] == [1]  # (the lone slice, a series of its own)
+
+
 def _enhanced_mr(path: Path, volumes: list[np.ndarray], spacing, origin, row, col,
                  offsets_s, slopes) -> None:
     """Enhanced MR file: volumes[t] (slices, rows, cols) as frames in shuffled order."""

@@ -303,11 +303,45 @@ def _index_paths(index: DicomIndex, paths: Iterable[Path]) -> None:
             continue
         key, pid = study_key_of(f.header)
         g = groups.setdefault(key, {"pid": pid, "series": {}})
-        uid = text(f.header, "SeriesInstanceUID") or f"no-series-uid:{p.parent}"
+        uid = text(f.header, "SeriesInstanceUID") or f"{NO_SERIES_UID}{p.parent}"
         g["series"].setdefault(uid, []).append(f)
+    for g in groups.values():
+        _join_files_without_series_uid(g["series"])
     index.studies = _build_studies(groups, index.skipped)
     log.info("indexed %s: %d file(s), %d stud(ies), %d skipped", index.root, index.files_seen,
              len(index.studies), len(index.skipped))
+
+
+NO_SERIES_UID = "no-series-uid:"
+#: what a file without SeriesInstanceUID must share with a series to join it
+_SERIES_SIGNS = ("Modality", "SeriesNumber", "SeriesDescription", "Rows", "Columns")
+
+
+def _join_files_without_series_uid(series: dict[str, list]) -> None:
+    """A file without SeriesInstanceUID (an anonymiser's slip on one slice) joins the one series
+    of its study whose files lie in the same folder and share its modality, series number,
+    description and image size; otherwise the files without one in a folder stay a series of
+    their own (which would leave a gap in the series it came from)."""
+    lost = [k for k in series if k.startswith(NO_SERIES_UID)]
+    if not lost:
+        return
+    known = {uid: ({g.path.parent for g in files}, tuple(text(files[0].header, a) for a in _SERIES_SIGNS))
+             for uid, files in series.items() if not uid.startswith(NO_SERIES_UID)}
+    for key in lost:
+        stay = []
+        for f in series[key]:
+            sign = tuple(text(f.header, a) for a in _SERIES_SIGNS)
+            homes = [uid for uid, (folders, s) in known.items() if s == sign and f.path.parent in folders]
+            if len(homes) == 1:
+                log.warning("%s has no SeriesInstanceUID; read as part of series %s (same folder, "
+                            "series number and description)", f.path, homes[0])
+                series[homes[0]].append(f)
+            else:
+                stay.append(f)
+        if stay:
+            series[key] = stay
+        else:
+            del series[key]
 
 
 def _accept(p: Path, skipped: list[Skipped], seen_sops: dict[str, Path]) -> DicomFile | None:
