@@ -122,6 +122,39 @@ def test_cancel_stops_the_process_and_its_children(tmp_path):
     assert not alive(pids[0])  # the child is gone too
 
 
+@pytest.mark.skipif(os.name == "nt", reason="checks POSIX signals")
+def test_cancel_never_blocks_and_a_process_that_ignores_it_is_killed_by_poll(tmp_path):
+    """Cancel (the button, in the GUI thread) only asks; the polling that follows kills a process
+    still there after the grace time, with its children."""
+    command = script(tmp_path, """
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """)
+    pids = []
+    p = process.BackgroundProcess(command, onLog=lambda s, l: pids.append(int(l)) if s == "stdout" else None).start()
+    deadline = time.monotonic() + 20
+    while not pids and time.monotonic() < deadline:
+        p.poll()
+        time.sleep(0.02)
+    assert pids, "the fake launcher did not start"
+    start = time.monotonic()
+    p.cancel(graceSeconds=1.0)
+    assert time.monotonic() - start < 0.5  # asked, not waited for
+    p.cancel(graceSeconds=1.0)  # a second click changes nothing
+    assert p.poll() and p.proc.poll() is None  # it ignores SIGTERM: still running
+    result = p.wait(timeout=20)
+    assert 0.9 < time.monotonic() - start < 10
+    assert result.cancelled and result.returncode == process.CANCELLED
+    deadline = time.monotonic() + 5
+    while alive(pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pids[0])  # the child is gone too
+
+
 def alive(pid):
     """Whether a process runs (a zombie left for a non-reaping init does not count)."""
     try:

@@ -179,6 +179,7 @@ class BackgroundProcess:
         self._queue = queue.Queue()
         self._readers = []
         self._cancelled = False
+        self._killAt = None  # after a cancel: when a process still running is killed (poll)
         self._stdout, self._stderr = [], []
 
     # -- running ---------------------------------------------------------------------------
@@ -216,6 +217,8 @@ class BackgroundProcess:
             return False
         self._drain()
         if self.proc.poll() is None or any(reader.is_alive() for reader in self._readers):
+            if self._killAt is not None and time.monotonic() >= self._killAt:
+                self._kill()  # cancelled, and still there after the grace time
             return True
         for reader in self._readers:
             reader.join()
@@ -246,31 +249,46 @@ class BackgroundProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self.cancel(block=True)
                 raise TimeoutError(f"{subprocess.list2cmdline(self.command)} did not finish in {timeout} s")
             time.sleep(interval)
         return self.result
 
-    def cancel(self, graceSeconds: float = 3.0) -> None:
-        """Stop the process and its children (PythonSlicer is a launcher that starts Python)."""
-        if self.proc is None or self.proc.poll() is not None:
+    def cancel(self, graceSeconds: float = 3.0, block: bool = False) -> None:
+        """Stop the process and its children (PythonSlicer is a launcher that starts Python):
+        SIGTERM now, and SIGKILL when :meth:`poll` finds it still running ``graceSeconds``
+        later, so that a Cancel button never blocks the GUI. ``block``: wait here for the end
+        (killing it after the grace time)."""
+        if self.proc is None or self.result is not None:
             return
+        if self.proc.poll() is not None and not any(reader.is_alive() for reader in self._readers):
+            return  # it ended by itself (poll will say how)
         self._cancelled = True
-        try:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            else:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(graceSeconds)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(graceSeconds)
-        except subprocess.TimeoutExpired:
+        if self._killAt is None:
+            self._killAt = time.monotonic() + graceSeconds
+            try:
+                if os.name == "nt":
+                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                else:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if block:
+            try:
+                self.proc.wait(max(0.0, self._killAt - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill()
+                self.proc.wait(graceSeconds)
+
+    def _kill(self) -> None:
+        """SIGKILL to the process group (its children too), then to the process itself."""
+        if os.name != "nt":
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.proc.poll() is None:
             self.proc.kill()
 
 
