@@ -292,7 +292,7 @@ def riskSummaryHtml(report: dict) -> str:
         last = exams[-1]
         risk = float(last["cumulative_risk"][str(horizon)])
         lines.append(f"Latest exam ({last.get('exam_date') or 'undated'}): {horizon}-year risk <b>{100 * risk:.2f}%</b> "
-                     f"(threshold {100 * bindsRisk.threshold(report):.1f}%)")
+                     f"(threshold {100 * bindsRisk.threshold(report):g}%)")
     trajectory = report.get("trajectory", {})
     if trajectory.get("slope_per_year") is not None:
         lines.append(f"Trend: {100 * trajectory['slope_per_year']:+.3f} percentage points per year "

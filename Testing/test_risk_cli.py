@@ -195,3 +195,56 @@ def test_a_folder_of_women_is_refused_pointing_to_one_woman_and_to_cohort(bundle
     write_study_folder(make_exam(9, dt.date(2021, 1, 1)), tmp_path / "one" / "other")
     assert main(["risk", str(tmp_path / "one"), "--model", str(bundle), "--out", str(tmp_path / "o2")]) == 3
     assert "holds the exam histories of 1 woman (woman-0) and 1 study folder(s)" in capsys.readouterr().err
+
+
+def test_the_flag_is_on_the_5_year_risk_whatever_the_bundle_horizon(exams, tmp_path, capsys):
+    """A bundle predicting 10 years is flagged, tabled and plotted on its 5-year risk; one that
+    stops before 5 years is refused, naming the bundle."""
+    import dataclasses
+
+    import torch
+
+    from BINDSLib.risk.config import PRESETS
+    from BINDSLib.risk.inference import save_risk_bundle
+    from BINDSLib.risk.network import RiskNetwork
+
+    def bundle_for(years):
+        torch.manual_seed(0)
+        net = RiskNetwork(dataclasses.replace(PRESETS["tiny"], max_followup=years))
+        return save_risk_bundle(tmp_path / f"b{years}", net, Calibrator("none"), name=f"risk-{years}y")
+
+    ten = bundle_for(10)
+    out = tmp_path / "ten"
+    assert main(["risk", *map(str, exams), "--model", str(ten), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["horizon_years"] == 5 and report["years"] == list(range(1, 11))
+    five = [e["cumulative_risk"]["5"] for e in report["exams"]]
+    assert five[-1] < report["exams"][-1]["cumulative_risk"]["10"]  # (so the two are told apart)
+    assert report["trajectory"]["last_risk"] == pytest.approx(five[-1], abs=1e-6)
+    # the flag at a threshold between the 5- and the 10-year risk: not raised
+    threshold = (five[-1] + report["exams"][-1]["cumulative_risk"]["10"]) / 2
+    assert main(["risk", *map(str, exams), "--model", str(ten), "--out", str(tmp_path / "t"),
+                 "--threshold", f"{threshold:.6f}", "--rise-threshold", "1"]) == 0
+    assert json.loads((tmp_path / "t" / "report.json").read_text())["flags"] == []
+    table = capsys.readouterr().out
+    assert "L 5y%" in table and "5-year risk trajectory" in table
+    left = table.splitlines()[1].split()[11]  # date, 10 years, then the left breast's column
+    assert float(left) == pytest.approx(100 * report["exams"][0]["breast_risk"]["L"]["5"], abs=0.006)
+    assert main(["risk", str(exams[0]), "--model", str(bundle_for(3)), "--out", str(tmp_path / "three")]) == 4
+    err = capsys.readouterr().err
+    assert "predicts the risk for years 1-3 only; binds risk needs the 5-year risk" in err and "b3" in err
+    assert not (tmp_path / "three").exists()
+
+
+def test_exams_of_one_date_give_one_result_in_any_order_with_a_warning(bundle, tmp_path, capsys):
+    first = write_study_folder(make_exam(0, dt.date(2019, 3, 1), study_id="A"), tmp_path / "e0")
+    same = [write_study_folder(make_exam(k, dt.date(2021, 3, 1), study_id=f"S{k}"), tmp_path / f"s{k}")
+            for k in (1, 2)]
+    reports = []
+    for n, order in enumerate(([first, *same], [same[1], first, same[0]])):
+        assert main(["risk", *map(str, order), "--model", str(bundle), "--out", str(tmp_path / f"o{n}")]) == 0
+        reports.append(json.loads((tmp_path / f"o{n}" / "report.json").read_text()))
+    assert reports[0]["exams"] == reports[1]["exams"] and reports[0]["trajectory"] == reports[1]["trajectory"]
+    assert any("share the date 2021-03-01: the trajectory takes the highest risk" in w for w in reports[0]["warnings"])
+    last_day = [e["cumulative_risk"]["5"] for e in reports[0]["exams"][1:]]
+    assert reports[0]["trajectory"]["last_risk"] == pytest.approx(max(last_day), abs=1e-6)

@@ -106,6 +106,8 @@ def test_breast_targets_follow_the_side_of_the_cancer():
     present = torch.tensor([[True, True], [True, False], [True, True]])
     t_b, m_b, known = breast_targets(y, m, side, present)
     assert t_b[0, 0].tolist() == [0] * 5 and t_b[0, 1].tolist() == [0, 1, 1, 1, 1]
+    # the other (left) breast: cancer-free only as far as she was followed, up to the diagnosis
+    assert m_b[0, 0].tolist() == [1, 0, 0, 0, 0] and m_b[0, 1].tolist() == [1] * 5
     assert m_b[1, 0].tolist() == [1, 1, 0, 0, 0] and m_b[1, 1].tolist() == [0] * 5  # no right views
     assert known.tolist() == [True, True, False] and m_b[2].sum() == 0
     z = torch.randn(3, 2, 5)

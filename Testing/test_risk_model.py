@@ -186,3 +186,21 @@ def test_heads_stay_float32_under_bf16_autocast():
     assert low.exam_logits.dtype == torch.float32
     assert (torch.diff(low.exam_logits, dim=-1) >= 0).all()
     assert torch.allclose(low.exam_logits, full.exam_logits, atol=0.1)
+
+
+def test_an_exam_risk_is_never_below_a_breast_risk(tmp_path):
+    """Cancer in either breast is at least as likely as in one: separate heads and calibrations
+    that disagree are reconciled upwards when both are calibrated."""
+    from BINDSLib.risk.inference import RiskModel
+
+    net = RiskNetwork(TINY)
+    low = Calibrator("platt", [{"year": y, "a": 1.0, "b": -4.0} for y in range(1, 6)])
+    high = Calibrator("platt", [{"year": y, "a": 1.0, "b": 4.0} for y in range(1, 6)])
+    prep = prepare_exam(make_exam(2, drop=[("R", "CC"), ("R", "MLO")]), TINY)  # no right breast
+    args = (prep.images[None], prep.view_mask[None])
+    exam, breast, present = RiskModel(net, low, high).predict(*args)
+    assert present.tolist() == [[True, False]] and np.isnan(breast[0, 1]).all()
+    np.testing.assert_allclose(exam[0], breast[0, 0])  # raised to the left breast's risk
+    alone, raw, _ = RiskModel(net, low, Calibrator("none")).predict(*args)  # other scales: left as they are
+    assert (alone[0] < raw[0, 0]).all() and np.all(np.diff(alone[0]) >= 0)
+    assert np.allclose(alone[0], RiskModel(net, low, low).predict(*args)[0])  # a lower breast risk changes nothing

@@ -55,3 +55,26 @@ def test_flags():
     assert "consider supplemental MRI (NCCN 2026)" in risk_flags(high)[0].message
     low = trajectory_metrics(dates, [0.010, 0.012, 0.0169])
     assert [f.code for f in risk_flags(low, rise_threshold=0.01)] == []
+
+
+def test_exams_of_one_date_are_one_time_point_at_their_highest_risk():
+    """Two exams of one day: the metrics and flags do not depend on their order."""
+    dates = [dt.date(2019, 1, 1), dt.date(2021, 1, 1), dt.date(2021, 1, 1)]
+    for risks in ([0.010, 0.018, 0.016], [0.010, 0.016, 0.018]):
+        m = trajectory_metrics(dates, risks)
+        assert m.n_exams == 3 and m.last_risk == 0.018
+        assert m.change_from_first == pytest.approx(0.008) and m.change_last_years == pytest.approx(0.008)
+        assert m.slope_per_year == pytest.approx(0.008 / 2.0, rel=1e-3)  # two time points
+        assert [f.code for f in risk_flags(m)] == ["consider_supplemental_mri", "rising_risk"]
+
+
+def test_flags_compare_risks_as_they_are_reported():
+    """A risk reported equal to the threshold (6 decimals) is flagged; a rise of 0.5 points
+    computed as 0.004999999999999999 is a rise of 0.5 points."""
+    dates = [dt.date(2019, 1, 1), dt.date(2021, 1, 1)]
+    at = trajectory_metrics(dates, [0.010, 0.05690396])
+    assert [f.code for f in risk_flags(at, threshold=0.056904, rise_threshold=1)] == ["consider_supplemental_mri"]
+    assert risk_flags(trajectory_metrics(dates, [0.010, 0.0569034]), threshold=0.056904, rise_threshold=1) == []
+    rise = trajectory_metrics(dates, [0.010, 0.015])
+    assert rise.change_last_years < 0.005  # (in floating point)
+    assert [f.code for f in risk_flags(rise, threshold=1)] == ["rising_risk"]

@@ -202,7 +202,7 @@ def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     results.series["risk"] = _addSeries(scene, chart, trajectory, f"{horizon}-year risk", "Exam date (year)",
                                         riskColumn, RISK_COLOR)
     results.series["threshold"] = _addSeries(
-        scene, chart, thresholdTable, f"{line:.1f}% (consider supplemental MRI)", "Exam date (year)",
+        scene, chart, thresholdTable, f"{line:g}% (consider supplemental MRI)", "Exam date (year)",
         "Threshold (%)", THRESHOLD_COLOR, dashed=True, markers=False)
     for side, column in breastColumns.items():
         results.series[side] = _addSeries(scene, chart, trajectory, column.replace(" (%)", ""),

@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..bundle import find_bundle
-    from ..errors import InputError
+    from ..errors import InputError, ModelError
     from ..fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
+    from ..risk.config import FLAG_HORIZON_YEARS
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
         raise InputError(f"{sum(s.study_date is None for s in studies)} exam(s) without a date, in "
                          f"{', '.join(bad)}; a trajectory needs dated exams")
-    studies.sort(key=lambda s: s.study_date or 0)
+    # by date; exams of one date in a fixed order (their folders'), whatever order they were given in
+    studies.sort(key=lambda s: (s.study_date or _today(), str(sources[id(s)]), s.study_id))
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
     anon = {i if i.startswith("anon-") else pseudonym(i) for i in raw_ids}
     warnings = []
@@ -73,15 +75,24 @@ def run(args: argparse.Namespace) -> int:
         woman = plain[0]
 
     model = RiskModel.from_bundle(args.model, device=args.device)
+    horizon = FLAG_HORIZON_YEARS
+    if model.config.max_followup < horizon:
+        raise ModelError(f"predicts the risk for years 1-{model.config.max_followup} only; binds risk "
+                         f"needs the {horizon}-year risk (the NCCN threshold is on it)", find_bundle(args.model))
     risks = model.score_exams(studies, keep_identifiers=args.keep_identifiers)
     for r in risks:
         warnings += [f"{r.exam_id}: {w}" for w in r.warnings]
+    for day in sorted({r.exam_date for r in risks if r.exam_date is not None}):
+        same = [r.exam_id for r in risks if r.exam_date == day]
+        if len(same) > 1:
+            warnings.append(f"exams {', '.join(same)} share the date {day}: the trajectory takes the "
+                            "highest risk of that date")
+            log.warning(warnings[-1])
     thresholds = dict(model.thresholds)
     if args.threshold is not None:
         thresholds["supplemental_mri_5y"] = args.threshold
     if args.rise_threshold is not None:
         thresholds["rise_2y"] = args.rise_threshold
-    horizon = model.config.max_followup
     dates = [r.exam_date for r in risks]
     five = [r.risk(horizon) for r in risks]
     if len(risks) > 1:
@@ -90,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         traj = trajectory_metrics([dates[0] or _today()], five, horizon, args.window_years)
     flags = risk_flags(traj, thresholds["supplemental_mri_5y"], thresholds["rise_2y"])
     report = build_report(risks, traj, flags, model.bundle_summary, thresholds, woman, warnings)
-    breast = {side: [None if r.breast_risk[side] is None else r.breast_risk[side][-1] for r in risks]
+    breast = {side: [None if r.breast_risk[side] is None else r.breast_risk[side][horizon - 1] for r in risks]
               for side in ("L", "R")}
     plot = plot_trajectory([d or _today() for d in dates], five, thresholds["supplemental_mri_5y"], breast)
     with atomic_dir(out, overwrite=args.overwrite, inputs=inputs, signs=REPORT_SIGNS) as tmp:
@@ -99,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         write_png(tmp / "trajectory.png", plot)
 
     w = sys.stdout.write
-    w(format_table(risks))
+    w(format_table(risks, horizon))
     w(_trajectory_text(traj))
     for f in flags:
         w(f"FLAG: {f.message}\n")

@@ -25,6 +25,9 @@ from ..errors import InputError
 STANDARD_VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 #: NCCN (2026) threshold on the 5-year risk above which supplemental MRI is considered.
 NCCN_MRI_THRESHOLD_5Y = 0.017
+#: The horizon (years) of the risk that the threshold, the trajectory and the plots are on,
+#: whatever the bundle's ``max_followup`` (which must reach it).
+FLAG_HORIZON_YEARS = 5
 
 
 class _JsonFields:

@@ -41,7 +41,8 @@ class ExamRisk:
     ----------
     exam_id : the study ID, pseudonymised unless identifiers are kept.
     exam_date : date of the exam.
-    cumulative_risk : calibrated probability of a diagnosis within 1..T years (non-decreasing).
+    cumulative_risk : calibrated probability of a diagnosis within 1..T years (non-decreasing;
+        never below a breast's risk when both are calibrated).
     breast_risk : ``{"L": (...), "R": (...)}`` per-breast cumulative risk, ``None`` for a breast
         without any view.
     views_present : e.g. ``("L-CC", "L-MLO", "R-CC", "R-MLO")``.
@@ -180,6 +181,10 @@ class RiskModel:
             out.breast_logits.float().cpu().numpy().reshape(b * s, t)).reshape(b, s, t)
         present = out.breast_present.cpu().numpy()
         breast = np.where(present[..., None], breast, np.nan)
+        if self.calibration.method != "none" and self.breast_calibration.method != "none":
+            # cancer in either breast is at least as likely as in one of them (the heads and their
+            # calibrations are separate and may disagree; both calibrated: one scale)
+            exam = np.maximum(exam, np.where(present[..., None], breast, 0.0).max(axis=1))
         return exam, breast, present
 
     def score_prepared(self, prepared: Sequence[PreparedExam], exam_ids: Sequence[str],

@@ -112,8 +112,10 @@ def breast_targets(targets, mask, side, breast_present):
     Returns
     -------
     targets_b, mask_b, side_known ``(B,)``: the cancer's breast takes the exam targets, the other
-    breast 0 (a woman without cancer: both 0); a breast without views is masked. Exams with a
-    positive year and an unknown side are masked here (see :func:`either_breast_bce`).
+    breast 0 for the years before the diagnosis (her follow-up as a cancer-free woman ends
+    there: later years of the other breast are censored); a woman without cancer: both 0 as
+    far as she was followed. A breast without views is masked. Exams with a positive year and
+    an unknown side are masked here (see :func:`either_breast_bce`).
     """
     import torch
 
@@ -121,7 +123,10 @@ def breast_targets(targets, mask, side, breast_present):
     known = (side >= 0) | ~positive
     onehot = torch.stack([side == 0, side == 1], dim=1).to(targets.dtype)   # (B, 2)
     t_b = targets[:, None, :] * onehot[..., None]
-    m_b = mask[:, None, :] * breast_present[..., None].to(mask.dtype) * known[:, None, None].to(mask.dtype)
+    # the other breast of a diagnosed woman: known only before the diagnosis (targets 0 there)
+    followed = onehot[..., None] + (1 - onehot[..., None]) * (1 - targets[:, None, :])
+    m_b = (mask[:, None, :] * followed * breast_present[..., None].to(mask.dtype)
+           * known[:, None, None].to(mask.dtype))
     return t_b, m_b, known
 
 

@@ -98,19 +98,21 @@ def exams_csv(exams: Sequence[ExamRisk]) -> str:
     return buf.getvalue()
 
 
-def format_table(exams: Sequence[ExamRisk]) -> str:
-    """A fixed-width table for the terminal: date, risks for years 1-5 and per-breast 5-year risk (%)."""
+def format_table(exams: Sequence[ExamRisk], horizon: int = 5) -> str:
+    """A fixed-width table for the terminal: date, risks for every year and the per-breast risk
+    at ``horizon`` years (%)."""
     if not exams:
         return "(no exams)\n"
     years = range(1, len(exams[0].cumulative_risk) + 1)
-    head = ["date      ", *[f"{y}y%".rjust(6) for y in years], "  L 5y%", "  R 5y%", "  views"]
+    head = ["date      ", *[f"{y}y%".rjust(6) for y in years], f"L {horizon}y%".rjust(7),
+            f"R {horizon}y%".rjust(7), "  views"]
     lines = [" ".join(head)]
     for e in exams:
         cells = [(e.exam_date.isoformat() if e.exam_date else "?").ljust(10)]
         cells += [f"{100 * v:6.2f}" for v in e.cumulative_risk]
         for side in ("L", "R"):
             r = e.breast_risk.get(side)
-            cells.append("      -" if r is None else f"{100 * r[-1]:7.2f}")
+            cells.append("      -" if r is None else f"{100 * r[horizon - 1]:7.2f}")
         cells.append(f"  {len(e.views_present)}/4")
         lines.append(" ".join(cells))
     return "\n".join(lines) + "\n"
@@ -133,7 +135,7 @@ def _plot_matplotlib(dates, risks, breast, threshold, size_px):
             ax.plot(dates, [np.nan if v is None else 100 * v for v in vals], "s--", color=colour,
                     lw=1, ms=4, label=f"5-year risk ({'left' if side == 'L' else 'right'} breast)")
     ax.axhline(100 * threshold, color="#cc0000", ls="--", lw=1.5,
-               label=f"{100 * threshold:.1f}% (consider supplemental MRI)")
+               label=f"{100 * threshold:g}% (consider supplemental MRI)")
     others = [100 * v for vals in breast.values() for v in (vals or []) if v is not None]
     top = max([100 * threshold * 1.5] + [p * 1.15 for p in pct + others])
     ax.set_ylim(0, top)

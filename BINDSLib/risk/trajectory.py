@@ -11,6 +11,9 @@ cumulative risk (the 5-year risk by default), as absolute probabilities (0.01 = 
 * ``acceleration_per_year2`` -- second derivative of the least-squares parabola (``2 c2``);
   needs 3 exams at distinct times.
 
+Exams of one date are one time point, at the highest of their risks (the most cautious, and
+independent of the order they were given in).
+
 Flags (:func:`risk_flags`): the latest 5-year risk at or above the NCCN threshold (1.7 %)
 -> "consider supplemental MRI (NCCN 2026)"; the change over the last 2 years at or above a
 configurable rise (0.5 percentage points by default; not clinically validated).
@@ -32,6 +35,8 @@ DAYS_PER_YEAR = 365.25
 WINDOW_TOLERANCE_YEARS = 1.0 / 12.0
 #: Default absolute rise of the 5-year risk over the window that raises a flag.
 DEFAULT_RISE_THRESHOLD = 0.005
+#: Risks are reported with this many decimals (report.json, risk.csv); flags compare them so.
+ROUND_DECIMALS = 6
 
 
 def years_since_first(dates: Sequence[_dt.date]) -> np.ndarray:
@@ -111,10 +116,16 @@ def trajectory_metrics(dates: Sequence[_dt.date], risks: Sequence[float], horizo
     """All trajectory metrics of ``risks`` (one per exam, dates ascending)."""
     if len(dates) != len(risks):
         raise ValueError(f"{len(dates)} dates but {len(risks)} risks")
+    n = len(risks)
     x = years_since_first(list(dates))
     r = [float(v) for v in risks]
+    if len(set(x.tolist())) < len(x):  # exams of one date are one time point: its highest risk
+        at = {}
+        for xi, ri in zip(x.tolist(), r):
+            at[xi] = max(at.get(xi, ri), ri)
+        x, r = np.array(list(at)), list(at.values())
     return TrajectoryMetrics(
-        horizon_years=horizon_years, n_exams=len(r),
+        horizon_years=horizon_years, n_exams=n,
         first_risk=r[0] if r else None, last_risk=r[-1] if r else None,
         slope_per_year=slope_per_year(x, r), change_from_first=change_from_first(r),
         change_last_years=change_last_years(x, r, window_years), window_years=window_years,
@@ -137,12 +148,14 @@ def risk_flags(metrics: TrajectoryMetrics, threshold: float = NCCN_MRI_THRESHOLD
     """Flags for the latest exam: above the MRI threshold; risen beyond ``rise_threshold``."""
     flags = []
     last = metrics.last_risk
-    if last is not None and last >= threshold:
+    # compared as reported (risks are written with 6 decimals): a risk shown equal to the
+    # threshold is flagged, and a rise of 0.5 points is not 0.4999999 points
+    if last is not None and round(last, ROUND_DECIMALS) >= threshold:
         flags.append(Flag("consider_supplemental_mri",
                           f"{metrics.horizon_years}-year risk {100 * last:.2f}% >= "
                           f"{100 * threshold:.2f}%: consider supplemental MRI (NCCN 2026)"))
     rise = metrics.change_last_years
-    if rise is not None and rise >= rise_threshold:
+    if rise is not None and round(rise, ROUND_DECIMALS) >= rise_threshold:
         flags.append(Flag("rising_risk",
                           f"{metrics.horizon_years}-year risk rose by {100 * rise:.2f} percentage "
                           f"points over the last {metrics.window_years:g} years (flag at "
