@@ -533,6 +533,36 @@ def test_mr_b_values_interleaved_at_distinct_positions_are_two_volumes(tmp_path)
         assert im.geometry.origin_mm[2] == pytest.approx(0.0 if b == 0 else 1.0)
 
 
+def test_mr_b_values_without_a_tag_or_with_float_noise(tmp_path):
+    """b0 slices that carry no b-value, interleaved with b800 ones, are a volume of their own;
+    b-values that differ by float noise (800 and 800.0001) are one b-value, one volume."""
+    import pydicom
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    vols = {0: axis_volume((4, 4, 5), seed=5), 800: axis_volume((4, 4, 5), seed=6)}
+    for b, shift in ((0, 0.0), (800, 1.0)):
+        paths = write_mr_series(tmp_path / "a" / f"b{b}", vols[b], (0, 0, shift), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                                study_uid=study_uid, series_uid=series_uid, SeriesDescription="ep2d_diff",
+                                DiffusionBValue=b)
+        if b == 0:
+            for p in paths:
+                ds = pydicom.dcmread(p)
+                del ds.DiffusionBValue
+                ds.save_as(p)
+    (study,), _ = load_dicom_folder(tmp_path / "a")
+    assert sorted(im.shape for im in study.images) == [(4, 4, 5), (4, 4, 5)]
+    assert [im.geometry.spacing_mm[2] for im in study.images] == [pytest.approx(2.0)] * 2
+    b800 = next(im for im in study.images if im.role.b_value == 800)
+    np.testing.assert_array_equal(b800.voxels, vols[800])
+    paths = write_mr_series(tmp_path / "b", vols[800], (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                            SeriesDescription="ep2d_diff", DiffusionBValue=800)
+    ds = pydicom.dcmread(paths[1])
+    ds.DiffusionBValue = 800.0001
+    ds.save_as(paths[1])
+    (study,), skipped = load_dicom_folder(tmp_path / "b")
+    assert skipped == [] and [im.shape for im in study.images] == [(4, 4, 5)]
+
+
 def test_mr_monochrome1_values_are_read_as_stored(tmp_path, caplog):
     """MONOCHROME1 is a display instruction: MR values (signal, ADC) are the stored values after
     the rescale, as pydicom decodes them; SimpleITK would invert the stored bits (~x)."""
@@ -566,6 +596,16 @@ def test_a_slice_without_series_uid_joins_its_series(tmp_path, caplog):
     assert skipped == [] and [im.label for im in study.images] == ["MR_T2"]
     np.testing.assert_array_equal(study.images[0].voxels, vol)
     assert f"{paths[2]} has no SeriesInstanceUID; read as part of series" in caplog.text
+    # a copy of a slice the series has (a re-sent file, new SOP instance): not joined, the
+    # series stays whole and the copy is a series of its own
+    ds = pydicom.dcmread(paths[1])
+    del ds.SeriesInstanceUID
+    ds.SOPInstanceUID, ds.InstanceNumber = generate_uid(), 99
+    ds.save_as(tmp_path / "t2" / "copy", enforce_file_format=True)
+    with caplog.at_level("WARNING"):
+        (study,), skipped = load_dicom_folder(tmp_path)
+    assert skipped == [] and sorted(im.shape[0] for im in study.images) == [1, 5]
+    (tmp_path / "t2" / "copy").unlink()
     # another description: not taken for a slice of that series
     ds.SeriesDescription = "T2 other"
     ds.save_as(paths[2])

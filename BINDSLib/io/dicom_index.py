@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from ..errors import InputError
 from ..study import MG_VIEWS, Modality, pseudonym
 from .dicom_common import (
-    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dcmread_safe, dicom_date, number, require_pydicom3,
+    MEDIA_STORAGE_DIRECTORY_SOP, Skipped, dcmread_safe, dicom_date, number, numbers, require_pydicom3,
     sop_class_name, text,
 )
 
@@ -317,27 +317,39 @@ NO_SERIES_UID = "no-series-uid:"
 _SERIES_SIGNS = ("Modality", "SeriesNumber", "SeriesDescription", "Rows", "Columns")
 
 
+def _position(f) -> tuple | None:
+    pos = numbers(f.header, "ImagePositionPatient", 3)
+    return None if pos is None else tuple(round(v / 0.01) for v in pos)
+
+
 def _join_files_without_series_uid(series: dict[str, list]) -> None:
-    """A file without SeriesInstanceUID (an anonymiser's slip on one slice) joins the one series
-    of its study whose files lie in the same folder and share its modality, series number,
-    description and image size; otherwise the files without one in a folder stay a series of
-    their own (which would leave a gap in the series it came from)."""
+    """An MR slice without SeriesInstanceUID (an anonymiser's slip) joins the one series of its
+    study whose files lie in the same folder, share its modality, series number, description
+    and image size, and lack a slice at its position: it fills the gap it would otherwise leave.
+    Anything else (a copy of a slice the series has, a mammogram, a file without a position)
+    stays in a series of its own with the folder's other files without one."""
     lost = [k for k in series if k.startswith(NO_SERIES_UID)]
     if not lost:
         return
     known = {uid: ({g.path.parent for g in files}, tuple(text(files[0].header, a) for a in _SERIES_SIGNS))
              for uid, files in series.items() if not uid.startswith(NO_SERIES_UID)}
+    positions: dict[str, set] = {}
     for key in lost:
         stay = []
         for f in series[key]:
             sign = tuple(text(f.header, a) for a in _SERIES_SIGNS)
-            homes = [uid for uid, (folders, s) in known.items() if s == sign and f.path.parent in folders]
+            pos = _position(f) if sign[0] == "MR" and number(f.header, "NumberOfFrames") in (None, 1) else None
+            homes = [] if pos is None else \
+                [uid for uid, (folders, s) in known.items() if s == sign and f.path.parent in folders]
             if len(homes) == 1:
-                log.warning("%s has no SeriesInstanceUID; read as part of series %s (same folder, "
-                            "series number and description)", f.path, homes[0])
-                series[homes[0]].append(f)
-            else:
-                stay.append(f)
+                taken = positions.setdefault(homes[0], {_position(g) for g in series[homes[0]]})
+                if pos not in taken:
+                    log.warning("%s has no SeriesInstanceUID; read as part of series %s (same folder, "
+                                "series number and description, a slice it lacks)", f.path, homes[0])
+                    series[homes[0]].append(f)
+                    taken.add(pos)
+                    continue
+            stay.append(f)
         if stay:
             series[key] = stay
         else:

@@ -203,6 +203,26 @@ def _projections(slices: list[MRSlice], normal: np.ndarray) -> np.ndarray:
     return np.array([float(np.dot(s.position, normal)) for s in slices])
 
 
+def _regular_stack(proj: np.ndarray) -> bool:
+    gaps = np.diff(np.sort(proj))
+    if len(gaps) == 0 or gaps.min() < SAME_POSITION_MM:
+        return False
+    median = float(np.median(gaps))
+    return bool(np.all(np.abs(gaps - median) <= max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * median)))
+
+
+def _interleaved_b_values(slices: list[MRSlice], normal: np.ndarray) -> list[list[MRSlice]] | None:
+    """Slices at distinct positions whose b-values (to 1 s/mm^2; none given is a value of its
+    own, b0's usual way) take turns: one group per b-value, lowest first, when each is a
+    regular stack of 2 or more slices. None otherwise (one volume, as before)."""
+    groups: dict = {}
+    for s in slices:
+        groups.setdefault(None if s.b_value is None else round(s.b_value), []).append(s)
+    if len(groups) < 2 or any(len(g) < 2 or not _regular_stack(_projections(g, normal)) for g in groups.values()):
+        return None
+    return [groups[v] for v in sorted(groups, key=lambda v: -1 if v is None else v)]
+
+
 def split_volumes(slices: list[MRSlice], where: str) -> tuple[list[list[MRSlice]], str | None]:
     """Split a series into volumes when slice positions repeat (DCE phases, b-values...).
 
@@ -215,13 +235,8 @@ def split_volumes(slices: list[MRSlice], where: str) -> tuple[list[list[MRSlice]
     keys = [round(p / SAME_POSITION_MM) for p in _projections(slices, normal)]
     n_pos = len(set(keys))
     if n_pos == len(slices):
-        b_values = {s.b_value for s in slices}
-        if len(b_values) > 1 and None not in b_values:  # b-values interleaved at distinct positions:
-            groups = {}  # never one volume (each then checked as a stack of its own)
-            for s in slices:
-                groups.setdefault(s.b_value, []).append(s)
-            return [groups[v] for v in sorted(groups)], "b_value"
-        return [slices], None
+        groups = _interleaved_b_values(slices, normal)
+        return (groups, "b_value") if groups else ([slices], None)
     for attr in SPLIT_ATTRIBUTES:
         values = [getattr(s, attr) for s in slices]
         if any(v is None for v in values) or len(set(values)) < 2:
