@@ -580,6 +580,38 @@ def test_mr_monochrome1_values_are_read_as_stored(tmp_path, caplog):
     assert "is MONOCHROME1 (high values shown dark): its values are read as stored" in caplog.text
 
 
+@pytest.mark.parametrize("signed, bits_stored, slope, intercept", [(0, 12, 1, 0), (0, 16, 2, -100), (1, 16, 1, 0),
+                                                                   (1, 16, 0.5, 3)])
+def test_mr_monochrome1_through_simpleitk_gives_the_stored_values_too(tmp_path, monkeypatch, signed, bits_stored,
+                                                                      slope, intercept):
+    """Where pydicom cannot decode a MONOCHROME1 series (compressed, no codec installed), the
+    SimpleITK fallback's inversion of the stored bits is undone."""
+    import pydicom
+    from pydicom.pixels import set_pixel_data
+
+    import BINDSLib.io.dicom_mr as mr
+
+    top = 2 ** (bits_stored - 1) - 1 if signed else 2 ** bits_stored - 1
+    low = -top - 1 if signed else 0
+    vol = np.random.default_rng(bits_stored).integers(low, top + 1, (3, 4, 5))
+    vol.flat[:2] = low, top  # the ends of the range
+    paths = write_mr_series(tmp_path / "t2", axis_volume((3, 4, 5)), (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                            SeriesDescription="T2 tse")
+    for p, sl in zip(paths, vol):
+        ds = pydicom.dcmread(p)
+        set_pixel_data(ds, sl.astype(np.int16 if signed else np.uint16), "MONOCHROME1", bits_stored,
+                       generate_instance_uid=False)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.save_as(p)
+
+    def no_codec(v):
+        raise InputError("pixel data cannot be decoded: no decoder is installed", v.slices[0].file.path)
+
+    monkeypatch.setattr(mr, "read_pydicom", no_codec)
+    (study,), _ = load_dicom_folder(tmp_path)
+    np.testing.assert_allclose(study.images[0].voxels, vol * slope + intercept, atol=1e-3)
+
+
 def test_a_slice_without_series_uid_joins_its_series(tmp_path, caplog):
     """One slice whose SeriesInstanceUID an anonymiser dropped stays in its series (same folder,
     series number, description and size) instead of leaving a gap that skips the series."""

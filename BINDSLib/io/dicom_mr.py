@@ -353,8 +353,6 @@ def _needs_pydicom(vol: MRVolume) -> bool:
         return True
     if int(number(hdr, "BitsAllocated") or 16) in (32, 64) and "BitsStored" not in hdr:
         return True  # Float Pixel Data
-    if any(_monochrome1(s.file.header) for s in vol.slices):
-        return True  # (SimpleITK inverts the stored bits, ~x: a T2 becomes negative, an ADC map nonsense)
     rescales = {(number(s.file.header, "RescaleSlope"), number(s.file.header, "RescaleIntercept"))
                 for s in vol.slices}
     return len(rescales) > 1
@@ -362,6 +360,20 @@ def _needs_pydicom(vol: MRVolume) -> bool:
 
 def _monochrome1(ds) -> bool:
     return text(ds, "PhotometricInterpretation").upper() == "MONOCHROME1"
+
+
+def _undo_gdcm_inversion(arr: np.ndarray, ds) -> np.ndarray:
+    """The stored values (after the rescale) of a MONOCHROME1 slice stack read by SimpleITK,
+    whose GDCM inverts the stored bits first: ``~x`` within BitsStored (``max - x`` unsigned,
+    ``-x - 1`` signed), then rescales."""
+    slope = number(ds, "RescaleSlope") or 1.0
+    intercept = number(ds, "RescaleIntercept") or 0.0
+    stored = (np.asarray(arr, dtype=np.float64) - intercept) / slope
+    if int(number(ds, "PixelRepresentation") or 0):
+        stored = -stored - 1.0
+    else:
+        stored = float(2 ** int(number(ds, "BitsStored") or number(ds, "BitsAllocated") or 16) - 1) - stored
+    return stored * slope + intercept
 
 
 def _check_not_truncated(vol: MRVolume) -> None:
@@ -461,6 +473,15 @@ def read_volume(vol: MRVolume) -> np.ndarray:
         check_pixel_size(s.file.header, s.file.path)
     if _needs_pydicom(vol):
         arr = read_pydicom(vol)
+    elif any(_monochrome1(s.file.header) for s in vol.slices):
+        # pydicom reads stored values; SimpleITK inverts the stored bits: a T2 becomes negative,
+        # an ADC map nonsense. It is the fallback only (compressed data without pydicom's
+        # codecs: Slicer's "Load study..." installs none), its inversion undone.
+        try:
+            arr = read_pydicom(vol)
+        except InputError as e:
+            log.info("series %s: %s; trying SimpleITK", vol.label, e)
+            arr = _undo_gdcm_inversion(read_sitk(vol), vol.header)
     else:
         try:
             arr = read_sitk(vol)
