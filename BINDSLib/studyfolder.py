@@ -141,6 +141,21 @@ def is_study_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / STUDY_JSON).is_file()
 
 
+def _without_file_names(doc):
+    """``doc`` with the images' source file names replaced by their number (``--keep-identifiers``
+    writes them as given, relative to the folder a command ran in; the voxels are compared
+    instead)."""
+    if not isinstance(doc, dict):
+        return doc
+    out = dict(doc)
+    for key in ("images", "comparison_images"):
+        if isinstance(out.get(key), list):
+            out[key] = [{**e, "source": {k: len(v) if k == "files" and isinstance(v, list) else v
+                                         for k, v in e["source"].items()}}
+                        if isinstance(e, dict) and isinstance(e.get("source"), dict) else e for e in out[key]]
+    return out
+
+
 def holds_study(path: str | os.PathLike, study: Study, keep_identifiers: bool = False) -> bool:
     """Whether the folder ``path`` is already the study folder :func:`write_study_folder` would
     write for ``study``: the same ``study.json`` and the same voxels in every image and mask
@@ -154,7 +169,7 @@ def holds_study(path: str | os.PathLike, study: Study, keep_identifiers: bool = 
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     doc = study_to_json(study, keep_identifiers=keep_identifiers)
-    if there != json.loads(json_dumps(doc)):  # (compared as JSON: tuples are lists there)
+    if _without_file_names(there) != _without_file_names(json.loads(json_dumps(doc))):  # (as JSON: lists)
         return False
     for entry, im in zip(doc["images"] + doc.get("comparison_images", []), study.images + study.comparison):
         for key, voxels in (("path", im.voxels), ("lesion_mask", im.lesion_mask)):

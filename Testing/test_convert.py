@@ -216,8 +216,9 @@ def test_an_interrupted_conversion_leaves_whole_studies_only(tmp_path, monkeypat
     img = sitk.ReadImage(str(nrrd))
     img[0, 0, 0] = img[0, 0, 0] + 1
     sitk.WriteImage(img, str(nrrd), True)
+    capsys.readouterr()
     assert main(["convert", str(tmp_path / "three"), "--out", str(sf_dir)]) == 5
-    assert "already exists; use --overwrite" in capsys.readouterr().err
+    assert "already holds a study folder of study case-0001 with other images" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "three"), "--out", str(sf_dir), "--overwrite"]) == 0
     _same(load(tmp_path / "three" / "case-0001").studies[0], read_study_folder(sf_dir / "case-0001"))
 
@@ -286,3 +287,50 @@ def test_image_files_beside_dicom_ones_are_skipped_with_the_reason(tmp_path):
     reasons = {s.path: s.reason for s in res.skipped}
     assert "image files beside DICOM images are not read" in reasons[str(dicom / "US_L.png")]
     assert reasons[str(dicom / "readme.txt")] == "not DICOM"
+
+
+def test_a_conversion_of_several_studies_holds_the_folder_and_is_checked_before_making_it(
+        tmp_path, capsys, caplog, monkeypatch):
+    """A second conversion into a folder being written is refused at once; a conversion refused
+    or failing before its first study leaves no new folder; a folder of study folders is never
+    converted into itself; with --keep-identifiers, a run from another folder still finds its
+    studies."""
+    import os
+
+    import BINDSLib.studyfolder as sf
+    from BINDSLib.errors import OutputError
+    from BINDSLib.fsutil import output_lock
+
+    assert main(["phantom", "--out", str(tmp_path / "two"), "--cases", "2", "--seed", "5", "--dicom"]) == 0
+    dicom = [str(tmp_path / "two" / f"case-000{k}-dicom") for k in (0, 1)]
+    out = tmp_path / "sf"
+    out.mkdir()
+    with output_lock(out, "binds convert"):
+        assert main(["convert", *dicom, "--out", str(out)]) == 5
+    assert "another binds convert is writing into this folder now" in capsys.readouterr().err
+    assert list(out.iterdir()) == [out / ".binds.lock"]
+    # refused by a check (a name SimpleITK cannot write), or failing at the first study: no folder left
+    bad = tmp_path / os.fsdecode(b"bad\xff")
+    assert main(["convert", *dicom, "--out", str(bad)]) == 5 and not bad.exists()
+
+    def full_disk(*a, **k):
+        raise OutputError("cannot be written: No space left on device", a[1])
+
+    monkeypatch.setattr(sf, "write_study_folder", full_disk)
+    assert main(["convert", *dicom, "--out", str(tmp_path / "new")]) == 5 and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    # a folder of study folders converted into itself: refused, untouched
+    assert main(["convert", *dicom, "--out", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["convert", str(out), "--out", str(out)]) == 5
+    assert "is an input of this command" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    # --keep-identifiers records the files as given: a rerun from another folder still keeps them
+    keep = tmp_path / "keep"
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "two/case-0000-dicom", "two/case-0001-dicom", "--out", str(keep), "--keep-identifiers"]) == 0
+    monkeypatch.chdir(tmp_path / "two")
+    with caplog.at_level("WARNING"):
+        assert main(["convert", "case-0000-dicom", "case-0001-dicom", "--out", str(keep), "--keep-identifiers"]) == 0
+    assert "2 of 2 studies were already converted" in caplog.text

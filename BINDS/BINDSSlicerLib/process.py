@@ -279,7 +279,10 @@ class BackgroundProcess:
                 self.proc.wait(max(0.0, self._killAt - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._kill()
-                self.proc.wait(graceSeconds)
+                try:
+                    self.proc.wait(graceSeconds)
+                except subprocess.TimeoutExpired:  # not even SIGKILL ended it (uninterruptible sleep)
+                    logging.warning("BINDS: process %s did not end after SIGKILL", self.proc.pid)
 
     def _kill(self) -> None:
         """SIGKILL to the process group (its children too), then to the process itself."""

@@ -9,6 +9,7 @@ BINDS' own pydicom, away from the one Slicer's DICOM module uses.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, OutputError, UsageError
     from ..diagnose import remove_stale
-    from ..fsutil import make_output_folder, output_lock
+    from ..fsutil import STUDY_SIGNS, check_output_dir, make_output_folder, output_lock, visible_entries
     from ..io.files import IMAGE_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from .diagnose import _safe_name
@@ -72,11 +73,21 @@ def run(args: argparse.Namespace) -> int:
                           "choose another --out", out)
     if len(studies) == 1:
         return _convert(studies, targets, args, inputs)
+    if Path(out).resolve() in {Path(p).resolve() for p in inputs}:
+        raise OutputError("is an input of this command: choose another --out for its study folders", out)
+    for t in targets:  # what can be checked before --out is made (names, inputs, the current folder)
+        check_output_dir(t, True, inputs, STUDY_SIGNS)
+    made = not out.exists()
     make_output_folder(out)
-    with output_lock(out, "binds convert"):  # a second conversion into --out would remove this one's .part folders
-        for t in targets:
-            remove_stale(t)  # (a killed conversion's)
-        code = _convert(studies, targets, args, inputs)
+    try:
+        with output_lock(out, "binds convert"):  # a second conversion into --out would remove this one's .part folders
+            for t in targets:
+                remove_stale(t)  # (a killed conversion's)
+            code = _convert(studies, targets, args, inputs)
+    except BaseException:
+        if made and not visible_entries(out):  # refused or stopped before any study: leave no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     written = {t.name for t in targets}  # a folder of study folders grows by batches: earlier ones are kept
     others = [d.name for d in sorted(out.iterdir()) if (d / "study.json").is_file() and d.name not in written]
     if others:
@@ -90,15 +101,19 @@ def _convert(studies, targets, args, inputs) -> int:
     conversion run again, e.g. after an interruption) is kept as it is."""
     import logging
 
+    from ..errors import OutputError
     from ..fsutil import STUDY_SIGNS, check_output_dir, restore_hidden_result
-    from ..studyfolder import holds_study, write_study_folder
+    from ..studyfolder import holds_study, is_study_folder, write_study_folder
 
     log = logging.getLogger(__name__)
     done = []
     for st, t in zip(studies, targets):  # all checked before any is written
         restore_hidden_result(t, STUDY_SIGNS)  # (an --overwrite killed between its renames)
-        if not args.overwrite and t.is_dir() and holds_study(t, st, args.keep_identifiers):
+        if not args.overwrite and is_study_folder(t):
             check_output_dir(t, True, inputs, STUDY_SIGNS)  # (still not an input, nor being written now)
+            if not holds_study(t, st, args.keep_identifiers):
+                raise OutputError(f"already holds a study folder of study {st.study_id} with other images or "
+                                  "settings than this conversion's; use --overwrite to replace it", t)
             done.append(t)
         else:
             check_output_dir(t, args.overwrite, inputs, STUDY_SIGNS)
