@@ -134,3 +134,52 @@ def test_weighted_platt_equals_duplicated_samples():
     a_w, b_w = fit_platt(z, y, weights=w)
     a_d, b_d = fit_platt(np.repeat(z, w.astype(int)), np.repeat(y, w.astype(int)))
     assert a_w == pytest.approx(a_d, rel=1e-6) and b_w == pytest.approx(b_d, rel=1e-6)
+
+
+def test_platt_years_share_a_slope(caplog):
+    """One slope for all years, an intercept per year: known maps are recovered, and years whose
+    own fits would cross at low risk (the demo bundle's year 4 and 5) do not cross."""
+    from BINDSLib.risk.calibration import fit_platt_years, sigmoid
+
+    rng = np.random.default_rng(4)
+    n = 40000
+    h = rng.normal(-3.0, 1.2, n)
+    z = h[:, None] + np.cumsum(rng.uniform(0.3, 0.6, (n, 5)), axis=1)  # cumulative logits, increasing
+    true_b = np.array([-0.2, -0.3, -0.5, -0.6, -0.8])  # (falling: the logits rise faster than the rate)
+    u = rng.random(n)[:, None]
+    y = np.maximum.accumulate((u < sigmoid(0.8 * z + true_b)).astype(float), axis=1)  # nested events
+    a, b = fit_platt_years(z, y, np.ones_like(z))
+    assert a == pytest.approx(0.8, abs=0.08) and b == pytest.approx(true_b.tolist(), abs=0.25)
+    # year 5 whose own fit is much steeper than year 4's: separate maps cross, one slope does not
+    y5 = (rng.random(n) < sigmoid(2.0 * z[:, 4] + 0.7)).astype(float)
+    y_cross = np.column_stack([y[:, :4], np.maximum(y[:, 3], y5)])
+    own4, own5 = fit_platt(z[:, 3], y_cross[:, 3]), fit_platt(z[:, 4], y_cross[:, 4])
+    separate = [sigmoid(own4[0] * z[:, 3] + own4[1]), sigmoid(own5[0] * z[:, 4] + own5[1])]
+    assert np.any(separate[1] < separate[0])
+    a2, b2 = fit_platt_years(z, y_cross, np.ones_like(z))
+    p = sigmoid(a2 * z + np.array(b2))
+    assert np.all(np.diff(p, axis=1) > 0)
+    with caplog.at_level("WARNING"):
+        cal = Calibrator.fit(z, y_cross, np.ones_like(z), "platt")
+    assert [e["a"] for e in cal.years] == [a2] * 5 and [e["b"] for e in cal.years] == b2
+    assert "would fall" not in caplog.text
+    # a year with nothing known takes its neighbours' intercept; no events at all: slope 1
+    m = np.ones_like(z)
+    m[:, 2] = 0
+    _, b3 = fit_platt_years(z, y, m)
+    assert b3[2] == pytest.approx((b3[1] + b3[3]) / 2)
+    assert fit_platt_years(z[:100], np.zeros((100, 5)), np.ones((100, 5)))[0] == 1.0
+    assert fit_platt_years(z[:0], np.zeros((0, 5)), np.zeros((0, 5))) == (1.0, [0.0] * 5)
+
+
+def test_calibration_says_when_the_running_maximum_holds_a_risk(caplog):
+    """Isotonic maps of separate years can fall from one year to the next for some exams: the
+    fit says how many, and the applied risk is held non-decreasing."""
+    z = np.array([[-3.0, -2.9], [-1.0, 1.0], [0.0, 0.1], [1.0, 2.0]] * 20)
+    y = np.array([[0, 0], [0, 1], [1, 1], [1, 1]] * 20, dtype=float)
+    with caplog.at_level("WARNING"):
+        iso = Calibrator.fit(z, y, np.ones_like(z), "isotonic")
+    raw = iso.apply(z, hold=False)
+    falls = int((np.diff(raw, axis=1) < 0).any(axis=1).sum())
+    assert falls > 0 and f"the risk of {falls} of 80 exams would fall from one year to the next" in caplog.text
+    assert np.all(np.diff(iso.apply(z), axis=1) >= 0)
