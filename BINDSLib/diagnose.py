@@ -19,6 +19,7 @@ Output folder of one study::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ModelError
 from .fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
 from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
@@ -156,10 +157,18 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
 
 def recommendation(p: float, threshold: float) -> tuple[str, str]:
+    """``(code, sentence)`` for a malignancy probability at the bundle's threshold. The numbers
+    are written with as many decimals as it takes to tell them apart (``0.4321 < 0.4324``, not
+    ``0.432 < 0.432``). A probability that is not a number is a :class:`ModelError`."""
+    if not math.isfinite(p):
+        raise ModelError(f"the model gave no malignancy probability ({p}); no recommendation can be made")
+    digits = 3
+    while digits < 9 and f"{p:.{digits}f}" == f"{threshold:.{digits}f}" and p != threshold:
+        digits += 1
+    ps, ts = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
     if p >= threshold:
-        return "biopsy", (f"malignancy probability {p:.3f} >= {threshold:.3f}: biopsy recommended "
-                          "(research use only)")
-    return "follow-up", (f"malignancy probability {p:.3f} < {threshold:.3f}: short-interval imaging "
+        return "biopsy", f"malignancy probability {ps} >= {ts}: biopsy recommended (research use only)"
+    return "follow-up", (f"malignancy probability {ps} < {ts}: short-interval imaging "
                          "follow-up instead of biopsy may be considered (research use only)")
 
 

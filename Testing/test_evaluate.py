@@ -21,6 +21,7 @@ from test_model_cases import make_case
 def _row(i, diagnosis, p, subtype="", finding=None):
     return {"study_id": f"s{i}", "diagnosis": diagnosis,
             "malignant": {"malignant": 1.0, "benign": 0.0, "normal": 0.0}[diagnosis],
+            "abnormal": float(diagnosis != "normal"),
             "subtype": subtype, "malignancy_probability": p, "lesion_score": p,
             "finding_probability": p if finding is None else finding,
             **{f"p_{s}": (0.7 if s == (subtype or "luminal_a") else 0.1)
@@ -48,6 +49,43 @@ def test_compute_metrics_known_values():
     assert m["subtype_macro_auc"] == pytest.approx(1.0)
     assert len(m["auc_ci95"]) == 2
     json.dumps(m, allow_nan=False)
+
+
+def test_studies_labelled_by_their_pathology_record_alone_are_lesions():
+    """A study with a pathology record and no diagnosis is a malignant or benign lesion, as
+    training reads it: in the AUC, the class counts and the biopsy figures."""
+    rows = [_row(0, "benign", 0.1), _row(1, "benign", 0.6), _row(2, "malignant", 0.4), _row(3, "malignant", 0.9),
+            _row(4, "normal", 0.05)]
+    full = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
+    for r in rows[:4]:
+        r["diagnosis"] = ""  # (the label from the pathology record: malignant and abnormal stay)
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
+    assert (m["n_malignant"], m["n_benign"], m["n_normal"]) == (2, 2, 1)
+    assert m["auc"] == full["auc"] == pytest.approx(0.75) and m["auc_ci95"] == full["auc_ci95"]
+    assert m["biopsy_reduction"] == full["biopsy_reduction"]
+
+
+def test_a_study_without_a_malignancy_probability_is_left_out_and_counted():
+    rows = [_row(0, "benign", 0.1), _row(1, "benign", 0.6), _row(2, "malignant", 0.4), _row(3, "malignant", 0.9),
+            _row(4, "benign", math.nan), _row(5, "normal", 0.2), _row(6, "normal", 0.05)]
+    m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
+    ref = compute_metrics(rows[:4] + rows[5:], threshold=0.5, n_bootstrap=20)
+    assert m["n_no_probability"] == 1 and "n_no_probability" not in ref
+    for key in ("auc", "auc_malignant_vs_rest", "sensitivity", "specificity", "ece", "auc_abnormal_malignancy"):
+        assert m[key] == pytest.approx(ref[key]), key
+    json.dumps(m, allow_nan=False)
+
+
+def test_the_recommendation_tells_probability_and_threshold_apart():
+    from BINDSLib.diagnose import recommendation
+    from BINDSLib.errors import ModelError
+
+    assert recommendation(0.4321, 0.43236850)[1].startswith("malignancy probability 0.4321 < 0.4324: short-interval")
+    assert recommendation(0.43237, 0.43236850)[1].startswith("malignancy probability 0.432370 >= 0.432368: biopsy")
+    assert recommendation(0.9, 0.432)[1].startswith("malignancy probability 0.900 >= 0.432")
+    assert recommendation(0.432, 0.432)[0] == "biopsy"
+    with pytest.raises(ModelError, match="no malignancy probability"):
+        recommendation(math.nan, 0.432)
 
 
 def test_auc_abnormal_leaves_out_studies_without_a_finding_probability():
@@ -384,3 +422,40 @@ def test_model_auto_names_the_studies_another_bundle_would_read(tmp_path, caplog
     assert m["model"]["name"] == "binds-diagnosis-demo" and m["n_model_choice_differs"] == 1
     assert "1 studies would be read by another bundle than binds-diagnosis-demo" in caplog.text
     assert "b-real" in caplog.text
+
+
+def test_mr_sequences_sharing_one_map_count_once_in_dice_and_pointing_game():
+    """The MR volumes of one grid share one lesion map and one saliency map: one Dice value and
+    one pointing hit for them, not one per sequence."""
+    from types import SimpleNamespace
+
+    from BINDSLib.model.evaluation import predict_dataset
+    from BINDSLib.study import Diagnosis, Geometry, Image, Role, Study
+
+    mask = np.zeros((4, 16, 16), np.uint8)
+    mask[1:3, 4:8, 4:8] = 1
+    mg_mask = np.zeros((1, 16, 16), np.uint8)
+    mg_mask[0, 2:6, 2:6] = 1
+    images = [Image(np.ones((1, 16, 16), np.float32), Geometry(), Role.parse("MG_L_CC"), lesion_mask=mg_mask)]
+    images += [Image(np.ones((4, 16, 16), np.float32), Geometry(), Role.parse(k), lesion_mask=mask)
+               for k in ("MR_T1_PRE", "MR_DCE1", "MR_DCE2", "MR_T2")]
+    mr_sal = np.zeros((4, 16, 16), np.float32)
+    mr_sal[2, 5, 5] = 1  # in the lesion
+    mr = SimpleNamespace(lesion_probability_max=0.5, lesion_mask=mask.copy(), saliency=mr_sal)
+    mg_sal = np.zeros((1, 16, 16), np.float32)
+    mg_sal[0, 12, 12] = 1  # outside it
+    mg = SimpleNamespace(lesion_probability_max=0.5, lesion_mask=np.zeros_like(mg_mask), saliency=mg_sal)
+
+    class Model:
+        threshold, modalities = 0.5, ("MG", "MR")
+
+        def predict(self, study, **kw):
+            outs = {"MG_L_CC": mg, **{im.label: mr for im in study.images[1:]}}
+            return SimpleNamespace(malignancy_probability=0.5, finding_probability=0.5, malignancy_logit=0.0,
+                                   finding_logit=0.0, finding_compared=None, modalities=["MG", "MR"],
+                                   subtype_probabilities={}, contributions={}, combination_probabilities={},
+                                   images=outs)
+
+    rows, dices, hits = predict_dataset(Model(), [Study("s", images, diagnosis=Diagnosis.MALIGNANT)])
+    assert dices == [0.0, 1.0] and hits == [False, True]
+    assert rows[0]["lesion_dice"] == 0.5 and rows[0]["pointing_hit"] == 0.5

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fsutil import atomic_dir, json_dumps
-from ..study import Diagnosis, Study
+from ..study import Study
 from .config import COMBINATIONS, MODALITIES, SUBTYPES
 from .data import study_abnormal, study_labels
 from .metrics import finite_json
@@ -146,18 +146,21 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                "finding_probability": pred.finding_probability,
                "malignancy_logit": pred.malignancy_logit, "finding_logit": pred.finding_logit,
                "finding_compared": "" if pred.finding_compared is None else int(pred.finding_compared),
-               "predicted_malignant": int(pred.malignancy_probability >= model.threshold),
+               "predicted_malignant": int(pred.malignancy_probability >= model.threshold)
+               if math.isfinite(pred.malignancy_probability) else "",
                "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
         row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})
         row.update({f"contribution_{k}": v for k, v in pred.contributions.items()})
         row.update({f"p_combo_{k}": v for k, v in pred.combination_probabilities.items()})
         rows.append(row)
         study_dice, study_hits, type_hits = [], [], {}
+        maps = set()  # the MR sequences of one grid share one lesion map and saliency: counted once
         for label, out in pred.images.items():
             image = study.image(label)
             ref = _lesion_reference(image)
-            if ref is None:
+            if ref is None or (id(out.lesion_mask), id(out.saliency)) in maps:
                 continue
+            maps.add((id(out.lesion_mask), id(out.saliency)))
             if image.lesion_mask is not None and not given_masks:
                 study_dice.append(dice(out.lesion_mask, ref))
             if saliency != "none":
@@ -184,21 +187,25 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
     """The metrics of ``metrics.json`` from prediction rows (see module docstring)."""
     from .metrics import auc, bootstrap_ci, ece, macro_auc, sensitivity_specificity, wilson_ci
 
-    diag = np.array([r["diagnosis"] for r in rows])
     p = np.array([r["malignancy_probability"] for r in rows], dtype=float)
     y = np.array([r["malignant"] for r in rows], dtype=float)
-    labelled = np.isfinite(y)
-    lesion = np.isin(diag, [Diagnosis.BENIGN.value, Diagnosis.MALIGNANT.value]) & labelled
+    # a study's labels as training reads them: a pathology record without a diagnosis is a lesion
+    ab = np.array([r.get("abnormal", math.nan) for r in rows], dtype=float)
+    unscored = ~np.isfinite(p)  # (a failed prediction: left out of the figures, and counted)
+    labelled = np.isfinite(y) & ~unscored
+    lesion = labelled & (ab == 1)
     m: dict = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "n": len(rows),
-               "n_malignant": int((y == 1).sum()), "n_benign": int((diag == "benign").sum()),
-               "n_normal": int((diag == "normal").sum()), "n_unlabelled": int((~labelled).sum())}
+               "n_malignant": int((y == 1).sum()), "n_benign": int(((y == 0) & (ab == 1)).sum()),
+               "n_normal": int((ab == 0).sum()), "n_unlabelled": int((~np.isfinite(y)).sum())}
+    if unscored.any():
+        m["n_no_probability"] = int(unscored.sum())
     yl, pl = y[lesion].astype(int), p[lesion]
     m["auc"] = auc(pl, yl)
     m["auc_ci95"] = list(bootstrap_ci(auc, pl, yl, n=n_bootstrap, seed=seed, stratify=yl))
     if m["n_normal"]:
         ya, pa = y[labelled].astype(int), p[labelled]
         m["auc_malignant_vs_rest"] = auc(pa, ya)
-        abnormal = (diag[labelled] != "normal").astype(int)
+        abnormal = ab[labelled].astype(int)
         pf = np.array([r.get("finding_probability", math.nan) for r in rows], dtype=float)[labelled]
         ok = np.isfinite(pf)  # a study without a finding probability is left out, and counted
         m["auc_abnormal"] = auc(pf[ok], abnormal[ok])
@@ -265,12 +272,12 @@ def _by_finding(rows: list[dict], labelled: np.ndarray, n_bootstrap: int, seed: 
     from .metrics import auc, bootstrap_ci, wilson_ci
 
     lab = [r for r, ok in zip(rows, labelled) if ok]
-    normal = np.array([r["diagnosis"] == "normal" for r in lab], bool)
+    normal = np.array([r.get("abnormal") == 0 for r in lab], bool)
     pf = np.array([r.get("finding_probability", math.nan) for r in lab], dtype=float)
     types = [set(filter(None, str(r.get("findings") or "").split(";"))) for r in lab]
     by = {}
     for t in sorted(set().union(*types)):
-        has = np.array([t in ts and r["diagnosis"] != "normal" for ts, r in zip(types, lab)], bool)
+        has = np.array([t in ts and r.get("abnormal") == 1 for ts, r in zip(types, lab)], bool)
         if not has.any():
             continue
         entry: dict = {"n": int(has.sum())}
@@ -354,7 +361,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     metrics.update(extra or {})
     p = np.array([r["malignancy_probability"] for r in rows])
     y = np.array([r["malignant"] for r in rows], float)
-    lesion = np.isin([r["diagnosis"] for r in rows], ["benign", "malignant"]) & np.isfinite(y)
+    lesion = np.array([r.get("abnormal") == 1 for r in rows]) & np.isfinite(y) & np.isfinite(p.astype(float))
     with atomic_dir(out_dir, overwrite=overwrite, signs=("metrics.json",)) as tmp:
         (tmp / "metrics.json").write_text(json_dumps(metrics), encoding="utf-8")
         write_predictions_csv(tmp / "predictions.csv", rows)
