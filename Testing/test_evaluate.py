@@ -459,3 +459,44 @@ def test_mr_sequences_sharing_one_map_count_once_in_dice_and_pointing_game():
     rows, dices, hits = predict_dataset(Model(), [Study("s", images, diagnosis=Diagnosis.MALIGNANT)])
     assert dices == [0.0, 1.0] and hits == [False, True]
     assert rows[0]["lesion_dice"] == 0.5 and rows[0]["pointing_hit"] == 0.5
+
+
+def test_the_two_stage_decision_is_scored_as_diagnose_makes_it():
+    """Stage 1 outside the uncertainty band decides alone; inside it, the MRI decides; a study
+    without stage-1 images is read with its MRI. The all-modality figures stay as they were."""
+    from types import SimpleNamespace
+
+    from BINDSLib.model.evaluation import predict_dataset
+    from BINDSLib.study import Diagnosis, Geometry, Image, Role, Study
+
+    def image(key, depth=1):
+        return Image(np.ones((depth, 8, 8), np.float32), Geometry(), Role.parse(key))
+
+    # study -> (stage-1 probability, all-modality probability)
+    probs = {"sure": (0.9, 0.3), "unsure": (0.5, 0.2), "mr_only": (None, 0.8), "us_only": (0.6, 0.6)}
+    studies = [Study("sure", [image("US_L"), image("MR_T2", 4)], diagnosis=Diagnosis.BENIGN),
+               Study("unsure", [image("MG_L_CC"), image("MR_T2", 4)], diagnosis=Diagnosis.BENIGN),
+               Study("mr_only", [image("MR_T2", 4)], diagnosis=Diagnosis.MALIGNANT),
+               Study("us_only", [image("US_R")], diagnosis=Diagnosis.MALIGNANT)]
+
+    class Model:
+        threshold, modalities, uncertainty_band = 0.45, ("MG", "US", "MR"), (0.25, 0.75)
+
+        def predict(self, study, modalities=None, **kw):
+            first, full = probs[study.study_id]
+            p = full if modalities is None or "MR" in modalities else first
+            return SimpleNamespace(malignancy_probability=p, finding_probability=0.5, malignancy_logit=0.0,
+                                   finding_logit=0.0, finding_compared=None, modalities=[],
+                                   images={study.images[0].label: SimpleNamespace(lesion_probability_max=0.1)},
+                                   subtype_probabilities={}, contributions={}, combination_probabilities={})
+
+    rows, _, _ = predict_dataset(Model(), studies, saliency="none")
+    got = {r["study_id"]: (r["stage1_probability"], r["stage2_used"], r["decision_probability"], r["decision"])
+           for r in rows}
+    assert got["sure"] == (0.9, 0, 0.9, 1) and got["unsure"] == (0.5, 1, 0.2, 0)
+    assert got["mr_only"][1:] == (1, 0.8, 1) and math.isnan(got["mr_only"][0])
+    assert got["us_only"] == (0.6, 0, 0.6, 1)
+    m = compute_metrics(rows, threshold=0.45, n_bootstrap=10)
+    # all modalities: benign 0.3, 0.2 below, malignant 0.8, 0.6 above -> 1 / 1; staged: "sure" is a false positive
+    assert (m["sensitivity"], m["specificity"]) == (1.0, 1.0)
+    assert m["staged"] == {"sensitivity": 1.0, "specificity": 0.5, "n_stage2": 2, "stage2_share": 0.5}

@@ -252,6 +252,11 @@ def summary(m: dict) -> str:
             for t, v in by.items()))
     lines.append(f"at threshold {f(m.get('threshold'))}: sensitivity {f(m.get('sensitivity'))}, "
                  f"specificity {f(m.get('specificity'))}; ECE {f(m.get('ece'))}")
+    st = m.get("staged")
+    if st and st.get("n_stage2"):  # (studies with MRI: what the two stages decide)
+        lines.append(f"two-stage decision (as binds diagnose): sensitivity {f(st.get('sensitivity'))}, "
+                     f"specificity {f(st.get('specificity'))}; MRI read for {st['n_stage2']} studies "
+                     f"({f(st.get('stage2_share'))})")
     br = m.get("biopsy_reduction", {})
     if "spared_fraction" in br:
         lo, hi = br.get("spared_fraction_ci95", [None, None])

@@ -135,7 +135,9 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
             continue
         malignant, subtype = study_labels(study)
         masks = reference_masks(study) if given_masks else None
-        pred = model.predict(study, lesion_masks=masks, saliency=saliency, combinations=combinations)
+        reuse = {"cache": model.prediction_cache()} if hasattr(model, "prediction_cache") else {}
+        pred = model.predict(study, lesion_masks=masks, saliency=saliency, combinations=combinations, **reuse)
+        staged = _staged_decision(model, study, pred, masks, saliency, reuse)
         lesion_score = max(o.lesion_probability_max for o in pred.images.values())
         row = {"study_id": study.study_id,
                "diagnosis": study.diagnosis.value if study.diagnosis else "",
@@ -148,6 +150,7 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
                "finding_compared": "" if pred.finding_compared is None else int(pred.finding_compared),
                "predicted_malignant": int(pred.malignancy_probability >= model.threshold)
                if math.isfinite(pred.malignancy_probability) else "",
+               **staged,
                "lesion_score": lesion_score, "modalities": "+".join(pred.modalities)}
         row.update({f"p_{k}": v for k, v in pred.subtype_probabilities.items()})
         row.update({f"contribution_{k}": v for k, v in pred.contributions.items()})
@@ -179,6 +182,29 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         if n % 50 == 0:
             log.info("evaluated %d studies (%.1f s/study)", n, (time.perf_counter() - t0) / n)
     return rows, dices, hits
+
+
+def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dict) -> dict:
+    """The decision ``binds diagnose --stage auto`` makes for ``study``: stage 1 (mammography and
+    ultrasound), then stage 2 with the MRI only when stage 1's probability lies inside the
+    bundle's uncertainty band. ``pred`` is the prediction from every modality (stage 2's)."""
+    from ..diagnose import _stage_modalities, usable_modalities
+    from ..study import Modality
+    from .inference import DEFAULT_UNCERTAINTY_BAND
+
+    present = usable_modalities(model, study)
+    first = _stage_modalities(present, 1)
+    p_all = float(pred.malignancy_probability)
+    if first and Modality.MR in present:
+        p1 = float(model.predict(study, lesion_masks=masks, modalities=[m.value for m in first],
+                                 saliency=saliency, **reuse).malignancy_probability)
+        lo, hi = getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND)
+        second = lo < p1 < hi
+    else:  # one stage only: stage 1 without MRI, or stage 2 for an MRI-only study
+        p1, second = (p_all if first else math.nan), not first
+    p = p_all if second else p1
+    return {"stage1_probability": p1, "stage2_used": int(second), "decision_probability": p,
+            "decision": int(p >= model.threshold) if math.isfinite(p) else ""}
 
 
 def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: float = 0.98,
@@ -233,6 +259,13 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
     sens, spec = sensitivity_specificity(p[labelled], y[labelled].astype(int), threshold)
     m.update({"threshold": threshold, "sensitivity": sens, "specificity": spec,
               "ece": ece(p[labelled], y[labelled])})
+    if all("decision_probability" in r for r in rows):  # the two-stage decision, as diagnose makes it
+        pd = np.array([r["decision_probability"] for r in rows], dtype=float)
+        ok = np.isfinite(y) & np.isfinite(pd)
+        s2 = np.array([r["stage2_used"] for r in rows], dtype=int)
+        d_sens, d_spec = sensitivity_specificity(pd[ok], y[ok].astype(int), threshold)
+        m["staged"] = {"sensitivity": d_sens, "specificity": d_spec, "n_stage2": int(s2[ok].sum()),
+                       "stage2_share": float(s2[ok].mean()) if ok.any() else None}
     st = np.array([SUBTYPES.index(r["subtype"]) if r["subtype"] else -1 for r in rows])
     has_probs = all(f"p_{s}" in r for r in rows for s in SUBTYPES)  # not when the bundle has no subtype head
     if has_probs and (st >= 0).sum() >= 2 and len(np.unique(st[st >= 0])) >= 2:
