@@ -104,22 +104,13 @@ def test_cancel_stops_the_process_and_its_children(tmp_path):
         sys.stderr.write("PROGRESS 0/1 working\\n"); sys.stderr.flush()
         child.wait()
     """)
-    pids = []
-    p = process.BackgroundProcess(command, onLog=lambda s, l: pids.append(int(l)) if s == "stdout" else None).start()
-    deadline = time.monotonic() + 20
-    while not pids and time.monotonic() < deadline:
-        p.poll()
-        time.sleep(0.02)
-    assert pids, "the fake launcher did not start"
+    p, child = _started_launcher(command)
     start = time.monotonic()
     p.cancel()
     result = p.wait(timeout=20)
     assert time.monotonic() - start < 10
     assert result.cancelled and result.returncode == process.CANCELLED and result.message == "cancelled"
-    deadline = time.monotonic() + 5
-    while alive(pids[0]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(pids[0])  # the child is gone too
+    _assert_ends(child)  # the child is gone too
 
 
 @pytest.mark.skipif(os.name == "nt", reason="checks POSIX signals")
@@ -134,13 +125,7 @@ def test_cancel_never_blocks_and_a_process_that_ignores_it_is_killed_by_poll(tmp
         print(child.pid, flush=True)
         time.sleep(60)
     """)
-    pids = []
-    p = process.BackgroundProcess(command, onLog=lambda s, l: pids.append(int(l)) if s == "stdout" else None).start()
-    deadline = time.monotonic() + 20
-    while not pids and time.monotonic() < deadline:
-        p.poll()
-        time.sleep(0.02)
-    assert pids, "the fake launcher did not start"
+    p, child = _started_launcher(command)
     start = time.monotonic()
     p.cancel(graceSeconds=1.0)
     assert time.monotonic() - start < 0.5  # asked, not waited for
@@ -149,10 +134,27 @@ def test_cancel_never_blocks_and_a_process_that_ignores_it_is_killed_by_poll(tmp
     result = p.wait(timeout=20)
     assert 0.9 < time.monotonic() - start < 10
     assert result.cancelled and result.returncode == process.CANCELLED
-    deadline = time.monotonic() + 5
-    while alive(pids[0]) and time.monotonic() < deadline:
+    _assert_ends(child)  # the child is gone too
+
+
+def _started_launcher(command):
+    """A started process that prints its child's PID first (like PythonSlicer, a launcher whose
+    child does the work), and that PID."""
+    pids = []
+    p = process.BackgroundProcess(command, onLog=lambda s, l: pids.append(int(l)) if s == "stdout" else None).start()
+    deadline = time.monotonic() + 20
+    while not pids and time.monotonic() < deadline:
+        p.poll()
+        time.sleep(0.02)
+    assert pids, "the fake launcher did not start"
+    return p, pids[0]
+
+
+def _assert_ends(pid, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(pids[0])  # the child is gone too
+    assert not alive(pid)
 
 
 def alive(pid):

@@ -480,6 +480,8 @@ def read_volume(vol: MRVolume) -> np.ndarray:
         try:
             arr = read_pydicom(vol)
         except InputError as e:
+            if not all(_monochrome1(s.file.header) for s in vol.slices):
+                raise  # (GDCM would invert some slices only)
             log.info("series %s: %s; trying SimpleITK", vol.label, e)
             arr = _undo_gdcm_inversion(read_sitk(vol), vol.header)
     else:
