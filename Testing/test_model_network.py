@@ -513,3 +513,21 @@ def test_prediction_compares_each_mammogram_with_the_other_breast():
     # the malignancy probability does not depend on the comparison images
     assert model.predict(single, saliency="none").malignancy_probability == pytest.approx(
         model.predict(Study("one", images=[images["MG_L_MLO"]]), saliency="none").malignancy_probability)
+
+
+def test_validation_logits_are_the_bundles_own_with_the_mirrored_pass():
+    """With ``tta_flip`` the logits the calibration and operating points are fitted on
+    (``predict_samples``) average the mirrored ultrasound pass as ``predict`` does; without
+    the mirror they differ, which is what made the calibration fit other logits."""
+    from BINDSLib.model.data import make_sample
+    from BINDSLib.model.train import predict_samples
+
+    studies = [make_case(s, s % 2 == 0, ("US", "MR")) for s in range(3)]
+    flip = tiny_model(tta_flip=True)
+    got = predict_samples(flip.network, [make_sample(st, flip.config) for st in studies], "cpu", batch_size=2)
+    want = [flip.predict(st, saliency="none") for st in studies]
+    np.testing.assert_allclose(got["logit"], [p.malignancy_logit for p in want], atol=1e-4)
+    np.testing.assert_allclose(got["finding"], [p.finding_logit for p in want], atol=1e-4)
+    plain = tiny_model()  # the same weights, no mirror
+    alone = predict_samples(plain.network, [make_sample(st, plain.config) for st in studies], "cpu", batch_size=2)
+    assert np.abs(alone["logit"] - got["logit"]).max() > 1e-3

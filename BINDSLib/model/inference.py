@@ -764,9 +764,11 @@ def fuse_variants(net, enc: dict, batch: dict, keeps: list[tuple[str, ...]]) -> 
 TTA_FLIP_MODALITIES = ("US",)
 
 
-def flip_encodings(net, enc: dict, batch: dict) -> dict:
+def flip_encodings(net, enc: dict, batch: dict, crop_from_prediction=None) -> dict:
     """Encodings with the :data:`TTA_FLIP_MODALITIES` re-encoded from left-right mirrored
-    images (and masks); the other modalities are shared with ``enc``."""
+    images (and masks); the other modalities are shared with ``enc``. ``crop_from_prediction``
+    as for :meth:`~.network.BindsNet.encode` (validation during training: never the reference
+    masks)."""
     flipped = dict(enc)
     bsz = net.batch_size(batch)
     for m in TTA_FLIP_MODALITIES:
@@ -775,7 +777,7 @@ def flip_encodings(net, enc: dict, batch: dict) -> dict:
         fb = dict(batch)
         fb[f"{m}_images"] = batch[f"{m}_images"].flip(-1)
         fb[f"{m}_masks"] = batch[f"{m}_masks"].flip(-1)
-        flipped[m] = net.branches[m](fb, bsz)
+        flipped[m] = net.branches[m](fb, bsz, crop_from_prediction)
     return flipped
 
 

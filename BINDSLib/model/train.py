@@ -504,7 +504,10 @@ class _Progress:
 
 def predict_samples(network, samples, device, batch_size: int = 8, combinations: bool = False) -> dict:
     """Logits of ``samples`` without augmentation, as at inference: the lesion crops come from
-    the predicted lesion, never from the reference masks the samples carry.
+    the predicted lesion, never from the reference masks the samples carry, and with
+    ``tta_flip`` the mirrored ultrasound pass is averaged in as :meth:`DiagnosisModel.predict`
+    does (the calibration and operating points are fitted on these logits: they must be the
+    bundle's own).
 
     Returns ``{"logit": (N,), "subtype": (N, 4) probabilities, "aux": {m: (N,)},
     "finding": (N,), "combinations": {"MG+US": (N,), ...}}``; NaN where a study lacks the
@@ -514,6 +517,7 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
     import torch
 
     from .data import StudyDataset, collate
+    from .inference import flip_encodings, merge_flipped
     from .network import study_finding_logits
 
     ds = StudyDataset(samples, augment=False)
@@ -528,10 +532,32 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             batch = {k: v.to(device) for k, v in collate([ds[i] for i in idx]).items()}
-            enc = network.encode(batch, crop_from_prediction=torch.ones(len(idx), dtype=torch.bool, device=device))
-            out = network.fuse(enc, batch)
+            from_prediction = torch.ones(len(idx), dtype=torch.bool, device=device)
+            enc = network.encode(batch, crop_from_prediction=from_prediction)
+            enc_flip = flip_encodings(network, enc, batch, from_prediction) if cfg.tta_flip else None
+
+            def fuse(keep=None):
+                out = network.fuse(enc, batch, keep)
+                if enc_flip is None:
+                    return out
+                flip = network.fuse(enc_flip, batch, keep)
+                return {k: (out[k] + flip[k]) / 2 for k in ("malignancy_logit", "subtype_logits")}
+
+            out = fuse()
             res["logit"][idx] = out["malignancy_logit"].float().cpu().numpy()
             res["subtype"][idx] = torch.softmax(out["subtype_logits"].float(), 1).cpu().numpy()
+            combos = {}
+            if combinations:
+                have = {m: batch[f"{m}_present"].any(1) if f"{m}_present" in batch else
+                        torch.zeros(len(idx), dtype=torch.bool, device=device) for m in MODALITIES}
+                for combo in COMBINATIONS:
+                    ok = torch.stack([have[m] for m in combo], 1).all(1)
+                    if bool(ok.any()) and all(m in enc for m in combo):
+                        keep = {m: torch.full((len(idx),), m in combo, dtype=torch.bool, device=device)
+                                for m in enc}
+                        combos["+".join(combo)] = (ok.cpu().numpy(), fuse(keep)["malignancy_logit"])
+            if enc_flip is not None:
+                merge_flipped(enc, enc_flip)  # (lesion maps and auxiliary logits: the finding)
             for m, e in enc.items():
                 sel = e.aux_present.cpu().numpy()
                 res["aux"][m][np.asarray(idx)[sel]] = e.aux_logit.float().cpu().numpy()[sel]
@@ -540,19 +566,11 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
                 f = torch.stack(list(found.values())).amax(0).cpu().numpy()
                 res["finding"][idx] = np.where(np.isfinite(f), f, np.nan)
             if combinations:
-                have = {m: batch[f"{m}_present"].any(1) if f"{m}_present" in batch else
-                        torch.zeros(len(idx), dtype=torch.bool, device=device) for m in MODALITIES}
                 for combo in COMBINATIONS:
-                    name = "+".join(combo)
-                    arr = res["combinations"].setdefault(name, np.full(n, np.nan))
-                    ok = torch.stack([have[m] for m in combo], 1).all(1)
-                    if not bool(ok.any()) or not all(m in enc for m in combo):
-                        continue
-                    keep = {m: torch.full((len(idx),), m in combo, dtype=torch.bool, device=device)
-                            for m in enc}
-                    lg = network.fuse(enc, batch, keep)["malignancy_logit"].float().cpu().numpy()
-                    okn = ok.cpu().numpy()
-                    arr[np.asarray(idx)[okn]] = lg[okn]
+                    arr = res["combinations"].setdefault("+".join(combo), np.full(n, np.nan))
+                    if "+".join(combo) in combos:
+                        okn, lg = combos["+".join(combo)]
+                        arr[np.asarray(idx)[okn]] = lg.float().cpu().numpy()[okn]
     network.train(was_training)
     return res
 
