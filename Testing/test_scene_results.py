@@ -354,3 +354,35 @@ def test_terminology_file_matches_the_segments_binds_writes():
     for spec in (LESION, SALIENT):
         assert (spec.category, spec.type) in found
         assert found[(spec.category, spec.type)] == tuple(round(255 * c) for c in spec.color_rgb)
+
+
+def test_under_a_transform_the_segmentation_keeps_the_image_grid(scene, images, tmp_path):
+    """An image under a parent transform: its segmentation's reference geometry is the image's
+    grid (not the grid moved twice), and an edit, the export and --lesion-mask land on the
+    same voxels."""
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    m = vtk.vtkMatrix4x4()
+    c, s = np.cos(0.5), np.sin(0.5)
+    for r, row in enumerate([[c, 0, s, 10.0], [0, 1, 0, -20.0], [-s, 0, c, 30.0]]):
+        for k, v in enumerate(row):
+            m.SetElement(r, k, v)
+    transform.SetMatrixTransformToParent(m)
+    for node in images.values():
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    write_outputs(tmp_path / "out")
+    results = res.loadDiagnosisResults(scene, tmp_path / "out", images)
+    for label, image in images.items():
+        seg = results.segmentations[label]
+        assert seg.GetTransformNodeID() == transform.GetID()
+        np.testing.assert_allclose(ijk_to_ras_of_labelmap(seg, "lesion"), sc.ijkToRASArray(image), atol=1e-6)
+        np.testing.assert_array_equal(res.currentLesionMask(seg), lesion_mask(label))
+    edited = lesion_mask("MG_L_CC")
+    edited[0, 0, :3] = 1
+    res.setSegmentMask(results.segmentations["MG_L_CC"], "lesion", edited, images["MG_L_CC"])
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MG_L_CC"]
+    np.testing.assert_array_equal(masks["MG_L_CC"], edited)
+    res.exportResults(scene, tmp_path / "export")
+    for label in GEOMS:
+        segs = read_seg_nrrd(tmp_path / "export" / f"{label}.seg.nrrd", GEOMS[label], SHAPES[label])
+        np.testing.assert_array_equal(segs["lesion"].mask, edited if label == "MG_L_CC" else lesion_mask(label))

@@ -179,6 +179,7 @@ def setSegmentMask(segmentationNode, segmentId, mask, referenceVolumeNode):
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__BINDS_temp__")
     try:
         labelmap.SetIJKToRASMatrix(sc.vtkMatrixFromArray(sc.ijkToRASArray(referenceVolumeNode)))
+        labelmap.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())  # (where it is)
         sc.setVolumeVoxels(labelmap, (np.asarray(mask) > 0).astype(np.uint8))
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segmentId)
@@ -464,10 +465,12 @@ def loadDiagnosisResults(scene, outputFolder, imageNodesByLabel, studyItem=None)
         if entry.get("segmentation"):
             seg = readSegmentationFile(scene, os.path.join(outputFolder, entry["segmentation"]),
                                        f"{label} BINDS segmentation")
+            # under the image's transform first: the reference geometry is taken relative to the
+            # segmentation's own parent transform (set after, the transform applied twice)
+            seg.SetAndObserveTransformNodeID(transformID)
             seg.SetReferenceImageGeometryParameterFromVolumeNode(image)
             seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), image.GetID())
             seg.SetNodeReferenceID(IMAGE_REFERENCE_ROLE, image.GetID())
-            seg.SetAndObserveTransformNodeID(transformID)
             seg.SetAttribute(OUTPUT_ATTRIBUTE, "segmentation")
             seg.SetAttribute(LABEL_ATTRIBUTE, label)
             seg.SetAttribute(RUN_ATTRIBUTE, str(runIndex))
