@@ -273,9 +273,12 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             if source is not im:
                 shutil.copyfile(tmp / f"{source.label}.seg.nrrd", tmp / seg_name)
                 shutil.copyfile(tmp / f"{source.label}_saliency.nrrd", tmp / sal_name)
-            voxel_mm3 = float(np.prod(im.geometry.spacing_mm))
+            # a mammogram or an ultrasound image (a cine's maps lie on one frame): its area in
+            # mm^2, i.e. the volume of a 1 mm slab; an MR volume: its volume
+            voxel_mm3 = float(np.prod(im.geometry.spacing_mm[:2] if im.modality.value in ("MG", "US")
+                                      else im.geometry.spacing_mm))
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
-                                      "user" if label in user_masks else "predicted",
+                                      pred.images[label].lesion_mask_source,  # (MR: another sequence's outline too)
                                       float(lesion.sum()) * voxel_mm3,
                                       float(salient.sum()) * voxel_mm3,
                                       pred.images[label].lesion_probability_max))

@@ -91,6 +91,10 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, diagnosis_bundle,
     report = json.loads((out / "report.json").read_text())
     assert report["user_lesion_masks"] == [us.label]
     assert any("user-edited" in n for n in report["notes"])
+    # a 2D image's lesion "volume" is its area (a 1 mm slab), whatever its nominal slice spacing
+    entry = next(e for e in report["images"] if e["label"] == us.label)
+    sx, sy, _ = us.geometry.spacing_mm
+    assert entry["lesion_volume_mm3"] == pytest.approx(mask.sum() * sx * sy)
     for im in study.images:
         if not (out / f"{im.label}.seg.nrrd").exists():
             continue
@@ -111,6 +115,27 @@ def test_outputs_on_each_image_grid_with_user_lesion(tmp_path, diagnosis_bundle,
     assert 0.0 < report["finding_probability"] < 1.0
     assert report["finding_probability"] == report["stages"][-1]["finding_probability"]
     assert float(rows[0]["finding_probability"]) == pytest.approx(report["finding_probability"], abs=1e-6)
+
+
+def test_a_user_outline_of_one_mr_sequence_is_the_user_lesion_of_every_sequence(tmp_path, diagnosis_bundle, study_dir):
+    """The other MR sequences take the outline given for one (mapped onto their grids): their
+    lesion is the user's, and the report says so for each."""
+    study = read_study_folder(study_dir)
+    mr = [im for im in study.images if im.modality.value == "MR"]
+    mask = np.zeros(mr[0].shape, np.uint8)
+    d, r, c = mr[0].shape
+    mask[d // 2 - 1:d // 2 + 2, r // 3:r // 3 + 6, c // 3:c // 3 + 6] = 1
+    img = sitk.GetImageFromArray(mask)
+    mr[0].geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "mr.nrrd"))
+    out = tmp_path / "out"
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--device", "cpu",
+                 "--stage", "2", "--no-summary", "--lesion-mask", f"{mr[0].label}={tmp_path / 'mr.nrrd'}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    sources = {e["label"]: e["lesion_source"] for e in report["images"]}
+    assert report["user_lesion_masks"] == [mr[0].label]
+    assert {sources[im.label] for im in mr} == {"user"} and len(mr) > 1
+    assert {v for k, v in sources.items() if k not in {im.label for im in mr}} == {"predicted"}
 
 
 def test_user_lesion_masks_off_the_image_grid_are_refused_and_empty_ones_noted(tmp_path, diagnosis_bundle,

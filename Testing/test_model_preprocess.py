@@ -132,6 +132,22 @@ def test_multiframe_ultrasound_uses_one_frame_and_maps_back_to_it():
     assert back[0].max() == 0 and back[2].max() == 0 and back[1].mean() > 0.9
 
 
+def test_a_cine_outlined_on_another_frame_is_read_on_that_frame():
+    """A reader's outline on a frame other than the one the model would read: the model reads
+    the outlined frame (else the outline would be dropped while the result says "user")."""
+    study = make_case(0, True, ("US",), us_frames=5)
+    im = study.images[0]
+    mask = np.zeros(im.shape, np.uint8)
+    mask[3, 18:24, 30:40] = 1
+    prep = prepare_study(study, tiny_config(), lesion_masks={im.label: mask})
+    us = prep.inputs["US"]
+    assert us.sources[0][0].frame == 3 and us.masks[0, 0].any() and us.mask_given[0]
+    # outlined on the frame read anyway (or on none): that frame, as before
+    mask[2, 18:24, 30:40] = 1
+    assert prepare_study(study, tiny_config(), lesion_masks={im.label: mask}).inputs["US"].sources[0][0].frame == 2
+    assert prepare_study(study, tiny_config()).inputs["US"].sources[0][0].frame == 2
+
+
 def test_normalise_intensity_robust_percentiles():
     x = np.linspace(0, 100, 10001, dtype=np.float32)
     x[-1] = 1e9  # a single bright marker

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "BINDS"))
 
-from BINDSLib.study import Role  # noqa: E402
+from BINDSLib.study import Modality, Role  # noqa: E402
 from BINDSSlicerLib.roles import (  # noqa: E402
     DICOM_TAGS, VolumeDescription, guessRoles, headerFromDicomDatabase, roleChoices,
 )
@@ -156,3 +156,26 @@ def test_series_that_arrive_one_at_a_time_are_guessed_as_a_set():
     sc.placeUnder(scene, other, study)
     assert guessNewVolumeRoles(nodes + [late, other], db) == [other]
     assert [sc.volumeRole(n) for n in nodes[:2]] == ["MR_DCE4", "MR_DCE4"] and sc.volumeRole(other) == "MR_T1_PRE"
+
+
+def test_an_ultrasound_cine_keeps_its_representative_frame_in_the_scene():
+    """The frame the command line reads (role.frame, from RepresentativeFrameNumber) travels
+    with the volume node: from a study added to the scene, and from a DICOM-browser volume."""
+    slicer = pytest.importorskip("slicer")
+    from BINDSLib.study import Geometry, Image, Study
+    from BINDSSlicerLib import scene as sc
+    from BINDSSlicerLib.roles import guessVolumeRoles
+
+    scene = slicer.vtkMRMLScene()
+    cine = Image(np.zeros((7, 8, 9), np.uint8), Geometry(), Role(Modality.US, laterality="R", frame=5))
+    (node,) = sc.addStudyToScene(scene, Study("s", [cine])).values()
+    assert node.GetAttribute(sc.FRAME_ATTRIBUTE) == "5"
+    back = sc.imageFromVolumeNode(node)
+    assert back.role.frame == 5 and back.role.key == "US_R"
+    browsed = sc.addVolumeFromVoxels(scene, np.zeros((7, 8, 9), np.uint8), Geometry(), "cine")
+    browsed.SetAttribute("DICOM.instanceUIDs", "7.7.7")
+    db = FakeDicomDatabase({"7.7.7": {"0008,0060": "US", "0020,0062": "L", "0028,6010": "3"}})
+    guessVolumeRoles([browsed], db)
+    assert sc.volumeRole(browsed) == "US_L" and sc.imageFromVolumeNode(browsed).role.frame == 2
+    plain = sc.addVolumeFromVoxels(scene, np.zeros((7, 8, 9), np.uint8), Geometry(), "US_L")
+    assert sc.imageFromVolumeNode(plain, "US_L").role.frame is None  # (the central frame, as before)

@@ -397,8 +397,9 @@ def reportRows(report):
     if report.get("subtype"):
         rows.append(("Most likely subtype", report["subtype"].replace("_", " ")))
     for entry in report.get("images", []):
+        unit = "mm3" if entry.get("modality") == "MR" else "mm2"  # (2D images: an area)
         rows.append((f"Lesion {entry['label']} ({entry.get('lesion_source', 'predicted')})",
-                     f"{float(entry.get('lesion_volume_mm3', 0.0)):.1f} mm3, max probability "
+                     f"{float(entry.get('lesion_volume_mm3', 0.0)):.1f} {unit}, max probability "
                      f"{float(entry.get('lesion_probability_max', 0.0)):.3f}"))
     for note in report.get("notes", []):
         rows.append(("Note", note))

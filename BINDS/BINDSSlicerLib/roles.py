@@ -230,11 +230,15 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
     """Assign guessed roles to volume nodes (``BINDS.Role``, marked ``BINDS.RoleGuessed``); a
     role already set is kept unless ``overwrite``. Returns ``{node ID: role key or None}`` for
     all given nodes."""
-    from .scene import ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
+    from .scene import FRAME_ATTRIBUTE, ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
 
-    guessed = guessRoles([describeVolume(node, database) for node in volumeNodes])
+    descriptions = [describeVolume(node, database) for node in volumeNodes]
+    guessed = guessRoles(descriptions)
     result = {}
-    for node in volumeNodes:
+    for node, description in zip(volumeNodes, descriptions):
+        frame = str(description.header.get("RepresentativeFrameNumber", "")).strip()
+        if frame.isdigit() and int(frame) >= 1 and node.GetAttribute(FRAME_ATTRIBUTE) is None:
+            node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame) - 1))  # (a cine's frame the CLI reads too)
         if volumeRole(node) and not overwrite:
             result[node.GetID()] = volumeRole(node)
             continue

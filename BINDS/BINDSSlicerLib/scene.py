@@ -30,6 +30,7 @@ Study items of the subject hierarchy that BINDS creates carry ``BINDS.StudyID`` 
 patient items ``BINDS.PatientID`` when the patient is known.
 """
 
+import dataclasses
 import os
 
 import slicer
@@ -39,6 +40,7 @@ ROLE_ATTRIBUTE = "BINDS.Role"
 ROLE_GUESSED_ATTRIBUTE = "BINDS.RoleGuessed"  # "1": the role is BINDS' guess, not the user's
 SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
 ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
+FRAME_ATTRIBUTE = "BINDS.Frame"  # an ultrasound cine's representative frame (0-based), when known
 STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
 PATIENT_ID_ATTRIBUTE = "BINDS.PatientID"  # on a patient item
 STUDY_DATE_ATTRIBUTE = "BINDS.StudyDate"
@@ -204,10 +206,14 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
         raise ValueError(f"volume '{volumeNode.GetName()}': its attribute {ACQUISITION_DATE_ATTRIBUTE} "
                          f"{date!r} is not a date (YYYY-MM-DD): correct or remove it") from None
     uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+    role = Role.parse(roleKey)
+    frame = volumeNode.GetAttribute(FRAME_ATTRIBUTE)
+    if frame and frame.strip().isdigit() and role.modality.value == "US" and role.frame is None:
+        role = dataclasses.replace(role, frame=int(frame))  # (the frame the command line reads too)
     return Image(
         voxelsFromVolumeNode(volumeNode),
         geometryFromVolumeNode(volumeNode),
-        Role.parse(roleKey),
+        role,
         acquisition_date=date,
         source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName()),
     )
@@ -320,6 +326,8 @@ def addStudyToScene(scene, study, patientName=None):
     for image in study.images:
         node = addVolumeFromVoxels(scene, image.voxels, image.geometry, image.label)
         node.SetAttribute(ROLE_ATTRIBUTE, image.role.key)
+        if image.role.frame is not None:
+            node.SetAttribute(FRAME_ATTRIBUTE, str(image.role.frame))
         if study.synthetic:
             node.SetAttribute(SYNTHETIC_ATTRIBUTE, "1")
         date = image.acquisition_date or study.study_date

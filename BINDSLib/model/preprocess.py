@@ -420,12 +420,18 @@ def _side_index(laterality: str | None) -> int:
     return SIDES.index(laterality) if laterality in SIDES[:-1] else len(SIDES) - 1
 
 
-def _frame_of(image: Image) -> int | None:
+def _frame_of(image: Image, user_mask: np.ndarray | None = None) -> int | None:
+    """The frame of a cine the model reads: ``role.frame``, else the central one; but the frame a
+    reader outlined the lesion on, when the outline leaves that frame empty."""
     if image.shape[0] == 1:
         return None
     f = image.role.frame
     if f is None or not 0 <= f < image.shape[0]:
         f = image.shape[0] // 2
+    if user_mask is not None and np.asarray(user_mask).shape[0] == image.shape[0]:
+        per_frame = np.asarray(user_mask).reshape(image.shape[0], -1).sum(axis=1)
+        if per_frame[f] == 0 and per_frame.any():
+            f = int(np.argmax(per_frame))
     return int(f)
 
 
@@ -528,7 +534,8 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
 
     def one(i: int) -> tuple[ModelGrid, SourceImage]:  # fills row i (images side by side)
         im = images[i]
-        frame = _frame_of(im)
+        user = im.label in masks and masks.source_of(im.label) == "user"
+        frame = _frame_of(im, masks[im.label] if user else None)
         src = SourceImage(im.label, im.shape, im.geometry, frame)
         plane = normalise_intensity(im.voxels if frame is None else im.voxels[frame:frame + 1],
                                     config.intensity_percentiles)

@@ -41,6 +41,8 @@ class ImageOutput:
     segmentation: str | None
     saliency: str | None
     lesion_source: str  # "predicted" or "user"
+    #: the lesion's (salient region's) volume for MR; for a mammogram or an ultrasound image (a
+    #: cine's maps lie on one frame) its area in mm^2 (the volume of a 1 mm slab)
     lesion_volume_mm3: float
     salient_volume_mm3: float
     lesion_probability_max: float
