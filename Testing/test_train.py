@@ -495,3 +495,32 @@ def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(InputError, match="the checkpoint is at epoch 3, past the 2 epochs of this config"):
         train(load_settings(shorter), run, resume=True)
     assert (run / "config.json").read_text() == first  # refused before anything is written
+
+
+def test_resume_keeps_the_weight_average_to_the_config_and_the_split_to_the_checkpoint(tmp_path):
+    """A resume with more epochs rebuilds the average from the config's last epochs (the
+    checkpoint's average of earlier epochs is dropped); one asking to average epochs already
+    run without them is refused; a split that changed on disk (a study added) is refused."""
+    from BINDSLib.model.train import _load_checkpoint
+
+    cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("US",),), average_epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    assert _load_checkpoint(run / "checkpoints" / "last.pt")["n_averaged"] == 1
+    doc = json.loads(cfg.read_text())
+    more = tmp_path / "more.json"
+    doc["train"]["phases"][1]["epochs"] = 3
+    more.write_text(json.dumps(doc))
+    assert main(["train", str(more), "--out", str(run), "--resume"]) == 0
+    state = _load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 4 and state["n_averaged"] == 1
+    # the average of one epoch is that epoch's weights: the last epoch's, not a mean with epoch 2
+    assert all(torch.equal(state["average"][k], v) for k, v in state["model"].items())
+    wider = tmp_path / "wider.json"
+    doc["train"]["average_epochs"] = 2
+    wider.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="averaged its last 1 epoch.*averages the last 2 of 4, 2 of them already run"):
+        train(load_settings(wider), run, resume=True)
+    write_study_folder(make_case(9, True, ("US",)), tmp_path / "studies" / "case9")
+    with pytest.raises(InputError, match="the data's split is not the one this run was trained with"):
+        train(load_settings(more), run, resume=True)

@@ -657,6 +657,57 @@ def _check_outputs(settings: TrainSettings, run_dir: Path, bundle_path, resume: 
     check_output_dir(bundle, overwrite or bundle_path is None, inputs + [run_dir], BUNDLE_SIGNS)
 
 
+def _split_ids(train_samples, val_samples) -> dict:
+    return {"train": sorted(s.study_id for s in train_samples), "validation": sorted(s.study_id for s in val_samples)}
+
+
+def _check_same_split(state: dict, train_samples, val_samples, ckpt_path: Path) -> None:
+    """Refuse to resume when the split is not the checkpoint's (the data changed on disk, e.g.
+    a study folder added): a study trained on could land in the validation split, which
+    calibrates the bundle and is scored as held out. Checkpoints older than this check have
+    no split to compare."""
+    before = state.get("split")
+    if not before:
+        return
+    now = _split_ids(train_samples, val_samples)
+    if now == before:
+        return
+    moved = sorted(set(before["train"]) & set(now["validation"]))
+    added = sorted(set(now["train"] + now["validation"]) - set(before["train"] + before["validation"]))
+    gone = sorted(set(before["train"] + before["validation"]) - set(now["train"] + now["validation"]))
+    what = "; ".join(part for part in (
+        f"trained on, now held out: {', '.join(moved[:5])}{' ...' if len(moved) > 5 else ''}" if moved else "",
+        f"new: {', '.join(added[:5])}{' ...' if len(added) > 5 else ''}" if added else "",
+        f"gone: {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}" if gone else "") if part)
+    raise InputError(f"the data's split is not the one this run was trained with ({what or 'reshuffled'}); "
+                     "--resume needs the same studies (use --overwrite to start again, or another --out)",
+                     ckpt_path)
+
+
+def _resumed_average(state: dict, start_epoch: int, settings: TrainSettings, ckpt_path: Path):
+    """The checkpoint's running mean of the weights, if it is the mean the config asks for at
+    ``start_epoch``: the epochs averaged so far are the last ``n_averaged`` before it, and the
+    config averages its last ``average_epochs`` epochs. A mean over epochs before the config's
+    window (more epochs since) is dropped and rebuilt; one that lacks epochs already run (more
+    averaged epochs asked for) cannot be rebuilt: refused."""
+    average, n_averaged = state.get("average"), int(state.get("n_averaged", 0))
+    if average is None:
+        n_averaged = 0
+    window = settings.epochs - settings.average_epochs if settings.average_epochs else settings.epochs
+    expected = max(0, start_epoch - window)
+    if n_averaged == expected:
+        return average, n_averaged
+    if expected == 0:
+        if n_averaged:
+            log.info("the checkpoint's weight average (its last %d epochs) lies before the %d epochs "
+                     "this config averages: rebuilt from them", n_averaged, settings.average_epochs)
+        return None, 0
+    raise InputError(f"the checkpoint at epoch {start_epoch} averaged its last {n_averaged} epoch(s); this "
+                     f"config averages the last {settings.average_epochs} of {settings.epochs}, {expected} of "
+                     "them already run: that average cannot be rebuilt (keep epochs and average_epochs, "
+                     "or start again with --overwrite)", ckpt_path)
+
+
 def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
     """Refuse to resume a run with other data, another split or another network than it was
     started with (the weights and the held-out split would not belong to the bundle's
@@ -782,7 +833,8 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
-        average, n_averaged = state.get("average"), int(state.get("n_averaged", 0))
+        _check_same_split(state, train_samples, val_samples, ckpt_path)
+        average, n_averaged = _resumed_average(state, start_epoch, settings, ckpt_path)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     elif resume:
         log.warning("no checkpoint in %s; starting from scratch", run_dir)
@@ -864,7 +916,8 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
                 row.update(_validate(net, val_samples, y_val, loss_fn, rt.device, settings, phase))
             row["seconds"] = round(time.perf_counter() - te, 1)
             state = {"model": _network_state(net), "optimizer": opt.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "settings_sha256": digest}
+                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "settings_sha256": digest,
+                     "split": _split_ids(train_samples, val_samples)}
             if average is not None:
                 state.update(average=average, n_averaged=n_averaged)
             _save_checkpoint(ckpt_path, state)
@@ -1320,7 +1373,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
         "training": {"phases": [dataclasses.asdict(p) for p in settings.phases],
                      "alignment": settings.alignment, "loss_weights": dataclasses.asdict(settings.loss_weights),
                      "modality_dropout": settings.modality_dropout, "batch_size": settings.batch_size,
-                     "average_epochs": settings.average_epochs,
+                     "average_epochs": settings.average_epochs,  # (a resume keeps to it: _resumed_average)
                      **({"pretrained": pretrained} if pretrained else {}),
                      **({"refiner": dataclasses.asdict(settings.refiner)} if cfg.lesion_refiner else {})},
         "intended_use": "research; not for clinical use",
