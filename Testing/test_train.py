@@ -524,3 +524,32 @@ def test_resume_keeps_the_weight_average_to_the_config_and_the_split_to_the_chec
     write_study_folder(make_case(9, True, ("US",)), tmp_path / "studies" / "case9")
     with pytest.raises(InputError, match="the data's split is not the one this run was trained with"):
         train(load_settings(more), run, resume=True)
+
+
+def test_mr_augmentation_turns_slices_in_their_plane_and_keeps_absent_sequences_zero():
+    """A rotation of the (slices, rows, cols) volume about the slice axis: each output slice
+    still comes from one depth (a tilt across the anisotropic slices would mix them); and
+    sequences a study lacks stay zero, as at inference."""
+    from BINDSLib.model.data import _augmentations
+
+    cfg = tiny_config()
+    d, h, w = cfg.mr_size
+    depth = np.broadcast_to(np.arange(d, dtype=np.float32)[:, None, None], (d, h, w))
+    vol = np.stack([depth] * 7)  # 7 channels, each slice k holding the value k
+    t = _augmentations(cfg)["MR"]
+    spread = []
+    for seed in range(12):
+        t.set_random_state(seed=seed)
+        out = np.asarray(t({"image": torch.from_numpy(vol.copy()), "mask": torch.zeros((1, d, h, w))})["image"])
+        inner = out[0, 1:-1, h // 4:3 * h // 4, w // 4:3 * w // 4]  # away from the padded borders
+        spread.append(float(np.max(inner.max(axis=(1, 2)) - inner.min(axis=(1, 2)))))
+    assert max(spread) < 0.6  # (noise and contrast change values a little; a tilt moves them by slices)
+    study = make_case(2, True, ("MR",))
+    study.images = [im for im in study.images if im.role.sequence not in ("DWI", "ADC")]
+    sample = make_sample(study, cfg)
+    absent = ~np.asarray(sample.prepared.inputs["MR"].channels[0], bool)
+    assert absent.sum() == 2
+    ds = StudyDataset([sample], augment=True, seed=1, config=cfg)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        assert not ds[0]["MR"]["images"][:, absent].any()

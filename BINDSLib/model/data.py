@@ -131,7 +131,9 @@ def _augmentations(config: DiagnosisConfig):
                            mode=("bilinear", "nearest"), padding_mode="zeros",
                            spatial_size=size, cache_grid=True))
 
-    affine3d = float32(RandAffined(keys=("image", "mask"), prob=0.7, rotate_range=(0.0, 0.0, 0.2),
+    # (D, H, W): the rotation about the slice axis turns the slices in their plane (about the
+    # last axis it would tilt them across the anisotropic slice spacing: a shear)
+    affine3d = float32(RandAffined(keys=("image", "mask"), prob=0.7, rotate_range=(0.2, 0.0, 0.0),
                                    scale_range=(0.05, 0.1, 0.1), translate_range=(1, 3, 3),
                                    mode=("bilinear", "nearest"), padding_mode="zeros",
                                    spatial_size=config.mr_size, cache_grid=True))
@@ -175,6 +177,8 @@ class StudyDataset(torch.utils.data.Dataset):
             masks = inp.masks
             if self._aug is not None:
                 images, masks = self._augment(m, images, masks, i)
+                if m == "MR":  # absent sequences stay zero, as at inference (no noise, no scaling)
+                    images[:, ~np.asarray(inp.channels[0], bool)] = 0.0
             item[m] = {"images": images, "masks": masks, "mask_given": inp.mask_given,
                        "view": inp.view, "side": inp.side, "channels": inp.channels}
         return item
