@@ -376,9 +376,12 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def resultSummaryHtml(report: dict) -> str:
     """The key numbers of a report for the results panel."""
+    from BINDSLib.diagnose import probability_texts
+
+    probability, threshold = probability_texts(report["malignancy_probability"], report["threshold"])
     lines = [
-        f"<b>Stage {report['stage']}</b>: malignancy probability <b>{report['malignancy_probability']:.3f}</b> "
-        f"(operating point {report['threshold']:.3f})",
+        f"<b>Stage {report['stage']}</b>: malignancy probability <b>{probability}</b> "
+        f"(operating point {threshold})",
         f"Recommendation: <b>{report['recommendation']}</b>",
     ]
     if report.get("finding_probability") is not None:

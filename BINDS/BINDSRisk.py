@@ -291,6 +291,8 @@ def riskSummaryHtml(report: dict) -> str:
     if exams:
         last = exams[-1]
         risk = float(last["cumulative_risk"][str(horizon)])
+        if (report.get("trajectory") or {}).get("last_risk") is not None:
+            risk = float(report["trajectory"]["last_risk"])  # (exams of one date: their highest, as the flag)
         lines.append(f"Latest exam ({last.get('exam_date') or 'undated'}): {horizon}-year risk <b>{100 * risk:.2f}%</b> "
                      f"(threshold {100 * bindsRisk.threshold(report):g}%)")
     trajectory = report.get("trajectory", {})

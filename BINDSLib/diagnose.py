@@ -156,16 +156,31 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
     return stages, preds
 
 
+def _lesion_source(label: str, user_masks, source: str) -> str:
+    """"user": the image's outline is the user's own; "user_shared": an MR sequence that takes
+    the outline given for another one (mapped onto its grid), which a re-assessment in Slicer
+    does not pass back as the user's; "predicted" otherwise."""
+    if label in user_masks:
+        return "user"
+    return "user_shared" if source == "user" else "predicted"
+
+
+def probability_texts(p: float, threshold: float) -> tuple[str, str]:
+    """``p`` and ``threshold`` written with as many decimals (3 to 8) as it takes to tell them
+    apart (``0.4321`` and ``0.4324``, not ``0.432`` twice)."""
+    digits = 3
+    while digits < 8 and f"{p:.{digits}f}" == f"{threshold:.{digits}f}" and p != threshold:
+        digits += 1
+    return f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+
+
 def recommendation(p: float, threshold: float) -> tuple[str, str]:
     """``(code, sentence)`` for a malignancy probability at the bundle's threshold. The numbers
     are written with as many decimals as it takes to tell them apart (``0.4321 < 0.4324``, not
     ``0.432 < 0.432``). A probability that is not a number is a :class:`ModelError`."""
     if not math.isfinite(p):
         raise ModelError(f"the model gave no malignancy probability ({p}); no recommendation can be made")
-    digits = 3
-    while digits < 9 and f"{p:.{digits}f}" == f"{threshold:.{digits}f}" and p != threshold:
-        digits += 1
-    ps, ts = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+    ps, ts = probability_texts(p, threshold)
     if p >= threshold:
         return "biopsy", f"malignancy probability {ps} >= {ts}: biopsy recommended (research use only)"
     return "follow-up", (f"malignancy probability {ps} < {ts}: short-interval imaging "
@@ -278,7 +293,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             voxel_mm3 = float(np.prod(im.geometry.spacing_mm[:2] if im.modality.value in ("MG", "US")
                                       else im.geometry.spacing_mm))
             images.append(ImageOutput(label, im.role.key, im.modality.value, seg_name, sal_name,
-                                      pred.images[label].lesion_mask_source,  # (MR: another sequence's outline too)
+                                      _lesion_source(label, user_masks, pred.images[label].lesion_mask_source),
                                       float(lesion.sum()) * voxel_mm3,
                                       float(salient.sum()) * voxel_mm3,
                                       pred.images[label].lesion_probability_max))
@@ -313,8 +328,8 @@ def _write_summary(path: Path, study: Study, shown, pred, final: StageResult, th
     """The summary PNG: each image read with its lesion outline and saliency, the key numbers."""
     from .outputs.summary import write_summary_png
 
-    lines = [f"stage {final.stage}  malignancy probability {final.malignancy_probability:.3f}"
-             f"  (threshold {threshold:.3f})  -> {rec}"]
+    ps, ts = probability_texts(final.malignancy_probability, threshold)
+    lines = [f"stage {final.stage}  malignancy probability {ps}  (threshold {ts})  -> {rec}"]
     if final.finding_probability is not None:
         lines.append(f"finding probability (abnormal vs normal) {final.finding_probability:.3f}")
     if final.subtype_probabilities:

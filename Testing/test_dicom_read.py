@@ -561,6 +561,16 @@ def test_mr_b_values_without_a_tag_or_with_float_noise(tmp_path):
     ds.save_as(paths[1])
     (study,), skipped = load_dicom_folder(tmp_path / "b")
     assert skipped == [] and [im.shape for im in study.images] == [(4, 4, 5)]
+    # two b-values that do not each make a stack (b0 at 0, 2, 3, 5 mm-steps, b800 at 1, 4): refused
+    vol6 = axis_volume((6, 4, 5), seed=7)
+    paths = write_mr_series(tmp_path / "c", vol6, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 1),
+                            SeriesDescription="ep2d_diff", DiffusionBValue=0)
+    for k in (1, 4):
+        ds = pydicom.dcmread(paths[k])
+        ds.DiffusionBValue = 800
+        ds.save_as(paths[k])
+    with pytest.raises(InputError, match=r"mixes b-values at distinct positions \(b0: 4, b800: 2 slices\)"):
+        load_dicom_folder(tmp_path / "c")
 
 
 def test_mr_monochrome1_values_are_read_as_stored(tmp_path, caplog):
@@ -644,6 +654,31 @@ def test_a_slice_without_series_uid_joins_its_series(tmp_path, caplog):
     (study,), skipped = load_dicom_folder(tmp_path)
     assert [s.path for s in skipped] == [str(paths[3])] and "inconsistent slice spacing" in skipped[0].reason
     assert [im.shape[0] for im in study.images] == [1]  # (the lone slice, a series of its own)
+
+
+def test_a_slice_without_series_uid_joins_its_phase_of_a_dce_series(tmp_path):
+    """In a series of two phases every position repeats: the lost slice joins at its place in
+    its phase (its temporal position), and both phases are read."""
+    import pydicom
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    vols = [axis_volume((5, 4, 4), seed=k) for k in (1, 2)]
+    paths = []
+    for k, vol in enumerate(vols):
+        paths += write_mr_series(tmp_path / "dyn" / f"p{k}", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 2),
+                                 study_uid=study_uid, series_uid=series_uid, SeriesDescription="dyn",
+                                 SeriesNumber=7, TemporalPositionIdentifier=k + 1,
+                                 names=[f"p{k}s{i}" for i in range(5)], instance_numbers=[5 * k + i + 1 for i in range(5)])
+    for p in paths:  # one folder, as a scanner exports it
+        p.rename(tmp_path / "dyn" / p.name)
+    lost = tmp_path / "dyn" / "p1s2"
+    ds = pydicom.dcmread(lost)
+    del ds.SeriesInstanceUID
+    ds.save_as(lost)
+    (study,), skipped = load_dicom_folder(tmp_path)
+    assert skipped == [] and [im.shape for im in study.images] == [(5, 4, 4), (5, 4, 4)]
+    for im, vol in zip(study.images, vols):
+        np.testing.assert_array_equal(im.voxels, vol)
 
 
 def _enhanced_mr(path: Path, volumes: list[np.ndarray], spacing, origin, row, col,

@@ -71,6 +71,9 @@ def test_a_study_without_a_malignancy_probability_is_left_out_and_counted():
     m = compute_metrics(rows, threshold=0.5, n_bootstrap=20)
     ref = compute_metrics(rows[:4] + rows[5:], threshold=0.5, n_bootstrap=20)
     assert m["n_no_probability"] == 1 and "n_no_probability" not in ref
+    from BINDSLib.commands.evaluate import summary
+
+    assert "; 1 without a malignancy probability, left out of every figure" in summary(m).splitlines()[0]
     for key in ("auc", "auc_malignant_vs_rest", "sensitivity", "specificity", "ece", "auc_abnormal_malignancy"):
         assert m[key] == pytest.approx(ref[key]), key
     json.dumps(m, allow_nan=False)
@@ -459,6 +462,19 @@ def test_mr_sequences_sharing_one_map_count_once_in_dice_and_pointing_game():
     rows, dices, hits = predict_dataset(Model(), [Study("s", images, diagnosis=Diagnosis.MALIGNANT)])
     assert dices == [0.0, 1.0] and hits == [False, True]
     assert rows[0]["lesion_dice"] == 0.5 and rows[0]["pointing_hit"] == 0.5
+    # with the reference masks given, each sequence's mask is a copy of its own; its saliency is still shared
+    shared = mr.saliency
+
+    class GivenModel(Model):
+        def predict(self, study, **kw):
+            p = super().predict(study, **kw)
+            p.images = {k: (SimpleNamespace(lesion_probability_max=0.5, lesion_mask=mask.copy(), saliency=shared)
+                            if k.startswith("MR") else o) for k, o in p.images.items()}
+            return p
+
+    _, dices, hits = predict_dataset(GivenModel(), [Study("s", images, diagnosis=Diagnosis.MALIGNANT)],
+                                     given_masks=True)
+    assert dices == [] and hits == [False, True]
 
 
 def test_the_two_stage_decision_is_scored_as_diagnose_makes_it():

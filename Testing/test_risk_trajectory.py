@@ -78,3 +78,6 @@ def test_flags_compare_risks_as_they_are_reported():
     rise = trajectory_metrics(dates, [0.010, 0.015])
     assert rise.change_last_years < 0.005  # (in floating point)
     assert [f.code for f in risk_flags(rise, threshold=1)] == ["rising_risk"]
+    # risks reported as 0.010000 and 0.015000: a rise of 0.5 points, whatever the digits behind them
+    behind = trajectory_metrics(dates, [0.0100004, 0.0149996])
+    assert [f.code for f in risk_flags(behind, threshold=1)] == ["rising_risk"]

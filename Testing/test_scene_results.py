@@ -386,3 +386,17 @@ def test_under_a_transform_the_segmentation_keeps_the_image_grid(scene, images, 
     for label in GEOMS:
         segs = read_seg_nrrd(tmp_path / "export" / f"{label}.seg.nrrd", GEOMS[label], SHAPES[label])
         np.testing.assert_array_equal(segs["lesion"].mask, edited if label == "MG_L_CC" else lesion_mask(label))
+
+
+def test_an_outline_shared_from_another_sequence_is_not_passed_back_as_the_users(scene, images, tmp_path):
+    """A re-assessment passes the user's own outline ("user") and edits; a lesion that only took
+    the outline given for another MR sequence ("user_shared") is not passed back, so that an
+    edit of the outlined sequence reaches the model instead of the stale copy."""
+    report = write_outputs(tmp_path / "out", user=("MR_DCE1",))
+    for entry in report["images"]:
+        if entry["label"] == "MG_L_CC":
+            entry["lesion_source"] = "user_shared"
+    (tmp_path / "out" / "report.json").write_text(json_dumps(report), encoding="utf-8")
+    results = res.loadDiagnosisResults(scene, tmp_path / "out", images)
+    assert results.segmentations["MG_L_CC"].GetAttribute(res.LESION_SOURCE_ATTRIBUTE) == "user_shared"
+    assert list(res.lesionMasksForReassessment(scene, images)) == ["MR_DCE1"]

@@ -522,8 +522,10 @@ def test_resume_keeps_the_weight_average_to_the_config_and_the_split_to_the_chec
     with pytest.raises(InputError, match="averaged its last 1 epoch.*averages the last 2 of 4, 2 of them already run"):
         train(load_settings(wider), run, resume=True)
     write_study_folder(make_case(9, True, ("US",)), tmp_path / "studies" / "case9")
+    record = {name: (run / name).read_text() for name in ("config.json", "validation_cases.csv")}
     with pytest.raises(InputError, match="the data's split is not the one this run was trained with"):
         train(load_settings(more), run, resume=True)
+    assert {name: (run / name).read_text() for name in record} == record  # refused before rewriting them
 
 
 def test_mr_augmentation_turns_slices_in_their_plane_and_keeps_absent_sequences_zero():

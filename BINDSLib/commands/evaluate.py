@@ -224,7 +224,9 @@ def summary(m: dict) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     ci = m.get("auc_ci95") or [None, None]
-    lines = [f"n={m['n']} (malignant {m['n_malignant']}, benign {m['n_benign']}, normal {m['n_normal']})",
+    lines = [f"n={m['n']} (malignant {m['n_malignant']}, benign {m['n_benign']}, normal {m['n_normal']})"
+             + (f"; {m['n_no_probability']} without a malignancy probability, left out of every figure"
+                if m.get("n_no_probability") else ""),
              f"AUC malignant vs benign {f(m.get('auc'))} (95% CI {f(ci[0])}-{f(ci[1])})"]
     if "auc_abnormal" in m:
         aci = m.get("auc_abnormal_ci95") or [None, None]

@@ -317,15 +317,24 @@ NO_SERIES_UID = "no-series-uid:"
 _SERIES_SIGNS = ("Modality", "SeriesNumber", "SeriesDescription", "Rows", "Columns")
 
 
+#: what tells the volumes of one MR series apart (as ``dicom_mr.split_volumes`` does)
+_VOLUME_SIGNS = ("TemporalPositionIdentifier", "TriggerTime", "DiffusionBValue", "AcquisitionTime", "EchoTime")
+
+
 def _position(f) -> tuple | None:
+    """Where a slice lies in its series: its position and what tells the series' volumes apart
+    (a DCE phase repeats every position); None without a position."""
     pos = numbers(f.header, "ImagePositionPatient", 3)
-    return None if pos is None else tuple(round(v / 0.01) for v in pos)
+    if pos is None:
+        return None
+    return (tuple(round(v / 0.01) for v in pos), *(text(f.header, a) for a in _VOLUME_SIGNS))
 
 
 def _join_files_without_series_uid(series: dict[str, list]) -> None:
     """An MR slice without SeriesInstanceUID (an anonymiser's slip) joins the one series of its
     study whose files lie in the same folder, share its modality, series number, description
-    and image size, and lack a slice at its position: it fills the gap it would otherwise leave.
+    and image size, and lack a slice at its place (its position in its phase, b-value...): it
+    fills the gap it would otherwise leave.
     Anything else (a copy of a slice the series has, a mammogram, a file without a position)
     stays in a series of its own with the folder's other files without one."""
     lost = [k for k in series if k.startswith(NO_SERIES_UID)]

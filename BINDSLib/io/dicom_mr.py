@@ -211,15 +211,22 @@ def _regular_stack(proj: np.ndarray) -> bool:
     return bool(np.all(np.abs(gaps - median) <= max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * median)))
 
 
-def _interleaved_b_values(slices: list[MRSlice], normal: np.ndarray) -> list[list[MRSlice]] | None:
+def _interleaved_b_values(slices: list[MRSlice], normal: np.ndarray, where: str) -> list[list[MRSlice]] | None:
     """Slices at distinct positions whose b-values (to 1 s/mm^2; none given is a value of its
     own, b0's usual way) take turns: one group per b-value, lowest first, when each is a
-    regular stack of 2 or more slices. None otherwise (one volume, as before)."""
+    regular stack of 2 or more slices. None when there is one b-value (one volume). Two
+    b-values or more that do not form such stacks are refused: never one mixed volume."""
     groups: dict = {}
     for s in slices:
         groups.setdefault(None if s.b_value is None else round(s.b_value), []).append(s)
-    if len(groups) < 2 or any(len(g) < 2 or not _regular_stack(_projections(g, normal)) for g in groups.values()):
+    if len(groups) < 2:
         return None
+    if any(len(g) < 2 or not _regular_stack(_projections(g, normal)) for g in groups.values()):
+        if sum(v is not None for v in groups) < 2:
+            return None  # (one b-value and slices without one: read as one volume, as before)
+        found = ", ".join(f"b{v}: {len(g)}" for v, g in sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else kv[0]))
+        raise InputError(f"series {where} mixes b-values at distinct positions ({found} slices) that do not "
+                         "form one stack per b-value", slices[0].file.path)
     return [groups[v] for v in sorted(groups, key=lambda v: -1 if v is None else v)]
 
 
@@ -235,7 +242,7 @@ def split_volumes(slices: list[MRSlice], where: str) -> tuple[list[list[MRSlice]
     keys = [round(p / SAME_POSITION_MM) for p in _projections(slices, normal)]
     n_pos = len(set(keys))
     if n_pos == len(slices):
-        groups = _interleaved_b_values(slices, normal)
+        groups = _interleaved_b_values(slices, normal, where)
         return (groups, "b_value") if groups else ([slices], None)
     for attr in SPLIT_ATTRIBUTES:
         values = [getattr(s, attr) for s in slices]

@@ -157,16 +157,19 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
         row.update({f"p_combo_{k}": v for k, v in pred.combination_probabilities.items()})
         rows.append(row)
         study_dice, study_hits, type_hits = [], [], {}
-        maps = set()  # the MR sequences of one grid share one lesion map and saliency: counted once
+        # the MR sequences of one grid share one predicted lesion map and one saliency map:
+        # each counts once (given masks are copies per sequence; the saliency is still shared)
+        seen_masks, seen_maps = set(), set()
         for label, out in pred.images.items():
             image = study.image(label)
             ref = _lesion_reference(image)
-            if ref is None or (id(out.lesion_mask), id(out.saliency)) in maps:
+            if ref is None:
                 continue
-            maps.add((id(out.lesion_mask), id(out.saliency)))
-            if image.lesion_mask is not None and not given_masks:
+            if image.lesion_mask is not None and not given_masks and id(out.lesion_mask) not in seen_masks:
+                seen_masks.add(id(out.lesion_mask))
                 study_dice.append(dice(out.lesion_mask, ref))
-            if saliency != "none":
+            if saliency != "none" and id(out.saliency) not in seen_maps:
+                seen_maps.add(id(out.saliency))
                 study_hits.append(pointing_hit(out.saliency, ref))
                 for t, tref in _type_references(image, ref).items():
                     type_hits.setdefault(t, []).append(pointing_hit(out.saliency, tref))
@@ -410,7 +413,7 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
                     fpr, tpr, _ = roc_points(vals[ok], y[ok].astype(int))
                     curves[key] = (fpr, tpr)
         roc_png(tmp / "roc.png", curves, "ROC: malignancy")
-        ok = np.isfinite(y)
+        ok = np.isfinite(y) & np.isfinite(p.astype(float))
         reliability_png(tmp / "reliability.png", reliability_bins(p[ok], y[ok]),
                         f"Reliability (ECE {metrics.get('ece') or float('nan'):.3f})")
     return metrics

@@ -783,8 +783,6 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("BINDSLib").addHandler(handler)
         logging.getLogger("BINDSLib").setLevel(min(logging.getLogger("BINDSLib").getEffectiveLevel(), logging.INFO))
-        atomic_write_json(run_dir / "config.json", {"model": settings.model.to_json(),
-                                                    "document": settings.document})
     cfg = settings.model
     seed = settings.seed
     random.seed(seed)
@@ -807,7 +805,13 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
                     settings.validation_fraction, len(samples))
     if not train_samples:
         raise InputError("no training studies left after the validation split")
+    state = _load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if state is not None:  # checked before the run folder's record is rewritten
+        _check_same_split(state, train_samples, val_samples, ckpt_path)
+        _resumed_average(state, int(state["epoch"]), settings, ckpt_path)
     if rt.main:
+        atomic_write_json(run_dir / "config.json", {"model": settings.model.to_json(),
+                                                    "document": settings.document})
         write_case_list(run_dir / "validation_cases.csv", val_samples)
 
     net = DiagnosisNetwork(cfg)
@@ -824,8 +828,7 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
     average: dict | None = None  # running mean of the weights over the last average_epochs
     n_averaged = 0
     digest = settings_digest(settings)
-    if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
+    if state is not None:
         if state.get("settings_sha256") != digest:
             log.warning("the config changed since the checkpoint was written; resuming anyway")
         _load_network_state(net, state["model"])
@@ -833,7 +836,6 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
-        _check_same_split(state, train_samples, val_samples, ckpt_path)
         average, n_averaged = _resumed_average(state, start_epoch, settings, ckpt_path)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     elif resume:

@@ -40,7 +40,7 @@ class ImageOutput:
     modality: str
     segmentation: str | None
     saliency: str | None
-    lesion_source: str  # "predicted" or "user"
+    lesion_source: str  # "predicted", "user", or "user_shared" (an MR sequence taking the outline given for another)
     #: the lesion's (salient region's) volume for MR; for a mammogram or an ultrasound image (a
     #: cine's maps lie on one frame) its area in mm^2 (the volume of a 1 mm slab)
     lesion_volume_mm3: float

@@ -181,10 +181,7 @@ class RiskModel:
             out.breast_logits.float().cpu().numpy().reshape(b * s, t)).reshape(b, s, t)
         present = out.breast_present.cpu().numpy()
         breast = np.where(present[..., None], breast, np.nan)
-        if self.calibration.method != "none" and self.breast_calibration.method != "none":
-            # cancer in either breast is at least as likely as in one of them (the heads and their
-            # calibrations are separate and may disagree; both calibrated: one scale)
-            exam = np.maximum(exam, np.where(present[..., None], breast, 0.0).max(axis=1))
+        exam = at_least_each_breast(exam, breast, present, self.calibration, self.breast_calibration)
         return exam, breast, present
 
     def score_prepared(self, prepared: Sequence[PreparedExam], exam_ids: Sequence[str],
@@ -226,6 +223,17 @@ class RiskModel:
             out += self.score_prepared(prepared, [exam_identifier(s, keep_identifiers) for s in chunk],
                                        [s.study_date for s in chunk])
         return out
+
+
+def at_least_each_breast(exam: np.ndarray, breast: np.ndarray, present: np.ndarray,
+                         calibration: Calibrator, breast_calibration: Calibrator) -> np.ndarray:
+    """Calibrated exam risks ``(B, T)`` raised to the higher breast risk ``(B, 2, T)`` (breasts
+    ``present`` ``(B, 2)``): cancer in either breast is at least as likely as in one of them.
+    The heads and their calibrations are separate and may disagree; only when both are
+    calibrated are they on one scale (otherwise ``exam`` is returned as it is)."""
+    if calibration.method == "none" or breast_calibration.method == "none":
+        return exam
+    return np.maximum(exam, np.where(np.asarray(present, bool)[..., None], breast, 0.0).max(axis=1))
 
 
 def save_risk_bundle(path: str | Path, network, calibration: Calibrator, *,

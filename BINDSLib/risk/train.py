@@ -277,8 +277,12 @@ def calibrate_and_evaluate(net, val_set: ExamSet, test_set: ExamSet, train_cfg: 
         breast_cal = Calibrator.fit(val_breast.reshape(-1, T), t_b.numpy().reshape(-1, T),
                                     m_b.numpy().reshape(-1, T), train_cfg.calibration,
                                     weights=np.repeat(val_w, 2, axis=0))
-    test_logits, _ = predict_logits(net, test_set, device=device)
-    test_probs = calibrator.apply(test_logits)
+    from .inference import at_least_each_breast
+
+    test_logits, test_breast = predict_logits(net, test_set, device=device)
+    present = test_set.view_mask.reshape(-1, 2, 2).any(axis=2)
+    breast_probs = breast_cal.apply(test_breast.reshape(-1, T)).reshape(-1, 2, T)
+    test_probs = at_least_each_breast(calibrator.apply(test_logits), breast_probs, present, calibrator, breast_cal)
     test = evaluate(test_probs, test_set.times, test_set.events, test_set.targets, test_set.mask)
     return calibrator, breast_cal, test
 

@@ -118,7 +118,7 @@ def trajectory_metrics(dates: Sequence[_dt.date], risks: Sequence[float], horizo
         raise ValueError(f"{len(dates)} dates but {len(risks)} risks")
     n = len(risks)
     x = years_since_first(list(dates))
-    r = [float(v) for v in risks]
+    r = [round(float(v), ROUND_DECIMALS) for v in risks]  # (the risks as reported)
     if len(set(x.tolist())) < len(x):  # exams of one date are one time point: its highest risk
         at = {}
         for xi, ri in zip(x.tolist(), r):
