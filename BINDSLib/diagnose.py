@@ -119,6 +119,8 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
     ``progress(done, total, message)`` is called before each stage (total 4: read, stage 1,
     stage 2, write)."""
+    from .model.inference import in_uncertainty_band
+
     if not study.modalities():
         raise InputError(f"study {study.study_id} has no images")
     present = usable_modalities(model, study)
@@ -151,7 +153,7 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
     if has_stage1:
         run(1, "stage 1 (ultrasound / mammography)")
     if has_mr and (stage == "2" or not stages or
-                   (stage == "auto" and band[0] < stages[-1].malignancy_probability < band[1])):
+                   (stage == "auto" and in_uncertainty_band(stages[-1].malignancy_probability, band))):
         run(2, "stage 2 (with MRI)")
     return stages, preds
 

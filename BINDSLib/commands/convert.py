@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, OutputError, UsageError
     from ..diagnose import remove_stale
-    from ..fsutil import STUDY_SIGNS, check_output_dir, make_output_folder, output_lock, visible_entries
+    from ..fsutil import STUDY_SIGNS, Inputs, check_output_dir, make_output_folder, output_lock, visible_entries
     from ..io.files import IMAGE_SUFFIXES, suffix_of
     from ..io.loader import load, load_files, parse_role_assignments
     from .diagnose import _safe_name
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                           "choose another --out", out)
     if len(studies) == 1:
         return _convert(studies, targets, args, inputs)
-    if Path(out).resolve() in {Path(p).resolve() for p in inputs}:
+    if Path(out).resolve() in Inputs(inputs).given:
         raise OutputError("is an input of this command: choose another --out for its study folders", out)
     for t in targets:  # what can be checked before --out is made (names, inputs, the current folder)
         check_output_dir(t, True, inputs, STUDY_SIGNS)

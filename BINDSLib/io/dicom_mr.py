@@ -203,12 +203,16 @@ def _projections(slices: list[MRSlice], normal: np.ndarray) -> np.ndarray:
     return np.array([float(np.dot(s.position, normal)) for s in slices])
 
 
+def _odd_gaps(gaps: np.ndarray) -> tuple[float, np.ndarray]:
+    """The median gap between sorted slices, and the indices of the gaps that differ from it by
+    more than max(:data:`SPACING_TOLERANCE_MM`, :data:`SPACING_TOLERANCE_REL` x median)."""
+    median = float(np.median(gaps))
+    return median, np.flatnonzero(np.abs(gaps - median) > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * median))
+
+
 def _regular_stack(proj: np.ndarray) -> bool:
     gaps = np.diff(np.sort(proj))
-    if len(gaps) == 0 or gaps.min() < SAME_POSITION_MM:
-        return False
-    median = float(np.median(gaps))
-    return bool(np.all(np.abs(gaps - median) <= max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * median)))
+    return len(gaps) > 0 and gaps.min() >= SAME_POSITION_MM and not _odd_gaps(gaps)[1].size
 
 
 def _interleaved_b_values(slices: list[MRSlice], normal: np.ndarray, where: str) -> list[list[MRSlice]] | None:
@@ -317,8 +321,7 @@ def _check_gaps(slices: list[MRSlice], proj: np.ndarray, where: str) -> float:
         i = int(np.argmin(gaps)) + 1
         raise InputError(f"series {where}: two slices at the same position "
                          f"({slices[i - 1].file.path} and {slices[i].file.path})", slices[i].file.path)
-    median = float(np.median(gaps))
-    bad = np.flatnonzero(np.abs(gaps - median) > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * median))
+    median, bad = _odd_gaps(gaps)
     if bad.size:
         i = int(bad[0]) + 1
         found = sorted({round(float(g), 3) for g in gaps})

@@ -193,7 +193,7 @@ def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dic
     bundle's uncertainty band. ``pred`` is the prediction from every modality (stage 2's)."""
     from ..diagnose import _stage_modalities, usable_modalities
     from ..study import Modality
-    from .inference import DEFAULT_UNCERTAINTY_BAND
+    from .inference import DEFAULT_UNCERTAINTY_BAND, in_uncertainty_band
 
     present = usable_modalities(model, study)
     first = _stage_modalities(present, 1)
@@ -201,8 +201,7 @@ def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dic
     if first and Modality.MR in present:
         p1 = float(model.predict(study, lesion_masks=masks, modalities=[m.value for m in first],
                                  saliency=saliency, **reuse).malignancy_probability)
-        lo, hi = getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND)
-        second = lo < p1 < hi
+        second = in_uncertainty_band(p1, getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND))
     else:  # one stage only: stage 1 without MRI, or stage 2 for an MRI-only study
         p1, second = (p_all if first else math.nan), not first
     p = p_all if second else p1

@@ -36,6 +36,13 @@ PREDICTION_SCHEMA_VERSION = 1
 DEFAULT_UNCERTAINTY_BAND = (0.02, 0.98)
 
 
+def in_uncertainty_band(probability: float, band: tuple[float, float]) -> bool:
+    """Whether stage 1's ``probability`` is uncertain: strictly inside ``band`` (stage 2, with the
+    MRI, is then read; the rule of ``binds diagnose --stage auto`` and ``binds evaluate``)."""
+    lo, hi = band
+    return lo < probability < hi
+
+
 def check_uncertainty_band(value) -> tuple[float, float]:
     """``(low, high)`` of a stage-1 uncertainty band given as two probabilities with
     ``0 <= low <= high <= 1``; ``ValueError`` otherwise (an inverted band would turn stage 2 off
@@ -181,8 +188,7 @@ class Prediction:
     @property
     def uncertain(self) -> bool:
         """Whether the probability lies inside the uncertainty band (stage 2 advised)."""
-        lo, hi = self.uncertainty_band
-        return lo < self.malignancy_probability < hi
+        return in_uncertainty_band(self.malignancy_probability, self.uncertainty_band)
 
     def to_json(self) -> dict:
         """The JSON form (no arrays; those are written as images by the caller)."""

@@ -119,20 +119,6 @@ def fit_platt_years(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
     return 1.0, [float(x) for x in b]
 
 
-def newton_offset(z: np.ndarray, t: np.ndarray, iterations: int = 100, weights=None) -> float:
-    """Intercept ``b`` of ``sigmoid(z + b)`` fitting targets ``t`` (optionally weighted)."""
-    sw = np.ones_like(z) if weights is None else weights
-    b = 0.0
-    for _ in range(iterations):
-        p = sigmoid(z + b)
-        g = float((sw * (p - t)).sum())
-        h = float((sw * p * (1 - p)).sum()) + 1e-9
-        b -= g / h
-        if abs(g / h) < 1e-10:
-            break
-    return b
-
-
 def fit_isotonic(z: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> tuple[list[float], list[float]]:
     """Isotonic (non-decreasing) regression of ``y`` on ``z`` by pool-adjacent-violators.
 
