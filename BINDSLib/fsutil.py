@@ -103,7 +103,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
         if _locked(path):
             raise OutputError("another binds command is writing into this folder now: wait for it to "
                               "finish, or choose another folder", given)
-        if any(p.name != LOCK_NAME for p in path.iterdir()) and not any(any(path.glob(sign)) for sign in signs):
+        if has_content(path) and not any(any(path.glob(sign)) for sign in signs):
             raise OutputError(f"is not an output of this kind (it holds no {' or '.join(signs)}); "
                               "--overwrite replaces only such outputs: choose another folder or "
                               "empty it yourself", given)
@@ -128,6 +128,12 @@ class Inputs:
             self.given.setdefault(src, p)
             for folder in src.parents:
                 self.held.setdefault(folder, p)
+
+
+def has_content(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds anything but its lock file (:data:`LOCK_NAME`, which a command
+    leaves in an output folder it wrote into)."""
+    return any(p.name != LOCK_NAME for p in Path(folder).iterdir())
 
 
 def visible_entries(folder: str | os.PathLike) -> list[Path]:

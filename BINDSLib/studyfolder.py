@@ -54,17 +54,11 @@ def write_nrrd(path: Path, voxels: np.ndarray, geometry: Geometry) -> None:
 
 
 def read_volume(path: Path):
-    """Read an image file through SimpleITK; a clear :class:`InputError` if it cannot (its
-    header checked first: :func:`.io.files.read_image_info`)."""
-    from .io.files import read_image_info
+    """Read an image file through SimpleITK (:func:`.io.files.read_image`: its header checked
+    first; a clear :class:`InputError` if it cannot)."""
+    from .io.files import read_image
 
-    reader = read_image_info(Path(path))
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        from .io.files import itk_reason
-
-        raise InputError(f"cannot read image ({itk_reason(e)})", path) from None
+    return read_image(path)
 
 
 def study_to_json(study: Study, keep_identifiers: bool = False) -> dict:

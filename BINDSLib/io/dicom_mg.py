@@ -172,7 +172,7 @@ def display_values(arr: np.ndarray, ds) -> np.ndarray:
 
     values = modality_lut(arr, ds)
     voi_lut_used = bool(ds.get("VOILUTSequence")) and "LUTData" in ds.VOILUTSequence[0]
-    has_window = ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
+    has_window = number(ds, "WindowCenter") is not None and number(ds, "WindowWidth") is not None
     if voi_lut_used or has_window:
         source = values
         if voi_lut_used and np.array_equal(values, np.round(values)):

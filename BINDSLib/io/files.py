@@ -140,7 +140,6 @@ def check_data_files(path: str | os.PathLike) -> tuple[Path, int] | None:
                              "keep the data file in the header's folder", path)
         if not data.is_file():
             raise InputError(f"the header's data file {value!r} is missing or not a regular file", path)
-        offset = 0
         if not nrrd:
             break
     raw_data = flags.get("encoding", "raw") == "raw" if nrrd else \
@@ -290,6 +289,18 @@ def _warn_non_anatomical_space(path: Path, reader) -> None:
                         "the image", path, space)
 
 
+def read_image(path: str | os.PathLike, what: str = "image"):
+    """The ``SimpleITK.Image`` of an image file, its header checked first
+    (:func:`read_image_info`); a file ITK cannot decode is an :class:`InputError` saying what
+    it was (``what``: image, mask, segmentation)."""
+    path = Path(path)
+    reader = read_image_info(path)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"cannot decode {what} ({itk_reason(e)})", path) from None
+
+
 def write_image(img, path: str | os.PathLike, compress: bool = False) -> None:
     """``SimpleITK.WriteImage``; a write that fails (a full disk, a read-only folder: ITK says so
     in a RuntimeError) is an :class:`~BINDSLib.errors.OutputError` naming the file."""
@@ -390,11 +401,7 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
             raise InputError("the image's role is unknown: give it (e.g. --role US_L or "
                              "MG_L_CC=file.png) or name the file after its role"
                              + role_name_hint(path), path)
-    reader = read_image_info(path)
-    try:
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise InputError(f"cannot decode image ({itk_reason(e)})", path) from None
+    img = read_image(path)
     voxels, geom = sitk_to_voxels(img, path)
     if suffix in (".nii", ".nii.gz") and spacing_mm is None:
         _warn_unusable_nifti_spacing(path)
@@ -413,7 +420,7 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
 
 
 #: file formats that record where their grid lies (spacing, origin, direction)
-PLACED_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+PLACED_FORMATS = VOLUME_SUFFIXES
 
 
 def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
@@ -425,11 +432,7 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
     mask of another grid with the same shape would be read onto the wrong pixels); one whose
     grid was left unset (1 mm, origin 0, no rotation) is taken as drawn on the image's."""
     path = Path(path)
-    reader = read_image_info(path)
-    try:
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise InputError(f"cannot decode mask ({itk_reason(e)})", path) from None
+    img = read_image(path, "mask")
     voxels, grid = sitk_to_voxels(img, path)
     if voxels.shape != tuple(shape):
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)

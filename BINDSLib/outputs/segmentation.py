@@ -131,14 +131,10 @@ def read_seg_nrrd(path: str | os.PathLike, reference: Geometry, shape: tuple[int
     """
     import SimpleITK as sitk
 
-    from ..io.files import read_image_info
+    from ..io.files import read_image
 
     path = Path(path)
-    reader = read_image_info(path)
-    try:
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise InputError(f"cannot read segmentation ({str(e).strip().splitlines()[-1][:200]})", path) from None
+    img = read_image(path, "segmentation")
     keys = set(img.GetMetaDataKeys())
     n_segments = 0
     while f"Segment{n_segments}_ID" in keys:

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, OutputError
-from ..fsutil import LOCK_NAME, atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, has_content
 from ..study import parse_date, pseudonym
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,9 @@ def run_settings(model, keep_identifiers: bool) -> dict:
 
 
 def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
-    """Create ``out_dir`` (or check that a resume uses the same model and settings)."""
+    """Check that ``out_dir`` (made by the command) may take this run: empty but for its lock,
+    or a cohort run of the same model and settings to resume; ``overwrite`` removes a cohort
+    run's files first."""
     run_json = out_dir / "run.json"
     if overwrite and out_dir.exists():
         for name in (PARTS, "run.json", "scores.csv", "scores.parquet", "failures.csv", "summary.json"):
@@ -369,7 +371,7 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
                 p.unlink()
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()) and not run_json.is_file():
+    if out_dir.is_dir() and has_content(out_dir) and not run_json.is_file():
         raise OutputError("folder is not empty and holds no cohort run (run.json): choose a new --out"
                           + ("" if overwrite else " or use --overwrite")
                           + (" (--overwrite removes a cohort run's files only, not the others here)"
