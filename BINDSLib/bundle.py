@@ -303,9 +303,9 @@ def check_new_version(bundle: Bundle, version: str) -> None:
 
 def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict,
                       operating_points: dict | None, *, version: str, note: str, command: str = "",
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, uncertainty_band=None) -> Path:
     """Write a copy of ``bundle`` with a new ``calibration`` and, unless None,
-    ``operating_points`` (``binds calibrate``): the same weights (same SHA-256, checked), every
+    ``operating_points`` and ``uncertainty_band`` (``binds calibrate``): the same weights (same SHA-256, checked), every
     other file as it is, the metadata's version, changelog and calibration updated, and
     ``note`` (with the ``command`` that made it) added to docs/README.md. Atomic: nothing is
     left half-written; a failed copy is an :class:`OutputError` naming ``path``."""
@@ -321,6 +321,8 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
         binds["operating_point"] = operating_points.get("default", binds.get("operating_point"))
         binds["calibration"]["method"] = "temperature"
         binds.setdefault("outputs", {})["malignancy_probability"] = MALIGNANCY_CALIBRATED
+    if uncertainty_band is not None:
+        binds["uncertainty_band"] = [float(v) for v in uncertainty_band]
     binds["version"] = version
     if "finding_temperature" in calibration:  # keeps what follows ";" (the bilateral comparison)
         outputs = binds.setdefault("outputs", {})

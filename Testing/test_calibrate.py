@@ -224,3 +224,138 @@ def test_case_lists_naming_studies_the_data_lacks(tmp_path, tiny_bundle, labelle
         with pytest.raises(SystemExit) as e:
             main(base + ["--out", str(tmp_path / "c"), "--limit", bad])
         assert e.value.code == 2
+
+
+def _youden(p1, p2, y, band, t):
+    from BINDSLib.model.inference import in_uncertainty_band
+
+    inside = np.array([in_uncertainty_band(v, band) for v in p1])
+    d = np.where(inside, p2, p1) >= t
+    return d[y == 1].mean() + (~d[y == 0]).mean(), int(inside.sum())
+
+
+def test_fit_uncertainty_band_reads_the_mri_where_it_helps():
+    from BINDSLib.model.calibration import fit_uncertainty_band
+
+    # stage 1 / stage 2 probabilities: A (malignant) and B (benign) are put right by the MRI, E and
+    # F put wrong by it, H, C, D right either way; threshold 0.5
+    p1 = np.array([0.05, 0.10, 0.12, 0.20, 0.70, 0.80, 0.90])  # D E H A B F C
+    p2 = np.array([0.10, 0.60, 0.10, 0.80, 0.30, 0.40, 0.90])
+    y = np.array([0, 0, 0, 1, 0, 1, 1])
+    band, info = fit_uncertainty_band(p1, p2, y, 0.5)
+    assert band == pytest.approx((0.16, 0.75))  # A and B inside; E, F and H (no change) outside
+    assert _youden(p1, p2, y, band, 0.5) == (2.0, 2)
+    assert info["fitted"] == {"sensitivity": 1.0, "specificity": 1.0, "n_stage2": 2}
+    assert info["stage2"] == pytest.approx({"sensitivity": 2 / 3, "specificity": 3 / 4, "n_stage2": 7})
+    assert info["stage1"] == pytest.approx({"sensitivity": 2 / 3, "specificity": 3 / 4, "n_stage2": 0})
+    assert (info["n"], info["n_malignant"], info["n_other"]) == (7, 3, 4)
+    # the MRI changes nothing for the better: an empty band at the threshold, no MRI read
+    band, info = fit_uncertainty_band(p1, p1, y, 0.5)
+    assert band == (0.5, 0.5) and info["fitted"]["n_stage2"] == 0
+    # only a stage-1 positive is put right: the band still holds the threshold
+    band, _ = fit_uncertainty_band([0.05, 0.7, 0.9], [0.05, 0.3, 0.9], [0, 0, 1], 0.5)
+    assert band == pytest.approx((0.375, 0.8))
+    # equal stage-1 probabilities are inside or outside together (no edge between them)
+    band, _ = fit_uncertainty_band([0.3, 0.3, 0.9], [0.9, 0.7, 0.9], [1, 0, 1], 0.5)
+    assert band == (0.5, 0.5)  # reading both: the malignant one put right, the benign one wrong
+    with pytest.raises(ValueError, match="found 0 malignant, 3 other"):
+        fit_uncertainty_band(p1[:3], p2[:3], y[:3], 0.5)
+
+
+def test_fit_uncertainty_band_is_the_best_band():
+    from BINDSLib.model.calibration import fit_uncertainty_band
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = int(rng.integers(8, 40))
+        y = (rng.random(n) < 0.4).astype(int)
+        p1 = np.round(1 / (1 + np.exp(-(rng.normal(0, 1.5, n) + 1.2 * (2 * y - 1)))), 2)  # ties too
+        p2 = 1 / (1 + np.exp(-(rng.normal(0, 1.0, n) + 2.0 * (2 * y - 1))))
+        t = float(rng.choice([0.3, 0.5, 0.6]))
+        if y.min() == y.max():
+            continue
+        band, info = fit_uncertainty_band(p1, p2, y, t)
+        assert band[0] <= t <= band[1]
+        j, reads = _youden(p1, p2, y, band, t)
+        assert info["fitted"]["n_stage2"] == reads
+        assert info["fitted"]["sensitivity"] + info["fitted"]["specificity"] == pytest.approx(j)
+        # every band holding the threshold with edges anywhere: none does better, or as well with fewer reads
+        edges = np.unique(np.r_[0.0, 1.0, t, p1, (p1[:-1] + p1[1:]) / 2, p1 + 1e-9, p1 - 1e-9])
+        for lo in edges[edges <= t]:
+            for hi in edges[edges >= t]:
+                j2, r2 = _youden(p1, p2, y, (lo, hi), t)
+                assert j2 < j + 1e-12 and (j2 < j - 1e-12 or r2 >= reads), (trial, lo, hi)
+
+
+def test_refit_band_uses_the_two_stage_rows():
+    rows = []
+    rng = np.random.default_rng(4)
+    for i in range(60):
+        mal = i % 3 == 0
+        z2 = rng.normal(2.0 if mal else -2.0, 1.0)
+        rows.append({"study_id": f"s{i}", "malignant": float(mal), "abnormal": 1.0,
+                     "malignancy_logit": z2, "stage1_logit": z2 + rng.normal(0, 2.0), "finding_logit": 0.0})
+    rows.append({"study_id": "us-only", "malignant": 1.0, "abnormal": 1.0, "malignancy_logit": -9.0,
+                 "stage1_logit": math.nan, "finding_logit": 0.0})
+    cal = {"temperature": 2.0}
+    ops = {"default": {"threshold": 0.4}}
+    new_cal, new_ops, fitted = refit(rows, cal, ops, ("band",))
+    assert new_cal == cal and new_ops == ops  # the probabilities' calibration untouched
+    from BINDSLib.model.calibration import fit_uncertainty_band
+
+    two = rows[:60]
+    p1 = _sigmoid(np.array([r["stage1_logit"] for r in two]) / 2.0)
+    p2 = _sigmoid(np.array([r["malignancy_logit"] for r in two]) / 2.0)
+    band, info = fit_uncertainty_band(p1, p2, np.array([r["malignant"] for r in two]).astype(int), 0.4)
+    assert fitted["uncertainty_band"]["new"] == list(band) and fitted["uncertainty_band"]["n"] == 60
+    # with the malignancy refit as well: the band on the new temperature and threshold
+    cal2, ops2, fitted2 = refit(rows, cal, ops, ("malignancy", "band"))
+    assert fitted2["uncertainty_band"]["threshold"] == ops2["default"]["threshold"] != 0.4
+    with pytest.raises(MissingClassError, match="both stages.*found 0 malignant, 0 other") as e:
+        refit(rows[60:], cal, ops, ("band",))
+    assert e.value.part == "band"
+
+
+def test_calibrate_fits_the_band_the_staged_decision_uses(tmp_path, tiny_bundle, labelled_folder, capsys):
+    data = tmp_path / "two-stage"
+    for i, mal in enumerate([True, False, True, None, False, None, True, False, True, False]):
+        write_study_folder(make_case(i, mal, ("US", "MR")), data / f"case{i}")
+    out = tmp_path / "band"
+    assert main(["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out),
+                 "--fit", "band"]) == 0
+    stdout = capsys.readouterr().out
+    old, new = load_bundle(tiny_bundle).binds, load_bundle(out).binds
+    band = new["uncertainty_band"]
+    assert "uncertainty_band" not in old and band != [0.02, 0.98]
+    assert "uncertainty_band 0.02-0.98 -> " in stdout and "on 10 studies with both stages" in stdout
+    # the probabilities' calibration and the operating point as they were
+    assert new["calibration"]["temperature"] == old["calibration"]["temperature"]
+    assert new["operating_point"] == old["operating_point"] and new["calibration"]["band_n"] == 10
+    # scored with the new bundle: the MRI read exactly inside the band, and the decision as good as
+    # any band could make it on these studies
+    scored = tmp_path / "scored"
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--out", str(scored),
+                 "--bootstrap", "5", "--saliency", "none"]) == 0
+    rows = list(csv.DictReader(open(scored / "predictions.csv")))
+    p1 = np.array([float(r["stage1_probability"]) for r in rows])
+    p2 = np.array([float(r["malignancy_probability"]) for r in rows])
+    y = np.array([float(r["malignant"]) for r in rows]).astype(int)
+    assert [int(r["stage2_used"]) for r in rows] == [int(band[0] < v < band[1]) for v in p1]
+    j, reads = _youden(p1, p2, y, band, 0.5)
+    for lo in np.r_[0.0, np.sort(p1), 0.5]:
+        for hi in np.r_[np.sort(p1), 0.5, 1.0]:
+            if lo <= 0.5 <= hi:
+                j2, r2 = _youden(p1, p2, y, (lo, hi), 0.5)
+                assert j2 <= j + 1e-12 and (j2 < j - 1e-12 or r2 >= reads)
+    # ultrasound-only studies have no second stage: refused, naming what is missing
+    code = main(["calibrate", "--model", str(tiny_bundle), "--data", str(labelled_folder),
+                 "--out", str(tmp_path / "none"), "--fit", "band"])
+    err = capsys.readouterr().err
+    assert code == 3 and "needs malignant and other labelled studies with both stages" in err
+    assert "--fit" not in err and not (tmp_path / "none").exists()
+    # with the malignancy refit too: one new bundle with both
+    both = tmp_path / "both"
+    assert main(["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(both),
+                 "--fit", "malignancy", "--fit", "band"]) == 0
+    b = load_bundle(both).binds
+    assert "uncertainty_band" in b and "operating_points" in b and "finding_temperature" not in b["calibration"]

@@ -15,15 +15,21 @@ def register(sub) -> None:
                     "BUNDLE and write OUT, a copy of BUNDLE with the same weights and a refitted "
                     "calibration: the malignancy temperature and operating points (malignant vs "
                     "every other labelled study; --target-sensitivity sets the high-sensitivity "
-                    "point) and the finding temperature and bias (abnormal vs normal). The data "
+                    "point) and the finding temperature and bias (abnormal vs normal); with --fit "
+                    "band, the stage-1 uncertainty band of the two-stage decision. The data "
                     "should be held out from training, e.g. the bundle's docs/validation_cases.csv "
                     "or a site's own cases; score the result on other cases with binds evaluate.")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="diagnosis bundle name or path")
     add_source_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT", help="the new bundle's folder")
-    p.add_argument("--fit", choices=("all", "malignancy", "finding"), default="all",
-                   help="what to refit: both probabilities (default), or one of them (the other "
-                        "keeps the bundle's calibration)")
+    p.add_argument("--fit", choices=("all", "malignancy", "finding", "band"), action="append", default=None,
+                   help="what to refit, repeatable: all - both probabilities (the default); "
+                        "malignancy or finding - one of them (the other keeps the bundle's "
+                        "calibration); band - the stage-1 uncertainty band inside which the "
+                        "two-stage decision reads the MRI: the band whose decision has the highest "
+                        "sensitivity + specificity on the studies with mammography or ultrasound "
+                        "and an MRI, of those the one reading the fewest MRIs (after a malignancy "
+                        "refit when both are named)")
     p.add_argument("--version", default=None, metavar="V",
                    help="the new bundle's version (default: the old one with its last number + 1)")
     p.add_argument("--target-sensitivity", type=float, default=0.98, metavar="S",
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import check_new_version, save_recalibrated
     from ..errors import InputError
-    from ..model.calibration import REFIT_PARTS, MissingClassError, refit
+    from ..model.calibration import BAND_PART, REFIT_PARTS, MissingClassError, refit
     from ..model.evaluation import predict_dataset
     from .evaluate import prepare
 
@@ -62,14 +68,15 @@ def run(args: argparse.Namespace) -> int:
                          f"{source['data']}")
     if not rows:
         raise InputError(f"no study {bundle.name} can read in {where}")
-    parts = REFIT_PARTS if args.fit == "all" else (args.fit,)
+    named = args.fit or ["all"]
+    parts = tuple(p for p in REFIT_PARTS + (BAND_PART,) if p in named or ("all" in named and p in REFIT_PARTS))
     binds = bundle.binds
     ops = binds.get("operating_points") or ({"default": binds["operating_point"]} if "operating_point" in binds
                                             else {})
     try:
         calibration, ops, fitted = refit(rows, binds.get("calibration", {}), ops, parts, args.target_sensitivity)
     except MissingClassError as e:
-        other = [p for p in parts if p != e.part]
+        other = [p for p in parts if p != e.part and p in REFIT_PARTS]
         try:  # suggest the other part only when these studies can calibrate it
             other = [p for p in other if refit(rows, binds.get("calibration", {}), ops, (p,), args.target_sensitivity)]
         except MissingClassError:
@@ -83,17 +90,36 @@ def run(args: argparse.Namespace) -> int:
     if "finding" in parts:
         t = fitted["finding_temperature"]
         calibration.update(finding_fitted_on=fitted_on, finding_n=t["n_abnormal"] + t["n_normal"])
+    band = None
+    if BAND_PART in parts:
+        b = fitted["uncertainty_band"]
+        b["old"] = list(model.uncertainty_band)
+        band = b["new"]
+        calibration.update(band_fitted_on=fitted_on, band_n=b["n"])
     changes = "; ".join(f"{k} {_f(v['old'])} -> {_f(v['new'])}"
                         + (" (at the end of the search range: the data barely constrain it)"
-                           if v.get("at_bound") else "") for k, v in fitted.items())
+                           if v.get("at_bound") else "") + (_band_figures(v) if k == "uncertainty_band" else "")
+                        for k, v in fitted.items())
     note = (f"Recalibrated from {bundle.name} {bundle.version} (same weights) on {len(rows)} "
             f"studies of {where} with binds calibrate: {changes}.")
     command = "binds " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.own_process else ""
     save_recalibrated(bundle, out, calibration, ops if "malignancy" in parts else None, version=version,
-                      note=note, command=command, overwrite=args.overwrite)
+                      note=note, command=command, overwrite=args.overwrite, uncertainty_band=band)
     sys.stdout.write(f"{note}\nbundle {bundle.name} {version} written to {out}\n")
     return 0
 
 
 def _f(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "-".join(_f(x) for x in v)
     return "none" if v is None else f"{v:.4g}"
+
+
+def _band_figures(fitted: dict) -> str:
+    """What the fitted band does on the studies it was fitted on, against reading every MRI and
+    none: `` (n studies with both stages: ...)``."""
+    def one(name: str) -> str:
+        d = fitted[name]
+        return f"sensitivity {d['sensitivity']:.3f}, specificity {d['specificity']:.3f}, MRI read {d['n_stage2']}"
+    return (f" (on {fitted['n']} studies with both stages at threshold {fitted['threshold']:.4g}: "
+            f"{one('fitted')}; every MRI: {one('stage2')}; none: {one('stage1')})")

@@ -141,8 +141,9 @@ def operating_points(probabilities, labels, target_sensitivity: float = 0.98) ->
     return out
 
 
-#: What ``binds calibrate`` can refit.
+#: What ``binds calibrate`` can refit: the two probabilities (its default) and the band.
 REFIT_PARTS = ("malignancy", "finding")
+BAND_PART = "band"
 
 
 class MissingClassError(ValueError):
@@ -174,9 +175,9 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
     one of the two classes raises :class:`MissingClassError` (nothing to fit against); unknown
     ``parts`` a ``ValueError``.
     """
-    unknown = set(parts) - set(REFIT_PARTS)
+    unknown = set(parts) - set(REFIT_PARTS) - {BAND_PART}
     if unknown or not parts:
-        raise ValueError(f"parts to refit must be among {', '.join(REFIT_PARTS)}")
+        raise ValueError(f"parts to refit must be among {', '.join(REFIT_PARTS + (BAND_PART,))}")
     cal, new_ops, fitted = dict(calibration), dict(ops), {}
     if "malignancy" in parts:
         z, y, n_pos, n_neg = _labelled(rows, "malignancy", "malignant", ("malignant", "other labelled"))
@@ -197,7 +198,28 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
                                          "at_bound": _at_bound(t)}
         fitted["finding_bias"] = {"old": calibration.get("finding_bias"), "new": b, **counts}
         cal.update(finding_temperature=t, finding_bias=b)
+    if BAND_PART in parts:
+        fitted["uncertainty_band"] = _refit_band(rows, float(cal.get("temperature", 1.0)),
+                                                 float(new_ops.get("default", {}).get("threshold", 0.5)))
     return cal, new_ops, fitted
+
+
+def _refit_band(rows, temperature: float, threshold: float) -> dict:
+    """:func:`fit_uncertainty_band` on the rows with two stages (a finite ``stage1_logit``: stage
+    1 images and an MRI), their probabilities as inference computes them with ``temperature``."""
+    z1 = np.array([r.get("stage1_logit", math.nan) for r in rows], dtype=np.float64)
+    z2 = np.array([r.get("malignancy_logit", math.nan) for r in rows], dtype=np.float64)
+    y = np.array([r.get("malignant", math.nan) for r in rows], dtype=np.float64)
+    ok = np.isfinite(z1) & np.isfinite(z2) & np.isfinite(y)
+    n_pos, n_neg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
+    if not n_pos or not n_neg:
+        raise MissingClassError(BAND_PART, "the uncertainty band needs malignant and other labelled studies "
+                                           "with both stages, mammography or ultrasound and an MRI "
+                                           f"(found {n_pos} malignant, {n_neg} other)")
+    with np.errstate(over="ignore"):  # exactly as inference computes them (DiagnosisModel.probability)
+        p1, p2 = (1.0 / (1.0 + np.exp(-(z[ok] / temperature))) for z in (z1, z2))
+    band, info = fit_uncertainty_band(p1, p2, y[ok].astype(int), threshold)
+    return {"new": list(band), **info}
 
 
 def _labelled(rows, part: str, label: str, names: tuple[str, str]):
@@ -216,3 +238,70 @@ def _labelled(rows, part: str, label: str, names: tuple[str, str]):
 def _at_bound(t: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> bool:
     """Whether a fitted temperature ended at an end of the search range."""
     return bool(min(abs(math.log(t / b)) for b in bounds) < 1e-3)
+
+
+def fit_uncertainty_band(p1, p2, labels, threshold: float) -> tuple[tuple[float, float], dict]:
+    """The stage-1 uncertainty band of the two-stage decision (``binds calibrate --fit band``).
+
+    ``p1``: each study's stage-1 malignancy probability (mammography and ultrasound); ``p2``:
+    its probability with the MRI as well; ``labels``: 1 malignant, 0 every other labelled study;
+    ``threshold``: the operating threshold both decisions use. Only studies with both stages
+    belong here (stage 1 images and an MRI).
+
+    The decision reads the MRI when ``p1`` lies strictly inside the band
+    (:func:`~.inference.in_uncertainty_band`) and then decides on ``p2``, else on ``p1``. The
+    band fitted is the one whose decision has the highest sensitivity + specificity on these
+    studies (Youden's J, as the default threshold); of bands doing equally well, the one reading
+    the fewest MRIs, then the one nearest the threshold. The band always holds the threshold
+    (an uncertain study is one near it); each edge lies halfway between the last study outside
+    and the first one inside (at 0 or 1 past the extremes, at the threshold when that is
+    nearer). An empty band ``(threshold, threshold)`` means the MRI changed no decision for the
+    better here. ``ValueError`` when a class is missing.
+
+    Returns ``(band, info)``: ``info`` has the counts and the decision's sensitivity,
+    specificity and MRI reads with the fitted band, with every MRI read (``stage2``) and with
+    none (``stage1``).
+    """
+    p1 = np.asarray(p1, dtype=np.float64)
+    p2 = np.asarray(p2, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if not (p1.shape == p2.shape == y.shape) or not (np.isfinite(p1).all() and np.isfinite(p2).all()):
+        raise ValueError("p1, p2 and labels must be finite and of one length")
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if not n_pos or not n_neg:
+        raise ValueError(f"the band needs malignant and other studies (found {n_pos} malignant, {n_neg} other)")
+    order = np.argsort(p1, kind="stable")
+    s1, d1, d2, yy = p1[order], p1[order] >= threshold, p2[order] >= threshold, y[order] == 1
+    n = s1.size
+    # correct decisions from stage 1 everywhere, and what reading the MRI of study k changes
+    base_tp, base_tn = int((d1 & yy).sum()), int((~d1 & ~yy).sum())
+    gain_tp = np.r_[0, np.cumsum((d2.astype(int) - d1.astype(int)) * yy)]
+    gain_tn = np.r_[0, np.cumsum(((~d2).astype(int) - (~d1).astype(int)) * ~yy)]
+    best = None
+    for i in range(n + 1):  # the band holds the sorted studies i .. j-1
+        if i > 0 and s1[i - 1] > threshold:
+            break  # the band would start above the threshold
+        if 0 < i < n and s1[i - 1] == s1[i]:
+            continue  # no edge between equal probabilities
+        for j in range(i, n + 1):
+            if (j < n and s1[j] < threshold) or (i < j < n and s1[j - 1] == s1[j]):
+                continue  # the band would end below the threshold, or between equal probabilities
+            tp, tn = base_tp + gain_tp[j] - gain_tp[i], base_tn + gain_tn[j] - gain_tn[i]
+            lo = 0.0 if i == 0 else min((s1[i - 1] + s1[i]) / 2, threshold) if i < n else threshold
+            hi = 1.0 if j == n else max((s1[j - 1] + s1[j]) / 2, threshold) if j > 0 else threshold
+            if i == j:
+                lo = hi = threshold
+            key = (-(tp / n_pos + tn / n_neg), j - i, (threshold - lo) + (hi - threshold))
+            if best is None or key < best[0]:
+                best = (key, (float(lo), float(hi)))
+    band = best[1]
+    # the decision as inference makes it, with the fitted band, every MRI and none
+    from .inference import in_uncertainty_band
+    from .metrics import sensitivity_specificity
+
+    inside = np.array([in_uncertainty_band(v, band) for v in p1], bool)
+    info = {"n": int(y.size), "n_malignant": n_pos, "n_other": n_neg, "threshold": float(threshold)}
+    for name, read in (("fitted", inside), ("stage2", np.ones_like(inside)), ("stage1", np.zeros_like(inside))):
+        sens, spec = sensitivity_specificity(np.where(read, p2, p1), y, threshold)
+        info[name] = {"sensitivity": sens, "specificity": spec, "n_stage2": int(read.sum())}
+    return band, info

@@ -198,15 +198,17 @@ def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dic
     present = usable_modalities(model, study)
     first = _stage_modalities(present, 1)
     p_all = float(pred.malignancy_probability)
+    z1 = math.nan  # stage 1's own logit: only where there are two stages
     if first and Modality.MR in present:
-        p1 = float(model.predict(study, lesion_masks=masks, modalities=[m.value for m in first],
-                                 saliency=saliency, **reuse).malignancy_probability)
+        one = model.predict(study, lesion_masks=masks, modalities=[m.value for m in first],
+                            saliency=saliency, **reuse)
+        p1, z1 = float(one.malignancy_probability), float(one.malignancy_logit)
         second = in_uncertainty_band(p1, getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND))
     else:  # one stage only: stage 1 without MRI, or stage 2 for an MRI-only study
         p1, second = (p_all if first else math.nan), not first
     p = p_all if second else p1
-    return {"stage1_probability": p1, "stage2_used": int(second), "decision_probability": p,
-            "decision": int(p >= model.threshold) if math.isfinite(p) else ""}
+    return {"stage1_probability": p1, "stage1_logit": z1, "stage2_used": int(second),
+            "decision_probability": p, "decision": int(p >= model.threshold) if math.isfinite(p) else ""}
 
 
 def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: float = 0.98,
