@@ -236,6 +236,9 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} inside the "
                      f"uncertainty band {band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it"
                      if options.stage == "auto" else "stage 2 forced (--stage 2)")
+    elif options.stage == "auto" and "MR" in readable and stages[0].stage == 1:
+        notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} outside the "
+                     f"uncertainty band {band[0]:g}-{band[1]:g}: the MRI was not read (--stage 2 reads it)")
     t1 = time.perf_counter()
     with atomic_dir(out_dir, overwrite=options.overwrite, inputs=options.inputs, signs=REPORT_SIGNS) as tmp:
         from .studyfolder import write_nrrd

@@ -374,3 +374,27 @@ def test_a_study_whose_outputs_cannot_be_written_is_a_failure_of_the_batch(tmp_p
     failures = list(csv.DictReader(open(out / "failures.csv")))
     assert len(failures) == 1 and failures[0]["error"].endswith("x.nrrd: No space left on device")
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 1  # the other study was diagnosed
+
+
+def test_the_report_says_why_the_mri_was_or_was_not_read(tmp_path, diagnosis_bundle, study_dir):
+    import shutil
+
+    notes = {}
+    for name, band in (("narrow", [0.999999, 1.0]), ("wide", [0.0, 1.0])):
+        bundle = tmp_path / name
+        shutil.copytree(diagnosis_bundle, bundle)
+        meta_path = bundle / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["binds"]["uncertainty_band"] = band
+        meta_path.write_text(json.dumps(meta))
+        out = tmp_path / f"out-{name}"
+        assert main(["diagnose", str(study_dir), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                     "--no-summary"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        notes[name] = (len(report["stages"]), [n for n in report["notes"] if "stage 1 probability" in n])
+    p1 = "stage 1 probability "
+    assert notes["narrow"][0] == 1 and len(notes["narrow"][1]) == 1
+    assert notes["narrow"][1][0].startswith(p1) and notes["narrow"][1][0].endswith(
+        "outside the uncertainty band 0.999999-1: the MRI was not read (--stage 2 reads it)")
+    assert notes["wide"][0] == 2 and notes["wide"][1][0].endswith(
+        "inside the uncertainty band 0-1: stage 2 with MRI replaces it")
