@@ -152,10 +152,17 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
     if has_stage1:
         run(1, "stage 1 (ultrasound / mammography)")
-    if has_mr and (stage == "2" or not stages or
-                   (stage == "auto" and in_uncertainty_band(stages[-1].malignancy_probability, band))):
+    if has_mr and (stage == "2" or not stages or (stage == "auto" and (
+            mri_outlined(study, lesion_masks) or in_uncertainty_band(stages[-1].malignancy_probability, band)))):
         run(2, "stage 2 (with MRI)")
     return stages, preds
+
+
+def mri_outlined(study: Study, lesion_masks) -> bool:
+    """Whether the user outlined a lesion on one of the study's MR images (``lesion_masks`` by
+    label): ``--stage auto`` then reads the MRI whatever stage 1 says (the rule of
+    :func:`run_stages` and of ``binds evaluate``'s two-stage decision)."""
+    return any(study.image(label).modality is Modality.MR for label in (lesion_masks or {}))
 
 
 def _lesion_source(label: str, user_masks, source: str) -> str:
@@ -209,6 +216,8 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
         if not mask.any():
             warnings.append(f"the lesion mask given for {label} is empty: no lesion is outlined on that image")
             log.warning("study %s: %s", study.study_id, warnings[-1])
+    from .model.inference import in_uncertainty_band
+
     band = tuple(model.uncertainty_band)
     threshold = float(model.threshold)
     t_read = time.perf_counter() - t0
@@ -230,12 +239,21 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     if unread:
         notes.append(f"not read by {model.summary.get('name', 'the model')} (trained on "
                      f"{'+'.join(model.modalities)} only): {', '.join(unread)}")
-    if user_masks:
-        notes.append("re-assessed with user-edited lesion masks for: " + ", ".join(sorted(user_masks)))
-    if len(stages) == 2 and stages[0].stage == 1:
-        notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} inside the "
-                     f"uncertainty band {band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it"
-                     if options.stage == "auto" else "stage 2 forced (--stage 2)")
+    used_masks = sorted(label for label in user_masks if study.image(label).modality.value in final.modalities)
+    if used_masks:
+        notes.append("re-assessed with user-edited lesion masks for: " + ", ".join(used_masks))
+    if len(used_masks) < len(user_masks):
+        notes.append("lesion masks of images not read (not used): "
+                     + ", ".join(sorted(set(user_masks) - set(used_masks))))
+    p1 = stages[0].malignancy_probability
+    if len(stages) == 2 and stages[0].stage == 1 and options.stage != "auto":
+        notes.append("stage 2 forced (--stage 2)")
+    elif len(stages) == 2 and stages[0].stage == 1 and in_uncertainty_band(p1, band):
+        notes.append(f"stage 1 probability {p1:.3f} inside the uncertainty band "
+                     f"{band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it")
+    elif len(stages) == 2 and stages[0].stage == 1:
+        notes.append(f"stage 1 probability {p1:.3f} outside the uncertainty band {band[0]:g}-{band[1]:g}; "
+                     "the MRI was read because a lesion was outlined on it: stage 2 with MRI replaces it")
     elif options.stage == "auto" and "MR" in readable and stages[0].stage == 1:
         notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} outside the "
                      f"uncertainty band {band[0]:g}-{band[1]:g}: the MRI was not read (--stage 2 reads it)")
@@ -309,7 +327,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
             malignancy_probability=final.malignancy_probability,
             subtype_probabilities=final.subtype_probabilities, contributions=final.contributions,
             threshold=threshold, uncertainty_band=band, recommendation=rec,
-            recommendation_detail=rec_detail, user_lesion_masks=sorted(user_masks), images=images,
+            recommendation_detail=rec_detail, user_lesion_masks=used_masks, images=images,
             model={k: v for k, v in model.summary.items() if k != "path"},
             inputs=[{"label": im.label, "role": im.role.key, "modality": im.modality.value,
                      "shape": list(im.shape), "spacing_mm": list(im.geometry.spacing_mm)}

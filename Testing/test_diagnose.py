@@ -398,3 +398,26 @@ def test_the_report_says_why_the_mri_was_or_was_not_read(tmp_path, diagnosis_bun
         "outside the uncertainty band 0.999999-1: the MRI was not read (--stage 2 reads it)")
     assert notes["wide"][0] == 2 and notes["wide"][1][0].endswith(
         "inside the uncertainty band 0-1: stage 2 with MRI replaces it")
+    # a lesion outlined on the MRI: read whatever stage 1 says; with --stage 1 it is not used, and said so
+    study = read_study_folder(study_dir)
+    mr = next(im for im in study.images if im.modality.value == "MR")
+    mask = np.zeros(mr.shape, np.uint8)
+    mask[mr.shape[0] // 2, 10:20, 10:20] = 1
+    img = sitk.GetImageFromArray(mask)
+    mr.geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "mr.nrrd"))
+    for stage, n_stages in (("auto", 2), ("1", 1)):
+        out = tmp_path / f"out-mr-{stage}"
+        assert main(["diagnose", str(study_dir), "--model", str(tmp_path / "narrow"), "--out", str(out),
+                     "--device", "cpu", "--no-summary", "--stage", stage,
+                     "--lesion-mask", f"{mr.label}={tmp_path / 'mr.nrrd'}"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert len(report["stages"]) == n_stages
+        if stage == "auto":
+            assert report["user_lesion_masks"] == [mr.label]
+            assert any(n.endswith("outside the uncertainty band 0.999999-1; the MRI was read because a lesion "
+                                  "was outlined on it: stage 2 with MRI replaces it") for n in report["notes"])
+        else:
+            assert report["user_lesion_masks"] == []
+            assert f"lesion masks of images not read (not used): {mr.label}" in report["notes"]
+            assert not any("re-assessed" in n for n in report["notes"])

@@ -516,3 +516,7 @@ def test_the_two_stage_decision_is_scored_as_diagnose_makes_it():
     # all modalities: benign 0.3, 0.2 below, malignant 0.8, 0.6 above -> 1 / 1; staged: "sure" is a false positive
     assert (m["sensitivity"], m["specificity"]) == (1.0, 1.0)
     assert m["staged"] == {"sensitivity": 1.0, "specificity": 0.5, "n_stage2": 2, "stage2_share": 0.5}
+    # a lesion given on the MRI (--given-masks) is read whatever stage 1 says, as diagnose does
+    studies[0].images[1].lesion_mask = np.ones((4, 8, 8), np.uint8)
+    rows, _, _ = predict_dataset(Model(), studies[:2], saliency="none", given_masks=True)
+    assert [(r["stage2_used"], r["decision_probability"]) for r in rows] == [(1, 0.3), (1, 0.2)]

@@ -18,8 +18,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "diagnose", help="two-stage diagnosis: malignancy, subtype, lesions and saliency",
         description="Stage 1 triages from ultrasound and/or mammography; when its probability "
-                    "falls in the model's uncertainty band and MRI is present, stage 2 (all "
-                    "modalities) replaces it. STUDY is a study folder, a DICOM folder (each study "
+                    "falls in the model's uncertainty band (or a lesion mask is given on the MRI) and "
+                    "MRI is present, stage 2 (all modalities) replaces it. STUDY is a study folder, a DICOM folder (each study "
                     "in it is diagnosed), a folder of study folders, a CSV with a 'path' column, "
                     "or image files given with --role. One study writes its outputs into --out; "
                     "several write --out/<study_id>/ each, plus results.csv and failures.csv.",
@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default="auto", type=device_name, help="auto (GPU when present), cpu, cuda or cuda:N")
     p.add_argument("--stage", choices=("auto", "1", "2"), default="auto",
-                   help="auto: add MRI only when stage 1 is uncertain; 1: US/MG only; 2: full path")
+                   help="auto: add MRI only when stage 1 is uncertain or a --lesion-mask is given on an MR "
+                        "image; 1: US/MG only; 2: full path")
     p.add_argument("--lesion-mask", action="append", default=[], metavar="LABEL=FILE",
                    help="user-edited lesion for an image (its label or role key): a mask image on "
                         "the image grid or an edited .seg.nrrd (repeatable; one study)")

@@ -190,8 +190,9 @@ def predict_dataset(model, studies: Iterable[Study], combinations: bool = False,
 def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dict) -> dict:
     """The decision ``binds diagnose --stage auto`` makes for ``study``: stage 1 (mammography and
     ultrasound), then stage 2 with the MRI only when stage 1's probability lies inside the
-    bundle's uncertainty band. ``pred`` is the prediction from every modality (stage 2's)."""
-    from ..diagnose import _stage_modalities, usable_modalities
+    bundle's uncertainty band or a lesion is given on the MRI (``masks``: ``--given-masks``).
+    ``pred`` is the prediction from every modality (stage 2's)."""
+    from ..diagnose import _stage_modalities, mri_outlined, usable_modalities
     from ..study import Modality
     from .inference import DEFAULT_UNCERTAINTY_BAND, in_uncertainty_band
 
@@ -203,7 +204,8 @@ def _staged_decision(model, study: Study, pred, masks, saliency: str, reuse: dic
         one = model.predict(study, lesion_masks=masks, modalities=[m.value for m in first],
                             saliency=saliency, **reuse)
         p1, z1 = float(one.malignancy_probability), float(one.malignancy_logit)
-        second = in_uncertainty_band(p1, getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND))
+        second = mri_outlined(study, masks) or in_uncertainty_band(
+            p1, getattr(model, "uncertainty_band", DEFAULT_UNCERTAINTY_BAND))
     else:  # one stage only: stage 1 without MRI, or stage 2 for an MRI-only study
         p1, second = (p_all if first else math.nan), not first
     p = p_all if second else p1
