@@ -58,10 +58,10 @@ def saliency_map(label):
     return ((i + 2 * j + 3 * k) / (cols + 2 * rows + 3 * depth)).astype(np.float32)
 
 
-def make_report(labels, probabilities, user=()):
-    images = [ImageOutput(label, label, label[:2], f"{label}.seg.nrrd", f"{label}_saliency.nrrd",
-                          "user" if label in user else "predicted", float(lesion_mask(label).sum()),
-                          float(salient_mask(label).sum()), probabilities[label]) for label in labels]
+def make_report(labels, probabilities, user=(), images=None):
+    images = images or [ImageOutput(label, label, label[:2], f"{label}.seg.nrrd", f"{label}_saliency.nrrd",
+                                    "user" if label in user else "predicted", float(lesion_mask(label).sum()),
+                                    float(salient_mask(label).sum()), probabilities[label]) for label in labels]
     stages = [StageResult(1, ["MG"], 0.4, {}, {"MG": 1.0}),
               StageResult(2, ["MG", "MR"], 0.87, {"luminal_a": 0.1, "luminal_b": 0.6, "her2_enriched": 0.2,
                                                    "triple_negative": 0.1}, {"MG": 0.3, "MR": 0.7}, 0.93)]
@@ -201,6 +201,9 @@ def test_display_shows_most_suspicious_images_with_saliency_and_the_table(scene,
         composite.SetLayoutName(name)
         slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
         slice_node.SetLayoutName(name)
+        if name == "Green":  # an earlier run's overlay in a view this run does not need
+            composite.SetForegroundVolumeID(results.saliency["MG_L_CC"].GetID())
+            composite.SetForegroundOpacity(0.5)
     shown = res.showDiagnosisResults(scene, results)
     assert shown == ["MR_DCE1", "MG_L_CC"]  # by lesion probability 0.9, 0.6
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView
@@ -211,6 +214,7 @@ def test_display_shows_most_suspicious_images_with_saliency_and_the_table(scene,
     assert composites["Red"].GetForegroundVolumeID() == results.saliency["MR_DCE1"].GetID()
     assert composites["Red"].GetForegroundOpacity() == pytest.approx(res.SALIENCY_OPACITY)
     assert composites["Yellow"].GetBackgroundVolumeID() == images["MG_L_CC"].GetID()
+    assert composites["Green"].GetForegroundVolumeID() is None and composites["Green"].GetForegroundOpacity() == 0.0
     # the Yellow view is turned face-on to the mammogram's detector plane
     yellow = [scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(3)]
     yellow = next(n for n in yellow if n.GetLayoutName() == "Yellow")
@@ -400,3 +404,69 @@ def test_an_outline_shared_from_another_sequence_is_not_passed_back_as_the_users
     results = res.loadDiagnosisResults(scene, tmp_path / "out", images)
     assert results.segmentations["MG_L_CC"].GetAttribute(res.LESION_SOURCE_ATTRIBUTE) == "user_shared"
     assert list(res.lesionMasksForReassessment(scene, images)) == ["MR_DCE1"]
+
+
+def _two_sequence_run(folder, lesions, user=()):
+    """An output folder of two MR sequences on one grid (the model reads them with one outline:
+    the user's sequence "user", the other "user_shared")."""
+    folder.mkdir(parents=True)
+    entries = []
+    for label in ("MR_DCE1", "MR_DCE2"):
+        write_seg_nrrd(folder / f"{label}.seg.nrrd", {"lesion": lesions[label], "salient_region": salient_mask("MR_DCE1")},
+                       GEOMS["MR_DCE1"], laterality="L")
+        write_nrrd(folder / f"{label}_saliency.nrrd", saliency_map("MR_DCE1"), GEOMS["MR_DCE1"])
+        source = "user" if label in user else "user_shared" if user else "predicted"
+        entries.append(ImageOutput(label, label, "MR", f"{label}.seg.nrrd", f"{label}_saliency.nrrd", source,
+                                   1.0, 1.0, 0.5))
+    report = make_report([], {}, user, images=entries)
+    (folder / "report.json").write_text(json_dumps(report), encoding="utf-8")
+
+
+def _box(z, y, x):
+    mask = np.zeros(SHAPES["MR_DCE1"], np.uint8)
+    mask[z, y, x] = 1
+    return mask
+
+
+def test_reassessment_passes_the_newest_edit_and_one_mr_outline(scene, tmp_path):
+    """The newest edit wins, also on a kept "(edited)" segmentation of an earlier run; of the MR
+    sequences (one outline in the model) only the most recently edited one is passed; a kept
+    segmentation's salient region (of its older run) is hidden."""
+    study = Study("s-1", images=[Image(np.full(SHAPES["MR_DCE1"], 100 + n, np.int16), GEOMS["MR_DCE1"],
+                                       Role.parse(label)) for n, label in enumerate(("MR_DCE1", "MR_DCE2"))])
+    images = sc.addStudyToScene(scene, study)
+    predicted = {label: lesion_mask("MR_DCE1") for label in images}
+    _two_sequence_run(tmp_path / "run1", predicted)
+    run1 = res.loadDiagnosisResults(scene, tmp_path / "run1", images)
+    edit1 = _box(slice(1, 3), slice(2, 5), slice(2, 5))
+    res.setSegmentMask(run1.segmentations["MR_DCE1"], "lesion", edit1, images["MR_DCE1"])
+    passed = {}
+    masks = res.lesionMasksForReassessment(scene, images, passed)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit1)
+    # run 2 read edit1 (DCE2 took it: "user_shared"); loaded, the passed lesion is recorded
+    _two_sequence_run(tmp_path / "run2", {"MR_DCE1": edit1, "MR_DCE2": edit1}, user=("MR_DCE1",))
+    run2 = res.loadDiagnosisResults(scene, tmp_path / "run2", images)
+    res.markPassed(passed)
+    kept = run1.segmentations["MR_DCE1"]
+    assert run2.keptEdited == [kept] and kept.GetName().endswith("(edited)")
+    assert not kept.GetDisplayNode().GetSegmentVisibility(res.SALIENT_SEGMENT_ID)
+    assert kept.GetDisplayNode().GetSegmentVisibility(res.LESION_SEGMENT_ID)
+    assert run2.segmentations["MR_DCE1"].GetDisplayNode().GetSegmentVisibility(res.SALIENT_SEGMENT_ID)
+    # nothing edited since: the user's outline of run 2 again
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit1)
+    # the user keeps painting on the kept segmentation: that edit, not run 2's copy of edit1
+    edit3 = _box(slice(3, 5), slice(6, 9), slice(5, 8))
+    res.setSegmentMask(kept, "lesion", edit3, images["MR_DCE1"])
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit3)
+    # then refines the lesion on DCE2: the newest MR edit is the one outline passed
+    edit2 = _box(slice(2, 5), slice(5, 10), slice(4, 9))
+    res.setSegmentMask(run2.segmentations["MR_DCE2"], "lesion", edit2, images["MR_DCE2"])
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE2"] and np.array_equal(masks["MR_DCE2"], edit2)
+    # and back on DCE1's kept node: DCE1 again
+    edit4 = _box(slice(0, 2), slice(0, 3), slice(0, 3))
+    res.setSegmentMask(kept, "lesion", edit4, images["MR_DCE1"])
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit4)

@@ -157,6 +157,12 @@ def test_diagnosis_run_from_scene_to_nodes_and_back(scene_with_case, fake_python
     assert first_mr.GetScene() is scene
     np.testing.assert_array_equal(res.segmentMask(first_mr, "lesion", nodes["MR_DCE1"]), edited)
     assert results.segmentations["MG_R_CC"].GetScene() is None
+    # the edit the run read is recorded on it once the results are loaded: it is not "newer" than
+    # the run's own copy any more, but a further edit of it is
+    assert first_mr.GetAttribute(res.PASSED_CHECKSUM_ATTRIBUTE) == res.maskChecksum(edited)
+    edited[2, 8, 8] = 1
+    res.setSegmentMask(first_mr, "lesion", edited, nodes["MR_DCE1"])
+    np.testing.assert_array_equal(res.lesionMasksForReassessment(scene, second.imageNodesByLabel())["MR_DCE1"], edited)
 
     written = res.exportResults(scene, str(tmp_path / "export"))
     assert json.loads((tmp_path / "export" / "report.json").read_text())["user_lesion_masks"] == ["MR_DCE1"]

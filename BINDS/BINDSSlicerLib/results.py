@@ -18,8 +18,12 @@ When a segmentation is loaded, a SHA-256 of its lesion mask on the image grid is
 node (``BINDS.LesionChecksum``). The lesion is *edited* when the mask no longer has that
 checksum (or the segment was removed). A new run never overwrites an edited segmentation: the
 old unedited outputs of the same images are removed, the edited ones are kept, and the new
-results are new nodes. "Re-assess with edited lesions" writes the edited lesion masks as NRRD
-files on their image grids and passes them to ``binds diagnose --lesion-mask LABEL=FILE``.
+results are new nodes; a kept segmentation's salient region (of its own, older run) is hidden.
+"Re-assess with edited lesions" writes the edited lesion masks as NRRD files on their image
+grids and passes them to ``binds diagnose --lesion-mask LABEL=FILE``: per image the lesion
+edited most recently and not passed since (``BINDS.PassedChecksum``, set once the run's results
+are loaded), else the newest run's lesion that came from the user; for the MRI, whose sequences
+the model reads with one outline, only the most recently edited sequence's.
 """
 
 import json
@@ -34,6 +38,7 @@ OUTPUT_ATTRIBUTE = "BINDS.Output"  # "segmentation", "saliency", "report"
 LABEL_ATTRIBUTE = "BINDS.Label"
 RUN_ATTRIBUTE = "BINDS.Run"
 LESION_CHECKSUM_ATTRIBUTE = "BINDS.LesionChecksum"
+PASSED_CHECKSUM_ATTRIBUTE = "BINDS.PassedChecksum"  # the lesion as last passed to a run that loaded
 LESION_SOURCE_ATTRIBUTE = "BINDS.LesionSource"  # "predicted", "user" or "user_shared" (not passed back)
 REPORT_JSON_ATTRIBUTE = "BINDS.ReportJSON"
 FOLDER_ATTRIBUTE = "BINDS.ResultsFolder"
@@ -260,22 +265,81 @@ def nextRunIndex(scene):
     return max(runs + [last]) + 1
 
 
-def lesionMasksForReassessment(scene, imageNodesByLabel):
-    """``{label: mask}`` of the lesions to pass to a new run: per image, the newest BINDS
-    segmentation whose lesion was edited or already came from the user."""
-    masks = {}
-    for label, image in imageNodesByLabel.items():
-        for node in reversed(outputNodes(scene, "segmentation", image)):
-            if isLesionEdited(node) or node.GetAttribute(LESION_SOURCE_ATTRIBUTE) == "user":
-                mask = currentLesionMask(node)
-                if mask is None:  # the Lesion segment was deleted: no lesion, as if every voxel were erased
-                    import numpy as np
+def _lesionChecksum(segmentationNode):
+    """The checksum of the lesion as it is now ("none": the segment was deleted)."""
+    mask = currentLesionMask(segmentationNode)
+    return "none" if mask is None else maskChecksum(mask)
 
-                    dims = image.GetImageData().GetDimensions()
-                    mask = np.zeros((dims[2], dims[1], dims[0]), np.uint8)
-                masks[label] = mask
-                break
+
+def _editedSincePassed(segmentationNode):
+    """Edited since it was loaded, and not as it was last passed to a run."""
+    if not isLesionEdited(segmentationNode):
+        return False
+    passed = segmentationNode.GetAttribute(PASSED_CHECKSUM_ATTRIBUTE)
+    return not passed or _lesionChecksum(segmentationNode) != passed
+
+
+def _editTime(segmentationNode):
+    """When the lesion was last changed, as VTK's modification counter (comparable across nodes)."""
+    segmentation = segmentationNode.GetSegmentation()
+    times = [segmentationNode.GetMTime(), segmentation.GetMTime()]
+    segmentId = lesionSegmentId(segmentationNode)
+    segment = segmentation.GetSegment(segmentId) if segmentId else None
+    if segment is not None:
+        times.append(segment.GetMTime())
+        source = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+        data = segment.GetRepresentation(source())  # what the Segment Editor paints
+        if data is not None:
+            times.append(data.GetMTime())
+    return max(times)
+
+
+def _isMR(label, image):
+    return (sc.volumeRole(image) or label).upper().startswith("MR")
+
+
+def lesionMasksForReassessment(scene, imageNodesByLabel, passed=None):
+    """``{label: mask}`` of the lesions to pass to a new run. Per image: of its BINDS
+    segmentations (kept edited ones included), the one whose lesion was edited most recently
+    and not passed since; else the newest run's lesion that came from the user. The MR
+    sequences share one outline in the model: only the most recently edited sequence's is
+    passed. ``passed``, when given, gets ``{label: (node, checksum)}`` for :func:`markPassed`
+    once the run's results are loaded."""
+    chosen = {}
+    for label, image in imageNodesByLabel.items():
+        nodes = outputNodes(scene, "segmentation", image)  # oldest run first
+        edited = [(_editTime(node), n, node) for n, node in enumerate(nodes) if _editedSincePassed(node)]
+        if edited:
+            chosen[label] = (max(edited, key=lambda item: item[:2])[2], True)
+            continue
+        users = [node for node in nodes if node.GetAttribute(LESION_SOURCE_ATTRIBUTE) == "user"]
+        if users:
+            chosen[label] = (users[-1], False)
+    mr = [label for label in chosen if _isMR(label, imageNodesByLabel[label])]
+    if len(mr) > 1:
+        keep = max(mr, key=lambda label: (chosen[label][1], _editTime(chosen[label][0])))
+        chosen = {label: value for label, value in chosen.items() if label not in mr or label == keep}
+    masks = {}
+    for label, (node, _) in chosen.items():
+        mask = currentLesionMask(node)
+        if mask is None:  # the Lesion segment was deleted: no lesion, as if every voxel were erased
+            import numpy as np
+
+            dims = imageNodesByLabel[label].GetImageData().GetDimensions()
+            mask = np.zeros((dims[2], dims[1], dims[0]), np.uint8)
+        masks[label] = mask
+        if passed is not None:
+            passed[label] = (node, _lesionChecksum(node))
     return masks
+
+
+def markPassed(passed):
+    """Record on each segmentation the lesion a run was given (``passed`` of
+    :func:`lesionMasksForReassessment`), once that run's results are loaded: a later
+    re-assessment passes it again only if it is edited again."""
+    for node, checksum in passed.values():
+        if node.GetScene() is not None:
+            node.SetAttribute(PASSED_CHECKSUM_ATTRIBUTE, checksum)
 
 
 def editedSegmentations(scene):
@@ -309,6 +373,9 @@ def removeOutdatedOutputs(scene, images):
                 if not node.GetAttribute("BINDS.UserEdited"):
                     node.SetAttribute("BINDS.UserEdited", "1")
                     node.SetName(node.GetName() + " (edited)")
+                display = node.GetDisplayNode()
+                if display is not None:  # its salient region is an older run's: not over the new one
+                    display.SetSegmentVisibility(SALIENT_SEGMENT_ID, False)
                 kept.append(node)
                 continue
             removedRuns.add(node.GetAttribute(RUN_ATTRIBUTE))
@@ -526,6 +593,7 @@ def showDiagnosisResults(scene, results, views=("Red", "Yellow", "Green")):
         assignments[view] = (imageOfOutput(results.segmentations[label]), results.saliency.get(label))
     sc.setLayout(scene, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
     sc.showInSliceViews(scene, assignments, SALIENCY_OPACITY)
+    sc.clearSliceForeground(scene, [view for view in views if view not in assignments])  # no old overlay
     sc.showTable(scene, results.table)
     return labels
 

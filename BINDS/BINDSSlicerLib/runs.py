@@ -215,6 +215,7 @@ class DiagnosisRun(_Run):
         self.nodeIDByLabel = {}
         self.nodeNames = {}  # image label -> volume name when the run started
         self.lesionMaskFiles = {}
+        self.passedLesions = {}  # label -> (segmentation node, checksum) passed as --lesion-mask
         self.results = None
 
     def imageNodesByLabel(self):
@@ -239,7 +240,8 @@ class DiagnosisRun(_Run):
         self.nodeNames = {label: names[nodeID] for label, nodeID in self.nodeIDByLabel.items()}  # for messages
         masks = {}
         if self.useEditedLesions:
-            masks = res.lesionMasksForReassessment(self.scene, self.imageNodesByLabel())
+            self.passedLesions = {}
+            masks = res.lesionMasksForReassessment(self.scene, self.imageNodesByLabel(), self.passedLesions)
             if not masks:
                 raise ValueError("no lesion was edited: edit a 'Lesion' segment in the Segment Editor "
                                  "first, or use Apply")
@@ -267,6 +269,7 @@ class DiagnosisRun(_Run):
                              "removed from the scene during the run; the results were not loaded: run again")
         studyItem = sc.ensureStudyItem(self.scene, list(images.values()))
         self.results = res.loadDiagnosisResults(self.scene, self.outputFolder, images, studyItem)
+        res.markPassed(self.passedLesions)
 
     def describe(self, message):
         """Image files of the temporary study folder named by their volumes: the user never saw

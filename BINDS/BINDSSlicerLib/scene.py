@@ -503,6 +503,16 @@ def showInSliceViews(scene, views, foregroundOpacity=0.5):
             sliceNode.RotateToVolumePlane(background)
 
 
+def clearSliceForeground(scene, viewNames):
+    """Remove the foreground volume (e.g. an earlier run's saliency) from these slice views."""
+    composites = _nodesByLayoutName(scene, "vtkMRMLSliceCompositeNode")
+    for viewName in viewNames:
+        composite = composites.get(viewName)
+        if composite is not None:
+            composite.SetForegroundVolumeID(None)
+            composite.SetForegroundOpacity(0.0)
+
+
 def setLayout(scene, arrangement):
     """Switch the view layout (a ``vtkMRMLLayoutNode.SlicerLayout...`` value)."""
     layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
