@@ -303,7 +303,7 @@ def check_new_version(bundle: Bundle, version: str) -> None:
 
 def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict,
                       operating_points: dict | None, *, version: str, note: str, command: str = "",
-                      overwrite: bool = False, uncertainty_band=None) -> Path:
+                      overwrite: bool = False, uncertainty_band=None, probabilities_changed: bool = True) -> Path:
     """Write a copy of ``bundle`` with a new ``calibration`` and, unless None,
     ``operating_points`` and ``uncertainty_band`` (``binds calibrate``): the same weights (same SHA-256, checked), every
     other file as it is, the metadata's version, changelog and calibration updated, and
@@ -331,14 +331,14 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
     meta["version"] = version
     meta["changelog"] = {**meta.get("changelog", {}), version: note}
     try:
-        _write_copy(src, path, meta, version, bundle.version, note, command, overwrite)
+        _write_copy(src, path, meta, version, bundle.version, note, command, overwrite, probabilities_changed)
     except OSError as e:
         raise OutputError(f"cannot write the bundle: {e.strerror or e}", path) from None
     return Path(path)
 
 
 def _write_copy(src: Path, path, meta: dict, version: str, old_version: str, note: str,
-                command: str, overwrite: bool) -> None:
+                command: str, overwrite: bool, probabilities_changed: bool = True) -> None:
     import shutil
 
     with atomic_dir(path, overwrite=overwrite, signs=BUNDLE_SIGNS) as tmp:
@@ -359,7 +359,10 @@ def _write_copy(src: Path, path, meta: dict, version: str, old_version: str, not
             text = f"# {name} {version}\n" + text[len(title):]
         section = [f"## {version}: recalibrated", "", note, "",
                    "Metrics recorded by training (the metadata's `metrics`, any listed above) were "
-                   "computed with the calibration this one replaced.", ""]
+                   "computed with the calibration this one replaced." if probabilities_changed else
+                   "The probabilities' calibration and the operating points are unchanged: metrics "
+                   "recorded by training (the metadata's `metrics`, any listed above) still hold, "
+                   "except what depends on the uncertainty band.", ""]
         if command:
             section += ["```", command, "```", ""]
         readme.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section), encoding="utf-8")

@@ -331,6 +331,8 @@ def test_calibrate_fits_the_band_the_staged_decision_uses(tmp_path, tiny_bundle,
     # the probabilities' calibration and the operating point as they were
     assert new["calibration"]["temperature"] == old["calibration"]["temperature"]
     assert new["operating_point"] == old["operating_point"] and new["calibration"]["band_n"] == 10
+    assert "metrics recorded by training" in (out / "docs" / "README.md").read_text().split("## 1: recalibrated")[1]
+    assert "still hold" in (out / "docs" / "README.md").read_text()
     # scored with the new bundle: the MRI read exactly inside the band, and the decision as good as
     # any band could make it on these studies
     scored = tmp_path / "scored"

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             f"studies of {where} with binds calibrate: {changes}.")
     command = "binds " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.own_process else ""
     save_recalibrated(bundle, out, calibration, ops if "malignancy" in parts else None, version=version,
-                      note=note, command=command, overwrite=args.overwrite, uncertainty_band=band)
+                      note=note, command=command, overwrite=args.overwrite, uncertainty_band=band,
+                      probabilities_changed=any(p in REFIT_PARTS for p in parts))
     sys.stdout.write(f"{note}\nbundle {bundle.name} {version} written to {out}\n")
     return 0
 
