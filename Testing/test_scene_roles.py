@@ -179,3 +179,23 @@ def test_an_ultrasound_cine_keeps_its_representative_frame_in_the_scene():
     assert sc.volumeRole(browsed) == "US_L" and sc.imageFromVolumeNode(browsed).role.frame == 2
     plain = sc.addVolumeFromVoxels(scene, np.zeros((7, 8, 9), np.uint8), Geometry(), "US_L")
     assert sc.imageFromVolumeNode(plain, "US_L").role.frame is None  # (the central frame, as before)
+
+
+def test_mr_sequence_names_with_echo_are_mr_and_echography_is_ultrasound():
+    names = ["T2 turbo spin echo", "T1 gradient echo pre", "DCE gradient echo phase 1", "Echo planar DWI b800"]
+    assert guess(*[(n, None, V3D) for n in names]) == ["MR_T2", "MR_T1_PRE", "MR_DCE1", "MR_DWI_b800"]
+    assert guess(("echo L 3h", None, V2D), ("Ecografia R", None, V2D)) == ["US_L_3h", "US_R"]
+
+
+def test_derived_volumes_keep_the_role_their_name_gives():
+    # Slicer's derived names (Resample, Crop Volume) and unique-name suffixes on role keys
+    assert guess(("MR_DCE2_resampled", None, V3D), ("MR_DCE3-crop", None, V3D), ("US_R_10h_1", None, V2D),
+                 ("MG_L_CC copy", None, V2D)) == ["MR_DCE2", "MR_DCE3", "US_R_10h", "MG_L_CC"]
+    # a phase number in a name is that phase, whatever other volumes are guessed with it
+    names = ["T1 pre", "DCE phase 1", "DCE phase 2", "DCE phase 3", "T2 FS", "DCE phase 1 cropped"]
+    assert guess(*[(n, None, V3D) for n in names]) == \
+        ["MR_T1_PRE", "MR_DCE1", "MR_DCE2", "MR_DCE3", "MR_T2", "MR_DCE1"]
+    assert guess(("DCE phase 2 resampled", None, V3D), ("DCE phase 3", None, V3D)) == ["MR_DCE2", "MR_DCE3"]
+    # a subtraction or a projection is no acquired phase: left to the user
+    assert guess(("DCE phase 1", None, V3D), ("DCE phase 3 subtraction", None, V3D), ("MIP post 2", None, V3D)) == \
+        ["MR_DCE1", None, None]

@@ -47,7 +47,16 @@ DICOM_TAGS = {
     "RepresentativeFrameNumber": "0028,6010",
 }
 
-_US_WORDS = {"US", "USG", "ULTRASOUND", "SONO", "SONOGRAPHY", "ECHO", "BUS", "BREASTUS"}
+_US_WORDS = {"US", "USG", "ULTRASOUND", "SONO", "SONOGRAPHY", "BUS", "BREASTUS"}
+#: "echo" (echography) means ultrasound only in a name without an MR sequence in it: MR series
+#: are named "turbo spin echo", "gradient echo", "echo planar"
+_ECHO_WORDS = {"ECHO", "ECHOGRAPHY", "ECOGRAFIA", "ECHOGRAPHIE", "ECHOGRAFIE"}
+#: words of a volume derived in Slicer (Crop Volume, Resample, a clone) or of Slicer's unique
+#: names: ignored when the name is otherwise a role key ("MR_DCE2_resampled" is MR_DCE2)
+_DERIVED_WORDS = {"RESAMPLED", "CROPPED", "CROP", "COPY", "CLONE", "REGISTERED", "RESLICED"}
+#: words of MR images that are not an acquired sequence the model reads (a subtraction of two
+#: phases, a maximum intensity projection): no role is guessed for them
+_NOT_ACQUIRED_WORDS = {"SUB", "SUBTRACTION", "SUBTRACTED", "MIP", "MAXIP"}
 _MG_WORDS = {"MG", "MAMMO", "MAMMOGRAM", "MAMMOGRAPHY", "DBT", "FFDM"}
 _MR_WORDS = {"MR", "MRI", "BMRI"}
 _DCE_NUMBER_RE = re.compile(r"(?:DCE|PHASE|POST|DYN)[ _-]*(\d{1,2})(?![0-9])")
@@ -104,8 +113,25 @@ def _modalityOf(description, m):
     mgView = m.mg.view_from_words(m.mg.words(description.name))
     if mgView is not None and not is3d:
         return m.Modality.MG
-    if is3d and m.mr.sequence_kind(_HeaderVolume(description, m)) is not None:
+    sequence = m.mr.sequence_kind(_HeaderVolume(description, m))
+    if is3d and sequence is not None:
         return m.Modality.MR
+    if words & _ECHO_WORDS and sequence is None and not words & {"SPIN", "GRADIENT", "PLANAR", "EPI"}:
+        return m.Modality.US
+    return None
+
+
+def _roleKeyOfName(name, m):
+    """The role key a name is, allowing for what Slicer adds to a derived volume's name
+    (``MR_DCE2_resampled``, ``US_R_10h_1``); None when it is none."""
+    tokens = [t for t in re.split(r"[\s_-]+", name) if t]
+    for end in range(len(tokens), 0, -1):
+        try:
+            return m.Role.parse("_".join(tokens[:end])).key
+        except ValueError:
+            pass
+        if not (tokens[end - 1].upper() in _DERIVED_WORDS or tokens[end - 1].isdigit()):
+            return None
     return None
 
 
@@ -118,6 +144,7 @@ class _HeaderVolume:
         self.key = description.key
         self.label = header.get("SeriesDescription") or description.name
         self.role = None
+        self.phaseFromName = None  # a phase number the name gives ("DCE 2"): that phase
         self.split_by = None
         self.index_in_series = 0
         self.slices = [SimpleNamespace(file=SimpleNamespace(path=description.key))]
@@ -136,6 +163,7 @@ class _HeaderVolume:
                 phase = int(match[1])
                 header["ProtocolName"] = "POST" if phase >= 1 else "PRE"
                 self._values["acq_time_s"] = float(phase)
+                self.phaseFromName = phase
             elif words & {"PRE", "PRECONTRAST", "NATIVE"}:
                 self._values["acq_time_s"] = -1.0
 
@@ -177,13 +205,13 @@ def guessRoles(descriptions):
         key = description.key
         roles[key] = None
         name = (description.name or "").strip()
-        try:
-            roles[key] = m.Role.parse(re.sub(r"[\s-]+", "_", name)).key
+        roles[key] = _roleKeyOfName(name, m)
+        if roles[key] is not None:
             continue
-        except ValueError:
-            pass
         modality = _modalityOf(description, m)
         header = _headerWithName(description)
+        if modality is m.Modality.MR and set(_words(name)) & _NOT_ACQUIRED_WORDS:
+            continue  # a subtraction or a projection, not a phase: the user decides
         if modality is m.Modality.MG:
             roles[key] = m.mg.mg_role(header).key
         elif modality is m.Modality.US:
@@ -195,6 +223,11 @@ def guessRoles(descriptions):
         m.mr.assign_roles(mrVolumes)
         for volume in mrVolumes:
             roles[volume.key] = None if volume.role is None else volume.role.key
+            phase = volume.phaseFromName
+            if volume.role is not None and phase is not None and volume.role.sequence in (
+                    m.MRSequence.T1_PRE, m.MRSequence.DCE):  # the name's own phase number ("DCE phase 2")
+                roles[volume.key] = "MR_T1_PRE" if phase == 0 else m.Role(m.Modality.MR, sequence=m.MRSequence.DCE,
+                                                                          phase=phase).key
     return roles
 
 
