@@ -233,3 +233,25 @@ def test_a_run_stopped_for_good_removes_its_copies_of_the_images(scene_with_case
     run.stop(timeout=20)
     assert run.cancelled and not os.path.exists(run.studyFolder)
     run.stop()  # (again: nothing to do)
+
+
+def test_a_run_cancelled_as_the_scene_closes_loads_nothing_onto_the_next_patient(tmp_path, fake_python):
+    """File > Close scene cancels the run. If its process had just ended, not yet polled, its
+    results must not be loaded: the next patient's volumes may have the same node IDs."""
+    import time
+
+    scene = slicer.vtkMRMLScene()
+    first = _case(scene, "case-a", 0, labels=("MG_R_CC", "US_R"), patient="woman-1")
+    run = _run(scene, tmp_path / "work", fake_python).start()
+    deadline = time.monotonic() + 60
+    while run.process.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the process has ended; the poll timer has not fired
+    run.cancel()
+    scene.Clear(0)
+    second = _case(scene, "case-b", 1, labels=("MG_R_CC", "US_R"), patient="woman-2")
+    assert {n.GetID() for n in second.values()} == {run.nodeIDByLabel[label] for label in second}  # IDs reused
+    assert all(node is None for node in run.imageNodesByLabel().values())  # but not the volumes written
+    while run.poll():
+        time.sleep(0.05)
+    assert run.cancelled and run.error is None and run.results is None
+    assert res.outputNodes(scene) == [] and not first["MG_R_CC"].GetScene()

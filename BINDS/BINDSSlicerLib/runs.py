@@ -56,6 +56,7 @@ class _Run:
         self.process = None
         self.error = None  # short message of a failed run (None while running or on success)
         self.errorDetails = ""
+        self.cancelRequested = False  # once cancelled, nothing is loaded, even if it had just ended
         self._onFinished = None
 
     def _start(self, subcommand, arguments, onProgress, onLog, onFinished):
@@ -84,7 +85,9 @@ class _Run:
             raise
 
     def _processFinished(self, result):
-        if result.succeeded:
+        if self.cancelRequested:  # (it may have ended just before; the scene may be another one by now)
+            pass
+        elif result.succeeded:
             try:
                 self.load()
             except Exception as e:  # noqa: BLE001 - reported to the user like a process error
@@ -106,7 +109,7 @@ class _Run:
 
     @property
     def cancelled(self):
-        return self.finished and self.process.result.cancelled
+        return self.finished and (self.process.result.cancelled or self.cancelRequested)
 
     def poll(self):
         return self.process.poll() if self.process is not None else False
@@ -119,6 +122,9 @@ class _Run:
         return self
 
     def cancel(self):
+        """Stop the run; its outputs are not loaded, even when the process has just ended
+        without being polled yet (a scene closed then may hold another patient)."""
+        self.cancelRequested = True
         if self.process is not None:
             self.process.cancel()
 
@@ -213,13 +219,21 @@ class DiagnosisRun(_Run):
         self.summary = summary
         self.runFolder = self.studyFolder = self.outputFolder = None
         self.nodeIDByLabel = {}
+        self._nodesByLabel = {}  # the very nodes written (an ID is reused after a scene close)
         self.nodeNames = {}  # image label -> volume name when the run started
         self.lesionMaskFiles = {}
         self.passedLesions = {}  # label -> (segmentation node, checksum) passed as --lesion-mask
         self.results = None
 
     def imageNodesByLabel(self):
-        return {label: self.scene.GetNodeByID(nodeID) for label, nodeID in self.nodeIDByLabel.items()}
+        """The input volumes by image label; None for one no longer in the scene (a node with
+        its ID in a scene closed and filled again is another volume)."""
+        nodes = {}
+        for label, nodeID in self.nodeIDByLabel.items():
+            node = self.scene.GetNodeByID(nodeID)
+            written = self._nodesByLabel.get(label)
+            nodes[label] = node if written is None or node is written else None
+        return nodes
 
     def checkInputs(self):
         """The checks that need nothing installed (run before Python packages are installed)."""
@@ -237,6 +251,7 @@ class DiagnosisRun(_Run):
         study, self.nodeIDByLabel = sc.studyFromVolumeNodes(self.nodesWithRoles, info["study_id"],
                                                             info["study_date"], info["patient_id"])
         names = {node.GetID(): node.GetName() for node, _ in self.nodesWithRoles}
+        self._nodesByLabel = {label: self.scene.GetNodeByID(nodeID) for label, nodeID in self.nodeIDByLabel.items()}
         self.nodeNames = {label: names[nodeID] for label, nodeID in self.nodeIDByLabel.items()}  # for messages
         masks = {}
         if self.useEditedLesions:
