@@ -15,6 +15,7 @@ import os
 from typing import Annotated, Optional
 
 import qt
+import vtk
 
 import slicer
 from slicer.i18n import tr as _
@@ -204,6 +205,7 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -230,11 +232,21 @@ class BINDSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # the model and device lists are not bound by connectGui: follow the node (a scene load)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             widgets.fillSettings((self.ui.modelComboBox, self.ui.deviceComboBox), DIAGNOSIS_BUNDLE_KIND,
                                  self._parameterNode, autoItem=True)
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        from BINDSSlicerLib import widgets
+
+        if self._parameterNode:
+            widgets.followSettings((self.ui.modelComboBox, self.ui.deviceComboBox), DIAGNOSIS_BUNDLE_KIND,
+                                   self._parameterNode, autoItem=True)
 
     # -- inputs ---------------------------------------------------------------------------------
 

@@ -189,6 +189,11 @@ class BINDSRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateExamList()
 
     def updateExamList(self, caller=None, event=None) -> None:
+        if caller is not None and self._parameterNode:  # the node changed: the lists follow it too
+            from BINDSSlicerLib import widgets
+
+            widgets.followSettings((self.ui.modelComboBox, self.ui.deviceComboBox), RISK_BUNDLE_KIND,
+                                   self._parameterNode)
         self.ui.examsList.clear()
         if self._parameterNode:
             for folder in self._parameterNode.examFolders:

@@ -244,6 +244,9 @@ class _Combo:
     def setCurrentIndex(self, index):
         self.currentIndex = index
 
+    def itemData(self, index):
+        return self.items[index][1] if 0 <= index < len(self.items) else None
+
 
 def test_panels_open_when_the_model_list_cannot_be_read(modules, monkeypatch):
     """A model list that fails (an unreadable bundle folder) is shown as an error; the device
@@ -284,3 +287,23 @@ def test_a_run_that_cannot_start_leaves_nothing_to_cancel(modules):
     assert not controller.running
     controller.cancel()  # e.g. the scene is closed next: nothing to cancel, no "Cancelling..."
     assert status.text == ""
+
+
+def test_the_model_and_device_lists_follow_the_parameter_node(modules, tmp_path):
+    """A scene loaded while the panel is open changes the parameter node behind the lists (not
+    bound by connectGui); Apply reads the node, so the lists must show what it holds."""
+    from BINDSSlicerLib import widgets
+
+    node = types.SimpleNamespace(modelBundle="", device="auto")
+    models, devices = _Combo(), _Combo()
+    widgets.fillSettings((models, devices), "diagnosis", node, autoItem=True)
+    assert models.itemData(models.currentIndex) == "auto" and devices.itemData(devices.currentIndex) == "auto"
+    node.modelBundle, node.device = "binds-us-busi", "cpu"  # the loaded scene's choices
+    widgets.followSettings((models, devices), "diagnosis", node, autoItem=True)
+    assert models.itemData(models.currentIndex) == "binds-us-busi" and devices.itemData(devices.currentIndex) == "cpu"
+    assert not models.blocked and not devices.blocked
+    # a bundle folder the list does not hold yet: added, and selected
+    folder = str(tmp_path / "my-bundle")
+    node.modelBundle = folder
+    widgets.followSettings((models, devices), "diagnosis", node, autoItem=True)
+    assert models.itemData(models.currentIndex) == folder

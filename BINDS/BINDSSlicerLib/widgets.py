@@ -108,6 +108,29 @@ def fillSettings(comboBoxes, kind, parameterNode, autoItem=False):
     fillDeviceComboBox(deviceComboBox, parameterNode.device)
 
 
+def followSettings(comboBoxes, kind, parameterNode, autoItem=False):
+    """Select in the model and device lists what the parameter node holds when it changed
+    behind the panel (a scene loaded while the panel is open, a script): Apply reads the node,
+    so the lists must show it. A model the list lacks (a folder) is added by filling it again."""
+    modelComboBox, deviceComboBox = comboBoxes
+    model, device = parameterNode.modelBundle, parameterNode.device or "auto"
+    if model and modelComboBox.itemData(modelComboBox.currentIndex) != model:
+        if modelComboBox.findData(model) < 0:
+            fillSettings(comboBoxes, kind, parameterNode, autoItem=autoItem)
+            return
+        _select(modelComboBox, modelComboBox.findData(model))
+    if deviceComboBox.itemData(deviceComboBox.currentIndex) != device and deviceComboBox.findData(device) >= 0:
+        _select(deviceComboBox, deviceComboBox.findData(device))
+
+
+def _select(comboBox, index):
+    wasBlocked = comboBox.blockSignals(True)  # (the node already holds it)
+    try:
+        comboBox.setCurrentIndex(index)
+    finally:
+        comboBox.blockSignals(wasBlocked)
+
+
 def chooseFolder(parent, caption, start=""):
     return qt.QFileDialog.getExistingDirectory(parent, caption, start or os.path.expanduser("~")) or ""
 
