@@ -137,6 +137,11 @@ def test_colour_volume_becomes_grayscale(scene):
     assert gray.shape == (1, 2, 3)
     assert gray[0, 1, 2] == pytest.approx(255.0, abs=0.01)
     assert gray[0, 0, 0] == pytest.approx(0.299 * 255, abs=0.01)
+    # six values per voxel are no colour: DCE phases in one node, refused with the volume's name
+    phases = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "DCE multivolume")
+    slicer.util.updateVolumeFromArray(phases, np.zeros((4, 2, 3, 6), np.int16))
+    with pytest.raises(ValueError, match="volume 'DCE multivolume' has 6 values per voxel"):
+        sc.voxelsFromVolumeNode(phases)
 
 
 def test_study_added_to_scene_round_trips(scene, tmp_path):

@@ -117,6 +117,9 @@ def voxelsFromVolumeNode(volumeNode):
     if volumeNode.GetImageData() is None:
         raise ValueError(f"volume '{volumeNode.GetName()}' has no voxels")
     array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    if array.ndim == 4 and (volumeNode.IsA("vtkMRMLMultiVolumeNode") or array.shape[-1] > 4):
+        raise ValueError(f"volume '{volumeNode.GetName()}' has {array.shape[-1]} values per voxel (a multi-volume, "
+                         "e.g. DCE phases in one node): load or split it as one volume per phase")
     if array.ndim == 4:  # vector volume (k, j, i, components), e.g. an RGB ultrasound frame
         from BINDSLib.io.files import to_grayscale
 
