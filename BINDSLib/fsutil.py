@@ -108,7 +108,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
                               "--overwrite replaces only such outputs: choose another folder or "
                               "empty it yourself", given)
     ancestor = next(p for p in path.parents if p.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot be written: {ancestor} is a file, not a folder", given)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"cannot be written: no permission to write in {ancestor}", given)
     return path
 

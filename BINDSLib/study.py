@@ -281,6 +281,17 @@ class Finding:
     center_row: float | None = None
     radius_px: float | None = None
 
+    def __post_init__(self):
+        import math
+        import numbers
+
+        for name in ("center_col", "center_row", "radius_px"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
+                raise ValueError(f"finding {name} must be a number of pixels or null, not {v!r}")
+        if self.radius_px is not None and not self.radius_px > 0:
+            raise ValueError(f"finding radius_px must be a positive number of pixels, not {self.radius_px!r}")
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -198,7 +198,7 @@ def read_study_folder(path: str | os.PathLike, load_voxels: bool = True,
         raise InputError(f"not a study folder (no {STUDY_JSON})", root)
     try:
         doc = json.loads(jpath.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError) as e:  # (ValueError: also an integer of over 4300 digits)
         raise InputError(f"invalid JSON: {e}", jpath) from None
     except RecursionError:
         raise InputError("invalid JSON: nested too deeply", jpath) from None
@@ -394,6 +394,8 @@ def read_history(path: str | os.PathLike, load_voxels: bool = True,
             if listed is not None and st.study_date is not None and listed != st.study_date:
                 raise ValueError(f"{e['study_folder']} is dated {listed} here but {st.study_date} in its "
                                  "study.json")
+        if not isinstance(doc["woman_id"], str) or not doc["woman_id"].strip():
+            raise ValueError(f"'woman_id' must be non-empty text, not {doc['woman_id']!r}")
         return ExamHistory(doc["woman_id"], exams, parse_date(doc.get("cancer_date")),
                            parse_date(doc.get("followup_end")))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError, RecursionError) as e:

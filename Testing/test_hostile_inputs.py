@@ -102,6 +102,24 @@ def build(name: str, root: Path, files: Path, study_dir: Path) -> Path:
         os.chmod(d / "a.dcm", 0)
     elif name == "empty_folder":
         pass
+    elif name == "float64_beyond_float32":  # finite, but infinite once the model reads it as float32
+        arr = np.random.default_rng(0).random((1, 32, 32)) * 1e300
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(d / "US_L.nrrd"))
+        return d / "US_L.nrrd"
+    elif name == "finding_not_a_number":  # a spreadsheet's text where study.json needs a number
+        shutil.copytree(study_dir, d / "s")
+        doc = json.loads((d / "s" / "study.json").read_text())
+        doc["images"][0]["findings"] = [{"abnormality": "mass", "center_col": "44.2", "center_row": 5, "radius_px": 3}]
+        (d / "s" / "study.json").write_text(json.dumps(doc))
+        return d / "s"
+    elif name == "batch_csv_row_without_path":
+        (d / "batch.csv").write_text(f"id,path\na,{study_dir}\nb\n")
+        return d / "batch.csv"
+    elif name == "huge_integer_in_study_json":
+        shutil.copytree(study_dir, d / "s")
+        text = (d / "s" / "study.json").read_text()
+        (d / "s" / "study.json").write_text(text.replace('"study_id"', '"n": ' + "9" * 5000 + ', "study_id"', 1))
+        return d / "s"
     else:
         raise KeyError(name)
     return d
@@ -126,6 +144,10 @@ CASES = {
     "symlink_loop": "no DICOM images found",
     "unreadable_file": "",
     "empty_folder": "no DICOM images found",
+    "float64_beyond_float32": "beyond the float32 range",
+    "finding_not_a_number": "center_col must be a number",
+    "batch_csv_row_without_path": "line 3: no path",
+    "huge_integer_in_study_json": "invalid JSON",
 }
 
 
@@ -154,3 +176,65 @@ def test_hostile_input_gives_clear_error_and_no_output(case, tmp_path, pydicom_t
 def test_corpus_size_matches_the_documented_count():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text()
     assert f"{len(CASES)} hostile inputs" in doc
+
+
+def test_hand_edited_bundle_calibration_is_refused_when_loaded(tmp_path, tiny_bundle, study_dir, capsys):
+    """Only the weights are hash-checked: a calibration that would saturate or invert every
+    probability is a model error (exit 4), not exit 1 or a wrong recommendation."""
+    for n, bad in enumerate(["abc", None, -1, 0, float("inf"), [1.0]]):
+        copy = tmp_path / f"b{n}"
+        shutil.copytree(tiny_bundle, copy)
+        meta = json.loads((copy / "configs" / "metadata.json").read_text())
+        if isinstance(bad, list):
+            meta["binds"]["calibration"] = bad
+        else:
+            meta["binds"]["calibration"]["temperature"] = bad
+        (copy / "configs" / "metadata.json").write_text(json.dumps(meta))
+        code = main(["diagnose", str(study_dir), "--model", str(copy), "--out", str(tmp_path / f"o{n}"), "--stage", "1"])
+        err = capsys.readouterr().err
+        assert code == 4 and "invalid bundle metadata: calibration" in err and "Traceback" not in err, (bad, err)
+        assert not (tmp_path / f"o{n}").exists()
+
+
+def test_more_hostile_command_lines(tmp_path, tiny_bundle, study_dir, capsys):
+    from BINDSLib.io.files import read_mask_file
+    from BINDSLib.study import Geometry
+
+    # one image's lesion mask given twice: a usage error, not the last one silently
+    us = next(im for im in read_study_folder(study_dir).images if im.modality.value == "US")
+    mask = tmp_path / "m.nrrd"
+    img = sitk.GetImageFromArray(np.zeros(us.shape, np.int16))
+    us.geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(mask))
+    assert main(["diagnose", str(study_dir), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"),
+                 "--lesion-mask", f"{us.label}={mask}", "--lesion-mask", f"{us.label}={mask}"]) == 2
+    assert "is given twice" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    # a lesion mask's non-zero voxels are lesion, negative ones too
+    arr = np.zeros((1, 4, 4), np.int16)
+    arr[0, 1, 1] = -1
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "neg.nrrd"))
+    assert read_mask_file(tmp_path / "neg.nrrd", (1, 4, 4), Geometry()).sum() == 1
+    # an output folder below a file: said so
+    (tmp_path / "afile").write_text("x")
+    assert main(["diagnose", str(study_dir), "--model", str(tiny_bundle), "--out", str(tmp_path / "afile" / "x")]) == 5
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # calibrating a bundle on studies it cannot read: an input error, not a KeyError
+    meta_copy = tmp_path / "mg-only"
+    shutil.copytree(tiny_bundle, meta_copy)
+    meta = json.loads((meta_copy / "configs" / "metadata.json").read_text())
+    meta["binds"]["modalities"] = ["MG"]
+    (meta_copy / "configs" / "metadata.json").write_text(json.dumps(meta))
+    us_only = tmp_path / "us-only"
+    s = read_study_folder(study_dir)
+    s.images = [im for im in s.images if im.modality.value == "US"]
+    write_study_folder(s, us_only / "case")
+    code = main(["calibrate", "--model", str(meta_copy), "--data", str(us_only), "--out", str(tmp_path / "cal")])
+    assert code == 3 and "no study tiny can read in" in capsys.readouterr().err
+    # --merge-only into a folder that holds no earlier run: refused, and no folder made
+    from test_risk_support import tiny_bundle as risk_bundle
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("exam_id,path\na,x\n")
+    rb = risk_bundle(tmp_path / "risk")
+    assert main(["cohort", str(manifest), "--model", str(rb), "--out", str(tmp_path / "typo"), "--merge-only"]) == 3
+    assert "no earlier scoring run to merge" in capsys.readouterr().err and not (tmp_path / "typo").exists()

@@ -248,3 +248,43 @@ def test_exams_of_one_date_give_one_result_in_any_order_with_a_warning(bundle, t
     assert any("share the date 2021-03-01: the trajectory takes the highest risk" in w for w in reports[0]["warnings"])
     last_day = [e["cumulative_risk"]["5"] for e in reports[0]["exams"][1:]]
     assert reports[0]["trajectory"]["last_risk"] == pytest.approx(max(last_day), abs=1e-6)
+
+
+def test_hostile_history_manifest_and_risk_bundle_metadata(exams, bundle, tmp_path, capsys):
+    """Hand-made inputs a risk run reads: each a clear error naming the file, never exit 1."""
+    from BINDSLib.errors import ModelError
+    from BINDSLib.risk.cohort import read_manifest
+    from BINDSLib.risk.inference import RiskModel
+
+    from BINDSLib.studyfolder import read_study_folder
+
+    hpath = write_history(ExamHistory("W-42", [read_study_folder(p) for p in exams[:1]]), tmp_path / "woman")
+    doc = json.loads((hpath / "history.json").read_text())
+    for bad in (123, None):
+        doc["woman_id"] = bad
+        (hpath / "history.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match="'woman_id' must be non-empty text"):
+            read_history(hpath)
+    # a manifest with a stray quote: one cell swallows the rest of the file
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("exam_id,path\na,x\n" + 'b,"y\n' + "".join(f"c{i},z{i}\n" for i in range(20000)))
+    with pytest.raises(InputError, match=r"m.csv: line \d+: .*unclosed quote"):
+        read_manifest(manifest)
+    # risk bundle metadata a hand edit broke: refused when loaded (exit 4), not a wrong flag
+    import shutil
+
+    edits = {"negative threshold": lambda b: b.update(thresholds={"supplemental_mri_5y": -1}),
+             "threshold as text": lambda b: b.update(thresholds={"supplemental_mri_5y": "abc"}),
+             "two calibrated years": lambda b: b.update(calibration={"method": "platt", "years": [{"a": 1, "b": 0}] * 2}),
+             "coefficient as text": lambda b: b.update(calibration={"method": "platt",
+                                                                    "years": [{"a": "x", "b": 0}] * 5})}
+    for n, (name, edit) in enumerate(edits.items()):
+        copy = tmp_path / f"bundle{n}"
+        shutil.copytree(bundle, copy)
+        meta = json.loads((copy / "configs" / "metadata.json").read_text())
+        edit(meta["binds"])
+        (copy / "configs" / "metadata.json").write_text(json.dumps(meta))
+        with pytest.raises(ModelError, match="invalid risk bundle metadata"):
+            RiskModel.from_bundle(copy, device="cpu")
+        assert main(["risk", str(exams[0]), "--model", str(copy), "--out", str(tmp_path / f"out{n}")]) == 4, name
+    assert "Traceback" not in capsys.readouterr().err

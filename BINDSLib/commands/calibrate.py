@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     check_new_version(bundle, version)
     rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
-    if not rows and source.get("n_cases_not_found") == source.get("n_cases_listed"):
+    if not rows and "cases" in source and source.get("n_cases_not_found") == source.get("n_cases_listed"):
         raise InputError(f"none of the {source['n_cases_listed']} studies listed in {source['cases']} is in "
                          f"{source['data']}")
     if not rows:

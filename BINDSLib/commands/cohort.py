@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import EXIT_PARTIAL, UsageError
     from ..fsutil import json_dumps, make_output_folder, output_lock
-    from ..risk.cohort import (check_resumed_sources, dist_env, merge_results, prepare_output, read_manifest,
-                               run_settings, score_cohort, scored_ids)
+    from ..risk.cohort import (PARTS, check_resumed_sources, dist_env, merge_results, prepare_output,
+                               read_manifest, run_settings, score_cohort, scored_ids)
     from ..risk.inference import RiskModel
 
     log = logging.getLogger("binds.cohort")
@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--format parquet needs pyarrow (pip install pyarrow), or use --format csv") from None
     rows = read_manifest(args.manifest)
     out = Path(args.out)
+    if args.merge_only and (args.overwrite or not any((out / PARTS).glob("scores-rank*.csv"))):
+        from ..errors import InputError  # before any folder is made
+
+        raise InputError("--merge-only: no earlier scoring run to merge here (no parts/scores-rank*.csv)"
+                         if not args.overwrite else "--merge-only with --overwrite would discard what it merges",
+                         out)
     rank, world, local_rank = dist_env()
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     if workers < 0:

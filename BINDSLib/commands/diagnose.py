@@ -79,7 +79,10 @@ def collect_sources(args) -> list[tuple[str, object]]:
                 raise InputError("a batch CSV needs a 'path' column", p)
             if not rows:
                 raise InputError("the batch CSV lists no study (a 'path' column, one row per study)", p)
-            sources += [("path", (p.parent / r["path"]).resolve()) for r in rows]
+            for line, r in enumerate(rows, 2):  # (line 1: the header)
+                if not (r.get("path") or "").strip():
+                    raise InputError(f"line {line}: no path (every row names a study in the 'path' column)", p)
+                sources.append(("path", (p.parent / r["path"].strip()).resolve()))
         elif (found := collection(p)) is not None:  # each study folder and woman's history a source
             for sk in found.skipped:
                 log.warning("skipped %s: %s", sk.path, sk.reason)
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         key, sep, file = item.partition("=")
         if not sep or not file:
             raise UsageError(f"expected LABEL=FILE, got {item!r} (e.g. US_L=edited.seg.nrrd)")
+        if key in masks:
+            raise UsageError(f"--lesion-mask {key} is given twice ({masks[key]}, {file}): give one mask per image")
         masks[key] = file
     inputs = tuple(masks.values()) + tuple(
         p for kind, value in sources for p in ([value] if kind == "path" else [f for f, _ in value]))

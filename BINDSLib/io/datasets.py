@@ -248,15 +248,15 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     by_image: dict[str, list[Finding]] = {}
     for row in _read_csv(findings_csv, MIAS_FINDING_COLUMNS):
         n = row.line
+        radius = _number(row, "radius", findings_csv)
+        if radius is not None and not radius > 0:
+            raise InputError(f"row {n}: radius {row['radius']!r} is not a positive number of pixels", findings_csv)
         try:
             f = Finding(abnormality=row["abnormality"].strip().upper(), severity=row.get("severity") or None,
                         center_col=_number(row, "center_col", findings_csv),
-                        center_row=_number(row, "center_row", findings_csv),
-                        radius_px=_number(row, "radius", findings_csv))
+                        center_row=_number(row, "center_row", findings_csv), radius_px=radius)
         except ValueError as e:
             raise InputError(f"row {n}: {e}", findings_csv) from None
-        if f.radius_px is not None and not f.radius_px > 0:
-            raise InputError(f"row {n}: radius {row['radius']!r} is not a positive number of pixels", findings_csv)
         given = [c for c in ("center_col", "center_row", "radius") if row[c]]
         if 0 < len(given) < 3:  # all three make a circle; none: calcifications spread over the breast
             log.warning("%s: row %d: the %s finding of %s has %s but not %s: kept without a circle (left out "

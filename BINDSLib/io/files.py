@@ -69,10 +69,20 @@ def _mm(values, sep: str) -> str:
     return sep.join(f"{float(v):g}" for v in values)
 
 
+#: the largest magnitude a voxel may have: the model computes in float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(voxels: np.ndarray, path) -> None:
+    """NaN, infinite and (float64) voxels beyond float32's range are refused: the model reads
+    float32, where the last become infinite."""
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         n = int((~np.isfinite(voxels)).sum())
         raise InputError(f"image has {n} NaN or infinite voxel(s)", path)
+    if np.issubdtype(voxels.dtype, np.floating) and voxels.dtype.itemsize > 4 and voxels.size \
+            and float(np.abs(voxels).max()) > FLOAT32_MAX:
+        raise InputError(f"image has voxel values beyond the float32 range (up to {float(np.abs(voxels).max()):.3g})",
+                         path)
 
 
 #: the header field naming the data file, of the formats whose voxels may lie in another file
@@ -443,4 +453,4 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
                          f"{_mm(geometry.spacing_mm, ' x ')} mm, origin ({_mm(geometry.origin_mm, ', ')}) mm): "
                          "resample the mask onto the image", path)
     lossy = suffix_of(path) in (".jpg", ".jpeg")
-    return (voxels > (0.5 * float(voxels.max()) if lossy else 0)).astype(np.uint8)
+    return (voxels > 0.5 * float(voxels.max()) if lossy else voxels != 0).astype(np.uint8)

@@ -43,6 +43,25 @@ def in_uncertainty_band(probability: float, band: tuple[float, float]) -> bool:
     return lo < probability < hi
 
 
+def _check_calibration(calibration) -> None:
+    """``ValueError`` for a bundle calibration inference cannot use: temperatures must be finite
+    and positive (0, a negative or an infinite one would saturate or invert every probability),
+    the finding bias and reference finite numbers."""
+    import math
+
+    if not isinstance(calibration, dict):
+        raise ValueError(f"calibration must be an object, not {calibration!r}")
+    for key, positive in (("temperature", True), ("finding_temperature", True), ("finding_bias", False),
+                          ("finding_reference", False)):
+        if key not in calibration:
+            continue
+        value = calibration[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (positive and not value > 0):
+            raise ValueError(f"calibration.{key} must be a finite{' positive' if positive else ''} number, "
+                             f"not {value!r}")
+
+
 def check_uncertainty_band(value) -> tuple[float, float]:
     """``(low, high)`` of a stage-1 uncertainty band given as two probabilities with
     ``0 <= low <= high <= 1``; ``ValueError`` otherwise (an inverted band would turn stage 2 off
@@ -266,6 +285,7 @@ class DiagnosisModel:
             threshold = float(bundle.binds.get("operating_point", {}).get("threshold", 0.5))
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"operating_point.threshold must be a probability, not {threshold!r}")
+            _check_calibration(bundle.binds.get("calibration", {}))
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelError(f"invalid bundle metadata: {e}", bundle.path) from None
         # the network takes the loaded tensors, and nothing else holds them: folding and the

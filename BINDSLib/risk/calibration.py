@@ -27,6 +27,7 @@ JSON form (``metadata.json`` -> ``binds`` -> ``calibration``)::
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,3 +223,27 @@ class Calibrator:
         if not d:
             return cls("none", [])
         return cls(d["method"], list(d.get("years", [])))
+
+    def check(self, n_years: int) -> "Calibrator":
+        """``ValueError`` unless inference can apply it to ``n_years`` yearly logits: one map per
+        year, of finite numbers (Platt ``a`` > 0; isotonic knots ``x`` and risks ``y`` in [0, 1]
+        of one length)."""
+        if self.method == "none":
+            return self
+        if len(self.years) != n_years:
+            raise ValueError(f"calibration has {len(self.years)} years, the model {n_years}")
+
+        def finite(v):
+            return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+        for t, entry in enumerate(self.years, 1):
+            if not isinstance(entry, dict):
+                raise ValueError(f"calibration year {t} must be an object")
+            if self.method == "platt" and not (finite(entry.get("a")) and entry["a"] > 0 and finite(entry.get("b"))):
+                raise ValueError(f"calibration year {t}: a (> 0) and b must be finite numbers")
+            if self.method == "isotonic":
+                x, y = entry.get("x"), entry.get("y")
+                if not (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) >= 1
+                        and all(map(finite, x + y)) and all(0.0 <= v <= 1.0 for v in y)):
+                    raise ValueError(f"calibration year {t}: x and y must be lists of one length, y in [0, 1]")
+        return self

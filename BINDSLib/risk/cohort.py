@@ -74,6 +74,15 @@ class ManifestRow:
     line: int = 0
 
 
+def _csv_rows(reader, path):
+    """The rows of ``reader``; a malformed CSV (an unclosed quote runs on to the end) is an
+    :class:`InputError` naming the line where it was found."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise InputError(f"line {reader.line_num}: {e} (an unclosed quote?)", path) from None
+
+
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     """Read and check a cohort manifest (see module docstring).
 
@@ -90,7 +99,10 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     except UnicodeDecodeError as e:
         raise InputError(f"manifest is not UTF-8 text: {e}", path) from None
     reader = csv.DictReader(io.StringIO(text))
-    cols = [c.strip() for c in (reader.fieldnames or [])]
+    try:
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+    except csv.Error as e:
+        raise InputError(f"line {reader.line_num}: {e}", path) from None
     names = {}
     for want in ("exam_id", "path", "woman_id", "exam_date"):
         names[want] = next((c for c in (want, *ALIASES.get(want, ())) if c in cols), None)
@@ -101,7 +113,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     rows, seen = [], {}
     base = path.parent
     n = 0
-    for raw in reader:
+    for raw in _csv_rows(reader, path):
         line = reader.line_num  # the file's line (header = line 1; blank lines counted), for messages
         rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}  # (None: extra cells)
         if not any(rec.values()):  # a row a spreadsheet emptied to commas

@@ -139,9 +139,15 @@ class RiskModel:
         meta = bundle.binds
         try:
             config = RiskConfig.from_json(meta["config"])
-            calibration = Calibrator.from_json(meta.get("calibration"))
-            breast_cal = Calibrator.from_json(meta.get("breast_calibration"))
-        except (KeyError, ValueError, TypeError) as e:
+            calibration = Calibrator.from_json(meta.get("calibration")).check(config.max_followup)
+            breast_cal = Calibrator.from_json(meta.get("breast_calibration")).check(config.max_followup)
+            thresholds = meta.get("thresholds") or {}
+            if not isinstance(thresholds, dict):
+                raise ValueError(f"thresholds must be an object, not {thresholds!r}")
+            for key, value in thresholds.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                    raise ValueError(f"thresholds.{key} must be a risk between 0 and 1, not {value!r}")
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise ModelError(f"invalid risk bundle metadata: {e}", bundle.path) from None
         # the network takes the loaded tensors (the scoring network's fused copies are its own)
         state, bundle.state_dict = bundle.state_dict, {}
@@ -150,7 +156,7 @@ class RiskModel:
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:200]
             raise ModelError(f"weights do not fit the bundle's risk config ({first})", bundle.path) from None
-        return cls(network, calibration, breast_cal, bundle.summary(), meta.get("thresholds"), device)
+        return cls(network, calibration, breast_cal, bundle.summary(), thresholds, device)
 
     # -- scoring ----------------------------------------------------------------------------
     def predict(self, images, view_mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
