@@ -570,12 +570,17 @@ def parse_date(value) -> _dt.date | None:
     if isinstance(value, _dt.date):
         return value
     s = str(value).strip()
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+    # a date, optionally with the time of day a date-time carries (ISO, or DICOM DT); nothing else
+    if _ISO_DATE_TIME.fullmatch(s) or _DICOM_DATE_TIME.fullmatch(s):
         try:
-            return _dt.datetime.strptime(s[:10] if "-" in s else s[:8], fmt).date()
+            return _dt.datetime.strptime(s[:10] if "-" in s else s[:8], "%Y-%m-%d" if "-" in s else "%Y%m%d").date()
         except ValueError:
-            continue
+            pass
     raise ValueError(f"not a date: {value!r} (use YYYY-MM-DD)")
+
+
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+_DICOM_DATE_TIME = re.compile(r"\d{8}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
 
 
 def pseudonym(identifier: str, salt: str = "binds") -> str:

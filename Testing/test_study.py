@@ -130,6 +130,12 @@ def test_parse_date_and_pseudonym():
     assert parse_date("") is None
     with pytest.raises(ValueError):
         parse_date("31/01/2024")
+    # a date-time's date (ISO, a spreadsheet's, DICOM DT); anything else after the date is refused
+    for v in ("2024-01-31T10:00:00", "2024-01-31 10:00", "2024-01-31T10:00:00+01:00", "20240131101500.25"):
+        assert parse_date(v) == dt.date(2024, 1, 31), v
+    for v in ("2024-01-31 garbage", "2024-01-31T10:00:00junk", "20240131x", "2024-13-01"):
+        with pytest.raises(ValueError, match="not a date"):
+            parse_date(v)
     a, b = pseudonym("Mass-Test_P_00173"), pseudonym("Mass-Test_P_00820")
     assert a == pseudonym("Mass-Test_P_00173") and a != b and a.startswith("anon-")
     assert "00173" not in a
