@@ -178,10 +178,11 @@ def holds_study(path: str | os.PathLike, study: Study, keep_identifiers: bool = 
     return True
 
 
-def _safe_relpath(root: Path, rel: str, json_path: Path) -> Path:
+def _safe_relpath(root: Path, rel: str, json_path: Path, what: str = "image path",
+                  inside: str = "the study folder") -> Path:
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:
-        raise InputError(f"image path {rel!r} must be relative and inside the study folder", json_path)
+        raise InputError(f"{what} {rel!r} must be relative and inside {inside}", json_path)
     return root / p
 
 
@@ -386,8 +387,10 @@ def read_history(path: str | os.PathLike, load_voxels: bool = True,
         raise InputError("not an exam-history folder (no history.json)", path)
     try:
         doc = json.loads(jpath.read_text(encoding="utf-8-sig"))
-        exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath), load_voxels,
-                                   reference_masks)
+        if not isinstance(doc, dict) or doc.get("schema") != "binds.history":
+            raise ValueError("not a BINDS exam history (its schema must be \"binds.history\")")
+        exams = [read_study_folder(_safe_relpath(path, e["study_folder"], jpath, "study_folder",
+                                                 "the history folder"), load_voxels, reference_masks)
                  for e in doc["exams"]]
         for e, st in zip(doc["exams"], exams):  # which date would the trajectory believe?
             listed = parse_date(e.get("study_date"))

@@ -265,6 +265,13 @@ def test_hostile_history_manifest_and_risk_bundle_metadata(exams, bundle, tmp_pa
         (hpath / "history.json").write_text(json.dumps(doc))
         with pytest.raises(InputError, match="'woman_id' must be non-empty text"):
             read_history(hpath)
+    doc["woman_id"] = "W-42"
+    for key, bad, message in (("schema", "binds.study", "not a BINDS exam history"),
+                              ("exams", [{"study_folder": "../elsewhere"}], "study_folder '../elsewhere' must be "
+                                                                           "relative and inside the history folder")):
+        (hpath / "history.json").write_text(json.dumps({**doc, key: bad}))
+        with pytest.raises(InputError, match=message):
+            read_history(hpath)
     # a manifest with a stray quote: one cell swallows the rest of the file
     manifest = tmp_path / "m.csv"
     manifest.write_text("exam_id,path\na,x\n" + 'b,"y\n' + "".join(f"c{i},z{i}\n" for i in range(20000)))
