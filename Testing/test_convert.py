@@ -334,3 +334,11 @@ def test_a_conversion_of_several_studies_holds_the_folder_and_is_checked_before_
     with caplog.at_level("WARNING"):
         assert main(["convert", "case-0000-dicom", "case-0001-dicom", "--out", str(keep), "--keep-identifiers"]) == 0
     assert "2 of 2 studies were already converted" in caplog.text
+
+
+def test_folder_names_of_long_study_ids_are_bounded_and_distinct():
+    from BINDSLib.commands.diagnose import MAX_FOLDER_NAME, _safe_name
+
+    a, b = "x" * 5000, "x" * 4999 + "y"
+    assert len(_safe_name(a)) == MAX_FOLDER_NAME and _safe_name(a) != _safe_name(b)
+    assert _safe_name("ACC 123/4") == "ACC_123_4" and _safe_name("...") == "study"

@@ -267,10 +267,21 @@ def _run_batch(model, sources, out: Path, options) -> int:
     return EXIT_PARTIAL if failures else 0
 
 
+#: the longest folder name made from a study ID (file systems allow 255 bytes)
+MAX_FOLDER_NAME = 100
+
+
 def _safe_name(study_id: str) -> str:
+    """A folder name for a study ID: letters, digits, ``._-``; a longer ID is cut and ends with
+    a hash of the whole ID, so distinct IDs stay distinct."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", study_id).strip("._") or "study"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", study_id).strip("._") or "study"
+    if len(name) > MAX_FOLDER_NAME:
+        digest = hashlib.sha256(study_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        name = f"{name[:MAX_FOLDER_NAME - 13]}-{digest}"
+    return name
 
 
 def _csv_text(header: list[str], rows) -> str:
