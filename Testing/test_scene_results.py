@@ -452,21 +452,26 @@ def test_reassessment_passes_the_newest_edit_and_one_mr_outline(scene, tmp_path)
     assert not kept.GetDisplayNode().GetSegmentVisibility(res.SALIENT_SEGMENT_ID)
     assert kept.GetDisplayNode().GetSegmentVisibility(res.LESION_SEGMENT_ID)
     assert run2.segmentations["MR_DCE1"].GetDisplayNode().GetSegmentVisibility(res.SALIENT_SEGMENT_ID)
+
+    def passed_after(node, label, edit):
+        """What a re-assessment passes after ``edit`` (None: no edit) is painted on ``node``."""
+        if edit is not None:
+            res.setSegmentMask(node, "lesion", edit, images[label])
+        masks = res.lesionMasksForReassessment(scene, images)
+        return list(masks), masks[next(iter(masks))]
+
     # nothing edited since: the user's outline of run 2 again
-    masks = res.lesionMasksForReassessment(scene, images)
-    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit1)
+    labels, mask = passed_after(None, "MR_DCE1", None)
+    assert labels == ["MR_DCE1"] and np.array_equal(mask, edit1)
     # the user keeps painting on the kept segmentation: that edit, not run 2's copy of edit1
     edit3 = _box(slice(3, 5), slice(6, 9), slice(5, 8))
-    res.setSegmentMask(kept, "lesion", edit3, images["MR_DCE1"])
-    masks = res.lesionMasksForReassessment(scene, images)
-    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit3)
+    labels, mask = passed_after(kept, "MR_DCE1", edit3)
+    assert labels == ["MR_DCE1"] and np.array_equal(mask, edit3)
     # then refines the lesion on DCE2: the newest MR edit is the one outline passed
     edit2 = _box(slice(2, 5), slice(5, 10), slice(4, 9))
-    res.setSegmentMask(run2.segmentations["MR_DCE2"], "lesion", edit2, images["MR_DCE2"])
-    masks = res.lesionMasksForReassessment(scene, images)
-    assert list(masks) == ["MR_DCE2"] and np.array_equal(masks["MR_DCE2"], edit2)
+    labels, mask = passed_after(run2.segmentations["MR_DCE2"], "MR_DCE2", edit2)
+    assert labels == ["MR_DCE2"] and np.array_equal(mask, edit2)
     # and back on DCE1's kept node: DCE1 again
     edit4 = _box(slice(0, 2), slice(0, 3), slice(0, 3))
-    res.setSegmentMask(kept, "lesion", edit4, images["MR_DCE1"])
-    masks = res.lesionMasksForReassessment(scene, images)
-    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit4)
+    labels, mask = passed_after(kept, "MR_DCE1", edit4)
+    assert labels == ["MR_DCE1"] and np.array_equal(mask, edit4)
