@@ -258,6 +258,11 @@ def test_fit_uncertainty_band_reads_the_mri_where_it_helps():
     # equal stage-1 probabilities are inside or outside together (no edge between them)
     band, _ = fit_uncertainty_band([0.3, 0.3, 0.9], [0.9, 0.7, 0.9], [1, 0, 1], 0.5)
     assert band == (0.5, 0.5)  # reading both: the malignant one put right, the benign one wrong
+    # a stage-1 probability of exactly 0 or 1 (a saturated sigmoid) is never strictly inside a band
+    band, info = fit_uncertainty_band([0.0, 0.2, 0.9], [0.9, 0.1, 0.9], [1, 0, 1], 0.5)
+    assert band == (0.5, 0.5) and info["fitted"]["n_stage2"] == 0
+    band, info = fit_uncertainty_band([0.1, 0.6, 1.0], [0.1, 0.2, 0.1], [1, 0, 0], 0.5)
+    assert band == pytest.approx((0.35, 0.8)) and info["fitted"]["n_stage2"] == 1  # 0.6 put right; 1.0 stays out
     with pytest.raises(ValueError, match="found 0 malignant, 3 other"):
         fit_uncertainty_band(p1[:3], p2[:3], y[:3], 0.5)
 
@@ -269,7 +274,7 @@ def test_fit_uncertainty_band_is_the_best_band():
     for trial in range(20):
         n = int(rng.integers(8, 40))
         y = (rng.random(n) < 0.4).astype(int)
-        p1 = np.round(1 / (1 + np.exp(-(rng.normal(0, 1.5, n) + 1.2 * (2 * y - 1)))), 2)  # ties too
+        p1 = np.round(1 / (1 + np.exp(-(rng.normal(0, 2.5, n) + 1.2 * (2 * y - 1)))), 2)  # ties, 0 and 1 too
         p2 = 1 / (1 + np.exp(-(rng.normal(0, 1.0, n) + 2.0 * (2 * y - 1))))
         t = float(rng.choice([0.3, 0.5, 0.6]))
         if y.min() == y.max():
@@ -280,7 +285,8 @@ def test_fit_uncertainty_band_is_the_best_band():
         assert info["fitted"]["n_stage2"] == reads
         assert info["fitted"]["sensitivity"] + info["fitted"]["specificity"] == pytest.approx(j)
         # every band holding the threshold with edges anywhere: none does better, or as well with fewer reads
-        edges = np.unique(np.r_[0.0, 1.0, t, p1, (p1[:-1] + p1[1:]) / 2, p1 + 1e-9, p1 - 1e-9])
+        # (a band lies within [0, 1]: check_uncertainty_band)
+        edges = np.unique(np.clip(np.r_[0.0, 1.0, t, p1, (p1[:-1] + p1[1:]) / 2, p1 + 1e-9, p1 - 1e-9], 0.0, 1.0))
         for lo in edges[edges <= t]:
             for hi in edges[edges >= t]:
                 j2, r2 = _youden(p1, p2, y, (lo, hi), t)

@@ -475,3 +475,26 @@ def test_reassessment_passes_the_newest_edit_and_one_mr_outline(scene, tmp_path)
     edit4 = _box(slice(0, 2), slice(0, 3), slice(0, 3))
     labels, mask = passed_after(kept, "MR_DCE1", edit4)
     assert labels == ["MR_DCE1"] and np.array_equal(mask, edit4)
+
+
+def test_a_rename_is_no_edit_and_a_superseded_mr_outline_does_not_come_back(scene, tmp_path):
+    study = Study("s-1", images=[Image(np.full(SHAPES["MR_DCE1"], 100 + n, np.int16), GEOMS["MR_DCE1"],
+                                       Role.parse(label)) for n, label in enumerate(("MR_DCE1", "MR_DCE2"))])
+    images = sc.addStudyToScene(scene, study)
+    _two_sequence_run(tmp_path / "run1", {label: lesion_mask("MR_DCE1") for label in images})
+    run1 = res.loadDiagnosisResults(scene, tmp_path / "run1", images)
+    older, newer = _box(slice(1, 3), slice(2, 5), slice(2, 5)), _box(slice(2, 5), slice(5, 10), slice(4, 9))
+    res.setSegmentMask(run1.segmentations["MR_DCE2"], "lesion", older, images["MR_DCE2"])
+    res.setSegmentMask(run1.segmentations["MR_DCE1"], "lesion", newer, images["MR_DCE1"])
+    # Apply (no re-assessment): both edited segmentations are kept and renamed; a rename is no edit
+    _two_sequence_run(tmp_path / "run2", {label: lesion_mask("MR_DCE1") for label in images})
+    res.loadDiagnosisResults(scene, tmp_path / "run2", images)
+    passed = {}
+    masks = res.lesionMasksForReassessment(scene, images, passed)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], newer)
+    # the re-assessment read DCE1's outline; DCE2's older edit was set aside: it does not come back
+    _two_sequence_run(tmp_path / "run3", {"MR_DCE1": newer, "MR_DCE2": newer}, user=("MR_DCE1",))
+    res.loadDiagnosisResults(scene, tmp_path / "run3", images)
+    res.markPassed(passed)
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], newer)

@@ -196,6 +196,10 @@ def test_derived_volumes_keep_the_role_their_name_gives():
     assert guess(*[(n, None, V3D) for n in names]) == \
         ["MR_T1_PRE", "MR_DCE1", "MR_DCE2", "MR_DCE3", "MR_T2", "MR_DCE1"]
     assert guess(("DCE phase 2 resampled", None, V3D), ("DCE phase 3", None, V3D)) == ["MR_DCE2", "MR_DCE3"]
+    # a time after injection is no phase number: it orders the phases
+    names = ["T1 pre", "T1 post 120s", "T1 post 60s", "T1 post 3 min"]
+    assert guess(*[(n, None, V3D) for n in names]) == ["MR_T1_PRE", "MR_DCE2", "MR_DCE1", "MR_DCE3"]
+    assert guess(("8: Ax T1 post 90", None, V3D), ("9: Ax T1 post 30", None, V3D)) == ["MR_DCE2", "MR_DCE1"]
     # a subtraction or a projection is no acquired phase: left to the user
     assert guess(("DCE phase 1", None, V3D), ("DCE phase 3 subtraction", None, V3D), ("MIP post 2", None, V3D)) == \
         ["MR_DCE1", None, None]

@@ -280,11 +280,13 @@ def _editedSincePassed(segmentationNode):
 
 
 def _editTime(segmentationNode):
-    """When the lesion was last changed, as VTK's modification counter (comparable across nodes)."""
+    """When the lesion was last changed, as VTK's modification counter (comparable across nodes):
+    the lesion segment's and its painted data's, not the node's (a rename or an attribute set
+    when a run loads is no edit); the segmentation's when the segment was deleted."""
     segmentation = segmentationNode.GetSegmentation()
-    times = [segmentationNode.GetMTime(), segmentation.GetMTime()]
     segmentId = lesionSegmentId(segmentationNode)
     segment = segmentation.GetSegment(segmentId) if segmentId else None
+    times = [0] if segment is not None else [segmentation.GetMTime()]
     if segment is not None:
         times.append(segment.GetMTime())
         source = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
@@ -318,6 +320,9 @@ def lesionMasksForReassessment(scene, imageNodesByLabel, passed=None):
     mr = [label for label in chosen if _isMR(label, imageNodesByLabel[label])]
     if len(mr) > 1:
         keep = max(mr, key=lambda label: (chosen[label][1], _editTime(chosen[label][0])))
+        for label in mr:  # superseded by the newer outline: counted as passed, so it does not come back
+            if label != keep and passed is not None:
+                passed[label] = (chosen[label][0], _lesionChecksum(chosen[label][0]))
         chosen = {label: value for label, value in chosen.items() if label not in mr or label == keep}
     masks = {}
     for label, (node, _) in chosen.items():

@@ -59,7 +59,12 @@ _DERIVED_WORDS = {"RESAMPLED", "CROPPED", "CROP", "COPY", "CLONE", "REGISTERED",
 _NOT_ACQUIRED_WORDS = {"SUB", "SUBTRACTION", "SUBTRACTED", "MIP", "MAXIP"}
 _MG_WORDS = {"MG", "MAMMO", "MAMMOGRAM", "MAMMOGRAPHY", "DBT", "FFDM"}
 _MR_WORDS = {"MR", "MRI", "BMRI"}
-_DCE_NUMBER_RE = re.compile(r"(?:DCE|PHASE|POST|DYN)[ _-]*(\d{1,2})(?![0-9])")
+_DCE_NUMBER_RE = re.compile(r"(?:DCE|PHASE|POST|DYN)[ _-]*(\d{1,3})(?![0-9])")
+#: a unit after the number makes it a time after injection ("post 60s"): it orders the phases,
+#: it is no phase number
+_TIME_UNIT_RE = re.compile(r"\s*(S|SEC|SECS|SECOND|SECONDS|MIN|MINS|MINUTE|MINUTES)(?![A-Z])")
+#: the highest number a name may give as a phase (a larger one is read as an order only)
+MAX_NAMED_PHASE = 12
 
 
 @dataclass
@@ -161,9 +166,11 @@ class _HeaderVolume:
             words = set(_words(text))
             if match:
                 phase = int(match[1])
+                unit = _TIME_UNIT_RE.match(text, match.end())
                 header["ProtocolName"] = "POST" if phase >= 1 else "PRE"
-                self._values["acq_time_s"] = float(phase)
-                self.phaseFromName = phase
+                self._values["acq_time_s"] = float(phase) * (60.0 if unit and unit[1].startswith("M") else 1.0)
+                if unit is None and phase <= MAX_NAMED_PHASE:
+                    self.phaseFromName = phase
             elif words & {"PRE", "PRECONTRAST", "NATIVE"}:
                 self._values["acq_time_s"] = -1.0
 

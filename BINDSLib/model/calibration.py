@@ -286,6 +286,8 @@ def fit_uncertainty_band(p1, p2, labels, threshold: float) -> tuple[tuple[float,
         for j in range(i, n + 1):
             if (j < n and s1[j] < threshold) or (i < j < n and s1[j - 1] == s1[j]):
                 continue  # the band would end below the threshold, or between equal probabilities
+            if i < j and ((i == 0 and s1[0] <= 0.0) or (j == n and s1[-1] >= 1.0)):
+                continue  # a probability of exactly 0 or 1 is never strictly inside a band
             tp, tn = base_tp + gain_tp[j] - gain_tp[i], base_tn + gain_tn[j] - gain_tn[i]
             lo = 0.0 if i == 0 else min((s1[i - 1] + s1[i]) / 2, threshold) if i < n else threshold
             hi = 1.0 if j == n else max((s1[j - 1] + s1[j]) / 2, threshold) if j > 0 else threshold
