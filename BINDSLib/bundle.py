@@ -315,6 +315,8 @@ def save_recalibrated(bundle: Bundle, path: str | os.PathLike, calibration: dict
     meta = json.loads(json_dumps(bundle.metadata))  # a deep copy
     binds = meta.setdefault("binds", {})
     previous = {k: v for k, v in binds.get("calibration", {}).items() if k != "previous"}
+    if not probabilities_changed:  # (the band alone: the calibration that came before stays "previous")
+        previous = binds.get("calibration", {}).get("previous", previous)
     binds["calibration"] = {**calibration, "previous": previous}
     if operating_points:  # the malignancy part was refitted
         binds["operating_points"] = operating_points

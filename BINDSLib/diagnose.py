@@ -84,6 +84,8 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
         if im is None:
             raise InputError(f"no image {key!r} in study {study.study_id} for this lesion mask "
                              f"(images: {', '.join(i.label for i in study.images)})", path)
+        if im.label in out:
+            raise InputError(f"a second lesion mask for image {im.label} (given as {key!r}): give one per image", path)
         p = Path(path)
         if p.name.endswith(".seg.nrrd"):
             segs = read_seg_nrrd(p, im.geometry, im.shape)
@@ -160,9 +162,10 @@ def run_stages(model, study: Study, stage: str, band: tuple[float, float], lesio
 
 def mri_outlined(study: Study, lesion_masks) -> bool:
     """Whether the user outlined a lesion on one of the study's MR images (``lesion_masks`` by
-    label): ``--stage auto`` then reads the MRI whatever stage 1 says (the rule of
+    label; an empty mask outlines none): ``--stage auto`` then reads the MRI whatever stage 1 says (the rule of
     :func:`run_stages` and of ``binds evaluate``'s two-stage decision)."""
-    return any(study.image(label).modality is Modality.MR for label in (lesion_masks or {}))
+    return any(study.image(label).modality is Modality.MR and np.asarray(mask).any()
+               for label, mask in (lesion_masks or {}).items())
 
 
 def _lesion_source(label: str, user_masks, source: str) -> str:

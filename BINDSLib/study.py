@@ -570,17 +570,20 @@ def parse_date(value) -> _dt.date | None:
     if isinstance(value, _dt.date):
         return value
     s = str(value).strip()
-    # a date, optionally with the time of day a date-time carries (ISO, or DICOM DT); nothing else
-    if _ISO_DATE_TIME.fullmatch(s) or _DICOM_DATE_TIME.fullmatch(s):
-        try:
-            return _dt.datetime.strptime(s[:10] if "-" in s else s[:8], "%Y-%m-%d" if "-" in s else "%Y%m%d").date()
-        except ValueError:
-            pass
+    # a date, optionally with what a date-time carries after it (a time of day, a zone, a
+    # spreadsheet's ".0"); letters or other text after the date are refused
+    for pattern, fmt in ((_ISO_DATE_TIME, "%Y-%m-%d"), (_DICOM_DATE_TIME, "%Y%m%d")):
+        match = pattern.fullmatch(s)
+        if match:
+            try:
+                return _dt.datetime.strptime(match[1], fmt).date()
+            except ValueError:
+                break
     raise ValueError(f"not a date: {value!r} (use YYYY-MM-DD)")
 
 
-_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
-_DICOM_DATE_TIME = re.compile(r"\d{8}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
+_ISO_DATE_TIME = re.compile(r"(\d{4}-\d{1,2}-\d{1,2})(?:[T ][0-9:.]*(?:Z|[+-][0-9:]+)?)?")
+_DICOM_DATE_TIME = re.compile(r"(\d{8})[0-9.]*(?:[+-]\d{4})?")
 
 
 def pseudonym(identifier: str, salt: str = "binds") -> str:

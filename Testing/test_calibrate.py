@@ -367,3 +367,13 @@ def test_calibrate_fits_the_band_the_staged_decision_uses(tmp_path, tiny_bundle,
                  "--fit", "malignancy", "--fit", "band"]) == 0
     b = load_bundle(both).binds
     assert "uncertainty_band" in b and "operating_points" in b and "finding_temperature" not in b["calibration"]
+    # the band alone keeps the calibration that came before as "previous"; a later malignancy
+    # refit keeps the band and says it was fitted on the old probabilities
+    again = tmp_path / "again"
+    assert main(["calibrate", "--model", str(both), "--data", str(data), "--out", str(again), "--fit", "band"]) == 0
+    assert load_bundle(again).binds["calibration"]["previous"] == b["calibration"]["previous"]
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(again), "--data", str(data), "--out", str(tmp_path / "m"),
+                 "--fit", "malignancy"]) == 0
+    assert "was fitted on the old probabilities and is kept as it is: refit it with --fit band" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "m").binds["uncertainty_band"] == load_bundle(again).binds["uncertainty_band"]

@@ -62,6 +62,24 @@ def test_two_stage_logic(p1, stage, mods, expect_calls):
     assert stages[-1].stage == (2 if "MR" in expect_calls[-1] else 1)
 
 
+def test_an_mri_outline_reads_the_mri_and_an_empty_mask_outlines_nothing(tmp_path):
+    study = _study("US", "MR")
+    outline = np.zeros((3, 8, 8), np.uint8)
+    for mask, expect in ((outline, [("US",)]), (outline + 1, [("US",), ("US", "MR")])):
+        model = FakeModel(0.99)  # confident: stage 1 alone, unless the MRI was outlined
+        run_stages(model, study, "auto", (0.02, 0.98), {"MR_DCE1": mask})
+        assert model.calls == expect
+    # one image's mask given twice (its label and its role key)
+    from BINDSLib.diagnose import load_lesion_masks
+
+    us = study.image("US_L")
+    path = tmp_path / "mask.nrrd"
+    sitk.WriteImage(us.to_sitk(np.ones((1, 8, 8), np.uint8)), str(path))
+    with pytest.raises(InputError, match="a second lesion mask for image left .given as 'US_R'"):
+        load_lesion_masks(Study("s", [us, Image(us.voxels, us.geometry, Role.parse("US_R"), name="left")]),
+                          {"left": path, "US_R": path})
+
+
 def test_a_forced_stage_without_its_modalities_is_refused():
     with pytest.raises(InputError, match=r"--stage 2 needs MRI the model reads; study s has MG, US \(use --stage auto or 1\)"):
         run_stages(FakeModel(0.5), _study("US", "MG"), "2", (0.02, 0.98), {})

@@ -307,3 +307,6 @@ def test_the_model_and_device_lists_follow_the_parameter_node(modules, tmp_path)
     node.modelBundle = folder
     widgets.followSettings((models, devices), "diagnosis", node, autoItem=True)
     assert models.itemData(models.currentIndex) == folder
+    node.modelBundle = ""  # none chosen: the first entry, "auto", as Apply reads it
+    widgets.followSettings((models, devices), "diagnosis", node, autoItem=True)
+    assert models.itemData(models.currentIndex) == "auto"

@@ -131,7 +131,8 @@ def test_parse_date_and_pseudonym():
     with pytest.raises(ValueError):
         parse_date("31/01/2024")
     # a date-time's date (ISO, a spreadsheet's, DICOM DT); anything else after the date is refused
-    for v in ("2024-01-31T10:00:00", "2024-01-31 10:00", "2024-01-31T10:00:00+01:00", "20240131101500.25"):
+    for v in ("2024-01-31T10:00:00", "2024-01-31 10:00", "2024-01-31T10:00:00+01:00", "20240131101500.25",
+              "2024-1-31", "20240131.0", "2024-01-31T10"):
         assert parse_date(v) == dt.date(2024, 1, 31), v
     for v in ("2024-01-31 garbage", "2024-01-31T10:00:00junk", "20240131x", "2024-13-01"):
         with pytest.raises(ValueError, match="not a date"):

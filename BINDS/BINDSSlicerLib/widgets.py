@@ -114,7 +114,9 @@ def followSettings(comboBoxes, kind, parameterNode, autoItem=False):
     so the lists must show it. A model the list lacks (a folder) is added by filling it again."""
     modelComboBox, deviceComboBox = comboBoxes
     model, device = parameterNode.modelBundle, parameterNode.device or "auto"
-    if model and modelComboBox.itemData(modelComboBox.currentIndex) != model:
+    if not model and modelComboBox.count:  # none chosen: the list's first entry, as when it was filled
+        _select(modelComboBox, 0)
+    elif model and modelComboBox.itemData(modelComboBox.currentIndex) != model:
         if modelComboBox.findData(model) < 0:
             fillSettings(comboBoxes, kind, parameterNode, autoItem=autoItem)
             return

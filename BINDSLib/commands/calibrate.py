@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                         for k, v in fitted.items())
     note = (f"Recalibrated from {bundle.name} {bundle.version} (same weights) on {len(rows)} "
             f"studies of {where} with binds calibrate: {changes}.")
+    if "malignancy" in parts and BAND_PART not in parts and "band_fitted_on" in binds.get("calibration", {}):
+        note += (f" The uncertainty band {_f(list(model.uncertainty_band))} was fitted on the old probabilities "
+                 "and is kept as it is: refit it with --fit band.")
     command = "binds " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.own_process else ""
     save_recalibrated(bundle, out, calibration, ops if "malignancy" in parts else None, version=version,
                       note=note, command=command, overwrite=args.overwrite, uncertainty_band=band,

@@ -145,8 +145,8 @@ class RiskModel:
             if not isinstance(thresholds, dict):
                 raise ValueError(f"thresholds must be an object, not {thresholds!r}")
             for key, value in thresholds.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-                    raise ValueError(f"thresholds.{key} must be a risk between 0 and 1, not {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                    raise ValueError(f"thresholds.{key} must be a risk from 0 to 1 (as --threshold), not {value!r}")
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise ModelError(f"invalid risk bundle metadata: {e}", bundle.path) from None
         # the network takes the loaded tensors (the scoring network's fused copies are its own)
