@@ -498,3 +498,24 @@ def test_a_rename_is_no_edit_and_a_superseded_mr_outline_does_not_come_back(scen
     res.markPassed(passed)
     masks = res.lesionMasksForReassessment(scene, images)
     assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], newer)
+
+
+def test_an_mr_edit_a_stage_1_run_did_not_read_stays_pending(scene, tmp_path):
+    """A re-assessment whose run read no MRI (stage 1) did not use the MR outline: the next
+    re-assessment passes it again."""
+    study = Study("s-1", images=[Image(np.full(SHAPES["MR_DCE1"], 100 + n, np.int16), GEOMS["MR_DCE1"],
+                                       Role.parse(label)) for n, label in enumerate(("MR_DCE1", "MR_DCE2"))])
+    images = sc.addStudyToScene(scene, study)
+    _two_sequence_run(tmp_path / "run1", {label: lesion_mask("MR_DCE1") for label in images})
+    run1 = res.loadDiagnosisResults(scene, tmp_path / "run1", images)
+    edit = _box(slice(1, 3), slice(2, 5), slice(2, 5))
+    res.setSegmentMask(run1.segmentations["MR_DCE1"], "lesion", edit, images["MR_DCE1"])
+    passed = {}
+    assert list(res.lesionMasksForReassessment(scene, images, passed)) == ["MR_DCE1"]
+    stage1 = {"user_lesion_masks": [], "stages": [{"stage": 1, "modalities": ["US"]}]}
+    res.markPassed(passed, stage1)
+    masks = res.lesionMasksForReassessment(scene, images)
+    assert list(masks) == ["MR_DCE1"] and np.array_equal(masks["MR_DCE1"], edit)
+    # read by a run that used it: not passed again unless edited again
+    res.markPassed(passed, {"user_lesion_masks": ["MR_DCE1"], "stages": [{"stage": 2, "modalities": ["US", "MR"]}]})
+    assert res.lesionMasksForReassessment(scene, images) == {}

@@ -338,10 +338,17 @@ def lesionMasksForReassessment(scene, imageNodesByLabel, passed=None):
     return masks
 
 
-def markPassed(passed):
+def markPassed(passed, report=None):
     """Record on each segmentation the lesion a run was given (``passed`` of
     :func:`lesionMasksForReassessment`), once that run's results are loaded: a later
-    re-assessment passes it again only if it is edited again."""
+    re-assessment passes it again only if it is edited again. With the run's ``report``, only
+    the masks it used (``user_lesion_masks``) count, and MR outlines set aside for the one passed
+    only when the MRI was read: a stage-1 run leaves the MR edits for a later run."""
+    if report is not None:
+        used = set(report.get("user_lesion_masks") or [])
+        mrRead = any("MR" in stage.get("modalities", []) for stage in report.get("stages", []))
+        passed = {label: value for label, value in passed.items()
+                  if label in used or (label.upper().startswith("MR") and mrRead)}
     for node, checksum in passed.values():
         if node.GetScene() is not None:
             node.SetAttribute(PASSED_CHECKSUM_ATTRIBUTE, checksum)

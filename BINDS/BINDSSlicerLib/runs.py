@@ -284,7 +284,7 @@ class DiagnosisRun(_Run):
                              "removed from the scene during the run; the results were not loaded: run again")
         studyItem = sc.ensureStudyItem(self.scene, list(images.values()))
         self.results = res.loadDiagnosisResults(self.scene, self.outputFolder, images, studyItem)
-        res.markPassed(self.passedLesions)
+        res.markPassed(self.passedLesions, self.results.report)
 
     def describe(self, message):
         """Image files of the temporary study folder named by their volumes: the user never saw
