@@ -114,7 +114,13 @@ def test_exams_given_twice_or_without_a_standard_view_are_refused_naming_the_fol
     hist = write_history(ExamHistory("W-1", [make_exam(i, dt.date(2018 + i, 1, 1), study_id=f"h{i}")
                                              for i in range(2)]), tmp_path / "woman")
     copy = write_study_folder(make_exam(1, dt.date(2019, 1, 1), study_id="h1"), tmp_path / "h1-copy")
+    from BINDSLib.study import pseudonym
+
+    # the exam named as in the outputs: a pseudonym, unless --keep-identifiers
     assert main(["risk", str(hist), str(copy), "--model", str(bundle), "--out", out]) == 3
+    err = capsys.readouterr().err
+    assert f"exam {pseudonym('h1')} of 2019-01-01 is also given as" in err and "exam h1 " not in err
+    assert main(["risk", str(hist), str(copy), "--model", str(bundle), "--out", out, "--keep-identifiers"]) == 3
     assert "exam h1 of 2019-01-01 is also given as" in capsys.readouterr().err
     im = make_exam(3).images[0]  # a mammogram without a view
     folder = write_study_folder(Study("noview", [Image(im.voxels, im.geometry, Role(Modality.MG, laterality="L"))],
@@ -295,3 +301,34 @@ def test_hostile_history_manifest_and_risk_bundle_metadata(exams, bundle, tmp_pa
             RiskModel.from_bundle(copy, device="cpu")
         assert main(["risk", str(exams[0]), "--model", str(copy), "--out", str(tmp_path / f"out{n}")]) == 4, name
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_exams_after_the_cancer_date_are_left_out_and_said_so(bundle, tmp_path, capsys):
+    exams = [make_exam(i, dt.date(2016 + i, 1, 1), study_id=f"ex{i}") for i in range(4)]
+    hist = write_history(ExamHistory("W-3", exams, cancer_date=dt.date(2017, 1, 1)), tmp_path / "woman")
+    out = tmp_path / "out"
+    assert main(["risk", str(hist), "--model", str(bundle), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["exams"]) == 2  # 2016 and the diagnosis day's exam; 2018 and 2019 left out
+    assert any("2 exam(s) after the woman's cancer date left out: woman/2018-01-01, woman/2019-01-01" in w
+               for w in report["warnings"])
+    capsys.readouterr()
+    # only exams after it: refused
+    late = write_history(ExamHistory("W-4", exams[2:], cancer_date=dt.date(2017, 1, 1)), tmp_path / "late")
+    assert main(["risk", str(late), "--model", str(bundle), "--out", str(tmp_path / "o2")]) == 3
+    assert "every exam given is after the woman's cancer date" in capsys.readouterr().err
+
+
+def test_an_exam_with_nothing_to_read_is_named_by_its_pseudonym(bundle):
+    from BINDSLib.risk.inference import RiskModel
+    from BINDSLib.study import pseudonym
+
+    exam = make_exam(0, dt.date(2020, 1, 1), study_id="1.2.840.99.7")
+    for im in exam.images:
+        im.voxels = np.zeros_like(im.voxels)  # every view constant: left out as missing
+    model = RiskModel.from_bundle(bundle, device="cpu")
+    with pytest.raises(InputError, match=f"exam {pseudonym('1.2.840.99.7')} has no standard") as e:
+        model.score_exams([exam])
+    assert "1.2.840.99.7" not in str(e.value)
+    with pytest.raises(InputError, match="exam 1.2.840.99.7 has no standard"):
+        model.score_exams([exam], keep_identifiers=True)

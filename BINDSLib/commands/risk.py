@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inputs = [*args.exams, find_bundle(args.model)]  # the bundle too: never replaced by a report
     check_output_dir(out, args.overwrite, inputs, REPORT_SIGNS)  # before the scoring, not after
-    studies, woman_ids, sources = _read_exams(args.exams)
+    studies, woman_ids, sources, after = _read_exams(args.exams, args.keep_identifiers)
     if len(studies) > 1 and any(s.study_date is None for s in studies):
         # named by the folders given (the exams' own IDs stay out of messages without --keep-identifiers)
         bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
     anon = {i if i.startswith("anon-") else pseudonym(i) for i in raw_ids}
     warnings = []
+    if after:  # a risk model reads screening exams before a diagnosis, as it was trained
+        warnings.append(f"{len(after)} exam(s) after the woman's cancer date left out: {', '.join(after)}")
+        log.warning(warnings[-1])
     if len(anon) > 1:
         warnings.append(f"the exams carry {len(anon)} different patient IDs; are they one woman's?")
         log.warning(warnings[-1])
@@ -125,17 +128,20 @@ def _today():
     return datetime.date.today()
 
 
-def _read_exams(paths):
-    """Studies of the given exam folders (exam-history folders expand to their exams), the
-    women's IDs of the histories, and ``{id(study): the folder given}``."""
+def _read_exams(paths, keep_identifiers=False):
+    """Studies of the given exam folders (exam-history folders expand to their exams, those
+    after the woman's cancer date left out), the women's IDs of the histories, ``{id(study): the
+    folder given}`` and the exams left out (their folders). Exams are named in messages as in
+    the outputs: pseudonyms unless ``keep_identifiers``."""
     from pathlib import Path
 
     from ..errors import InputError
     from ..io.loader import collection
+    from ..risk.inference import exam_identifier
     from ..risk.preprocess import load_exam, select_views
     from ..studyfolder import read_history
 
-    studies, women, where, sources = [], set(), {}, {}
+    studies, women, where, sources, after = [], set(), {}, {}, []
     for p in paths:
         p = Path(p)
         found = collection(p)
@@ -152,24 +158,33 @@ def _read_exams(paths):
                              f"(e.g. {found.histories[0]}){cohort}", p)
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
-            exams = list(h.exams)
+            exams = [st for st in h.exams if not _after(st.study_date, h.cancer_date)]
+            after += [f"{p.name}/{st.study_date}" for st in h.exams if _after(st.study_date, h.cancer_date)]
             women.add(h.woman_id)
         else:
             exams = [load_exam(p)]
         for st in exams:
+            public = exam_identifier(st, keep_identifiers)
             if all(im is None for im in select_views(st)[0]):
-                raise InputError(f"{'exam ' + st.study_id + ' ' if len(exams) > 1 else ''}holds no standard "
+                raise InputError(f"{'exam ' + public + ' ' if len(exams) > 1 else ''}holds no standard "
                                  "mammography view (needs MG images with laterality L/R and view CC/MLO)", p)
             key = (st.study_id, st.study_date)
             if key in where:  # one exam given twice would count twice in the trajectory
-                raise InputError(f"exam {st.study_id} of {st.study_date or 'no date'} is also given "
+                raise InputError(f"exam {public} of {st.study_date or 'no date'} is also given "
                                  f"as {where[key]}", p)
             where[key] = p
             sources[id(st)] = p
         studies += exams
     if not studies:
-        raise InputError("no exams given", paths[0] if paths else None)
-    return studies, women, sources
+        raise InputError("no exams given" if not after else "every exam given is after the woman's cancer date",
+                         paths[0] if paths else None)
+    return studies, women, sources, after
+
+
+def _after(day, cancer_date) -> bool:
+    """An exam on a day after the cancer diagnosis (an exam of that day is kept: the diagnostic
+    mammogram's screening exam)."""
+    return day is not None and cancer_date is not None and day > cancer_date
 
 
 def _pct(v) -> str:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..study import Study, pseudonym
 from .calibration import Calibrator
 from .config import NCCN_MRI_THRESHOLD_5Y, STANDARD_VIEWS, RiskConfig
@@ -222,7 +222,13 @@ class RiskModel:
             chunk = studies[k:k + batch_size]
             prepared = []
             for s in chunk:
-                p = prepare_exam(s, self.config)
+                try:
+                    p = prepare_exam(s, self.config)
+                except InputError as e:  # its exam named as in the outputs (a pseudonym by default)
+                    public = exam_identifier(s, keep_identifiers)
+                    if public == str(s.study_id):
+                        raise
+                    raise InputError(e.reason.replace(str(s.study_id), public), e.path) from None
                 for w in p.warnings:
                     log.warning("exam %s: %s", exam_identifier(s, keep_identifiers), w)
                 prepared.append(p)
