@@ -488,19 +488,23 @@ def reportRows(report):
     return rows
 
 
-def setTableRows(tableNode, rows, columnNames=("Quantity", "Value")):
-    """Fill a table node with string columns."""
+def setTableRows(tableNode, rows, columnNames=("Quantity", "Value"), numeric=()):
+    """Fill a table node with string columns, and double columns for the ``numeric`` column
+    names (None -> NaN), which the table view sorts as numbers."""
     table = tableNode.GetTable()
     table.Initialize()
     columns = []
     for name in columnNames:
-        column = vtk.vtkStringArray()
+        column = vtk.vtkDoubleArray() if name in numeric else vtk.vtkStringArray()
         column.SetName(name)
         table.AddColumn(column)
         columns.append(column)
     for row in rows:
         for column, value in zip(columns, row):
-            column.InsertNextValue(str(value))
+            if isinstance(column, vtk.vtkDoubleArray):
+                column.InsertNextValue(float("nan") if value is None else float(value))
+            else:
+                column.InsertNextValue(str(value))
     tableNode.Modified()
 
 

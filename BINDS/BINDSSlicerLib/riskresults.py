@@ -68,17 +68,18 @@ def threshold(report):
 
 
 def examRows(report):
-    """Rows (strings) of the per-exam table: date, exam, risks 1..T years (%), per breast at
-    the horizon (%), views, warnings."""
+    """Rows of the per-exam table: date, exam (text), risks 1..T years (%), per breast at the
+    horizon (%; None without that breast) as numbers to 2 decimals (the table sorts them as
+    numbers: :func:`examNumericColumns`), views, warnings (text)."""
     years = report.get("years") or list(range(1, horizonYears(report) + 1))
     horizon = horizonYears(report)
     rows = []
     for exam in report.get("exams", []):
         row = [exam.get("exam_date") or "", exam.get("exam_id", "")]
-        row += [f"{100 * _risk(exam['cumulative_risk'], y):.2f}" for y in years]
+        row += [round(100 * _risk(exam["cumulative_risk"], y), 2) for y in years]
         for side in ("L", "R"):
             value = _risk((exam.get("breast_risk") or {}).get(side), horizon)
-            row.append("" if value is None else f"{100 * value:.2f}")
+            row.append(None if value is None else round(100 * value, 2))
         row.append(" ".join(exam.get("views_present", [])))
         row.append(" | ".join(exam.get("warnings", [])))
         rows.append(tuple(row))
@@ -86,10 +87,14 @@ def examRows(report):
 
 
 def examColumns(report):
+    return ["Exam date", "Exam"] + examNumericColumns(report) + ["Views", "Warnings"]
+
+
+def examNumericColumns(report):
+    """The per-exam table's risk columns (numbers, NaN for a breast without views)."""
     years = report.get("years") or list(range(1, horizonYears(report) + 1))
     horizon = horizonYears(report)
-    return (["Exam date", "Exam"] + [f"{y}-year risk (%)" for y in years]
-            + [f"Left {horizon}-year (%)", f"Right {horizon}-year (%)", "Views", "Warnings"])
+    return [f"{y}-year risk (%)" for y in years] + [f"Left {horizon}-year (%)", f"Right {horizon}-year (%)"]
 
 
 def _setNumericColumns(tableNode, columns):
@@ -159,7 +164,7 @@ def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     results.folderItem = sc.createFolder(scene, parentItem, name)
 
     examTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} exams")
-    setTableRows(examTable, examRows(report), examColumns(report))
+    setTableRows(examTable, examRows(report), examColumns(report), numeric=examNumericColumns(report))
     examTable.SetUseColumnTitleAsColumnHeader(True)
     examTable.SetAttribute(OUTPUT_ATTRIBUTE, "exams")
     examTable.SetAttribute(REPORT_JSON_ATTRIBUTE, json.dumps(report, sort_keys=True))
@@ -195,7 +200,8 @@ def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     chart.SetYAxisTitle(f"{horizon}-year cumulative risk (%)")
     chart.SetLegendVisibility(True)
     chart.SetYAxisRangeAuto(False)
-    top = max([1.5 * line] + [1.15 * v for v in columns[1][1]])
+    # every series on the chart: a breast's risk may exceed the exam's (an uncalibrated breast head)
+    top = max([1.5 * line] + [1.15 * v for _, values in columns[1:] for v in values if v is not None])
     chart.SetYAxisRange(0.0, top)
     chart.SetAttribute(OUTPUT_ATTRIBUTE, "chart")
     results.chart = chart
