@@ -298,8 +298,11 @@ def riskSummaryHtml(report: dict) -> str:
         risk = float(last["cumulative_risk"][str(horizon)])
         if (report.get("trajectory") or {}).get("last_risk") is not None:
             risk = float(report["trajectory"]["last_risk"])  # (exams of one date: their highest, as the flag)
-        lines.append(f"Latest exam ({last.get('exam_date') or 'undated'}): {horizon}-year risk <b>{100 * risk:.2f}%</b> "
-                     f"(threshold {100 * bindsRisk.threshold(report):g}%)")
+        from BINDSLib.risk.report import percent_texts
+
+        shown, limit = percent_texts(risk, bindsRisk.threshold(report))
+        lines.append(f"Latest exam ({last.get('exam_date') or 'undated'}): {horizon}-year risk <b>{shown}</b> "
+                     f"(threshold {limit})")
     trajectory = report.get("trajectory", {})
     if trajectory.get("slope_per_year") is not None:
         lines.append(f"Trend: {100 * trajectory['slope_per_year']:+.3f} percentage points per year "

@@ -93,7 +93,13 @@ def test_flags_for_high_and_rising_risk(exams, tmp_path, capsys):
     rising = report["trajectory"]["change_last_years"] >= 0  # any rise reaches a threshold of 0
     assert [f["code"] for f in report["flags"]] == ["consider_supplemental_mri"] + ["rising_risk"] * rising
     assert report["thresholds"]["rise_2y"] == 0
-    assert "consider supplemental MRI (NCCN 2026)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "consider supplemental MRI (NCCN 2026)" in text
+    assert f"latest 5-year risk {100 * report['trajectory']['last_risk']:.2f}%, threshold 1.70%" in text
+    from BINDSLib.risk.report import percent_texts
+
+    assert percent_texts(0.016996, 0.017) == ("1.6996%", "1.7000%")
+    assert percent_texts(0.02, 0.017) == ("2.00%", "1.70%") and percent_texts(0.017, 0.017) == ("1.70%", "1.70%")
 
 
 def test_an_output_that_is_or_holds_an_input_is_refused_and_the_input_kept(bundle, tmp_path):

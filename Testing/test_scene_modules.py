@@ -188,6 +188,10 @@ def test_risk_logic_keeps_exam_folders_and_exports(modules, tmp_path):
     written = logic.exportResults(str(out), str(tmp_path / "export"))
     assert sorted(Path(p).name for p in written) == ["report.json", "risk.csv", "trajectory.png"]
     assert "Research use only" in modules.risk.riskSummaryHtml({"exams": [], "horizon_years": 5})
+    # just below the threshold: enough digits to see it is below (not "1.70%" beside an unraised flag)
+    html = modules.risk.riskSummaryHtml({"exams": [{"exam_date": "2020-01-01", "cumulative_risk": {"5": 0.016996}}],
+                                         "horizon_years": 5, "thresholds": {"supplemental_mri_5y": 0.017}})
+    assert "<b>1.6996%</b> (threshold 1.7000%)" in html
 
 
 def test_result_summary_shows_the_key_numbers(modules):

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
     from ..risk.config import FLAG_HORIZON_YEARS
     from ..risk.inference import RiskModel
-    from ..risk.report import build_report, exams_csv, format_table, plot_trajectory, write_png
+    from ..risk.report import build_report, exams_csv, format_table, percent_texts, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
     from ..study import pseudonym
 
@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     w = sys.stdout.write
     w(format_table(risks, horizon))
     w(_trajectory_text(traj))
+    if traj.last_risk is not None:  # the latest risk against the threshold, told apart
+        shown, limit = percent_texts(traj.last_risk, thresholds["supplemental_mri_5y"])
+        w(f"latest {horizon}-year risk {shown}, threshold {limit}\n")
     for f in flags:
         w(f"FLAG: {f.message}\n")
     w(f"wrote {out / 'report.json'}, {out / 'risk.csv'}, {out / 'trajectory.png'}\n")

@@ -98,6 +98,15 @@ def exams_csv(exams: Sequence[ExamRisk]) -> str:
     return buf.getvalue()
 
 
+def percent_texts(risk: float, threshold: float) -> tuple[str, str]:
+    """``risk`` and ``threshold`` as percentages with as many decimals (2 to 6) as it takes to
+    tell them apart: ``1.6996%`` below ``1.7000%``, not ``1.70%`` beside ``1.7%`` unflagged."""
+    digits = 2
+    while digits < 6 and f"{100 * risk:.{digits}f}" == f"{100 * threshold:.{digits}f}" and risk != threshold:
+        digits += 1
+    return f"{100 * risk:.{digits}f}%", f"{100 * threshold:.{digits}f}%"
+
+
 def format_table(exams: Sequence[ExamRisk], horizon: int = 5) -> str:
     """A fixed-width table for the terminal: date, risks for every year and the per-breast risk
     at ``horizon`` years (%)."""
