@@ -148,7 +148,18 @@ def test_dataloader_workers_use_no_extra_threads(monkeypatch):
     assert any(n.startswith("binds-work") for n in _Names()[0])  # in the main process they do
 
 
-def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost():
+@pytest.fixture()
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test: a run started as a background job (``cmd &``)
+    inherits SIGINT ignored, which the code under test rightly keeps."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost(ctrl_c_raises):
     """Forking DataLoader workers runs at-fork hooks where a KeyboardInterrupt would be printed
     as "Exception ignored" and lost; held back, it stops the run as soon as the workers exist."""
     import os
