@@ -92,3 +92,43 @@ def test_train_command_and_recalibration(tmp_path):
     second = load_bundle(tmp_path / "b2")
     assert second.sha256 == first.sha256  # same weights
     assert second.binds["metrics"]["recalibrated"] is True
+
+
+def test_train_command_errors_are_one_line_and_come_before_the_training(tmp_path, capsys, monkeypatch, caplog):
+    import json
+
+    import BINDSLib.risk.train as rt
+    from BINDSLib.studyfolder import write_history
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(rt, "train", no_training)
+    cfg = tmp_path / "cfg.json"
+    cases = {"missing config": (["--config", str(tmp_path / "nope.json")], 3, "config file not found"),
+             "batch size 0": ({"epochs": 1, "batch_size": 0}, 3, "train.batch_size must be a whole number >= 1"),
+             "text n_women": ({"n_women": "x"}, 3, "train.n_women must be a whole number"),
+             "negative rate": ({"learning_rate": -1}, 3, "train.learning_rate must be a number > 0"),
+             "unknown key": ({"epoch": 3}, 3, "unknown train config fields"),
+             "no histories": (["--histories", str(tmp_path / "nowhere")], 3, "not a folder of exam-history folders"),
+             "empty histories": (["--histories", str(tmp_path)], 3, "holds no exam-history folder")}
+    for name, (given, code, message) in cases.items():
+        if isinstance(given, dict):
+            cfg.write_text(json.dumps({"model": "tiny", "train": given}))
+            given = ["--config", str(cfg)]
+        assert rt.main([*given, "--out", str(tmp_path / "b")]) == code, name
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (name, err)
+    # an existing output: refused before the (long) training, not after it
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("x")
+    cfg.write_text(json.dumps({"model": "tiny", "train": {"epochs": 1}}))
+    assert rt.main(["--config", str(cfg), "--out", str(tmp_path / "b")]) == 5
+    assert "already exists" in capsys.readouterr().err
+    # validation women without a cancer give no C-index: the last epoch's weights are kept
+    monkeypatch.undo()
+    healthy = [h for h in fabricated_histories(16) if h.cancer_date is None]
+    with caplog.at_level("WARNING"):
+        _, _, _, metrics = rt.train(healthy, PRESETS["tiny"], TrainConfig(n_women=len(healthy), epochs=2,
+                                                                          batch_size=8, split=(0.5, 0.25, 0.25)))
+    assert metrics["best_epoch"] == 2 and "give no C-index" in caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +139,26 @@ class TrainConfig(_JsonFields):
     augment: bool = True
 
     def __post_init__(self):
+        def whole(name, low):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"train.{name} must be a whole number >= {low}, not {v!r}")
+
+        def number(name, low, strict):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v <= low if strict else v < low):
+                raise ValueError(f"train.{name} must be a number {'>' if strict else '>='} {low}, not {v!r}")
+
+        for name, low in (("n_women", 1), ("seed", 0), ("epochs", 1), ("batch_size", 1)):
+            whole(name, low)
+        for name, low, strict in (("learning_rate", 0, True), ("weight_decay", 0, False),
+                                  ("breast_loss_weight", 0, False), ("pos_weight", 0, True)):
+            number(name, low, strict)
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"train.augment must be true or false, not {self.augment!r}")
         object.__setattr__(self, "split", tuple(float(v) for v in self.split))
-        if abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ValueError(f"split must be 3 positive fractions summing to 1, got {self.split}")
         if self.calibration not in ("platt", "isotonic", "none"):
             raise ValueError("calibration must be 'platt', 'isotonic' or 'none'")
@@ -170,12 +189,12 @@ def load_config_file(path: str | Path) -> tuple[RiskConfig, TrainConfig]:
     """Read ``configs/risk-*.json``: ``{"model": {...} or "preset name", "train": {...}}``."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark is allowed)
         model = doc.get("model", "demo")
         model_cfg = preset(model) if isinstance(model, str) else RiskConfig.from_json(model)
         train_cfg = TrainConfig.from_json(doc.get("train", {}))
     except FileNotFoundError:
         raise InputError("config file not found", path) from None
-    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
         raise InputError(f"invalid risk config: {e}", path) from None
     return model_cfg, train_cfg

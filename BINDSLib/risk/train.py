@@ -93,7 +93,10 @@ def build_examset(histories: Sequence, config: RiskConfig, sides: Sequence[str |
             side = None if sides is None else sides[w]
             side_idx.append({"L": 0, "R": 1}.get(side, -1) if h.cancer_date is not None else -1)
     if not images:
-        raise ValueError("no usable exams in the cohort")
+        from ..errors import InputError
+
+        raise InputError("no usable exams in the cohort (exams before a diagnosis with a known date and "
+                         "follow-up)")
     return ExamSet(np.stack(images), np.stack(masks), np.stack(targets), np.stack(known),
                    np.asarray(times, dtype=np.float64), np.asarray(events, dtype=bool),
                    np.asarray(women), np.asarray(side_idx, dtype=np.int64))
@@ -226,6 +229,10 @@ def train(histories: Sequence, config: RiskConfig, train_cfg: TrainConfig, devic
         if time_budget_s and time.monotonic() - t0 > time_budget_s:
             log.warning("time budget of %.0f s reached after epoch %d", time_budget_s, epoch + 1)
             break
+    if best[1] is None:  # no validation woman with a cancer to rank against: the last epoch's weights
+        log.warning("the validation women give no C-index (no cancer among them to rank against): "
+                    "the weights of the last epoch are kept")
+        best = (float("nan"), {k: v.detach().clone() for k, v in net.state_dict().items()}, len(history))
     net.load_state_dict(best[1])
     calibrator, breast_cal, test = calibrate_and_evaluate(net, val_set, test_set, train_cfg, device)
     metrics = {
@@ -337,7 +344,24 @@ def append_summary(bundle_path: Path, summary: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..fsutil import json_dumps
+    """The command line; its errors are one line naming the file and the problem (the exit codes
+    of ``binds``), never a traceback."""
+    from ..errors import BindsError
+
+    try:
+        return _main(argv)
+    except BindsError as e:
+        print(f"python -m BINDSLib.risk.train: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("python -m BINDSLib.risk.train: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from ..bundle import BUNDLE_SIGNS
+    from ..errors import InputError
+    from ..fsutil import check_output_dir, json_dumps
     from .inference import save_risk_bundle
 
     p = argparse.ArgumentParser(prog="python -m BINDSLib.risk.train", description=__doc__.split("\n\n")[0])
@@ -357,8 +381,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     config, train_cfg = (load_config_file(args.config) if args.config else (preset("demo"), TrainConfig()))
     if args.preset:
-        config = preset(args.preset)
+        try:
+            config = preset(args.preset)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    # the output before the training (not found taken after it), the inputs never replaced
+    check_output_dir(Path(args.out), args.overwrite, [p for p in (args.histories, args.config, args.recalibrate) if p],
+                     BUNDLE_SIGNS)
+    if args.histories and not Path(args.histories).is_dir():
+        raise InputError("not a folder of exam-history folders", args.histories)
     histories, sides = load_histories(train_cfg, args.histories)
+    if not histories:
+        raise InputError("holds no exam-history folder (history.json)", args.histories)
     if args.recalibrate:
         from ..bundle import load_bundle
         from .inference import RiskModel
