@@ -217,6 +217,13 @@ def test_case_lists_naming_studies_the_data_lacks(tmp_path, tiny_bundle, labelle
         assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert f"{cases}: 1 of the 4 listed studies are not in {labelled_folder}: not-there" in caplog.text
     assert load_bundle(tmp_path / "a").binds["calibration"]["n"] == 3
+    # a spreadsheet's "CSV UTF-8" starts with a byte-order mark: its header is still study_id
+    cases.write_text("\ufeffstudy_id\ncase0\ncase1\ncase3\n", encoding="utf-8")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(base + ["--out", str(tmp_path / "bom")]) == 0
+    assert "listed studies are not in" not in caplog.text  # (not the header read as a study ID)
+    assert load_bundle(tmp_path / "bom").binds["calibration"]["n"] == 3
     cases.write_text("study_id\nx1\nx2\n")
     assert main(base + ["--out", str(tmp_path / "b")]) == 3
     assert f"none of the 2 studies listed in {cases} is in {labelled_folder}" in capsys.readouterr().err

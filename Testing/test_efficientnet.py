@@ -91,6 +91,13 @@ def test_bad_weight_files_are_named(tmp_path):
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(InputError, match="missing"):
         load_imagenet_weights(net, tmp_path / "short.pth")
+    # another EfficientNet's weights (a wider block): named, not a size-mismatch traceback
+    state = torch.load(path, weights_only=True)
+    key = "_blocks.4._bn1.weight"
+    state[key] = torch.zeros(state[key].shape[0] + 8)
+    torch.save(state, tmp_path / "wider.pth")
+    with pytest.raises(InputError, match=r"1 tensor\(s\) of another shape, e.g. _blocks.4._bn1.weight"):
+        load_imagenet_weights(net, tmp_path / "wider.pth")
 
 
 def test_the_real_imagenet_weights_load_and_are_checked():
@@ -193,8 +200,9 @@ def test_pretrained_setting_errors_are_clear(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(doc))
     assert main(["train", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]) == EXIT_INPUT
     err = capsys.readouterr().err
-    assert "nowhere.pth: no such weights file" in err and "Traceback" not in err
-    assert not (tmp_path / "run" / "bundle").exists()
+    # refused with the config, before any data is read or anything written
+    assert "pretrained MG: weights file" in err and "nowhere.pth not found" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_gradcam_reads_the_efficientnet_head():

@@ -555,3 +555,48 @@ def test_mr_augmentation_turns_slices_in_their_plane_and_keeps_absent_sequences_
     for epoch in range(6):
         ds.set_epoch(epoch)
         assert not ds[0]["MR"]["images"][:, absent].any()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"dropout": 2}}, "dropout must be in [0, 1)"),
+    ({"model": {"embed_dim": 0}}, "embed_dim must be at least 1"),
+    ({"model": {"fusion_layers": 0}}, "fusion_layers must be at least 1"),
+    ({"model": {"fusion_heads": 0}}, "fusion_heads must be at least 1"),
+    ({"model": {"us_crop": [0, 0]}}, "us_crop must be at least 1"),
+    ({"model": {"intensity_percentiles": [-10, 200]}}, "intensity_percentiles must be (low, high)"),
+    ({"model": {"us_max_images": 1.5}}, "us_max_images must be a whole number"),
+    ({"model": {"locator_2d": "resnet"}}, "locator_2d must be an object of encoder settings"),
+    ({"model": {"bilateral_weight": "0.5"}}, "bilateral_weight must be a number"),
+    ({"model": {"mg_size": "64"}}, "mg_size must be a list of 2 numbers"),
+    ({"model": {"embed_dim": "16"}}, "embed_dim must be a whole number"),
+    ({"train": {"segmentation_loss": "xx"}}, "train.segmentation_loss must be one of"),
+    ({"train": {"loss_weights": {"alignment": -1}}}, "loss weights must be numbers >= 0"),
+    ({"train": {"refiner": {"epochs": "3"}}}, "epochs must be a whole number"),
+    ({"data": {"synthetic": {"n": 4, "seed": "a"}}}, "synthetic seed must be a whole number"),
+    ({"data": {"synthetic": {"n": 4, "modalities": 3}}}, "modalities must be a list"),
+])
+def test_config_mistakes_are_named_before_any_work(tmp_path, change, message, capsys):
+    import json
+
+    doc = {"model": "demo", "data": {"synthetic": {"n": 4}}, "train": {}}
+    doc.update(change)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(doc))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 3
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and str(cfg) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_files_in_other_encodings(tmp_path, capsys):
+    import json
+
+    doc = {"data": {"synthetic": {"n": 4}}, "train": {"validation_fraction": 1.0}}
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(doc), encoding="utf-16")  # what PowerShell's > writes
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 3
+    assert "not UTF-8 text" in capsys.readouterr().err
+    # a byte-order mark is read (the config is then refused for its own mistake)
+    cfg.write_text("\ufeff" + json.dumps(doc), encoding="utf-8")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 3
+    assert "validation_fraction must be in [0, 1)" in capsys.readouterr().err

@@ -204,7 +204,7 @@ def read_case_list(path) -> set[str]:
     from ..errors import InputError
 
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # (a spreadsheet's byte-order mark)
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read case list: {e}", path) from None

@@ -23,6 +23,7 @@ Sizes are ``(rows, cols)`` for 2D and ``(slices, rows, cols)`` for 3D.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..study import MG_VIEWS, Subtype
@@ -50,10 +51,37 @@ MG_SELECTS = ("order", "finding")
 
 
 def _tuple(v, n: int | None, name: str, kind=int) -> tuple:
-    t = tuple(kind(x) for x in v)
+    """``v`` as a tuple of ``n`` numbers of ``kind`` (a whole number for ``int``); ``ValueError``
+    naming ``name`` otherwise (text such as ``"64"`` is no list of numbers)."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise ValueError(f"{name} must be a list of {n or 'some'} numbers, not {v!r}")
+    values = list(v)
+    for x in values:
+        whole = isinstance(x, int) or (isinstance(x, float) and x.is_integer())
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or (kind is int and not whole):
+            raise ValueError(f"{name} must be a list of {'whole ' if kind is int else ''}numbers, not {values!r}")
+    t = tuple(kind(x) for x in values)
     if n is not None and len(t) != n:
-        raise ValueError(f"{name} needs {n} values, got {list(v)}")
+        raise ValueError(f"{name} needs {n} values, got {values}")
     return t
+
+
+def _check_field_types(config) -> None:
+    """``ValueError`` for a field of ``config`` (a dataclass) whose value is not of its declared
+    scalar type: a whole number for ``int``, a finite number for ``float``, true/false for
+    ``bool``, text for ``str`` (JSON configs are hand-written)."""
+    for f in dataclasses.fields(config):
+        v, kind = getattr(config, f.name), str(f.type).replace(" | None", "")
+        if v is None and "None" in str(f.type):
+            continue
+        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"{f.name} must be a whole number, not {v!r}")
+        if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{f.name} must be a number, not {v!r}")
+        if kind == "bool" and not isinstance(v, bool):
+            raise ValueError(f"{f.name} must be true or false, not {v!r}")
+        if kind == "str" and not isinstance(v, str):
+            raise ValueError(f"{f.name} must be text, not {v!r}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +142,7 @@ class EncoderConfig:
     frozen_blocks: int = 0
 
     def __post_init__(self):
+        _check_field_types(self)
         object.__setattr__(self, "layers", _tuple(self.layers, 4, "layers"))
         if self.arch not in ("resnet", "efficientnet_lite0"):
             raise ValueError(f"arch must be 'resnet' or 'efficientnet_lite0', not {self.arch!r}")
@@ -181,6 +210,7 @@ class RefinerConfig:
     flip: bool = True
 
     def __post_init__(self):
+        _check_field_types(self)
         mods = (self.modalities,) if isinstance(self.modalities, str) else self.modalities
         object.__setattr__(self, "modalities", tuple(str(m).upper() for m in mods))
         object.__setattr__(self, "channels", _tuple(self.channels, None, "channels"))
@@ -307,9 +337,12 @@ class DiagnosisConfig:
     bilateral_weight: float = 0.0
 
     def __post_init__(self):
+        _check_field_types(self)
         for name, n in (("mg_size", 2), ("us_size", 2), ("mr_size", 3), ("mg_crop", 2),
                         ("us_crop", 2), ("mr_crop", 3)):
             object.__setattr__(self, name, _tuple(getattr(self, name), n, name))
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1 in every axis, not {list(getattr(self, name))}")
         views = (self.mg_views,) if isinstance(self.mg_views, str) else self.mg_views
         object.__setattr__(self, "mg_views", tuple(str(v).upper() for v in views))
         bad = [v for v in self.mg_views if v not in MG_VIEWS]
@@ -317,10 +350,22 @@ class DiagnosisConfig:
             raise ValueError(f"mg_views {bad} are not mammography views ({', '.join(MG_VIEWS)})")
         object.__setattr__(self, "intensity_percentiles",
                            _tuple(self.intensity_percentiles, 2, "intensity_percentiles", float))
+        lo, hi = self.intensity_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"intensity_percentiles must be (low, high) with 0 <= low < high <= 100, "
+                             f"not {list(self.intensity_percentiles)}")
         for name in ("locator_2d", "locator_3d", "classifier_2d", "classifier_3d", "locator_mg"):
             v = getattr(self, name)
             if isinstance(v, dict):
                 object.__setattr__(self, name, EncoderConfig(**v))
+            elif not (isinstance(v, EncoderConfig) or (v is None and name == "locator_mg")):
+                raise ValueError(f"{name} must be an object of encoder settings, not {v!r}")
+        for name, low in (("embed_dim", 1), ("fusion_layers", 1), ("fusion_heads", 1), ("align_dim", 1),
+                          ("pathology_hidden", 1), ("wsi_dim", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, not {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}")
         for name in ("locator_3d", "classifier_3d"):
             if getattr(self, name).arch != "resnet":
                 raise ValueError(f"{name}: the 3D encoders are ResNets (arch 'resnet')")

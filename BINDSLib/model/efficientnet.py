@@ -172,6 +172,12 @@ def load_imagenet_weights(backbone: EfficientNetLite0, source: str | os.PathLike
             raise ValueError("ImageNet weights fit a backbone with 1 or 3 input channels")
         state["_conv_stem.weight"] = 2.0 * stem.sum(1, keepdim=True)
         state["_conv_stem.bias"] = -stem.sum((1, 2, 3))
+    own_state = backbone.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (Lite0: {tuple(own_state[k].shape)})" for k, v in state.items()
+             if k in own_state and hasattr(v, "shape") and tuple(v.shape) != tuple(own_state[k].shape)]
+    if wrong:  # e.g. the weights of another EfficientNet (Lite1-4)
+        raise InputError(f"does not match EfficientNet-Lite0: {len(wrong)} tensor(s) of another shape, "
+                         f"e.g. {wrong[0]}", path)
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InputError(f"does not match EfficientNet-Lite0: missing {missing[:5]}, "

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -86,6 +87,10 @@ class LossWeights:
         known = {f.name for f in fields(cls)}
         if set(d) - known:
             raise ValueError(f"unknown loss weights {sorted(set(d) - known)}")
+        bad = {k: v for k, v in d.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
+        if bad:
+            raise ValueError(f"loss weights must be numbers >= 0, not {bad}")
         return cls(**{k: float(v) for k, v in d.items()})
 
 

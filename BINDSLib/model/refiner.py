@@ -202,7 +202,10 @@ class RefinerTraining:
     jitter: float = 0.15
 
     def __post_init__(self):
-        object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
+        from .config import _check_field_types, _tuple
+
+        _check_field_types(self)
+        object.__setattr__(self, "scale_range", _tuple(self.scale_range, 2, "refiner scale_range", float))
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("refiner training needs epochs >= 0, lr > 0 and batch_size >= 1")
         if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:

@@ -172,6 +172,15 @@ def _check_source(src: dict) -> None:
         if set(opts) - known:
             raise ValueError(f"data source {src}: unknown synthetic option(s) {sorted(set(opts) - known)}; "
                              f"known: {sorted(known)}")
+        for key in ("n", "seed"):
+            if key in opts:
+                _check_type(f"synthetic {key}", opts[key], "int")
+        if opts.get("n", 1) < 1:
+            raise ValueError(f"data source {src}: n must be at least 1")
+        mods = opts.get("modalities")
+        if mods is not None and (isinstance(mods, str) or not isinstance(mods, (list, tuple))
+                                 or not set(mods) <= {"MG", "US", "MR"} or not mods):
+            raise ValueError(f'data source {src}: modalities must be a list among "MG", "US", "MR", not {mods!r}')
     elif not isinstance(src[kinds[0]], str):
         raise ValueError(f"data source {src}: {kinds[0]} must be a path")
 
@@ -244,6 +253,10 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
                              f"{'' if high is None else f' and at most {high}'}, not {value!r}")
     if s.alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}")
+    from .losses import SEGMENTATION_LOSSES
+
+    if s.segmentation_loss not in SEGMENTATION_LOSSES:
+        raise ValueError(f"train.segmentation_loss must be one of {SEGMENTATION_LOSSES}, not {s.segmentation_loss!r}")
     if not s.phases or any(p.epochs < 0 for p in s.phases) or s.epochs < 1:
         raise ValueError("phases need at least one epoch in all")
     if not 0 <= s.average_epochs <= s.epochs:
@@ -255,6 +268,8 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
     for m, source in s.pretrained.items():
         if m not in ("MG", "US") or not isinstance(source, str):
             raise ValueError(f'pretrained maps "MG" or "US" to "imagenet" or a weights file, not {m!r}: {source!r}')
+        if source != "imagenet" and not (s.base_dir / source).is_file():  # before any data is read
+            raise ValueError(f"pretrained {m}: weights file {s.base_dir / source} not found")
         locator = s.model.locator_for(m)
         if locator.arch != "efficientnet_lite0":
             raise ValueError(f"pretrained {m}: its locator must have arch 'efficientnet_lite0' (the "
@@ -291,18 +306,25 @@ def load_settings(path: str | os.PathLike) -> TrainSettings:
     path = Path(path)
     if not path.is_file():
         raise InputError("config file not found", path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is allowed)
+    except UnicodeDecodeError as e:
+        raise InputError(f"the config is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8",
+                         path) from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError:
                 raise InputError("YAML configs need PyYAML (pip install pyyaml); or use JSON", path) from None
-            doc = yaml.safe_load(text)
+            try:
+                doc = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ValueError(f"not valid YAML: {e}") from None
         else:
             doc = json.loads(text)
         return parse_settings(doc, path.parent)
-    except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
+    except (json.JSONDecodeError, ValueError, TypeError, RecursionError, ZeroDivisionError) as e:
         raise InputError(f"invalid training config: {e}", path) from None
 
 
