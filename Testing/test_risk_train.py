@@ -98,7 +98,6 @@ def test_train_command_errors_are_one_line_and_come_before_the_training(tmp_path
     import json
 
     import BINDSLib.risk.train as rt
-    from BINDSLib.studyfolder import write_history
 
     def no_training(*a, **k):
         raise AssertionError("trained before refusing")
