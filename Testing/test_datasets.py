@@ -259,6 +259,10 @@ def test_mini_mias_folder_problems_are_named(tmp_path, shared_data, caplog):
                                          r"lies outside its 512 x 512 image"):
         load_dataset(root)
     assert len(list(iter_dataset(root, reference_masks=False))) == 4  # diagnosing needs no circles
+    # a radius larger than the film (a unit mixed up): the whole film would be "lesion"
+    _write_csv(root / "findings.csv", [dict(findings[0], radius="1e12")] + findings[1:])
+    with pytest.raises(InputError, match=r"the CIRC circle of mdb001 has a radius of 1e\+12 pixels, larger than"):
+        load_dataset(root)
     _write_csv(root / "findings.csv", [dict(findings[0], center_col="512", image_id=" mdb001 ")] + findings[1:])
     edge = {s.study_id: s for s in load_dataset(root)}["mdb001"]  # on the edge: inside; IDs stripped
     assert edge.images[0].findings[0].center_col == 512 and edge.images[0].lesion_mask.any()

@@ -230,6 +230,8 @@ def test_more_hostile_command_lines(tmp_path, tiny_bundle, study_dir, capsys):
     write_study_folder(s, us_only / "case")
     code = main(["calibrate", "--model", str(meta_copy), "--data", str(us_only), "--out", str(tmp_path / "cal")])
     assert code == 3 and "no study tiny can read in" in capsys.readouterr().err
+    code = main(["evaluate", "--model", str(meta_copy), "--data", str(us_only), "--out", str(tmp_path / "ev")])
+    assert code == 3 and f"{us_only}: no studies to evaluate; 1 had no image tiny reads" in capsys.readouterr().err
     # --merge-only into a folder that holds no earlier run: refused, and no folder made
     from test_risk_support import tiny_bundle as risk_bundle
 

@@ -17,7 +17,8 @@ abnormal images without a finding row load without a circle; a warning names tho
 Finding codes are upper-cased; a finding's image ID that differs from one in images.csv only in
 case (``MDB001``) is matched to it, with a warning. An image without a ``patient`` is compared with no other film
 (a warning names it). A circle whose centre lies outside its image (coordinates for another
-image size) is refused when the reference masks are read.
+image size), or whose radius exceeds the image (a unit mixed up), is refused when the reference
+masks are read.
 
 Both: the CSV files are UTF-8, with or without a byte-order mark, their names and values
 stripped of surrounding spaces; an ID listed twice
@@ -303,6 +304,10 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
                     0 <= f.center_col <= n_cols and 0 <= f.center_row <= n_rows):
                 raise InputError(f"the {f.abnormality} circle of {row['image_id']} (column {f.center_col:g}, "
                                  f"row {f.center_row:g}) lies outside its {n_cols} x {n_rows} image",
+                                 findings_csv)
+            if f.radius_px is not None and f.radius_px > max(n_rows, n_cols):  # (e.g. a unit mixed up)
+                raise InputError(f"the {f.abnormality} circle of {row['image_id']} has a radius of "
+                                 f"{f.radius_px:g} pixels, larger than its {n_cols} x {n_rows} image",
                                  findings_csv)
         if reference_masks and diagnosis is Diagnosis.NORMAL:
             image.lesion_mask = np.zeros(image.shape, np.uint8)

@@ -389,8 +389,12 @@ def evaluate(model, studies: Iterable[Study], out_dir: str | os.PathLike, *,
     t0 = time.perf_counter()
     left_out: list[str] = []
     rows, dices, hits = predict_dataset(model, studies, combinations, saliency, given_masks, left_out)
-    if not rows:
-        raise InputError("no studies to evaluate")
+    if not rows:  # named by where they came from (binds evaluate's source), and why
+        source = (extra or {}).get("data")
+        cases = (extra or {}).get("cases")
+        why = (f"; {len(left_out)} had no image {model.summary.get('name', 'the model')} reads"
+               if left_out else " (the data hold no study, or --cases lists none of them)")
+        raise InputError(f"no studies to evaluate{why}", f"{source} (cases {cases})" if cases else source)
     metrics = compute_metrics(rows, model.threshold, target_sensitivity, n_bootstrap, seed,
                               dices, hits, combinations)
     metrics["model"] = model.summary
