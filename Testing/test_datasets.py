@@ -194,6 +194,10 @@ def test_busi_manifest_problems_are_named(tmp_path, shared_data, caplog):
     _write_csv(root / "manifest.csv", rows + [rows[1]])
     with pytest.raises(InputError, match=rf"manifest.csv: rows 3 and 6: case_id '{rows[1]['case_id']}' is listed twice"):
         load_dataset(root)
+    # one image file under two IDs would be counted twice as well
+    _write_csv(root / "manifest.csv", rows + [dict(rows[1], case_id="copy", image="./" + rows[1]["image"])])
+    with pytest.raises(InputError, match=r"manifest.csv: rows 3 and 6: image .* is listed twice"):
+        load_dataset(root)
     text = "\n".join(";".join(r.values()) for r in [dict(zip(rows[0], rows[0])), *rows])
     (root / "manifest.csv").write_text(text)  # a spreadsheet's "CSV" with semicolons
     with pytest.raises(InputError, match=r"manifest.csv: columns are separated by ';' or tabs"):

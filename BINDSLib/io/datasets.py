@@ -156,6 +156,7 @@ def iter_busi(root: str | os.PathLike, reference_masks: bool = True) -> Iterator
     manifest = root / "manifest.csv"
     rows = _read_csv(manifest, BUSI_COLUMNS)
     _check_unique(manifest, rows, "case_id")
+    _check_unique(manifest, rows, "image", files=True)  # one image under two IDs: counted twice
     for row in rows:
         _diagnosis(row["label"], manifest, row.line)
     normal = [r for r in rows if r["label"].lower() == "normal"]
@@ -208,12 +209,15 @@ def disc_mask(shape_rows_cols: tuple[int, int], findings) -> np.ndarray | None:
 MIAS_ABNORMALITIES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
 
 
-def _check_unique(path: Path, rows: list[_Row], column: str) -> None:
+def _check_unique(path: Path, rows: list[_Row], column: str, files: bool = False) -> None:
     """:class:`InputError` naming the first ``column`` value that two rows of ``path`` share
-    (and their rows): a study counted twice would bias every figure."""
+    (and their rows): a study counted twice would bias every figure. ``files``: the values are
+    file paths, compared as paths (``a.png`` and ``./a.png`` are one file)."""
     first: dict[str, int] = {}
     for row in rows:
         i, n = row[column], row.line
+        if files and i:
+            i = os.path.normpath(i.replace("\\", "/"))
         if not i:
             raise InputError(f"row {n}: {column} is empty", path)
         if i in first:
@@ -271,6 +275,7 @@ def iter_mini_mias(root: str | os.PathLike, reference_masks: bool = True) -> Ite
     rows = []
     listed = _read_csv(images_csv, MIAS_IMAGE_COLUMNS)
     _check_unique(images_csv, listed, "image_id")
+    _check_unique(images_csv, listed, "image", files=True)
     for row in listed:
         n = row.line
         diagnosis = _diagnosis(row["label"], images_csv, n)
