@@ -588,6 +588,20 @@ def test_config_mistakes_are_named_before_any_work(tmp_path, change, message, ca
     assert not (tmp_path / "run").exists()
 
 
+def test_valid_values_of_other_forms_are_still_taken():
+    import numpy as np
+
+    from BINDSLib.model.config import DiagnosisConfig
+    from BINDSLib.model.train import parse_settings
+
+    # synthetic modalities as make_study takes them: one name, any case
+    for mods in ("MG", ["mg", "us"]):
+        parse_settings({"data": {"synthetic": {"n": 4, "modalities": mods}}})
+    # numpy numbers from a caller's sweep
+    c = DiagnosisConfig(finding_topk=np.int64(4), dropout=np.float32(0.25), mg_size=np.array([160, 128]))
+    assert (c.finding_topk, c.mg_size) == (4, (160, 128))
+
+
 def test_config_files_in_other_encodings(tmp_path, capsys):
     import json
 

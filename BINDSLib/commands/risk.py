@@ -162,7 +162,8 @@ def _read_exams(paths, keep_identifiers=False):
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
             exams = [st for st in h.exams if not _after(st.study_date, h.cancer_date)]
-            after += [f"{p.name}/{st.study_date}" for st in h.exams if _after(st.study_date, h.cancer_date)]
+            after += [str(st.study_date) for st in h.exams if _after(st.study_date, h.cancer_date)]  # (no folder:
+            # its name may be the woman's record number)
             women.add(h.woman_id)
         else:
             exams = [load_exam(p)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from ..study import MG_VIEWS, Subtype
@@ -53,12 +54,12 @@ MG_SELECTS = ("order", "finding")
 def _tuple(v, n: int | None, name: str, kind=int) -> tuple:
     """``v`` as a tuple of ``n`` numbers of ``kind`` (a whole number for ``int``); ``ValueError``
     naming ``name`` otherwise (text such as ``"64"`` is no list of numbers)."""
-    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):  # (a list, a tuple, a numpy array)
         raise ValueError(f"{name} must be a list of {n or 'some'} numbers, not {v!r}")
     values = list(v)
     for x in values:
-        whole = isinstance(x, int) or (isinstance(x, float) and x.is_integer())
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or (kind is int and not whole):
+        whole = isinstance(x, numbers.Integral) or (isinstance(x, numbers.Real) and float(x).is_integer())
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x) or (kind is int and not whole):
             raise ValueError(f"{name} must be a list of {'whole ' if kind is int else ''}numbers, not {values!r}")
     t = tuple(kind(x) for x in values)
     if n is not None and len(t) != n:
@@ -74,9 +75,9 @@ def _check_field_types(config) -> None:
         v, kind = getattr(config, f.name), str(f.type).replace(" | None", "")
         if v is None and "None" in str(f.type):
             continue
-        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+        if kind == "int" and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
             raise ValueError(f"{f.name} must be a whole number, not {v!r}")
-        if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        if kind == "float" and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
             raise ValueError(f"{f.name} must be a number, not {v!r}")
         if kind == "bool" and not isinstance(v, bool):
             raise ValueError(f"{f.name} must be true or false, not {v!r}")

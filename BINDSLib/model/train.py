@@ -177,10 +177,18 @@ def _check_source(src: dict) -> None:
                 _check_type(f"synthetic {key}", opts[key], "int")
         if opts.get("n", 1) < 1:
             raise ValueError(f"data source {src}: n must be at least 1")
-        mods = opts.get("modalities")
-        if mods is not None and (isinstance(mods, str) or not isinstance(mods, (list, tuple))
-                                 or not set(mods) <= {"MG", "US", "MR"} or not mods):
-            raise ValueError(f'data source {src}: modalities must be a list among "MG", "US", "MR", not {mods!r}')
+        if "modalities" in opts:  # as make_study takes them (one name or a list, any case)
+            from ..synthetic.cases import _check_modalities
+
+            mods = opts["modalities"]
+            if not isinstance(mods, (str, list)) or not all(isinstance(m, str) for m in (
+                    [mods] if isinstance(mods, str) else mods)):
+                raise ValueError(f'data source {src}: modalities must be a list among "MG", "US", "MR", '
+                                 f"not {mods!r}")
+            try:
+                _check_modalities(mods)
+            except ValueError as e:
+                raise ValueError(f"data source {src}: {e}") from None
     elif not isinstance(src[kinds[0]], str):
         raise ValueError(f"data source {src}: {kinds[0]} must be a path")
 

@@ -228,7 +228,7 @@ class RiskModel:
                     public = exam_identifier(s, keep_identifiers)
                     if public == str(s.study_id):
                         raise
-                    raise InputError(e.reason.replace(str(s.study_id), public), e.path) from None
+                    raise InputError(e.reason.replace(f"exam {s.study_id} ", f"exam {public} ", 1), e.path) from None
                 for w in p.warnings:
                     log.warning("exam %s: %s", exam_identifier(s, keep_identifiers), w)
                 prepared.append(p)
