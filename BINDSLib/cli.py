@@ -57,9 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalFormatter(logging.Formatter):
+    """Log lines whose message is :func:`~.fsutil.terminal_text` (IDs read from files may hold
+    control characters); a traceback (``--debug``) is kept as it is."""
+
+    def formatMessage(self, record):
+        from .fsutil import terminal_text
+
+        record.message = terminal_text(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # ours only: a caller's handlers keep their format
+        if handler not in before:
+            handler.setFormatter(_TerminalFormatter("%(levelname)s: %(message)s"))
     logging.getLogger().setLevel(level)
 
 
@@ -119,9 +134,11 @@ def _run(args) -> int:
             return _internal_error(args, e)
         return _stdout_closed(args)
     except BindsError as e:
+        from .fsutil import terminal_text
+
         if args.debug:
             log.exception("error")
-        print(f"binds {args.command}: error: {e}", file=sys.stderr)
+        print(f"binds {args.command}: error: {terminal_text(str(e))}", file=sys.stderr)
         return e.exit_code
     except Terminated:
         print(f"binds {args.command}: terminated", file=sys.stderr)
@@ -202,7 +219,9 @@ def _internal_error(args, e: Exception) -> int:
     """A bug: one line, plus the traceback with --debug."""
     if args.debug:
         log.exception("internal error")
-    print(f"binds {args.command}: internal error: {type(e).__name__}: {e} "
+    from .fsutil import terminal_text
+
+    print(f"binds {args.command}: internal error: {type(e).__name__}: {terminal_text(str(e))} "
           "(re-run with --debug for the traceback and please report it)", file=sys.stderr)
     return EXIT_INTERNAL
 

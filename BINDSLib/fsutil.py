@@ -24,6 +24,14 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def terminal_text(text: str) -> str:
+    """``text`` for a terminal line: :func:`printable`, with control characters (an escape
+    sequence or a line break inside a study ID read from a file) written as ``\\x1b``-style
+    escapes, so that no input can move the cursor, recolour the terminal or split a line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                   for c in printable(str(text)))
+
+
 def sitk_path(path: str | os.PathLike, output: bool = False) -> str:
     """``path`` as SimpleITK takes it. A name with bytes that are not UTF-8 (from another
     system's encoding) would abort the whole process inside ITK: an :class:`InputError` (or

@@ -180,3 +180,28 @@ def test_a_full_or_read_only_disk_is_an_output_problem(tmp_path, monkeypatch, ca
         write_image(sitk.Image(4, 4, sitk.sitkUInt8), tmp_path / "no-such-folder" / "x.nrrd")
     assert "x.nrrd" in str(e.value)
 
+
+
+def test_control_characters_from_input_files_reach_the_terminal_escaped(tmp_path, study_dir):
+    """A study ID (or any text read from a file) may hold an escape sequence or a line break:
+    printed raw it would recolour the terminal or forge a line; it is written escaped."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(study_dir, tmp_path / "s")
+    doc = json.loads((tmp_path / "s" / "study.json").read_text())
+    doc["study_id"] = "case\x1b[2J\nPROGRESS 4/4 forged"
+    (tmp_path / "s" / "study.json").write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, "-m", "BINDSLib", "diagnose", str(tmp_path / "s"), "--out",
+                          str(tmp_path / "o"), "--stage", "1", "--no-summary", "--model", "binds-diagnosis-demo",
+                          "--lesion-mask", "nowhere\x1b[31m=x.nrrd"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3 and "\x1b" not in out.stderr, out.stderr  # the error names the key escaped
+    out = subprocess.run([sys.executable, "-m", "BINDSLib", "diagnose", str(tmp_path / "s"), "--out",
+                          str(tmp_path / "o"), "--stage", "1", "--no-summary", "--model", "binds-diagnosis-demo"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout + out.stderr and "case\\x1b[2J\\nPROGRESS 4/4 forged: stage 1" in out.stdout
+    assert not [ln for ln in out.stderr.splitlines() if ln.startswith("PROGRESS 4/4 forged")]

@@ -49,9 +49,9 @@ def register(sub) -> None:
 
 def progress(done: int, total: int, message: str) -> None:
     """One machine-readable progress line on stderr (the Slicer module parses it)."""
-    from ..fsutil import printable
+    from ..fsutil import terminal_text
 
-    sys.stderr.write(f"PROGRESS {done}/{total} {printable(message).replace(chr(10), ' ')}\n")
+    sys.stderr.write(f"PROGRESS {done}/{total} {terminal_text(message)}\n")
     sys.stderr.flush()
 
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import find_bundle, list_bundles
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..errors import UsageError
-    from ..fsutil import Inputs
+    from ..fsutil import Inputs, terminal_text
     from ..memory import configure_malloc
     from ..model.selection import AUTO
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         chosen, notes = model(studies[0])
         report = diagnose_study(chosen, studies[0], out, options, masks, progress=progress,
                                 model_notes=notes)
-        sys.stdout.write(f"{report.study_id}: stage {report.stage}, malignancy probability "
+        sys.stdout.write(f"{terminal_text(report.study_id)}: stage {report.stage}, malignancy probability "
                          f"{report.malignancy_probability:.3f} -> {report.recommendation}\n"
                          f"outputs in {out}\n")
         return 0
