@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import InputError, ModelError
 from .fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
-from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv
+from .outputs.report import DiagnosisReport, ImageOutput, StageResult, results_csv, told_apart
 from .outputs.segmentation import read_seg_nrrd, write_seg_nrrd
 from .study import Modality, Study, pseudonym
 from .threads import thread_map
@@ -180,10 +180,7 @@ def _lesion_source(label: str, user_masks, source: str) -> str:
 def probability_texts(p: float, threshold: float) -> tuple[str, str]:
     """``p`` and ``threshold`` written with as many decimals (3 to 8) as it takes to tell them
     apart (``0.4321`` and ``0.4324``, not ``0.432`` twice)."""
-    digits = 3
-    while digits < 8 and f"{p:.{digits}f}" == f"{threshold:.{digits}f}" and p != threshold:
-        digits += 1
-    return f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+    return told_apart(p, threshold, 3, 8)
 
 
 def recommendation(p: float, threshold: float) -> tuple[str, str]:
@@ -248,18 +245,16 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     if len(used_masks) < len(user_masks):
         notes.append("lesion masks of images not read (not used): "
                      + ", ".join(sorted(set(user_masks) - set(used_masks))))
-    p1 = stages[0].malignancy_probability
-    if len(stages) == 2 and stages[0].stage == 1 and options.stage != "auto":
+    p1, both = stages[0].malignancy_probability, len(stages) == 2 and stages[0].stage == 1
+    inside = in_uncertainty_band(p1, band)
+    where = f"stage 1 probability {p1:.3f} {'inside' if inside else 'outside'} the uncertainty band {band[0]:g}-{band[1]:g}"
+    if both and options.stage != "auto":
         notes.append("stage 2 forced (--stage 2)")
-    elif len(stages) == 2 and stages[0].stage == 1 and in_uncertainty_band(p1, band):
-        notes.append(f"stage 1 probability {p1:.3f} inside the uncertainty band "
-                     f"{band[0]:g}-{band[1]:g}: stage 2 with MRI replaces it")
-    elif len(stages) == 2 and stages[0].stage == 1:
-        notes.append(f"stage 1 probability {p1:.3f} outside the uncertainty band {band[0]:g}-{band[1]:g}; "
-                     "the MRI was read because a lesion was outlined on it: stage 2 with MRI replaces it")
+    elif both:  # read for the band, or for the user's MR outline
+        why = "" if inside else "; the MRI was read because a lesion was outlined on it"
+        notes.append(f"{where}{why}: stage 2 with MRI replaces it")
     elif options.stage == "auto" and "MR" in readable and stages[0].stage == 1:
-        notes.append(f"stage 1 probability {stages[0].malignancy_probability:.3f} outside the "
-                     f"uncertainty band {band[0]:g}-{band[1]:g}: the MRI was not read (--stage 2 reads it)")
+        notes.append(f"{where}: the MRI was not read (--stage 2 reads it)")
     t1 = time.perf_counter()
     with atomic_dir(out_dir, overwrite=options.overwrite, inputs=options.inputs, signs=REPORT_SIGNS) as tmp:
         from .studyfolder import write_nrrd

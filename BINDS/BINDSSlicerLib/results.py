@@ -286,18 +286,16 @@ def _editTime(segmentationNode):
     segmentation = segmentationNode.GetSegmentation()
     segmentId = lesionSegmentId(segmentationNode)
     segment = segmentation.GetSegment(segmentId) if segmentId else None
-    times = [0] if segment is not None else [segmentation.GetMTime()]
-    if segment is not None:
-        times.append(segment.GetMTime())
-        source = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
-        data = segment.GetRepresentation(source())  # what the Segment Editor paints
-        if data is not None:
-            times.append(data.GetMTime())
-    return max(times)
+    if segment is None:
+        return segmentation.GetMTime()
+    source = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+    data = segment.GetRepresentation(source())  # what the Segment Editor paints
+    return max(segment.GetMTime(), data.GetMTime() if data is not None else 0)
 
 
-def _isMR(label, image):
-    return (sc.volumeRole(image) or label).upper().startswith("MR")
+def _isMR(label):
+    """Whether a run's image label (its role key, :func:`.scene.studyFromVolumeNodes`) is an MR image's."""
+    return label.upper().startswith("MR")
 
 
 def lesionMasksForReassessment(scene, imageNodesByLabel, passed=None):
@@ -317,7 +315,7 @@ def lesionMasksForReassessment(scene, imageNodesByLabel, passed=None):
         users = [node for node in nodes if node.GetAttribute(LESION_SOURCE_ATTRIBUTE) == "user"]
         if users:
             chosen[label] = (users[-1], False)
-    mr = [label for label in chosen if _isMR(label, imageNodesByLabel[label])]
+    mr = [label for label in chosen if _isMR(label)]
     if len(mr) > 1:
         keep = max(mr, key=lambda label: (chosen[label][1], _editTime(chosen[label][0])))
         for label in mr:  # superseded by the newer outline: counted as passed, so it does not come back
@@ -348,7 +346,7 @@ def markPassed(passed, report=None):
         used = set(report.get("user_lesion_masks") or [])
         mrRead = any("MR" in stage.get("modalities", []) for stage in report.get("stages", []))
         passed = {label: value for label, value in passed.items()
-                  if label in used or (label.upper().startswith("MR") and mrRead)}
+                  if label in used or (_isMR(label) and mrRead)}
     for node, checksum in passed.values():
         if node.GetScene() is not None:
             node.SetAttribute(PASSED_CHECKSUM_ATTRIBUTE, checksum)

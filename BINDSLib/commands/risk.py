@@ -161,9 +161,12 @@ def _read_exams(paths, keep_identifiers=False):
                              f"(e.g. {found.histories[0]}){cohort}", p)
         if (p / "history.json").is_file():
             h = read_history(p, reference_masks=False)
-            exams = [st for st in h.exams if not _after(st.study_date, h.cancer_date)]
-            after += [str(st.study_date) for st in h.exams if _after(st.study_date, h.cancer_date)]  # (no folder:
-            # its name may be the woman's record number)
+            exams = []
+            for st in h.exams:  # those after her diagnosis named by date (a folder's name may be her record number)
+                if _after(st.study_date, h.cancer_date):
+                    after.append(str(st.study_date))
+                else:
+                    exams.append(st)
             women.add(h.woman_id)
         else:
             exams = [load_exam(p)]

@@ -180,13 +180,11 @@ def _check_source(src: dict) -> None:
         if "modalities" in opts:  # as make_study takes them (one name or a list, any case)
             from ..synthetic.cases import _check_modalities
 
-            mods = opts["modalities"]
-            if not isinstance(mods, (str, list)) or not all(isinstance(m, str) for m in (
-                    [mods] if isinstance(mods, str) else mods)):
-                raise ValueError(f'data source {src}: modalities must be a list among "MG", "US", "MR", '
-                                 f"not {mods!r}")
             try:
-                _check_modalities(mods)
+                _check_modalities(opts["modalities"])
+            except TypeError:  # (not a name or a list of names)
+                raise ValueError(f'data source {src}: modalities must be a list among "MG", "US", "MR", '
+                                 f"not {opts['modalities']!r}") from None
             except ValueError as e:
                 raise ValueError(f"data source {src}: {e}") from None
     elif not isinstance(src[kinds[0]], str):

@@ -20,6 +20,16 @@ RESULT_COLUMNS = (
 )
 
 
+def told_apart(value: float, reference: float, fewest: int, most: int, scale: float = 1.0) -> tuple[str, str]:
+    """``value`` and ``reference`` (times ``scale``) written with as many decimals, from
+    ``fewest`` to ``most``, as it takes to tell them apart: a probability beside its threshold
+    (``0.4321`` and ``0.4324``, not ``0.432`` twice), a risk beside the NCCN line."""
+    digits = fewest
+    while digits < most and f"{scale * value:.{digits}f}" == f"{scale * reference:.{digits}f}" and value != reference:
+        digits += 1
+    return f"{scale * value:.{digits}f}", f"{scale * reference:.{digits}f}"
+
+
 @dataclass
 class StageResult:
     """The outcome of one stage."""

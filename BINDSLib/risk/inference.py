@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ..study import Study, pseudonym
 from .calibration import Calibrator
 from .config import NCCN_MRI_THRESHOLD_5Y, STANDARD_VIEWS, RiskConfig
@@ -221,14 +221,8 @@ class RiskModel:
         for k in range(0, len(studies), batch_size):
             chunk = studies[k:k + batch_size]
             prepared = []
-            for s in chunk:
-                try:
-                    p = prepare_exam(s, self.config)
-                except InputError as e:  # its exam named as in the outputs (a pseudonym by default)
-                    public = exam_identifier(s, keep_identifiers)
-                    if public == str(s.study_id):
-                        raise
-                    raise InputError(e.reason.replace(f"exam {s.study_id} ", f"exam {public} ", 1), e.path) from None
+            for s in chunk:  # each exam named as in the outputs (a pseudonym by default)
+                p = prepare_exam(s, self.config, name=exam_identifier(s, keep_identifiers))
                 for w in p.warnings:
                     log.warning("exam %s: %s", exam_identifier(s, keep_identifiers), w)
                 prepared.append(p)

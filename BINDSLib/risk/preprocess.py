@@ -148,8 +148,9 @@ def prepare_view(voxels: np.ndarray, laterality: str, config: RiskConfig) -> np.
 MIN_VIEW_SIDE = 8
 
 
-def prepare_exam(study: Study, config: RiskConfig) -> PreparedExam:
-    """The network input of ``study`` (see module docstring).
+def prepare_exam(study: Study, config: RiskConfig, name: str | None = None) -> PreparedExam:
+    """The network input of ``study`` (see module docstring); ``name``: the exam as messages
+    name it (default its study ID; ``binds risk`` gives its pseudonym).
 
     Raises
     ------
@@ -168,7 +169,7 @@ def prepare_exam(study: Study, config: RiskConfig) -> PreparedExam:
             warnings.append(f"{im.label} is {what}: left out, as a missing view")
             chosen[i] = None
     if all(im is None for im in chosen):
-        raise InputError(f"exam {study.study_id} has no standard mammography view "
+        raise InputError(f"exam {name or study.study_id} has no standard mammography view "
                          "(needs MG images with laterality L/R and view CC/MLO)")
     h, w = config.input_size
     images = np.zeros((len(STANDARD_VIEWS), 1, h, w), dtype=np.float32)

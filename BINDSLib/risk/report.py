@@ -101,10 +101,10 @@ def exams_csv(exams: Sequence[ExamRisk]) -> str:
 def percent_texts(risk: float, threshold: float) -> tuple[str, str]:
     """``risk`` and ``threshold`` as percentages with as many decimals (2 to 6) as it takes to
     tell them apart: ``1.6996%`` below ``1.7000%``, not ``1.70%`` beside ``1.7%`` unflagged."""
-    digits = 2
-    while digits < 6 and f"{100 * risk:.{digits}f}" == f"{100 * threshold:.{digits}f}" and risk != threshold:
-        digits += 1
-    return f"{100 * risk:.{digits}f}%", f"{100 * threshold:.{digits}f}%"
+    from ..outputs.report import told_apart
+
+    shown, limit = told_apart(risk, threshold, 2, 6, scale=100)
+    return f"{shown}%", f"{limit}%"
 
 
 def format_table(exams: Sequence[ExamRisk], horizon: int = 5) -> str:
