@@ -240,3 +240,32 @@ def test_more_hostile_command_lines(tmp_path, tiny_bundle, study_dir, capsys):
     rb = risk_bundle(tmp_path / "risk")
     assert main(["cohort", str(manifest), "--model", str(rb), "--out", str(tmp_path / "typo"), "--merge-only"]) == 3
     assert "no earlier scoring run to merge" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_an_image_given_as_its_own_lesion_mask_is_refused(tmp_path, tiny_bundle, study_dir, capsys):
+    """Every non-zero voxel of a mask is lesion, so an image given by mistake would make the whole
+    image the lesion; a mask of a few labels, or a lossy or anti-aliased one, is still read."""
+    from BINDSLib.io.files import read_mask_file
+
+    us = next(im for im in read_study_folder(study_dir).images if im.modality.value == "US")
+    image_file = next((study_dir / "images").glob(us.label + ".*"))
+    out = tmp_path / "o"
+    assert main(["diagnose", str(study_dir), "--model", str(tiny_bundle), "--out", str(out),
+                 "--lesion-mask", f"{us.label}={image_file}"]) == 3
+    err = capsys.readouterr().err
+    assert f"{image_file.name}: this looks like an image, not a lesion mask" in err and "Traceback" not in err
+    assert not out.exists()
+
+    rr, cc = np.ogrid[:64, :64]
+    labels = np.zeros((1, 64, 64), np.uint8)  # a labelmap: 3 lesions of labels 1, 2 and 3
+    for k, (y, x) in enumerate([(16, 16), (40, 20), (30, 48)], start=1):
+        labels[0][(rr - y) ** 2 + (cc - x) ** 2 <= 36] = k
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "labels.png"))
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "labels.png", (1, 64, 64)), labels != 0)
+    # an anti-aliased disc: 0 and 255 with shades along its edge
+    rr, cc = np.ogrid[:128, :128]
+    dist = np.sqrt((rr - 64.3) ** 2 + (cc - 60.7) ** 2)
+    soft = (np.clip((20.5 - dist) / 1.5, 0, 1) * 255).astype(np.uint8)[None]
+    assert np.unique(soft).size > 16
+    sitk.WriteImage(sitk.GetImageFromArray(soft), str(tmp_path / "soft.png"))
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "soft.png", (1, 128, 128)), soft != 0)

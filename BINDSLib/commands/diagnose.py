@@ -39,7 +39,8 @@ def register(sub) -> None:
                         "image; 1: US/MG only; 2: full path")
     p.add_argument("--lesion-mask", action="append", default=[], metavar="LABEL=FILE",
                    help="user-edited lesion for an image (its label or role key): a mask image on "
-                        "the image grid or an edited .seg.nrrd (repeatable; one study)")
+                        "the image grid, its non-zero voxels the lesion, or an edited .seg.nrrd "
+                        "(repeatable; one study)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep patient IDs in report.json and results.csv (default: pseudonyms)")

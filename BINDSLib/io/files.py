@@ -454,5 +454,30 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
                          f"({_mm(grid.origin_mm, ', ')}) mm) differs from its image's (spacing "
                          f"{_mm(geometry.spacing_mm, ' x ')} mm, origin ({_mm(geometry.origin_mm, ', ')}) mm): "
                          "resample the mask onto the image", path)
+    grey = _grey_share(voxels)
+    if grey is not None:
+        raise InputError(f"this looks like an image, not a lesion mask: {grey:.0%} of its voxels are shades "
+                         "between its darkest and brightest (a mask is 0 outside the lesion and one value, "
+                         "or a few labels, inside; threshold a soft mask first)", path)
     lossy = suffix_of(path) in (".jpg", ".jpeg")
     return (voxels > 0.5 * float(voxels.max()) if lossy else voxels != 0).astype(np.uint8)
+
+
+#: a mask with more distinct values than this may be an image given by mistake
+MASK_MAX_LABELS = 16
+#: ... and is one when more than this share of its voxels are shades of grey
+MASK_MAX_GREY_SHARE = 0.05
+
+
+def _grey_share(voxels: np.ndarray) -> float | None:
+    """The share of ``voxels`` strictly between 10 % and 90 % of their range when it marks them as
+    an image rather than a mask: more than :data:`MASK_MAX_LABELS` values (a labelmap has a few,
+    a lossy or anti-aliased mask many only along its edges) and more than
+    :data:`MASK_MAX_GREY_SHARE` of the voxels in shades of grey; ``None`` for a mask."""
+    flat = voxels.reshape(-1)
+    sample = flat[:: max(1, flat.size // 1_000_000)]  # a million voxels decide it
+    if np.unique(sample).size <= MASK_MAX_LABELS:
+        return None
+    lo, hi = float(sample.min()), float(sample.max())
+    grey = float(((sample > lo + 0.1 * (hi - lo)) & (sample < lo + 0.9 * (hi - lo))).mean())
+    return grey if grey > MASK_MAX_GREY_SHARE else None
