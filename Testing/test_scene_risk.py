@@ -273,3 +273,20 @@ def test_the_chart_holds_a_breast_risk_above_the_exam_risk(scene, tmp_path):
     (tmp_path / "out" / "report.json").write_text(json.dumps(report))
     results = rr.loadRiskResults(scene, tmp_path / "out")
     assert results.chart.GetYAxisRange()[1] >= 60.0
+
+
+def test_a_second_run_for_the_same_woman_is_told_apart_from_the_first(scene, tmp_path):
+    write_risk_outputs(tmp_path / "out")
+    first = rr.loadRiskResults(scene, tmp_path / "out", name="Woman A")
+    second = rr.loadRiskResults(scene, tmp_path / "out", name="Woman A")
+    third = rr.loadRiskResults(scene, tmp_path / "out", name="Woman A")
+    names = [(r.examTable.GetName(), r.trajectoryTable.GetName(), r.thresholdTable.GetName(), r.chart.GetName())
+             for r in (first, second, third)]
+    assert names[0] == ("Woman A exams", "Woman A trajectory", "Woman A threshold line", "Woman A trajectory chart")
+    assert names[1] == ("Woman A (2) exams", "Woman A (2) trajectory", "Woman A (2) threshold line",
+                        "Woman A (2) trajectory chart")
+    assert names[2][3] == "Woman A (3) trajectory chart"
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert [sh.GetItemName(r.folderItem) for r in (first, second, third)] == ["Woman A", "Woman A (2)", "Woman A (3)"]
+    # the first run's chart still plots its own tables
+    assert first.series["risk"].GetTableNodeID() == first.trajectoryTable.GetID()

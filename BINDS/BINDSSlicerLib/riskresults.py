@@ -145,6 +145,15 @@ class RiskResults:
 DEFAULT_NAME = "BINDS risk"
 
 
+def _unusedName(scene, name):
+    """``name``, or ``name (2)``, ``name (3)``... when an earlier run in the scene has it: a second
+    run for a woman (an exam added, another model) is told apart from the first, which stays."""
+    candidate, k = name, 2
+    while scene.GetFirstNodeByName(f"{candidate} trajectory chart") is not None:
+        candidate, k = f"{name} ({k})", k + 1
+    return candidate
+
+
 def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     """Load a ``binds risk`` output folder as table and plot nodes under a subject hierarchy
     folder (under ``parentItem`` when given). Returns the :class:`RiskResults`."""
@@ -161,6 +170,7 @@ def loadRiskResults(scene, outputFolder, name=DEFAULT_NAME, parentItem=None):
     results = RiskResults(report)
     if name == DEFAULT_NAME and report.get("woman_id"):  # two women in one scene are told apart
         name = f"{name} {report['woman_id']}"
+    name = _unusedName(scene, name)
     results.folderItem = sc.createFolder(scene, parentItem, name)
 
     examTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} exams")
