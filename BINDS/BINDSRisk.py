@@ -84,12 +84,15 @@ class BINDSRiskParameterNode:
     modelBundle - risk model bundle name or folder.
     device - "auto", "cpu" or "cuda".
     exportFolder - last folder results were exported to.
+    sameWoman - the exams are hers although they carry different patient IDs (binds risk
+        --same-woman; without it such exams are refused).
     """
 
     examFolders: list[str]
     modelBundle: str = DEFAULT_RISK_MODEL
     device: str = "auto"
     exportFolder: str = ""
+    sameWoman: bool = False
 
 
 #
@@ -350,7 +353,8 @@ class BINDSRiskLogic(ScriptedLoadableModuleLogic):
         parameters = self.getParameterNode()
         return runs.RiskRun(slicer.mrmlScene, list(parameters.examFolders), self.workFolder(),
                             model=parameters.modelBundle or None, device=parameters.device,
-                            python=runs.slicerPython(), baseEnvironment=runs.slicerEnvironment())
+                            python=runs.slicerPython(), baseEnvironment=runs.slicerEnvironment(),
+                            sameWoman=parameters.sameWoman)
 
     def runRisk(self, timeout: float = 600.0) -> runs.RiskRun:
         """Run and wait, keeping the application responsive (scripts and the self-test)."""

@@ -342,3 +342,41 @@ def test_an_exam_with_nothing_to_read_is_named_by_its_pseudonym(bundle):
     exam.study_id = "L"  # an ID that is also a word of the message: only the exam's name is replaced
     with pytest.raises(InputError, match=rf"exam {pseudonym('L')} has no standard .* laterality L/R and view CC/MLO"):
         model.score_exams([exam])
+
+
+def test_exams_of_two_women_are_refused_unless_said_to_be_one_womans(bundle, tmp_path, capsys):
+    """A trajectory mixing two women's exams is nobody's: refused, naming the women by pseudonym
+    and their folders; --same-woman scores them as one woman's (an ID changed), with a warning.
+    A history's exams are one woman's whatever their IDs, and a pseudonym is its ID."""
+    from BINDSLib.study import pseudonym
+
+    a = [write_study_folder(make_exam(i, dt.date(2019 + i, 3, 1), study_id=f"A{i}", patient_id="MRN-1"),
+                            tmp_path / f"a{i}", keep_identifiers=True) for i in range(2)]
+    b = write_study_folder(make_exam(5, dt.date(2022, 3, 1), study_id="B0", patient_id="MRN-2"),
+                           tmp_path / "b0", keep_identifiers=True)
+    anonymous = write_study_folder(make_exam(6, dt.date(2023, 3, 1), study_id="C0", patient_id=None), tmp_path / "c0")
+    out = tmp_path / "out"
+    assert main(["risk", *map(str, [*a, anonymous, b]), "--model", str(bundle), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert (f"the exams carry the patient IDs of 2 women ({pseudonym('MRN-1')} in {a[0]}, {a[1]}; "
+            f"{pseudonym('MRN-2')} in {b})") in err and "--same-woman" in err
+    assert "MRN-1" not in err and not out.exists()
+    assert main(["risk", *map(str, [*a, b]), "--model", str(bundle), "--out", str(out), "--keep-identifiers"]) == 3
+    assert "(MRN-1 in" in capsys.readouterr().err
+
+    assert main(["risk", *map(str, [*a, b]), "--model", str(bundle), "--out", str(out), "--same-woman"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["exams"]) == 3
+    assert "the exams carry the patient IDs of 2 women; scored as one woman's (--same-woman)" in report["warnings"]
+
+    # one woman's exams, an exam without an ID among them: no warning
+    assert main(["risk", *map(str, [*a, anonymous]), "--model", str(bundle), "--out", str(tmp_path / "o1")]) == 0
+    assert not any("women" in w for w in json.loads((tmp_path / "o1" / "report.json").read_text())["warnings"])
+    # a history under a pseudonymous woman_id whose exams carry another ID, beside an exam of
+    # MRN-1 (the ID the pseudonym stands for): one woman
+    exams = [make_exam(i, dt.date(2015 + i, 3, 1), study_id=f"H{i}", patient_id="old-record") for i in range(2)]
+    hist = write_history(ExamHistory(pseudonym("MRN-1"), exams), tmp_path / "hist")
+    assert main(["risk", str(hist), str(a[0]), "--model", str(bundle), "--out", str(tmp_path / "o2")]) == 0
+    # and the same history beside the other woman's exam: refused
+    assert main(["risk", str(hist), str(b), "--model", str(bundle), "--out", str(tmp_path / "o3")]) == 3
+    assert "patient IDs of 2 women" in capsys.readouterr().err

@@ -178,7 +178,9 @@ def test_risk_logic_keeps_exam_folders_and_exports(modules, tmp_path):
     logic.setExamFolders([tmp_path / "e2", tmp_path / "e1", tmp_path / "e2"])
     assert logic.getParameterNode().examFolders == [str(tmp_path / "e2"), str(tmp_path / "e1")]
     run = logic.createRiskRun()
-    assert run.examFolders == [str(tmp_path / "e2"), str(tmp_path / "e1")]
+    assert run.examFolders == [str(tmp_path / "e2"), str(tmp_path / "e1")] and not run.sameWoman
+    logic.getParameterNode().sameWoman = True  # the panel's "one woman under different patient IDs"
+    assert logic.createRiskRun().sameWoman
     with pytest.raises(ValueError, match="exam folder not found"):
         run.prepare()
     out = tmp_path / "out"

@@ -48,6 +48,8 @@ def test_commands_and_arguments():
     assert process.bindsCommand("risk", ["a", 1], python="PythonSlicer") == ["PythonSlicer", "-m", "BINDSLib", "risk", "a", "1"]
     assert process.riskArguments(["/e1", "/e2"], "/o", device="auto", overwrite=False) == \
         ["/e1", "/e2", "--out", "/o", "--device", "auto"]
+    assert process.riskArguments(["/e1"], "/o", sameWoman=True) == \
+        ["/e1", "--out", "/o", "--device", "auto", "--same-woman", "--overwrite"]
     env = process.processEnvironment("/root/binds", {"PYTHONPATH": "/x", "HOME": "/h"})
     assert env["PYTHONPATH"] == "/root/binds" + os.pathsep + "/x" and env["HOME"] == "/h"
     assert env["PYTHONUNBUFFERED"] == "1"

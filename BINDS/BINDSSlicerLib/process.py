@@ -99,11 +99,14 @@ def diagnoseArguments(studyFolder, outputFolder, model=None, device="auto", stag
     return args
 
 
-def riskArguments(examFolders, outputFolder, model=None, device="auto", overwrite=True) -> list:
-    """Arguments of ``binds risk`` for one woman's exams (see BINDSLib/commands/risk.py)."""
+def riskArguments(examFolders, outputFolder, model=None, device="auto", overwrite=True, sameWoman=False) -> list:
+    """Arguments of ``binds risk`` for one woman's exams (see BINDSLib/commands/risk.py);
+    ``sameWoman``: they are hers although they carry different patient IDs."""
     args = [os.fspath(p) for p in examFolders] + ["--out", os.fspath(outputFolder), "--device", device or "auto"]
     if model:
         args += ["--model", os.fspath(model)]
+    if sameWoman:
+        args.append("--same-woman")
     if overwrite:
         args.append("--overwrite")
     return args

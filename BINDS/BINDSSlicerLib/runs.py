@@ -310,10 +310,11 @@ class RiskRun(_Run):
     """``binds risk`` on one woman's exam folders (DICOM folders, study folders or a history)."""
 
     def __init__(self, scene, examFolders, workFolder, model=None, device="auto", python=None,
-                 baseEnvironment=None, name="BINDS risk"):
+                 baseEnvironment=None, name="BINDS risk", sameWoman=False):
         super().__init__(python, baseEnvironment)
         self.scene = scene
         self.examFolders = [os.fspath(p) for p in examFolders]
+        self.sameWoman = sameWoman
         self.workFolder = workFolder
         self.model, self.device = model, device
         self.name = name
@@ -332,7 +333,8 @@ class RiskRun(_Run):
         self.checkInputs()
         self.runFolder = newRunFolder(self.workFolder, "risk")
         self.outputFolder = os.path.join(self.runFolder, "output")
-        return proc.riskArguments(self.examFolders, self.outputFolder, self.model, self.device)
+        return proc.riskArguments(self.examFolders, self.outputFolder, self.model, self.device,
+                                  sameWoman=self.sameWoman)
 
     def start(self, onProgress=None, onLog=None, onFinished=None):
         return self._start("risk", self._prepared(self.prepare), onProgress, onLog, onFinished)

@@ -34,6 +34,9 @@ def register(sub) -> None:
                    help="look-back window of the recent change (default 2 years)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep study and patient IDs in the outputs (default: pseudonyms)")
+    p.add_argument("--same-woman", action="store_true",
+                   help="the exams are one woman's although they carry different patient IDs (another "
+                        "site, a new record number); without it such exams are refused")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
@@ -49,13 +52,17 @@ def run(args: argparse.Namespace) -> int:
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, percent_texts, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
-    from ..study import pseudonym
-
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
     inputs = [*args.exams, find_bundle(args.model)]  # the bundle too: never replaced by a report
     check_output_dir(out, args.overwrite, inputs, REPORT_SIGNS)  # before the scoring, not after
-    studies, woman_ids, sources, after = _read_exams(args.exams, args.keep_identifiers)
+    studies, woman_ids, sources, after, identities = _read_exams(args.exams, args.keep_identifiers)
+    people = _women(identities)
+    if len(people) > 1 and not args.same_woman:  # a trajectory of two women is nobody's
+        said = "; ".join(f"{_shown(ids, args.keep_identifiers)} in {', '.join(map(str, folders))}"
+                         for ids, folders in people)
+        raise InputError(f"the exams carry the patient IDs of {len(people)} women ({said}): binds risk scores "
+                         "one woman's exams; give hers only, or --same-woman if they are all hers")
     if len(studies) > 1 and any(s.study_date is None for s in studies):
         # named by the folders given (the exams' own IDs stay out of messages without --keep-identifiers)
         bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
@@ -64,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
     # by date; exams of one date in a fixed order (their folders'), whatever order they were given in
     studies.sort(key=lambda s: (s.study_date or _today(), str(sources[id(s)]), s.study_id))
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
-    anon = {i if i.startswith("anon-") else pseudonym(i) for i in raw_ids}
+    anon = {_anon(i) for i in raw_ids}
     warnings = []
     if after:  # a risk model reads screening exams before a diagnosis, as it was trained
         warnings.append(f"{len(after)} exam(s) after the woman's cancer date left out: {', '.join(after)}")
         log.warning(warnings[-1])
-    if len(anon) > 1:
-        warnings.append(f"the exams carry {len(anon)} different patient IDs; are they one woman's?")
+    if len(people) > 1:
+        warnings.append(f"the exams carry the patient IDs of {len(people)} women; scored as one woman's "
+                        "(--same-woman)")
         log.warning(warnings[-1])
     woman = next(iter(anon)) if len(anon) == 1 else None
     plain = sorted(i for i in raw_ids if not i.startswith("anon-"))
@@ -131,10 +139,38 @@ def _today():
     return datetime.date.today()
 
 
+def _women(identities):
+    """Merge ``[(IDs, folder given), ...]`` into the women they name: ``[(IDs, folders), ...]``,
+    two folders being one woman's when they share an ID. A history folder gives its ``woman_id``
+    and all its exams' patient IDs as one woman's (the history says so); an exam without a patient
+    ID belongs to whichever woman is given."""
+    groups: list[tuple[set, list]] = []
+    for ids, folder in identities:
+        if not ids:
+            continue
+        joined = [g for g in groups if {_anon(i) for i in g[0]} & {_anon(i) for i in ids}]  # a pseudonym is its ID
+        folders = [f for g in joined for f in g[1]]
+        groups = [g for g in groups if g not in joined] + [(ids.union(*(g[0] for g in joined)),
+                                                            folders + [folder] * (folder not in folders))]
+    return groups
+
+
+def _anon(identifier):
+    from ..study import pseudonym
+
+    return identifier if identifier.startswith("anon-") else pseudonym(identifier)
+
+
+def _shown(ids, keep_identifiers):
+    """A woman's IDs for a message: pseudonyms unless ``keep_identifiers``."""
+    return "/".join(sorted(ids if keep_identifiers else {_anon(i) for i in ids}))
+
+
 def _read_exams(paths, keep_identifiers=False):
     """Studies of the given exam folders (exam-history folders expand to their exams, those
     after the woman's cancer date left out), the women's IDs of the histories, ``{id(study): the
-    folder given}`` and the exams left out (their folders). Exams are named in messages as in
+    folder given}``, the exams left out (their dates) and ``[(patient IDs, folder given), ...]``
+    (:func:`_women`). Exams are named in messages as in
     the outputs: pseudonyms unless ``keep_identifiers``."""
     from pathlib import Path
 
@@ -144,7 +180,7 @@ def _read_exams(paths, keep_identifiers=False):
     from ..risk.preprocess import load_exam, select_views
     from ..studyfolder import read_history
 
-    studies, women, where, sources, after = [], set(), {}, {}, []
+    studies, women, where, sources, after, identities = [], set(), {}, {}, [], []
     for p in paths:
         p = Path(p)
         found = collection(p)
@@ -168,8 +204,10 @@ def _read_exams(paths, keep_identifiers=False):
                 else:
                     exams.append(st)
             women.add(h.woman_id)
+            identities.append(({h.woman_id, *(st.patient_id for st in h.exams if st.patient_id)}, p))
         else:
             exams = [load_exam(p)]
+            identities.append(({exams[0].patient_id} if exams[0].patient_id else set(), p))
         for st in exams:
             public = exam_identifier(st, keep_identifiers)
             if all(im is None for im in select_views(st)[0]):
@@ -185,7 +223,7 @@ def _read_exams(paths, keep_identifiers=False):
     if not studies:
         raise InputError("no exams given" if not after else "every exam given is after the woman's cancer date",
                          paths[0] if paths else None)
-    return studies, women, sources, after
+    return studies, women, sources, after, identities
 
 
 def _after(day, cancer_date) -> bool:
