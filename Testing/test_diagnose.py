@@ -156,6 +156,54 @@ def test_a_user_outline_of_one_mr_sequence_is_the_user_lesion_of_every_sequence(
     assert {v for k, v in sources.items() if k not in {im.label for im in mr}} == {"predicted"}
 
 
+def test_a_small_mr_outline_is_kept_on_every_sequence_and_given_to_the_model(tmp_path, diagnosis_bundle, study_dir):
+    """An outline smaller than half a voxel of the coarse MR model grid still reaches the model
+    (its most covered voxel), and every other sequence takes the user's own outline: a copy on
+    the same grid, resampled from the user's grid (not from the model's) on another one."""
+    from BINDSLib.model.config import preset
+    from BINDSLib.model.preprocess import prepare_study
+
+    study = read_study_folder(study_dir)
+    mr = [im for im in study.images if im.modality.value == "MR"]
+    dce1, t2 = (next(im for im in mr if im.label == name) for name in ("MR_DCE1", "MR_T2"))
+    # T2 on a finer grid shifted by half a voxel
+    fine = sitk.GetImageFromArray(t2.voxels)
+    t2.geometry.apply_to_sitk(fine)
+    sx, sy, sz = t2.geometry.spacing_mm
+    ref = sitk.Image([2 * n for n in fine.GetSize()[:2]] + [fine.GetSize()[2]], sitk.sitkFloat32)
+    ref.SetSpacing((sx / 2, sy / 2, sz))
+    ref.SetDirection(fine.GetDirection())
+    ref.SetOrigin(fine.TransformContinuousIndexToPhysicalPoint((-0.25, -0.25, 0.0)))
+    moved = sitk.Resample(fine, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    t2_fine = dataclasses.replace(t2, voxels=sitk.GetArrayFromImage(moved), geometry=Geometry.from_sitk(moved),
+                                  lesion_mask=None)
+    study = dataclasses.replace(study, images=[t2_fine if im.label == t2.label else im for im in study.images])
+    folder = write_study_folder(study, tmp_path / "study")
+
+    d, r, c = dce1.shape
+    for z in range(d // 2 - 3, d // 2 + 1):  # 4 mm slices on 6.7 mm model slices: some fall between two
+        mask = np.zeros(dce1.shape, np.uint8)
+        mask[z, r // 3:r // 3 + 2, c // 3:c // 3 + 2] = 1  # 5 x 5 mm on one slice
+        prepared = prepare_study(study, preset("demo"), lesion_masks={dce1.label: mask}, modalities=("MR",))
+        assert 0 < prepared.inputs["MR"].masks.sum() <= 8 and prepared.inputs["MR"].mask_given.all(), z
+
+    img = sitk.GetImageFromArray(mask)
+    dce1.geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "mr.nrrd"))
+    out = tmp_path / "out"
+    assert main(["diagnose", str(folder), "--model", str(diagnosis_bundle), "--out", str(out), "--device", "cpu",
+                 "--stage", "2", "--no-summary", "--lesion-mask", f"{dce1.label}={tmp_path / 'mr.nrrd'}"]) == 0
+    for im in mr:
+        if im.label == t2.label:
+            continue
+        lesion = read_seg_nrrd(out / f"{im.label}.seg.nrrd", im.geometry, im.shape)["lesion"].mask
+        np.testing.assert_array_equal(lesion, mask, err_msg=im.label)  # the same grid: the same voxels
+    lesion = read_seg_nrrd(out / f"{t2.label}.seg.nrrd", t2_fine.geometry, t2_fine.shape)["lesion"].mask
+    points = [g.index_to_lps(np.argwhere(m).mean(axis=0)[::-1])
+              for g, m in ((dce1.geometry, mask), (t2_fine.geometry, lesion))]
+    assert 10 <= lesion.sum() <= 20 and np.linalg.norm(points[0] - points[1]) < 1.0  # 4 voxels of 2.5 mm -> 16 of 1.25
+
+
 def test_user_lesion_masks_off_the_image_grid_are_refused_and_empty_ones_noted(tmp_path, diagnosis_bundle,
                                                                                study_dir, capsys):
     from BINDSLib.outputs.segmentation import write_seg_nrrd

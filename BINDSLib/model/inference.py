@@ -417,7 +417,8 @@ class DiagnosisModel:
         fresh = [m for m, w in work.items() if w.images is None]  # not done by an earlier call
         prepared = PreparedStudy(study.study_id, {m: w.prepared.inputs[m] for m, w in work.items()},
                                  [n for w in work.values() for n in w.prepared.notes],
-                                 {k: v for w in work.values() for k, v in w.prepared.mask_source.items()})
+                                 {k: v for w in work.values() for k, v in w.prepared.mask_source.items()},
+                                 {k: v for w in work.values() for k, v in w.prepared.mask_from.items()})
         # only Grad-CAM reads the images after encoding
         batch = {k: v for w in work.values() for k, v in w.batch.items()
                  if saliency == "gradcam" or not k.endswith("_images")}
@@ -608,6 +609,8 @@ class DiagnosisModel:
     def _map_back(self, prepared, enc, sal, user_masks: dict, to_image_grid, study) -> dict[str, ImageOutput]:
         import torch
 
+        from .preprocess import mask_on_grid
+
         thr = self.config.lesion_threshold
         refiner = self.network.refiner
         jobs = []
@@ -647,9 +650,9 @@ class DiagnosisModel:
                 if src.label in user_masks:
                     mask = (np.asarray(user_masks[src.label]).reshape(src.shape) > 0).astype(np.uint8)
                     source = "user"
-                elif prepared.mask_source.get(src.label) == "user":  # MR: mask of another sequence
-                    mask = (to_image_grid(inp.masks[slot, 0].astype(np.float32), grid, src) >= 0.5
-                            ).astype(np.uint8)
+                elif prepared.mask_source.get(src.label) == "user":  # MR: the outline of another sequence
+                    donor = next(s for s in inp.sources[slot] if s.label == prepared.mask_from[src.label])
+                    mask = mask_on_grid(user_masks[donor.label], donor, src)
                     source = "user"
                 else:
                     mask = predicted

@@ -109,6 +109,8 @@ class PreparedStudy:
     inputs: dict[str, ModalityInput]
     notes: list[str] = field(default_factory=list)
     mask_source: dict[str, str] = field(default_factory=dict)
+    #: MR: the sequence whose lesion mask each sequence's model input took (one for all)
+    mask_from: dict[str, str] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -394,6 +396,31 @@ def to_model_grid(voxels: np.ndarray, source: SourceImage, grid: ModelGrid,
     return resample(voxels, geom, grid.shape, grid.geometry, linear=linear)
 
 
+def covered(coverage: np.ndarray) -> np.ndarray:
+    """A lesion mask resampled onto another grid (``coverage``: the share of each voxel the
+    lesion covers) as a binary mask: the voxels at least half covered or, when there is none (a
+    lesion smaller than half a voxel of that grid), the most covered ones, so that an outline
+    never vanishes on a coarser grid. uint8, zeros only where ``coverage`` is 0."""
+    out = coverage >= 0.5
+    if not out.any():
+        top = float(coverage.max()) if coverage.size else 0.0
+        if top > 0.0:
+            out = coverage >= top
+    return out.astype(np.uint8)
+
+
+def mask_on_grid(mask: np.ndarray, source: SourceImage, target: SourceImage) -> np.ndarray:
+    """A lesion mask of image ``source`` on image ``target``'s grid (MR sequences of other
+    grids sharing one outline): a copy on the same grid, else resampled in physical space
+    (:func:`covered`). uint8 ``target.shape``."""
+    from ..io.files import same_grid
+
+    mask = (np.asarray(mask).reshape(source.shape) > 0).astype(np.uint8)
+    if source.shape == target.shape and same_grid(source.geometry, target.geometry):
+        return mask
+    return covered(resample(mask.astype(np.float32), source.geometry, target.shape, target.geometry))
+
+
 def to_image_grid(array: np.ndarray, grid: ModelGrid, source: SourceImage) -> np.ndarray:
     """A map on the model grid back onto the image's own grid (``source.shape``, float32; a new
     array, the caller's to change).
@@ -545,7 +572,7 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
         grid = plane_grid(plane.shape, geom, size, mirror=mirror, box=box)
         arr[i, 0] = resample(plane, geom, grid.shape, grid.geometry)[0]
         if im.label in masks:
-            mk[i, 0] = to_model_grid(masks[im.label].astype(np.float32), src, grid)[0] >= 0.5
+            mk[i, 0] = covered(to_model_grid(masks[im.label].astype(np.float32), src, grid)[0])
             given[i] = True
         return grid, src
 
@@ -559,7 +586,7 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
 
 
 def _mr_input(chosen: dict[str, Image], config: DiagnosisConfig, masks: dict,
-              mask_source: dict) -> ModalityInput:
+              mask_source: dict, mask_from: dict) -> ModalityInput:
     ref = next(chosen[c] for c in ("DCE1", "T1_PRE", *MR_CHANNELS) if c in chosen)
     grid = volume_grid(ref.shape, ref.geometry, config.mr_size)
     arr = np.zeros((1, len(MR_CHANNELS), *config.mr_size), np.float32)
@@ -588,10 +615,11 @@ def _mr_input(chosen: dict[str, Image], config: DiagnosisConfig, masks: dict,
     # the mask of the reference if known, else of any other sequence
     for src in sorted(sources, key=lambda s: s.label != ref.label):
         if src.label in masks:
-            mk[0, 0] = to_model_grid(masks[src.label].astype(np.float32), src, grid) >= 0.5
+            mk[0, 0] = covered(to_model_grid(masks[src.label].astype(np.float32), src, grid))
             given[0] = True
             for s in sources:
                 mask_source[s.label] = masks.source_of(src.label)
+                mask_from[s.label] = src.label
             break
     return ModalityInput(arr, mk, given, np.zeros(1, np.int64),
                          np.full(1, len(SIDES) - 1, np.int64), present, [grid], [sources])
@@ -649,6 +677,7 @@ def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict |
     inputs: dict[str, ModalityInput] = {}
     notes: list[str] = []
     mask_source: dict[str, str] = {}
+    mask_from: dict[str, str] = {}
     if "MG" in wanted and study.of(Modality.MG):
         ims, n = select_mg(study, config.mg_max_views, config.mg_views, frozenset(masks), mg_suspicion)
         notes += n
@@ -661,11 +690,11 @@ def prepare_study(study: Study, config: DiagnosisConfig, *, lesion_masks: dict |
         chosen, n = select_mr(study)
         notes += n
         if chosen:
-            inputs["MR"] = _mr_input(chosen, config, masks, mask_source)
+            inputs["MR"] = _mr_input(chosen, config, masks, mask_source, mask_from)
     if not inputs:
         have = ", ".join(m.value for m in study.modalities()) or "no images"
         raise InputError(f"study {study.study_id} has none of the requested modalities "
                          f"{', '.join(wanted)} (it has {have})")
     for note in notes:
         log.info("%s: %s", study.study_id, note)
-    return PreparedStudy(study.study_id, inputs, notes, mask_source)
+    return PreparedStudy(study.study_id, inputs, notes, mask_source, mask_from)
