@@ -318,12 +318,10 @@ def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: b
         voxels, geom = sitk_to_voxels(read_volume(ipath), ipath)
         geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
         mpath = _safe_relpath(root, entry["lesion_mask"], jpath) if entry.get("lesion_mask") else None
-        if mpath is not None and reference_masks:
-            mvox, _ = sitk_to_voxels(read_volume(mpath), mpath)
-            if mvox.shape != voxels.shape:
-                raise InputError(f"lesion mask shape {mvox.shape} differs from its image "
-                                 f"{ipath.name} {voxels.shape}", mpath)
-            mask = mvox
+        if mpath is not None and reference_masks:  # on the image's grid, as a --lesion-mask
+            from .io.files import read_mask_file
+
+            mask = read_mask_file(mpath, voxels.shape, geom)
     else:
         if geom_doc is None or entry.get("shape") is None:
             raise InputError(f"{where}: needs 'geometry' and 'shape' to be read without voxels", jpath)

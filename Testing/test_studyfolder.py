@@ -319,3 +319,18 @@ def test_a_study_id_repeated_across_histories_is_refused_and_a_dicom_folder_is_n
     opened = []
     monkeypatch.setattr(loader, "is_dicom_file", lambda p: opened.append(p) or True)
     assert loader.collection(flat) is None and opened == []
+
+
+def test_a_reference_mask_off_its_image_grid_is_refused(tmp_path):
+    """A study folder's reference mask (training, evaluate's Dice) lies on its image's grid, as a
+    --lesion-mask must: one of the same shape placed elsewhere would score the wrong pixels."""
+    import SimpleITK as sitk
+
+    write_study_folder(make_study(), tmp_path / "s")
+    path = tmp_path / "s" / "masks" / "US_R_10h.nrrd"
+    img = sitk.ReadImage(str(path))
+    assert read_study_folder(tmp_path / "s").image("US_R_10h").lesion_mask.sum() > 0
+    img.SetOrigin([o + 7.5 for o in img.GetOrigin()])
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(InputError, match=r"US_R_10h.nrrd: mask grid .* differs from its image's"):
+        read_study_folder(tmp_path / "s")
