@@ -324,3 +324,26 @@ def test_parquet_without_pyarrow_is_refused_before_scoring(tmp_path, bundle, mon
                  "--format", "parquet"]) == 2
     assert "--format parquet needs pyarrow" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing scored, nothing written
+
+
+def test_a_folder_of_other_files_is_refused_before_anything_is_removed_or_locked(tmp_path, bundle, capsys):
+    """--overwrite replaces a cohort run, never a folder of the user's: refused, every file kept
+    and no lock file left; an --out that holds the manifest is refused too."""
+    from BINDSLib.cli import main
+    from BINDSLib.fsutil import LOCK_NAME
+
+    manifest = write_cohort(tmp_path / "data", 3, n_folders=3)
+    mine = tmp_path / "mine"
+    (mine / "parts").mkdir(parents=True)
+    files = {"scores.csv": "precious", "summary.json": "mine", "parts/notes.txt": "keep", "thesis.docx": "other"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    for extra in ([], ["--overwrite"]):
+        assert main(["cohort", str(manifest), "--out", str(mine), "--model", str(bundle), "--workers", "0",
+                     *extra]) == 5
+        assert "holds no cohort run (run.json)" in capsys.readouterr().err
+        assert {str(p.relative_to(mine)): p.read_text() for p in mine.rglob("*") if p.is_file()} == files
+    assert main(["cohort", str(manifest), "--out", str(tmp_path / "data"), "--model", str(bundle),
+                 "--workers", "0", "--overwrite"]) == 5
+    assert "holds an input of this command" in capsys.readouterr().err
+    assert not (tmp_path / "data" / LOCK_NAME).exists() and not (mine / LOCK_NAME).exists()

@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import EXIT_PARTIAL, UsageError
-    from ..fsutil import json_dumps, make_output_folder, output_lock
-    from ..risk.cohort import (PARTS, check_resumed_sources, dist_env, merge_results, prepare_output,
-                               read_manifest, run_settings, score_cohort, scored_ids)
+    from ..fsutil import check_not_input, json_dumps, make_output_folder, output_lock
+    from ..risk.cohort import (PARTS, check_cohort_folder, check_resumed_sources, dist_env, merge_results,
+                               prepare_output, read_manifest, run_settings, score_cohort, scored_ids)
     from ..risk.inference import RiskModel
 
     log = logging.getLogger("binds.cohort")
@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--format parquet needs pyarrow (pip install pyarrow), or use --format csv") from None
     rows = read_manifest(args.manifest)
     out = Path(args.out)
+    # before any folder is made, locked or emptied: never an input, nor a folder of other files
+    check_not_input(out, [args.manifest, *(r.path for r in rows)])
+    check_cohort_folder(out)
     if args.merge_only and (args.overwrite or not any((out / PARTS).glob("scores-rank*.csv"))):
         from ..errors import InputError  # before any folder is made
 

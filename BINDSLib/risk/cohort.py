@@ -369,11 +369,23 @@ def run_settings(model, keep_identifiers: bool) -> dict:
             "input_size": list(model.config.input_size), "keep_identifiers": bool(keep_identifiers)}
 
 
+def check_cohort_folder(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file, or a folder holding anything but a cohort run
+    (``run.json``): checked before the folder is made, locked or emptied, so that a refused
+    folder is left as it was (``--overwrite`` removes a cohort run's files, never others)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError("is a file, not a folder: choose a folder name", out_dir)
+    if out_dir.is_dir() and has_content(out_dir) and not (out_dir / "run.json").is_file():
+        raise OutputError("folder is not empty and holds no cohort run (run.json): choose a new --out "
+                          "(--overwrite replaces a cohort run only, not other files)", out_dir)
+
+
 def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
     """Check that ``out_dir`` (made by the command) may take this run: empty but for its lock,
-    or a cohort run of the same model and settings to resume; ``overwrite`` removes a cohort
-    run's files first."""
+    or a cohort run of the same model and settings to resume (:func:`check_cohort_folder`);
+    ``overwrite`` then removes the cohort run's files."""
     run_json = out_dir / "run.json"
+    check_cohort_folder(out_dir)
     if overwrite and out_dir.exists():
         for name in (PARTS, "run.json", "scores.csv", "scores.parquet", "failures.csv", "summary.json"):
             p = out_dir / name
@@ -381,13 +393,6 @@ def prepare_output(out_dir: Path, settings: dict, overwrite: bool) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and has_content(out_dir) and not run_json.is_file():
-        raise OutputError("folder is not empty and holds no cohort run (run.json): choose a new --out"
-                          + ("" if overwrite else " or use --overwrite")
-                          + (" (--overwrite removes a cohort run's files only, not the others here)"
-                             if overwrite else ""), out_dir)
     if run_json.is_file():
         try:
             old = json.loads(run_json.read_text(encoding="utf-8"))
