@@ -29,7 +29,7 @@ from typing import Any
 
 from . import __version__
 from .errors import InputError, ModelError, OutputError
-from .fsutil import atomic_dir, json_dumps
+from .fsutil import atomic_dir, json_dumps, visible_entries
 
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.pt"
@@ -110,7 +110,7 @@ def list_bundles(kind: str | None = None) -> list[Path]:
     for root in search_path():
         if not root.is_dir():
             continue
-        for d in sorted(root.iterdir()):
+        for d in visible_entries(root):  # not a killed writer's hidden .NAME.XXXX.part copy
             meta = d / METADATA
             if d.name in found or not meta.is_file():
                 continue
@@ -133,7 +133,7 @@ def hidden_bundles() -> list[tuple[Path, Path]]:
     hidden = []
     for root in search_path():
         if root.is_dir():
-            for d in sorted(root.iterdir()):
+            for d in visible_entries(root):
                 if (d / METADATA).is_file() and d.name in first and first[d.name] != d:
                     hidden.append((d, first[d.name]))
     return hidden

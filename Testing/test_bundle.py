@@ -154,3 +154,20 @@ def test_a_bundle_hidden_by_another_of_its_folder_name_is_shown(tiny_bundle, mon
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert f"not used: {tmp_path / 'run2' / 'bundle'} (its folder name is taken by {tmp_path / 'run1' / 'bundle'}" in out
+
+
+def test_a_killed_writers_hidden_copy_is_not_a_bundle(bundle, monkeypatch, tmp_path):
+    """A calibrate or train killed while it wrote its bundle leaves a hidden .NAME.XXXX.part copy
+    beside the finished one: it is neither listed nor found, nor does it hide the finished one."""
+    import shutil
+
+    from BINDSLib.bundle import hidden_bundles, list_bundles
+
+    monkeypatch.setenv("BINDS_MODEL_PATH", str(bundle.parent))
+    shutil.copytree(bundle, bundle.parent / ".a.x1y2.part")  # sorts before "b"
+    for listed in (list_bundles(), list_bundles("diagnosis")):
+        assert bundle in listed and not any(p.name.startswith(".") for p in listed)
+    assert hidden_bundles() == []
+    with pytest.raises(ModelError, match="not found") as e:
+        find_bundle("a")
+    assert ".part" not in str(e.value)
