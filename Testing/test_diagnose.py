@@ -335,6 +335,37 @@ def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, dia
     assert "was given twice" in open(out / "failures.csv").read()
 
 
+def test_a_study_that_fails_on_overwrite_keeps_its_folder_but_leaves_the_table(tmp_path, diagnosis_bundle,
+                                                                              monkeypatch):
+    """A batch rerun with --overwrite in which one study fails (its outputs cannot be written):
+    its earlier folder stays, but results.csv lists only what this run stands by, not the
+    earlier result of a study failures.csv lists."""
+    import BINDSLib.diagnose as dg
+    from BINDSLib.errors import OutputError
+    from BINDSLib.synthetic import make_study
+
+    root = tmp_path / "studies"
+    for seed, name in ((12, "a"), (13, "b")):
+        write_study_folder(make_study(seed, modalities=("US",)), root / name)
+    out = tmp_path / "out"
+    args = ["diagnose", str(root), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "1", "--no-summary"]
+    assert main(args) == 0
+    failing = read_study_folder(root / "b").study_id
+    real = dg.diagnose_study
+
+    def diagnose_study(model, study, target, *a, **k):
+        if study.study_id == failing:
+            raise OutputError("cannot be written: Operation not permitted", target)
+        return real(model, study, target, *a, **k)
+
+    monkeypatch.setattr(dg, "diagnose_study", diagnose_study)
+    assert main(args + ["--overwrite"]) == 6
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["study_id"] for r in rows] == [read_study_folder(root / "a").study_id]
+    assert failing in open(out / "failures.csv").read()
+    assert any((d / "report.json").is_file() for d in out.iterdir() if failing in d.name)  # kept
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -219,6 +219,7 @@ def _run_batch(model, sources, out: Path, options) -> int:
 
     failures: list[tuple[str, str]] = []
     written: dict[str, str] = {}  # output folder -> the source whose study it holds (this run)
+    merged: set[str] = set()  # the output folders whose results this run stands by (done now or before)
     done = skipped = 0
     total = len(sources)
     for n, (kind, value) in enumerate(sources, start=1):
@@ -244,11 +245,13 @@ def _run_batch(model, sources, out: Path, options) -> int:
             restore_hidden_result(target, REPORT_SIGNS)  # (an --overwrite killed between its renames)
             if is_finished(target) and not options.overwrite:
                 skipped += 1
+                merged.add(key)
                 continue
             try:
                 chosen, notes = model(st)
                 diagnose_study(chosen, st, target, options, model_notes=notes)
                 done += 1
+                merged.add(key)
             except BindsError as e:
                 failures.append((f"{name} (study {st.study_id})", str(e)))
                 log.error("study %s: %s", st.study_id, e)
@@ -257,8 +260,9 @@ def _run_batch(model, sources, out: Path, options) -> int:
                 log.error("study %s: %s", st.study_id, failures[-1][1])
         progress(n, total, name)
     rows = []
-    for rpath in sorted(out.glob("*/results.csv")):  # this run's studies (done now or before)
-        if str(rpath.parent).casefold() in written and is_finished(rpath.parent):
+    # this run's studies, done now or before; not a failed one's earlier result (kept in its folder)
+    for rpath in sorted(out.glob("*/results.csv")):
+        if str(rpath.parent).casefold() in merged and is_finished(rpath.parent):
             with open(rpath, newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
     atomic_write_text(out / "results.csv", results_csv(rows))
