@@ -4,6 +4,7 @@ is exact, configs are validated."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from BINDSLib.model.inference import DiagnosisModel
 from BINDSLib.model.losses import DiagnosisLoss
 from BINDSLib.model.network import DiagnosisNetwork
 from BINDSLib.model.train import load_settings, parse_settings, train
-from BINDSLib.studyfolder import write_study_folder
+from BINDSLib.studyfolder import read_study_folder, write_study_folder
 from test_model_cases import make_case, tiny_config
 
 
@@ -208,6 +209,7 @@ def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
     model = DiagnosisModel.from_bundle(tmp_path / "run" / "bundle", device="cpu")
     assert model.metadata["modalities"] == ["US"] and model.modalities == ("US",)
+    assert model.config.unsided == ()  # these cases' ultrasound has a side
     # without the finding term its logit is still calibrated when the split has normal and
     # abnormal studies (else the plain sigmoid)
     val = {r["study_id"] for r in csv.DictReader(open(tmp_path / "run" / "bundle" / "docs" / "validation_cases.csv"))}
@@ -219,6 +221,30 @@ def test_a_bundle_reads_only_the_modalities_it_was_trained_on(tmp_path):
     assert model.metadata["subtype_trained"] is True and pred.subtype_probabilities
     model.metadata["subtype_trained"] = False
     assert model.predict(make_case(9, True, ("US",)), saliency="none").subtype_probabilities == {}
+
+
+def test_a_modality_trained_without_sides_is_read_without_them(tmp_path):
+    """Ultrasound trained on images without a side (BUSI): the bundle reads every US image as of
+    unknown side (its left/right embeddings are untrained), so a side given with the image does
+    not change the prediction; trained with sides, it keeps reading them."""
+    cfg = _config(tmp_path, epochs=(1, 1), modality_sets=(("US",),))
+    sided = tmp_path / "studies"
+    for case in sided.iterdir():  # the same cases, their ultrasound without a side
+        study = read_study_folder(case)
+        images = [dataclasses.replace(im, role=dataclasses.replace(im.role, laterality=None)) for im in study.images]
+        write_study_folder(dataclasses.replace(study, images=images), case, overwrite=True)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    model = DiagnosisModel.from_bundle(tmp_path / "run" / "bundle", device="cpu")
+    assert model.config.unsided == ("US",) and model.metadata["model_config"]["unsided"] == ["US"]
+    study = make_case(9, True, ("US",))
+    assert study.images[0].role.laterality == "L"
+    plain = dataclasses.replace(study, images=[dataclasses.replace(
+        study.images[0], role=dataclasses.replace(study.images[0].role, laterality=None))])
+    probs = [model.predict(s, saliency="none").malignancy_probability for s in (study, plain)]
+    assert probs[0] == probs[1]
+    # the model read the side before: the same weights with sides give another probability
+    model.config = dataclasses.replace(model.config, unsided=())
+    assert model.predict(study, saliency="none").malignancy_probability != probs[1]
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

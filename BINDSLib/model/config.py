@@ -249,6 +249,10 @@ class DiagnosisConfig:
         its finding logit (compared with the other breast when ``bilateral_weight`` > 0), so a
         one-slot bundle reads the breast with the finding, not always the left one. A film the
         user outlined still comes first. Inference only (training fills slots in order).
+    unsided : 2D modalities (``"MG"``, ``"US"``) read without their side: the bundle's
+        training images of that modality had none (BUSI ultrasound), so its left and right
+        side embeddings are untrained and every image is read as of unknown side, as in
+        training. ``binds train`` sets it from the training data.
     locator_2d, locator_3d : backbones of the lesion localisers (feature map, context token,
         lesion probability map). classifier_2d, classifier_3d : backbones encoding the crops.
     locator_mg : the mammography branch's own locator backbone (default ``None``: MG and US
@@ -309,6 +313,7 @@ class DiagnosisConfig:
     mg_max_views: int = 4
     us_max_images: int = 2
     mg_views: tuple[str, ...] = ()
+    unsided: tuple[str, ...] = ()
     mg_fit: str = "image"
     mg_select: str = "order"
     locator_2d: EncoderConfig = field(default_factory=EncoderConfig)
@@ -349,6 +354,10 @@ class DiagnosisConfig:
         bad = [v for v in self.mg_views if v not in MG_VIEWS]
         if bad:
             raise ValueError(f"mg_views {bad} are not mammography views ({', '.join(MG_VIEWS)})")
+        unsided = (self.unsided,) if isinstance(self.unsided, str) else self.unsided
+        if not isinstance(unsided, (list, tuple)) or any(str(m).upper() not in ("MG", "US") for m in unsided):
+            raise ValueError(f"unsided must list 2D modalities (MG, US), not {self.unsided!r}")
+        object.__setattr__(self, "unsided", tuple(sorted({str(m).upper() for m in unsided})))
         object.__setattr__(self, "intensity_percentiles",
                            _tuple(self.intensity_percentiles, 2, "intensity_percentiles", float))
         lo, hi = self.intensity_percentiles

@@ -557,7 +557,9 @@ def _plane_input(images: list[Image], size, modality: str, masks: dict, config: 
     mk = np.zeros((n, 1, *size), np.uint8)
     given = np.zeros(n, bool)
     view = np.array([_view_index(im.role.view) for im in images], np.int64)
-    side = np.array([_side_index(im.role.laterality) for im in images], np.int64)
+    # a modality the bundle learnt without sides is read so (its side embeddings are untrained)
+    side = np.array([_side_index(None if modality in config.unsided else im.role.laterality) for im in images],
+                    np.int64)
 
     def one(i: int) -> tuple[ModelGrid, SourceImage]:  # fills row i (images side by side)
         im = images[i]

@@ -979,6 +979,11 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
                                              rt.device, run_dir / "checkpoints" / "refiner.pt")
         trained = tuple(m for m in MODALITIES if any(m in s.prepared.inputs for s in train_samples))
         with_subtype = any(s.subtype >= 0 for s in train_samples)
+        # a 2D modality trained without sides is read without them (untrained side embeddings)
+        unsided = tuple(m for m in ("MG", "US") if m in trained and not any(
+            m in s.prepared.inputs and (s.prepared.inputs[m].side < len(SIDES) - 1).any() for s in train_samples))
+        if unsided != settings.model.unsided:
+            settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, unsided=unsided))
         result = _finish(net, settings, val_samples, y_val, rt.device, run_dir, bundle_path,
                          overwrite, reproduce, len(train_samples), trained, with_subtype,
                          refiner_metrics, pretrained,
