@@ -40,7 +40,11 @@ from .validation import check_study
 log = logging.getLogger(__name__)
 
 STAGE1_MODALITIES = (Modality.US, Modality.MG)
-SALIENT_THRESHOLD = 0.5  # saliency (normalised to [0, 1] per image) above which a voxel is "salient"
+#: the salient region of an image: where its saliency is at least this share of its maximum ...
+SALIENT_FRACTION = 0.5
+#: ... when that maximum reaches this (alignment saliency is an absolute cosine with the malignant
+#: prototype, 0-1: an image below it everywhere resembles it nowhere, and has no salient region)
+SALIENT_FLOOR = 0.1
 
 
 @dataclass
@@ -196,8 +200,15 @@ def recommendation(p: float, threshold: float) -> tuple[str, str]:
                          "follow-up instead of biopsy may be considered (research use only)")
 
 
-def _salient_mask(saliency: np.ndarray) -> np.ndarray:
-    return (saliency >= SALIENT_THRESHOLD).view(np.uint8)  # 0 / 1, no second array
+def salient_mask(saliency: np.ndarray) -> np.ndarray:
+    """The salient region of an image's saliency map (uint8 0/1): at least
+    :data:`SALIENT_FRACTION` of its maximum, none when the maximum is below :data:`SALIENT_FLOOR`.
+    Relative, since the alignment saliency of a whole image rarely reaches an absolute 0.5
+    (maxima of 0.2-0.6 on the shipped bundles); Grad-CAM maps (0-1 per image) keep their 0.5."""
+    peak = float(saliency.max()) if saliency.size else 0.0
+    if peak < SALIENT_FLOOR:
+        return np.zeros(saliency.shape, np.uint8)
+    return (saliency >= SALIENT_FRACTION * peak).view(np.uint8)  # 0 / 1, no second array
 
 
 def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: DiagnoseOptions,
@@ -287,7 +298,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
 
         def write_maps(im):  # the files of one image
             sal = pred.saliency[im.label]  # clipped above
-            salient = _salient_mask(sal)
+            salient = salient_mask(sal)
             write_seg_nrrd(tmp / f"{im.label}.seg.nrrd",
                            {"lesion": pred.lesion_masks[im.label], "salient_region": salient},
                            im.geometry, laterality=im.role.laterality)

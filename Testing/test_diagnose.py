@@ -518,3 +518,31 @@ def test_the_report_says_why_the_mri_was_or_was_not_read(tmp_path, diagnosis_bun
             assert report["user_lesion_masks"] == []
             assert f"lesion masks of images not read (not used): {mr.label}" in report["notes"]
             assert not any("re-assessed" in n for n in report["notes"])
+
+
+def test_the_salient_region_is_the_top_half_of_each_images_saliency(tmp_path, study_dir):
+    """The salient-region segment is where an image's saliency reaches half its maximum (the
+    alignment saliency of whole images peaks well below 0.5, so an absolute 0.5 left it empty),
+    and nothing where the saliency stays below SALIENT_FLOOR."""
+    from BINDSLib.diagnose import SALIENT_FLOOR, salient_mask
+
+    sal = np.array([[[0.0, 0.05, 0.11, 0.2, 0.22]]], np.float32)
+    np.testing.assert_array_equal(salient_mask(sal), [[[0, 0, 1, 1, 1]]])
+    assert not salient_mask(sal * (SALIENT_FLOOR / 0.22) * 0.99).any()
+    assert salient_mask(sal).dtype == np.uint8
+
+    out = tmp_path / "out"
+    assert main(["diagnose", str(study_dir), "--model", "binds-diagnosis-demo", "--out", str(out), "--device", "cpu",
+                 "--stage", "2", "--no-summary"]) == 0  # the shipped bundle: a trained saliency
+    study = read_study_folder(study_dir)
+    report = json.loads((out / "report.json").read_text())
+    seen = 0
+    for entry in report["images"]:
+        im = study.image(entry["label"])
+        saliency = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{im.label}_saliency.nrrd"))).reshape(im.shape)
+        region = read_seg_nrrd(out / f"{im.label}.seg.nrrd", im.geometry, im.shape)["salient_region"].mask
+        np.testing.assert_array_equal(region, salient_mask(saliency), err_msg=im.label)
+        if saliency.max() >= SALIENT_FLOOR:
+            seen += 1
+            assert region.any() and entry["salient_volume_mm3"] > 0, im.label
+    assert seen >= 6  # (mammograms, ultrasound and MRI peak at 0.15-0.6 with it)
