@@ -384,3 +384,28 @@ def test_calibrate_fits_the_band_the_staged_decision_uses(tmp_path, tiny_bundle,
                  "--fit", "malignancy"]) == 0
     assert "was fitted on the old probabilities and is kept as it is: refit it with --fit band" in capsys.readouterr().out
     assert load_bundle(tmp_path / "m").binds["uncertainty_band"] == load_bundle(again).binds["uncertainty_band"]
+
+
+def test_studies_the_model_separates_perfectly_are_refused_for_the_malignancy_part(
+        tmp_path, tiny_bundle, labelled_folder, monkeypatch, capsys):
+    """On studies the model separates perfectly the temperature runs to the end of its range and
+    the threshold to 1: such a bundle would call every probability below 1 benign. Refused,
+    nothing written; the finding part (Platt's smoothed targets) still fits."""
+    import BINDSLib.model.evaluation as ev
+
+    real = ev.predict_dataset
+
+    def separable(model, studies, **kw):
+        rows, *rest = real(model, studies, **kw)
+        for r in rows:
+            r["malignancy_logit"] = 40.0 if r["malignant"] == 1 else -40.0
+        return (rows, *rest)
+
+    monkeypatch.setattr(ev, "predict_dataset", separable)
+    out = tmp_path / "recal"
+    args = ["calibrate", "--model", str(tiny_bundle), "--data", str(labelled_folder), "--out", str(out)]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "the model separates these 3 malignant and 5 other studies perfectly" in err and "--fit finding" in err
+    assert not out.exists()
+    assert main(args + ["--fit", "finding"]) == 0

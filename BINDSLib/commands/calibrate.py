@@ -61,15 +61,15 @@ def run(args: argparse.Namespace) -> int:
     bundle = model.bundle
     version = args.version or next_version(bundle.version)
     check_new_version(bundle, version)
-    rows, _, _ = predict_dataset(model, studies, saliency="none")
     where = source["data"] + (f" (cases {source['cases']})" if "cases" in source else "")
+    named = args.fit or ["all"]
+    parts = tuple(p for p in REFIT_PARTS + (BAND_PART,) if p in named or ("all" in named and p in REFIT_PARTS))
+    rows, _, _ = predict_dataset(model, studies, saliency="none")
     if not rows and "cases" in source and source.get("n_cases_not_found") == source.get("n_cases_listed"):
         raise InputError(f"none of the {source['n_cases_listed']} studies listed in {source['cases']} is in "
                          f"{source['data']}")
     if not rows:
         raise InputError(f"no study {bundle.name} can read in {where}")
-    named = args.fit or ["all"]
-    parts = tuple(p for p in REFIT_PARTS + (BAND_PART,) if p in named or ("all" in named and p in REFIT_PARTS))
     binds = bundle.binds
     ops = binds.get("operating_points") or ({"default": binds["operating_point"]} if "operating_point" in binds
                                             else {})
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             other = []
         hint = f"; --fit {other[0]} refits the {other[0]} probability only" if other else ""
         raise InputError(f"{where}: {e}{hint}") from None
+    _check_separable(fitted, where)
     fitted_on = f"binds calibrate: {where}"
     if "malignancy" in parts:  # where each part was fitted, on how many studies
         t = fitted["temperature"]
@@ -127,3 +128,23 @@ def _band_figures(fitted: dict) -> str:
         return f"sensitivity {d['sensitivity']:.3f}, specificity {d['specificity']:.3f}, MRI read {d['n_stage2']}"
     return (f" (on {fitted['n']} studies with both stages at threshold {fitted['threshold']:.4g}: "
             f"{one('fitted')}; every MRI: {one('stage2')}; none: {one('stage1')})")
+
+
+def _check_separable(fitted: dict, where: str) -> None:
+    """Refuse a malignancy refit on studies the model separates perfectly: the temperature runs
+    to the low end of its range and the probabilities to 0 and 1, so that the threshold lands
+    at 1 (or 0) and the new bundle would send every study below it to follow-up."""
+    from ..errors import InputError
+    from ..model.calibration import TEMPERATURE_BOUNDS
+
+    t = fitted.get("temperature")
+    if t is None:
+        return
+    threshold = fitted["threshold"]["new"]
+    if t["new"] <= TEMPERATURE_BOUNDS[0] * 1.001 or not 0.0 < threshold < 1.0:
+        raise InputError(f"{where}: the model separates these {t['n_malignant']} malignant and {t['n_other']} "
+                         f"other studies perfectly, so the temperature runs to the end of its range "
+                         f"({t['new']:.3g}) and the threshold to {threshold:g}: a bundle calibrated so would "
+                         "call every probability below it benign. Calibrate on more studies (with some the "
+                         "model gets wrong), or refit --fit finding only")
+
