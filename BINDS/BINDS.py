@@ -400,7 +400,7 @@ def resultSummaryHtml(report: dict) -> str:
         lines.append(f"Finding probability (abnormal vs normal): {report['finding_probability']:.3f}")
     if report.get("subtype"):
         p = report["subtype_probabilities"][report["subtype"]]
-        lines.append(f"Most likely subtype: {report['subtype'].replace('_', ' ')} ({p:.2f})")
+        lines.append(f"Most likely subtype if malignant: {report['subtype'].replace('_', ' ')} ({p:.2f})")
     if report.get("user_lesion_masks"):
         lines.append("Re-assessed with edited lesions: " + ", ".join(report["user_lesion_masks"]))
     lines += [f"<i>{note}</i>" for note in report.get("notes", [])]

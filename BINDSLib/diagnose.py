@@ -242,6 +242,10 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     notes = list(model_notes) + list(warnings)
     for p in preds:  # what preprocessing left out (e.g. more views than the model takes)
         notes += [n for n in getattr(p, "notes", []) if n not in notes]
+    calibration = (getattr(model, "metadata", None) or {}).get("calibration") or {}
+    if final.finding_probability is not None and "finding_temperature" not in calibration:
+        notes.append("finding probability not calibrated (the bundle has no finding calibration): it ranks "
+                     "studies, it is no probability; binds calibrate --fit finding fits one on labelled studies")
     caution = (getattr(model, "metadata", None) or {}).get("caution")
     if caution:  # a bundle that did not meet its validation targets says so in every report
         notes.append(f"model caution: {caution}")
@@ -260,7 +264,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     inside = in_uncertainty_band(p1, band)
     where = f"stage 1 probability {p1:.3f} {'inside' if inside else 'outside'} the uncertainty band {band[0]:g}-{band[1]:g}"
     if both and options.stage != "auto":
-        notes.append("stage 2 forced (--stage 2)")
+        notes.append("stage 2 asked for (--stage 2): the MRI was read whatever stage 1 said")
     elif both:  # read for the band, or for the user's MR outline
         why = "" if inside else "; the MRI was read because a lesion was outlined on it"
         notes.append(f"{where}{why}: stage 2 with MRI replaces it")
@@ -365,7 +369,7 @@ def _write_summary(path: Path, study: Study, shown, pred, final: StageResult, th
     if final.finding_probability is not None:
         lines.append(f"finding probability (abnormal vs normal) {final.finding_probability:.3f}")
     if final.subtype_probabilities:
-        lines.append("subtype: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
+        lines.append("subtype if malignant: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
                                              for k, v in final.subtype_probabilities.items()))
     if final.contributions:
         lines.append("contributions: " + ", ".join(f"{k} {v:.2f}" for k, v in final.contributions.items()))

@@ -409,3 +409,12 @@ def test_studies_the_model_separates_perfectly_are_refused_for_the_malignancy_pa
     assert "the model separates these 3 malignant and 5 other studies perfectly" in err and "--fit finding" in err
     assert not out.exists()
     assert main(args + ["--fit", "finding"]) == 0
+    # a report says when its finding probability is not calibrated, and not once it is
+    import json
+
+    for bundle, said in ((tiny_bundle, True), (out, False)):
+        report_dir = tmp_path / f"dx-{said}"
+        assert main(["diagnose", str(labelled_folder / "case0"), "--model", str(bundle), "--out", str(report_dir),
+                     "--no-summary"]) == 0
+        notes = json.loads((report_dir / "report.json").read_text())["notes"]
+        assert any(n.startswith("finding probability not calibrated") for n in notes) == said

@@ -199,9 +199,9 @@ def test_risk_logic_keeps_exam_folders_and_exports(modules, tmp_path):
 def test_result_summary_shows_the_key_numbers(modules):
     report = {"stage": 2, "malignancy_probability": 0.8731, "threshold": 0.5, "recommendation": "biopsy",
               "subtype": "luminal_b", "subtype_probabilities": {"luminal_b": 0.61}, "user_lesion_masks": ["MR_DCE1"],
-              "notes": ["stage 2 forced"], "finding_probability": 0.9412}
+              "notes": ["stage 2 asked for"], "finding_probability": 0.9412}
     html = modules.binds.resultSummaryHtml(report)
-    for text in ("Stage 2", "0.873", "biopsy", "luminal b (0.61)", "MR_DCE1", "stage 2 forced",
+    for text in ("Stage 2", "0.873", "biopsy", "luminal b (0.61)", "MR_DCE1", "stage 2 asked for",
                  "Research use only; not for clinical use.", "abnormal vs normal): 0.941"):
         assert text in html
     report["finding_probability"] = None  # a report without one (written before finding probabilities existed) says nothing

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     w(f"  malignancy probability: {stages}\n")
     w(f"  recommendation: {report.recommendation_detail}\n")
     if report.subtype:
-        w(f"  most likely subtype: {report.subtype} ({report.subtype_probabilities[report.subtype]:.2f})\n")
+        w(f"  most likely subtype if malignant: {report.subtype} "
+          f"({report.subtype_probabilities[report.subtype]:.2f})\n")
     w(f"  study folder:   {study_dir}\n")
     w(f"  outputs:        {out / 'output'}\n")
     w("    summary.png   images with lesion outlines and saliency - look here first\n")
