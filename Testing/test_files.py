@@ -351,3 +351,24 @@ def test_a_nrrd_in_a_space_that_is_not_a_patient_one_is_said(tmp_path, caplog):
             im = read_image_file(tmp_path / "MR_T2.nhdr")
         assert im.geometry.origin_mm == pytest.approx(origin)
         assert (f"in the NRRD space {space!r}, not a patient one" in caplog.text) == said, space
+
+
+def test_one_image_file_is_a_study_of_its_own_name(tmp_path):
+    """A file given on its own (binds diagnose --role US=images/benign_127.png) is a study named
+    after it, so that two files of one folder are two studies, not two studies called 'images';
+    several files given together are their folder's study."""
+    from BINDSLib.io.loader import load_files
+    from BINDSLib.study import Modality, Role
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("benign_127.png", "malignant_001.png"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((16, 16), 9, np.uint8)), str(folder / name))
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 16, 16), 9, np.int16)), str(folder / "vol.nii.gz"))
+    us = Role(Modality.US)
+    assert load_files([(folder / "benign_127.png", us)]).studies[0].study_id == "benign_127"
+    assert load_files([(folder / "vol.nii.gz", Role(Modality.MR, sequence="T2"))]).studies[0].study_id == "vol"
+    both = [(folder / "benign_127.png", Role(Modality.US, laterality="L")),
+            (folder / "malignant_001.png", Role(Modality.US, laterality="R"))]
+    assert load_files(both).studies[0].study_id == "images"
+    assert load_files([(folder / "benign_127.png", us)], study_id="given").studies[0].study_id == "given"

@@ -181,7 +181,8 @@ def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:
 
 def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
                study_id: str | None = None) -> LoadResult:
-    """Plain image files (and single DICOM files) with optional roles, as one study."""
+    """Plain image files (and single DICOM files) with optional roles, as one study: its ID
+    ``study_id``, else the file's name without its suffix (one file) or their folder's name."""
     images = []
     skipped: list[Skipped] = []
     first = None
@@ -202,7 +203,12 @@ def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
         images.append(read_image_file(path, role=role))
     if not images:
         raise InputError("no images given")
-    sid = study_id or (Path(os.path.abspath(first)).parent.name if first is not None else "") or "study"
+    # one file is its own study (two BUSI images of one folder are two studies), several files
+    # are their folder's
+    if len(files) == 1:
+        sid = study_id or first.name[:len(first.name) - len(suffix_of(first))] or "study"
+    else:
+        sid = study_id or (Path(os.path.abspath(first)).parent.name if first is not None else "") or "study"
     return LoadResult([Study(study_id=sid, images=images)], skipped)
 
 
