@@ -546,3 +546,16 @@ def test_the_salient_region_is_the_top_half_of_each_images_saliency(tmp_path, st
             seen += 1
             assert region.any() and entry["salient_volume_mm3"] > 0, im.label
     assert seen >= 6  # (mammograms, ultrasound and MRI peak at 0.15-0.6 with it)
+
+
+def test_a_batch_table_follows_the_order_the_studies_were_given_in(tmp_path, diagnosis_bundle):
+    from BINDSLib.synthetic import make_study
+
+    paths = [write_study_folder(make_study(seed, modalities=("US",)), tmp_path / name)
+             for seed, name in ((21, "z-first"), (22, "a-second"))]
+    for order in (paths, paths[::-1]):
+        out = tmp_path / f"out-{order[0].name}"
+        assert main(["diagnose", *map(str, order), "--model", str(diagnosis_bundle), "--out", str(out),
+                     "--stage", "1", "--no-summary"]) == 0
+        rows = list(csv.DictReader(open(out / "results.csv")))
+        assert [r["study_id"] for r in rows] == [read_study_folder(p).study_id for p in order]

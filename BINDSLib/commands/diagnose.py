@@ -219,7 +219,7 @@ def _run_batch(model, sources, out: Path, options) -> int:
 
     failures: list[tuple[str, str]] = []
     written: dict[str, str] = {}  # output folder -> the source whose study it holds (this run)
-    merged: set[str] = set()  # the output folders whose results this run stands by (done now or before)
+    merged: dict[str, Path] = {}  # the output folders whose results this run stands by, in input order
     done = skipped = 0
     total = len(sources)
     for n, (kind, value) in enumerate(sources, start=1):
@@ -245,13 +245,13 @@ def _run_batch(model, sources, out: Path, options) -> int:
             restore_hidden_result(target, REPORT_SIGNS)  # (an --overwrite killed between its renames)
             if is_finished(target) and not options.overwrite:
                 skipped += 1
-                merged.add(key)
+                merged[key] = target
                 continue
             try:
                 chosen, notes = model(st)
                 diagnose_study(chosen, st, target, options, model_notes=notes)
                 done += 1
-                merged.add(key)
+                merged[key] = target
             except BindsError as e:
                 failures.append((f"{name} (study {st.study_id})", str(e)))
                 log.error("study %s: %s", st.study_id, e)
@@ -260,10 +260,11 @@ def _run_batch(model, sources, out: Path, options) -> int:
                 log.error("study %s: %s", st.study_id, failures[-1][1])
         progress(n, total, name)
     rows = []
-    # this run's studies, done now or before; not a failed one's earlier result (kept in its folder)
-    for rpath in sorted(out.glob("*/results.csv")):
-        if str(rpath.parent).casefold() in merged and is_finished(rpath.parent):
-            with open(rpath, newline="", encoding="utf-8") as f:
+    # this run's studies in input order, done now or before; not a failed one's earlier result (kept
+    # in its folder)
+    for target in merged.values():
+        if is_finished(target) and (target / "results.csv").is_file():
+            with open(target / "results.csv", newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
     atomic_write_text(out / "results.csv", results_csv(rows))
     atomic_write_text(out / "failures.csv", _csv_text(["source", "error"],
