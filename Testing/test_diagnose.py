@@ -559,3 +559,13 @@ def test_a_batch_table_follows_the_order_the_studies_were_given_in(tmp_path, dia
                      "--stage", "1", "--no-summary"]) == 0
         rows = list(csv.DictReader(open(out / "results.csv")))
         assert [r["study_id"] for r in rows] == [read_study_folder(p).study_id for p in order]
+
+
+def test_quiet_leaves_out_the_progress_lines(tmp_path, diagnosis_bundle, study_dir, capsys):
+    """binds -q prints errors only: not the PROGRESS lines the Slicer module reads (it never
+    passes -q)."""
+    for flags, shown in ((["-q"], False), ([], True)):
+        out = tmp_path / f"out{len(flags)}"
+        assert main([*flags, "diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out),
+                     "--stage", "1", "--no-summary"]) == 0
+        assert ("PROGRESS 1/4" in capsys.readouterr().err) == shown

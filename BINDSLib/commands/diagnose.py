@@ -49,9 +49,14 @@ def register(sub) -> None:
 
 
 def progress(done: int, total: int, message: str) -> None:
-    """One machine-readable progress line on stderr (the Slicer module parses it)."""
+    """One machine-readable progress line on stderr (the Slicer module parses it); none with
+    ``binds -q`` (only errors)."""
+    import logging
+
     from ..fsutil import terminal_text
 
+    if logging.getLogger().getEffectiveLevel() >= logging.ERROR:
+        return
     sys.stderr.write(f"PROGRESS {done}/{total} {terminal_text(message)}\n")
     sys.stderr.flush()
 
