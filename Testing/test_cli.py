@@ -64,6 +64,7 @@ def test_exit_codes_and_one_line_errors(tmp_path, capsys):
     ["diagnose", "--out", "o"],                                   # no study
     ["diagnose", "--role", "US_L", "--out", "o"],                 # ROLE=FILE without '='
     ["convert", "--out", "o"],                                    # nothing to convert
+    ["inspect"],                                                  # nothing to inspect
     ["diagnose", "x", "--lesion-mask", "US_L", "--out", "o"],     # LABEL=FILE without '='
     ["cohort", "m.csv", "--out", "o", "--batch-size", "0"],
 ])
@@ -205,3 +206,18 @@ def test_control_characters_from_input_files_reach_the_terminal_escaped(tmp_path
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout + out.stderr and "case\\x1b[2J\\nPROGRESS 4/4 forged: stage 1" in out.stdout
     assert not [ln for ln in out.stderr.splitlines() if ln.startswith("PROGRESS 4/4 forged")]
+
+
+def test_inspect_takes_role_files_alone_as_convert_does(tmp_path, capsys):
+    """binds inspect --role US_L=FILE with no PATH (as convert takes it), and the unknown-role
+    hint gives a form that works."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((16, 16), 9, np.uint8)), str(tmp_path / "scan.png"))
+    assert main(["inspect", "--role", f"US_L={tmp_path / 'scan.png'}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [im["role"] for im in doc["studies"][0]["images"]] == ["US_L"]
+    assert main(["inspect", str(tmp_path / "scan.png")]) == 3
+    assert "give it (e.g. --role US_L=file.png or --role MG_L_CC=file.png)" in capsys.readouterr().err
+

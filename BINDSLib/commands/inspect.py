@@ -13,7 +13,7 @@ def register(sub) -> None:
         description="Index PATH (a DICOM folder, a study folder, a dataset layout or image "
                     "files) and print the studies, images, roles, geometry, and the files "
                     "skipped with the reason.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="folder or file(s)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="folder or file(s) (none: the --role files only)")
     p.add_argument("--role", action="append", default=[], metavar="ROLE=FILE",
                    help="role of a plain image file, e.g. US_L=lesion.png (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON (schema binds.inspect v1)")
@@ -69,8 +69,12 @@ def study_summary(st, keep_identifiers: bool = False) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..io.loader import LoadResult, load, load_files, parse_role_assignments
 
+    from ..errors import UsageError
+
     result = LoadResult()
     assigned = parse_role_assignments(args.role)
+    if not args.paths and not assigned:
+        raise UsageError("give at least one PATH or --role ROLE=FILE")
     if assigned:
         res = load_files(assigned)
         result.studies += res.studies

@@ -410,8 +410,8 @@ def read_image_file(path: str | os.PathLike, role: Role | None = None,
     if role is None:
         role = role_from_name(path)
         if role is None:
-            raise InputError("the image's role is unknown: give it (e.g. --role US_L or "
-                             "MG_L_CC=file.png) or name the file after its role"
+            raise InputError("the image's role is unknown: give it (e.g. --role US_L=file.png or "
+                             "--role MG_L_CC=file.png) or name the file after its role"
                              + role_name_hint(path), path)
     img = read_image(path)
     voxels, geom = sitk_to_voxels(img, path)
