@@ -49,14 +49,25 @@ def test_inspect_json_on_study_folder(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "MG_R_MLO" in text and "(for comparison only)" not in text.split("MG_L_MLO")[0]
     assert "MG_L_MLO" in text and "(for comparison only)" in text.split("MG_L_MLO")[1]
+    # a lesion mask that is empty (a normal study's) says so
+    mask = np.zeros((1, 4, 5), np.uint8)
+    st.images[0].lesion_mask = mask
+    st.images[1].lesion_mask = np.ones((3, 4, 5), np.uint8)
+    write_study_folder(st, tmp_path / "s2")
+    assert main(["inspect", str(tmp_path / "s2")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("MG_R_MLO" in ln and ln.endswith("+lesion mask (empty)") for ln in lines)
+    assert any("MR_DCE2" in ln and ln.endswith("+lesion mask") for ln in lines)
+    assert main(["inspect", str(tmp_path / "s2"), "--json"]) == 0
+    assert [im["lesion_mask_voxels"] for im in json.loads(capsys.readouterr().out)["studies"][0]["images"]] == [0, 60]
 
 
 def test_exit_codes_and_one_line_errors(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing")]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such file" in err[0] and "missing" in err[0]
-    with pytest.raises(SystemExit) as e:
-        main(["inspect"])
+    with pytest.raises(SystemExit) as e:  # argparse's own usage errors
+        main(["diagnose", "x"])  # (no --out)
     assert e.value.code == 2
 
 

@@ -409,7 +409,7 @@ def test_views_beyond_what_the_model_takes_are_noted_not_a_crash(tmp_path):
     study = make_study(3, modalities=("MG",))
     report = diagnose_study(model, study, tmp_path / "out", DiagnoseOptions(device="cpu", summary_png=False))
     assert len(list((tmp_path / "out").glob("*.seg.nrrd"))) == 1 == len(report.images)
-    ignored = [n for n in report.notes if n.endswith("ignored")]
+    ignored = [n for n in report.notes if n.endswith("mammogram slot(s); not read for the diagnosis")]
     assert len(ignored) == 3 and report.images[0].label not in " ".join(ignored)
     assert "model caution: a test model" in report.notes
 

@@ -31,7 +31,9 @@ def register(sub) -> None:
                    help="bootstrap replicates (0: no bootstrap intervals; the pointing game's "
                         "Wilson interval needs none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the split")
-    p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment")
+    p.add_argument("--saliency", choices=("alignment", "gradcam", "none"), default="alignment",
+                   help="saliency map scored by the pointing game: alignment (default), gradcam, or none "
+                        "(no pointing game; faster)")
     p.add_argument("--given-masks", action="store_true",
                    help="pass each study's reference lesion masks as user masks (lesions localised "
                         "by a reader, as when drawn in Slicer) instead of the predicted lesions")

@@ -23,6 +23,8 @@ def register(sub) -> None:
 
 
 def image_summary(im) -> dict:
+    import numpy as np
+
     r = im.role
     return {
         "label": im.label,
@@ -44,6 +46,7 @@ def image_summary(im) -> dict:
         "direction": list(im.geometry.direction),
         "acquisition_date": None if im.acquisition_date is None else im.acquisition_date.isoformat(),
         "has_lesion_mask": im.lesion_mask is not None,
+        "lesion_mask_voxels": None if im.lesion_mask is None else int(np.count_nonzero(im.lesion_mask)),
         "findings": len(im.findings),
     }
 
@@ -119,7 +122,7 @@ def print_text(doc: dict) -> None:
         for im, comparison in [(i, False) for i in s["images"]] + [(i, True) for i in s["comparison_images"]]:
             sp = "x".join(f"{v:g}" for v in im["spacing_mm"])
             shape = "x".join(str(v) for v in im["shape"])
-            extra = " +lesion mask" if im["has_lesion_mask"] else ""
+            extra = (" +lesion mask" + ("" if im["lesion_mask_voxels"] else " (empty)")) if im["has_lesion_mask"] else ""
             extra += f" +{im['findings']} finding(s)" if im["findings"] else ""
             extra += " (for comparison only)" if comparison else ""
             out.write(f"    {im['role']:<14} {im['modality']}  {shape:>14} voxels  {sp} mm"

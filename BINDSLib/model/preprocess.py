@@ -489,7 +489,8 @@ def select_mg(study: Study, max_views: int, prefer_views: tuple[str, ...] = (),
                 -(suspicion or {}).get(im.label, -math.inf))
 
     kept, left = _keep_first(ims, max_views, rank)
-    notes = [f"{im.label}: more than {max_views} mammograms; ignored" for im in left]
+    notes = [f"{im.label}: more than the model's {max_views} mammogram slot(s); not read for the diagnosis"
+             for im in left]
     return kept, notes
 
 
@@ -498,7 +499,8 @@ def select_us(study: Study, max_images: int, marked: frozenset[str] = frozenset(
     """US images in label order, at most ``max_images`` (images with a lesion mask first)."""
     ims = sorted(study.of(Modality.US), key=lambda im: im.label)
     kept, left = _keep_first(ims, max_images, lambda im: im.label not in marked)
-    notes = [f"{im.label}: more than {max_images} ultrasound images; ignored" for im in left]
+    notes = [f"{im.label}: more than the model's {max_images} ultrasound slot(s); not read for the diagnosis"
+             for im in left]
     return kept, notes
 
 
