@@ -380,3 +380,27 @@ def test_exams_of_two_women_are_refused_unless_said_to_be_one_womans(bundle, tmp
     # and the same history beside the other woman's exam: refused
     assert main(["risk", str(hist), str(b), "--model", str(bundle), "--out", str(tmp_path / "o3")]) == 3
     assert "patient IDs of 2 women" in capsys.readouterr().err
+
+
+def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path):
+    """binds phantom --longitudinal --dicom writes a woman's exams as one DICOM folder: binds risk
+    reads its studies as her exams (as her study-folder history), while a cohort manifest row,
+    which names one exam, still refuses a folder of several."""
+    pytest.importorskip("BINDSLib.io.dicom")
+    from BINDSLib.risk.preprocess import load_exam
+    from BINDSLib.synthetic import write_phantoms
+
+    try:
+        write_phantoms(tmp_path / "w", 1, seed=3, longitudinal=True, dicom=True, n_exams=2)
+    except Exception as e:  # noqa: BLE001 - DICOM writing is another module's
+        pytest.skip(f"DICOM phantoms unavailable: {e}")
+    reports = []
+    for name in ("woman-0000-dicom", "woman-0000"):
+        out = tmp_path / f"out-{name}"
+        assert main(["risk", str(tmp_path / "w" / name), "--model", str(bundle), "--out", str(out)]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    dicom, folders = ([(e["exam_date"], e["cumulative_risk"]["5"]) for e in r["exams"]] for r in reports)
+    assert len(dicom) == 2 and [d for d, _ in dicom] == [d for d, _ in folders]
+    assert np.allclose([r for _, r in dicom], [r for _, r in folders], atol=1e-4)
+    with pytest.raises(InputError, match="holds 2 mammography exams; give one exam per folder"):
+        load_exam(tmp_path / "w" / "woman-0000-dicom")

@@ -18,8 +18,8 @@ def register(sub) -> None:
                     "consider supplemental MRI (NCCN 2026); a rise beyond --rise-threshold). "
                     "Writes report.json, risk.csv and trajectory.png to --out. Research use only.")
     p.add_argument("exams", nargs="+", metavar="EXAM",
-                   help="exam folders: DICOM folders, study folders, or an exam-history folder "
-                        "(history.json) standing for all its exams")
+                   help="exam folders: DICOM folders (one holding several studies: her exams), study "
+                        "folders, or an exam-history folder (history.json) standing for all its exams")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
     p.add_argument("--model", default="binds-risk-demo", metavar="BUNDLE",
                    help="risk bundle name or path (default: binds-risk-demo)")
@@ -177,7 +177,7 @@ def _read_exams(paths, keep_identifiers=False):
     from ..errors import InputError
     from ..io.loader import collection
     from ..risk.inference import exam_identifier
-    from ..risk.preprocess import load_exam, select_views
+    from ..risk.preprocess import load_exams, select_views
     from ..studyfolder import read_history
 
     studies, women, where, sources, after, identities = [], set(), {}, {}, [], []
@@ -205,9 +205,9 @@ def _read_exams(paths, keep_identifiers=False):
                     exams.append(st)
             women.add(h.woman_id)
             identities.append(({h.woman_id, *(st.patient_id for st in h.exams if st.patient_id)}, p))
-        else:
-            exams = [load_exam(p)]
-            identities.append(({exams[0].patient_id} if exams[0].patient_id else set(), p))
+        else:  # one exam, or a DICOM folder of several (a woman's exams, one study each)
+            exams = load_exams(p)
+            identities += [({st.patient_id} if st.patient_id else set(), p) for st in exams]
         for st in exams:
             public = exam_identifier(st, keep_identifiers)
             if all(im is None for im in select_views(st)[0]):

@@ -195,6 +195,17 @@ def load_exam(path) -> Study:
     InputError
         when the path holds no exam or several exams.
     """
+    from ..errors import InputError
+
+    studies = load_exams(path)
+    if len(studies) > 1:
+        raise InputError(f"holds {len(studies)} mammography exams; give one exam per folder", path)
+    return studies[0]
+
+
+def load_exams(path) -> list[Study]:
+    """The mammography exams of a study folder or a DICOM folder/file (a DICOM folder may hold
+    several: a woman's exams, one per study); :class:`InputError` when there is none."""
     from pathlib import Path
 
     from ..errors import InputError
@@ -204,7 +215,7 @@ def load_exam(path) -> Study:
     if not path.exists():
         raise InputError("exam not found", path)
     if is_study_folder(path):
-        return read_study_folder(path, reference_masks=False)  # risk reads no lesion masks
+        return [read_study_folder(path, reference_masks=False)]  # risk reads no lesion masks
     try:
         from ..io.loader import load
     except ImportError:
@@ -224,6 +235,4 @@ def load_exam(path) -> Study:
     if not studies:
         why = f" ({len(skipped)} file(s) skipped)" if skipped else ""
         raise InputError(f"no mammography exam found{why}", path)
-    if len(studies) > 1:
-        raise InputError(f"holds {len(studies)} mammography exams; give one exam per folder", path)
-    return studies[0]
+    return studies
