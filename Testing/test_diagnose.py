@@ -569,3 +569,21 @@ def test_quiet_leaves_out_the_progress_lines(tmp_path, diagnosis_bundle, study_d
         assert main([*flags, "diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out),
                      "--stage", "1", "--no-summary"]) == 0
         assert ("PROGRESS 1/4" in capsys.readouterr().err) == shown
+
+
+def test_every_report_field_is_documented(tmp_path, diagnosis_bundle, study_dir):
+    """docs/REPORT.md names every field of report.json, of its image entries and of its stages,
+    and every column of results.csv."""
+    import re
+
+    from BINDSLib.outputs.report import RESULT_COLUMNS
+
+    out = tmp_path / "out"
+    assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "2",
+                 "--no-summary"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "REPORT.md").read_text()
+    named = set(re.findall(r"`([a-z_0-9]+)`", doc))
+    keys = set(report) | {k for e in report["images"] for k in e} | {k for s in report["stages"] for k in s}
+    assert keys - named == set()
+    assert set(RESULT_COLUMNS) - named == set()
