@@ -181,6 +181,30 @@ def test_demo_checks_its_model_and_output_before_writing(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 4 and not out.exists()
 
 
+def test_an_interrupted_demo_leaves_the_earlier_one_whole(tmp_path, monkeypatch, capsys):
+    """The demo's study and outputs appear together: a demo stopped while diagnosing (Ctrl-C) left
+    the new study beside the old report, or a study and no report; now the old demo stays."""
+    import json
+
+    import BINDSLib.diagnose as dg
+
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out)]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert ".part" not in (out / "output" / "report.json").read_text()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dg, "diagnose_study", interrupted)
+    assert main(["demo", "--out", str(out), "--overwrite", "--seed", "8", "--diagnosis", "benign"]) == 130
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert main(["demo", "--out", str(tmp_path / "fresh")]) == 130 and not (tmp_path / "fresh").exists()
+    assert json.loads((out / "study" / "study.json").read_text())["study_id"] == \
+        json.loads((out / "output" / "report.json").read_text())["study_id"]
+
+
 def test_a_result_hidden_by_a_replacement_killed_between_its_renames_comes_back(tmp_path):
     """``--overwrite`` renames the old result to ``.NAME.old``, then the new one into place; a
     kill between the two left the old result hidden and none in its place."""

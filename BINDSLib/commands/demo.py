@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..bundle import find_bundle
     from ..errors import OutputError, UsageError
-    from ..fsutil import check_output_dir
+    from ..fsutil import atomic_dir, check_output_dir
     from ..model.inference import DiagnosisModel
     from ..studyfolder import read_study_folder, write_study_folder
     from ..synthetic import make_study
@@ -40,18 +40,21 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise OutputError("exists; use --overwrite to replace it or --out for another folder", out)
     # everything that can fail before anything is written
-    check_output_dir(out, args.overwrite, [find_bundle(args.model)], ("study/study.json", "output/report.json"))
+    signs = ("study/study.json", "output/report.json")
+    check_output_dir(out, args.overwrite, [find_bundle(args.model)], signs)
     options = DiagnoseOptions(stage="2", device=resolve_device(args.device), overwrite=True)
     model = DiagnosisModel.from_bundle(args.model, device=options.device)
     if "MR" not in model.modalities:
         raise UsageError(f"the demo runs both stages, with MRI: {args.model} reads {'+'.join(model.modalities)} "
                          "only; use binds diagnose for it")
-    out.mkdir(parents=True, exist_ok=True)
     study = make_study(args.seed, diagnosis=args.diagnosis)
-    study_dir = write_study_folder(study, out / "study", overwrite=True)
-    # exactly what `binds diagnose` reads from it (Slicer runs that)
-    study = read_study_folder(study_dir, reference_masks=False)
-    report = diagnose_study(model, study, out / "output", options)
+    # the study and its outputs appear together, whole (an interrupted demo leaves the old one)
+    with atomic_dir(out, overwrite=args.overwrite, inputs=[find_bundle(args.model)], signs=signs) as tmp:
+        written = write_study_folder(study, tmp / "study")
+        # exactly what `binds diagnose` reads from it (Slicer runs that)
+        study = read_study_folder(written, reference_masks=False)
+        report = diagnose_study(model, study, tmp / "output", options)
+    study_dir = out / "study"
     stages = ", ".join(f"stage {s.stage} ({'+'.join(s.modalities)}) {s.malignancy_probability:.3f}"
                        for s in report.stages)
     truth = study.pathology.subtype.value if study.pathology and study.pathology.subtype else args.diagnosis
