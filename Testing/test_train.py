@@ -247,6 +247,30 @@ def test_a_modality_trained_without_sides_is_read_without_them(tmp_path):
     assert model.predict(study, saliency="none").malignancy_probability != probs[1]
 
 
+def test_a_run_started_over_and_stopped_leaves_nothing_of_the_old_run_to_resume(tmp_path, monkeypatch):
+    """train --overwrite on a finished run, stopped in its first epoch: the old checkpoint and
+    metrics are gone, so that --resume starts over instead of reviving the old run (whose
+    checkpoint it used to find beside the new config, with a metrics.csv of no rows)."""
+    import BINDSLib.model.train as train_mod
+
+    cfg = _config(tmp_path, epochs=(1, 1))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    original = train_mod._append_metrics
+
+    def stop(path, row):
+        original(path, row)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_append_metrics", stop)
+    assert main(["train", str(cfg), "--out", str(run), "--overwrite"]) == 130
+    assert not (run / "checkpoints" / "last.pt").exists() and not (run / "final_metrics.json").exists()
+    assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1"]  # the new run's only
+    monkeypatch.setattr(train_mod, "_append_metrics", original)
+    assert main(["train", str(cfg), "--out", str(run), "--resume", "--overwrite"]) == 0
+    assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1", "2"]
+
+
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     import BINDSLib.model.train as train_mod
 

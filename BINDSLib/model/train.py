@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..fsutil import atomic_write_json, json_dumps, output_lock
+from ..fsutil import atomic_write_json, atomic_write_text, json_dumps, output_lock
 from ..threads import ctrl_c_deferred, ignore_ctrl_c
 from .config import (
     COMBINATIONS, MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig, preset,
@@ -807,6 +807,9 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         held.enter_context(output_lock(run_dir, "binds train"))  # (both runs would write its checkpoints)
         if (run_dir / "checkpoints" / "last.pt").exists() and not resume and not overwrite:
             _check_outputs(settings, run_dir, bundle_path, resume, overwrite)  # one that finished first
+        if not resume:  # a run started over: nothing of the earlier one to resume from or mix in
+            for name in ("checkpoints/last.pt", "checkpoints/refiner.pt", "metrics.csv", "final_metrics.json"):
+                (run_dir / name).unlink(missing_ok=True)
         handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("BINDSLib").addHandler(handler)
@@ -950,8 +953,10 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
                      "split": _split_ids(train_samples, val_samples)}
             if average is not None:
                 state.update(average=average, n_averaged=n_averaged)
-            _save_checkpoint(ckpt_path, state)
+            # the row first: a kill between the two leaves a row that a resume drops and redoes
+            # (its epoch is not in the checkpoint), never a checkpoint without its row
             _append_metrics(metrics_path, row)
+            _save_checkpoint(ckpt_path, state)
             if tb is not None:
                 for key, v in row.items():
                     if isinstance(v, float) and math.isfinite(v):
@@ -1187,12 +1192,15 @@ def _trim_metrics(path: Path, start_epoch: int) -> None:
     """Keep the rows of epochs before ``start_epoch`` (a resumed run rewrites the rest)."""
     if not path.exists():
         return
+    import io
+
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= start_epoch]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())  # a kill now leaves the old rows, not none
 
 
 def _append_metrics(path: Path, row: dict) -> None:
