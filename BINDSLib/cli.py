@@ -158,6 +158,12 @@ def _run(args) -> int:
             print(f"binds {args.command}: error: {e.filename}: the name is too long for the file system",
                   file=sys.stderr)
             return EXIT_INPUT
+        if e.errno in (errno.EEXIST, errno.EISDIR, errno.ENOTDIR) and any(
+                f is not None and _under_output(f, args) for f in (e.filename, e.filename2)):
+            # e.g. a file where a resumed run keeps a folder, or the reverse
+            print(f"binds {args.command}: error: {e.filename2 or e.filename}: {e.strerror or e} (a file where "
+                  "a folder belongs in the command's output, or the reverse: move it away)", file=sys.stderr)
+            return EXIT_OUTPUT
         if e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None:
             if _under_output(e.filename, args):  # e.g. a resumed run's folder of another user
                 print(f"binds {args.command}: error: {e.filename}: permission denied in the command's "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 import datetime as dt
 import os
@@ -347,3 +348,24 @@ def test_a_folder_of_other_files_is_refused_before_anything_is_removed_or_locked
                  "--workers", "0", "--overwrite"]) == 5
     assert "holds an input of this command" in capsys.readouterr().err
     assert not (tmp_path / "data" / LOCK_NAME).exists() and not (mine / LOCK_NAME).exists()
+
+
+def test_a_file_where_the_cohort_keeps_a_folder_is_an_output_problem(tmp_path, bundle, capsys):
+    """A resumed cohort folder whose parts/ is a file (or scores.csv a folder): exit 5 naming
+    it, not an internal error."""
+    from BINDSLib.cli import main
+
+    manifest = write_cohort(tmp_path / "data", 3, n_folders=3)
+    out = tmp_path / "co"
+    run = ["cohort", str(manifest), "--out", str(out), "--model", str(bundle), "--workers", "0"]
+    assert main(run) == 0
+    (out / "scores.csv").unlink()
+    (out / "scores.csv").mkdir()
+    assert main(run) == 5
+    err = capsys.readouterr().err
+    assert "scores.csv" in err and "a file where a folder belongs" in err and "internal error" not in err
+    (out / "scores.csv").rmdir()
+    shutil.rmtree(out / "parts")
+    (out / "parts").write_text("not a folder")
+    assert main(run) == 5
+    assert "internal error" not in capsys.readouterr().err

@@ -271,6 +271,22 @@ def test_a_run_started_over_and_stopped_leaves_nothing_of_the_old_run_to_resume(
     assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1", "2"]
 
 
+def test_a_file_where_a_run_keeps_a_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """checkpoints/ as a file in a resumed run folder: exit 5 naming it before any epoch (it
+    failed as an internal error after a whole epoch)."""
+    import BINDSLib.model.train as train_mod
+
+    cfg = _config(tmp_path, epochs=(1, 1))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    (run / "checkpoints" / "last.pt").unlink()
+    (run / "checkpoints").rmdir()
+    (run / "checkpoints").write_text("a file")
+    monkeypatch.setattr(train_mod, "_append_metrics", lambda *a: pytest.fail("trained"))
+    assert main(["train", str(cfg), "--out", str(run), "--resume"]) == 5
+    assert "checkpoints in the run folder is a file" in capsys.readouterr().err
+
+
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     import BINDSLib.model.train as train_mod
 

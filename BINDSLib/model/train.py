@@ -807,6 +807,10 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         held.enter_context(output_lock(run_dir, "binds train"))  # (both runs would write its checkpoints)
         if (run_dir / "checkpoints" / "last.pt").exists() and not resume and not overwrite:
             _check_outputs(settings, run_dir, bundle_path, resume, overwrite)  # one that finished first
+        for name, folder in (("checkpoints", True), ("metrics.csv", False), ("final_metrics.json", False)):
+            if (run_dir / name).exists() and (run_dir / name).is_dir() != folder:  # before the epochs, not after
+                raise OutputError(f"{name} in the run folder is a {'file' if folder else 'folder'}; a run keeps "
+                                  f"a {'folder' if folder else 'file'} there: move it away", run_dir / name)
         if not resume:  # a run started over: nothing of the earlier one to resume from or mix in
             for name in ("checkpoints/last.pt", "checkpoints/refiner.pt", "metrics.csv", "final_metrics.json"):
                 (run_dir / name).unlink(missing_ok=True)
