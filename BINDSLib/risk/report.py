@@ -8,7 +8,7 @@
       "model": {"name", "version", "weights_sha256", "kind"},
       "woman_id": "anon-...",            # pseudonymised unless --keep-identifiers
       "years": [1, 2, 3, 4, 5], "horizon_years": 5,
-      "thresholds": {"supplemental_mri_5y": 0.017, "rise_2y": 0.005},
+      "thresholds": {"supplemental_mri_5y": 0.017, "rise_2y": 0.005},  # rise over trajectory.window_years
       "exams": [ExamRisk.to_json(), ...],  # ascending date; risks are probabilities (0-1)
       "trajectory": TrajectoryMetrics.to_json(),
       "flags": [{"code": "consider_supplemental_mri" | "rising_risk", "message": "..."}],
