@@ -372,3 +372,8 @@ def test_one_image_file_is_a_study_of_its_own_name(tmp_path):
             (folder / "malignant_001.png", Role(Modality.US, laterality="R"))]
     assert load_files(both).studies[0].study_id == "images"
     assert load_files([(folder / "benign_127.png", us)], study_id="given").studies[0].study_id == "given"
+    # a file named after its role is its folder's study (patient folders of US_L.png files)
+    for patient in ("p1", "p2"):
+        (tmp_path / patient).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((16, 16), 9, np.uint8)), str(tmp_path / patient / "US_L.png"))
+    assert [load_files([(tmp_path / p / "US_L.png", None)]).studies[0].study_id for p in ("p1", "p2")] == ["p1", "p2"]

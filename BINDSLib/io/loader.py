@@ -182,7 +182,8 @@ def _load_dicom(files: Sequence[Path] | None, where: Path) -> LoadResult:
 def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
                study_id: str | None = None) -> LoadResult:
     """Plain image files (and single DICOM files) with optional roles, as one study: its ID
-    ``study_id``, else the file's name without its suffix (one file) or their folder's name."""
+    ``study_id``, else the file's name without its suffix (one file whose name is not a role) or
+    their folder's name."""
     images = []
     skipped: list[Skipped] = []
     first = None
@@ -203,10 +204,13 @@ def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
         images.append(read_image_file(path, role=role))
     if not images:
         raise InputError("no images given")
-    # one file is its own study (two BUSI images of one folder are two studies), several files
-    # are their folder's
-    if len(files) == 1:
-        sid = study_id or first.name[:len(first.name) - len(suffix_of(first))] or "study"
+    # one file is its own study (two BUSI images of one folder are two studies), unless its name
+    # is its role (patient/US_L.png): that and several files are their folder's study
+    from .files import role_from_name
+
+    stem = first.name[:len(first.name) - len(suffix_of(first))] if first is not None else ""
+    if len(files) == 1 and stem and role_from_name(first) is None:
+        sid = study_id or stem
     else:
         sid = study_id or (Path(os.path.abspath(first)).parent.name if first is not None else "") or "study"
     return LoadResult([Study(study_id=sid, images=images)], skipped)
