@@ -382,7 +382,7 @@ def test_exams_of_two_women_are_refused_unless_said_to_be_one_womans(bundle, tmp
     assert "patient IDs of 2 women" in capsys.readouterr().err
 
 
-def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path):
+def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path, capsys):
     """binds phantom --longitudinal --dicom writes a woman's exams as one DICOM folder: binds risk
     reads its studies as her exams (as her study-folder history), while a cohort manifest row,
     which names one exam, still refuses a folder of several."""
@@ -390,10 +390,7 @@ def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path)
     from BINDSLib.risk.preprocess import load_exam
     from BINDSLib.synthetic import write_phantoms
 
-    try:
-        write_phantoms(tmp_path / "w", 1, seed=3, longitudinal=True, dicom=True, n_exams=2)
-    except Exception as e:  # noqa: BLE001 - DICOM writing is another module's
-        pytest.skip(f"DICOM phantoms unavailable: {e}")
+    write_phantoms(tmp_path / "w", 1, seed=3, longitudinal=True, dicom=True, n_exams=2)
     reports = []
     for name in ("woman-0000-dicom", "woman-0000"):
         out = tmp_path / f"out-{name}"
@@ -404,3 +401,19 @@ def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path)
     assert np.allclose([r for _, r in dicom], [r for _, r in folders], atol=1e-4)
     with pytest.raises(InputError, match="holds 2 mammography exams; give one exam per folder"):
         load_exam(tmp_path / "w" / "woman-0000-dicom")
+    # one exam that a site split into two studies (its CC views under another StudyInstanceUID)
+    # would be scored as two half-exams: refused
+    import pydicom
+
+    folder = tmp_path / "w" / "woman-0000-dicom"
+    split = sorted(p for p in folder.rglob("*") if p.is_file() and pydicom.dcmread(p).get("ViewPosition") == "CC")
+    exam_dates = {pydicom.dcmread(p).StudyDate for p in split}
+    first = [p for p in split if pydicom.dcmread(p).StudyDate == min(exam_dates)]
+    assert len(first) == 2
+    for p in first:
+        ds = pydicom.dcmread(p)
+        ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["split"])
+        ds.save_as(p)
+    capsys.readouterr()
+    assert main(["risk", str(folder), "--model", str(bundle), "--out", str(tmp_path / "split")]) == 3
+    assert "several of one date" in capsys.readouterr().err and not (tmp_path / "split").exists()

@@ -205,7 +205,9 @@ def load_exam(path) -> Study:
 
 def load_exams(path) -> list[Study]:
     """The mammography exams of a study folder or a DICOM folder/file (a DICOM folder may hold
-    several: a woman's exams, one per study); :class:`InputError` when there is none."""
+    several: a woman's exams, one per study, of different dates); :class:`InputError` when there
+    is none, or when two studies of the folder share a date (an exam split into studies would be
+    scored as two half-exams)."""
     from pathlib import Path
 
     from ..errors import InputError
@@ -235,4 +237,11 @@ def load_exams(path) -> list[Study]:
     if not studies:
         why = f" ({len(skipped)} file(s) skipped)" if skipped else ""
         raise InputError(f"no mammography exam found{why}", path)
+    if len(studies) > 1:  # her exams, one study each: not one exam a site split into studies
+        days = [s.study_date for s in studies]
+        same = sorted({str(d) for d in days if d is not None and days.count(d) > 1})
+        if same:
+            raise InputError(f"holds {len(studies)} mammography studies, several of one date ({', '.join(same)}): "
+                             "one exam split into studies (a breast or a view each)? Give each exam a folder "
+                             "of its own", path)
     return studies
