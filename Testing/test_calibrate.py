@@ -418,3 +418,23 @@ def test_studies_the_model_separates_perfectly_are_refused_for_the_malignancy_pa
                      "--no-summary"]) == 0
         notes = json.loads((report_dir / "report.json").read_text())["notes"]
         assert any(n.startswith("finding probability not calibrated") for n in notes) == said
+
+
+def test_overlapping_classes_of_small_logits_are_calibrated_not_refused():
+    """A temperature at the bottom of its range is refused only when the classes separate: small
+    logits of overlapping classes also drive it there, and their threshold is a usable one."""
+    from BINDSLib.commands.calibrate import _check_separable
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.55).astype(float)
+    z = 0.03 * (y - 0.5) + 0.01 * rng.standard_normal(200)
+    rows = [{"malignancy_logit": a, "malignant": b, "finding_logit": math.nan, "abnormal": math.nan}
+            for a, b in zip(z, y)]
+    _, ops, fitted = refit(rows, {}, {}, ("malignancy",))
+    assert fitted["temperature"]["new"] == pytest.approx(0.05, rel=1e-2) and not fitted["temperature"]["separable"]
+    assert 0.0 < ops["default"]["threshold"] < 1.0
+    _check_separable(fitted, "here")  # no error
+    rows = [dict(r, malignancy_logit=10.0 if r["malignant"] else -10.0) for r in rows]
+    _, _, fitted = refit(rows, {}, {}, ("malignancy",))
+    with pytest.raises(Exception, match="separates these"):
+        _check_separable(fitted, "here")

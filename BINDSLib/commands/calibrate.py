@@ -141,7 +141,7 @@ def _check_separable(fitted: dict, where: str) -> None:
     if t is None:
         return
     threshold = fitted["threshold"]["new"]
-    if t["new"] <= TEMPERATURE_BOUNDS[0] * 1.001 or not 0.0 < threshold < 1.0:
+    if (t["separable"] and t["new"] <= TEMPERATURE_BOUNDS[0] * 1.001) or not 0.0 < threshold < 1.0:
         raise InputError(f"{where}: the model separates these {t['n_malignant']} malignant and {t['n_other']} "
                          f"other studies perfectly, so the temperature runs to the end of its range "
                          f"({t['new']:.3g}) and the threshold to {threshold:g}: a bundle calibrated so would "

@@ -186,7 +186,9 @@ def refit(rows, calibration: dict, ops: dict, parts=REFIT_PARTS,
             p = 1.0 / (1.0 + np.exp(-(z / t)))
         new_ops = operating_points(p, y, target_sensitivity)
         fitted["temperature"] = {"old": float(calibration.get("temperature", 1.0)), "new": t,
-                                 "n_malignant": n_pos, "n_other": n_neg, "at_bound": _at_bound(t)}
+                                 "n_malignant": n_pos, "n_other": n_neg, "at_bound": _at_bound(t),
+                                 # every malignant study's logit above every other's
+                                 "separable": bool(z[y == 0].max() < z[y == 1].min())}
         fitted["threshold"] = {"old": float(ops.get("default", {}).get("threshold", 0.5)),
                                "new": new_ops["default"]["threshold"]}
         cal["temperature"] = t
