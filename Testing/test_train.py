@@ -680,3 +680,18 @@ def test_config_files_in_other_encodings(tmp_path, capsys):
     cfg.write_text("\ufeff" + json.dumps(doc), encoding="utf-8")
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 3
     assert "validation_fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_run_started_before_unsided_resumes_with_a_config_that_sets_it(tmp_path):
+    """configs/us-busi.json gained "unsided"; the bundle's documented --resume of a run folder
+    started from the config without it still continues (binds train sets it from the data)."""
+    from BINDSLib.model.train import _check_resumable
+
+    settings = load_settings(_config(tmp_path, epochs=(1, 1)))
+    old = dataclasses.replace(settings.model, unsided=())
+    (tmp_path / "config.json").write_text(json.dumps({"model": old.to_json(), "document": settings.document}))
+    _check_resumable(dataclasses.replace(settings, model=dataclasses.replace(settings.model, unsided=("US",))),
+                     tmp_path / "config.json")
+    with pytest.raises(InputError, match="started with another model"):  # a real change still counts
+        _check_resumable(dataclasses.replace(settings, model=dataclasses.replace(settings.model, embed_dim=32)),
+                         tmp_path / "config.json")

@@ -751,6 +751,7 @@ def _check_resumable(settings: TrainSettings, config_path: Path) -> None:
     new_model = settings.model.to_json()
     for m in (old_model, new_model):
         m.pop("lesion_refiner", None)  # trained on its own after the network: may change
+        m.pop("unsided", None)  # what inference reads without a side: set at the end from the data
     changed = [name for name, a, b in (("data", old.data, settings.data), ("seed", old.seed, settings.seed),
                                        ("validation_fraction", old.validation_fraction, settings.validation_fraction),
                                        ("model", json_dumps(old_model), json_dumps(new_model))) if a != b]
