@@ -264,7 +264,7 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     inside = in_uncertainty_band(p1, band)
     where = f"stage 1 probability {p1:.3f} {'inside' if inside else 'outside'} the uncertainty band {band[0]:g}-{band[1]:g}"
     if both and options.stage != "auto":
-        notes.append("stage 2 asked for (--stage 2): the MRI was read whatever stage 1 said")
+        notes.append("stage 2 asked for: the MRI was read whatever stage 1 said")
     elif both:  # read for the band, or for the user's MR outline
         why = "" if inside else "; the MRI was read because a lesion was outlined on it"
         notes.append(f"{where}{why}: stage 2 with MRI replaces it")

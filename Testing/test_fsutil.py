@@ -203,6 +203,12 @@ def test_an_interrupted_demo_leaves_the_earlier_one_whole(tmp_path, monkeypatch,
     assert main(["demo", "--out", str(tmp_path / "fresh")]) == 130 and not (tmp_path / "fresh").exists()
     assert json.loads((out / "study" / "study.json").read_text())["study_id"] == \
         json.loads((out / "output" / "report.json").read_text())["study_id"]
+    # the user's files beside a demo: --overwrite (which replaces the folder whole) is refused
+    monkeypatch.undo()
+    (out / "my_notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--overwrite"]) == 5
+    assert "holds other files than a demo's (my_notes.txt)" in capsys.readouterr().err
+    assert (out / "my_notes.txt").read_text() == "mine"
 
 
 def test_a_result_hidden_by_a_replacement_killed_between_its_renames_comes_back(tmp_path):

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnose import DiagnoseOptions, diagnose_study, resolve_device
     from ..bundle import find_bundle
     from ..errors import OutputError, UsageError
-    from ..fsutil import atomic_dir, check_output_dir
+    from ..fsutil import LOCK_NAME, atomic_dir, check_output_dir
     from ..model.inference import DiagnosisModel
     from ..studyfolder import read_study_folder, write_study_folder
     from ..synthetic import make_study
@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     # everything that can fail before anything is written
     signs = ("study/study.json", "output/report.json")
     check_output_dir(out, args.overwrite, [find_bundle(args.model)], signs)
+    other = sorted(p.name for p in out.iterdir() if p.name not in ("study", "output", LOCK_NAME)) \
+        if out.is_dir() else []
+    if other:  # the demo replaces its folder whole: never the user's files beside it
+        raise OutputError(f"holds other files than a demo's ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): "
+                          "move them, or choose another --out", out)
     options = DiagnoseOptions(stage="2", device=resolve_device(args.device), overwrite=True)
     model = DiagnosisModel.from_bundle(args.model, device=options.device)
     if "MR" not in model.modalities:
