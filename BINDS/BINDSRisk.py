@@ -335,13 +335,17 @@ class BINDSRiskLogic(ScriptedLoadableModuleLogic):
         return os.path.join(slicer.app.temporaryPath, "BINDS")
 
     def setExamFolders(self, folders) -> None:
-        """Set the exams to score (duplicates removed, order kept)."""
+        """Set the exams to score (duplicates removed, order kept). Another list clears "one woman
+        under different patient IDs": it was said of the exams listed then, not of another woman's."""
         unique = []
         for folder in folders:
             folder = os.path.normpath(os.fspath(folder))
             if folder not in unique:
                 unique.append(folder)
-        self.getParameterNode().examFolders = unique
+        parameters = self.getParameterNode()
+        if list(parameters.examFolders) != unique:
+            parameters.sameWoman = False
+        parameters.examFolders = unique
 
     def examFoldersFromDicomDatabase(self, patientUID: str) -> list:
         folder = os.path.join(self.workFolder(), "dicom-exams", patientUID.replace(os.sep, "_"))

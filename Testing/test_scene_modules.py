@@ -181,6 +181,11 @@ def test_risk_logic_keeps_exam_folders_and_exports(modules, tmp_path):
     assert run.examFolders == [str(tmp_path / "e2"), str(tmp_path / "e1")] and not run.sameWoman
     logic.getParameterNode().sameWoman = True  # the panel's "one woman under different patient IDs"
     assert logic.createRiskRun().sameWoman
+    logic.setExamFolders([tmp_path / "e2", tmp_path / "e1"])  # the same exams: still said of them
+    assert logic.getParameterNode().sameWoman
+    logic.setExamFolders([tmp_path / "e3"])  # another list (another woman): said of none of it
+    assert not logic.getParameterNode().sameWoman and not logic.createRiskRun().sameWoman
+    logic.setExamFolders([tmp_path / "e2", tmp_path / "e1"])
     with pytest.raises(ValueError, match="exam folder not found"):
         run.prepare()
     out = tmp_path / "out"
