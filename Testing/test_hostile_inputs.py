@@ -262,6 +262,9 @@ def test_an_image_given_as_its_own_lesion_mask_is_refused(tmp_path, tiny_bundle,
         labels[0][(rr - y) ** 2 + (cc - x) ** 2 <= 36] = k
     sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "labels.png"))
     np.testing.assert_array_equal(read_mask_file(tmp_path / "labels.png", (1, 64, 64)), labels != 0)
+    many = (np.arange(64 * 64).reshape(1, 64, 64) // 200).astype(np.uint8)  # 21 labels, most of them "grey"
+    sitk.WriteImage(sitk.GetImageFromArray(many), str(tmp_path / "many.nrrd"))
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "many.nrrd", (1, 64, 64)), many != 0)
     # an anti-aliased disc: 0 and 255 with shades along its edge
     rr, cc = np.ogrid[:128, :128]
     dist = np.sqrt((rr - 64.3) ** 2 + (cc - 60.7) ** 2)

@@ -463,8 +463,9 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
     return (voxels > 0.5 * float(voxels.max()) if lossy else voxels != 0).astype(np.uint8)
 
 
-#: a mask with more distinct values than this may be an image given by mistake
-MASK_MAX_LABELS = 16
+#: a mask with more distinct values than this may be an image given by mistake (a labelmap has
+#: a few dozen at most, an 8-bit image up to 256)
+MASK_MAX_LABELS = 64
 #: ... and is one when more than this share of its voxels are shades of grey
 MASK_MAX_GREY_SHARE = 0.05
 
