@@ -161,8 +161,9 @@ def _run(args) -> int:
         if e.errno in (errno.EEXIST, errno.EISDIR, errno.ENOTDIR) and any(
                 f is not None and _under_output(f, args) for f in (e.filename, e.filename2)):
             # e.g. a file where a resumed run keeps a folder, or the reverse
-            print(f"binds {args.command}: error: {e.filename2 or e.filename}: {e.strerror or e} (a file where "
-                  "a folder belongs in the command's output, or the reverse: move it away)", file=sys.stderr)
+            print(f"binds {args.command}: error: {e.filename2 or e.filename}: {e.strerror or e} in the "
+                  "command's output (is a file where a folder belongs, or the reverse? move it away)",
+                  file=sys.stderr)
             return EXIT_OUTPUT
         if e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None:
             if _under_output(e.filename, args):  # e.g. a resumed run's folder of another user

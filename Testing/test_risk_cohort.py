@@ -363,7 +363,7 @@ def test_a_file_where_the_cohort_keeps_a_folder_is_an_output_problem(tmp_path, b
     (out / "scores.csv").mkdir()
     assert main(run) == 5
     err = capsys.readouterr().err
-    assert "scores.csv" in err and "a file where a folder belongs" in err and "internal error" not in err
+    assert "scores.csv" in err and "is a file where a folder belongs" in err and "internal error" not in err
     (out / "scores.csv").rmdir()
     shutil.rmtree(out / "parts")
     (out / "parts").write_text("not a folder")

@@ -528,7 +528,7 @@ def select_mr(study: Study) -> tuple[dict[str, Image], list[str]]:
         else:
             ch = seq.value
         if ch is None or ch in chosen:
-            notes.append(f"{im.label}: MR {ch or 'phase'} already used; ignored")
+            notes.append(f"{im.label}: MR {ch or 'phase'} already used; not read for the diagnosis")
             continue
         chosen[ch] = im
     return chosen, notes
