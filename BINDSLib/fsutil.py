@@ -8,6 +8,7 @@ only with ``overwrite=True``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -255,7 +256,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     path = check_output_dir(path, overwrite, inputs, signs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        remove_dead_parts(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".part", dir=path.parent))
     except OSError as e:
         raise OutputError(f"cannot be written: {e.strerror or e}", given) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
@@ -294,6 +296,38 @@ def restore_hidden_result(path: Path, signs=OUTPUT_SIGNS) -> None:
             os.replace(old, path)
     except (OSError, ValueError):
         return
+
+
+def _owner_tag() -> str:
+    """``HOST-PID`` (8 hex digits of the host name): the writer of a temporary folder, so that a
+    later run can tell the leftovers of a killed one (:func:`remove_dead_parts`)."""
+    import hashlib
+    import socket
+
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
+def remove_dead_parts(path: Path) -> None:
+    """Remove the ``.NAME.HOST-PID.XXXX.part`` folders beside ``path`` that a process of this
+    host left when it was killed (SIGKILL, a power cut): its process is gone. Those of live
+    processes and of other hosts (a shared disk) are left alone; on Windows, where a process
+    cannot be probed safely, all are."""
+    if os.name == "nt":  # pragma: no cover - os.kill would end the process
+        return
+    host = _owner_tag().split("-")[0]
+    prefix = f".{path.name}.{host}-"
+    for p in path.parent.glob(f".{glob.escape(path.name)}.{host}-*.part"):
+        pid = p.name[len(prefix):].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):  # another user's live process; no such pid
+            continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _discard(path: Path) -> None:

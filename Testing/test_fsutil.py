@@ -252,3 +252,26 @@ def test_only_a_whole_hidden_result_comes_back(tmp_path):
     with atomic_dir(tmp_path / "out", signs=("report.json",)) as d:
         (d / "report.json").write_text("{}")
     assert (tmp_path / "out" / "report.json").is_file() and not (tmp_path / "out" / "maps").exists()
+
+
+def test_the_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
+    """A writer killed outright (SIGKILL) leaves its hidden .NAME.HOST-PID.XXXX.part folder; the
+    next write of NAME removes it once that process is gone, and leaves those of live processes
+    and of other hosts alone."""
+    import subprocess
+    import sys
+
+    from BINDSLib.fsutil import _owner_tag
+
+    host = _owner_tag().split("-")[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    left = {"dead": tmp_path / f".out.{host}-{dead}.abc.part", "alive": tmp_path / f".out.{_owner_tag()}.def.part",
+            "other host": tmp_path / f".out.0badc0de-{dead}.ghi.part", "other name": tmp_path / f".outer.{host}-{dead}.j.part"}
+    for p in left.values():
+        (p / "sub").mkdir(parents=True)
+    with atomic_dir(tmp_path / "out", signs=("report.json",)) as d:
+        assert d.name.startswith(f".out.{_owner_tag()}.") and d.name.endswith(".part")
+        (d / "report.json").write_text("{}")
+    assert not left["dead"].exists()
+    assert all(left[k].exists() for k in ("alive", "other host", "other name"))
