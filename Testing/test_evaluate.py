@@ -520,3 +520,35 @@ def test_the_two_stage_decision_is_scored_as_diagnose_makes_it():
     studies[0].images[1].lesion_mask = np.ones((4, 8, 8), np.uint8)
     rows, _, _ = predict_dataset(Model(), studies[:2], saliency="none", given_masks=True)
     assert [(r["stage2_used"], r["decision_probability"]) for r in rows] == [(1, 0.3), (1, 0.2)]
+
+
+def test_a_failed_prediction_is_left_out_of_the_subtype_and_staged_figures():
+    """A study whose prediction failed (no malignancy probability) is left out of every figure,
+    the subtype AUC (where MONAI ranked its NaN probabilities first) and the two-stage decision
+    included."""
+    from BINDSLib.model.config import SUBTYPES
+    from BINDSLib.model.evaluation import compute_metrics
+    from BINDSLib.model.metrics import macro_auc
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        st = int(rng.integers(0, len(SUBTYPES)))
+        pr = rng.dirichlet(np.ones(len(SUBTYPES)))
+        pr[st] += 0.5
+        rows.append({"study_id": str(i), "malignant": 1.0, "abnormal": 1.0, "findings": "", "subtype": SUBTYPES[st],
+                     "malignancy_probability": float(rng.uniform(0.5, 1)), "finding_probability": 0.9,
+                     "lesion_score": 0.9, "decision_probability": 0.9, "stage2_used": int(i % 2),
+                     **{f"p_{s}": float(v) for s, v in zip(SUBTYPES, pr / pr.sum())}})
+    for i in range(3):
+        rows.append({"study_id": f"b{i}", "malignant": 0.0, "abnormal": 1.0, "findings": "", "subtype": "",
+                     "malignancy_probability": 0.2, "finding_probability": 0.8, "lesion_score": 0.8,
+                     "decision_probability": 0.2, "stage2_used": 0, **{f"p_{s}": 0.25 for s in SUBTYPES}})
+    rows[0].update(malignancy_probability=math.nan, **{f"p_{s}": math.nan for s in SUBTYPES})
+    m = compute_metrics(rows, 0.5, n_bootstrap=10)
+    kept = [r for r in rows[1:] if r["subtype"]]
+    assert m["n_subtype"] == 29 and m["subtype_macro_auc"] == pytest.approx(macro_auc(
+        np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in kept]),
+        np.array([SUBTYPES.index(r["subtype"]) for r in kept]), len(SUBTYPES)))
+    assert m["staged"]["n_stage2"] == sum(r["stage2_used"] for r in rows[1:])
+    assert m["staged"]["stage2_share"] == pytest.approx(m["staged"]["n_stage2"] / 32)

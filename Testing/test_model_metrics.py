@@ -127,3 +127,24 @@ def test_plots_are_png(tmp_path, use_matplotlib):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         img = sitk.ReadImage(str(p))
         assert img.GetNumberOfComponentsPerPixel() in (3, 4) and img.GetSize()[0] >= 300
+
+
+def test_non_finite_scores_and_labels_and_flat_maps_are_not_scored():
+    """A NaN score made MONAI's AUC rank it first (0.75 here, 0.5 without it); a NaN label became
+    -2**63 and counted as positive; a flat saliency map 'pointed' at its first voxel."""
+    assert math.isnan(auc([0.1, math.nan, 0.5, 0.4], [0, 1, 0, 1]))
+    assert auc([0.1, 0.5, 0.4], [0, 0, 1]) == 0.5
+    for fn, args in ((sensitivity_specificity, ([0.2, 0.7, 0.9], [0, 1, math.nan], 0.5)),
+                     (roc_points, ([0.2, 0.7, 0.9], [0, 1, math.nan])),
+                     (sensitivity_specificity, ([0.2, 0.7], [0, 2], 0.5))):
+        with pytest.raises(ValueError, match="labels must be 0 or 1"):
+            fn(*args)
+    lesion = np.zeros((1, 3, 3), np.uint8)
+    lesion[0, 0, 0] = 1
+    assert not pointing_hit(np.zeros((1, 3, 3)), lesion)
+    assert not pointing_hit(np.full((1, 3, 3), math.nan), lesion)
+    sal = np.full((1, 3, 3), math.nan)
+    sal[0, 0, 0] = 0.3
+    sal[0, 1, 1] = 0.1
+    assert pointing_hit(sal, lesion)  # the finite maximum
+    assert pointing_hit(np.where(lesion > 0, 0.9, 0.1), lesion)

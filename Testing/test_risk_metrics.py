@@ -183,3 +183,13 @@ def test_calibration_says_when_the_running_maximum_holds_a_risk(caplog):
     falls = int((np.diff(raw, axis=1) < 0).any(axis=1).sum())
     assert falls > 0 and f"the risk of {falls} of 80 exams would fall from one year to the next" in caplog.text
     assert np.all(np.diff(iso.apply(z), axis=1) >= 0)
+
+
+def test_censoring_at_the_time_of_a_diagnosis_comes_after_it():
+    """Events first at a tied time (the usual convention): the women diagnosed at t are not at
+    risk of censoring at t, so that the IPCW rate is the Kaplan-Meier incidence with ties too."""
+    times = [1.0, 1.0, 1.0, 2.0, 3.0]
+    events = [1, 0, 0, 1, 0]
+    g = censoring_survival(times, events)
+    # at t=1: 5 at risk, 1 diagnosed first -> 4 at risk of censoring, 2 censored: G = 1 - 2/4
+    assert g(np.array([1.5])).tolist() == pytest.approx([0.5])

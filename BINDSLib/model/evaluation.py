@@ -249,7 +249,7 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
         m["auc_abnormal_malignancy_ci95"] = list(bootstrap_ci(auc, pa, abnormal, n=n_bootstrap, seed=seed,
                                                               stratify=abnormal))
         ls = np.array([r["lesion_score"] for r in rows], dtype=float)[labelled]
-        m["auc_abnormal_lesion_score"] = auc(ls, abnormal)
+        m["auc_abnormal_lesion_score"] = auc(ls[np.isfinite(ls)], abnormal[np.isfinite(ls)])
         if ok.any():  # how well the finding probability matches the finding rate
             rate = float(abnormal[ok].mean())
             m["ece_finding"] = ece(pf[ok], abnormal[ok])
@@ -267,17 +267,18 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
               "ece": ece(p[labelled], y[labelled])})
     if all("decision_probability" in r for r in rows):  # the two-stage decision, as diagnose makes it
         pd = np.array([r["decision_probability"] for r in rows], dtype=float)
-        ok = np.isfinite(y) & np.isfinite(pd)
+        ok = np.isfinite(y) & np.isfinite(pd) & ~unscored  # (a failed prediction: left out here too)
         s2 = np.array([r["stage2_used"] for r in rows], dtype=int)
         d_sens, d_spec = sensitivity_specificity(pd[ok], y[ok].astype(int), threshold)
         m["staged"] = {"sensitivity": d_sens, "specificity": d_spec, "n_stage2": int(s2[ok].sum()),
                        "stage2_share": float(s2[ok].mean()) if ok.any() else None}
     st = np.array([SUBTYPES.index(r["subtype"]) if r["subtype"] else -1 for r in rows])
     has_probs = all(f"p_{s}" in r for r in rows for s in SUBTYPES)  # not when the bundle has no subtype head
-    if has_probs and (st >= 0).sum() >= 2 and len(np.unique(st[st >= 0])) >= 2:
-        probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows])
-        m["subtype_macro_auc"] = macro_auc(probs[st >= 0], st[st >= 0], len(SUBTYPES))
-        m["n_subtype"] = int((st >= 0).sum())
+    probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows], dtype=float) if has_probs else None
+    sel = (st >= 0) & ~unscored & (np.isfinite(probs).all(1) if has_probs else False)
+    if has_probs and sel.sum() >= 2 and len(np.unique(st[sel])) >= 2:
+        m["subtype_macro_auc"] = macro_auc(probs[sel], st[sel], len(SUBTYPES))
+        m["n_subtype"] = int(sel.sum())
     if len(dices):
         m["lesion_dice"] = float(np.mean(dices))
         m["lesion_dice_ci95"] = list(bootstrap_ci(np.mean, np.asarray(dices, float), n=n_bootstrap, seed=seed))

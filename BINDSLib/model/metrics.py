@@ -14,14 +14,16 @@ import numpy as np
 
 
 def auc(scores, labels) -> float:
-    """ROC AUC (``monai.metrics.compute_roc_auc``); NaN when a class is missing."""
+    """ROC AUC (``monai.metrics.compute_roc_auc``); NaN when a class is missing or a score is
+    not a number (MONAI would rank it above all others)."""
     import torch
     from monai.metrics import compute_roc_auc
 
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if s.size == 0 or len(np.unique(y)) < 2:
+    y = np.asarray(labels, dtype=np.float64)
+    if s.size == 0 or not np.isfinite(s).all() or not np.isfinite(y).all() or len(np.unique(y)) < 2:
         return math.nan
+    y = y.astype(np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(compute_roc_auc(torch.as_tensor(s), torch.as_tensor(y)))
@@ -80,11 +82,20 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float
             1.0 if successes == n else min(1.0, centre + half))
 
 
+def _binary(labels) -> np.ndarray:
+    """Labels as int64 0/1; ``ValueError`` for anything else (a NaN label became -2**63, which
+    counted as positive)."""
+    y = np.asarray(labels, dtype=np.float64)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1 (leave unlabelled cases out first)")
+    return y.astype(np.int64)
+
+
 def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve: ``(fpr, tpr, thresholds)``, thresholds decreasing; a case is called positive
     when ``score >= threshold``. Starts at (0, 0) with threshold +inf."""
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
+    y = _binary(labels)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
@@ -97,7 +108,7 @@ def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def sensitivity_specificity(scores, labels, threshold: float) -> tuple[float, float]:
     """Sensitivity and specificity when ``score >= threshold`` is called positive."""
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).astype(bool)
+    y = _binary(labels).astype(bool)
     pred = s >= threshold
     sens = float(pred[y].mean()) if y.any() else math.nan
     spec = float((~pred[~y]).mean()) if (~y).any() else math.nan
@@ -160,8 +171,14 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def pointing_hit(saliency: np.ndarray, lesion: np.ndarray) -> bool:
-    """Whether the maximum of ``saliency`` lies inside the binary ``lesion`` (same shape)."""
-    s = np.asarray(saliency)
+    """Whether the maximum of ``saliency`` lies inside the binary ``lesion`` (same shape). A map
+    that points nowhere (constant, or no finite value) is a miss: its first voxel is no maximum;
+    of tied maxima the first in memory order counts."""
+    s = np.asarray(saliency, dtype=np.float64)
+    finite = np.isfinite(s)
+    if not finite.any() or s[finite].min() == s[finite].max():
+        return False
+    s = np.where(finite, s, -np.inf)
     return bool(np.asarray(lesion).reshape(s.shape).flat[int(np.argmax(s))] > 0)
 
 

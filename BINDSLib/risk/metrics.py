@@ -50,7 +50,9 @@ def censoring_survival(times, events):
     uniq = np.unique(t[censored])
     surv, s = [], 1.0
     for u in uniq:
-        at_risk = np.sum(t >= u)
+        # events at u come first (the usual convention): those women are no longer at risk of
+        # being censored at u, so that the IPCW rate equals the Kaplan-Meier incidence with ties
+        at_risk = np.sum(t >= u) - np.sum((t == u) & ~censored)
         d = np.sum((t == u) & censored)
         s *= 1.0 - d / at_risk if at_risk else 1.0
         surv.append(s)
