@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, percent_texts, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
+
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
     inputs = [*args.exams, find_bundle(args.model)]  # the bundle too: never replaced by a report
