@@ -142,9 +142,11 @@ def _check_separable(fitted: dict, where: str) -> None:
         return
     threshold = fitted["threshold"]["new"]
     if (t["separable"] and t["new"] <= TEMPERATURE_BOUNDS[0] * 1.001) or not 0.0 < threshold < 1.0:
-        raise InputError(f"{where}: the model separates these {t['n_malignant']} malignant and {t['n_other']} "
-                         f"other studies perfectly, so the temperature runs to the end of its range "
-                         f"({t['new']:.3g}) and the threshold to {threshold:g}: a bundle calibrated so would "
-                         "call every probability below it benign. Calibrate on more studies (with some the "
-                         "model gets wrong), or refit --fit finding only")
+        why = (f"the model separates these {t['n_malignant']} malignant and {t['n_other']} other studies "
+               f"perfectly, so the temperature runs to the end of its range ({t['new']:.3g})" if t["separable"]
+               else f"the fitted probabilities of these {t['n_malignant']} malignant and {t['n_other']} other "
+                    f"studies saturate (temperature {t['new']:.3g})")
+        raise InputError(f"{where}: {why} and the threshold lands at {threshold:g}: a bundle calibrated so would "
+                         "decide on saturated probabilities. Calibrate on more studies (with some the model "
+                         "gets wrong), or refit --fit finding only")
 
