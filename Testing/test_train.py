@@ -695,3 +695,56 @@ def test_a_run_started_before_unsided_resumes_with_a_config_that_sets_it(tmp_pat
     with pytest.raises(InputError, match="started with another model"):  # a real change still counts
         _check_resumable(dataclasses.replace(settings, model=dataclasses.replace(settings.model, embed_dim=32)),
                          tmp_path / "config.json")
+
+
+def test_train_fits_the_uncertainty_band_on_the_stage_1_logits_inference_gives(tmp_path, caplog, monkeypatch):
+    """uncertainty_band "fit": the band is fitted on the validation split's two-stage studies, on
+    the stage-1 and full logits that inference gives (binds calibrate --fit band predicts them
+    through DiagnosisModel), and recorded as calibrate records it."""
+    import BINDSLib.model.train as train_mod
+    from BINDSLib.model.calibration import fit_uncertainty_band
+
+    folders = tmp_path / "studies"
+    for i in range(12):
+        write_study_folder(make_case(i, (True, False, None)[i % 3], ("US", "MR")), folders / f"case{i}")
+    doc = {"model": tiny_config().to_json(), "data": [{"folders": "studies"}],
+           "train": {"seed": 3, "batch_size": 2, "validation_fraction": 0.5, "data_workers": 1,
+                     "uncertainty_band": "fit",
+                     "phases": [{"name": "unimodal", "epochs": 1, "lr": 0.003, "fusion": False},
+                                {"name": "multimodal", "epochs": 1, "lr": 0.002, "fusion": True}]},
+           "bundle": {"name": "tiny-band", "version": "0.0.1"}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    seen = {}
+    real = train_mod._fit_band
+
+    def spy(pred, samples, y_val, temperature, threshold):
+        seen.update(ids=[s.study_id for s in samples], full=pred["logit"].copy(),
+                    first=pred["combinations"]["US"].copy(), y=np.asarray(y_val, float), t=temperature, thr=threshold)
+        return real(pred, samples, y_val, temperature, threshold)
+
+    monkeypatch.setattr(train_mod, "_fit_band", spy)
+    assert main(["train", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]) == 0
+    bundle = tmp_path / "run" / "bundle"
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["binds"]
+    fitted = json.loads((tmp_path / "run" / "final_metrics.json").read_text())["validation_uncertainty_band"]
+    assert meta["uncertainty_band"] == fitted["new"] and meta["calibration"]["band_fitted_on"] == "validation split"
+    assert fitted["n"] == 6 and fitted["n_malignant"] == 2
+    # the logits it was fitted on are inference's (to float noise)
+    model = DiagnosisModel.from_bundle(bundle, device="cpu")
+    studies = {read_study_folder(p).study_id: read_study_folder(p) for p in folders.iterdir()}
+    for sid, full, first in zip(seen["ids"], seen["full"], seen["first"]):
+        assert model.predict(studies[sid], saliency="none").malignancy_logit == pytest.approx(full, abs=1e-3)
+        assert model.predict(studies[sid], modalities=("US",), saliency="none").malignancy_logit == \
+            pytest.approx(first, abs=1e-3)
+    ok = np.isfinite(seen["y"])
+    p1, p2 = (1 / (1 + np.exp(-z[ok] / seen["t"])) for z in (seen["first"], seen["full"]))
+    assert list(fit_uncertainty_band(p1, p2, seen["y"][ok].astype(int), seen["thr"])[0]) == fitted["new"]
+    # a split without two-stage studies keeps the default band, and says so
+    doc["data"] = [{"folders": "us"}]
+    for i in range(6):
+        write_study_folder(make_case(i, (True, False, None)[i % 3], ("US",)), tmp_path / "us" / f"case{i}")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    assert main(["train", str(tmp_path / "config.json"), "--out", str(tmp_path / "run2")]) == 0
+    assert json.loads((tmp_path / "run2" / "bundle" / "configs" / "metadata.json").read_text()
+                      )["binds"]["uncertainty_band"] == [0.02, 0.98]
+    assert "keeps the default band" in caplog.text

@@ -57,6 +57,7 @@ from ..threads import ctrl_c_deferred, ignore_ctrl_c
 from .config import (
     COMBINATIONS, MG_VIEW_CODES, MODALITIES, MR_CHANNELS, SIDES, SUBTYPES, DiagnosisConfig, preset,
 )
+from .inference import DEFAULT_UNCERTAINTY_BAND
 from .losses import ALIGNMENTS, LossWeights
 from .refiner import RefinerTraining
 
@@ -97,7 +98,7 @@ class TrainSettings:
     pos_weight: float = 1.0
     segmentation_loss: str = "dicece"
     target_sensitivity: float = 0.98
-    uncertainty_band: tuple[float, float] = (0.02, 0.98)
+    uncertainty_band: tuple[float, float] | str = DEFAULT_UNCERTAINTY_BAND  # or "fit": on the validation split
     amp: bool = True
     channels_last: bool = True
     flush_denormal: bool = False
@@ -239,13 +240,13 @@ def parse_settings(doc: dict, base_dir: Path = Path(".")) -> TrainSettings:
         t["phases"] = tuple(phases)
     if "loss_weights" in t:
         t["loss_weights"] = LossWeights.from_json(t["loss_weights"])
-    if "uncertainty_band" in t:
+    if "uncertainty_band" in t and t["uncertainty_band"] != "fit":
         from .inference import check_uncertainty_band
 
         try:
             t["uncertainty_band"] = check_uncertainty_band(t["uncertainty_band"])
         except ValueError as e:
-            raise ValueError(f"train.{e}") from None
+            raise ValueError(f"train.{e} (or \"fit\": fitted on the validation split)") from None
     if "refiner" in t:
         if not isinstance(t["refiner"], dict):
             raise ValueError('train.refiner must be an object, e.g. {"epochs": 60}')
@@ -601,6 +602,29 @@ def predict_samples(network, samples, device, batch_size: int = 8, combinations:
                         arr[np.asarray(idx)[okn]] = lg.float().cpu().numpy()[okn]
     network.train(was_training)
     return res
+
+
+def _fit_band(pred: dict, samples, y_val, temperature: float, threshold: float) -> dict | None:
+    """The two-stage uncertainty band fitted on the validation split (``uncertainty_band:
+    "fit"``), as ``binds calibrate --fit band`` fits it: on the studies with mammography or
+    ultrasound and an MRI, each study's stage-1 probability being the fusion of its stage-1
+    modalities alone (``predict_samples``' combinations, the MRI masked out as inference's stage
+    1 leaves it out). ``None`` when those studies lack a class."""
+    from .calibration import fit_uncertainty_band
+
+    z1 = np.full(len(samples), np.nan)
+    for i, s in enumerate(samples):
+        first = [m for m in ("MG", "US") if m in s.prepared.inputs]
+        if first and "MR" in s.prepared.inputs:
+            z1[i] = pred["combinations"].get("+".join(first), np.full(len(samples), np.nan))[i]
+    z2, y = pred["logit"], np.asarray(y_val, dtype=float)
+    ok = np.isfinite(z1) & np.isfinite(z2) & np.isfinite(y)
+    if not ((y[ok] == 1).any() and (y[ok] == 0).any()):
+        return None
+    with np.errstate(over="ignore"):  # as inference computes them (DiagnosisModel.probability)
+        p1, p2 = (1.0 / (1.0 + np.exp(-(z[ok] / temperature))) for z in (z1, z2))
+    band, info = fit_uncertainty_band(p1, p2, y[ok].astype(int), threshold)
+    return {"new": list(band), **info}
 
 
 def _auc_of(scores, labels) -> float:
@@ -1289,12 +1313,22 @@ def _finish(net, settings: TrainSettings, val_samples, y_val, device, run_dir: P
         sel = st >= 0
         if sel.sum() >= 2:
             metrics["validation_subtype_macro_auc"] = macro_auc(pred["subtype"][sel], st[sel], len(SUBTYPES))
+        if settings.uncertainty_band == "fit" and fitted:
+            band = _fit_band(pred, val_samples, y_val, temperature, float(ops["default"]["threshold"]))
+            if band is not None:
+                metrics["validation_uncertainty_band"] = band
+    if settings.uncertainty_band == "fit" and "validation_uncertainty_band" not in metrics:
+        log.warning("uncertainty_band \"fit\": the validation split holds no malignant and other studies "
+                    "with mammography or ultrasound and an MRI; the bundle keeps the default band %s "
+                    "(binds calibrate --fit band fits it on other studies)", list(DEFAULT_UNCERTAINTY_BAND))
     if refiner_metrics is not None:
         metrics["lesion_refiner"] = refiner_metrics
     metrics = finite_json(metrics)
+    fitted_band = metrics.get("validation_uncertainty_band")
     binds = bundle_metadata(settings, temperature, ops, n_train, len(val_samples), modalities,
                             subtype_trained, pretrained, finding_temperature, finding_reference,
-                            finding_bias, temperature_fitted=fitted, synthetic_studies=synthetic)
+                            finding_bias, temperature_fitted=fitted, synthetic_studies=synthetic,
+                            band=fitted_band)
     name = settings.bundle.get("name", "binds-diagnosis")
     path = Path(bundle_path) if bundle_path else run_dir / "bundle"
     save_bundle(path, net.state_dict(), binds, name=name,
@@ -1365,7 +1399,7 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                     finding_temperature: float | None = None,
                     finding_reference: float | None = None,
                     finding_bias: float | None = None, temperature_fitted: bool = True,
-                    synthetic_studies: bool = False) -> dict:
+                    synthetic_studies: bool = False, band: dict | None = None) -> dict:
     """The ``binds`` section of a diagnosis bundle's metadata (see docs/MODEL.md);
     ``pretrained``: :func:`load_pretrained`'s record of the weights training started from;
     ``finding_temperature``, ``finding_bias``: the finding logit's Platt scaling
@@ -1375,7 +1409,9 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
     ``finding_reference``: the median finding logit of the validation split's normal studies
     (None: it has none); ``temperature_fitted``: False when the split could not calibrate the
     malignancy probability (one class, or no labels); ``synthetic_studies``: some training or
-    validation study was synthetic (``--model auto`` never gives real images to such a bundle)."""
+    validation study was synthetic (``--model auto`` never gives real images to such a bundle);
+    ``band``: the uncertainty band fitted on the validation split (:func:`_fit_band`), else the
+    config's (its default when the config says ``"fit"`` and the split could not fit one)."""
     from ..bundle import FINDING_CALIBRATED, MALIGNANCY_CALIBRATED
     from .inference import BUNDLE_KIND
 
@@ -1411,10 +1447,13 @@ def bundle_metadata(settings: TrainSettings, temperature: float, ops: dict, n_tr
                            if finding_temperature is not None else {}),
                         **({"finding_bias": float(finding_bias)} if finding_bias is not None else {}),
                         **({"finding_reference": float(finding_reference)}
-                           if finding_reference is not None else {})},
+                           if finding_reference is not None else {}),
+                        **({"band_fitted_on": "validation split", "band_n": band["n"]} if band else {})},
         "operating_point": ops["default"],
         "operating_points": ops,
-        "uncertainty_band": list(settings.uncertainty_band),
+        "uncertainty_band": (band["new"] if band else
+                             list(DEFAULT_UNCERTAINTY_BAND if settings.uncertainty_band == "fit"
+                                  else settings.uncertainty_band)),
         "training_data": {"sources": list(settings.data), "synthetic": synthetic,
                           "n_train": int(n_train), "n_validation": int(n_validation),
                           "validation_fraction": settings.validation_fraction, "seed": settings.seed},
