@@ -592,6 +592,12 @@ def pseudonym(identifier: str, salt: str = "binds") -> str:
     return f"anon-{h[:12]}"
 
 
+def public_id(identifier: str, keep_identifiers: bool = False) -> str:
+    """``identifier`` as outputs and messages show it: its :func:`pseudonym`, unless
+    ``keep_identifiers`` or it is a pseudonym already."""
+    return identifier if keep_identifiers or identifier.startswith("anon-") else pseudonym(identifier)
+
+
 def modalities_present(images: Iterable[Image]) -> set[Modality]:
     return {im.modality for im in images}
 

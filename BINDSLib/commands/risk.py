@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..risk.inference import RiskModel
     from ..risk.report import build_report, exams_csv, format_table, percent_texts, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
+    from ..study import public_id
 
     log = logging.getLogger("binds.risk")
     out = Path(args.out)
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     # by date; exams of one date in a fixed order (their folders'), whatever order they were given in
     studies.sort(key=lambda s: (s.study_date or _today(), str(sources[id(s)]), s.study_id))
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
-    anon = {_anon(i) for i in raw_ids}
+    anon = {public_id(i) for i in raw_ids}
     warnings = []
     if after:  # a risk model reads screening exams before a diagnosis, as it was trained
         warnings.append(f"{len(after)} exam(s) after the woman's cancer date left out: {', '.join(after)}")
@@ -145,26 +146,24 @@ def _women(identities):
     two folders being one woman's when they share an ID. A history folder gives its ``woman_id``
     and all its exams' patient IDs as one woman's (the history says so); an exam without a patient
     ID belongs to whichever woman is given."""
+    from ..study import public_id
+
     groups: list[tuple[set, list]] = []
     for ids, folder in identities:
         if not ids:
             continue
-        joined = [g for g in groups if {_anon(i) for i in g[0]} & {_anon(i) for i in ids}]  # a pseudonym is its ID
+        joined = [g for g in groups if {public_id(i) for i in g[0]} & {public_id(i) for i in ids}]  # a pseudonym is its ID
         folders = [f for g in joined for f in g[1]]
         groups = [g for g in groups if g not in joined] + [(ids.union(*(g[0] for g in joined)),
                                                             folders + [folder] * (folder not in folders))]
     return groups
 
 
-def _anon(identifier):
-    from ..study import pseudonym
-
-    return identifier if identifier.startswith("anon-") else pseudonym(identifier)
-
-
 def _shown(ids, keep_identifiers):
     """A woman's IDs for a message: pseudonyms unless ``keep_identifiers``."""
-    return "/".join(sorted(ids if keep_identifiers else {_anon(i) for i in ids}))
+    from ..study import public_id
+
+    return "/".join(sorted({public_id(i, keep_identifiers) for i in ids}))
 
 
 def _read_exams(paths, keep_identifiers=False):

@@ -343,7 +343,7 @@ def role_from_name(path: str | os.PathLike) -> Role | None:
     label of a second ``US_L`` image in a study folder, is ``US_L``), or None."""
     import re
 
-    stem = _stem(path)
+    stem = file_stem(path)
     try:
         return Role.parse(stem)
     except ValueError:
@@ -360,7 +360,7 @@ def role_from_name(path: str | os.PathLike) -> Role | None:
     return role
 
 
-def _stem(path: str | os.PathLike) -> str:
+def file_stem(path: str | os.PathLike) -> str:
     """A file's name without its image suffix (``.nii.gz`` whole)."""
     path = Path(path)
     suffix = suffix_of(path)
@@ -371,7 +371,7 @@ def role_name_hint(path: str | os.PathLike) -> str:
     """A hint for a file name that is almost a role (``MR_DWI_800``), or ""."""
     import re
 
-    found = re.fullmatch(r"(MR_DWI)_(\d+)(_\d+)?", _stem(path), re.IGNORECASE)
+    found = re.fullmatch(r"(MR_DWI)_(\d+)(_\d+)?", file_stem(path), re.IGNORECASE)
     return f" (a b-value is written with its b: {found.group(1)}_b{found.group(2)})" if found else ""
 
 

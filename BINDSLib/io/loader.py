@@ -27,7 +27,7 @@ from ..errors import InputError, UsageError
 from ..fsutil import visible_entries
 from ..study import Role, Study
 from .dicom_common import Skipped
-from .files import IMAGE_SUFFIXES, read_image_file, role_from_name, role_name_hint, suffix_of
+from .files import IMAGE_SUFFIXES, file_stem, read_image_file, role_from_name, role_name_hint, suffix_of
 
 
 @dataclass
@@ -206,9 +206,7 @@ def load_files(files: Sequence[tuple[str | os.PathLike, Role | None]],
         raise InputError("no images given")
     # one file is its own study (two BUSI images of one folder are two studies), unless its name
     # is its role (patient/US_L.png): that and several files are their folder's study
-    from .files import role_from_name
-
-    stem = first.name[:len(first.name) - len(suffix_of(first))] if first is not None else ""
+    stem = file_stem(first) if first is not None else ""
     if len(files) == 1 and stem and role_from_name(first) is None:
         sid = study_id or stem
     else:

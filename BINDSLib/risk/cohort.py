@@ -49,7 +49,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, OutputError
 from ..fsutil import atomic_write_json, atomic_write_text, has_content
-from ..study import parse_date, pseudonym
+from ..study import parse_date, pseudonym, public_id
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class CohortSummary:
 def _public_id(value: str | None, keep_identifiers: bool) -> str:
     if value in (None, ""):
         return ""
-    return value if keep_identifiers or value.startswith("anon-") else pseudonym(value)
+    return public_id(value, keep_identifiers)
 
 
 def _public_error(error: str, row: ManifestRow, ids: Sequence[str | None], keep_identifiers: bool) -> str:

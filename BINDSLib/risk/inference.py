@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelError
-from ..study import Study, pseudonym
+from ..study import Study, public_id
 from .calibration import Calibrator
 from .config import NCCN_MRI_THRESHOLD_5Y, STANDARD_VIEWS, RiskConfig
 from .preprocess import PreparedExam, prepare_exam
@@ -74,8 +74,7 @@ class ExamRisk:
 
 
 def exam_identifier(study: Study, keep_identifiers: bool = False) -> str:
-    sid = str(study.study_id)
-    return sid if keep_identifiers or sid.startswith("anon-") else pseudonym(sid)
+    return public_id(str(study.study_id), keep_identifiers)
 
 
 def resolve_device(device: str | None = "auto"):
