@@ -242,11 +242,11 @@ def diagnose_study(model, study: Study, out_dir: str | os.PathLike, options: Dia
     notes = list(model_notes) + list(warnings)
     for p in preds:  # what preprocessing left out (e.g. more views than the model takes)
         notes += [n for n in getattr(p, "notes", []) if n not in notes]
-    calibration = (getattr(model, "metadata", None) or {}).get("calibration") or {}
-    if final.finding_probability is not None and "finding_temperature" not in calibration:
+    metadata = getattr(model, "metadata", None) or {}
+    if final.finding_probability is not None and "finding_temperature" not in (metadata.get("calibration") or {}):
         notes.append("finding probability not calibrated (the bundle has no finding calibration): it ranks "
                      "studies, it is no probability; binds calibrate --fit finding fits one on labelled studies")
-    caution = (getattr(model, "metadata", None) or {}).get("caution")
+    caution = metadata.get("caution")
     if caution:  # a bundle that did not meet its validation targets says so in every report
         notes.append(f"model caution: {caution}")
     readable = {m.value for m in usable_modalities(model, study)}

@@ -274,11 +274,12 @@ def compute_metrics(rows: list[dict], threshold: float, target_sensitivity: floa
                        "stage2_share": float(s2[ok].mean()) if ok.any() else None}
     st = np.array([SUBTYPES.index(r["subtype"]) if r["subtype"] else -1 for r in rows])
     has_probs = all(f"p_{s}" in r for r in rows for s in SUBTYPES)  # not when the bundle has no subtype head
-    probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows], dtype=float) if has_probs else None
-    sel = (st >= 0) & ~unscored & (np.isfinite(probs).all(1) if has_probs else False)
-    if has_probs and sel.sum() >= 2 and len(np.unique(st[sel])) >= 2:
-        m["subtype_macro_auc"] = macro_auc(probs[sel], st[sel], len(SUBTYPES))
-        m["n_subtype"] = int(sel.sum())
+    if has_probs:
+        probs = np.array([[r[f"p_{s}"] for s in SUBTYPES] for r in rows], dtype=float)
+        sel = (st >= 0) & ~unscored & np.isfinite(probs).all(1)
+        if sel.sum() >= 2 and len(np.unique(st[sel])) >= 2:
+            m["subtype_macro_auc"] = macro_auc(probs[sel], st[sel], len(SUBTYPES))
+            m["n_subtype"] = int(sel.sum())
     if len(dices):
         m["lesion_dice"] = float(np.mean(dices))
         m["lesion_dice_ci95"] = list(bootstrap_ci(np.mean, np.asarray(dices, float), n=n_bootstrap, seed=seed))

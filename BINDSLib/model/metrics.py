@@ -174,12 +174,12 @@ def pointing_hit(saliency: np.ndarray, lesion: np.ndarray) -> bool:
     """Whether the maximum of ``saliency`` lies inside the binary ``lesion`` (same shape). A map
     that points nowhere (constant, or no finite value) is a miss: its first voxel is no maximum;
     of tied maxima the first in memory order counts."""
-    s = np.asarray(saliency, dtype=np.float64)
-    finite = np.isfinite(s)
-    if not finite.any() or s[finite].min() == s[finite].max():
-        return False
-    s = np.where(finite, s, -np.inf)
-    return bool(np.asarray(lesion).reshape(s.shape).flat[int(np.argmax(s))] > 0)
+    s = np.asarray(saliency)  # (no copy: a full-field mammogram's map is large)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        if not np.isfinite(np.nanmax(s)) or np.nanmax(s) == np.nanmin(s):
+            return False
+    return bool(np.asarray(lesion).reshape(s.shape).flat[int(np.nanargmax(s))] > 0)
 
 
 def biopsy_reduction(cal_scores, cal_labels, test_scores, test_labels, target: float = 0.98

@@ -614,9 +614,9 @@ def _fit_band(pred: dict, samples, y_val, temperature: float, threshold: float) 
 
     z1 = np.full(len(samples), np.nan)
     for i, s in enumerate(samples):
-        first = [m for m in ("MG", "US") if m in s.prepared.inputs]
-        if first and "MR" in s.prepared.inputs:
-            z1[i] = pred["combinations"].get("+".join(first), np.full(len(samples), np.nan))[i]
+        key = "+".join(m for m in ("MG", "US") if m in s.prepared.inputs)
+        if key in pred["combinations"] and "MR" in s.prepared.inputs:
+            z1[i] = pred["combinations"][key][i]
     z2, y = pred["logit"], np.asarray(y_val, dtype=float)
     ok = np.isfinite(z1) & np.isfinite(z2) & np.isfinite(y)
     if not ((y[ok] == 1).any() and (y[ok] == 0).any()):
