@@ -310,6 +310,8 @@ class SourceInfo:
     sop_instance_uids: tuple[str, ...] = ()
     manufacturer: str | None = None
     description: str | None = None
+    #: a mammogram's EstimatedRadiographicMagnificationFactor (recorded, not applied)
+    magnification: float | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

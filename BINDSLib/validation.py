@@ -56,6 +56,8 @@ def breast_side(voxels2d: np.ndarray) -> str:
 
 #: the smallest image side (pixels) BINDS diagnoses
 MIN_SIDE = 8
+#: A mammogram magnified this much is a magnification (spot) view; standard views are ~1.1.
+MAGNIFICATION_VIEW = 1.3
 #: (in-plane, between slices) spacings in mm that breast images have; outside: warned about.
 #: Films digitised at 0.05 mm to MR slices of several mm; a wrong tag or header is far off.
 PLAUSIBLE_SPACING_MM = {Modality.MG: ((0.01, 5.0), None), Modality.US: ((0.01, 5.0), None),
@@ -105,6 +107,11 @@ def check_study(study: Study) -> list[str]:
             warnings.append(f"{im.label} is nearly blank ({100 * varied:.2g} % of its pixels differ from the "
                             "most common value): its result means little")
         warnings += _spacing_warnings(im)
+        magnified = im.source.magnification if im.source is not None else None
+        if im.modality is Modality.MG and magnified is not None and magnified >= MAGNIFICATION_VIEW:
+            warnings.append(f"{im.label} ({_where(im)}) is a magnification view (x{magnified:.3g}, "
+                            "EstimatedRadiographicMagnificationFactor): the model reads standard views, "
+                            "so its result for this image is less reliable")
         files = im.source.files if im.source is not None else ()
         if files and suffix_of(Path(files[0])) in PICTURE_SUFFIXES and im.geometry.spacing_mm[:2] == (1.0, 1.0):
             warnings.append(f"{im.label} is a picture file without a pixel size ({Path(files[0]).name}): 1 mm "

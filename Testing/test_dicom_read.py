@@ -244,14 +244,74 @@ def test_mg_window_applied():
 
 def test_mg_spacing_fallbacks(caplog):
     ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture: PixelSpacing first
     ds.PixelSpacing, ds.ImagerPixelSpacing = [0.1, 0.2], [0.05, 0.05]
     assert dicom_mg.mg_spacing_mm(ds) == (0.2, 0.1)  # (column, row)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # a digital mammogram: ImagerPixelSpacing first
+    assert dicom_mg.mg_spacing_mm(ds) == (0.05, 0.05)
+    del ds.ImagerPixelSpacing
+    assert dicom_mg.mg_spacing_mm(ds) == (0.2, 0.1)
+    ds.ImagerPixelSpacing = [0.05, 0.05]
     del ds.PixelSpacing
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     assert dicom_mg.mg_spacing_mm(ds) == (0.05, 0.05)
     del ds.ImagerPixelSpacing
     with caplog.at_level(logging.WARNING):
         assert dicom_mg.mg_spacing_mm(ds, "x.dcm") == (1.0, 1.0)
     assert "assuming 1 mm" in caplog.text
+
+
+@pytest.mark.parametrize("sop", ["1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.1",
+                                 "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.7"],
+                         ids=["MG", "DX", "CR", "SC"])
+def test_mg_geometry_is_the_one_slicer_reads(tmp_path, sop):
+    """A mammogram whose PixelSpacing (at the breast) and ImagerPixelSpacing (at the detector)
+    differ is placed as GDCM, Slicer's DICOM reader, places it: outputs overlay Slicer's own load
+    of the file. Checked against SimpleITK, which reads DICOM through the same GDCM."""
+    sitk = pytest.importorskip("SimpleITK")
+    ds = new_dataset(sop, "MG", generate_uid(), generate_uid(), PresentationIntentType="FOR PRESENTATION",
+                     ViewPosition="CC", ImageLaterality="L", BodyPartExamined="BREAST",
+                     PixelSpacing=[0.065, 0.06], ImagerPixelSpacing=[0.07, 0.075],
+                     EstimatedRadiographicMagnificationFactor=1.08,
+                     ImagePositionPatient=[5.0, -3.0, 2.0], ImageOrientationPatient=[0, 1, 0, 0, 0, -1])
+    set_pixels(ds, (np.arange(40 * 30).reshape(40, 30) % 4000).astype(np.uint16))
+    path = tmp_path / "mg" / "L_CC.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    studies, _ = load_dicom_folder(tmp_path / "mg")
+    im = studies[0].images[0]
+    ref = sitk.ReadImage(str(path))
+    assert im.geometry.spacing_mm[:2] == pytest.approx(ref.GetSpacing()[:2])
+    assert im.geometry.spacing_mm[:2] == pytest.approx((0.075, 0.07) if sop != "1.2.840.10008.5.1.4.1.1.7"
+                                                       else (0.06, 0.065))
+    assert im.geometry.origin_mm == pytest.approx(ref.GetOrigin())
+    assert np.asarray(im.geometry.direction).ravel() == pytest.approx(np.asarray(ref.GetDirection()))
+    assert im.source.magnification == pytest.approx(1.08)
+
+
+def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
+    """A spot-magnification view (factor 1.8) shows the breast 1.8 times larger than the views
+    the model reads: the report says so; a standard view's geometric factor (1.08) does not."""
+    from BINDSLib.studyfolder import read_study_folder, write_study_folder
+    from BINDSLib.validation import check_study
+
+    for factor in (1.08, 1.8):
+        ds = _mg_dataset(np.arange(64 * 48).reshape(64, 48) % 4000, "MONOCHROME2",
+                         ImagerPixelSpacing=[0.07, 0.07], EstimatedRadiographicMagnificationFactor=factor)
+        folder = tmp_path / f"x{factor}"
+        folder.mkdir()
+        ds.save_as(folder / "mag.dcm", enforce_file_format=True)
+        study = load_dicom_folder(folder)[0][0]
+        notes = check_study(study)
+        if factor < 1.3:
+            assert notes == []
+            continue
+        assert len(notes) == 1 and "magnification view (x1.8" in notes[0] and "mag.dcm" in notes[0]
+        # the factor travels through the study folder
+        write_study_folder(study, tmp_path / "study")
+        again = read_study_folder(tmp_path / "study")
+        assert again.images[0].source.magnification == pytest.approx(1.8)
+        assert check_study(again)[0].startswith("MG_L_CC") and "x1.8" in check_study(again)[0]
 
 
 @pytest.mark.parametrize("attrs, laterality, view", [

@@ -142,6 +142,12 @@ def dicom_time_s(value) -> float | None:
     return int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0) + float(frac or 0)
 
 
+def sop_class(ds) -> str:
+    """The SOP class UID as GDCM takes it: the file meta's MediaStorageSOPClassUID, else the
+    data set's SOPClassUID (``''`` when neither is there)."""
+    return text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID") or text(ds, "SOPClassUID")
+
+
 def sop_class_name(uid: str) -> str:
     """Readable name of a SOP class UID (``'Basic Text SR Storage'``), or the UID."""
     from pydicom.uid import UID

@@ -9,8 +9,12 @@ Rules (documented in docs/DICOM.md):
   has only a For Processing image is skipped with "For Processing only";
 * pixels: modality LUT, then VOI LUT / window (index 0), then MONOCHROME1 inverted within the
   output range; float32 ``(1, rows, cols)``;
-* spacing: PixelSpacing, else ImagerPixelSpacing, else 1 mm (a warning). A value outside
-  0.01-5 mm is implausible for a mammogram and ignored (with a warning).
+* spacing: ImagerPixelSpacing, else PixelSpacing, for the projection-radiography classes (MG, DX,
+  CR), as GDCM (ITK, SimpleITK, Slicer's DICOM reader) places them, so that outputs overlay
+  Slicer's own load of the file; PixelSpacing first for others (secondary capture); else 1 mm (a
+  warning). A value outside 0.01-5 mm is implausible for a mammogram and ignored (a warning);
+* magnification: EstimatedRadiographicMagnificationFactor is recorded (``SourceInfo``), not
+  applied (GDCM does not apply it); a magnification view is a note of the report.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import numpy as np
 from ..errors import InputError
 from ..study import MG_VIEWS, Image, Modality, Role, SourceInfo
 from .dicom_common import (
-    plane_geometry, skip_unreadable,
-    MG_PROCESSING_SOP, DX_PROCESSING_SOP, Skipped, decode, dicom_date, frames_of, modality_lut,
+    plane_geometry, skip_unreadable, sop_class,
+    CR_SOP, DX_PRESENTATION_SOP, MG_PRESENTATION_SOP, MG_PROCESSING_SOP, DX_PROCESSING_SOP, Skipped, decode, dicom_date, frames_of, modality_lut,
     number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
@@ -52,6 +56,10 @@ VIEW_CODES = {
 _LATERALITY_WORDS = {"L": "L", "LEFT": "L", "LT": "L", "R": "R", "RIGHT": "R", "RT": "R"}
 _COMBINED_RE = re.compile(r"^(?P<lat>[LR])(?P<view>" + "|".join(MG_VIEWS) + r")$")
 _PLAUSIBLE_SPACING_MM = (0.01, 5.0)
+#: SOP classes whose pixels GDCM spaces by ImagerPixelSpacing (the detector plane), as digitised
+#: film is (the mammography models were trained on film).
+_DETECTOR_SPACED_SOPS = frozenset({MG_PRESENTATION_SOP, MG_PROCESSING_SOP, DX_PRESENTATION_SOP,
+                                   DX_PROCESSING_SOP, CR_SOP})
 
 
 def words(*texts: str) -> list[str]:
@@ -132,9 +140,14 @@ def mg_role(ds) -> Role:
 
 
 def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
-    """Pixel spacing ``(column, row)`` in mm: PixelSpacing, else ImagerPixelSpacing, else 1."""
+    """Pixel spacing ``(column, row)`` in mm, from the tag GDCM reads for the file's SOP class:
+    ImagerPixelSpacing, else PixelSpacing, for MG, DX and CR; PixelSpacing, else
+    ImagerPixelSpacing, for others; else 1 mm. An implausible value is skipped (a warning)."""
     lo, hi = _PLAUSIBLE_SPACING_MM
-    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+    order = ("PixelSpacing", "ImagerPixelSpacing")
+    if sop_class(ds) in _DETECTOR_SPACED_SOPS:
+        order = order[::-1]
+    for kw in order:
         sp = numbers(ds, kw, 2)
         if sp is None:
             continue
@@ -144,6 +157,12 @@ def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
         log.warning("%s: ignoring implausible %s %s mm for a mammogram", path, kw, list(sp))
     log.warning("%s: no usable PixelSpacing or ImagerPixelSpacing; assuming 1 mm pixels", path)
     return 1.0, 1.0
+
+
+def mg_magnification(ds) -> float | None:
+    """EstimatedRadiographicMagnificationFactor when it is a plausible factor (1-5), else ``None``."""
+    m = number(ds, "EstimatedRadiographicMagnificationFactor")
+    return m if m is not None and 1.0 <= m <= 5.0 else None
 
 
 def _output_range(ds, voi_lut_used: bool) -> tuple[float, float]:
@@ -206,7 +225,8 @@ def read_mg_image(path: Path, header) -> Image:
                         series_instance_uid=text(header, "SeriesInstanceUID") or None,
                         sop_instance_uids=tuple(u for u in [text(header, "SOPInstanceUID")] if u),
                         manufacturer=text(header, "Manufacturer") or None,
-                        description=text(header, "SeriesDescription") or None)
+                        description=text(header, "SeriesDescription") or None,
+                        magnification=mg_magnification(header))
     return Image(voxels, plane_geometry(header, sx, sy, path=path), mg_role(header), acquisition_date=acq, source=source)
 
 
