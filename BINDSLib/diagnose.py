@@ -76,7 +76,8 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
     """User lesion masks by image label (or role key) from mask images or edited ``.seg.nrrd``.
 
     A ``.seg.nrrd`` contributes its segment ``lesion`` (or its only segment); any other image
-    file is a mask whose non-zero voxels are lesion and must be on the image's grid.
+    file is a mask whose non-zero voxels are lesion, placed by its grid when its format has one
+    (``files.read_mask_file``).
     """
     from .io.files import read_mask_file
 

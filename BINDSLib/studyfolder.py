@@ -5,7 +5,7 @@ Layout (documented in docs/STUDY_FOLDER.md)::
     STUDY/
       study.json
       images/<label>.nrrd      one per image, voxels + geometry (LPS)
-      masks/<label>.nrrd       optional lesion mask (uint8, same grid as the image)
+      masks/<label>.nrrd       optional lesion mask (uint8; BINDS writes it on the image's grid)
       comparison/<label>.nrrd  optional images given only for comparison (``comparison_images``
                                in study.json, ``Study.comparison``; their masks under
                                masks/comparison/)
@@ -318,7 +318,7 @@ def _image_from_entry(entry, where: str, root: Path, jpath: Path, load_voxels: b
         voxels, geom = sitk_to_voxels(read_volume(ipath), ipath)
         geom = _reconcile_geometry(geom, entry, ipath, voxels.shape)
         mpath = _safe_relpath(root, entry["lesion_mask"], jpath) if entry.get("lesion_mask") else None
-        if mpath is not None and reference_masks:  # on the image's grid, as a --lesion-mask
+        if mpath is not None and reference_masks:  # placed by its grid, as a --lesion-mask
             from .io.files import read_mask_file
 
             mask = read_mask_file(mpath, voxels.shape, geom)

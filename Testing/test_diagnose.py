@@ -204,22 +204,32 @@ def test_a_small_mr_outline_is_kept_on_every_sequence_and_given_to_the_model(tmp
     assert 10 <= lesion.sum() <= 20 and np.linalg.norm(points[0] - points[1]) < 1.0  # 4 voxels of 2.5 mm -> 16 of 1.25
 
 
-def test_user_lesion_masks_off_the_image_grid_are_refused_and_empty_ones_noted(tmp_path, diagnosis_bundle,
-                                                                               study_dir, capsys):
+def test_user_lesion_masks_placed_by_their_grid_and_empty_ones_noted(tmp_path, diagnosis_bundle, study_dir, capsys):
     from BINDSLib.outputs.segmentation import write_seg_nrrd
 
     study = read_study_folder(study_dir)
     us = next(im for im in study.images if im.modality.value == "US")
     mask = np.zeros(us.shape, np.uint8)
     mask[0, 20:31, 40:57] = 1
-    shifted = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, (5.0, 0, 0))))
+    # the same shape on a grid 4 columns to the right: the outline is read where its file places it
+    step = 4 * np.asarray(us.geometry.direction).reshape(3, 3)[:, 0] * us.geometry.spacing_mm[0]
+    shifted = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, step)))
     img = sitk.GetImageFromArray(mask)
-    shifted.apply_to_sitk(img)  # the right shape on another grid: would outline the wrong pixels
+    shifted.apply_to_sitk(img)
     sitk.WriteImage(img, str(tmp_path / "shifted.nrrd"))
-    far = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, (1000.0, 0, 0))))
-    write_seg_nrrd(tmp_path / "far.seg.nrrd", {"lesion": mask}, far)  # another image's outline
     base = ["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--device", "cpu", "--no-summary"]
-    for name, message in (("shifted.nrrd", "mask grid (spacing"), ("far.seg.nrrd", "does not overlap its image")):
+    assert main(base + ["--out", str(tmp_path / "out-shifted"), "--lesion-mask", f"{us.label}={tmp_path / 'shifted.nrrd'}"]) == 0
+    lesion = read_seg_nrrd(tmp_path / "out-shifted" / f"{us.label}.seg.nrrd", us.geometry, us.shape)["lesion"].mask
+    want = np.zeros_like(mask)
+    want[0, 20:31, 44:61] = 1
+    np.testing.assert_array_equal(lesion, want)
+    far = dataclasses.replace(us.geometry, origin_mm=tuple(np.add(us.geometry.origin_mm, (1000.0, 0, 0))))
+    img = sitk.GetImageFromArray(mask)
+    far.apply_to_sitk(img)  # another image's outline
+    sitk.WriteImage(img, str(tmp_path / "far.nrrd"))
+    write_seg_nrrd(tmp_path / "far.seg.nrrd", {"lesion": mask}, far)
+    for name, message in (("far.nrrd", "none of the mask's lesion voxels lands on its image"),
+                          ("far.seg.nrrd", "does not overlap its image")):
         assert main(base + ["--out", str(tmp_path / f"out-{name}"), "--lesion-mask", f"{us.label}={tmp_path / name}"]) == 3
         assert message in capsys.readouterr().err and not (tmp_path / f"out-{name}").exists()
     unset = tmp_path / "unset.nrrd"  # a mask saved without its grid: taken as drawn on the image's

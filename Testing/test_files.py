@@ -163,6 +163,36 @@ def test_a_jpeg_mask_is_thresholded_at_half_its_maximum(tmp_path):
     np.testing.assert_array_equal(read_mask_file(tmp_path / "mask.png", (1, 64, 64))[0], disc)
 
 
+def test_a_placed_mask_on_another_grid_is_resampled_onto_its_image(tmp_path):
+    """A labelmap drawn on a finer grid, or on an oblique 3D grid cropped to the lesion, is read
+    where its grid places it; a mask without a grid (PNG) must have the image's shape."""
+    from BINDSLib.io.files import read_mask_file
+
+    direction = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # sagittal-like axes
+    geometry = Geometry((0.8, 0.6, 2.0), (10.0, -20.0, 5.0), direction)
+    want = np.zeros((6, 20, 30), np.uint8)
+    want[2:4, 5:11, 8:20] = 1
+    # the same lesion on a grid twice as fine in-plane: each image voxel is 2 x 2 mask voxels
+    fine = np.repeat(np.repeat(want, 2, axis=1), 2, axis=2)
+    fine_geometry = Geometry((0.4, 0.3, 2.0), tuple(np.asarray(geometry.index_to_lps((-0.25, -0.25, 0.0)))),
+                             direction)
+    img = sitk.GetImageFromArray(fine)
+    fine_geometry.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "fine.nii.gz"))
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "fine.nii.gz", want.shape, geometry), want)
+    # cropped to the lesion's box, in its place
+    img = sitk.GetImageFromArray(want)
+    geometry.apply_to_sitk(img)
+    sitk.WriteImage(img[8:20, 5:11, 2:4], str(tmp_path / "crop.nrrd"))
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "crop.nrrd", want.shape, geometry), want)
+    # without the image's geometry (a dataset's pixel masks) the shape must match
+    with pytest.raises(InputError, match=r"crop.nrrd: mask shape \(2, 6, 12\) differs from its image"):
+        read_mask_file(tmp_path / "crop.nrrd", want.shape)
+    sitk.WriteImage(sitk.GetImageFromArray(want[3]), str(tmp_path / "slice.png"))
+    with pytest.raises(InputError, match=r"slice.png: mask shape \(1, 20, 30\) differs from its image"):
+        read_mask_file(tmp_path / "slice.png", (1, 40, 60), Geometry((0.5, 0.5, 1.0)))
+
+
 def test_several_values_per_voxel_are_grey_only_for_colour(tmp_path):
     """RGB(A) pictures and 8-bit RGB volumes (a Slicer export of a colour
     ultrasound), become grey; a vector of floats (b-values or phases in one file) is refused,

@@ -321,16 +321,26 @@ def test_a_study_id_repeated_across_histories_is_refused_and_a_dicom_folder_is_n
     assert loader.collection(flat) is None and opened == []
 
 
-def test_a_reference_mask_off_its_image_grid_is_refused(tmp_path):
-    """A study folder's reference mask (training, evaluate's Dice) lies on its image's grid, as a
-    --lesion-mask must: one of the same shape placed elsewhere would score the wrong pixels."""
+def test_a_reference_mask_is_read_where_its_grid_places_it(tmp_path):
+    """A study folder's reference mask (training, evaluate's Dice) is placed by its grid, as a
+    --lesion-mask is: one of the same shape placed elsewhere is not read onto the wrong pixels,
+    one cropped to the lesion (as a labelmap export may be) is read whole, one off the image is
+    refused."""
     import SimpleITK as sitk
 
     write_study_folder(make_study(), tmp_path / "s")
     path = tmp_path / "s" / "masks" / "US_R_10h.nrrd"
     img = sitk.ReadImage(str(path))
-    assert read_study_folder(tmp_path / "s").image("US_R_10h").lesion_mask.sum() > 0
-    img.SetOrigin([o + 7.5 for o in img.GetOrigin()])
+    full = np.zeros(sitk.GetArrayViewFromImage(img).shape, np.uint8)
+    full[0, 5:9, 6:12] = 1
+    block = sitk.GetImageFromArray(full)
+    block.CopyInformation(img)
+    sitk.WriteImage(block, str(path))
+    np.testing.assert_array_equal(read_study_folder(tmp_path / "s").image("US_R_10h").lesion_mask, full)
+    sitk.WriteImage(block[6:12, 5:9], str(path))  # cropped to the lesion, in its place
+    assert sitk.ReadImage(str(path)).GetSize()[:2] == (6, 4)
+    np.testing.assert_array_equal(read_study_folder(tmp_path / "s").image("US_R_10h").lesion_mask, full)
+    img.SetOrigin([o + 1000.0 for o in img.GetOrigin()])
     sitk.WriteImage(img, str(path))
-    with pytest.raises(InputError, match=r"US_R_10h.nrrd: mask grid .* differs from its image's"):
+    with pytest.raises(InputError, match=r"US_R_10h.nrrd: none of the mask's lesion voxels lands on its image"):
         read_study_folder(tmp_path / "s")

@@ -38,8 +38,9 @@ def register(sub) -> None:
                    help="auto: add MRI only when stage 1 is uncertain or a --lesion-mask is given on an MR "
                         "image; 1: US/MG only; 2: full path")
     p.add_argument("--lesion-mask", action="append", default=[], metavar="LABEL=FILE",
-                   help="user-edited lesion for an image (its label or role key): a mask image on "
-                        "the image grid, its non-zero voxels the lesion, or an edited .seg.nrrd "
+                   help="user-edited lesion for an image (its label or role key): a mask image, its "
+                        "non-zero voxels the lesion (NRRD, NIfTI, MHA: placed by its grid, resampled "
+                        "onto the image's; PNG, JPEG: the image's pixels), or an edited .seg.nrrd "
                         "(repeatable; one study)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-identifiers", action="store_true",

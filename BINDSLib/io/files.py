@@ -437,30 +437,56 @@ PLACED_FORMATS = VOLUME_SUFFIXES
 
 def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
                    geometry: Geometry | None = None) -> np.ndarray:
-    """A binary mask that must match ``shape``: any non-zero voxel is lesion, except in a JPEG
+    """A binary mask on an image of ``shape``: any non-zero voxel is lesion, except in a JPEG
     file, whose lossy compression leaves faint values around the edges: there a voxel above
-    half the mask's maximum is lesion. A mask in a format that records its grid
-    (:data:`PLACED_FORMATS`) must also lie on the image's ``geometry`` when it is given (a
-    mask of another grid with the same shape would be read onto the wrong pixels); one whose
-    grid was left unset (1 mm, origin 0, no rotation) is taken as drawn on the image's."""
+    half the mask's maximum is lesion.
+
+    A mask in a format that records its grid (:data:`PLACED_FORMATS`) is placed by that grid
+    when the image's ``geometry`` is given: on another grid (a labelmap cropped to the lesion,
+    another spacing) it is resampled onto the image's, nearest neighbour, as an edited
+    ``.seg.nrrd`` is; one none of whose lesion voxels lands on the image is refused. A mask of
+    a format without a grid, or whose grid was left unset (1 mm, origin 0, no rotation), is
+    taken as drawn on the image's pixels and must have its ``shape``."""
     path = Path(path)
     img = read_image(path, "mask")
     voxels, grid = sitk_to_voxels(img, path)
-    if voxels.shape != tuple(shape):
+    placed = geometry is not None and suffix_of(path) in PLACED_FORMATS and not same_grid(grid, Geometry())
+    if voxels.shape != tuple(shape) and not placed:
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
-    placed = suffix_of(path) in PLACED_FORMATS and not same_grid(grid, Geometry())  # not left unset
-    if geometry is not None and placed and not same_grid(grid, geometry):
-        raise InputError(f"mask grid (spacing {_mm(grid.spacing_mm, ' x ')} mm, origin "
-                         f"({_mm(grid.origin_mm, ', ')}) mm) differs from its image's (spacing "
-                         f"{_mm(geometry.spacing_mm, ' x ')} mm, origin ({_mm(geometry.origin_mm, ', ')}) mm): "
-                         "resample the mask onto the image", path)
     grey = _grey_share(voxels)
     if grey is not None:
         raise InputError(f"this looks like an image, not a lesion mask: {grey:.0%} of its voxels are shades "
                          "between its darkest and brightest (a mask is 0 outside the lesion and one value, "
                          "or a few labels, inside; threshold a soft mask first)", path)
     lossy = suffix_of(path) in (".jpg", ".jpeg")
-    return (voxels > 0.5 * float(voxels.max()) if lossy else voxels != 0).astype(np.uint8)
+    mask = (voxels > 0.5 * float(voxels.max()) if lossy else voxels != 0).astype(np.uint8)
+    if placed and (voxels.shape != tuple(shape) or not same_grid(grid, geometry)):
+        mask = _mask_onto(mask, grid, shape, geometry, path)
+    return mask
+
+
+def _mask_onto(mask: np.ndarray, grid: Geometry, shape: tuple[int, int, int], geometry: Geometry,
+               path: Path) -> np.ndarray:
+    """``mask`` on ``grid`` resampled (nearest neighbour) onto an image of ``shape`` on
+    ``geometry``; refused when it has lesion voxels and none land on the image."""
+    import SimpleITK as sitk
+
+    src = sitk.GetImageFromArray(mask)
+    grid.apply_to_sitk(src)
+    ref = sitk.Image([int(shape[2]), int(shape[1]), int(shape[0])], sitk.sitkUInt8)
+    geometry.apply_to_sitk(ref)
+    out = sitk.GetArrayFromImage(sitk.Resample(src, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                               sitk.sitkUInt8)).astype(np.uint8).reshape(shape)
+    if mask.any() and not out.any():
+        raise InputError(f"none of the mask's lesion voxels lands on its image: the mask (shape {mask.shape}, "
+                         f"spacing {_mm(grid.spacing_mm, ' x ')} mm, origin ({_mm(grid.origin_mm, ', ')}) mm) lies "
+                         f"outside the image (shape {tuple(shape)}, spacing {_mm(geometry.spacing_mm, ' x ')} mm, "
+                         f"origin ({_mm(geometry.origin_mm, ', ')}) mm) or is finer than its voxels: is it "
+                         "another image's?", path)
+    log.info("%s: mask resampled from its grid (shape %s, spacing %s mm) onto its image's (shape %s, "
+             "spacing %s mm)", path, mask.shape, _mm(grid.spacing_mm, " x "), tuple(shape),
+             _mm(geometry.spacing_mm, " x "))
+    return out
 
 
 #: a mask with more distinct values than this may be an image given by mistake (a labelmap has
