@@ -279,25 +279,40 @@ def fit_uncertainty_band(p1, p2, labels, threshold: float) -> tuple[tuple[float,
     base_tp, base_tn = int((d1 & yy).sum()), int((~d1 & ~yy).sum())
     gain_tp = np.r_[0, np.cumsum((d2.astype(int) - d1.astype(int)) * yy)]
     gain_tn = np.r_[0, np.cumsum(((~d2).astype(int) - (~d1).astype(int)) * ~yy)]
+    # the band holds the sorted studies i .. j-1; for each start i every end j at once (a loop over
+    # both is quadratic in Python time: minutes for ten thousand studies)
+    js = np.arange(n + 1)
+    ends_ok = (js == n) | (s1[np.minimum(js, n - 1)] >= threshold)  # the band would not end below it
+    mids = np.r_[threshold, (s1[:-1] + s1[1:]) / 2, threshold]  # mids[k]: between sorted k-1 and k
+    hi_all = np.where(js == n, 1.0, np.maximum(mids, threshold))
+    hi_all[0] = threshold if n else 1.0
     best = None
-    for i in range(n + 1):  # the band holds the sorted studies i .. j-1
+    for i in range(n + 1):
         if i > 0 and s1[i - 1] > threshold:
             break  # the band would start above the threshold
         if 0 < i < n and s1[i - 1] == s1[i]:
             continue  # no edge between equal probabilities
-        for j in range(i, n + 1):
-            if (j < n and s1[j] < threshold) or (i < j < n and s1[j - 1] == s1[j]):
-                continue  # the band would end below the threshold, or between equal probabilities
-            if i < j and ((i == 0 and s1[0] <= 0.0) or (j == n and s1[-1] >= 1.0)):
-                continue  # a probability of exactly 0 or 1 is never strictly inside a band
-            tp, tn = base_tp + gain_tp[j] - gain_tp[i], base_tn + gain_tn[j] - gain_tn[i]
-            lo = 0.0 if i == 0 else min((s1[i - 1] + s1[i]) / 2, threshold) if i < n else threshold
-            hi = 1.0 if j == n else max((s1[j - 1] + s1[j]) / 2, threshold) if j > 0 else threshold
-            if i == j:
-                lo = hi = threshold
-            key = (-(tp / n_pos + tn / n_neg), j - i, (threshold - lo) + (hi - threshold))
-            if best is None or key < best[0]:
-                best = (key, (float(lo), float(hi)))
+        j = js[i:]
+        ok = ends_ok[i:].copy()
+        inner = (j > i) & (j < n)
+        ok[inner] &= s1[j[inner] - 1] != s1[j[inner]]  # no edge between equal probabilities
+        if i == 0 and s1[0] <= 0.0:
+            ok[j > i] = False  # a probability of exactly 0 or 1 is never strictly inside a band
+        if s1[-1] >= 1.0:
+            ok[(j == n) & (j > i)] = False
+        j = j[ok]
+        if not j.size:
+            continue
+        tp, tn = base_tp + gain_tp[j] - gain_tp[i], base_tn + gain_tn[j] - gain_tn[i]
+        lo = np.full(j.size, 0.0 if i == 0 else min((s1[i - 1] + s1[i]) / 2, threshold) if i < n else threshold)
+        hi = hi_all[j].copy()
+        empty = j == i
+        lo[empty] = hi[empty] = threshold
+        score, width = -(tp / n_pos + tn / n_neg), (threshold - lo) + (hi - threshold)
+        k = np.lexsort((j, width, j - i, score))[0]  # the first of equal keys, as a loop over j finds
+        key = (float(score[k]), int(j[k] - i), float(width[k]))
+        if best is None or key < best[0]:
+            best = (key, (float(lo[k]), float(hi[k])))
     band = best[1]
     # the decision as inference makes it, with the fitted band, every MRI and none
     from .inference import in_uncertainty_band
