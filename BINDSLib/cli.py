@@ -21,7 +21,7 @@ import sys
 
 from . import __version__
 from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_STDOUT_CLOSED, EXIT_TERMINATED,
-                     BindsError)
+                     BindsError, Terminated, on_sigterm)
 
 #: Sub-command modules, in the order ``binds --help`` lists them.
 COMMANDS = ("demo", "inspect", "convert", "phantom", "diagnose", "risk", "cohort", "train", "evaluate",
@@ -93,15 +93,6 @@ def _library_warnings_as_log_lines() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom\.")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, ``kill``), raised where the process is, so that what it was
-    writing is removed as for Ctrl-C (``fsutil.atomic_dir``) instead of left half-written."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     if args.own_process:  # (not when BINDSLib's main is called by a caller's Python)
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, on_sigterm)
         _library_warnings_as_log_lines()
     try:
         return _run(args)

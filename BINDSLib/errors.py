@@ -37,6 +37,30 @@ EXIT_STDOUT_CLOSED = 141
 EXIT_TERMINATED = 143
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``), raised where the process is, so that what it was
+    writing is removed as for Ctrl-C (``fsutil.atomic_dir``) instead of left half-written."""
+
+
+_terminated: list[int] = []  # the SIGTERMs received (on_sigterm)
+
+
+def on_sigterm(signum, frame) -> None:
+    """The SIGTERM handler of the ``binds`` process: raise :class:`Terminated`, and remember it
+    for :func:`raise_if_terminated`."""
+    _terminated.append(signum)
+    raise Terminated()
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` again when a SIGTERM arrived: an exception raised by a signal
+    handler inside a library's code can be lost there (seen: inside numpy's lazy import of
+    ``numpy.random``, whose Cython module set-up swallowed it and the run went on to the end).
+    Called before an output is put in place and at each progress line."""
+    if _terminated:
+        raise Terminated()
+
+
 class BindsError(Exception):
     """Base class of the errors BINDS raises on purpose."""
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
+from .errors import OutputError, raise_if_terminated
 
 
 def printable(text: str) -> str:
@@ -178,6 +178,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = T
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        raise_if_terminated()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -263,6 +264,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs=(),
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
+        raise_if_terminated()
         if path.exists() and not overwrite:
             raise OutputError("appeared while writing; use --overwrite to replace it", given)
     except BaseException:

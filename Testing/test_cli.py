@@ -172,6 +172,35 @@ def test_sigterm_removes_what_was_being_written_and_says_so(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_sigterm_lost_inside_a_library_still_ends_the_run(tmp_path):
+    """A signal handler's exception can be swallowed by the code it lands in (seen: numpy's lazy
+    import of numpy.random, under load, and the phantom run went on to write its output with
+    exit 0). The SIGTERM is remembered: the run ends at its next progress line or before its
+    output is put in place, with exit 143 and nothing written."""
+    import os
+
+    out = tmp_path / "ph"
+    code = ("import os, signal, sys\n"
+            "import BINDSLib.synthetic.phantoms as ph\n"
+            "real = ph.derive_seed\n"
+            "def swallowing(*a, **k):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        for _ in range(1000):\n"
+            "            pass\n"
+            "    except KeyboardInterrupt:\n"
+            "        pass\n"
+            "    return real(*a, **k)\n"
+            "ph.derive_seed = swallowing\n"
+            f"sys.argv = ['binds', 'phantom', '--out', {str(out)!r}, '--cases', '2']\n"
+            "from BINDSLib.cli import main\n"
+            "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().endswith("binds phantom: terminated") and "Traceback" not in done.stderr
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
 def test_a_full_or_read_only_disk_is_an_output_problem(tmp_path, monkeypatch, capsys):
     import errno
 

@@ -243,7 +243,7 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process():
     # SIGTERM (the loader's stop for a worker that does not end in time) ends a worker quietly,
     # also when the command's own handler (raising "terminated" in the main process) was inherited
     code = ("import os, signal, time\n"
-            "from BINDSLib.cli import _terminate\n"
+            "from BINDSLib.errors import on_sigterm as _terminate\n"
             "from BINDSLib.risk.cohort import _worker_init\n"
             "signal.signal(signal.SIGTERM, _terminate)\n"
             "_worker_init(0)\n"

@@ -185,7 +185,8 @@ def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost(ctrl_c_raises)
     finally:
         signal.signal(signal.SIGINT, previous)
     # SIGTERM, where the command raises on it (binds ...: "terminated"), is held back the same way
-    from BINDSLib.cli import Terminated, _terminate
+    from BINDSLib import errors
+    from BINDSLib.errors import Terminated, on_sigterm as _terminate
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -208,3 +209,4 @@ def test_ctrl_c_in_the_deferred_block_is_raised_after_it_not_lost(ctrl_c_raises)
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+        errors._terminated.clear()  # (the handler remembers it for raise_if_terminated)

@@ -54,8 +54,10 @@ def progress(done: int, total: int, message: str) -> None:
     ``binds -q`` (only errors)."""
     import logging
 
+    from ..errors import raise_if_terminated
     from ..fsutil import terminal_text
 
+    raise_if_terminated()
     if logging.getLogger().getEffectiveLevel() >= logging.ERROR:
         return
     sys.stderr.write(f"PROGRESS {done}/{total} {terminal_text(message)}\n")
