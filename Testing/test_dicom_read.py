@@ -1092,3 +1092,91 @@ def test_empty_pixel_data_is_named_as_such(phantom_dicom, tmp_path):
     bad = _edited_copy(phantom_dicom, tmp_path / "case", "MG_R_CC", empty)
     (skip,) = [s for s in load(tmp_path / "case").skipped if s.path == str(bad)]
     assert skip.reason == "no pixel data: the file looks truncated or damaged"  # not a TypeError's words
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("A\\F", ("A", "F")), (["P", "FL"], ("P", "FL")), ("r\\p", ("R", "P")),
+    ("CC", None), ("MLO", None), ("A\\X", None), ("", None), (None, None), ("A\\F\\H", None),
+])
+def test_patient_orientation_parsed(value, expected):
+    from BINDSLib.io.mg_orientation import parse_patient_orientation
+
+    assert parse_patient_orientation(value) == expected
+
+
+@pytest.mark.parametrize("orientation, view, expected", [
+    (("A", "F"), "MLO", (False, False)), (("P", "FL"), "MLO", (False, False)),  # as the models read
+    (("A", "H"), "MLO", (False, True)),  # head down
+    (("R", "P"), "CC", (True, False)),  # the GE Senographe header: chest wall at the bottom
+    (("H", "A"), "MLO", (True, True)),  # turned and head down
+    (("F", "P"), "MLO", (True, False)), (("A", "R"), "CC", (False, False)), (("P", "L"), "CC", (False, False)),
+    (("A", "H"), "CC", (False, False)),  # no head - foot axis in a CC: not flipped
+    (None, "MLO", (False, False)),
+])
+def test_reorientation_brings_the_chest_wall_nipple_axis_along_the_rows(orientation, view, expected):
+    from BINDSLib.io.mg_orientation import reorientation
+
+    assert reorientation(orientation, view) == expected
+
+
+@pytest.mark.parametrize("transpose, flip", [(True, False), (False, True), (True, True)])
+def test_reorient_keeps_every_pixel_in_its_place(transpose, flip):
+    from BINDSLib.io.mg_orientation import reorient
+    from BINDSLib.study import Geometry
+
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))  # a rotation
+    geometry = Geometry((0.07, 0.09, 1.0), (12.0, -3.0, 40.0), tuple(q.ravel()))
+    voxels = rng.random((1, 5, 8)).astype(np.float32)
+    new, g = reorient(voxels, geometry, transpose, flip)
+    assert new.shape == ((1, 8, 5) if transpose else (1, 5, 8)) and new.flags.c_contiguous
+    assert np.linalg.det(np.asarray(g.direction).reshape(3, 3)) == pytest.approx(1.0)
+    for r in range(new.shape[1]):
+        for c in range(new.shape[2]):
+            src = (r, c)
+            if flip:
+                src = (new.shape[1] - 1 - src[0], src[1])
+            if transpose:
+                src = (src[1], src[0])
+            assert new[0, r, c] == voxels[0, src[0], src[1]]
+            assert g.index_to_lps((c, r, 0)) == pytest.approx(geometry.index_to_lps((src[1], src[0], 0)))
+
+
+def test_a_mammogram_stored_turned_is_read_as_the_models_read_it(phantom_dicom, tmp_path):
+    """A mammogram stored turned a quarter (its chest wall at the bottom edge, as the GE
+    Senographe header in the shared data says of its image) or upside down is re-indexed from
+    PatientOrientation: the model reads the same pixels as from the file stored the usual way,
+    and each pixel keeps its place in space (as SimpleITK, Slicer's reader, places it)."""
+    sitk = pytest.importorskip("SimpleITK")
+    from BINDSLib.io.loader import load
+
+    def plain(ds):
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.PatientOrientation = ["A", "F"]
+
+    src = _edited_copy(phantom_dicom, tmp_path / "plain", "MG_L_MLO", plain)
+    reference = next(im for im in load(tmp_path / "plain").studies[0].images if im.label == "MG_L_MLO")
+    plain_raw = pydicom.dcmread(src).pixel_array
+    # stored as the transpose: rows running to the feet, columns to the front; turned a quarter:
+    # rows to the head; upside down: columns to the head
+    for name, orientation, turn in (("transposed", ["F", "A"], lambda a: a.T),
+                                    ("turned", ["H", "A"], lambda a: a.T[:, ::-1]),
+                                    ("head-down", ["A", "H"], lambda a: a[::-1])):
+        ds = pydicom.dcmread(src)
+        ds.PatientOrientation = orientation
+        set_pixels(ds, np.ascontiguousarray(turn(ds.pixel_array)))
+        folder = tmp_path / name
+        folder.mkdir()
+        ds.save_as(folder / "mlo.dcm")
+        (im,) = load(folder).studies[0].images
+        np.testing.assert_array_equal(im.voxels, reference.voxels)
+        ref = sitk.ReadImage(str(folder / "mlo.dcm"))
+        stored = sitk.GetArrayFromImage(ref)
+        rows, cols = im.shape[1:]
+        for r, c in ((0, 0), (rows - 1, 0), (0, cols - 1), (rows // 2, cols // 3)):
+            where = im.geometry.index_to_lps((c, r, 0))
+            i, j = ref.TransformPhysicalPointToIndex(tuple(float(x) for x in where))[:2]
+            assert ref.TransformIndexToPhysicalPoint((i, j, 0)) == pytest.approx(tuple(where))
+            # the pixel stored there is the one the usual storage has at (r, c)
+            assert stored.reshape(stored.shape[-2:])[j, i] == plain_raw[r, c]

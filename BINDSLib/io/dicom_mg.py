@@ -13,6 +13,9 @@ Rules (documented in docs/DICOM.md):
   CR), as GDCM (ITK, SimpleITK, Slicer's DICOM reader) places them, so that outputs overlay
   Slicer's own load of the file; PixelSpacing first for others (secondary capture); else 1 mm (a
   warning). A value outside 0.01-5 mm is implausible for a mammogram and ignored (a warning);
+* orientation: a mammogram stored turned (its chest wall - nipple axis down the columns) or, in
+  an MLO-type view, head down (PatientOrientation) is re-indexed, its place in space kept
+  (``mg_orientation``);
 * magnification: EstimatedRadiographicMagnificationFactor is recorded (``SourceInfo``), not
   applied (GDCM does not apply it); a magnification view is a note of the report.
 """
@@ -33,6 +36,7 @@ from .dicom_common import (
     number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
+from .mg_orientation import parse_patient_orientation, reorient, reorientation
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +231,16 @@ def read_mg_image(path: Path, header) -> Image:
                         manufacturer=text(header, "Manufacturer") or None,
                         description=text(header, "SeriesDescription") or None,
                         magnification=mg_magnification(header))
-    return Image(voxels, plane_geometry(header, sx, sy, path=path), mg_role(header), acquisition_date=acq, source=source)
+    role = mg_role(header)
+    geometry = plane_geometry(header, sx, sy, path=path)
+    orientation = parse_patient_orientation(header.get("PatientOrientation"))
+    transpose, flip = reorientation(orientation, role.view)
+    if transpose or flip:
+        log.info("%s: stored %s (PatientOrientation %s): re-indexed to the orientation the models read",
+                 path, " and ".join(w for w, done in (("turned", transpose), ("head down", flip)) if done),
+                 "\\".join(orientation))
+        voxels, geometry = reorient(voxels, geometry, transpose, flip)
+    return Image(voxels, geometry, role, acquisition_date=acq, source=source)
 
 
 def select_presentation(files) -> tuple[list, list[Skipped]]:
