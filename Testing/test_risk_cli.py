@@ -132,7 +132,7 @@ def test_exams_given_twice_or_without_a_standard_view_are_refused_naming_the_fol
     folder = write_study_folder(Study("noview", [Image(im.voxels, im.geometry, Role(Modality.MG, laterality="L"))],
                                       study_date=dt.date(2020, 1, 1)), tmp_path / "noview")
     assert main(["risk", str(folder), "--model", str(bundle), "--out", out]) == 3
-    assert f"{folder}: holds no standard mammography view" in capsys.readouterr().err
+    assert f"{folder}: the exam has no standard mammography view" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -334,13 +334,14 @@ def test_an_exam_with_nothing_to_read_is_named_by_its_pseudonym(bundle):
     for im in exam.images:
         im.voxels = np.zeros_like(im.voxels)  # every view constant: left out as missing
     model = RiskModel.from_bundle(bundle, device="cpu")
-    with pytest.raises(InputError, match=f"exam {pseudonym('1.2.840.99.7')} has no standard") as e:
+    with pytest.raises(InputError, match=f"exam {pseudonym('1.2.840.99.7')} has no readable standard") as e:
         model.score_exams([exam])
     assert "1.2.840.99.7" not in str(e.value)
-    with pytest.raises(InputError, match="exam 1.2.840.99.7 has no standard"):
+    with pytest.raises(InputError, match="exam 1.2.840.99.7 has no readable standard"):
         model.score_exams([exam], keep_identifiers=True)
     exam.study_id = "L"  # an ID that is also a word of the message: only the exam's name is replaced
-    with pytest.raises(InputError, match=rf"exam {pseudonym('L')} has no standard .* laterality L/R and view CC/MLO"):
+    with pytest.raises(InputError, match=rf"exam {pseudonym('L')} has no readable standard mammography view "
+                                         rf"\(MG_L_CC is constant; MG_L_MLO is constant; MG_R_CC"):
         model.score_exams([exam])
 
 
@@ -417,3 +418,41 @@ def test_a_dicom_folder_of_a_womans_exams_is_read_as_her_exams(bundle, tmp_path,
     capsys.readouterr()
     assert main(["risk", str(folder), "--model", str(bundle), "--out", str(tmp_path / "split")]) == 3
     assert "several of one date" in capsys.readouterr().err and not (tmp_path / "split").exists()
+
+
+def test_blank_views_a_future_date_and_a_rise_near_its_threshold_are_said(bundle, exams, tmp_path, capsys):
+    """From the risk audit: an exam whose four views are blank is refused naming its folder and
+    why; an exam dated after today is a warning (it would be the latest, the one the MRI flag
+    reads); the recent rise is printed beside its threshold with the decimals that tell them
+    apart (+0.50 beside a threshold of +0.50, unflagged, read as a rise at the threshold)."""
+    import dataclasses
+
+    from BINDSLib.study import Study
+
+    ex = make_exam(5, dt.date(2020, 1, 1), study_id="blank")
+    blank = Study("blank", [dataclasses.replace(im, voxels=np.zeros_like(im.voxels)) for im in ex.images],
+                  study_date=ex.study_date)
+    folder = write_study_folder(blank, tmp_path / "blank")
+    assert main(["risk", str(folder), "--model", str(bundle), "--out", str(tmp_path / "o1")]) == 3
+    err = capsys.readouterr().err
+    assert f"{folder}: the exam has no readable standard mammography view (" in err and "is constant" in err
+
+    later = dt.date.today() + dt.timedelta(days=400)
+    ahead = write_study_folder(make_exam(6, later, study_id="typo", patient_id="Jane Doe"), tmp_path / "ahead",
+                               keep_identifiers=True)
+    out = tmp_path / "o2"
+    assert main(["risk", *map(str, exams), str(ahead), "--model", str(bundle), "--out", str(out)]) == 0
+    warnings = json.loads((out / "report.json").read_text())["warnings"]
+    assert any(w.startswith(f"1 exam(s) dated after today, in {ahead}") for w in warnings)
+    capsys.readouterr()
+
+    out = tmp_path / "o3"
+    assert main(["risk", *map(str, exams), "--model", str(bundle), "--out", str(out)]) == 0
+    change = json.loads((out / "report.json").read_text())["trajectory"]["change_last_years"]
+    capsys.readouterr()
+    near = change + 4e-7 if change >= 0 else change - 4e-7  # the same to 2 decimals of a point
+    assert main(["risk", *map(str, exams), "--model", str(bundle), "--out", str(tmp_path / "o4"),
+                 "--rise-threshold", f"{abs(near):.9f}"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rise over the last 2 years"))
+    shown, limit = line.split(" points, threshold +")
+    assert float(shown.split()[-1]) != float(limit.split()[0])  # told apart

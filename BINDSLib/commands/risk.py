@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..fsutil import REPORT_SIGNS, atomic_dir, check_output_dir, json_dumps
     from ..risk.config import FLAG_HORIZON_YEARS
     from ..risk.inference import RiskModel
+    from ..outputs.report import told_apart
     from ..risk.report import build_report, exams_csv, format_table, percent_texts, plot_trajectory, write_png
     from ..risk.trajectory import risk_flags, trajectory_metrics
     from ..study import public_id
@@ -75,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
     anon = {public_id(i) for i in raw_ids}
     warnings = []
+    future = sorted({str(sources[id(s)]) for s in studies if s.study_date is not None and s.study_date > _today()})
+    if future:  # the latest exam decides the MRI flag: a mistyped year would make it that one
+        warnings.append(f"{len(future)} exam(s) dated after today, in {', '.join(future)}: check their dates "
+                        "(the latest exam's risk decides the MRI flag)")
+        log.warning(warnings[-1])
     if after:  # a risk model reads screening exams before a diagnosis, as it was trained
         warnings.append(f"{len(after)} exam(s) after the woman's cancer date left out: {', '.join(after)}")
         log.warning(warnings[-1])
@@ -128,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     if traj.last_risk is not None:  # the latest risk against the threshold, told apart
         shown, limit = percent_texts(traj.last_risk, thresholds["supplemental_mri_5y"])
         w(f"latest {horizon}-year risk {shown}, threshold {limit}\n")
+    if traj.change_last_years is not None:  # the recent rise against its threshold, told apart too
+        shown, limit = told_apart(traj.change_last_years, thresholds["rise_2y"], 2, 6, scale=100)
+        w(f"rise over the last {traj.window_years:g} years {'+' if traj.change_last_years >= 0 else ''}{shown} "
+          f"points, threshold +{limit} points\n")
     for f in flags:
         w(f"FLAG: {f.message}\n")
     w(f"wrote {out / 'report.json'}, {out / 'risk.csv'}, {out / 'trajectory.png'}\n")
@@ -177,7 +187,7 @@ def _read_exams(paths, keep_identifiers=False):
     from ..errors import InputError
     from ..io.loader import collection
     from ..risk.inference import exam_identifier
-    from ..risk.preprocess import load_exams, select_views
+    from ..risk.preprocess import load_exams, no_view_text, usable_views
     from ..studyfolder import read_history
 
     studies, women, where, sources, after, identities = [], set(), {}, {}, [], []
@@ -210,9 +220,9 @@ def _read_exams(paths, keep_identifiers=False):
             identities += [({st.patient_id} if st.patient_id else set(), p) for st in exams]
         for st in exams:
             public = exam_identifier(st, keep_identifiers)
-            if all(im is None for im in select_views(st)[0]):
-                raise InputError(f"{'exam ' + public + ' ' if len(exams) > 1 else ''}holds no standard "
-                                 "mammography view (needs MG images with laterality L/R and view CC/MLO)", p)
+            chosen, said = usable_views(st)
+            if all(im is None for im in chosen):
+                raise InputError(f"{'exam ' + public if len(exams) > 1 else 'the exam'} {no_view_text(said)}", p)
             key = (st.study_id, st.study_date)
             if key in where:  # one exam given twice would count twice in the trajectory
                 raise InputError(f"exam {public} of {st.study_date or 'no date'} is also given "

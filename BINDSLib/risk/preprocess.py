@@ -54,6 +54,29 @@ def view_name(laterality: str, view: str) -> str:
     return f"{laterality}-{view}"
 
 
+def usable_views(study: Study) -> tuple[list, list[str]]:
+    """:func:`select_views`, a view with nothing to read (constant, or too small) left out as a
+    missing view (a warning says which and why)."""
+    chosen, warnings = select_views(study)
+    for i, im in enumerate(chosen):
+        if im is None:
+            continue
+        rows, cols = im.voxels.shape[-2:]
+        if min(rows, cols) < MIN_VIEW_SIDE or im.voxels.max() == im.voxels.min():
+            what = f"{rows} x {cols} pixels" if min(rows, cols) < MIN_VIEW_SIDE else "constant"
+            warnings.append(f"{im.label} is {what}: left out, as a missing view")
+            chosen[i] = None
+    return chosen, warnings
+
+
+def no_view_text(warnings: list[str]) -> str:
+    """Why an exam has no view to read (``usable_views`` found none), for an error message."""
+    left_out = [w.split(": left out")[0] for w in warnings if w.endswith("left out, as a missing view")]
+    if left_out:
+        return f"has no readable standard mammography view ({'; '.join(left_out)})"
+    return "has no standard mammography view (needs MG images with laterality L/R and view CC/MLO)"
+
+
 def select_views(study: Study) -> tuple[list, list[str]]:
     """The study's image for each standard view (``None`` when missing), and warnings.
 
@@ -159,18 +182,9 @@ def prepare_exam(study: Study, config: RiskConfig, name: str | None = None) -> P
     """
     from ..errors import InputError
 
-    chosen, warnings = select_views(study)
-    for i, im in enumerate(chosen):  # a view with nothing to read is a missing view
-        if im is None:
-            continue
-        rows, cols = im.voxels.shape[-2:]
-        if min(rows, cols) < MIN_VIEW_SIDE or im.voxels.max() == im.voxels.min():
-            what = f"{rows} x {cols} pixels" if min(rows, cols) < MIN_VIEW_SIDE else "constant"
-            warnings.append(f"{im.label} is {what}: left out, as a missing view")
-            chosen[i] = None
+    chosen, warnings = usable_views(study)
     if all(im is None for im in chosen):
-        raise InputError(f"exam {name or study.study_id} has no standard mammography view "
-                         "(needs MG images with laterality L/R and view CC/MLO)")
+        raise InputError(f"exam {name or study.study_id} {no_view_text(warnings)}")
     h, w = config.input_size
     images = np.zeros((len(STANDARD_VIEWS), 1, h, w), dtype=np.float32)
     mask = np.zeros(len(STANDARD_VIEWS), dtype=bool)
