@@ -90,7 +90,7 @@ def test_flags_for_high_and_rising_risk(exams, tmp_path, capsys):
     assert main(["risk", *map(str, exams), "--model", str(b), "--out", str(out),
                  "--rise-threshold", "0"]) == 0
     report = json.loads((out / "report.json").read_text())
-    rising = report["trajectory"]["change_last_years"] >= 0  # any rise reaches a threshold of 0
+    rising = report["trajectory"]["change_last_years"] > 0  # any rise reaches a threshold of 0
     assert [f["code"] for f in report["flags"]] == ["consider_supplemental_mri"] + ["rising_risk"] * rising
     assert report["thresholds"]["rise_2y"] == 0
     text = capsys.readouterr().out

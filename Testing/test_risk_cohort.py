@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import shutil
 import json
+import logging
 import datetime as dt
 import os
 import signal
@@ -53,7 +54,7 @@ def cohort_cmd(manifest, out, bundle, *extra):
             "--model", str(bundle), *extra]
 
 
-def test_manifest_is_checked(tmp_path):
+def test_manifest_is_checked(tmp_path, caplog):
     m = tmp_path / "m.csv"
     m.write_text("id,folder\n1,a\n")
     with pytest.raises(InputError, match="lacks column"):
@@ -64,6 +65,10 @@ def test_manifest_is_checked(tmp_path):
     m.write_text("exam_id,path\nA,a\nA,b\n")
     with pytest.raises(InputError, match="line 3: exam_id 'A' repeats line 2"):
         read_manifest(m)
+    m.write_text("exam_id,path\nA,w/e1\nB,w/x/../e1/\n")  # one folder as two exams (risk audit): said
+    with caplog.at_level(logging.WARNING):
+        assert len(read_manifest(m)) == 2
+    assert "line 3: path 'w/x/../e1/' repeats line 2: that exam is scored twice" in caplog.text
     m.write_text("exam_id,path,exam_date\nA,a,2020-13-40\n")
     with pytest.raises(InputError, match="line 2"):
         read_manifest(m)

@@ -19,7 +19,7 @@ def test_hand_computed_example():
     # slope: sum((x-1.5)(y-0.013)) = 0.0045+0.0005+0+0.006 = 0.011 over sum((x-1.5)^2) = 5
     assert slope_per_year(YEARS, RISKS) == pytest.approx(0.0022)
     assert change_from_first(RISKS) == pytest.approx(0.007)
-    # last 2 years: the earliest exam within 2 years (+1 month) of year 3 is year 1
+    # last 2 years: the earliest exam within 2 years (+31 days) of year 3 is year 1
     assert change_last_years(YEARS, RISKS) == pytest.approx(0.017 - 0.012)
     # parabola: quadratic contrast (1,-1,-1,1) . y / 4 = 0.002/4 = 0.0005 = c2 -> 2 c2
     assert acceleration(YEARS, RISKS) == pytest.approx(0.001)
@@ -68,6 +68,21 @@ def test_exams_of_one_date_are_one_time_point_at_their_highest_risk():
         assert [f.code for f in risk_flags(m)] == ["consider_supplemental_mri", "rising_risk"]
 
 
+def test_the_window_holds_two_years_and_a_calendar_month_and_no_change_is_no_rise():
+    """From the risk audit: 2 years and 1 calendar month (761 days, across a 29 February too)
+    was outside the window's "one month" tolerance of 1/12 year (30.4 days); and a rise
+    threshold of 0 flagged an unchanged risk as "rose by 0.00 points"."""
+    for first, last in ((dt.date(2018, 1, 1), dt.date(2020, 2, 1)), (dt.date(2018, 3, 1), dt.date(2020, 3, 31)),
+                        (dt.date(2019, 1, 31), dt.date(2021, 2, 28))):
+        m = trajectory_metrics([first, last], [0.010, 0.016])
+        assert m.change_last_years == 0.006, (first, last)
+    assert trajectory_metrics([dt.date(2018, 1, 1), dt.date(2020, 2, 3)], [0.01, 0.016]).change_last_years is None
+    same = trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.012, 0.012])
+    assert same.change_last_years == 0.0 and risk_flags(same, threshold=1, rise_threshold=0) == []
+    up = trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.012, 0.012001])
+    assert [f.code for f in risk_flags(up, threshold=1, rise_threshold=0)] == ["rising_risk"]
+
+
 def test_flags_compare_risks_as_they_are_reported():
     """A risk reported equal to the threshold (6 decimals) is flagged; a rise of 0.5 points
     computed as 0.004999999999999999 is a rise of 0.5 points."""
@@ -76,7 +91,8 @@ def test_flags_compare_risks_as_they_are_reported():
     assert [f.code for f in risk_flags(at, threshold=0.056904, rise_threshold=1)] == ["consider_supplemental_mri"]
     assert risk_flags(trajectory_metrics(dates, [0.010, 0.0569034]), threshold=0.056904, rise_threshold=1) == []
     rise = trajectory_metrics(dates, [0.010, 0.015])
-    assert rise.change_last_years < 0.005  # (in floating point)
+    assert 0.015 - 0.010 < 0.005  # (in floating point)
+    assert rise.change_last_years == 0.005 and rise.change_from_first == 0.005  # reported as the risks are
     assert [f.code for f in risk_flags(rise, threshold=1)] == ["rising_risk"]
     # risks reported as 0.010000 and 0.015000: a rise of 0.5 points, whatever the digits behind them
     behind = trajectory_metrics(dates, [0.0100004, 0.0149996])

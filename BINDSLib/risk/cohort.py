@@ -110,7 +110,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     if missing:
         raise InputError(f"manifest lacks column(s) {', '.join(missing)} (has {', '.join(cols) or 'none'}); "
                          "needs exam_id,path[,woman_id,exam_date]", path)
-    rows, seen = [], {}
+    rows, seen, places = [], {}, {}
     base = path.parent
     n = 0
     for raw in _csv_rows(reader, path):
@@ -126,6 +126,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         if eid in seen:
             raise InputError(f"line {line}: exam_id {eid!r} repeats line {seen[eid]}", path)
         seen[eid] = line
+        place = os.path.normcase(os.path.normpath(base / p))  # (a/../a and a/ are a)
+        if place in places:  # said, not refused: rows are the user's to list (a test may reuse a folder)
+            log.warning("%s: line %d: path %r repeats line %d: that exam is scored twice (one exam "
+                        "listed twice counts twice in its woman's exams)", path, line, p, places[place])
+        places.setdefault(place, line)
         try:
             date = parse_date(rec.get(names["exam_date"] or "", "") or None)
         except ValueError as e:

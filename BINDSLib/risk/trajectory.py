@@ -31,8 +31,9 @@ import numpy as np
 from .config import NCCN_MRI_THRESHOLD_5Y
 
 DAYS_PER_YEAR = 365.25
-#: Tolerance added to the look-back window (annual exams drift by days to weeks).
-WINDOW_TOLERANCE_YEARS = 1.0 / 12.0
+#: Tolerance added to the look-back window (annual exams drift by days to weeks): the longest
+#: calendar month, so that two years and one month, whichever months and leap days, is inside.
+WINDOW_TOLERANCE_YEARS = 31 / DAYS_PER_YEAR
 #: Default absolute rise of the 5-year risk over the window that raises a flag.
 DEFAULT_RISE_THRESHOLD = 0.005
 #: Risks are reported with this many decimals (report.json, risk.csv); flags compare them so.
@@ -67,7 +68,7 @@ def change_last_years(years: Sequence[float], risks: Sequence[float],
                       window_years: float = 2.0) -> float | None:
     """Last risk minus the risk at the earliest exam within ``window_years`` before the last.
 
-    An exam counts as within the window when ``years[-1] - years[i] <= window_years + 1/12``.
+    An exam counts as within the window when ``years[-1] - years[i] <= window_years + 31 days``.
     ``None`` when only the last exam lies in the window.
     """
     x = np.asarray(years, dtype=np.float64)
@@ -124,11 +125,14 @@ def trajectory_metrics(dates: Sequence[_dt.date], risks: Sequence[float], horizo
         for xi, ri in zip(x.tolist(), r):
             at[xi] = max(at.get(xi, ri), ri)
         x, r = np.array(list(at)), list(at.values())
+    def reported(v):  # a difference of risks as the risks are (0.005, not 0.005000000000000001)
+        return None if v is None else round(v, ROUND_DECIMALS)
+
     return TrajectoryMetrics(
         horizon_years=horizon_years, n_exams=n,
         first_risk=r[0] if r else None, last_risk=r[-1] if r else None,
-        slope_per_year=slope_per_year(x, r), change_from_first=change_from_first(r),
-        change_last_years=change_last_years(x, r, window_years), window_years=window_years,
+        slope_per_year=slope_per_year(x, r), change_from_first=reported(change_from_first(r)),
+        change_last_years=reported(change_last_years(x, r, window_years)), window_years=window_years,
         acceleration_per_year2=acceleration(x, r))
 
 
@@ -155,7 +159,7 @@ def risk_flags(metrics: TrajectoryMetrics, threshold: float = NCCN_MRI_THRESHOLD
                           f"{metrics.horizon_years}-year risk {100 * last:.2f}% >= "
                           f"{100 * threshold:.2f}%: consider supplemental MRI (NCCN 2026)"))
     rise = metrics.change_last_years
-    if rise is not None and round(rise, ROUND_DECIMALS) >= rise_threshold:
+    if rise is not None and rise > 0 and round(rise, ROUND_DECIMALS) >= rise_threshold:  # (no change is no rise)
         flags.append(Flag("rising_risk",
                           f"{metrics.horizon_years}-year risk rose by {100 * rise:.2f} percentage "
                           f"points over the last {metrics.window_years:g} years (flag at "
