@@ -210,8 +210,10 @@ def test_mg_for_processing_skipped_and_voi_lut_applied(shared_data, tmp_path):
     ds = pydicom.dcmread(src / "MG-Im-GE_Seno_1_ForPresentation.dcm")
     im = next(i for i in ge[0].images if i.source.files[0].endswith("1_ForPresentation.dcm"))
     stored = ds.pixel_array
-    assert not np.array_equal(im.voxels[0], stored)
-    np.testing.assert_array_equal(im.voxels[0], apply_voi_lut(stored, ds, index=0).astype(np.float32))
+    assert not np.array_equal(im.voxels[0], stored.T)
+    # stored turned (PatientOrientation R\\P: the chest wall at the bottom edge): read transposed
+    assert list(ds.PatientOrientation) == ["R", "P"]
+    np.testing.assert_array_equal(im.voxels[0], apply_voi_lut(stored, ds, index=0).astype(np.float32).T)
     # PixelSpacing 74.7 mm is implausible for a mammogram: ImagerPixelSpacing is used
     assert im.geometry.spacing_mm[:2] == pytest.approx((0.094090909, 0.094090909))
     assert im.voxels.dtype == np.float32 and im.acquisition_date == dt.date(2013, 4, 12)

@@ -181,6 +181,40 @@ def test_an_ultrasound_cine_keeps_its_representative_frame_in_the_scene():
     assert sc.imageFromVolumeNode(plain, "US_L").role.frame is None  # (the central frame, as before)
 
 
+def test_a_mammogram_stored_turned_in_the_scene_is_written_as_the_command_line_reads_it(tmp_path):
+    """A mammogram from Slicer's DICOM module is in storage order: its PatientOrientation (from
+    the DICOM database) travels with the node, and the study folder gets it re-indexed as
+    `binds diagnose` reads the file (the chest wall - nipple axis along the rows), every pixel at
+    its place in space, so the outputs still overlay the node."""
+    slicer = pytest.importorskip("slicer")
+    from BINDSLib.study import Geometry
+    from BINDSLib.studyfolder import read_study_folder
+    from BINDSSlicerLib import scene as sc
+    from BINDSSlicerLib.roles import guessVolumeRoles
+
+    scene = slicer.vtkMRMLScene()
+    stored = np.arange(1 * 6 * 4, dtype=np.uint16).reshape(1, 6, 4)  # chest wall at the bottom edge
+    geometry = Geometry((0.1, 0.08, 1.0), (3.0, -7.0, 1.0))
+    node = sc.addVolumeFromVoxels(scene, stored, geometry, "GE left CC")
+    node.SetAttribute("DICOM.instanceUIDs", "8.8.8")
+    db = FakeDicomDatabase({"8.8.8": {"0008,0060": "MG", "0018,5101": "CC", "0020,0062": "L", "0020,0020": "R\\P"}})
+    guessVolumeRoles([node], db)
+    assert sc.volumeRole(node) == "MG_L_CC" and node.GetAttribute(sc.ORIENTATION_ATTRIBUTE) == "R\\P"
+    path, by_label = sc.writeStudyFolder([(node, "MG_L_CC")], tmp_path / "study", "s1")
+    image = read_study_folder(path).image("MG_L_CC")
+    np.testing.assert_array_equal(image.voxels, stored.transpose(0, 2, 1))
+    ras = sc.ijkToRASArray(node)
+    for r in range(image.shape[1]):
+        for c in range(image.shape[2]):  # the pixel (r, c) of the file is the node's (c, r), in place
+            lps = image.geometry.index_to_lps((c, r, 0))
+            np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ lps, (ras @ [r, c, 0, 1.0])[:3], atol=1e-9)
+    # a volume without the attribute (not from DICOM, or a CBIS-style "CC") is written as it is
+    plain = sc.addVolumeFromVoxels(scene, stored, geometry, "MG_L_CC")
+    np.testing.assert_array_equal(sc.imageFromVolumeNode(plain, "MG_L_CC").voxels, stored)
+    plain.SetAttribute(sc.ORIENTATION_ATTRIBUTE, "CC")
+    np.testing.assert_array_equal(sc.imageFromVolumeNode(plain, "MG_L_CC").voxels, stored)
+
+
 def test_mr_sequence_names_with_echo_are_mr_and_echography_is_ultrasound():
     names = ["T2 turbo spin echo", "T1 gradient echo pre", "DCE gradient echo phase 1", "Echo planar DWI b800"]
     assert guess(*[(n, None, V3D) for n in names]) == ["MR_T2", "MR_T1_PRE", "MR_DCE1", "MR_DWI_b800"]

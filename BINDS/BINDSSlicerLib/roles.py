@@ -41,6 +41,7 @@ DICOM_TAGS = {
     "StudyInstanceUID": "0020,000D",
     "SeriesInstanceUID": "0020,000E",
     "SeriesNumber": "0020,0011",
+    "PatientOrientation": "0020,0020",
     "Laterality": "0020,0060",
     "ImageLaterality": "0020,0062",
     "ImageComments": "0020,4000",
@@ -270,7 +271,7 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
     """Assign guessed roles to volume nodes (``BINDS.Role``, marked ``BINDS.RoleGuessed``); a
     role already set is kept unless ``overwrite``. Returns ``{node ID: role key or None}`` for
     all given nodes."""
-    from .scene import FRAME_ATTRIBUTE, ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
+    from .scene import FRAME_ATTRIBUTE, ORIENTATION_ATTRIBUTE, ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
 
     descriptions = [describeVolume(node, database) for node in volumeNodes]
     guessed = guessRoles(descriptions)
@@ -279,6 +280,9 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
         frame = str(description.header.get("RepresentativeFrameNumber", "")).strip()
         if frame.isdigit() and int(frame) >= 1 and node.GetAttribute(FRAME_ATTRIBUTE) is None:
             node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame) - 1))  # (a cine's frame the CLI reads too)
+        orientation = str(description.header.get("PatientOrientation", "")).strip()
+        if orientation and node.GetAttribute(ORIENTATION_ATTRIBUTE) is None:  # (as the CLI reads the file)
+            node.SetAttribute(ORIENTATION_ATTRIBUTE, orientation)
         if volumeRole(node) and not overwrite:
             result[node.GetID()] = volumeRole(node)
             continue

@@ -41,6 +41,9 @@ ROLE_GUESSED_ATTRIBUTE = "BINDS.RoleGuessed"  # "1": the role is BINDS' guess, n
 SYNTHETIC_ATTRIBUTE = "BINDS.Synthetic"
 ACQUISITION_DATE_ATTRIBUTE = "BINDS.AcquisitionDate"
 FRAME_ATTRIBUTE = "BINDS.Frame"  # an ultrasound cine's representative frame (0-based), when known
+#: a mammogram's DICOM PatientOrientation (``R\\P``) as Slicer's DICOM module loaded it (storage
+#: order): the study folder gets it re-indexed as the command line reads the file
+ORIENTATION_ATTRIBUTE = "BINDS.PatientOrientation"
 STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
 PATIENT_ID_ATTRIBUTE = "BINDS.PatientID"  # on a patient item
 STUDY_DATE_ATTRIBUTE = "BINDS.StudyDate"
@@ -213,9 +216,18 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     frame = volumeNode.GetAttribute(FRAME_ATTRIBUTE)
     if frame and frame.strip().isdigit() and role.modality.value == "US" and role.frame is None:
         role = dataclasses.replace(role, frame=int(frame))  # (the frame the command line reads too)
+    voxels, geometry = voxelsFromVolumeNode(volumeNode), geometryFromVolumeNode(volumeNode)
+    orientation = volumeNode.GetAttribute(ORIENTATION_ATTRIBUTE)
+    if orientation and role.modality.value == "MG" and voxels.shape[0] == 1:
+        # stored turned or head down: re-indexed with its geometry (every pixel in its place), as
+        # `binds diagnose` reads the DICOM file; the outputs overlay the node all the same
+        from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
+
+        transpose, flip = reorientation(parse_patient_orientation(orientation), role.view)
+        voxels, geometry = reorient(voxels, geometry, transpose, flip)
     return Image(
-        voxelsFromVolumeNode(volumeNode),
-        geometryFromVolumeNode(volumeNode),
+        voxels,
+        geometry,
         role,
         acquisition_date=date,
         source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName()),
