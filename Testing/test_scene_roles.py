@@ -215,6 +215,59 @@ def test_a_mammogram_stored_turned_in_the_scene_is_written_as_the_command_line_r
     np.testing.assert_array_equal(sc.imageFromVolumeNode(plain, "MG_L_CC").voxels, stored)
 
 
+class FakeDicomDatabaseWithFiles(FakeDicomDatabase):
+    """... and ctkDICOMDatabase.fileForInstance(sopInstanceUID)."""
+
+    def __init__(self, values, files):
+        super().__init__(values)
+        self.files = files
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+
+def test_an_ultrasound_image_in_the_scene_is_cropped_as_the_command_line_crops_the_file(tmp_path):
+    """Slicer's DICOM module loads an ultrasound file's whole frame (annotations, colour bars);
+    `binds diagnose` reads its tissue region (SequenceOfUltrasoundRegions). The region, read from
+    the file the DICOM database names, travels with the node, and the study folder gets the same
+    pixels the command line reads, each at the node's own place in space."""
+    slicer = pytest.importorskip("slicer")
+    pydicom = pytest.importorskip("pydicom")
+    from BINDSLib.io import dicom_us
+    from BINDSLib.study import Geometry
+    from BINDSLib.studyfolder import read_study_folder
+    from BINDSSlicerLib import scene as sc
+    from BINDSSlicerLib.roles import guessVolumeRoles
+
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "examples_palette.dcm"
+    ds = pydicom.dcmread(path)
+    cli = dicom_us.read_us_image(path, ds)  # cropped to x 120-799, y 60-349
+    whole = dicom_us.grayscale_frames(ds, path)  # the whole frame, as the DICOM module loads it
+    assert whole.shape == (1, 350, 800)
+    scene = slicer.vtkMRMLScene()
+    geometry = Geometry((0.5, 0.5, 1.0), (10.0, 20.0, 0.0))
+    node = sc.addVolumeFromVoxels(scene, whole, geometry, "Breast US")
+    node.SetAttribute("DICOM.instanceUIDs", "9.9.9")
+    db = FakeDicomDatabaseWithFiles({"9.9.9": {"0008,0060": "US", "0020,0062": "R"}}, {"9.9.9": str(path)})
+    guessVolumeRoles([node], db)
+    assert sc.volumeRole(node) == "US_R" and node.GetAttribute(sc.US_REGION_ATTRIBUTE) == "120 60 799 349"
+    folder, _ = sc.writeStudyFolder([(node, "US_R")], tmp_path / "study", "s1")
+    image = read_study_folder(folder).image("US_R")
+    np.testing.assert_allclose(image.voxels, cli.voxels, atol=1e-3)  # the command line's pixels
+    ras = sc.ijkToRASArray(node)
+    for c, r in ((0, 0), (679, 289), (5, 7)):  # and each at its place in the node
+        np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ image.geometry.index_to_lps((c, r, 0)),
+                                   (ras @ [c + 120, r + 60, 0, 1.0])[:3], atol=1e-9)
+    # a file without a region, or no file: no attribute, the whole frame
+    other = sc.addVolumeFromVoxels(scene, whole, geometry, "US other")
+    other.SetAttribute("DICOM.instanceUIDs", "9.9.8")
+    guessVolumeRoles([other], FakeDicomDatabaseWithFiles({"9.9.8": {"0008,0060": "US"}}, {}))
+    assert other.GetAttribute(sc.US_REGION_ATTRIBUTE) is None
+    assert sc.imageFromVolumeNode(other, "US").shape == whole.shape
+    other.SetAttribute(sc.US_REGION_ATTRIBUTE, "120 60 900 349")  # not inside the image: no crop
+    assert sc.imageFromVolumeNode(other, "US").shape == whole.shape
+
+
 def test_mr_sequence_names_with_echo_are_mr_and_echography_is_ultrasound():
     names = ["T2 turbo spin echo", "T1 gradient echo pre", "DCE gradient echo phase 1", "Echo planar DWI b800"]
     assert guess(*[(n, None, V3D) for n in names]) == ["MR_T2", "MR_T1_PRE", "MR_DCE1", "MR_DWI_b800"]

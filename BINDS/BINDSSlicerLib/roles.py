@@ -256,6 +256,27 @@ def headerFromDicomDatabase(database, instanceUIDs, tags=DICOM_TAGS):
     return header
 
 
+def ultrasoundRegion(database, instanceUIDs):
+    """The tissue region ``"x0 y0 x1 y1"`` (inclusive pixel box) of an ultrasound volume's first
+    instance, from its DICOM file's SequenceOfUltrasoundRegions (``ctkDICOMDatabase.fileForInstance``),
+    as ``binds diagnose`` crops the file (``dicom_us.tissue_region``); ``None`` without one."""
+    uids = (instanceUIDs or "").split()
+    if database is None or not uids:
+        return None
+    try:
+        import pydicom
+
+        path = database.fileForInstance(uids[0])
+        ds = pydicom.dcmread(path, stop_before_pixels=True) if path else None
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception:  # noqa: BLE001 - no file, or not one pydicom reads: no crop, as before
+        return None
+    from BINDSLib.io.dicom_us import tissue_region
+
+    region = tissue_region(ds, rows, cols)
+    return None if region is None else f"{region.x0} {region.y0} {region.x1} {region.y1}"
+
+
 def describeVolume(volumeNode, database=None):
     """A :class:`VolumeDescription` of a volume node (header read when it came from DICOM)."""
     shape = None
@@ -271,7 +292,8 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
     """Assign guessed roles to volume nodes (``BINDS.Role``, marked ``BINDS.RoleGuessed``); a
     role already set is kept unless ``overwrite``. Returns ``{node ID: role key or None}`` for
     all given nodes."""
-    from .scene import FRAME_ATTRIBUTE, ORIENTATION_ATTRIBUTE, ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE, volumeRole
+    from .scene import (FRAME_ATTRIBUTE, ORIENTATION_ATTRIBUTE, ROLE_ATTRIBUTE, ROLE_GUESSED_ATTRIBUTE,
+                        US_REGION_ATTRIBUTE, volumeRole)
 
     descriptions = [describeVolume(node, database) for node in volumeNodes]
     guessed = guessRoles(descriptions)
@@ -283,6 +305,10 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
         orientation = str(description.header.get("PatientOrientation", "")).strip()
         if orientation and node.GetAttribute(ORIENTATION_ATTRIBUTE) is None:  # (as the CLI reads the file)
             node.SetAttribute(ORIENTATION_ATTRIBUTE, orientation)
+        if description.header.get("Modality", "").upper() == "US" and node.GetAttribute(US_REGION_ATTRIBUTE) is None:
+            region = ultrasoundRegion(database, node.GetAttribute("DICOM.instanceUIDs"))
+            if region:  # the crop the CLI makes of the file (annotations and colour bars left out)
+                node.SetAttribute(US_REGION_ATTRIBUTE, region)
         if volumeRole(node) and not overwrite:
             result[node.GetID()] = volumeRole(node)
             continue

@@ -44,6 +44,9 @@ FRAME_ATTRIBUTE = "BINDS.Frame"  # an ultrasound cine's representative frame (0-
 #: a mammogram's DICOM PatientOrientation (``R\\P``) as Slicer's DICOM module loaded it (storage
 #: order): the study folder gets it re-indexed as the command line reads the file
 ORIENTATION_ATTRIBUTE = "BINDS.PatientOrientation"
+#: an ultrasound image's tissue region "x0 y0 x1 y1" (inclusive pixels) from its DICOM file: the
+#: study folder gets the image cropped to it, as the command line crops the file
+US_REGION_ATTRIBUTE = "BINDS.UltrasoundRegion"
 STUDY_ID_ATTRIBUTE = "BINDS.StudyID"  # on a study item of the subject hierarchy
 PATIENT_ID_ATTRIBUTE = "BINDS.PatientID"  # on a patient item
 STUDY_DATE_ATTRIBUTE = "BINDS.StudyDate"
@@ -199,7 +202,11 @@ def assignedVolumes(scene):
 
 
 def imageFromVolumeNode(volumeNode, roleKey=None):
-    """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role."""
+    """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role; a
+    mammogram stored turned is re-indexed, an ultrasound image cropped to its tissue region, as
+    the command line reads the DICOM file (:data:`ORIENTATION_ATTRIBUTE`, :data:`US_REGION_ATTRIBUTE`)."""
+    import numpy as np
+
     from BINDSLib.study import Image, Role, SourceInfo, parse_date
 
     roleKey = roleKey or volumeRole(volumeNode)
@@ -225,6 +232,17 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
 
         transpose, flip = reorientation(parse_patient_orientation(orientation), role.view)
         voxels, geometry = reorient(voxels, geometry, transpose, flip)
+    region = _usRegion(volumeNode.GetAttribute(US_REGION_ATTRIBUTE), voxels.shape)
+    if region is not None and role.modality.value == "US":
+        # the tissue region alone, as `binds diagnose` crops the DICOM file (the model fits the
+        # image it reads to its grid: with the annotations around it, the lesion came out smaller);
+        # the crop keeps the node's spacing and axes, so the outputs overlay the node
+        x0, y0, x1, y1 = region
+        voxels = np.ascontiguousarray(voxels[:, y0:y1 + 1, x0:x1 + 1])
+        axes = np.asarray(geometry.direction, float).reshape(3, 3)
+        origin = (np.asarray(geometry.origin_mm, float) + axes[:, 0] * x0 * geometry.spacing_mm[0]
+                  + axes[:, 1] * y0 * geometry.spacing_mm[1])
+        geometry = dataclasses.replace(geometry, origin_mm=tuple(float(o) for o in origin))
     return Image(
         voxels,
         geometry,
@@ -237,6 +255,19 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
 #: the longest span between the studies of one run: a work-up's mammography, ultrasound and MRI
 #: lie days or weeks apart; a prior exam lies a year or more before the current one
 MAX_STUDY_SPAN_DAYS = 90
+
+
+def _usRegion(text, shape):
+    """``(x0, y0, x1, y1)`` of a :data:`US_REGION_ATTRIBUTE` value inside an image of ``shape``
+    ``(depth, rows, cols)``, else ``None`` (a value that is not four pixel indices in it)."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in (text or "").split())
+    except ValueError:
+        return None
+    rows, cols = shape[-2:]
+    if not (0 <= x0 <= x1 < cols and 0 <= y0 <= y1 < rows):
+        return None
+    return x0, y0, x1, y1
 
 
 def _patientKey(sh, patientItem):
