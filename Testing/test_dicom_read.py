@@ -1106,23 +1106,62 @@ def test_patient_orientation_parsed(value, expected):
     assert parse_patient_orientation(value) == expected
 
 
-@pytest.mark.parametrize("orientation, view, expected", [
-    (("A", "F"), "MLO", (False, False)), (("P", "FL"), "MLO", (False, False)),  # as the models read
-    (("A", "H"), "MLO", (False, True)),  # head down
-    (("R", "P"), "CC", (True, False)),  # the GE Senographe header: chest wall at the bottom
-    (("H", "A"), "MLO", (True, True)),  # turned and head down
-    (("F", "P"), "MLO", (True, False)), (("A", "R"), "CC", (False, False)), (("P", "L"), "CC", (False, False)),
-    (("A", "H"), "CC", (False, False)),  # no head - foot axis in a CC: not flipped
-    (None, "MLO", (False, False)),
+@pytest.mark.parametrize("orientation, view, laterality, expected", [
+    (("A", "F"), "MLO", "L", (False, False, False)), (("P", "FL"), "MLO", "R", (False, False, False)),  # standard
+    (("A", "R"), "CC", "L", (False, False, False)), (("P", "L"), "CC", "R", (False, False, False)),
+    (("A", "H"), "MLO", "L", (False, True, False)),  # head down
+    (("R", "P"), "CC", "L", (True, False, True)),  # the GE Senographe header: chest wall at the bottom
+    (("P", "R"), "CC", "L", (False, False, True)),  # mirrored
+    (("A", "L"), "CC", "L", (False, True, False)),  # medial side at the top
+    (("H", "A"), "MLO", "L", (True, True, False)), (("F", "A"), "MLO", "L", (True, False, False)),
+    (("A", "H"), "MLO", None, (False, True, False)),  # no laterality: only the head - foot rule
+    (("A", "H"), "CC", "L", (False, False, False)),  # a CC has no head - foot axis
+    (None, "MLO", "L", (False, False, False)),
 ])
-def test_reorientation_brings_the_chest_wall_nipple_axis_along_the_rows(orientation, view, expected):
+def test_reorientation_brings_a_mammogram_to_the_standard_orientation(orientation, view, laterality, expected):
     from BINDSLib.io.mg_orientation import reorientation
 
-    assert reorientation(orientation, view) == expected
+    assert reorientation(orientation, view, laterality) == expected
 
 
-@pytest.mark.parametrize("transpose, flip", [(True, False), (False, True), (True, True)])
-def test_reorient_keeps_every_pixel_in_its_place(transpose, flip):
+@pytest.mark.parametrize("laterality, view, standard", [
+    ("L", "CC", ("A", "R")), ("R", "CC", ("P", "L")), ("L", "MLO", ("A", "F")), ("R", "MLO", ("P", "F")),
+])
+def test_every_storage_of_a_view_is_read_as_its_standard_orientation(laterality, view, standard):
+    """The 8 ways to store an image (transposed or not, each axis reversed or not), each with the
+    PatientOrientation that says so, are all read as the standard storage, and the laterality
+    check finds the breasts against their usual edges."""
+    from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
+    from BINDSLib.study import Geometry
+    from BINDSLib.validation import breast_side
+
+    opposite = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
+    rng = np.random.default_rng(3)
+    usual = rng.random((5, 7)).astype(np.float32)
+    usual[:, :2] += 5.0 if laterality == "L" else 0.0  # the breast against the chest wall edge
+    usual[:, -2:] += 5.0 if laterality == "R" else 0.0
+    seen = set()
+    for transpose in (False, True):
+        for down in (False, True):
+            for across in (False, True):
+                stored, (rows, cols) = usual, standard
+                if transpose:
+                    stored, (rows, cols) = stored.T, (cols, rows)
+                if down:
+                    stored, cols = stored[::-1], opposite[cols]
+                if across:
+                    stored, rows = stored[:, ::-1], opposite[rows]
+                steps = reorientation(parse_patient_orientation(f"{rows}\\{cols}"), view, laterality)
+                back, _ = reorient(stored[None], Geometry(), *steps)
+                np.testing.assert_array_equal(back[0], usual, err_msg=f"{rows}\\{cols}")
+                seen.add((rows, cols))
+    assert len(seen) == 8
+    assert breast_side(usual) == ("left" if laterality == "L" else "right")
+
+
+@pytest.mark.parametrize("transpose, flip, mirror", [(True, False, False), (False, True, False),
+                                                     (True, True, False), (False, False, True), (True, True, True)])
+def test_reorient_keeps_every_pixel_in_its_place(transpose, flip, mirror):
     from BINDSLib.io.mg_orientation import reorient
     from BINDSLib.study import Geometry
 
@@ -1131,12 +1170,14 @@ def test_reorient_keeps_every_pixel_in_its_place(transpose, flip):
     q *= np.sign(np.linalg.det(q))  # a rotation
     geometry = Geometry((0.07, 0.09, 1.0), (12.0, -3.0, 40.0), tuple(q.ravel()))
     voxels = rng.random((1, 5, 8)).astype(np.float32)
-    new, g = reorient(voxels, geometry, transpose, flip)
+    new, g = reorient(voxels, geometry, transpose, flip, mirror)
     assert new.shape == ((1, 8, 5) if transpose else (1, 5, 8)) and new.flags.c_contiguous
     assert np.linalg.det(np.asarray(g.direction).reshape(3, 3)) == pytest.approx(1.0)
     for r in range(new.shape[1]):
         for c in range(new.shape[2]):
             src = (r, c)
+            if mirror:
+                src = (src[0], new.shape[2] - 1 - src[1])
             if flip:
                 src = (new.shape[1] - 1 - src[0], src[1])
             if transpose:

@@ -202,12 +202,15 @@ def test_a_mammogram_stored_turned_in_the_scene_is_written_as_the_command_line_r
     assert sc.volumeRole(node) == "MG_L_CC" and node.GetAttribute(sc.ORIENTATION_ATTRIBUTE) == "R\\P"
     path, by_label = sc.writeStudyFolder([(node, "MG_L_CC")], tmp_path / "study", "s1")
     image = read_study_folder(path).image("MG_L_CC")
-    np.testing.assert_array_equal(image.voxels, stored.transpose(0, 2, 1))
+    # R\\P turned to the standard A\\R: transposed (rows now to the back), then mirrored (to the front)
+    np.testing.assert_array_equal(image.voxels, stored.transpose(0, 2, 1)[:, :, ::-1])
     ras = sc.ijkToRASArray(node)
+    cols = image.shape[2]
     for r in range(image.shape[1]):
-        for c in range(image.shape[2]):  # the pixel (r, c) of the file is the node's (c, r), in place
+        for c in range(cols):  # the pixel (r, c) of the file is the node's (cols - 1 - c, r), in place
             lps = image.geometry.index_to_lps((c, r, 0))
-            np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ lps, (ras @ [r, c, 0, 1.0])[:3], atol=1e-9)
+            np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ lps, (ras @ [r, cols - 1 - c, 0, 1.0])[:3],
+                                       atol=1e-9)
     # a volume without the attribute (not from DICOM, or a CBIS-style "CC") is written as it is
     plain = sc.addVolumeFromVoxels(scene, stored, geometry, "MG_L_CC")
     np.testing.assert_array_equal(sc.imageFromVolumeNode(plain, "MG_L_CC").voxels, stored)

@@ -230,8 +230,8 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
         # `binds diagnose` reads the DICOM file; the outputs overlay the node all the same
         from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
 
-        transpose, flip = reorientation(parse_patient_orientation(orientation), role.view)
-        voxels, geometry = reorient(voxels, geometry, transpose, flip)
+        steps = reorientation(parse_patient_orientation(orientation), role.view, role.laterality)
+        voxels, geometry = reorient(voxels, geometry, *steps)
     region = _usRegion(volumeNode.GetAttribute(US_REGION_ATTRIBUTE), voxels.shape)
     if region is not None and role.modality.value == "US":
         # the tissue region alone, as `binds diagnose` crops the DICOM file (the model fits the

@@ -13,9 +13,9 @@ Rules (documented in docs/DICOM.md):
   CR), as GDCM (ITK, SimpleITK, Slicer's DICOM reader) places them, so that outputs overlay
   Slicer's own load of the file; PixelSpacing first for others (secondary capture); else 1 mm (a
   warning). A value outside 0.01-5 mm is implausible for a mammogram and ignored (a warning);
-* orientation: a mammogram stored turned (its chest wall - nipple axis down the columns) or, in
-  an MLO-type view, head down (PatientOrientation) is re-indexed, its place in space kept
-  (``mg_orientation``);
+* orientation: a mammogram stored otherwise than in the standard orientation (turned, upside
+  down or mirrored, by its PatientOrientation) is re-indexed to it, each pixel's place in space
+  kept (``mg_orientation``);
 * magnification: EstimatedRadiographicMagnificationFactor is recorded (``SourceInfo``), not
   applied (GDCM does not apply it); a magnification view is a note of the report.
 """
@@ -234,12 +234,12 @@ def read_mg_image(path: Path, header) -> Image:
     role = mg_role(header)
     geometry = plane_geometry(header, sx, sy, path=path)
     orientation = parse_patient_orientation(header.get("PatientOrientation"))
-    transpose, flip = reorientation(orientation, role.view)
-    if transpose or flip:
-        log.info("%s: stored %s (PatientOrientation %s): re-indexed to the orientation the models read",
-                 path, " and ".join(w for w, done in (("turned", transpose), ("head down", flip)) if done),
+    steps = reorientation(orientation, role.view, role.laterality)
+    if any(steps):
+        log.info("%s: stored %s (PatientOrientation %s): re-indexed to the standard orientation", path,
+                 ", ".join(w for w, done in zip(("transposed", "upside down", "mirrored"), steps) if done),
                  "\\".join(orientation))
-        voxels, geometry = reorient(voxels, geometry, transpose, flip)
+        voxels, geometry = reorient(voxels, geometry, *steps)
     return Image(voxels, geometry, role, acquisition_date=acq, source=source)
 
 

@@ -1,18 +1,22 @@
-"""A mammogram stored turned is re-indexed to the orientation the models read.
+"""A mammogram stored turned or mirrored is re-indexed to the standard orientation.
 
-The models read a mammogram with its chest wall - nipple axis along the rows (the chest wall at
-the left or the right edge: which one, ``model.preprocess`` finds from the image) and, in the
-views with a head - foot axis (MLO, ML, LM, LMO, SIO), the head at the top. A file may store it
-otherwise: a GE Senographe left CC in the shared vendor headers has PatientOrientation
-``R\\P`` (rows toward the patient's right, columns toward the back: the chest wall at the
-bottom edge). DICOM's PatientOrientation (0020,0020) says toward which patient directions
-(A, P, R, L, H, F; oblique as ``FR``) the rows (first value) and the columns (second value) of
-the stored pixels run; the first letter is the main direction.
+The models read a mammogram in the standard orientation of DICOM's mammography examples and the
+usual storage: the chest wall - nipple axis along the rows, the rows of a left breast running to
+the front (``A``, the chest wall at the left edge) and of a right breast to the back (``P``);
+in the views with a head - foot axis (MLO, ML, LM, LMO, SIO) the columns run to the feet (the
+head at the top), in the CC views to the middle (the lateral side at the top): ``A\\R`` left
+CC, ``P\\L`` right CC, ``A\\F`` / ``P\\F`` MLO. A file may store it otherwise: a GE Senographe
+left CC in the shared vendor headers has PatientOrientation ``R\\P`` (rows toward the patient's
+right, columns toward the back: the chest wall at the bottom edge). DICOM's PatientOrientation
+(0020,0020) says toward which patient directions (A, P, R, L, H, F; oblique as ``FR``) the rows
+(first value: along a row, as the column index grows) and the columns (second value: down a
+column) of the stored pixels run; the first letter is the main direction.
 
 Re-indexing keeps every pixel where it is in space: the voxels are transposed and/or flipped
 and the geometry's axes with them (:func:`reorient`), so outputs on the new grid overlay the
-stored image exactly (Slicer's own load of the file included). Pure numpy: the Slicer modules
-use it too.
+stored image exactly (Slicer's own load of the file included). Which edge holds the chest wall
+is also found from the image (``model.preprocess``): a file without PatientOrientation is read
+as stored. Pure numpy: the Slicer modules use it too.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import numpy as np
 from ..study import Geometry
 
 _LETTERS = set("APRLHF")
+_OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
 #: views whose columns run head - foot (the head at the top)
 HEAD_FOOT_VIEWS = frozenset({"MLO", "ML", "LM", "LMO", "SIO"})
+#: views whose columns run lateral - medial (the lateral side at the top)
+CC_VIEWS = frozenset({"CC", "XCCL", "XCCM"})
 
 
 def parse_patient_orientation(value) -> tuple[str, str] | None:
@@ -38,32 +45,50 @@ def parse_patient_orientation(value) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-def reorientation(orientation, view: str | None) -> tuple[bool, bool]:
-    """``(transpose, flip_rows)`` that bring a mammogram of ``orientation`` (a
-    :func:`parse_patient_orientation` value) and ``view`` to the orientation the models read:
-    transposed when its chest wall - nipple axis (A/P) runs down the columns; then, in a view
-    with a head - foot axis, flipped top to bottom when the columns run toward the head.
-    ``(False, False)`` when the orientation is unknown or says nothing against the stored one."""
+def standard_orientation(laterality: str | None, view: str | None) -> tuple[str | None, str | None]:
+    """The main directions ``(rows, columns)`` of the standard orientation of a view (``None``
+    where no convention applies: an unknown laterality, a view without one)."""
+    rows = {"L": "A", "R": "P"}.get(laterality or "")
+    cols = None
+    if view in HEAD_FOOT_VIEWS:
+        cols = "F"
+    elif view in CC_VIEWS and laterality in ("L", "R"):
+        cols = _OPPOSITE[laterality]  # to the middle: the lateral side at the top
+    return rows, cols
+
+
+def reorientation(orientation, view: str | None, laterality: str | None = None) -> tuple[bool, bool, bool]:
+    """``(transpose, flip_rows, flip_cols)`` that bring a mammogram of ``orientation`` (a
+    :func:`parse_patient_orientation` value) to the standard orientation of its ``view`` and
+    ``laterality`` (:func:`standard_orientation`): transposed when its chest wall - nipple axis
+    (A/P) runs down the columns; then flipped top to bottom (``flip_rows``) or left to right
+    (``flip_cols``) where an axis runs opposite to the standard's. All ``False`` when the
+    orientation is unknown or says nothing against the stored one."""
     if orientation is None:
-        return False, False
+        return False, False, False
     rows, cols = orientation[0][0], orientation[1][0]
     transpose = cols in "AP" and rows not in "AP"
     if transpose:
         rows, cols = cols, rows
-    flip = view in HEAD_FOOT_VIEWS and cols == "H"
-    return transpose, flip
+    want_rows, want_cols = standard_orientation(laterality, view)
+    flip_cols = want_rows is not None and rows == _OPPOSITE[want_rows]
+    flip_rows = want_cols is not None and cols == _OPPOSITE[want_cols]
+    return transpose, flip_rows, flip_cols
 
 
-def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows: bool
-             ) -> tuple[np.ndarray, Geometry]:
-    """``voxels`` ``(1, rows, cols)`` transposed (rows <-> columns) and/or flipped top to bottom,
-    with the geometry that keeps each pixel at its place in space; each step also reverses the
-    slice axis, which for one slice moves nothing and keeps the axes right-handed."""
+def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows: bool,
+             flip_cols: bool = False) -> tuple[np.ndarray, Geometry]:
+    """``voxels`` ``(1, rows, cols)`` transposed (rows <-> columns), then flipped top to bottom
+    and/or left to right, with the geometry that keeps each pixel at its place in space; each
+    step also reverses the slice axis, which for one slice moves nothing and keeps the axes
+    right-handed."""
+    if not (transpose or flip_rows or flip_cols):
+        return voxels, geometry
+    if voxels.shape[0] != 1:
+        raise ValueError("only a 2D image (one slice) is re-indexed")
     spacing = np.asarray(geometry.spacing_mm, np.float64)
     origin = np.asarray(geometry.origin_mm, np.float64)
     axes = np.asarray(geometry.direction, np.float64).reshape(3, 3).copy()  # columns: i, j, k
-    if (transpose or flip_rows) and voxels.shape[0] != 1:
-        raise ValueError("only a 2D image (one slice) is re-indexed")
     if transpose:
         voxels = voxels.transpose(0, 2, 1)
         axes = axes[:, [1, 0, 2]] * np.array([1.0, 1.0, -1.0])
@@ -72,8 +97,10 @@ def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows:
         origin = origin + axes[:, 1] * spacing[1] * (voxels.shape[1] - 1)
         voxels = voxels[:, ::-1, :]
         axes[:, 1:] = -axes[:, 1:]
-    if not (transpose or flip_rows):
-        return voxels, geometry
+    if flip_cols:
+        origin = origin + axes[:, 0] * spacing[0] * (voxels.shape[2] - 1)
+        voxels = voxels[:, :, ::-1]
+        axes[:, [0, 2]] = -axes[:, [0, 2]]
     return (np.ascontiguousarray(voxels),
             Geometry(tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
                      tuple(float(a) for a in axes.ravel())))
