@@ -291,6 +291,26 @@ def test_mg_geometry_is_the_one_slicer_reads(tmp_path, sop):
     assert im.source.magnification == pytest.approx(1.08)
 
 
+@pytest.mark.parametrize("meta_sop, data_sop, tags, expected", [
+    # the file meta and the data set disagree: GDCM goes by the data set's class
+    ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.7",
+     {"PixelSpacing": [0.1, 0.2], "ImagerPixelSpacing": [0.05, 0.05]}, (0.2, 0.1)),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.1.2",
+     {"PixelSpacing": [0.1, 0.2], "ImagerPixelSpacing": [0.05, 0.05]}, (0.05, 0.05)),
+    # digitised film as secondary capture: NominalScannedPixelSpacing
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7", {"NominalScannedPixelSpacing": [0.3, 0.3]}, (0.3, 0.3)),
+])
+def test_mg_spacing_follows_gdcm_by_the_data_sets_class(tmp_path, meta_sop, data_sop, tags, expected):
+    sitk = pytest.importorskip("SimpleITK")
+    ds = new_dataset(data_sop, "MG", generate_uid(), generate_uid(), ViewPosition="CC", ImageLaterality="L",
+                     BodyPartExamined="BREAST", **tags)
+    ds.file_meta.MediaStorageSOPClassUID = meta_sop
+    set_pixels(ds, np.arange(40 * 30, dtype=np.uint16).reshape(40, 30))
+    ds.save_as(tmp_path / "mg.dcm", enforce_file_format=True)
+    assert sitk.ReadImage(str(tmp_path / "mg.dcm")).GetSpacing()[:2] == pytest.approx(expected)
+    assert dicom_mg.mg_spacing_mm(pydicom.dcmread(tmp_path / "mg.dcm")) == pytest.approx(expected)
+
+
 def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
     """A spot-magnification view (factor 1.8) shows the breast 1.8 times larger than the views
     the model reads: the report says so; a standard view's geometric factor (1.08) does not."""

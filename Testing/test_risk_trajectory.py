@@ -73,10 +73,11 @@ def test_the_window_holds_two_years_and_a_calendar_month_and_no_change_is_no_ris
     was outside the window's "one month" tolerance of 1/12 year (30.4 days); and a rise
     threshold of 0 flagged an unchanged risk as "rose by 0.00 points"."""
     for first, last in ((dt.date(2018, 1, 1), dt.date(2020, 2, 1)), (dt.date(2018, 3, 1), dt.date(2020, 3, 31)),
-                        (dt.date(2019, 1, 31), dt.date(2021, 2, 28))):
+                        (dt.date(2019, 1, 31), dt.date(2021, 2, 28)),
+                        (dt.date(2023, 3, 1), dt.date(2025, 4, 1)), (dt.date(2022, 7, 31), dt.date(2024, 8, 31))):  # 762 days
         m = trajectory_metrics([first, last], [0.010, 0.016])
         assert m.change_last_years == 0.006, (first, last)
-    assert trajectory_metrics([dt.date(2018, 1, 1), dt.date(2020, 2, 3)], [0.01, 0.016]).change_last_years is None
+    assert trajectory_metrics([dt.date(2023, 3, 1), dt.date(2025, 4, 2)], [0.01, 0.016]).change_last_years is None
     same = trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.012, 0.012])
     assert same.change_last_years == 0.0 and risk_flags(same, threshold=1, rise_threshold=0) == []
     up = trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.012, 0.012001])

@@ -143,9 +143,9 @@ def dicom_time_s(value) -> float | None:
 
 
 def sop_class(ds) -> str:
-    """The SOP class UID as GDCM takes it: the file meta's MediaStorageSOPClassUID, else the
-    data set's SOPClassUID (``''`` when neither is there)."""
-    return text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID") or text(ds, "SOPClassUID")
+    """The SOP class UID as GDCM takes it for the spacing (checked with SimpleITK): the data set's
+    SOPClassUID, else the file meta's MediaStorageSOPClassUID (``''`` when neither is there)."""
+    return text(ds, "SOPClassUID") or text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID")
 
 
 def sop_class_name(uid: str) -> str:

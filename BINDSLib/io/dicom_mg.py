@@ -11,7 +11,8 @@ Rules (documented in docs/DICOM.md):
   output range; float32 ``(1, rows, cols)``;
 * spacing: ImagerPixelSpacing, else PixelSpacing, for the projection-radiography classes (MG, DX,
   CR), as GDCM (ITK, SimpleITK, Slicer's DICOM reader) places them, so that outputs overlay
-  Slicer's own load of the file; PixelSpacing first for others (secondary capture); else 1 mm (a
+  Slicer's own load of the file; for others (secondary capture) PixelSpacing, else
+  NominalScannedPixelSpacing, as GDCM; else ImagerPixelSpacing (GDCM: 1 mm), else 1 mm (a
   warning). A value outside 0.01-5 mm is implausible for a mammogram and ignored (a warning);
 * orientation: a mammogram stored otherwise than in the standard orientation (turned, upside
   down or mirrored, by its PatientOrientation) is re-indexed to it, each pixel's place in space
@@ -146,11 +147,12 @@ def mg_role(ds) -> Role:
 def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
     """Pixel spacing ``(column, row)`` in mm, from the tag GDCM reads for the file's SOP class:
     ImagerPixelSpacing, else PixelSpacing, for MG, DX and CR; PixelSpacing, else
-    ImagerPixelSpacing, for others; else 1 mm. An implausible value is skipped (a warning)."""
+    NominalScannedPixelSpacing (film digitised), else ImagerPixelSpacing, for others (secondary
+    capture); else 1 mm. An implausible value is skipped (a warning)."""
     lo, hi = _PLAUSIBLE_SPACING_MM
-    order = ("PixelSpacing", "ImagerPixelSpacing")
+    order = ("PixelSpacing", "NominalScannedPixelSpacing", "ImagerPixelSpacing")
     if sop_class(ds) in _DETECTOR_SPACED_SOPS:
-        order = order[::-1]
+        order = ("ImagerPixelSpacing", "PixelSpacing")
     for kw in order:
         sp = numbers(ds, kw, 2)
         if sp is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,9 +32,10 @@ import numpy as np
 from .config import NCCN_MRI_THRESHOLD_5Y
 
 DAYS_PER_YEAR = 365.25
-#: Tolerance added to the look-back window (annual exams drift by days to weeks): the longest
-#: calendar month, so that two years and one month, whichever months and leap days, is inside.
-WINDOW_TOLERANCE_YEARS = 31 / DAYS_PER_YEAR
+#: Tolerance added to the look-back window (annual exams drift by days to weeks), in days: the
+#: longest calendar month, added to the window's whole days (two years: 731 with a 29 February),
+#: so that two years and one month, whichever months and leap days, is inside.
+WINDOW_TOLERANCE_DAYS = 31
 #: Default absolute rise of the 5-year risk over the window that raises a flag.
 DEFAULT_RISE_THRESHOLD = 0.005
 #: Risks are reported with this many decimals (report.json, risk.csv); flags compare them so.
@@ -68,13 +70,15 @@ def change_last_years(years: Sequence[float], risks: Sequence[float],
                       window_years: float = 2.0) -> float | None:
     """Last risk minus the risk at the earliest exam within ``window_years`` before the last.
 
-    An exam counts as within the window when ``years[-1] - years[i] <= window_years + 31 days``.
+    An exam counts as within the window when it lies at most ``ceil(window_years * 365.25) + 31``
+    days before the last (two years and a calendar month: at most 762 days).
     ``None`` when only the last exam lies in the window.
     """
     x = np.asarray(years, dtype=np.float64)
     if len(x) < 2:
         return None
-    inside = np.flatnonzero(x[-1] - x[:-1] <= window_years + WINDOW_TOLERANCE_YEARS)
+    days = np.rint((x[-1] - x[:-1]) * DAYS_PER_YEAR)  # (years_since_first counts whole days)
+    inside = np.flatnonzero(days <= math.ceil(window_years * DAYS_PER_YEAR) + WINDOW_TOLERANCE_DAYS)
     if len(inside) == 0:
         return None
     return float(risks[-1] - risks[int(inside[0])])
