@@ -374,3 +374,27 @@ def test_a_file_where_the_cohort_keeps_a_folder_is_an_output_problem(tmp_path, b
     (out / "parts").write_text("not a folder")
     assert main(run) == 5
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_a_remembered_sigterm_ends_the_cohort_at_its_next_batch_and_training_at_its_next_step(tmp_path, bundle,
+                                                                                            capsys):
+    """A SIGTERM whose exception a library swallowed (errors.raise_if_terminated) ends a long
+    cohort run or a training run at its next batch, not hours later at its output."""
+    from BINDSLib import errors
+    from BINDSLib.cli import main
+    from BINDSLib.risk.config import PRESETS, TrainConfig
+    from BINDSLib.risk.train import train
+    from test_risk_train import fabricated_histories
+
+    manifest = write_cohort(tmp_path, 4)
+    errors._terminated.append(signal.SIGTERM)
+    try:
+        assert main(["cohort", str(manifest), "--out", str(tmp_path / "out"), "--model", str(bundle),
+                     "--workers", "0"]) == 143
+        assert "binds cohort: terminated" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "scores.csv").exists()
+        with pytest.raises(errors.Terminated):
+            train(fabricated_histories(8), PRESETS["tiny"], TrainConfig(n_women=8, epochs=1, batch_size=4,
+                                                                        split=(0.5, 0.25, 0.25)))
+    finally:
+        errors._terminated.clear()

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, raise_if_terminated
 from ..fsutil import atomic_write_json, atomic_write_text, json_dumps, output_lock
 from ..threads import ctrl_c_deferred, ignore_ctrl_c
 from .config import (
@@ -941,6 +941,7 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
         with ctrl_c_deferred():  # not lost while the workers start
             batches = iter(loader)
         for step, batch in enumerate(batches):
+            raise_if_terminated()  # (a SIGTERM whose exception a library swallowed)
             lr = _lr_at(settings, phase, k + step / max(1, steps))
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -422,6 +422,7 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
     import torch
     from torch.utils.data import DataLoader
 
+    from ..errors import raise_if_terminated
     from ..threads import ctrl_c_deferred
 
     out_dir = Path(out_dir)
@@ -447,6 +448,7 @@ def score_cohort(rows: Sequence[ManifestRow], out_dir: str | os.PathLike, model,
         with ctrl_c_deferred():  # not lost while the workers start
             batches = iter(loader)
         for batch in batches:
+            raise_if_terminated()  # (a SIGTERM whose exception a library swallowed)
             failed = [(todo[it["index"]], it["error"], it.get("ids", ())) for it in batch["failed"]]
             out_rows = []
             if batch["ok"]:

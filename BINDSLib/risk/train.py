@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import raise_if_terminated
 from .calibration import Calibrator
 from .config import RiskConfig, TrainConfig, load_config_file, preset
 from .losses import breast_loss, breast_targets, censored_bce, history_targets
@@ -198,6 +199,7 @@ def train(histories: Sequence, config: RiskConfig, train_cfg: TrainConfig, devic
         order = rng.permutation(len(train_set))
         total = 0.0
         for k in range(0, len(order), train_cfg.batch_size):
+            raise_if_terminated()  # (a SIGTERM whose exception a library swallowed)
             idx = np.sort(order[k:k + train_cfg.batch_size])
             x, m = _tensors(train_set, idx, device)
             m = drop_views(m, config.view_dropout)
