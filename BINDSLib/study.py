@@ -321,9 +321,15 @@ class SourceInfo:
 
     @classmethod
     def from_json(cls, d: dict) -> "SourceInfo":
-        d = dict(d)
+        """From ``study.json``'s ``source``; keys of a later BINDS are left out. ``ValueError`` on
+        a ``magnification`` that is not a number from 1 to 5."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         d["files"] = tuple(d.get("files", ()))
         d["sop_instance_uids"] = tuple(d.get("sop_instance_uids", ()))
+        m = d.get("magnification")
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 1.0 <= m <= 5.0):
+            raise ValueError(f"source.magnification must be a number from 1 to 5, got {m!r}")
         return cls(**d)
 
 

@@ -8,6 +8,7 @@ enhanced multi-frame files are written here with pydicom (no public breast MRI i
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -334,6 +335,16 @@ def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
         again = read_study_folder(tmp_path / "study")
         assert again.images[0].source.magnification == pytest.approx(1.8)
         assert check_study(again)[0].startswith("MG_L_CC") and "x1.8" in check_study(again)[0]
+        # a hand-edited factor that is no number is the study folder's error, naming it
+        doc = json.loads((tmp_path / "study" / "study.json").read_text())
+        doc["images"][0]["source"]["magnification"] = "1.8"
+        doc["images"][0]["source"]["from_a_later_binds"] = 1  # (left out)
+        (tmp_path / "study" / "study.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=r"study.json: .*source.magnification must be a number from 1 to 5, got '1.8'"):
+            read_study_folder(tmp_path / "study")
+        doc["images"][0]["source"]["magnification"] = 1.8
+        (tmp_path / "study" / "study.json").write_text(json.dumps(doc))
+        assert read_study_folder(tmp_path / "study").images[0].source.magnification == 1.8
 
 
 @pytest.mark.parametrize("attrs, laterality, view", [

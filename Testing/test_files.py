@@ -163,7 +163,7 @@ def test_a_jpeg_mask_is_thresholded_at_half_its_maximum(tmp_path):
     np.testing.assert_array_equal(read_mask_file(tmp_path / "mask.png", (1, 64, 64))[0], disc)
 
 
-def test_a_placed_mask_on_another_grid_is_resampled_onto_its_image(tmp_path):
+def test_a_placed_mask_on_another_grid_is_resampled_onto_its_image(tmp_path, monkeypatch):
     """A labelmap drawn on a finer grid, or on an oblique 3D grid cropped to the lesion, is read
     where its grid places it; a mask without a grid (PNG) must have the image's shape."""
     from BINDSLib.io.files import read_mask_file
@@ -185,6 +185,18 @@ def test_a_placed_mask_on_another_grid_is_resampled_onto_its_image(tmp_path):
     geometry.apply_to_sitk(img)
     sitk.WriteImage(img[8:20, 5:11, 2:4], str(tmp_path / "crop.nrrd"))
     np.testing.assert_array_equal(read_mask_file(tmp_path / "crop.nrrd", want.shape, geometry), want)
+    # a mask mostly off the image: the part on it is read, and the rest is said to be lost
+    off = Geometry(geometry.spacing_mm, tuple(np.asarray(geometry.index_to_lps((20, 0, 0)))), direction)
+    img = sitk.GetImageFromArray(want)
+    off.apply_to_sitk(img)  # columns 8-19 of the mask are image columns 28-39: 10 of 12 are off it
+    sitk.WriteImage(img, str(tmp_path / "off.nrrd"))
+    import BINDSLib.io.files as files
+
+    said = []  # (the CLI's logging set-up, run by other tests, keeps these records from caplog)
+    monkeypatch.setattr(files.log, "warning", lambda msg, *args: said.append(msg % args))
+    got = read_mask_file(tmp_path / "off.nrrd", want.shape, geometry)
+    assert got.sum() == want[:, :, 8:10].sum() and got[:, :, 28:].all(axis=2).any()
+    assert len(said) == 1 and "off.nrrd: only 17 % of the mask's lesion lands on its image" in said[0]
     # without the image's geometry (a dataset's pixel masks) the shape must match
     with pytest.raises(InputError, match=r"crop.nrrd: mask shape \(2, 6, 12\) differs from its image"):
         read_mask_file(tmp_path / "crop.nrrd", want.shape)

@@ -65,10 +65,11 @@ def test_manifest_is_checked(tmp_path, caplog):
     m.write_text("exam_id,path\nA,a\nA,b\n")
     with pytest.raises(InputError, match="line 3: exam_id 'A' repeats line 2"):
         read_manifest(m)
-    m.write_text("exam_id,path\nA,w/e1\nB,w/x/../e1/\n")  # one folder as two exams (risk audit): said
+    m.write_text(f"exam_id,path\nA,w/e1\nB,w/x/../e1/\nC,{tmp_path / 'w' / 'e1'}\n")  # one folder as three exams
     with caplog.at_level(logging.WARNING):
-        assert len(read_manifest(m)) == 2
+        assert len(read_manifest(m)) == 3
     assert "line 3: path 'w/x/../e1/' repeats line 2: that exam is scored twice" in caplog.text
+    assert f"line 4: path '{tmp_path / 'w' / 'e1'}' repeats line 2" in caplog.text
     m.write_text("exam_id,path,exam_date\nA,a,2020-13-40\n")
     with pytest.raises(InputError, match="line 2"):
         read_manifest(m)

@@ -477,6 +477,7 @@ def _mask_onto(mask: np.ndarray, grid: Geometry, shape: tuple[int, int, int], ge
     geometry.apply_to_sitk(ref)
     out = sitk.GetArrayFromImage(sitk.Resample(src, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                                sitk.sitkUInt8)).astype(np.uint8).reshape(shape)
+    given, kept = float(mask.sum() * np.prod(grid.spacing_mm)), float(out.sum() * np.prod(geometry.spacing_mm))
     if mask.any() and not out.any():
         raise InputError(f"none of the mask's lesion voxels lands on its image: the mask (shape {mask.shape}, "
                          f"spacing {_mm(grid.spacing_mm, ' x ')} mm, origin ({_mm(grid.origin_mm, ', ')}) mm) lies "
@@ -486,6 +487,9 @@ def _mask_onto(mask: np.ndarray, grid: Geometry, shape: tuple[int, int, int], ge
     log.info("%s: mask resampled from its grid (shape %s, spacing %s mm) onto its image's (shape %s, "
              "spacing %s mm)", path, mask.shape, _mm(grid.spacing_mm, " x "), tuple(shape),
              _mm(geometry.spacing_mm, " x "))
+    if kept < 0.5 * given:
+        log.warning("%s: only %.0f %% of the mask's lesion lands on its image (the rest lies outside it)",
+                    path, 100 * kept / given)
     return out
 
 

@@ -126,7 +126,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         if eid in seen:
             raise InputError(f"line {line}: exam_id {eid!r} repeats line {seen[eid]}", path)
         seen[eid] = line
-        place = os.path.normcase(os.path.normpath(base / p))  # (a/../a and a/ are a)
+        place = os.path.normcase(os.path.realpath(base / p))  # (a/../a, a/, its absolute path, a link to it)
         if place in places:  # said, not refused: rows are the user's to list (a test may reuse a folder)
             log.warning("%s: line %d: path %r repeats line %d: that exam is scored twice (one exam "
                         "listed twice counts twice in its woman's exams)", path, line, p, places[place])
