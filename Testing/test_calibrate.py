@@ -300,6 +300,59 @@ def test_fit_uncertainty_band_is_the_best_band():
                 assert j2 < j + 1e-12 and (j2 < j - 1e-12 or r2 >= reads), (trial, lo, hi)
 
 
+def _band_by_double_loop(p1, p2, y, threshold):
+    """The band as the first implementation found it: every (start, end) pair in turn, the first
+    of equal keys kept (the reference for the vectorised fit, tie-breaking included)."""
+    p1, p2, y = np.asarray(p1, float), np.asarray(p2, float), np.asarray(y, int)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    order = np.argsort(p1, kind="stable")
+    s1, d1, d2, yy = p1[order], p1[order] >= threshold, p2[order] >= threshold, y[order] == 1
+    n = s1.size
+    base_tp, base_tn = int((d1 & yy).sum()), int((~d1 & ~yy).sum())
+    gain_tp = np.r_[0, np.cumsum((d2.astype(int) - d1.astype(int)) * yy)]
+    gain_tn = np.r_[0, np.cumsum(((~d2).astype(int) - (~d1).astype(int)) * ~yy)]
+    best = None
+    for i in range(n + 1):
+        if i > 0 and s1[i - 1] > threshold:
+            break
+        if 0 < i < n and s1[i - 1] == s1[i]:
+            continue
+        for j in range(i, n + 1):
+            if (j < n and s1[j] < threshold) or (i < j < n and s1[j - 1] == s1[j]):
+                continue
+            if i < j and ((i == 0 and s1[0] <= 0.0) or (j == n and s1[-1] >= 1.0)):
+                continue
+            tp, tn = base_tp + gain_tp[j] - gain_tp[i], base_tn + gain_tn[j] - gain_tn[i]
+            lo = 0.0 if i == 0 else min((s1[i - 1] + s1[i]) / 2, threshold) if i < n else threshold
+            hi = 1.0 if j == n else max((s1[j - 1] + s1[j]) / 2, threshold) if j > 0 else threshold
+            if i == j:
+                lo = hi = threshold
+            key = (-(tp / n_pos + tn / n_neg), j - i, (threshold - lo) + (hi - threshold))
+            if best is None or key < best[0]:
+                best = (key, (float(lo), float(hi)))
+    return best[1]
+
+
+def test_fit_uncertainty_band_is_the_double_loops_band():
+    """The vectorised fit gives exactly the band of the plain double loop, ties, probabilities
+    of 0 and 1 and thresholds at the edges included."""
+    from BINDSLib.model.calibration import fit_uncertainty_band
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(600):
+        n = int(rng.integers(2, 30))
+        y = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+        if y.min() == y.max():
+            continue
+        p1 = [rng.random(n), np.round(rng.random(n), 1), rng.choice([0.0, 0.2, 0.5, 0.5, 0.7, 1.0], n)][trial % 3]
+        p2 = rng.random(n) if trial % 2 else rng.choice([0.0, 0.5, 1.0], n)
+        t = float(rng.choice([0.0, 0.2, 0.5, 0.7, 1.0]))
+        assert fit_uncertainty_band(p1, p2, y, t)[0] == _band_by_double_loop(p1, p2, y, t), trial
+        checked += 1
+    assert checked > 400
+
+
 def test_refit_band_uses_the_two_stage_rows():
     rows = []
     rng = np.random.default_rng(4)
