@@ -203,7 +203,7 @@ def assignedVolumes(scene):
 
 def imageFromVolumeNode(volumeNode, roleKey=None):
     """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role; a
-    mammogram stored turned is re-indexed, an ultrasound image cropped to its tissue region, as
+    mammogram stored turned or mirrored is re-indexed, an ultrasound image cropped to its tissue region, as
     the command line reads the DICOM file (:data:`ORIENTATION_ATTRIBUTE`, :data:`US_REGION_ATTRIBUTE`)."""
     import numpy as np
 
@@ -226,8 +226,8 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     voxels, geometry = voxelsFromVolumeNode(volumeNode), geometryFromVolumeNode(volumeNode)
     orientation = volumeNode.GetAttribute(ORIENTATION_ATTRIBUTE)
     if orientation and role.modality.value == "MG" and voxels.shape[0] == 1:
-        # stored turned or head down: re-indexed with its geometry (every pixel in its place), as
-        # `binds diagnose` reads the DICOM file; the outputs overlay the node all the same
+        # stored otherwise than in the standard orientation: re-indexed with its geometry (every
+        # pixel in its place), as `binds diagnose` reads the DICOM file; the outputs overlay the node
         from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
 
         steps = reorientation(parse_patient_orientation(orientation), role.view, role.laterality)

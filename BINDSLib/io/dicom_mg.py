@@ -33,8 +33,8 @@ from ..errors import InputError
 from ..study import MG_VIEWS, Image, Modality, Role, SourceInfo
 from .dicom_common import (
     plane_geometry, skip_unreadable, sop_class,
-    CR_SOP, DX_PRESENTATION_SOP, MG_PRESENTATION_SOP, MG_PROCESSING_SOP, DX_PROCESSING_SOP, Skipped, decode, dicom_date, frames_of, modality_lut,
-    number, numbers, read_full, text, to_float32,
+    CR_SOP, DX_PRESENTATION_SOP, DX_PROCESSING_SOP, MG_PRESENTATION_SOP, MG_PROCESSING_SOP, Skipped, decode,
+    dicom_date, frames_of, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
 from .mg_orientation import parse_patient_orientation, reorient, reorientation
