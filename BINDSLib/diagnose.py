@@ -99,6 +99,14 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
                 raise InputError(f"no 'lesion' segment (has {', '.join(segs)})", p)
             out[im.label] = seg.mask
         else:
+            from .io.files import PLACED_FORMATS, suffix_of
+
+            turned = im.source.reoriented if im.source is not None else None
+            if turned and suffix_of(p) not in PLACED_FORMATS:
+                raise InputError(f"{im.label} was stored otherwise than in the standard orientation and is read "
+                                 f"re-indexed ({turned}, from its PatientOrientation): a {suffix_of(p)} mask has no "
+                                 "grid to say on which pixels it was drawn; give it as NRRD or NIfTI with its "
+                                 "grid, or as a .seg.nrrd", p)
             out[im.label] = read_mask_file(p, im.shape, im.geometry)
     return out
 

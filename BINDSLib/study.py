@@ -312,6 +312,9 @@ class SourceInfo:
     description: str | None = None
     #: a mammogram's EstimatedRadiographicMagnificationFactor (recorded, not applied)
     magnification: float | None = None
+    #: how a mammogram stored otherwise than in the standard orientation was re-indexed from
+    #: its PatientOrientation (``"transposed, mirrored"``), for the masks drawn on its stored pixels
+    reoriented: str | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -327,6 +330,8 @@ class SourceInfo:
         d = {k: v for k, v in d.items() if k in known}
         d["files"] = tuple(d.get("files", ()))
         d["sop_instance_uids"] = tuple(d.get("sop_instance_uids", ()))
+        if not isinstance(d.get("reoriented") or "", str):
+            raise ValueError(f"source.reoriented must be text, got {d['reoriented']!r}")
         m = d.get("magnification")
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 1.0 <= m <= 5.0):
             raise ValueError(f"source.magnification must be a number from 1 to 5, got {m!r}")

@@ -312,6 +312,49 @@ def test_mg_spacing_follows_gdcm_by_the_data_sets_class(tmp_path, meta_sop, data
     assert dicom_mg.mg_spacing_mm(pydicom.dcmread(tmp_path / "mg.dcm")) == pytest.approx(expected)
 
 
+def test_patient_orientation_against_the_plane_and_odd_spacing_values(tmp_path, monkeypatch):
+    """From the hostile-input audit: a PatientOrientation that contradicts the file's own plane
+    (ImageOrientationPatient) or runs both ways along one axis is said and left unused; one that
+    agrees is followed. A spacing tag of one value is read as GDCM reads it (both axes), one that
+    is no number is said; an implausible magnification factor is said."""
+    said = []
+    monkeypatch.setattr(dicom_mg.log, "warning", lambda msg, *args: said.append(msg % args))
+    stored = np.arange(64 * 48).reshape(64, 48) % 4000
+    cases = [  # (PatientOrientation, ImageOrientationPatient, re-indexed, what is said)
+        ("A\\L", [1, 0, 0, 0, 1, 0], False, "contradicts ImageOrientationPatient (L\\P)"),
+        ("L\\A", [1, 0, 0, 0, -1, 0], True, None),  # rows to the left, columns to the front: as said
+        ("P\\P", None, False, "ignoring PatientOrientation 'P\\P'"),
+    ]
+    for n, (orientation, iop, turned, words_) in enumerate(cases):
+        attrs = {"PatientOrientation": orientation, "ImagerPixelSpacing": [0.1, 0.1]}
+        if iop is not None:
+            attrs.update(ImageOrientationPatient=iop, ImagePositionPatient=[0, 0, 0])
+        ds = _mg_dataset(stored, "MONOCHROME2", **attrs)
+        ds.save_as(tmp_path / f"po{n}.dcm", enforce_file_format=True)
+        said.clear()
+        im = dicom_mg.read_mg_image(tmp_path / f"po{n}.dcm", pydicom.dcmread(tmp_path / f"po{n}.dcm"))
+        assert (im.shape != (1, 64, 48)) == turned, orientation
+        assert (words_ is None and not said) or (len(said) == 1 and words_ in said[0]), (orientation, said)
+    for value, expected, words_ in (("0.1", (0.1, 0.1), "1 value(s)"), ("0.1\\0.2\\0.3", (0.2, 0.1), "3 value(s)"),
+                                    ("abc\\0.1", (0.05, 0.05), "ignoring ImagerPixelSpacing 'abc\\0.1'")):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        ds.ImagerPixelSpacing = "9" * len(value)  # a placeholder of the value's length, replaced in the file
+        ds.PixelSpacing = [0.05, 0.05]
+        ds.save_as(tmp_path / "sp.dcm", implicit_vr=False, little_endian=True)
+        raw = (tmp_path / "sp.dcm").read_bytes().replace(("9" * len(value)).encode(), value.encode())
+        (tmp_path / "sp.dcm").write_bytes(raw)
+        said.clear()
+        assert dicom_mg.mg_spacing_mm(pydicom.dcmread(tmp_path / "sp.dcm", force=True), "x.dcm") == pytest.approx(expected)
+        assert any(words_ in s for s in said), (value, said)
+    said.clear()
+    ds = Dataset()
+    ds.EstimatedRadiographicMagnificationFactor = "0"
+    assert dicom_mg.mg_magnification(ds, "x.dcm") is None and "ignoring EstimatedRadiographic" in said[0]
+
+
 def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
     """A spot-magnification view (factor 1.8) shows the breast 1.8 times larger than the views
     the model reads: the report says so; a standard view's geometric factor (1.08) does not."""
@@ -1130,6 +1173,7 @@ def test_empty_pixel_data_is_named_as_such(phantom_dicom, tmp_path):
 @pytest.mark.parametrize("value, expected", [
     ("A\\F", ("A", "F")), (["P", "FL"], ("P", "FL")), ("r\\p", ("R", "P")),
     ("CC", None), ("MLO", None), ("A\\X", None), ("", None), (None, None), ("A\\F\\H", None),
+    ("P\\P", None), ("R\\L", None), ("H\\FR", None),  # both along one axis
 ])
 def test_patient_orientation_parsed(value, expected):
     from BINDSLib.io.mg_orientation import parse_patient_orientation
@@ -1254,3 +1298,38 @@ def test_a_mammogram_stored_turned_is_read_as_the_models_read_it(phantom_dicom, 
             assert ref.TransformIndexToPhysicalPoint((i, j, 0)) == pytest.approx(tuple(where))
             # the pixel stored there is the one the usual storage has at (r, c)
             assert stored.reshape(stored.shape[-2:])[j, i] == plain_raw[r, c]
+
+
+def test_a_mask_without_a_grid_is_refused_for_a_re_indexed_mammogram(phantom_dicom, tmp_path):
+    """From the hostile-input audit: a PNG mask drawn on the stored pixels of a mammogram stored
+    upside down has the image's shape, and landed mirrored, silently. The re-indexing is recorded
+    (source.reoriented, kept in the study folder) and such a mask is refused; a mask with a grid
+    (NRRD on the file's own grid, as SimpleITK reads it) lands where it was drawn."""
+    sitk = pytest.importorskip("SimpleITK")
+    from BINDSLib.diagnose import load_lesion_masks
+    from BINDSLib.io.loader import load
+    from BINDSLib.studyfolder import read_study_folder, write_study_folder
+
+    def upside_down(ds):
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.PatientOrientation = ["A", "L"]  # a left CC whose columns run to the lateral side
+
+    path = _edited_copy(phantom_dicom, tmp_path / "case", "MG_L_CC", upside_down)
+    study = load(tmp_path / "case").studies[0]
+    im = study.image("MG_L_CC")
+    assert im.source.reoriented == "upside down"
+    rows, cols = im.shape[1:]
+    drawn = np.zeros((rows, cols), np.uint8)  # on the stored pixels: the top rows of the file
+    drawn[5:15, 10:30] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(drawn * 255), str(tmp_path / "mask.png"))
+    with pytest.raises(InputError, match=r"mask.png: MG_L_CC was stored otherwise than in the standard orientation "
+                                         r"and is read re-indexed \(upside down"):
+        load_lesion_masks(study, {"MG_L_CC": tmp_path / "mask.png"})
+    placed = sitk.GetImageFromArray(drawn[None])
+    ref = sitk.ReadImage(str(path))
+    placed.SetSpacing(ref.GetSpacing()), placed.SetOrigin(ref.GetOrigin()), placed.SetDirection(ref.GetDirection())
+    sitk.WriteImage(placed, str(tmp_path / "mask.nrrd"))
+    got = load_lesion_masks(study, {"MG_L_CC": tmp_path / "mask.nrrd"})["MG_L_CC"]
+    np.testing.assert_array_equal(got[0], drawn[::-1])  # read upside down, as the image is
+    write_study_folder(study, tmp_path / "study")
+    assert read_study_folder(tmp_path / "study").image("MG_L_CC").source.reoriented == "upside down"

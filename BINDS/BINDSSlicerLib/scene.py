@@ -224,14 +224,16 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     if frame and frame.strip().isdigit() and role.modality.value == "US" and role.frame is None:
         role = dataclasses.replace(role, frame=int(frame))  # (the frame the command line reads too)
     voxels, geometry = voxelsFromVolumeNode(volumeNode), geometryFromVolumeNode(volumeNode)
+    reoriented = None
     orientation = volumeNode.GetAttribute(ORIENTATION_ATTRIBUTE)
     if orientation and role.modality.value == "MG" and voxels.shape[0] == 1:
         # stored otherwise than in the standard orientation: re-indexed with its geometry (every
         # pixel in its place), as `binds diagnose` reads the DICOM file; the outputs overlay the node
-        from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
+        from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation, steps_text
 
         steps = reorientation(parse_patient_orientation(orientation), role.view, role.laterality)
         voxels, geometry = reorient(voxels, geometry, *steps)
+        reoriented = steps_text(steps) or None
     region = _usRegion(volumeNode.GetAttribute(US_REGION_ATTRIBUTE), voxels.shape)
     if region is not None and role.modality.value == "US":
         # the tissue region alone, as `binds diagnose` crops the DICOM file (the model fits the
@@ -248,7 +250,7 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
         geometry,
         role,
         acquisition_date=date,
-        source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName()),
+        source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName(), reoriented=reoriented),
     )
 
 

@@ -23,6 +23,7 @@ Rules (documented in docs/DICOM.md):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -37,7 +38,7 @@ from .dicom_common import (
     dicom_date, frames_of, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
-from .mg_orientation import parse_patient_orientation, reorient, reorientation
+from .mg_orientation import direction_letters, parse_patient_orientation, reorient, reorientation, steps_text
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,11 @@ def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
     capture); else 1 mm. An implausible value is skipped (a warning)."""
     lo, hi = _PLAUSIBLE_SPACING_MM
     order = ("PixelSpacing", "NominalScannedPixelSpacing", "ImagerPixelSpacing")
-    if sop_class(ds) in _DETECTOR_SPACED_SOPS:
+    sop = sop_class(ds)
+    if sop in _DETECTOR_SPACED_SOPS or (not sop and text(ds, "Modality").upper() in ("MG", "DX", "CR")):
         order = ("ImagerPixelSpacing", "PixelSpacing")
     for kw in order:
-        sp = numbers(ds, kw, 2)
+        sp = _spacing_pair(ds, kw, path)
         if sp is None:
             continue
         row_mm, col_mm = sp
@@ -165,10 +167,40 @@ def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def mg_magnification(ds) -> float | None:
+def _spacing_pair(ds, keyword: str, path) -> tuple[float, float] | None:
+    """``(row, column)`` spacing of a spacing tag: its two values; one value for both axes and the
+    first two of more, as GDCM reads them (with a warning); ``None`` when absent, or unusable
+    (not numbers, not finite: a warning names the file and the value)."""
+    try:
+        value = ds.get(keyword)
+    except (TypeError, ValueError) as e:  # (pydicom converting a malformed decimal string)
+        log.warning("%s: ignoring %s: not two numbers (%s)", path, keyword, e)
+        return None
+    if value is None or value == "":
+        return None
+    items = list(value) if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)) else [value]
+    try:
+        numbers_ = [float(v) for v in items]
+    except (TypeError, ValueError):
+        numbers_ = []
+    if not numbers_ or not np.all(np.isfinite(numbers_[:2])):
+        log.warning("%s: ignoring %s '%s': not two numbers", path, keyword, "\\".join(str(v) for v in items))
+        return None
+    if len(numbers_) != 2:
+        log.warning("%s: %s has %d value(s) %s; read as GDCM reads it: %s", path, keyword, len(numbers_),
+                    numbers_, "both axes at the one value" if len(numbers_) == 1 else "the first two")
+    return (numbers_[0], numbers_[0]) if len(numbers_) == 1 else (numbers_[0], numbers_[1])
+
+
+def mg_magnification(ds, path=None) -> float | None:
     """EstimatedRadiographicMagnificationFactor when it is a plausible factor (1-5), else ``None``."""
     m = number(ds, "EstimatedRadiographicMagnificationFactor")
-    return m if m is not None and 1.0 <= m <= 5.0 else None
+    if m is not None and 1.0 <= m <= 5.0:
+        return m
+    if ds.get("EstimatedRadiographicMagnificationFactor") not in (None, ""):
+        log.warning("%s: ignoring EstimatedRadiographicMagnificationFactor '%s': not a factor from 1 to 5",
+                    path, text(ds, "EstimatedRadiographicMagnificationFactor"))
+    return None
 
 
 def _output_range(ds, voi_lut_used: bool) -> tuple[float, float]:
@@ -232,16 +264,27 @@ def read_mg_image(path: Path, header) -> Image:
                         sop_instance_uids=tuple(u for u in [text(header, "SOPInstanceUID")] if u),
                         manufacturer=text(header, "Manufacturer") or None,
                         description=text(header, "SeriesDescription") or None,
-                        magnification=mg_magnification(header))
+                        magnification=mg_magnification(header, path))
     role = mg_role(header)
     geometry = plane_geometry(header, sx, sy, path=path)
     orientation = parse_patient_orientation(header.get("PatientOrientation"))
+    said = text(header, "PatientOrientation")
+    if orientation is None and said:
+        log.warning("%s: ignoring PatientOrientation '%s': not two directions along different axes (read as "
+                    "stored)", path, said)
+    if orientation is not None and numbers(header, "ImageOrientationPatient", 6) is not None:
+        placed = direction_letters(geometry.direction)  # (the plane the file gives, LPS)
+        if (orientation[0][0], orientation[1][0]) != placed:
+            log.warning("%s: PatientOrientation '%s' contradicts ImageOrientationPatient (%s): read as stored",
+                        path, said, "\\".join(placed))
+            orientation = None
     steps = reorientation(orientation, role.view, role.laterality)
     if any(steps):
-        log.info("%s: stored %s (PatientOrientation %s): re-indexed to the standard orientation", path,
-                 ", ".join(w for w, done in zip(("transposed", "upside down", "mirrored"), steps) if done),
+        how = steps_text(steps)
+        log.info("%s: stored %s (PatientOrientation %s): re-indexed to the standard orientation", path, how,
                  "\\".join(orientation))
         voxels, geometry = reorient(voxels, geometry, *steps)
+        source = dataclasses.replace(source, reoriented=how)
     return Image(voxels, geometry, role, acquisition_date=acq, source=source)
 
 

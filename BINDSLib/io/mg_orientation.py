@@ -27,6 +27,7 @@ from ..study import Geometry
 
 _LETTERS = set("APRLHF")
 _OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
+_AXIS = {"A": 1, "P": 1, "R": 0, "L": 0, "H": 2, "F": 2}
 #: views whose columns run head - foot (the head at the top)
 HEAD_FOOT_VIEWS = frozenset({"MLO", "ML", "LM", "LMO", "SIO"})
 #: views whose columns run lateral - medial (the lateral side at the top)
@@ -35,14 +36,28 @@ CC_VIEWS = frozenset({"CC", "XCCL", "XCCM"})
 
 def parse_patient_orientation(value) -> tuple[str, str] | None:
     """``(rows, columns)`` directions of a PatientOrientation value (``'A\\F'``, ``['A', 'FR']``),
-    upper case; ``None`` when it is not two valid direction codes (a vendor's ``'CC'``)."""
+    upper case; ``None`` when it is not two valid direction codes (a vendor's ``'CC'``) or both
+    run along one axis (``'P\\P'``, ``'R\\L'``)."""
     if value is None:
         return None
     parts = value.split("\\") if isinstance(value, str) else [str(v) for v in value]
     parts = [p.strip().upper() for p in parts]
     if len(parts) != 2 or not all(p and set(p) <= _LETTERS for p in parts):
         return None
+    if _AXIS[parts[0][0]] == _AXIS[parts[1][0]]:
+        return None
     return parts[0], parts[1]
+
+
+def direction_letters(direction) -> tuple[str, str]:
+    """The main directions (``'A'``...) in which the rows and the columns of a grid of
+    ``direction`` (row-major 3x3, columns the axes, LPS) run, as PatientOrientation writes them."""
+    axes = np.asarray(direction, np.float64).reshape(3, 3)
+    out = []
+    for v in (axes[:, 0], axes[:, 1]):
+        k = int(np.argmax(np.abs(v)))
+        out.append(("LR", "PA", "HF")[k][0 if v[k] > 0 else 1])
+    return out[0], out[1]
 
 
 def standard_orientation(laterality: str | None, view: str | None) -> tuple[str | None, str | None]:
@@ -74,6 +89,11 @@ def reorientation(orientation, view: str | None, laterality: str | None = None) 
     flip_cols = want_rows is not None and rows == _OPPOSITE[want_rows]
     flip_rows = want_cols is not None and cols == _OPPOSITE[want_cols]
     return transpose, flip_rows, flip_cols
+
+
+def steps_text(steps) -> str:
+    """``"transposed, mirrored"``: the :func:`reorientation` steps taken, in words."""
+    return ", ".join(w for w, done in zip(("transposed", "upside down", "mirrored"), steps) if done)
 
 
 def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows: bool,
