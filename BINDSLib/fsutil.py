@@ -124,6 +124,16 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), signs=
     return path
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """``Path(path).resolve()``, or its absolute path where links cannot be followed (a loop of
+    links: RuntimeError or OSError, by Python version; a NUL byte: ValueError): the file is
+    then named as it is by the error its reading gives."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError, ValueError):
+        return Path(os.path.abspath(os.fspath(path).replace("\0", "")))
+
+
 class Inputs:
     """A command's input files and folders (None entries skipped), resolved once: what an
     output may neither be nor hold (:func:`check_not_input`). A batch checks every study's
@@ -135,7 +145,7 @@ class Inputs:
         for p in paths:
             if p is None:
                 continue
-            src = Path(p).resolve()
+            src = resolved(p)
             self.given.setdefault(src, p)
             for folder in src.parents:
                 self.held.setdefault(folder, p)
@@ -158,7 +168,7 @@ def check_not_input(path: str | os.PathLike, inputs) -> None:
     paths; None entries are skipped) or a folder holding one: writing it would replace (with
     ``--overwrite``, delete) the input. An output inside an input folder is allowed."""
     inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
-    out = Path(path).resolve()
+    out = resolved(path)
     if out in inputs.given:
         raise OutputError("is an input of this command; writing the output there would replace "
                           "the input: choose another output", path)

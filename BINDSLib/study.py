@@ -328,8 +328,11 @@ class SourceInfo:
         a ``magnification`` that is not a number from 1 to 5."""
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        d["files"] = tuple(d.get("files", ()))
-        d["sop_instance_uids"] = tuple(d.get("sop_instance_uids", ()))
+        for key in ("files", "sop_instance_uids"):
+            value = d.get(key, ())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"source.{key} must be a list of texts, got {value!r}")
+            d[key] = tuple(value)
         if not isinstance(d.get("reoriented") or "", str):
             raise ValueError(f"source.reoriented must be text, got {d['reoriented']!r}")
         m = d.get("magnification")

@@ -252,6 +252,10 @@ def test_mg_spacing_fallbacks(caplog):
     assert dicom_mg.mg_spacing_mm(ds) == (0.2, 0.1)  # (column, row)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # a digital mammogram: ImagerPixelSpacing first
     assert dicom_mg.mg_spacing_mm(ds) == (0.05, 0.05)
+    del ds.SOPClassUID  # no class at all: the Modality decides, as GDCM does
+    ds.Modality = "MG"
+    assert dicom_mg.mg_spacing_mm(ds) == (0.05, 0.05)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
     del ds.ImagerPixelSpacing
     assert dicom_mg.mg_spacing_mm(ds) == (0.2, 0.1)
     ds.ImagerPixelSpacing = [0.05, 0.05]
@@ -386,6 +390,12 @@ def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
         with pytest.raises(InputError, match=r"study.json: .*source.magnification must be a number from 1 to 5, got '1.8'"):
             read_study_folder(tmp_path / "study")
         doc["images"][0]["source"]["magnification"] = 1.8
+        for bad in (3, "abc", [1]):  # (hostile-input audit: 'int' object is not iterable; "abc" as 3 files)
+            doc["images"][0]["source"]["files"] = bad
+            (tmp_path / "study" / "study.json").write_text(json.dumps(doc))
+            with pytest.raises(InputError, match=r"source.files must be a list of texts"):
+                read_study_folder(tmp_path / "study")
+        doc["images"][0]["source"]["files"] = ["mag.dcm"]
         (tmp_path / "study" / "study.json").write_text(json.dumps(doc))
         assert read_study_folder(tmp_path / "study").images[0].source.magnification == 1.8
 

@@ -275,3 +275,23 @@ def test_the_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
         (d / "report.json").write_text("{}")
     assert not left["dead"].exists()
     assert all(left[k].exists() for k in ("alive", "other host", "other name"))
+
+
+def test_inputs_with_a_loop_of_links_or_a_nul_are_no_internal_error(tmp_path):
+    """Path.resolve() raises on a loop of links (RuntimeError or OSError, by Python version) and
+    on a NUL: an output checked against such an input is still checked (hostile-input audit:
+    binds cohort ended with an internal error)."""
+    import os
+
+    from BINDSLib.errors import OutputError
+    from pathlib import Path
+
+    from BINDSLib.fsutil import check_not_input, resolved
+
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    assert resolved(tmp_path / "a") in (tmp_path / "a", tmp_path / "b")
+    assert resolved("x\0y") == Path(os.path.abspath("xy"))
+    check_not_input(tmp_path / "out", [tmp_path / "a", "x\0y"])  # (no error: the output is neither)
+    with pytest.raises(OutputError, match="holds an input of this command"):
+        check_not_input(tmp_path, [tmp_path / "a"])

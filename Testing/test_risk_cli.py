@@ -137,7 +137,8 @@ def test_exams_given_twice_or_without_a_standard_view_are_refused_naming_the_fol
 
 
 @pytest.mark.parametrize("option", [["--threshold", "1.7"], ["--threshold", "nan"], ["--rise-threshold", "-1"],
-                                    ["--window-years", "0"], ["--window-years", "inf"], ["--device", "gpu0"]])
+                                    ["--window-years", "0"], ["--window-years", "inf"], ["--window-years", "1e308"],
+                                    ["--device", "gpu0"]])
 def test_out_of_range_options_are_usage_errors(exams, bundle, tmp_path, option, capsys):
     with pytest.raises(SystemExit) as e:
         main(["risk", str(exams[0]), "--model", str(bundle), "--out", str(tmp_path / "o"), *option])
@@ -437,14 +438,21 @@ def test_blank_views_a_future_date_and_a_rise_near_its_threshold_are_said(bundle
     err = capsys.readouterr().err
     assert f"{folder}: the exam has no readable standard mammography view (" in err and "is constant" in err
 
-    later = dt.date.today() + dt.timedelta(days=400)
+    later = dt.date.today() + dt.timedelta(days=100)
     ahead = write_study_folder(make_exam(6, later, study_id="typo", patient_id="Jane Doe"), tmp_path / "ahead",
                                keep_identifiers=True)
     out = tmp_path / "o2"
     assert main(["risk", *map(str, exams), str(ahead), "--model", str(bundle), "--out", str(out)]) == 0
     warnings = json.loads((out / "report.json").read_text())["warnings"]
-    assert any(w.startswith(f"1 exam(s) dated after today, in {ahead}") for w in warnings)
+    assert any(w.startswith(f"1 exam(s) dated after today ({later} in {ahead})") for w in warnings)
     capsys.readouterr()
+    # a date no screening exam can have (a mistyped year) is refused, naming it; nothing is written
+    for n, day in enumerate((dt.date.today() + dt.timedelta(days=400), dt.date(1026, 5, 1), dt.date(9999, 12, 31))):
+        bad = write_study_folder(make_exam(7, day, study_id=f"typo{n}", patient_id="Jane Doe"), tmp_path / f"bad{n}",
+                                 keep_identifiers=True)
+        assert main(["risk", *map(str, exams), str(bad), "--model", str(bundle), "--out", str(tmp_path / "o5")]) == 3
+        assert f"exam date(s) no screening exam can have ({day} in {bad})" in capsys.readouterr().err
+        assert not (tmp_path / "o5").exists()
 
     out = tmp_path / "o3"
     assert main(["risk", *map(str, exams), "--model", str(bundle), "--out", str(out)]) == 0

@@ -70,6 +70,15 @@ def test_manifest_is_checked(tmp_path, caplog):
         assert len(read_manifest(m)) == 3
     assert "line 3: path 'w/x/../e1/' repeats line 2: that exam is scored twice" in caplog.text
     assert f"line 4: path '{tmp_path / 'w' / 'e1'}' repeats line 2" in caplog.text
+    # hostile paths (hostile-input audit: exit 1 from deep inside Python): a NUL said by line, a
+    # loop of links read (its exam fails when scored, as a missing folder does)
+    m.write_text("exam_id,path\nA,w/e\0vil\n")
+    with pytest.raises(InputError, match=r"line 2: path 'w/e\\x00vil' holds a NUL character"):
+        read_manifest(m)
+    os.symlink(tmp_path / "loop-b", tmp_path / "loop-a")
+    os.symlink(tmp_path / "loop-a", tmp_path / "loop-b")
+    m.write_text("exam_id,path\nA,loop-a\n")
+    assert [r.exam_id for r in read_manifest(m)] == ["A"]
     m.write_text("exam_id,path,exam_date\nA,a,2020-13-40\n")
     with pytest.raises(InputError, match="line 2"):
         read_manifest(m)

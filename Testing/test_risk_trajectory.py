@@ -82,6 +82,13 @@ def test_the_window_holds_two_years_and_a_calendar_month_and_no_change_is_no_ris
     assert same.change_last_years == 0.0 and risk_flags(same, threshold=1, rise_threshold=0) == []
     up = trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.012, 0.012001])
     assert [f.code for f in risk_flags(up, threshold=1, rise_threshold=0)] == ["rising_risk"]
+    # the flags' numbers are told apart from their thresholds (hostile-input audit: "rose by 0.19
+    # ... (flag at 0.19)")
+    (flag,) = risk_flags(trajectory_metrics([dt.date(2019, 1, 1), dt.date(2020, 1, 1)], [0.01, 0.011910]),
+                         threshold=1, rise_threshold=0.0019)
+    assert "rose by 0.191 percentage points" in flag.message and "(flag at 0.190)" in flag.message
+    (flag,) = risk_flags(trajectory_metrics([dt.date(2019, 1, 1)], [0.017004]), threshold=0.017)
+    assert "5-year risk 1.7004% >= 1.7000%" in flag.message
 
 
 def test_flags_compare_risks_as_they_are_reported():

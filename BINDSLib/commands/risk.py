@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from . import device_name, positive_number, probability
+from . import device_name, probability
 
 
 def register(sub) -> None:
@@ -30,8 +31,8 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=probability, default=None, metavar="P",
                    help="5-year risk at which supplemental MRI is suggested (default from the "
                         "bundle: 0.017, NCCN 2026)")
-    p.add_argument("--window-years", type=positive_number, default=2.0, metavar="Y",
-                   help="look-back window of the recent change (default 2 years)")
+    p.add_argument("--window-years", type=window_years, default=2.0, metavar="Y",
+                   help="look-back window of the recent change (default 2 years; at most 100)")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep study and patient IDs in the outputs (default: pseudonyms)")
     p.add_argument("--same-woman", action="store_true",
@@ -71,14 +72,22 @@ def run(args: argparse.Namespace) -> int:
         bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
         raise InputError(f"{sum(s.study_date is None for s in studies)} exam(s) without a date, in "
                          f"{', '.join(bad)}; a trajectory needs dated exams")
+    import datetime
+
+    far = sorted({f"{s.study_date} in {sources[id(s)]}" for s in studies if s.study_date is not None
+                  and not datetime.date(1900, 1, 1) <= s.study_date <= _today() + datetime.timedelta(days=366)})
+    if far:  # (a mistyped year: 2062 for 2026, 1026 for 2016)
+        raise InputError(f"exam date(s) no screening exam can have ({'; '.join(far)}): before 1900 or more than "
+                         "a year from today; correct the date")
     # by date; exams of one date in a fixed order (their folders'), whatever order they were given in
     studies.sort(key=lambda s: (s.study_date or _today(), str(sources[id(s)]), s.study_id))
     raw_ids = {s.patient_id for s in studies if s.patient_id} | woman_ids
     anon = {public_id(i) for i in raw_ids}
     warnings = []
-    future = sorted({str(sources[id(s)]) for s in studies if s.study_date is not None and s.study_date > _today()})
+    future = sorted({f"{s.study_date} in {sources[id(s)]}" for s in studies
+                     if s.study_date is not None and s.study_date > _today()})
     if future:  # the latest exam decides the MRI flag: a mistyped year would make it that one
-        warnings.append(f"{len(future)} exam(s) dated after today, in {', '.join(future)}: check their dates "
+        warnings.append(f"{len(future)} exam(s) dated after today ({'; '.join(future)}): check their dates "
                         "(the latest exam's risk decides the MRI flag)")
         log.warning(warnings[-1])
     if after:  # a risk model reads screening exams before a diagnosis, as it was trained
@@ -222,7 +231,8 @@ def _read_exams(paths, keep_identifiers=False):
             public = exam_identifier(st, keep_identifiers)
             chosen, said = usable_views(st)
             if all(im is None for im in chosen):
-                raise InputError(f"{'exam ' + public if len(exams) > 1 else 'the exam'} {no_view_text(said)}", p)
+                which = f"exam {public} of {st.study_date or 'no date'}" if len(exams) > 1 else "the exam"
+                raise InputError(f"{which} {no_view_text(said)}", p)
             key = (st.study_id, st.study_date)
             if key in where:  # one exam given twice would count twice in the trajectory
                 raise InputError(f"exam {public} of {st.study_date or 'no date'} is also given "
@@ -234,6 +244,13 @@ def _read_exams(paths, keep_identifiers=False):
         raise InputError("no exams given" if not after else "every exam given is after the woman's cancer date",
                          paths[0] if paths else None)
     return studies, women, sources, after, identities
+
+
+def window_years(text: str) -> float:
+    """argparse type of the look-back window: above 0, at most 100 years (a woman's screening life)."""
+    from . import _number
+
+    return _number(text, float, lambda v: math.isfinite(v) and 0 < v <= 100, "a number of years above 0 and at most 100")
 
 
 def _after(day, cancer_date) -> bool:

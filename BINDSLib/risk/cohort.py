@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, OutputError
-from ..fsutil import atomic_write_json, atomic_write_text, has_content
+from ..fsutil import atomic_write_json, atomic_write_text, has_content, resolved
 from ..study import parse_date, pseudonym, public_id
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         if eid in seen:
             raise InputError(f"line {line}: exam_id {eid!r} repeats line {seen[eid]}", path)
         seen[eid] = line
-        place = os.path.normcase(os.path.realpath(base / p))  # (a/../a, a/, its absolute path, a link to it)
+        if "\0" in p:
+            raise InputError(f"line {line}: path {p!r} holds a NUL character", path)
+        place = os.path.normcase(resolved(base / p))  # (a/../a, a/, its absolute path, a link to it)
         if place in places:  # said, not refused: rows are the user's to list (a test may reuse a folder)
             log.warning("%s: line %d: path %r repeats line %d: that exam is scored twice (one exam "
                         "listed twice counts twice in its woman's exams)", path, line, p, places[place])

@@ -154,18 +154,21 @@ class Flag:
 def risk_flags(metrics: TrajectoryMetrics, threshold: float = NCCN_MRI_THRESHOLD_5Y,
                rise_threshold: float = DEFAULT_RISE_THRESHOLD) -> list[Flag]:
     """Flags for the latest exam: above the MRI threshold; risen beyond ``rise_threshold``."""
+    from ..outputs.report import told_apart
+
     flags = []
     last = metrics.last_risk
     # compared as reported (risks are written with 6 decimals): a risk shown equal to the
     # threshold is flagged, and a rise of 0.5 points is not 0.4999999 points
     if last is not None and round(last, ROUND_DECIMALS) >= threshold:
+        shown, limit = told_apart(last, threshold, 2, 6, scale=100)  # (1.7004% >= 1.7000%, not 1.70% twice)
         flags.append(Flag("consider_supplemental_mri",
-                          f"{metrics.horizon_years}-year risk {100 * last:.2f}% >= "
-                          f"{100 * threshold:.2f}%: consider supplemental MRI (NCCN 2026)"))
+                          f"{metrics.horizon_years}-year risk {shown}% >= {limit}%: consider supplemental MRI "
+                          "(NCCN 2026)"))
     rise = metrics.change_last_years
     if rise is not None and rise > 0 and round(rise, ROUND_DECIMALS) >= rise_threshold:  # (no change is no rise)
+        shown, limit = told_apart(rise, rise_threshold, 2, 6, scale=100)
         flags.append(Flag("rising_risk",
-                          f"{metrics.horizon_years}-year risk rose by {100 * rise:.2f} percentage "
-                          f"points over the last {metrics.window_years:g} years (flag at "
-                          f"{100 * rise_threshold:.2f})"))
+                          f"{metrics.horizon_years}-year risk rose by {shown} percentage points over the last "
+                          f"{metrics.window_years:g} years (flag at {limit})"))
     return flags
