@@ -99,15 +99,13 @@ def load_lesion_masks(study: Study, assignments: Mapping[str, str | os.PathLike]
                 raise InputError(f"no 'lesion' segment (has {', '.join(segs)})", p)
             out[im.label] = seg.mask
         else:
-            from .io.files import PLACED_FORMATS, suffix_of
-
             turned = im.source.reoriented if im.source is not None else None
-            if turned and suffix_of(p) not in PLACED_FORMATS:
-                raise InputError(f"{im.label} was stored otherwise than in the standard orientation and is read "
-                                 f"re-indexed ({turned}, from its PatientOrientation): a {suffix_of(p)} mask has no "
-                                 "grid to say on which pixels it was drawn; give it as NRRD or NIfTI with its "
-                                 "grid, or as a .seg.nrrd", p)
-            out[im.label] = read_mask_file(p, im.shape, im.geometry)
+            needs_grid = None if not turned else (
+                f"{im.label} was stored otherwise than in the standard orientation and is read re-indexed "
+                f"({turned}, from its PatientOrientation): a mask without a grid (PNG, JPEG, or a file whose "
+                "grid is unset: 1 mm, origin 0) cannot say on which pixels it was drawn; give it with its "
+                "grid (NRRD, NIfTI), or as a .seg.nrrd")
+            out[im.label] = read_mask_file(p, im.shape, im.geometry, needs_grid=needs_grid)
     return out
 
 

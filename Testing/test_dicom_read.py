@@ -327,12 +327,16 @@ def test_patient_orientation_against_the_plane_and_odd_spacing_values(tmp_path, 
     cases = [  # (PatientOrientation, ImageOrientationPatient, re-indexed, what is said)
         ("A\\L", [1, 0, 0, 0, 1, 0], False, "contradicts ImageOrientationPatient (L\\P)"),
         ("L\\A", [1, 0, 0, 0, -1, 0], True, None),  # rows to the left, columns to the front: as said
+        ("A\\FR", [0, -1, 0, -0.6, 0, -0.8], False, None),  # an oblique MLO: its letters agree
+        ("R\\P", [-1, 0, 0, 0, 1, 0], True, None),  # the plane without a position: agrees all the same
         ("P\\P", None, False, "ignoring PatientOrientation 'P\\P'"),
     ]
     for n, (orientation, iop, turned, words_) in enumerate(cases):
         attrs = {"PatientOrientation": orientation, "ImagerPixelSpacing": [0.1, 0.1]}
         if iop is not None:
-            attrs.update(ImageOrientationPatient=iop, ImagePositionPatient=[0, 0, 0])
+            attrs["ImageOrientationPatient"] = iop
+            if orientation != "R\\P":
+                attrs["ImagePositionPatient"] = [0, 0, 0]
         ds = _mg_dataset(stored, "MONOCHROME2", **attrs)
         ds.save_as(tmp_path / f"po{n}.dcm", enforce_file_format=True)
         said.clear()
@@ -357,6 +361,23 @@ def test_patient_orientation_against_the_plane_and_odd_spacing_values(tmp_path, 
     ds = Dataset()
     ds.EstimatedRadiographicMagnificationFactor = "0"
     assert dicom_mg.mg_magnification(ds, "x.dcm") is None and "ignoring EstimatedRadiographic" in said[0]
+
+
+@pytest.mark.parametrize("attrs", [{"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]},
+                                   {"ImagePositionPatient": [5.0, -3.0, 2.0]}], ids=["orientation", "position"])
+def test_a_plane_given_in_part_is_placed_as_slicer_places_it(tmp_path, attrs):
+    """ImageOrientationPatient without ImagePositionPatient (or the reverse): GDCM, Slicer's
+    reader, uses what there is (the axes at the origin, or the position unrotated); BINDS too
+    (review: it placed both at the origin, unrotated, so outputs missed Slicer's load)."""
+    sitk = pytest.importorskip("SimpleITK")
+    ds = _mg_dataset(np.arange(40 * 30).reshape(40, 30) % 4000, "MONOCHROME2", ImagerPixelSpacing=[0.1, 0.2],
+                     **attrs)
+    (tmp_path / "mg").mkdir()
+    ds.save_as(tmp_path / "mg" / "one.dcm", enforce_file_format=True)
+    (im,) = load_dicom_folder(tmp_path / "mg")[0][0].images
+    ref = sitk.ReadImage(str(tmp_path / "mg" / "one.dcm"))
+    assert im.geometry.origin_mm == pytest.approx(ref.GetOrigin())
+    assert np.asarray(im.geometry.direction) == pytest.approx(np.asarray(ref.GetDirection()))
 
 
 def test_a_magnification_view_is_a_note_of_the_report(tmp_path):
@@ -1194,12 +1215,13 @@ def test_patient_orientation_parsed(value, expected):
 @pytest.mark.parametrize("orientation, view, laterality, expected", [
     (("A", "F"), "MLO", "L", (False, False, False)), (("P", "FL"), "MLO", "R", (False, False, False)),  # standard
     (("A", "R"), "CC", "L", (False, False, False)), (("P", "L"), "CC", "R", (False, False, False)),
-    (("A", "H"), "MLO", "L", (False, True, False)),  # head down
+    (("P", "H"), "MLO", "L", (False, True, True)),  # turned upside down: a half turn
     (("R", "P"), "CC", "L", (True, False, True)),  # the GE Senographe header: chest wall at the bottom
-    (("P", "R"), "CC", "L", (False, False, True)),  # mirrored
-    (("A", "L"), "CC", "L", (False, True, False)),  # medial side at the top
-    (("H", "A"), "MLO", "L", (True, True, False)), (("F", "A"), "MLO", "L", (True, False, False)),
-    (("A", "H"), "MLO", None, (False, True, False)),  # no laterality: only the head - foot rule
+    (("L", "A"), "CC", "R", (True, False, True)),  # its right CC, turned the same way
+    (("P", "R"), "CC", "L", (False, False, False)),  # mirrored: left to the image (no mirroring)
+    (("A", "H"), "MLO", "L", (False, True, True)),  # head down by a mirror: turned, still mirrored
+    (("H", "A"), "MLO", "L", (True, True, False)), (("F", "P"), "MLO", "L", (True, False, True)),
+    (("P", "H"), "MLO", None, (False, True, True)),  # no laterality: the head - foot rule alone
     (("A", "H"), "CC", "L", (False, False, False)),  # a CC has no head - foot axis
     (None, "MLO", "L", (False, False, False)),
 ])
@@ -1213,9 +1235,10 @@ def test_reorientation_brings_a_mammogram_to_the_standard_orientation(orientatio
     ("L", "CC", ("A", "R")), ("R", "CC", ("P", "L")), ("L", "MLO", ("A", "F")), ("R", "MLO", ("P", "F")),
 ])
 def test_every_storage_of_a_view_is_read_as_its_standard_orientation(laterality, view, standard):
-    """The 8 ways to store an image (transposed or not, each axis reversed or not), each with the
-    PatientOrientation that says so, are all read as the standard storage, and the laterality
-    check finds the breasts against their usual edges."""
+    """Of the 8 ways to store an image (transposed or not, each axis reversed or not), each with
+    the PatientOrientation that says so, the 4 turns are read as the standard storage and the 4
+    mirrorings as its mirror image (which edge holds the chest wall is the image's to say: a
+    view labelled with the wrong breast still shows against the other breast's edge)."""
     from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
     from BINDSLib.study import Geometry
     from BINDSLib.validation import breast_side
@@ -1238,7 +1261,8 @@ def test_every_storage_of_a_view_is_read_as_its_standard_orientation(laterality,
                     stored, rows = stored[:, ::-1], opposite[rows]
                 steps = reorientation(parse_patient_orientation(f"{rows}\\{cols}"), view, laterality)
                 back, _ = reorient(stored[None], Geometry(), *steps)
-                np.testing.assert_array_equal(back[0], usual, err_msg=f"{rows}\\{cols}")
+                turned = (transpose + down + across) % 2 == 0  # an even number of mirrorings: a turn
+                np.testing.assert_array_equal(back[0], usual if turned else usual[:, ::-1], err_msg=f"{rows}\\{cols}")
                 seen.add((rows, cols))
     assert len(seen) == 8
     assert breast_side(usual) == ("left" if laterality == "L" else "right")
@@ -1286,11 +1310,11 @@ def test_a_mammogram_stored_turned_is_read_as_the_models_read_it(phantom_dicom, 
     src = _edited_copy(phantom_dicom, tmp_path / "plain", "MG_L_MLO", plain)
     reference = next(im for im in load(tmp_path / "plain").studies[0].images if im.label == "MG_L_MLO")
     plain_raw = pydicom.dcmread(src).pixel_array
-    # stored as the transpose: rows running to the feet, columns to the front; turned a quarter:
-    # rows to the head; upside down: columns to the head
-    for name, orientation, turn in (("transposed", ["F", "A"], lambda a: a.T),
-                                    ("turned", ["H", "A"], lambda a: a.T[:, ::-1]),
-                                    ("head-down", ["A", "H"], lambda a: a[::-1])):
+    # turned a quarter one way (rows to the head, columns to the front), the other way, and a half
+    # turn (upside down: rows to the back, columns to the head)
+    for name, orientation, turn in (("quarter", ["H", "A"], lambda a: a.T[:, ::-1]),
+                                    ("quarter-back", ["F", "P"], lambda a: a.T[::-1]),
+                                    ("half", ["P", "H"], lambda a: a[::-1, ::-1])):
         ds = pydicom.dcmread(src)
         ds.PatientOrientation = orientation
         set_pixels(ds, np.ascontiguousarray(turn(ds.pixel_array)))
@@ -1327,19 +1351,21 @@ def test_a_mask_without_a_grid_is_refused_for_a_re_indexed_mammogram(phantom_dic
     path = _edited_copy(phantom_dicom, tmp_path / "case", "MG_L_CC", upside_down)
     study = load(tmp_path / "case").studies[0]
     im = study.image("MG_L_CC")
-    assert im.source.reoriented == "upside down"
+    assert im.source.reoriented == "turned a half (upside down)"
     rows, cols = im.shape[1:]
     drawn = np.zeros((rows, cols), np.uint8)  # on the stored pixels: the top rows of the file
     drawn[5:15, 10:30] = 1
     sitk.WriteImage(sitk.GetImageFromArray(drawn * 255), str(tmp_path / "mask.png"))
-    with pytest.raises(InputError, match=r"mask.png: MG_L_CC was stored otherwise than in the standard orientation "
-                                         r"and is read re-indexed \(upside down"):
-        load_lesion_masks(study, {"MG_L_CC": tmp_path / "mask.png"})
+    sitk.WriteImage(sitk.GetImageFromArray(drawn[None]), str(tmp_path / "unset.nrrd"))  # grid left unset
+    for name in ("mask.png", "unset.nrrd"):
+        with pytest.raises(InputError, match=rf"{name}: MG_L_CC was stored otherwise than in the standard "
+                                             r"orientation and is read re-indexed \(turned a half \(upside down\)"):
+            load_lesion_masks(study, {"MG_L_CC": tmp_path / name})
     placed = sitk.GetImageFromArray(drawn[None])
     ref = sitk.ReadImage(str(path))
     placed.SetSpacing(ref.GetSpacing()), placed.SetOrigin(ref.GetOrigin()), placed.SetDirection(ref.GetDirection())
     sitk.WriteImage(placed, str(tmp_path / "mask.nrrd"))
     got = load_lesion_masks(study, {"MG_L_CC": tmp_path / "mask.nrrd"})["MG_L_CC"]
-    np.testing.assert_array_equal(got[0], drawn[::-1])  # read upside down, as the image is
+    np.testing.assert_array_equal(got[0], drawn[::-1, ::-1])  # read turned, as the image is
     write_study_folder(study, tmp_path / "study")
-    assert read_study_folder(tmp_path / "study").image("MG_L_CC").source.reoriented == "upside down"
+    assert read_study_folder(tmp_path / "study").image("MG_L_CC").source.reoriented == "turned a half (upside down)"

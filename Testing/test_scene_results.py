@@ -519,3 +519,26 @@ def test_an_mr_edit_a_stage_1_run_did_not_read_stays_pending(scene, tmp_path):
     # read by a run that used it: not passed again unless edited again
     res.markPassed(passed, {"user_lesion_masks": ["MR_DCE1"], "stages": [{"stage": 2, "modalities": ["US", "MR"]}]})
     assert res.lesionMasksForReassessment(scene, images) == {}
+
+
+def test_a_mask_drawn_on_a_turned_mammogram_lands_on_the_study_folders_pixels(tmp_path):
+    """A mammogram the DICOM module loaded stored turned (PatientOrientation kept on the node) is
+    re-indexed in the study folder; a lesion drawn on the node is written on that study grid, so
+    `binds diagnose --lesion-mask` reads it on the same physical pixels (review: a node on the
+    unset 1 mm grid wrote a mask BINDSLib took as drawn on the re-indexed pixels: mirrored)."""
+    from BINDSLib.study import Geometry
+
+    scene = slicer.vtkMRMLScene()
+    stored = np.arange(1 * 6 * 4, dtype=np.uint16).reshape(1, 6, 4)
+    node = sc.addVolumeFromVoxels(scene, stored, Geometry(), "MG_L_CC")  # GDCM's grid of a file without one
+    sc.setVolumeRole(node, "MG_L_CC")
+    node.SetAttribute(sc.ORIENTATION_ATTRIBUTE, "A\\L")  # a left CC turned upside down
+    drawn = np.zeros(stored.shape, np.uint8)
+    drawn[0, 1, 0] = drawn[0, 2, 1] = 1
+    paths = res.writeLesionMaskFiles({"MG_L_CC": drawn}, {"MG_L_CC": node}, tmp_path / "masks")
+    image = sc.imageFromVolumeNode(node)
+    assert image.source.reoriented == "turned a half (upside down)"
+    study = Study("s-1", images=[image])
+    back = load_lesion_masks(study, paths)["MG_L_CC"]
+    np.testing.assert_array_equal(back, drawn[:, ::-1, ::-1])  # the node's pixels, turned as the image is
+    np.testing.assert_array_equal(image.voxels[back.astype(bool)], stored[drawn.astype(bool)][::-1])

@@ -211,6 +211,12 @@ def test_a_mammogram_stored_turned_in_the_scene_is_written_as_the_command_line_r
             lps = image.geometry.index_to_lps((c, r, 0))
             np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ lps, (ras @ [r, cols - 1 - c, 0, 1.0])[:3],
                                        atol=1e-9)
+    # a PatientOrientation that contradicts the file's plane is not used (as the DICOM reader decides)
+    contra = sc.addVolumeFromVoxels(scene, stored, geometry, "GE left CC again")
+    contra.SetAttribute("DICOM.instanceUIDs", "8.8.9")
+    guessVolumeRoles([contra], FakeDicomDatabase({"8.8.9": {"0008,0060": "MG", "0018,5101": "CC", "0020,0062": "L",
+                                                            "0020,0020": "R\\P", "0020,0037": "1\\0\\0\\0\\1\\0"}}))
+    assert contra.GetAttribute(sc.ORIENTATION_ATTRIBUTE) is None
     # a volume without the attribute (not from DICOM, or a CBIS-style "CC") is written as it is
     plain = sc.addVolumeFromVoxels(scene, stored, geometry, "MG_L_CC")
     np.testing.assert_array_equal(sc.imageFromVolumeNode(plain, "MG_L_CC").voxels, stored)

@@ -357,17 +357,23 @@ def editedSegmentations(scene):
 
 
 def writeLesionMaskFiles(masks, imageNodesByLabel, folder):
-    """Write each ``{label: mask}`` as ``folder/<label>_lesion.nrrd`` on its image's grid (LPS).
+    """Write each ``{label: mask}`` (on its image node's grid) as ``folder/<label>_lesion.nrrd``
+    on the grid of the image in the study folder (LPS; a mammogram stored turned is re-indexed, an
+    ultrasound image cropped: ``scene.onStudyGrid``), so it lies on that image's very pixels.
 
     Returns ``{label: path}`` for ``binds diagnose --lesion-mask LABEL=FILE``.
     """
+    from BINDSLib.study import Role
     from BINDSLib.studyfolder import write_nrrd
 
     os.makedirs(folder, exist_ok=True)
     paths = {}
     for label, mask in masks.items():
+        node = imageNodesByLabel[label]
+        role = Role.parse(sc.volumeRole(node) or label)
+        onGrid, geometry, _ = sc.onStudyGrid(node, role, mask, sc.geometryFromVolumeNode(node))
         path = os.path.join(folder, f"{label}_lesion.nrrd")
-        write_nrrd(path, mask, sc.geometryFromVolumeNode(imageNodesByLabel[label]))
+        write_nrrd(path, onGrid, geometry)
         paths[label] = path
     return paths
 

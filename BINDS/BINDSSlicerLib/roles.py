@@ -12,6 +12,7 @@ read the same way a series description would be (``"L CC"``, ``"MG_R_MLO"``,
 puts on the volumes it loads.
 """
 
+import logging
 import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -42,6 +43,7 @@ DICOM_TAGS = {
     "SeriesInstanceUID": "0020,000E",
     "SeriesNumber": "0020,0011",
     "PatientOrientation": "0020,0020",
+    "ImageOrientationPatient": "0020,0037",
     "Laterality": "0020,0060",
     "ImageLaterality": "0020,0062",
     "ImageComments": "0020,4000",
@@ -277,6 +279,24 @@ def ultrasoundRegion(database, instanceUIDs):
     return None if region is None else f"{region.x0} {region.y0} {region.x1} {region.y1}"
 
 
+def _orientationUsable(orientation, imageOrientation, name):
+    """Whether a PatientOrientation may re-index the volume, as the DICOM reader decides it: not
+    when it contradicts the file's ImageOrientationPatient (``"a\\b\\...``" as the database
+    gives it), which is then said."""
+    from BINDSLib.io.mg_orientation import agrees_with_plane, parse_patient_orientation
+
+    parsed = parse_patient_orientation(orientation)
+    try:
+        iop = [float(v) for v in str(imageOrientation or "").split("\\")]
+    except ValueError:
+        iop = []
+    if parsed is not None and len(iop) == 6 and not agrees_with_plane(parsed, iop):
+        logging.warning("volume '%s': PatientOrientation '%s' contradicts ImageOrientationPatient: read as stored",
+                        name, orientation)
+        return False
+    return True
+
+
 def describeVolume(volumeNode, database=None):
     """A :class:`VolumeDescription` of a volume node (header read when it came from DICOM)."""
     shape = None
@@ -303,8 +323,9 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
         if frame.isdigit() and int(frame) >= 1 and node.GetAttribute(FRAME_ATTRIBUTE) is None:
             node.SetAttribute(FRAME_ATTRIBUTE, str(int(frame) - 1))  # (a cine's frame the CLI reads too)
         orientation = str(description.header.get("PatientOrientation", "")).strip()
-        if orientation and node.GetAttribute(ORIENTATION_ATTRIBUTE) is None:  # (as the CLI reads the file)
-            node.SetAttribute(ORIENTATION_ATTRIBUTE, orientation)
+        if orientation and node.GetAttribute(ORIENTATION_ATTRIBUTE) is None and _orientationUsable(
+                orientation, description.header.get("ImageOrientationPatient"), node.GetName()):
+            node.SetAttribute(ORIENTATION_ATTRIBUTE, orientation)  # (as the CLI reads the file)
         if description.header.get("Modality", "").upper() == "US" and node.GetAttribute(US_REGION_ATTRIBUTE) is None:
             region = ultrasoundRegion(database, node.GetAttribute("DICOM.instanceUIDs"))
             if region:  # the crop the CLI makes of the file (annotations and colour bars left out)

@@ -202,11 +202,8 @@ def assignedVolumes(scene):
 
 
 def imageFromVolumeNode(volumeNode, roleKey=None):
-    """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role; a
-    mammogram stored turned or mirrored is re-indexed, an ultrasound image cropped to its tissue region, as
-    the command line reads the DICOM file (:data:`ORIENTATION_ATTRIBUTE`, :data:`US_REGION_ATTRIBUTE`)."""
-    import numpy as np
-
+    """A :class:`BINDSLib.study.Image` with the node's voxels, exact geometry and role, on the
+    grid the command line reads the DICOM file on (:func:`onStudyGrid`)."""
     from BINDSLib.study import Image, Role, SourceInfo, parse_date
 
     roleKey = roleKey or volumeRole(volumeNode)
@@ -223,28 +220,8 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
     frame = volumeNode.GetAttribute(FRAME_ATTRIBUTE)
     if frame and frame.strip().isdigit() and role.modality.value == "US" and role.frame is None:
         role = dataclasses.replace(role, frame=int(frame))  # (the frame the command line reads too)
-    voxels, geometry = voxelsFromVolumeNode(volumeNode), geometryFromVolumeNode(volumeNode)
-    reoriented = None
-    orientation = volumeNode.GetAttribute(ORIENTATION_ATTRIBUTE)
-    if orientation and role.modality.value == "MG" and voxels.shape[0] == 1:
-        # stored otherwise than in the standard orientation: re-indexed with its geometry (every
-        # pixel in its place), as `binds diagnose` reads the DICOM file; the outputs overlay the node
-        from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation, steps_text
-
-        steps = reorientation(parse_patient_orientation(orientation), role.view, role.laterality)
-        voxels, geometry = reorient(voxels, geometry, *steps)
-        reoriented = steps_text(steps) or None
-    region = _usRegion(volumeNode.GetAttribute(US_REGION_ATTRIBUTE), voxels.shape)
-    if region is not None and role.modality.value == "US":
-        # the tissue region alone, as `binds diagnose` crops the DICOM file (the model fits the
-        # image it reads to its grid: with the annotations around it, the lesion came out smaller);
-        # the crop keeps the node's spacing and axes, so the outputs overlay the node
-        x0, y0, x1, y1 = region
-        voxels = np.ascontiguousarray(voxels[:, y0:y1 + 1, x0:x1 + 1])
-        axes = np.asarray(geometry.direction, float).reshape(3, 3)
-        origin = (np.asarray(geometry.origin_mm, float) + axes[:, 0] * x0 * geometry.spacing_mm[0]
-                  + axes[:, 1] * y0 * geometry.spacing_mm[1])
-        geometry = dataclasses.replace(geometry, origin_mm=tuple(float(o) for o in origin))
+    voxels, geometry, reoriented = onStudyGrid(volumeNode, role, voxelsFromVolumeNode(volumeNode),
+                                               geometryFromVolumeNode(volumeNode))
     return Image(
         voxels,
         geometry,
@@ -252,6 +229,36 @@ def imageFromVolumeNode(volumeNode, roleKey=None):
         acquisition_date=date,
         source=SourceInfo(sop_instance_uids=tuple(uids), description=volumeNode.GetName(), reoriented=reoriented),
     )
+
+
+def onStudyGrid(volumeNode, role, voxels, geometry):
+    """``(voxels, geometry, reoriented)``: an array on the node's grid (its voxels, or a lesion
+    mask drawn on it) on the grid of its study-folder image, as the command line reads the DICOM
+    file: a mammogram stored turned re-indexed (:data:`ORIENTATION_ATTRIBUTE`; ``reoriented``
+    says how, else ``None``), an ultrasound image cropped to its tissue region
+    (:data:`US_REGION_ATTRIBUTE`). Every voxel keeps its place in space: outputs on the new grid
+    overlay the node."""
+    import numpy as np
+
+    reoriented = None
+    orientation = volumeNode.GetAttribute(ORIENTATION_ATTRIBUTE)
+    if orientation and role.modality.value == "MG" and voxels.shape[0] == 1:
+        from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation, steps_text
+
+        steps = reorientation(parse_patient_orientation(orientation), role.view, role.laterality)
+        voxels, geometry = reorient(voxels, geometry, *steps)
+        reoriented = steps_text(steps) or None
+    region = _usRegion(volumeNode.GetAttribute(US_REGION_ATTRIBUTE), voxels.shape)
+    if region is not None and role.modality.value == "US":
+        # the tissue region alone (the model fits the image it reads to its grid: with the
+        # annotations around it, the lesion came out smaller); the node's spacing and axes kept
+        x0, y0, x1, y1 = region
+        voxels = np.ascontiguousarray(voxels[:, y0:y1 + 1, x0:x1 + 1])
+        axes = np.asarray(geometry.direction, float).reshape(3, 3)
+        origin = (np.asarray(geometry.origin_mm, float) + axes[:, 0] * x0 * geometry.spacing_mm[0]
+                  + axes[:, 1] * y0 * geometry.spacing_mm[1])
+        geometry = dataclasses.replace(geometry, origin_mm=tuple(float(o) for o in origin))
+    return voxels, geometry, reoriented
 
 
 #: the longest span between the studies of one run: a work-up's mammography, ultrasound and MRI

@@ -31,11 +31,6 @@ def probability(text: str) -> float:
     return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1] (e.g. 0.017 for 1.7 %)")
 
 
-def positive_number(text: str) -> float:
-    """argparse type of a finite number > 0."""
-    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a number above 0")
-
-
 def positive_int(text: str) -> int:
     """argparse type of a whole number >= 1."""
     return _number(text, int, lambda v: v >= 1, "a whole number of at least 1")

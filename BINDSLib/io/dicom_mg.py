@@ -38,7 +38,8 @@ from .dicom_common import (
     dicom_date, frames_of, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
-from .mg_orientation import direction_letters, parse_patient_orientation, reorient, reorientation, steps_text
+from .mg_orientation import (agrees_with_plane, direction_letters, parse_patient_orientation, reorient, reorientation,
+                             steps_text)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def mg_spacing_mm(ds, path=None) -> tuple[float, float]:
         if lo <= row_mm <= hi and lo <= col_mm <= hi:
             return col_mm, row_mm
         log.warning("%s: ignoring implausible %s %s mm for a mammogram", path, kw, list(sp))
-    log.warning("%s: no usable PixelSpacing or ImagerPixelSpacing; assuming 1 mm pixels", path)
+    log.warning("%s: no usable %s; assuming 1 mm pixels", path, " or ".join(order))
     return 1.0, 1.0
 
 
@@ -272,12 +273,11 @@ def read_mg_image(path: Path, header) -> Image:
     if orientation is None and said:
         log.warning("%s: ignoring PatientOrientation '%s': not two directions along different axes (read as "
                     "stored)", path, said)
-    if orientation is not None and numbers(header, "ImageOrientationPatient", 6) is not None:
-        placed = direction_letters(geometry.direction)  # (the plane the file gives, LPS)
-        if (orientation[0][0], orientation[1][0]) != placed:
-            log.warning("%s: PatientOrientation '%s' contradicts ImageOrientationPatient (%s): read as stored",
-                        path, said, "\\".join(placed))
-            orientation = None
+    iop = numbers(header, "ImageOrientationPatient", 6)
+    if orientation is not None and iop is not None and not agrees_with_plane(orientation, iop):
+        log.warning("%s: PatientOrientation '%s' contradicts ImageOrientationPatient (%s): read as stored",
+                    path, said, "\\".join(direction_letters(np.column_stack([iop[:3], iop[3:], [0, 0, 0]]).ravel())))
+        orientation = None
     steps = reorientation(orientation, role.view, role.laterality)
     if any(steps):
         how = steps_text(steps)

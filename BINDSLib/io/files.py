@@ -436,7 +436,7 @@ PLACED_FORMATS = VOLUME_SUFFIXES
 
 
 def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
-                   geometry: Geometry | None = None) -> np.ndarray:
+                   geometry: Geometry | None = None, needs_grid: str | None = None) -> np.ndarray:
     """A binary mask on an image of ``shape``: any non-zero voxel is lesion, except in a JPEG
     file, whose lossy compression leaves faint values around the edges: there a voxel above
     half the mask's maximum is lesion.
@@ -446,11 +446,14 @@ def read_mask_file(path: str | os.PathLike, shape: tuple[int, int, int],
     another spacing) it is resampled onto the image's, nearest neighbour, as an edited
     ``.seg.nrrd`` is; one none of whose lesion voxels lands on the image is refused. A mask of
     a format without a grid, or whose grid was left unset (1 mm, origin 0, no rotation), is
-    taken as drawn on the image's pixels and must have its ``shape``."""
+    taken as drawn on the image's pixels and must have its ``shape``; with ``needs_grid`` (the
+    reason) such a mask is refused."""
     path = Path(path)
     img = read_image(path, "mask")
     voxels, grid = sitk_to_voxels(img, path)
     placed = geometry is not None and suffix_of(path) in PLACED_FORMATS and not same_grid(grid, Geometry())
+    if needs_grid and not placed:
+        raise InputError(needs_grid, path)
     if voxels.shape != tuple(shape) and not placed:
         raise InputError(f"mask shape {voxels.shape} differs from its image {tuple(shape)}", path)
     grey = _grey_share(voxels)

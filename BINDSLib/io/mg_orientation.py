@@ -12,7 +12,8 @@ right, columns toward the back: the chest wall at the bottom edge). DICOM's Pati
 (first value: along a row, as the column index grows) and the columns (second value: down a
 column) of the stored pixels run; the first letter is the main direction.
 
-Re-indexing keeps every pixel where it is in space: the voxels are transposed and/or flipped
+Only rotations are undone (a file stored turned a quarter, or upside down); a file stored
+mirrored stays so (:func:`reorientation`). Re-indexing keeps every pixel where it is in space: the voxels are transposed and/or flipped
 and the geometry's axes with them (:func:`reorient`), so outputs on the new grid overlay the
 stored image exactly (Slicer's own load of the file included). Which edge holds the chest wall
 is also found from the image (``model.preprocess``): a file without PatientOrientation is read
@@ -49,6 +50,20 @@ def parse_patient_orientation(value) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
+_LPS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1)}
+
+
+def agrees_with_plane(orientation, image_orientation) -> bool:
+    """Whether a PatientOrientation (:func:`parse_patient_orientation` value) says what an
+    ImageOrientationPatient (6 numbers, LPS) says: each value, all its letters (``FR``: to the
+    feet and the right), points within 90 degrees of the row or column direction."""
+    iop = np.asarray(image_orientation, np.float64)
+    for letters, axis in zip(orientation, (iop[:3], iop[3:])):
+        if float(np.dot(np.sum([_LPS[c] for c in letters], axis=0), axis)) <= 0:
+            return False
+    return True
+
+
 def direction_letters(direction) -> tuple[str, str]:
     """The main directions (``'A'``...) in which the rows and the columns of a grid of
     ``direction`` (row-major 3x3, columns the axes, LPS) run, as PatientOrientation writes them."""
@@ -73,27 +88,42 @@ def standard_orientation(laterality: str | None, view: str | None) -> tuple[str 
 
 
 def reorientation(orientation, view: str | None, laterality: str | None = None) -> tuple[bool, bool, bool]:
-    """``(transpose, flip_rows, flip_cols)`` that bring a mammogram of ``orientation`` (a
-    :func:`parse_patient_orientation` value) to the standard orientation of its ``view`` and
-    ``laterality`` (:func:`standard_orientation`): transposed when its chest wall - nipple axis
-    (A/P) runs down the columns; then flipped top to bottom (``flip_rows``) or left to right
-    (``flip_cols``) where an axis runs opposite to the standard's. All ``False`` when the
-    orientation is unknown or says nothing against the stored one."""
+    """``(transpose, flip_rows, flip_cols)`` that turn a mammogram of ``orientation`` (a
+    :func:`parse_patient_orientation` value) to the standard orientation of its ``view``
+    (:func:`standard_orientation`), by a rotation of the stored image, never a mirroring:
+
+    * transposed when its chest wall - nipple axis (A/P) runs down the columns;
+    * flipped top to bottom (``flip_rows``) when its columns then run opposite to the standard's
+      (to the head in an MLO-type view; to the lateral side in a CC view, which takes the
+      ``laterality``);
+    * flipped left to right (``flip_cols``) only where the steps so far mirror the image (a
+      transposition, or a flip alone), to make them a rotation.
+
+    A file stored mirrored stays mirrored: which edge holds the chest wall is left to the image
+    (``model.preprocess`` finds it), so that a view labelled with the wrong breast still shows
+    against the other breast's edge (``validation``'s laterality check), as it did before any
+    re-indexing. All ``False`` when the orientation is unknown or says nothing against the
+    stored one."""
     if orientation is None:
         return False, False, False
     rows, cols = orientation[0][0], orientation[1][0]
     transpose = cols in "AP" and rows not in "AP"
     if transpose:
         rows, cols = cols, rows
-    want_rows, want_cols = standard_orientation(laterality, view)
-    flip_cols = want_rows is not None and rows == _OPPOSITE[want_rows]
+    want_cols = standard_orientation(laterality, view)[1]
     flip_rows = want_cols is not None and cols == _OPPOSITE[want_cols]
+    flip_cols = transpose != flip_rows  # (a transposition or a flip alone mirrors: one more turns)
     return transpose, flip_rows, flip_cols
 
 
 def steps_text(steps) -> str:
-    """``"transposed, mirrored"``: the :func:`reorientation` steps taken, in words."""
-    return ", ".join(w for w, done in zip(("transposed", "upside down", "mirrored"), steps) if done)
+    """The turn the :func:`reorientation` steps make, in words (``""`` for none)."""
+    transpose, flip_rows, flip_cols = steps
+    if transpose:
+        return "turned a quarter"
+    if flip_rows and flip_cols:
+        return "turned a half (upside down)"
+    return ", ".join(w for w, done in (("flipped top to bottom", flip_rows), ("mirrored", flip_cols)) if done)
 
 
 def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows: bool,
