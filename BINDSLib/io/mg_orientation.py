@@ -1,4 +1,4 @@
-"""A mammogram stored turned or mirrored is re-indexed to the standard orientation.
+"""A mammogram stored turned is turned back to the standard orientation.
 
 The models read a mammogram in the standard orientation of DICOM's mammography examples and the
 usual storage: the chest wall - nipple axis along the rows, the rows of a left breast running to
@@ -12,10 +12,11 @@ right, columns toward the back: the chest wall at the bottom edge). DICOM's Pati
 (first value: along a row, as the column index grows) and the columns (second value: down a
 column) of the stored pixels run; the first letter is the main direction.
 
-Only rotations are undone (a file stored turned a quarter, or upside down); a file stored
-mirrored stays so (:func:`reorientation`). Re-indexing keeps every pixel where it is in space: the voxels are transposed and/or flipped
-and the geometry's axes with them (:func:`reorient`), so outputs on the new grid overlay the
-stored image exactly (Slicer's own load of the file included). Which edge holds the chest wall
+Only turns are undone (a file stored turned a quarter, or a half: upside down); a file stored
+mirrored stays so (:func:`reorientation`). Re-indexing keeps every pixel where it is in space:
+the voxels are transposed and/or flipped and the geometry's axes with them (:func:`reorient`),
+so outputs on the new grid overlay the stored image exactly (Slicer's own load of the file
+included). Which edge holds the chest wall
 is also found from the image (``model.preprocess``): a file without PatientOrientation is read
 as stored. Pure numpy: the Slicer modules use it too.
 """
