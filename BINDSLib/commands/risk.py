@@ -43,6 +43,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import datetime
     import logging
     from pathlib import Path
 
@@ -72,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
         bad = sorted({str(sources[id(s)]) for s in studies if s.study_date is None})
         raise InputError(f"{sum(s.study_date is None for s in studies)} exam(s) without a date, in "
                          f"{', '.join(bad)}; a trajectory needs dated exams")
-    import datetime
-
     far = sorted({f"{s.study_date} in {sources[id(s)]}" for s in studies if s.study_date is not None
                   and not datetime.date(1900, 1, 1) <= s.study_date <= _today() + datetime.timedelta(days=366)})
     if far:  # (a mistyped year: 2062 for 2026, 1026 for 2016)
