@@ -113,13 +113,13 @@ def test_errors_name_the_volumes_not_the_deleted_temporary_files(scene_with_case
         import os, sys
         study = sys.argv[4]
         image = os.path.join(study, "images", "MG_R_CC.nrrd")
-        sys.stderr.write(f"binds diagnose: error: {{image}}: image has 1 NaN voxel\\n")
+        sys.stderr.write(f"binds diagnose: error: {{image}}: holds 1 NaN or infinite voxel(s)\\n")
         sys.exit(3)
         """))
     failing.chmod(0o755)
     run = _run(scene, tmp_path / "work", str(failing))
     run.start().wait(timeout=60)
-    assert run.error == "volume 'right CC (prior)' (MG_R_CC): image has 1 NaN voxel"
+    assert run.error == "volume 'right CC (prior)' (MG_R_CC): holds 1 NaN or infinite voxel(s)"
 
 
 def test_a_stage_1_run_after_a_stage_2_one_leaves_no_stale_mr_output_and_export_writes_the_newest(

@@ -80,11 +80,11 @@ def check_finite(voxels: np.ndarray, path) -> None:
         return
     if not np.isfinite(voxels).all():
         n = int((~np.isfinite(voxels)).sum())
-        raise InputError(f"image has {n} NaN or infinite voxel(s)", path)
+        raise InputError(f"holds {n} NaN or infinite voxel(s)", path)
     if voxels.dtype.itemsize > 4 and voxels.size:  # (two reductions: no copy of a large image)
         largest = max(-float(voxels.min()), float(voxels.max()))
         if largest > FLOAT32_MAX:
-            raise InputError(f"image has voxel values beyond the float32 range (up to {largest:.3g})", path)
+            raise InputError(f"holds voxel values beyond the float32 range (up to {largest:.3g})", path)
 
 
 #: the header field naming the data file, of the formats whose voxels may lie in another file
