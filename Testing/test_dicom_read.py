@@ -364,7 +364,9 @@ def test_patient_orientation_against_the_plane_and_odd_spacing_values(tmp_path, 
 
 
 @pytest.mark.parametrize("attrs", [{"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]},
-                                   {"ImagePositionPatient": [5.0, -3.0, 2.0]}], ids=["orientation", "position"])
+                                   {"ImagePositionPatient": [5.0, -3.0, 2.0]},
+                                   {"ImagePositionPatient": [5.0, -3.0, 2.0], "ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}],
+                         ids=["orientation", "position", "position-bad-orientation"])
 def test_a_plane_given_in_part_is_placed_as_slicer_places_it(tmp_path, attrs):
     """ImageOrientationPatient without ImagePositionPatient (or the reverse): GDCM, Slicer's
     reader, uses what there is (the axes at the origin, or the position unrotated); BINDS too
@@ -1223,6 +1225,9 @@ def test_patient_orientation_parsed(value, expected):
     (("H", "A"), "MLO", "L", (True, True, False)), (("F", "P"), "MLO", "L", (True, False, True)),
     (("P", "H"), "MLO", None, (False, True, True)),  # no laterality: the head - foot rule alone
     (("A", "H"), "CC", "L", (False, False, False)),  # a CC has no head - foot axis
+    (("P", "L"), "CC", "L", (False, False, False)),  # the other breast's storage: a wrong label? as stored
+    (("H", "A"), None, None, (True, True, False)),  # no view: at least head up
+    (("H", "A"), "AT", "L", (True, True, False)),
     (None, "MLO", "L", (False, False, False)),
 ])
 def test_reorientation_brings_a_mammogram_to_the_standard_orientation(orientation, view, laterality, expected):
@@ -1231,14 +1236,27 @@ def test_reorientation_brings_a_mammogram_to_the_standard_orientation(orientatio
     assert reorientation(orientation, view, laterality) == expected
 
 
+def test_patient_orientation_agrees_with_the_plane_letter_by_letter():
+    from BINDSLib.io.mg_orientation import agrees_with_plane
+
+    oblique = [0, -1, 0, -0.6, 0, -0.8]  # rows to the front, columns to the feet and the right
+    assert agrees_with_plane(("A", "FR"), oblique) and agrees_with_plane(("A", "F"), oblique)
+    assert not agrees_with_plane(("A", "FL"), oblique)  # a letter pointing away
+    assert not agrees_with_plane(("A", "RF"), oblique)  # the main direction is F, not R
+    assert not agrees_with_plane(("P", "F"), oblique)
+    assert not agrees_with_plane(("A", "R"), [0, -1, 0, -0.4, 0, -0.9])
+
+
 @pytest.mark.parametrize("laterality, view, standard", [
     ("L", "CC", ("A", "R")), ("R", "CC", ("P", "L")), ("L", "MLO", ("A", "F")), ("R", "MLO", ("P", "F")),
 ])
 def test_every_storage_of_a_view_is_read_as_its_standard_orientation(laterality, view, standard):
     """Of the 8 ways to store an image (transposed or not, each axis reversed or not), each with
     the PatientOrientation that says so, the 4 turns are read as the standard storage and the 4
-    mirrorings as its mirror image (which edge holds the chest wall is the image's to say: a
-    view labelled with the wrong breast still shows against the other breast's edge)."""
+    mirrorings as its mirror image (which edge holds the chest wall is the image's to say). One
+    exception: a CC half turned is stored exactly as the other breast's CC (``P\\L`` on a left
+    CC), more likely a wrong laterality than a half turn: read as stored, with a warning, so
+    that the laterality check still sees it against the other breast's edge."""
     from BINDSLib.io.mg_orientation import parse_patient_orientation, reorient, reorientation
     from BINDSLib.study import Geometry
     from BINDSLib.validation import breast_side
@@ -1262,10 +1280,18 @@ def test_every_storage_of_a_view_is_read_as_its_standard_orientation(laterality,
                 steps = reorientation(parse_patient_orientation(f"{rows}\\{cols}"), view, laterality)
                 back, _ = reorient(stored[None], Geometry(), *steps)
                 turned = (transpose + down + across) % 2 == 0  # an even number of mirrorings: a turn
-                np.testing.assert_array_equal(back[0], usual if turned else usual[:, ::-1], err_msg=f"{rows}\\{cols}")
+                other = {("L", "CC"): ("P", "L"), ("R", "CC"): ("A", "R")}.get((laterality, view))
+                want = stored if (rows, cols) == other else usual if turned else usual[:, ::-1]
+                np.testing.assert_array_equal(back[0], want, err_msg=f"{rows}\\{cols}")
                 seen.add((rows, cols))
     assert len(seen) == 8
     assert breast_side(usual) == ("left" if laterality == "L" else "right")
+    # labelled with the wrong breast: an MLO keeps its chest wall edge (the laterality check sees
+    # it), and a CC stored as the other breast's stays as stored
+    wrong = "R" if laterality == "L" else "L"
+    steps = reorientation(parse_patient_orientation("\\".join(standard)), view, wrong)
+    back, _ = reorient(usual[None], Geometry(), *steps)
+    assert breast_side(back[0]) == breast_side(usual)
 
 
 @pytest.mark.parametrize("transpose, flip, mirror", [(True, False, False), (False, True, False),

@@ -542,3 +542,25 @@ def test_a_mask_drawn_on_a_turned_mammogram_lands_on_the_study_folders_pixels(tm
     back = load_lesion_masks(study, paths)["MG_L_CC"]
     np.testing.assert_array_equal(back, drawn[:, ::-1, ::-1])  # the node's pixels, turned as the image is
     np.testing.assert_array_equal(image.voxels[back.astype(bool)], stored[drawn.astype(bool)][::-1])
+
+
+def test_a_lesion_drawn_outside_the_ultrasound_region_is_refused_not_read_as_none(tmp_path):
+    """The study-folder image of a DICOM ultrasound is its tissue region; a lesion drawn on the
+    node outside it came out empty, which reads as "no lesion" (review): refused, naming it."""
+    from BINDSLib.study import Geometry
+
+    scene = slicer.vtkMRMLScene()
+    node = sc.addVolumeFromVoxels(scene, np.ones((1, 20, 30), np.uint8), Geometry(), "Breast US")
+    sc.setVolumeRole(node, "US_R")
+    node.SetAttribute(sc.US_REGION_ATTRIBUTE, "10 5 29 19")
+    outside = np.zeros((1, 20, 30), np.uint8)
+    outside[0, 0:3, 0:5] = 1  # in the annotation band above and left of the region
+    with pytest.raises(ValueError, match="the lesion drawn on 'Breast US' lies outside the image BINDS reads"):
+        res.writeLesionMaskFiles({"US_R": outside}, {"US_R": node}, tmp_path / "m1")
+    inside = np.zeros((1, 20, 30), np.uint8)
+    inside[0, 8:12, 15:20] = 1
+    paths = res.writeLesionMaskFiles({"US_R": inside}, {"US_R": node}, tmp_path / "m2")
+    study = Study("s", images=[sc.imageFromVolumeNode(node)])
+    back = load_lesion_masks(study, paths)["US_R"]
+    assert back.shape == (1, 15, 20) and back.sum() == 20
+    np.testing.assert_array_equal(back[0, 3:7, 5:10], 1)

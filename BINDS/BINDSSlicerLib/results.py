@@ -27,6 +27,7 @@ the model reads with one outline, only the most recently edited sequence's.
 """
 
 import json
+import logging
 import os
 
 import slicer
@@ -372,6 +373,13 @@ def writeLesionMaskFiles(masks, imageNodesByLabel, folder):
         node = imageNodesByLabel[label]
         role = Role.parse(sc.volumeRole(node) or label)
         onGrid, geometry, _ = sc.onStudyGrid(node, role, mask, sc.geometryFromVolumeNode(node))
+        drawn, kept = int(mask.sum()), int(onGrid.sum())
+        if drawn and not kept:  # (an empty mask would say "no lesion": the user drew one)
+            raise ValueError(f"the lesion drawn on '{node.GetName()}' lies outside the image BINDS reads (its "
+                             "tissue region, without the annotations around it): draw it inside")
+        if kept < drawn / 2:
+            logging.warning("only %d of the %d voxels of the lesion drawn on '%s' lie in the image BINDS reads",
+                            kept, drawn, node.GetName())
         path = os.path.join(folder, f"{label}_lesion.nrrd")
         write_nrrd(path, onGrid, geometry)
         paths[label] = path

@@ -379,24 +379,22 @@ def plane_geometry(ds, spacing_x_mm: float, spacing_y_mm: float, first_col: int 
     """Geometry of a 2D image: ImagePositionPatient / ImageOrientationPatient when the file has
     them (BINDS writes them for mammography and ultrasound; some vendors do), else the pixel
     grid at the origin with identity direction. One without the other is used as GDCM (ITK,
-    Slicer) uses it: the plane's axes at the origin, or the position unrotated. An orientation
-    that is not two directions at right angles places the image at the origin, unrotated, with a
-    warning naming ``path``. ``first_col``/``first_row``: the top-left pixel of a crop, whose
-    position is shifted accordingly."""
+    Slicer) uses it: the plane's axes at the origin, or the position unrotated; so is an
+    orientation that is not two directions at right angles (the position, unrotated). A value
+    that cannot be used is said, naming ``path``. ``first_col``/``first_row``: the top-left
+    pixel of a crop, whose position is shifted accordingly."""
     from ..study import Geometry
 
     ipp = numbers(ds, "ImagePositionPatient", 3)
     iop = numbers(ds, "ImageOrientationPatient", 6)
-    axes = np.eye(3)
-    if iop is not None:
-        axes = orthonormal_axes(iop)
-        if axes is None:
-            log.warning("%s: ImageOrientationPatient %s does not place the image (not two directions at "
-                        "right angles): it is placed at the origin, unrotated", path or "a file", list(iop))
-            axes, ipp = np.eye(3), None
-    elif ds.get("ImageOrientationPatient") not in (None, "") and ipp is not None:
-        log.warning("%s: ImageOrientationPatient unusable: the image is placed at its position, unrotated",
-                    path or "a file")
+    axes = np.eye(3) if iop is None else orthonormal_axes(iop)
+    if axes is None or (iop is None and ds.get("ImageOrientationPatient") not in (None, "")):
+        log.warning("%s: ImageOrientationPatient %s is not two directions at right angles: the image is "
+                    "placed unrotated", path or "a file", text(ds, "ImageOrientationPatient"))
+        axes = np.eye(3)
+    if ipp is None and ds.get("ImagePositionPatient") not in (None, ""):
+        log.warning("%s: ImagePositionPatient %s is not a position: the image is placed at the origin",
+                    path or "a file", text(ds, "ImagePositionPatient"))
     origin = (np.zeros(3) if ipp is None else np.array(ipp)) \
         + axes[:, 0] * first_col * spacing_x_mm + axes[:, 1] * first_row * spacing_y_mm
     return Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(float(o) for o in origin),

@@ -38,8 +38,8 @@ from .dicom_common import (
     dicom_date, frames_of, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
-from .mg_orientation import (agrees_with_plane, direction_letters, parse_patient_orientation, reorient, reorientation,
-                             steps_text)
+from .mg_orientation import (agrees_with_plane, direction_letters, other_breasts_storage, parse_patient_orientation,
+                             reorient, reorientation, steps_text)
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,9 @@ def read_mg_image(path: Path, header) -> Image:
         log.warning("%s: PatientOrientation '%s' contradicts ImageOrientationPatient (%s): read as stored",
                     path, said, "\\".join(direction_letters(np.column_stack([iop[:3], iop[3:], [0, 0, 0]]).ravel())))
         orientation = None
+    if other_breasts_storage(orientation, role.view, role.laterality):
+        log.warning("%s: PatientOrientation '%s' is how the other breast's %s is stored: is the laterality %s "
+                    "right? (read as stored)", path, said, role.view, role.laterality)
     steps = reorientation(orientation, role.view, role.laterality)
     if any(steps):
         how = steps_text(steps)

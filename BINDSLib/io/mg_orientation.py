@@ -56,11 +56,13 @@ _LPS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (
 
 def agrees_with_plane(orientation, image_orientation) -> bool:
     """Whether a PatientOrientation (:func:`parse_patient_orientation` value) says what an
-    ImageOrientationPatient (6 numbers, LPS) says: each value, all its letters (``FR``: to the
-    feet and the right), points within 90 degrees of the row or column direction."""
+    ImageOrientationPatient (6 numbers, LPS) says: for the rows and for the columns, the main
+    letter is the axis' main direction, and every letter (``FR``: to the feet and the right)
+    points within 90 degrees of it."""
     iop = np.asarray(image_orientation, np.float64)
-    for letters, axis in zip(orientation, (iop[:3], iop[3:])):
-        if float(np.dot(np.sum([_LPS[c] for c in letters], axis=0), axis)) <= 0:
+    main = direction_letters(np.column_stack([iop[:3], iop[3:], [0.0, 0.0, 0.0]]).ravel())
+    for letters, axis, want in zip(orientation, (iop[:3], iop[3:]), main):
+        if letters[0] != want or any(float(np.dot(_LPS[c], axis)) <= 0 for c in letters):
             return False
     return True
 
@@ -88,6 +90,15 @@ def standard_orientation(laterality: str | None, view: str | None) -> tuple[str 
     return rows, cols
 
 
+def other_breasts_storage(orientation, view: str | None, laterality: str | None) -> bool:
+    """Whether a CC's PatientOrientation is exactly the standard one of the other breast's CC
+    (``P\\L`` on a view labelled left): more likely a wrong laterality than a half turn."""
+    if orientation is None or view not in CC_VIEWS or laterality not in ("L", "R"):
+        return False
+    other = standard_orientation(_OPPOSITE[laterality], view)
+    return (orientation[0][0], orientation[1][0]) == other
+
+
 def reorientation(orientation, view: str | None, laterality: str | None = None) -> tuple[bool, bool, bool]:
     """``(transpose, flip_rows, flip_cols)`` that turn a mammogram of ``orientation`` (a
     :func:`parse_patient_orientation` value) to the standard orientation of its ``view``
@@ -101,17 +112,22 @@ def reorientation(orientation, view: str | None, laterality: str | None = None) 
       transposition, or a flip alone), to make them a rotation.
 
     A file stored mirrored stays mirrored: which edge holds the chest wall is left to the image
-    (``model.preprocess`` finds it), so that a view labelled with the wrong breast still shows
-    against the other breast's edge (``validation``'s laterality check), as it did before any
-    re-indexing. All ``False`` when the orientation is unknown or says nothing against the
-    stored one."""
-    if orientation is None:
+    (``model.preprocess`` finds it). In an MLO-type view the turn does not depend on the
+    laterality, so a view labelled with the wrong breast still shows against the other
+    breast's edge (``validation``'s laterality check). A CC's turn does; a CC stored exactly as
+    the other breast's CC is stored (:func:`other_breasts_storage`) is read as stored, not
+    turned a half to match its label. A view without a convention (none, FB, AT, CV) is turned
+    head up where its columns run head - foot. All ``False`` when the orientation is unknown or
+    says nothing against the stored one."""
+    if orientation is None or other_breasts_storage(orientation, view, laterality):
         return False, False, False
     rows, cols = orientation[0][0], orientation[1][0]
     transpose = cols in "AP" and rows not in "AP"
     if transpose:
         rows, cols = cols, rows
     want_cols = standard_orientation(laterality, view)[1]
+    if want_cols is None and view not in CC_VIEWS and cols in "HF":
+        want_cols = "F"  # (no convention: at least the head at the top)
     flip_rows = want_cols is not None and cols == _OPPOSITE[want_cols]
     flip_cols = transpose != flip_rows  # (a transposition or a flip alone mirrors: one more turns)
     return transpose, flip_rows, flip_cols
