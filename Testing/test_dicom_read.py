@@ -1245,6 +1245,8 @@ def test_patient_orientation_agrees_with_the_plane_letter_by_letter():
     assert not agrees_with_plane(("A", "RF"), oblique)  # the main direction is F, not R
     assert not agrees_with_plane(("P", "F"), oblique)
     assert not agrees_with_plane(("A", "R"), [0, -1, 0, -0.4, 0, -0.9])
+    at45 = [0, -1, 0, -0.7071068, 0, -0.7071068]  # an MLO at 45 degrees: F and R tie
+    assert agrees_with_plane(("A", "FR"), at45) and agrees_with_plane(("A", "RF"), at45)
 
 
 @pytest.mark.parametrize("laterality, view, standard", [

@@ -57,12 +57,14 @@ _LPS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (
 def agrees_with_plane(orientation, image_orientation) -> bool:
     """Whether a PatientOrientation (:func:`parse_patient_orientation` value) says what an
     ImageOrientationPatient (6 numbers, LPS) says: for the rows and for the columns, the main
-    letter is the axis' main direction, and every letter (``FR``: to the feet and the right)
-    points within 90 degrees of it."""
+    letter is the axis' main direction (or ties with it, as at 45 degrees), and every letter
+    (``FR``: to the feet and the right) points within 90 degrees of it."""
     iop = np.asarray(image_orientation, np.float64)
-    main = direction_letters(np.column_stack([iop[:3], iop[3:], [0.0, 0.0, 0.0]]).ravel())
-    for letters, axis, want in zip(orientation, (iop[:3], iop[3:]), main):
-        if letters[0] != want or any(float(np.dot(_LPS[c], axis)) <= 0 for c in letters):
+    for letters, axis in zip(orientation, (iop[:3], iop[3:])):
+        axis = axis / (np.linalg.norm(axis) or 1.0)
+        if float(np.dot(_LPS[letters[0]], axis)) < float(np.max(np.abs(axis))) - 0.05:
+            return False  # (its main letter is not the axis' main direction)
+        if any(float(np.dot(_LPS[c], axis)) <= 0 for c in letters):
             return False
     return True
 
