@@ -280,21 +280,19 @@ def ultrasoundRegion(database, instanceUIDs):
 
 
 def _orientationUsable(orientation, imageOrientation, name):
-    """Whether a PatientOrientation may re-index the volume, as the DICOM reader decides it: not
-    when it contradicts the file's ImageOrientationPatient (``"a\\b\\...``" as the database
-    gives it), which is then said."""
-    from BINDSLib.io.mg_orientation import agrees_with_plane, parse_patient_orientation
+    """Whether a PatientOrientation may re-index the volume, as the DICOM reader decides it
+    (``mg_orientation.checked_orientation``, against the ImageOrientationPatient ``"a\\b\\..."``
+    the database gives); why not is said."""
+    from BINDSLib.io.mg_orientation import checked_orientation
 
-    parsed = parse_patient_orientation(orientation)
     try:
         iop = [float(v) for v in str(imageOrientation or "").split("\\")]
     except ValueError:
         iop = []
-    if parsed is not None and len(iop) == 6 and not agrees_with_plane(parsed, iop):
-        logging.warning("volume '%s': PatientOrientation '%s' contradicts ImageOrientationPatient: read as stored",
-                        name, orientation)
-        return False
-    return True
+    parsed, problem = checked_orientation(orientation, iop if len(iop) == 6 else None)
+    if problem:
+        logging.warning("volume '%s': %s", name, problem)
+    return parsed is not None
 
 
 def describeVolume(volumeNode, database=None):
@@ -328,8 +326,9 @@ def guessVolumeRoles(volumeNodes, database=None, overwrite=False):
             node.SetAttribute(ORIENTATION_ATTRIBUTE, orientation)  # (as the CLI reads the file)
         if description.header.get("Modality", "").upper() == "US" and node.GetAttribute(US_REGION_ATTRIBUTE) is None:
             region = ultrasoundRegion(database, node.GetAttribute("DICOM.instanceUIDs"))
-            if region:  # the crop the CLI makes of the file (annotations and colour bars left out)
-                node.SetAttribute(US_REGION_ATTRIBUTE, region)
+            # the crop the CLI makes of the file (annotations and colour bars left out); "" for none,
+            # so that the file is not read again when the study's roles are guessed again
+            node.SetAttribute(US_REGION_ATTRIBUTE, region or "")
         if volumeRole(node) and not overwrite:
             result[node.GetID()] = volumeRole(node)
             continue

@@ -254,9 +254,7 @@ def onStudyGrid(volumeNode, role, voxels, geometry):
         # annotations around it, the lesion came out smaller); the node's spacing and axes kept
         x0, y0, x1, y1 = region
         voxels = np.ascontiguousarray(voxels[:, y0:y1 + 1, x0:x1 + 1])
-        axes = np.asarray(geometry.direction, float).reshape(3, 3)
-        origin = (np.asarray(geometry.origin_mm, float) + axes[:, 0] * x0 * geometry.spacing_mm[0]
-                  + axes[:, 1] * y0 * geometry.spacing_mm[1])
+        origin = geometry.index_to_lps((x0, y0, 0))
         geometry = dataclasses.replace(geometry, origin_mm=tuple(float(o) for o in origin))
     return voxels, geometry, reoriented
 

@@ -7,6 +7,7 @@ naming the file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -395,8 +396,7 @@ def plane_geometry(ds, spacing_x_mm: float, spacing_y_mm: float, first_col: int 
     if ipp is None and ds.get("ImagePositionPatient") not in (None, ""):
         log.warning("%s: ImagePositionPatient %s is not a position: the image is placed at the origin",
                     path or "a file", text(ds, "ImagePositionPatient"))
-    origin = (np.zeros(3) if ipp is None else np.array(ipp)) \
-        + axes[:, 0] * first_col * spacing_x_mm + axes[:, 1] * first_row * spacing_y_mm
-    return Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(float(o) for o in origin),
-                    tuple(float(a) for a in axes.ravel()))
+    whole = Geometry((spacing_x_mm, spacing_y_mm, 1.0), tuple(float(o) for o in (ipp or (0.0, 0.0, 0.0))),
+                     tuple(float(a) for a in axes.ravel()))
+    return dataclasses.replace(whole, origin_mm=tuple(float(o) for o in whole.index_to_lps((first_col, first_row, 0))))
 

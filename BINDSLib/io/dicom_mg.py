@@ -38,8 +38,7 @@ from .dicom_common import (
     dicom_date, frames_of, modality_lut, number, numbers, read_full, text, to_float32,
 )
 from .files import to_grayscale
-from .mg_orientation import (agrees_with_plane, direction_letters, other_breasts_storage, parse_patient_orientation,
-                             reorient, reorientation, steps_text)
+from .mg_orientation import checked_orientation, other_breasts_storage, reorient, reorientation, steps_text
 
 log = logging.getLogger(__name__)
 
@@ -268,19 +267,13 @@ def read_mg_image(path: Path, header) -> Image:
                         magnification=mg_magnification(header, path))
     role = mg_role(header)
     geometry = plane_geometry(header, sx, sy, path=path)
-    orientation = parse_patient_orientation(header.get("PatientOrientation"))
-    said = text(header, "PatientOrientation")
-    if orientation is None and said:
-        log.warning("%s: ignoring PatientOrientation '%s': not two directions along different axes (read as "
-                    "stored)", path, said)
-    iop = numbers(header, "ImageOrientationPatient", 6)
-    if orientation is not None and iop is not None and not agrees_with_plane(orientation, iop):
-        log.warning("%s: PatientOrientation '%s' contradicts ImageOrientationPatient (%s): read as stored",
-                    path, said, "\\".join(direction_letters(np.column_stack([iop[:3], iop[3:], [0, 0, 0]]).ravel())))
-        orientation = None
+    orientation, problem = checked_orientation(header.get("PatientOrientation"),
+                                               numbers(header, "ImageOrientationPatient", 6))
+    if problem:
+        log.warning("%s: %s", path, problem)
     if other_breasts_storage(orientation, role.view, role.laterality):
         log.warning("%s: PatientOrientation '%s' is how the other breast's %s is stored: is the laterality %s "
-                    "right? (read as stored)", path, said, role.view, role.laterality)
+                    "right? (read as stored)", path, text(header, "PatientOrientation"), role.view, role.laterality)
     steps = reorientation(orientation, role.view, role.laterality)
     if any(steps):
         how = steps_text(steps)

@@ -69,6 +69,25 @@ def agrees_with_plane(orientation, image_orientation) -> bool:
     return True
 
 
+def checked_orientation(value, image_orientation=None) -> tuple[tuple[str, str] | None, str | None]:
+    """The PatientOrientation ``value`` (as a file or the DICOM database gives it) to use, and
+    otherwise why not, for a warning: ``(None, None)`` without one; ``(None, reason)`` when it
+    is not two directions along different axes or contradicts ``image_orientation`` (its 6
+    numbers, when the file has them: :func:`agrees_with_plane`)."""
+    if value is None:
+        return None, None
+    said = (value if isinstance(value, str) else "\\".join(str(v) for v in value)).strip()
+    parsed = parse_patient_orientation(value)
+    if parsed is None:
+        return None, (f"ignoring PatientOrientation '{said}': not two directions along different axes "
+                      "(read as stored)") if said else None
+    if image_orientation is not None and not agrees_with_plane(parsed, image_orientation):
+        iop = np.asarray(image_orientation, np.float64)
+        plane = "\\".join(direction_letters(np.column_stack([iop[:3], iop[3:], np.zeros(3)]).ravel()))
+        return None, f"PatientOrientation '{said}' contradicts ImageOrientationPatient ({plane}): read as stored"
+    return parsed, None
+
+
 def direction_letters(direction) -> tuple[str, str]:
     """The main directions (``'A'``...) in which the rows and the columns of a grid of
     ``direction`` (row-major 3x3, columns the axes, LPS) run, as PatientOrientation writes them."""
@@ -136,13 +155,9 @@ def reorientation(orientation, view: str | None, laterality: str | None = None) 
 
 
 def steps_text(steps) -> str:
-    """The turn the :func:`reorientation` steps make, in words (``""`` for none)."""
-    transpose, flip_rows, flip_cols = steps
-    if transpose:
-        return "turned a quarter"
-    if flip_rows and flip_cols:
-        return "turned a half (upside down)"
-    return ", ".join(w for w, done in (("flipped top to bottom", flip_rows), ("mirrored", flip_cols)) if done)
+    """The turn the :func:`reorientation` steps make, in words (``""`` for none: its steps are a
+    quarter turn, with a transposition, or a half turn, both flips)."""
+    return "turned a quarter" if steps[0] else "turned a half (upside down)" if any(steps) else ""
 
 
 def reorient(voxels: np.ndarray, geometry: Geometry, transpose: bool, flip_rows: bool,
