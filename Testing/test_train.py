@@ -385,6 +385,7 @@ def test_config_errors_are_clear(tmp_path):
     ({"train": {"amp": "yes"}}, r"train.amp must be true or false"),
     ({"train": {"batch_size": 0}}, r"train.batch_size must be at least 1, not 0"),
     ({"train": {"modality_dropout": 1.5}}, r"train.modality_dropout must be at least 0.0 and at most 1.0"),
+    ({"train": {"lesion_paste": -0.1}}, r"train.lesion_paste must be at least 0.0 and at most 1.0"),
     ({"train": {"validation_fraction": "0.2"}}, r"train.validation_fraction must be a finite number"),
     ({"train": {"phases": [{"name": "a", "epochs": 1, "lr": "fast"}]}}, r"train.phases\[0\].lr must be a finite"),
     ({"train": {"phases": [{"name": "a", "epochs": 1, "lr": -1}]}}, r"train.phases\[0\].lr must be above 0"),

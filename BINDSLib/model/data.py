@@ -4,8 +4,9 @@
 * :func:`make_sample` - a study prepared once (:func:`~.preprocess.prepare_study`, reference
   lesion masks included) and kept in memory as float16.
 * :class:`StudyDataset` - a ``torch.utils.data.Dataset`` of samples with MONAI augmentation
-  (random affine, flips where anatomy allows, noise, contrast), deterministic per
-  ``(seed, epoch, index)`` so runs and resumed runs see the same augmentations.
+  (random affine, flips where anatomy allows, noise, contrast; optionally a finding of another
+  film pasted into a normal mammogram, :mod:`.paste`), deterministic per ``(seed, epoch,
+  index)`` so runs and resumed runs see the same augmentations.
 * :func:`collate` - samples to the batch layout of :class:`~.network.DiagnosisNetwork`.
 * :func:`modality_keep` - random modality dropout for the fusion (BINDS: with p=0.5, one or
   two of the available modalities, at least one kept).
@@ -26,6 +27,7 @@ import torch
 from ..study import Diagnosis, Study
 from .config import MODALITIES, SUBTYPES, DiagnosisConfig
 from .pathology import FEATURE_NAMES, pathology_features
+from .paste import paste_lesion
 from .preprocess import PreparedStudy, prepare_study
 
 log = logging.getLogger(__name__)
@@ -154,12 +156,19 @@ class StudyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: list[Sample], augment: bool = False, seed: int = 0,
-                 config: DiagnosisConfig | None = None):
+                 config: DiagnosisConfig | None = None, lesion_paste: float = 0.0):
         self.samples = samples
         self.augment = augment
         self.seed = seed
         self.epoch = 0
         self._aug = _augmentations(config or DiagnosisConfig()) if augment else None
+        #: probability that a normal mammogram gets a finding of another film pasted in
+        #: (:func:`~.paste.paste_lesion`; augmentation only)
+        self.lesion_paste = float(lesion_paste) if augment else 0.0
+        #: (sample, slot) of every mammogram with a known, non-empty lesion mask
+        self._donors = [(j, k) for j, d in enumerate(samples) if "MG" in d.prepared.inputs
+                        for k in range(len(d.prepared.inputs["MG"].mask_given))
+                        if d.prepared.inputs["MG"].mask_given[k] and d.prepared.inputs["MG"].masks[k].any()]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -172,17 +181,50 @@ class StudyDataset(torch.utils.data.Dataset):
         item: dict = {"malignant": s.malignant, "abnormal": s.abnormal, "subtype": s.subtype,
                       "pathology": s.pathology,
                       "wsi": s.wsi, "index": i}
+        pasted = self._paste(i) if self.lesion_paste > 0 else None
+        if pasted is not None:
+            donor = self.samples[pasted[0]]
+            item.update(malignant=donor.malignant, abnormal=1.0, subtype=donor.subtype, pathology=None, wsi=None)
         for m, inp in s.prepared.inputs.items():
             images = inp.images.astype(np.float32)
             masks = inp.masks
+            given = inp.mask_given
+            if m == "MG" and pasted is not None:
+                _, k, image, mask = pasted
+                images[k, 0] = image
+                masks, given = masks.copy(), given.copy()
+                masks[k, 0] = mask
+                given[k] = True
             if self._aug is not None:
                 images, masks = self._augment(m, images, masks, i)
                 if m == "MR":  # absent sequences stay zero, as at inference (no noise, no scaling)
                     images[:, ~np.asarray(inp.channels[0], bool)] = 0.0
-            item[m] = {"images": images, "masks": masks, "mask_given": inp.mask_given,
+            item[m] = {"images": images, "masks": masks, "mask_given": given,
                        "view": inp.view, "side": inp.side, "channels": inp.channels}
         return item
 
+
+    def _paste(self, i: int) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+        """``(donor sample, slot, image, mask)``: a finding pasted into a mammogram of the
+        normal sample ``i`` (with probability :attr:`lesion_paste`), or None."""
+        s = self.samples[i]
+        # a mammography-only study: a finding pasted into its film makes it abnormal, which
+        # its other modalities (normal) would contradict
+        if s.abnormal != 0.0 or set(s.prepared.inputs) != {"MG"}:
+            return None
+        donors = [d for d in self._donors if d[0] != i]
+        rng = np.random.default_rng(_seed(self.seed, self.epoch, i, "paste"))
+        if not donors or rng.random() >= self.lesion_paste:
+            return None
+        inp = s.prepared.inputs["MG"]
+        slots = [k for k in range(inp.images.shape[0]) if inp.images[k].any()]
+        if not slots:
+            return None
+        k = int(rng.choice(slots))
+        j, kd = donors[int(rng.integers(len(donors)))]
+        d = self.samples[j].prepared.inputs["MG"]
+        out = paste_lesion(inp.images[k, 0], d.images[kd, 0], d.masks[kd, 0], rng)
+        return None if out is None else (j, k, *out)
 
     def _augment(self, modality: str, images: np.ndarray, masks: np.ndarray, index: int):
         from monai.data import get_track_meta, set_track_meta

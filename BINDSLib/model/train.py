@@ -92,6 +92,7 @@ class TrainSettings:
     phases: tuple[Phase, ...] = (Phase("unimodal", 2, 2e-3, False), Phase("multimodal", 4, 1e-3, True))
     modality_dropout: float = 0.5
     crop_from_prediction: float = 0.5
+    lesion_paste: float = 0.0
     alignment: str = "cosine3"
     alignment_temperature: float = 0.1
     loss_weights: LossWeights = LossWeights()
@@ -131,6 +132,7 @@ _TRAIN_RANGES = (("batch_size", (1, True), None), ("num_workers", (0, True), Non
                  ("data_workers", (0, True), None), ("weight_decay", (0.0, True), None),
                  ("grad_clip", (0.0, True), None), ("warmup_epochs", (0.0, True), None),
                  ("modality_dropout", (0.0, True), 1.0), ("crop_from_prediction", (0.0, True), 1.0),
+                 ("lesion_paste", (0.0, True), 1.0),
                  ("alignment_temperature", (0.0, False), None), ("pos_weight", (0.0, False), None),
                  ("target_sensitivity", (0.0, False), 1.0), ("seed", (0, True), None))
 _BUNDLE_KEYS = {"name", "version", "description", "caution"}
@@ -907,7 +909,8 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
     loss_fn = DiagnosisLoss(settings.loss_weights, settings.alignment,
                             settings.alignment_temperature, settings.pos_weight, settings.segmentation_loss,
                             cfg.finding_cell, cfg.finding_topk)
-    train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg)
+    train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg,
+                            lesion_paste=settings.lesion_paste)
     sampler = None
     if rt.distributed:
         from torch.utils.data.distributed import DistributedSampler
