@@ -328,6 +328,11 @@ def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, dia
     assert "PROGRESS 3/3" in err
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2
+    # each row names its input (as failures.csv does) and its output folder
+    assert [r["source"] for r in rows] == [str(root / "a"), str(root / "b")]
+    for r, name in zip(rows, "ab"):
+        assert json.loads((out / r["output"] / "report.json").read_text())["study_id"] == r["study_id"]
+        assert r["study_id"] == read_study_folder(root / name).study_id
     failures = list(csv.DictReader(open(out / "failures.csv")))
     assert len(failures) == 1 and "c" in failures[0]["source"] and "unknown or damaged image format" in failures[0]["error"]
     done = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/report.json")}
@@ -342,7 +347,10 @@ def test_batch_with_a_broken_study_finishes_the_others_and_resumes(tmp_path, dia
     assert main(one) == 6  # the same study given twice: one failure, named so
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 1 and rows[0]["study_id"] == read_study_folder(root / "b").study_id
+    assert rows[0]["source"] == str(root / "b")  # found already done: still named
     assert "was given twice" in open(out / "failures.csv").read()
+    # a single study's results.csv has the report's columns only
+    assert set(csv.DictReader(open(out / rows[0]["output"] / "results.csv")).fieldnames) & {"source", "output"} == set()
 
 
 def test_a_study_that_fails_on_overwrite_keeps_its_folder_but_leaves_the_table(tmp_path, diagnosis_bundle,
@@ -586,7 +594,7 @@ def test_every_report_field_is_documented(tmp_path, diagnosis_bundle, study_dir)
     and every column of results.csv."""
     import re
 
-    from BINDSLib.outputs.report import RESULT_COLUMNS
+    from BINDSLib.outputs.report import BATCH_COLUMNS, RESULT_COLUMNS
 
     out = tmp_path / "out"
     assert main(["diagnose", str(study_dir), "--model", str(diagnosis_bundle), "--out", str(out), "--stage", "2",
@@ -596,4 +604,4 @@ def test_every_report_field_is_documented(tmp_path, diagnosis_bundle, study_dir)
     named = set(re.findall(r"`([a-z_0-9]+)`", doc))
     keys = set(report) | {k for e in report["images"] for k in e} | {k for s in report["stages"] for k in s}
     assert keys - named == set()
-    assert set(RESULT_COLUMNS) - named == set()
+    assert set(RESULT_COLUMNS + BATCH_COLUMNS) - named == set()

@@ -270,11 +270,11 @@ def _run_batch(model, sources, out: Path, options) -> int:
     rows = []
     # this run's studies in input order, done now or before; not a failed one's earlier result (kept
     # in its folder)
-    for target in merged.values():
+    for key, target in merged.items():
         if is_finished(target) and (target / "results.csv").is_file():
             with open(target / "results.csv", newline="", encoding="utf-8") as f:
-                rows += list(csv.DictReader(f))
-    atomic_write_text(out / "results.csv", results_csv(rows))
+                rows += [{**r, "source": printable(written[key]), "output": target.name} for r in csv.DictReader(f)]
+    atomic_write_text(out / "results.csv", results_csv(rows, batch=True))
     atomic_write_text(out / "failures.csv", _csv_text(["source", "error"],
                                                       [(printable(a), printable(b)) for a, b in failures]))
     sys.stdout.write(f"{done} diagnosed, {skipped} already done, {len(failures)} failed; results in {out}\n")

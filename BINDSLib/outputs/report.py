@@ -18,6 +18,9 @@ RESULT_COLUMNS = (
     "finding_probability", "stage1_probability", "stage2_probability", "threshold", "recommendation", "subtype",
     "subtype_probability", "user_lesion_masks", "model", "model_version",
 )
+#: the columns a batch's ``results.csv`` adds: the input each study was read from (as
+#: ``failures.csv`` names it) and its output folder under ``--out``
+BATCH_COLUMNS = ("source", "output")
 
 
 def told_apart(value: float, reference: float, fewest: int, most: int, scale: float = 1.0) -> tuple[str, str]:
@@ -118,9 +121,12 @@ class DiagnosisReport:
         }
 
 
-def results_csv(rows: list[dict]) -> str:
+def results_csv(rows: list[dict], batch: bool = False) -> str:
+    """``results.csv`` of ``rows`` (:meth:`DiagnosisReport.result_row`); ``batch`` adds
+    :data:`BATCH_COLUMNS`."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS + (BATCH_COLUMNS if batch else ()),
+                       lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow(r)
