@@ -27,7 +27,7 @@ import torch
 from ..study import Diagnosis, Study
 from .config import MODALITIES, SUBTYPES, DiagnosisConfig
 from .pathology import FEATURE_NAMES, pathology_features
-from .paste import paste_lesion
+from .paste import paste_lesion, usable_donor
 from .preprocess import PreparedStudy, prepare_study
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,23 @@ def _augmentations(config: DiagnosisConfig):
     }
 
 
+def _paste_donors(samples: list[Sample]) -> list[tuple[int, int]]:
+    """``(sample, slot)`` of the findings lesion copy-paste may take: the mammograms with a
+    non-empty lesion mask (:func:`~.paste.usable_donor`) of a study with a known malignancy
+    label. The label is the study's, so the masked films must show one breast (a finding's
+    views): a study with findings in both breasts, which may differ, gives none."""
+    out = []
+    for j, d in enumerate(samples):
+        inp = d.prepared.inputs.get("MG")
+        if inp is None or not math.isfinite(d.malignant):
+            continue
+        found = [k for k in range(len(inp.mask_given)) if inp.mask_given[k] and inp.masks[k].any()]
+        if len({int(inp.side[k]) for k in found}) != 1:
+            continue
+        out += [(j, k) for k in found if usable_donor(inp.images[k, 0], inp.masks[k, 0])]
+    return out
+
+
 class StudyDataset(torch.utils.data.Dataset):
     """Samples as network inputs (``dict`` per study), augmented when ``augment``.
 
@@ -165,10 +182,7 @@ class StudyDataset(torch.utils.data.Dataset):
         #: probability that a normal mammogram gets a finding of another film pasted in
         #: (:func:`~.paste.paste_lesion`; augmentation only)
         self.lesion_paste = float(lesion_paste) if augment else 0.0
-        #: (sample, slot) of every mammogram with a known, non-empty lesion mask
-        self._donors = [(j, k) for j, d in enumerate(samples) if "MG" in d.prepared.inputs
-                        for k in range(len(d.prepared.inputs["MG"].mask_given))
-                        if d.prepared.inputs["MG"].mask_given[k] and d.prepared.inputs["MG"].masks[k].any()]
+        self._donors = _paste_donors(samples) if self.lesion_paste > 0 else []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

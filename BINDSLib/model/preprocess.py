@@ -171,6 +171,22 @@ BREAST_MIN_FRACTION = 0.05
 BREAST_MARGIN = 0.02
 
 
+def breast_region(plane: np.ndarray) -> np.ndarray | None:
+    """The breast's pixels (bool, the shape of ``plane``) in a normalised mammogram: the
+    largest connected region above :data:`BREAST_THRESHOLD` (film labels and markers, apart
+    from it, left out); ``None`` when it covers less than :data:`BREAST_MIN_FRACTION` of the
+    image."""
+    import SimpleITK as sitk
+
+    above = np.ascontiguousarray(np.asarray(plane) > BREAST_THRESHOLD, dtype=np.uint8)
+    if not above.any():
+        return None
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(above)),
+                                   sortByObjectSize=True)
+    largest = sitk.GetArrayFromImage(labels) == 1
+    return None if largest.sum() < BREAST_MIN_FRACTION * above.size else largest
+
+
 def breast_box(plane: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box ``(row0, row1, col0, col1)`` (half-open) of the breast in a normalised
     mammogram ``(rows, cols)`` (:func:`normalise_intensity`), with a margin.
@@ -180,17 +196,10 @@ def breast_box(plane: np.ndarray) -> tuple[int, int, int, int] | None:
     subsampled to at most ~512 pixels a side. ``None`` when no region covers
     :data:`BREAST_MIN_FRACTION` of the image (a blank or unusual image: use all of it).
     """
-    import SimpleITK as sitk
-
     rows, cols = plane.shape
     step = max(1, int(np.ceil(max(rows, cols) / 512)))
-    small = np.ascontiguousarray(plane[::step, ::step] > BREAST_THRESHOLD, dtype=np.uint8)
-    if not small.any():
-        return None
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(small)),
-                                   sortByObjectSize=True)
-    largest = sitk.GetArrayViewFromImage(labels) == 1
-    if largest.sum() < BREAST_MIN_FRACTION * small.size:
+    largest = breast_region(plane[::step, ::step])
+    if largest is None:
         return None
     rr = np.flatnonzero(largest.any(1))
     cc = np.flatnonzero(largest.any(0))

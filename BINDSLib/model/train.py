@@ -1007,6 +1007,7 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
     if rt.main and average is not None and settings.average_epochs:
         _load_network_state(net, average)
         train_ds.set_epoch(settings.epochs - 1)  # the same pass when a finished run is resumed
+        train_ds.lesion_paste = 0.0  # the statistics of real films, as inference sees
         _recompute_batch_norm(net, train_ds, settings, rt.device)
         log.info("weights averaged over the last %d epochs; BatchNorm statistics re-estimated on "
                  "the training images", n_averaged)
