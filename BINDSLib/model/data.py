@@ -217,7 +217,6 @@ class StudyDataset(torch.utils.data.Dataset):
                        "view": inp.view, "side": inp.side, "channels": inp.channels}
         return item
 
-
     def _paste(self, i: int) -> tuple[int, int, np.ndarray, np.ndarray] | None:
         """``(donor sample, slot, image, mask)``: a finding pasted into a mammogram of the
         normal sample ``i`` (with probability :attr:`lesion_paste`), or None."""
