@@ -192,3 +192,12 @@ def test_binds_train_pastes_when_its_config_says_so(tmp_path, monkeypatch):
         cfg = _config(tmp_path / str(rate), epochs=(1, 0), modality_sets=(("MG",),), lesion_paste=rate)
         assert main(["train", str(cfg), "--out", str(tmp_path / str(rate) / "run")]) == 0
         assert bool(calls) == pasted
+        log = (tmp_path / str(rate) / "run" / "train.log").read_text()
+        assert ("normal mammography studies (each with probability 1 per epoch)" in log) == pasted
+    # a split with nothing to paste (no mammograms) says so
+    calls.clear()
+    cfg = _config(tmp_path / "us", epochs=(1, 0), modality_sets=(("US",),), lesion_paste=0.5)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "us" / "run")]) == 0
+    assert not calls
+    log = (tmp_path / "us" / "run" / "train.log").read_text()
+    assert "lesion_paste 0.5 does nothing: the training split has no mammogram with a usable lesion mask" in log

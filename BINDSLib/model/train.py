@@ -911,6 +911,8 @@ def _train(settings: TrainSettings, run_dir: str | os.PathLike, *, resume: bool,
                             cfg.finding_cell, cfg.finding_topk)
     train_ds = StudyDataset(train_samples, augment=True, seed=seed, config=cfg,
                             lesion_paste=settings.lesion_paste)
+    if settings.lesion_paste > 0 and rt.main:
+        _say_paste(train_ds)
     sampler = None
     if rt.distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -1128,6 +1130,19 @@ def _update_average(average: dict | None, n: int, state: dict) -> tuple[dict, in
         else:
             average[k].copy_(v)
     return average, n
+
+
+def _say_paste(train_ds) -> None:
+    """Log what lesion copy-paste can do with the training split; warn when it can do nothing."""
+    recipients = sum(1 for s in train_ds.samples if s.abnormal == 0.0 and set(s.prepared.inputs) == {"MG"})
+    donors = len(train_ds._donors)
+    if not donors or not recipients:
+        log.warning("lesion_paste %g does nothing: the training split has %s", train_ds.lesion_paste,
+                    "no mammogram with a usable lesion mask to paste from (docs/MODEL.md)" if not donors
+                    else "no normal mammography-only study to paste into")
+    else:
+        log.info("lesion copy-paste: %d findings may be pasted into %d normal mammography studies "
+                 "(each with probability %g per epoch)", donors, recipients, train_ds.lesion_paste)
 
 
 def _recompute_batch_norm(net, train_ds, settings: TrainSettings, device) -> None:
