@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from BINDSLib.model.data import StudyDataset, collate, make_sample
-from BINDSLib.model.paste import MIN_AREA, _blur, paste_lesion, usable_donor
+from BINDSLib.model.paste import MIN_AREA, paste_lesion, usable_donor
 from test_model_cases import make_case, tiny_config
 
 
@@ -94,8 +94,12 @@ def test_only_the_pixels_under_the_mask_change_whatever_the_rest_holds():
     out, landed = paste_lesion(recipient, donor, mask, np.random.default_rng(0))
     assert np.isnan(out[70, 5]) and np.array_equal(out[75, 5:10], recipient[75, 5:10]) and out[60, 30] == np.float32(1.7)
     assert np.isfinite(out[landed]).all() and out[30, 20] == pytest.approx(0.6, abs=1e-6)
-    # the blur takes any kernel, also one longer than a side of the image
-    assert _blur(np.ones((4, 40)), 5.0).shape == (4, 40)
+    # a finding whose fade is wider than the film is high: pasted all the same
+    film = np.full((12, 200), 0.3, np.float32)
+    stripe = np.zeros(film.shape, bool)
+    stripe[4:8, 20:170] = True
+    out, landed = paste_lesion(film, np.where(stripe, 0.7, 0.4).astype(np.float32), stripe, np.random.default_rng(0))
+    assert out.shape == film.shape and np.array_equal(landed, stripe) and out[6, 95] == pytest.approx(0.6, abs=1e-3)
 
 
 def _mg_samples(cfg, labels=(None, None, True, True)):

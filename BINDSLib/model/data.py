@@ -166,6 +166,13 @@ def _paste_donors(samples: list[Sample]) -> list[tuple[int, int]]:
     return out
 
 
+def paste_recipient(sample: Sample) -> bool:
+    """Whether lesion copy-paste may paste into ``sample``: a normal mammography-only study (a
+    finding pasted into its film makes it abnormal, which other modalities, normal, would
+    contradict)."""
+    return sample.abnormal == 0.0 and set(sample.prepared.inputs) == {"MG"}
+
+
 class StudyDataset(torch.utils.data.Dataset):
     """Samples as network inputs (``dict`` per study), augmented when ``augment``.
 
@@ -221,9 +228,7 @@ class StudyDataset(torch.utils.data.Dataset):
         """``(donor sample, slot, image, mask)``: a finding pasted into a mammogram of the
         normal sample ``i`` (with probability :attr:`lesion_paste`), or None."""
         s = self.samples[i]
-        # a mammography-only study: a finding pasted into its film makes it abnormal, which
-        # its other modalities (normal) would contradict
-        if s.abnormal != 0.0 or set(s.prepared.inputs) != {"MG"}:
+        if not paste_recipient(s):
             return None
         donors = [d for d in self._donors if d[0] != i]
         rng = np.random.default_rng(_seed(self.seed, self.epoch, i, "paste"))

@@ -46,22 +46,6 @@ FEATHER = 0.2
 MIN_AREA = 13
 
 
-def _gaussian_1d(sigma: float) -> np.ndarray:
-    r = max(1, int(np.ceil(3 * sigma)))
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2D array, zero outside it (any size of kernel)."""
-    k = _gaussian_1d(sigma)
-    r = len(k) // 2
-    a = np.pad(np.asarray(a, np.float64), r)
-    a = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, a)
-    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, a)
-
-
 def _ring(mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels within ``width`` (chessboard distance) of ``mask``, the mask left out."""
     grown = mask.copy()
@@ -122,6 +106,8 @@ def paste_lesion(recipient: np.ndarray, donor: np.ndarray, donor_mask: np.ndarra
     (:func:`usable_donor`) or no place inside the recipient's breast fits. Inputs are not
     changed.
     """
+    from ..synthetic.fields import gaussian_blur  # (on first use: the synthetic package is not small)
+
     recipient = np.asarray(recipient, np.float32)
     donor = np.asarray(donor, np.float32)
     mask = np.asarray(donor_mask) > 0
@@ -158,7 +144,8 @@ def paste_lesion(recipient: np.ndarray, donor: np.ndarray, donor_mask: np.ndarra
         value = donor[rows, cols] - background + float(np.median(around))
         # 1 at the finding's centre, falling to 0 at the mask's edge (where a blurred edge is
         # 0.5): no step
-        blur = _blur(m2, max(1.0, FEATHER * radius))[rows + dy, cols + dx]
+        sigma = max(1.0, FEATHER * radius)
+        blur = gaussian_blur(m2.astype(np.float32), (sigma, sigma), (1.0, 1.0))[rows + dy, cols + dx]
         alpha = np.clip((blur - 0.5) / max(float(blur.max()) - 0.5, 1e-6), 0.0, 1.0)
         out = recipient.copy()
         old = recipient[rows + dy, cols + dx]

@@ -1134,7 +1134,9 @@ def _update_average(average: dict | None, n: int, state: dict) -> tuple[dict, in
 
 def _say_paste(train_ds) -> None:
     """Log what lesion copy-paste can do with the training split; warn when it can do nothing."""
-    recipients = sum(1 for s in train_ds.samples if s.abnormal == 0.0 and set(s.prepared.inputs) == {"MG"})
+    from .data import paste_recipient
+
+    recipients = sum(map(paste_recipient, train_ds.samples))
     donors = len(train_ds._donors)
     if not donors or not recipients:
         log.warning("lesion_paste %g does nothing: the training split has %s", train_ds.lesion_paste,
