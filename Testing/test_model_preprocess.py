@@ -228,6 +228,24 @@ def test_breast_box_keeps_the_breast_and_drops_labels_and_background():
     assert abs(b0 - 8 * 20 + round(BREAST_MARGIN * 1600)) <= 8 and abs(d1 - 8 * 91 - round(BREAST_MARGIN * 1280)) <= 8
 
 
+def test_breast_support_is_the_breast_grown_by_the_margin():
+    from BINDSLib.model.preprocess import BREAST_MARGIN, breast_support
+
+    plane, disc = _film()
+    slots = np.stack([plane, np.zeros_like(plane)])[:, None]  # a film, and a blank slot
+    support = breast_support(slots)
+    assert support.shape == slots.shape and support.dtype == bool
+    film = support[0, 0]
+    rr, cc = np.mgrid[:200, :160]
+    ellipse = ((rr - 100) / 80.0) ** 2 + (cc / 90.0) ** 2
+    assert film[ellipse <= 1].all() and film[disc].all()  # the breast and its lesion
+    assert not film[8:18, 140:152].any()  # the film label
+    margin = round(BREAST_MARGIN * 200)  # 4 pixels: the skin line stays in, the background not
+    assert film[100, 90 + margin - 1] and not film[100, 90 + margin + 2]
+    assert not film[100, 130:].any() and not film[0:8, 100:].any()
+    assert support[1, 0].all()  # no breast found: nothing is ruled out
+
+
 def test_breast_fitted_grid_is_finer_and_maps_back_exactly():
     from BINDSLib.study import Image, Modality, Role, Study
 

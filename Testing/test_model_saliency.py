@@ -73,3 +73,36 @@ def test_gradcam_option_shape_and_range():
     x = torch.rand(2, 1, 64, 48)
     cam = gradcam_saliency(net.branches["MG"], x, net.pathology.prototype_malignant)
     assert cam.shape == (2, 1, 64, 48)
+
+
+@pytest.mark.parametrize("method", ["alignment", "gradcam"])
+def test_mammogram_saliency_points_at_the_breast_only(monkeypatch, method):
+    """A saliency map that is high everywhere comes back 0 on a mammogram's film label and
+    background (outside the breast and its margin), unchanged on the breast; an ultrasound
+    image of the same study, which has no breast region, keeps it everywhere."""
+    import BINDSLib.model.saliency as sal_mod
+    from BINDSLib.study import Geometry, Image, Modality, Role, Study
+    from test_model_preprocess import _film
+
+    def flat(size, n):
+        return torch.ones(n, 1, *size)
+
+    if method == "alignment":
+        monkeypatch.setattr(sal_mod, "alignment_saliency", lambda a, p, size: flat(size, a.shape[0]))
+    else:
+        monkeypatch.setattr(sal_mod, "gradcam_saliency", lambda b, x, p: flat(x.shape[2:], x.shape[0]))
+    torch.manual_seed(0)
+    cfg = tiny_config(mg_max_views=1, saliency_lesion_gate=False)
+    model = DiagnosisModel(DiagnosisNetwork(cfg), device="cpu")
+    plane, disc = _film()
+    us = make_case(0, True, ("US",)).image("US_L")
+    study = Study("film", [Image(plane[None] * 1000, Geometry((0.4, 0.4, 1.0)),
+                                 Role(Modality.MG, laterality="L", view="MLO")), us])
+    pred = model.predict(study, saliency=method)
+    s = pred.images["MG_L_MLO"].saliency[0]
+    assert s[8:18, 140:152].max() == 0.0  # the film label
+    assert s[100, 130:].max() == 0.0 and s[190:, 120:].max() == 0.0  # the background
+    rr, cc = np.mgrid[:200, :160]
+    inner = ((rr - 100) / 75.0) ** 2 + (cc / 85.0) ** 2 <= 1
+    assert s[inner].min() > 0.99 and s[disc].min() > 0.99
+    assert pred.images["US_L"].saliency.min() > 0.99

@@ -389,7 +389,7 @@ class DiagnosisModel:
 
         from .network import study_finding_logits
         from .preprocess import PreparedStudy, to_image_grid
-        from .saliency import METHODS, alignment_saliency, gradcam_saliency
+        from .saliency import METHODS, alignment_saliency, gradcam_saliency, on_support
 
         if saliency not in (*METHODS, "none"):
             raise ValueError(f"saliency must be one of {METHODS + ('none',)}, not {saliency!r}")
@@ -491,6 +491,9 @@ class DiagnosisModel:
             for m, e in ((m, enc[m]) for m in fresh):
                 lesion = torch.sigmoid(e.lesion_logits.detach().float())
                 sal[m] = lesion_gated_saliency(sal[m].float(), lesion)
+        if saliency != "none":  # a mammogram's saliency points at its breast only
+            for m in (m for m in fresh if work[m].breast is not None):
+                sal[m] = on_support(sal[m], work[m].breast, enc[m].index[:, 1])
         lap("saliency")
         for m in fresh:
             work[m].images = self._map_back(prepared, {m: enc[m]}, sal, lesion_masks or {}, to_image_grid,
@@ -702,6 +705,7 @@ class _ModalityWork:
     encoding: object = None  # ModalityEncoding, as the encoder gave it
     encoding_flip: object = None  # tta_flip: the mirrored encoding (or the same object)
     images: dict | None = None  # label -> ImageOutput, on the image grids
+    breast: object = None  # MG: where the saliency may point, per slot (preprocess.breast_support)
 
 
 class PredictionCache:
@@ -725,7 +729,7 @@ class PredictionCache:
 
         from ..errors import InputError
         from .data import collate, inputs_item
-        from .preprocess import prepare_study, select_mr
+        from .preprocess import breast_support, prepare_study, select_mr
 
         owner = (model, study, lesion_masks, saliency)
         if len(self._owner) != 4 or not all(a is b or (i == 3 and a == b)
@@ -748,6 +752,7 @@ class PredictionCache:
                     " compared with the other breast" if cfg.bilateral_weight > 0 else "") + ": "
                     + ", ".join(f"{k} {v:.2f}" for k, v in sorted(suspicion.items(), key=lambda kv: -kv[1])))
             batch = {k: v.to(model.device) for k, v in collate([inputs_item(prep)], share=True).items()}
+            breast = breast_support(prep.inputs[m].images) if m == "MG" and saliency != "none" else None
             prep.inputs[m].images = None  # the batch holds them (the MRI input is ~100 MB)
             fmt = model.network.branches[m].memory_format
             if fmt is not torch.contiguous_format:  # the encoder's layout now: no copy of it later
@@ -755,7 +760,7 @@ class PredictionCache:
                 batch[f"{m}_images"] = images.flatten(0, 1).contiguous(memory_format=fmt).unflatten(
                     0, images.shape[:2])
                 del images
-            self.work[m] = _ModalityWork(prep, batch)
+            self.work[m] = _ModalityWork(prep, batch, breast=breast)
         work = {m: self.work[m] for m in MODALITIES if m in modalities and m in self.work}
         if not work:  # the usual error
             prepare_study(study, model.config, lesion_masks=lesion_masks, modalities=modalities)

@@ -211,6 +211,28 @@ def breast_box(plane: np.ndarray) -> tuple[int, int, int, int] | None:
     return r0, r1, c0, c1
 
 
+
+def breast_support(images: np.ndarray) -> np.ndarray:
+    """Where a mammogram's saliency may point: per slot of normalised mammograms ``(S, 1, H,
+    W)`` on the model grid, the breast (:func:`breast_region`) grown by :data:`BREAST_MARGIN` of
+    the grid's longer side, so that a finding on the skin line stays in; the whole slot where no
+    breast is found. bool, the shape of ``images``.
+
+    Film labels, markers and scanner borders are apart from the breast: a saliency maximum
+    there points at nothing the reader could biopsy."""
+    import SimpleITK as sitk
+
+    images = np.asarray(images)
+    out = np.ones(images.shape, bool)
+    radius = max(1, int(round(BREAST_MARGIN * max(images.shape[-2:]))))
+    for s in range(images.shape[0]):
+        region = breast_region(images[s, 0])
+        if region is not None:
+            grown = sitk.BinaryDilate(sitk.GetImageFromArray(region.astype(np.uint8)), [radius] * 2,
+                                      sitk.sitkBall, 0, 1)
+            out[s, 0] = sitk.GetArrayFromImage(grown) > 0
+    return out
+
 # -- grids -------------------------------------------------------------------------------
 
 def frame_geometry(geometry: Geometry, frame: int) -> Geometry:

@@ -43,6 +43,15 @@ def alignment_saliency(align_map: torch.Tensor, prototype: torch.Tensor, size) -
     return upsample(alignment_map(align_map, prototype), size)
 
 
+def on_support(saliency: torch.Tensor, support, slots: torch.Tensor) -> torch.Tensor:
+    """``saliency (N, 1, *size)`` set to 0 outside ``support`` (bool ``(S, 1, *grid)``, per
+    input slot, e.g. :func:`~.preprocess.breast_support`); row ``n`` is of slot ``slots[n]``."""
+    keep = torch.as_tensor(support[slots.cpu().numpy()], device=saliency.device)
+    if keep.shape[2:] != saliency.shape[2:]:
+        keep = F.interpolate(keep.float(), size=tuple(saliency.shape[2:]), mode="nearest") > 0
+    return saliency * keep
+
+
 class _AlignmentScore(nn.Module):
     """``x (N, C, *spatial)`` -> alignment score ``(N, 1)`` of one modality branch."""
 
