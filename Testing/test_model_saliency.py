@@ -75,11 +75,14 @@ def test_gradcam_option_shape_and_range():
     assert cam.shape == (2, 1, 64, 48)
 
 
+@pytest.mark.parametrize("gate", [False, True])
 @pytest.mark.parametrize("method", ["alignment", "gradcam"])
-def test_mammogram_saliency_points_at_the_breast_only(monkeypatch, method):
-    """A saliency map that is high everywhere comes back 0 on a mammogram's film label and
-    background (outside the breast and its margin), unchanged on the breast; an ultrasound
-    image of the same study, which has no breast region, keeps it everywhere."""
+def test_mammogram_saliency_points_at_the_breast_only(monkeypatch, method, gate):
+    """A saliency map that is high everywhere comes back 0 on each mammogram's film label and
+    background (outside its own breast and margin), also through the lesion gate, and
+    unchanged on the breast; an ultrasound image of the same study, which has no breast region,
+    keeps it everywhere. Two films in two slots, the second stored with its chest wall on the
+    right (mirrored on the model grid), each masked by its own breast."""
     import BINDSLib.model.saliency as sal_mod
     from BINDSLib.study import Geometry, Image, Modality, Role, Study
     from test_model_preprocess import _film
@@ -92,17 +95,29 @@ def test_mammogram_saliency_points_at_the_breast_only(monkeypatch, method):
     else:
         monkeypatch.setattr(sal_mod, "gradcam_saliency", lambda b, x, p: flat(x.shape[2:], x.shape[0]))
     torch.manual_seed(0)
-    cfg = tiny_config(mg_max_views=1, saliency_lesion_gate=False)
+    cfg = tiny_config(mg_max_views=2, saliency_lesion_gate=gate)
     model = DiagnosisModel(DiagnosisNetwork(cfg), device="cpu")
-    plane, disc = _film()
+    left, disc = _film()
+    # a smaller breast at the right edge (rows 60-140, 50 columns), a label at the top left
+    rr, cc = np.mgrid[:200, :160]
+    small = ((rr - 100) / 40.0) ** 2 + ((159 - cc) / 50.0) ** 2 <= 1
+    right = np.where(small, np.float32(0.5), np.float32(0.0))
+    right[8:18, 8:20] = 1.0
     us = make_case(0, True, ("US",)).image("US_L")
-    study = Study("film", [Image(plane[None] * 1000, Geometry((0.4, 0.4, 1.0)),
-                                 Role(Modality.MG, laterality="L", view="MLO")), us])
+    geom = Geometry((0.4, 0.4, 1.0))
+    study = Study("films", [Image(left[None] * 1000, geom, Role(Modality.MG, laterality="L", view="MLO")),
+                            Image(np.ascontiguousarray(right)[None] * 1000, geom,
+                                  Role(Modality.MG, laterality="R", view="CC")), us])
     pred = model.predict(study, saliency=method)
+    assert set(pred.images) == {"MG_L_MLO", "MG_R_CC", "US_L"}
+    inner = ((rr - 100) / 75.0) ** 2 + (cc / 85.0) ** 2 <= 1
+    floor = 0.0 if gate else 0.99  # gated: the lesion probability (> 0) times 1
     s = pred.images["MG_L_MLO"].saliency[0]
     assert s[8:18, 140:152].max() == 0.0  # the film label
     assert s[100, 130:].max() == 0.0 and s[190:, 120:].max() == 0.0  # the background
-    rr, cc = np.mgrid[:200, :160]
-    inner = ((rr - 100) / 75.0) ** 2 + (cc / 85.0) ** 2 <= 1
-    assert s[inner].min() > 0.99 and s[disc].min() > 0.99
-    assert pred.images["US_L"].saliency.min() > 0.99
+    assert s[inner].min() > floor and s[disc].min() > floor
+    r = pred.images["MG_R_CC"].saliency[0]
+    assert r[8:18, 8:20].max() == 0.0 and r[100, :90].max() == 0.0  # its label and background
+    assert r[20:45, 130:].max() == 0.0  # where the first film's breast lies: not this film's
+    assert r[((rr - 100) / 36.0) ** 2 + ((159 - cc) / 46.0) ** 2 <= 1].min() > floor
+    assert pred.images["US_L"].saliency.min() > floor

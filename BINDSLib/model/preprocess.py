@@ -167,7 +167,8 @@ def chest_wall_on_right(plane: np.ndarray, laterality: str | None) -> bool:
 BREAST_THRESHOLD = 0.1
 #: A breast region smaller than this share of the image is not trusted (the whole image is used).
 BREAST_MIN_FRACTION = 0.05
-#: Margin added around the breast's bounding box, as a share of the image's side.
+#: Margin added around the breast's bounding box, as a share of the image's side; also the
+#: breast region's growth in :func:`breast_support`, as a share of the grid's longer side.
 BREAST_MARGIN = 0.02
 
 
@@ -211,7 +212,6 @@ def breast_box(plane: np.ndarray) -> tuple[int, int, int, int] | None:
     return r0, r1, c0, c1
 
 
-
 def breast_support(images: np.ndarray) -> np.ndarray:
     """Where a mammogram's saliency may point: per slot of normalised mammograms ``(S, 1, H,
     W)`` on the model grid, the breast (:func:`breast_region`) grown by :data:`BREAST_MARGIN` of
@@ -232,6 +232,7 @@ def breast_support(images: np.ndarray) -> np.ndarray:
                                       sitk.sitkBall, 0, 1)
             out[s, 0] = sitk.GetArrayFromImage(grown) > 0
     return out
+
 
 # -- grids -------------------------------------------------------------------------------
 
