@@ -184,3 +184,49 @@ def test_finding_term_is_the_study_level_bce_of_the_largest_image_finding_logit(
     mg_term = expected[list(out["encodings"]).index("MG")]
     us_term = torch.nn.functional.binary_cross_entropy_with_logits(f_us[[0]], batch["abnormal"][[0]])
     assert parts_nan["finding"] == pytest.approx(float(((mg_term + us_term) / 2).detach()), rel=1e-5)
+
+
+def test_pointing_term_is_the_spatial_softmax_cross_entropy_inside_the_lesion():
+    from BINDSLib.model.losses import pointing_loss
+
+    logits = torch.zeros(3, 1, 4, 5)
+    masks = torch.zeros(3, 1, 4, 5)
+    masks[0, 0, 1, 1:3] = 1  # 2 of 20 pixels, a flat map: -log(2/20)
+    masks[1, 0, 3, 4] = 1
+    logits[1, 0, 3, 4] = 50.0  # the map's mass all inside: ~0
+    # image 2 has no lesion: left out
+    assert float(pointing_loss(logits[:1], masks[:1])) == pytest.approx(math.log(10.0), rel=1e-6)
+    assert float(pointing_loss(logits[1:2], masks[1:2])) == pytest.approx(0.0, abs=1e-6)
+    assert float(pointing_loss(logits, masks)) == pytest.approx(math.log(10.0) / 2, rel=1e-6)
+    assert pointing_loss(logits[2:], masks[2:]) is None
+    # its gradient raises the logits inside the lesion and lowers those outside
+    x = torch.zeros(1, 1, 4, 5, requires_grad=True)
+    pointing_loss(x, masks[:1]).backward()
+    assert (x.grad[masks[:1] > 0] < 0).all() and (x.grad[masks[:1] == 0] > 0).all()
+
+
+def test_pointing_term_in_the_diagnosis_loss():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    net = DiagnosisNetwork(cfg)
+    studies = [make_case(0, True, ("MG", "US")), make_case(1, None, ("US",))]
+    samples = [make_sample(s, cfg) for s in studies]  # (reference masks used)
+    batch = collate([StudyDataset(samples)[i] for i in range(2)])
+    out = net(batch)
+    _, parts = DiagnosisLoss()(out, batch, fusion=False)
+    assert "pointing" not in parts  # weight 0 (the default): not computed
+    total0, _ = DiagnosisLoss(LossWeights(pointing=0.0))(out, batch, fusion=False)
+    total, parts = DiagnosisLoss(LossWeights(pointing=2.0))(out, batch, fusion=False)
+    from BINDSLib.model.losses import pointing_loss
+
+    expected = []
+    for m, e in out["encodings"].items():
+        b, s = e.index[:, 0], e.index[:, 1]
+        given = batch[f"{m}_mask_given"][b, s]
+        term = pointing_loss(e.lesion_logits[given], batch[f"{m}_masks"][b, s][given].float())
+        if term is not None:  # MG: the left views' balls; US: study 0's (study 1 is normal: empty)
+            expected.append(term)
+    assert len(expected) == 2
+    assert parts["pointing"] == pytest.approx(float(torch.stack(expected).mean().detach()), rel=1e-5)
+    assert float(total - total0) == pytest.approx(2.0 * parts["pointing"], rel=1e-4)
+    assert LossWeights.from_json({"pointing": 1}).pointing == 1.0

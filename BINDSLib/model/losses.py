@@ -8,6 +8,10 @@
   study-level finding logit - the largest :func:`~.network.finding_logits` of its images -
   against "the study has a finding" (benign or malignant; normal = 0), so that the lesion map
   also learns from images whose finding has no outline;
+* pointing (weight 0 by default): on images with a known, non-empty lesion mask, the
+  cross-entropy of the spatial softmax of the lesion logit map against the mask,
+  ``logsumexp(all) - logsumexp(inside)`` (:func:`pointing_loss`): 0 when the map's mass is all
+  inside the lesion, so that its maximum - where the saliency points - falls there;
 * radiology-pathology alignment (:func:`alignment_loss`), studies with pathology only:
   ``"cosine3"`` - BINDS's ``(1 - cos)^3`` - or ``"contrastive"`` (InfoNCE with soft targets
   from pathology-pathology similarity, so identical records are not false negatives).
@@ -81,6 +85,7 @@ class LossWeights:
     background: float = 0.05
     pathology: float = 0.5
     finding: float = 0.0
+    pointing: float = 0.0
 
     @classmethod
     def from_json(cls, d: dict) -> "LossWeights":
@@ -92,6 +97,18 @@ class LossWeights:
         if bad:
             raise ValueError(f"loss weights must be numbers >= 0, not {bad}")
         return cls(**{k: float(v) for k, v in d.items()})
+
+
+def pointing_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor | None:
+    """Mean over the images whose ``masks`` (``(N, 1, *spatial)``, > 0 is lesion) are not empty
+    of ``-log`` of the share of the spatial softmax of ``logits`` (same shape) inside the lesion;
+    None when every mask is empty."""
+    inside = masks.flatten(1) > 0
+    has = inside.any(1)
+    if not bool(has.any()):
+        return None
+    x = logits.flatten(1)[has].float()
+    return (x.logsumexp(1) - x.masked_fill(~inside[has], float("-inf")).logsumexp(1)).mean()
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
@@ -148,14 +165,20 @@ class DiagnosisLoss(nn.Module):
         aux = [_bce(e.aux_logit[e.aux_present], malignant[e.aux_present], self.pos_weight)
                for e in encs.values()]
         parts["auxiliary"] = torch.stack(aux).mean() if aux else zero
-        seg = []
+        seg, point = [], []
         for m, e in encs.items():
             b, s = e.index[:, 0], e.index[:, 1]
             given = batch[f"{m}_mask_given"][b, s]
             if bool(given.any()):
                 target = batch[f"{m}_masks"][b, s][given].float()
                 seg.append(self.segmentation(e.lesion_logits[given].float(), target))
+                if w.pointing:
+                    term = pointing_loss(e.lesion_logits[given], target)
+                    if term is not None:
+                        point.append(term)
         parts["segmentation"] = torch.stack(seg).mean() if seg else zero
+        if w.pointing:
+            parts["pointing"] = torch.stack(point).mean() if point else zero
         if w.finding and "abnormal" in batch:
             from .network import study_finding_logits
 
