@@ -459,7 +459,7 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     files = sorted(f for f in (root / "configs").glob("*.json") if not f.name.startswith("risk-"))
     assert {f.stem for f in files} >= {"diagnosis-demo", "us-busi", "mg-mias", "mg-mias-lite0", "mg-mias-finding",
                                        "mg-mias-finding-e1", "mg-mias-finding-scratch",
-                                       "mg-mias-breast-grid"}
+                                       "mg-mias-breast-grid", "mg-mias-pointing"}
     for f in files:
         settings = load_settings(f)
         bundle = root / "Resources" / "Models" / settings.bundle["name"]
@@ -485,6 +485,11 @@ def test_shipped_diagnosis_configs_load_and_match_their_bundles():
     shipped_model = dict(raw[0]["model"])
     shipped_model.pop("mg_size")
     assert grid["model"] == shipped_model and grid["train"] == raw[0]["train"] and grid["data"] == raw[0]["data"]
+    # ... and the shipped recipe plus the pointing term, nothing else
+    pointing = json.loads((root / "configs" / "mg-mias-pointing.json").read_text())
+    assert pointing["train"]["loss_weights"].pop("pointing") == 1.0
+    assert pointing["model"] == raw[0]["model"] and pointing["train"] == raw[0]["train"]
+    assert pointing["data"] == raw[0]["data"] and load_settings(root / "configs" / "mg-mias-pointing.json")
 
 
 def test_calibration_pairs_the_one_film_mammograms_of_a_woman():
