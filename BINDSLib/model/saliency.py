@@ -44,12 +44,10 @@ def alignment_saliency(align_map: torch.Tensor, prototype: torch.Tensor, size) -
 
 
 def on_support(saliency: torch.Tensor, support, slots: torch.Tensor) -> torch.Tensor:
-    """``saliency (N, 1, *size)`` set to 0 outside ``support`` (bool ``(S, 1, *grid)``, per
-    input slot, e.g. :func:`~.preprocess.breast_support`); row ``n`` is of slot ``slots[n]``."""
-    keep = torch.as_tensor(support[slots.cpu().numpy()], device=saliency.device)
-    if keep.shape[2:] != saliency.shape[2:]:
-        keep = F.interpolate(keep.float(), size=tuple(saliency.shape[2:]), mode="nearest") > 0
-    return saliency * keep
+    """``saliency (N, 1, *grid)`` set to 0 outside ``support`` (bool ``(S, 1, *grid)``, per
+    input slot, e.g. :func:`~.preprocess.breast_support`; the lesion head's maps, hence the
+    saliency, are on the model grid); row ``n`` is of slot ``slots[n]``."""
+    return saliency * torch.as_tensor(support[slots.cpu().numpy()], device=saliency.device)
 
 
 class _AlignmentScore(nn.Module):
